@@ -1,0 +1,15 @@
+//! Foundation of the `audiox` crates: the typed model config, the workspace error type, weight
+//! loading, the [`Audio`](audio::Audio) buffer and the [`NoiseSource`](noise::NoiseSource)
+//! abstraction through which every random draw of the pipeline goes.
+
+pub mod audio;
+pub mod config;
+pub mod error;
+pub mod noise;
+pub mod tensor;
+pub mod weights;
+
+/// Golden-fixture reading for parity tests and tools.
+pub mod fixtures;
+
+pub use error::{Error, Result};

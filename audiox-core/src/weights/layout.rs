@@ -1,0 +1,219 @@
+//! How our parameters correspond to the official checkpoint tensors.
+//!
+//! Our modules keep the official names wherever Rust allows; a [`Layout`] describes the rest,
+//! once per model, in one place:
+//!
+//! * **Renames** (regex on our path -> official path), for PyTorch `nn.Sequential` indices and
+//!   other names that are not Rust identifiers.
+//! * **Transforms by module type**: a burn `Linear` stores `[in, out]` where torch stores
+//!   `[out, in]` (transposed at load); burn's `LayerNorm` calls `weight`/`bias` `gamma`/`beta`;
+//!   our weight-normalised convolutions hold the fused kernel where the checkpoint has
+//!   `weight_g`/`weight_v`; our token convolutions hold a matmul layout of a torch `Conv1d`.
+//! * **Overrides** for single parameters (the interleaved qkv rows of the DiT, permuted at load).
+//! * **Ignored** official keys: stored tensors the model does not hold on purpose (documented
+//!   at each use).
+//!
+//! The same description gives the official name and shape of every parameter without reading
+//! any weight, which is what the full-size structure tests compare with the manifests.
+
+use std::sync::Arc;
+
+use regex::Regex;
+
+use super::params::ParamSpec;
+
+/// How one parameter is computed from official tensors.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Transform {
+    /// Same values, same layout.
+    Identity,
+    /// A torch `Linear` weight `[out, in]`, stored transposed `[in, out]`.
+    TransposeLinear,
+    /// Rows of a torch `Linear` weight `[out, in]` or bias `[out]`, permuted: our row `r` is
+    /// official row `perm[r]`; a 2-D weight is then transposed to `[in, out]`.
+    PermuteRows(Arc<Vec<usize>>),
+    /// Weight normalisation `W = g * v / ||v||` (norm over every axis but the first) from the
+    /// two official tensors `[g, v]`. Our parameter has the shape of `v`.
+    WeightNorm,
+    /// A torch `Conv1d` weight `[out, in, k]` applied along tokens, stored tap-major as
+    /// `[k, in, out]` so that its `[k * in, out]` reshape is the matmul weight of the unfolded
+    /// input (row `j * in + c` = tap `j`, input channel `c`).
+    ConvAsMatmul,
+}
+
+/// Where one of our parameters comes from.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Source {
+    /// Official tensor names the transform reads (one, or `[g, v]` for weight norm).
+    pub keys: Vec<String>,
+    /// The transform.
+    pub transform: Transform,
+}
+
+impl Source {
+    /// The official shapes of [`Source::keys`] for a parameter of `our` shape.
+    pub fn official_shapes(&self, our: &[usize]) -> Vec<Vec<usize>> {
+        match &self.transform {
+            Transform::Identity => vec![our.to_vec()],
+            Transform::TransposeLinear | Transform::PermuteRows(_) => {
+                let mut s = our.to_vec();
+                s.reverse();
+                vec![s]
+            }
+            Transform::WeightNorm => {
+                let mut g = vec![1; our.len()];
+                g[0] = our[0];
+                vec![g, our.to_vec()]
+            }
+            Transform::ConvAsMatmul => vec![vec![our[2], our[1], our[0]]],
+        }
+    }
+}
+
+type OverrideFn = dyn Fn(&ParamSpec, &str) -> Source + Send + Sync;
+
+/// A rule set mapping our parameters to official tensors. See the [module docs](self).
+#[derive(Clone, Default)]
+pub struct Layout {
+    renames: Vec<(Regex, String)>,
+    overrides: Vec<(Regex, Arc<OverrideFn>)>,
+    ignored: Vec<Regex>,
+}
+
+impl std::fmt::Debug for Layout {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Layout")
+            .field(
+                "renames",
+                &self
+                    .renames
+                    .iter()
+                    .map(|(r, s)| (r.as_str(), s.as_str()))
+                    .collect::<Vec<_>>(),
+            )
+            .field(
+                "overrides",
+                &self
+                    .overrides
+                    .iter()
+                    .map(|(r, _)| r.as_str())
+                    .collect::<Vec<_>>(),
+            )
+            .field(
+                "ignored",
+                &self.ignored.iter().map(Regex::as_str).collect::<Vec<_>>(),
+            )
+            .finish()
+    }
+}
+
+fn regex(pattern: &str) -> Regex {
+    Regex::new(pattern).unwrap_or_else(|e| panic!("invalid layout pattern `{pattern}`: {e}"))
+}
+
+/// Module type names (burn's `Struct:<Name>` container types) with a built-in transform.
+pub mod module_types {
+    /// burn `Linear`.
+    pub const LINEAR: &str = "Linear";
+    /// burn `LayerNorm`.
+    pub const LAYER_NORM: &str = "LayerNorm";
+    /// A weight-normalised convolution (any module whose type name starts with `WeightNorm`).
+    pub const WEIGHT_NORM_PREFIX: &str = "WeightNorm";
+    /// A convolution along tokens computed as a matmul (`TokenConv`).
+    pub const TOKEN_CONV: &str = "TokenConv";
+}
+
+impl Layout {
+    /// An empty layout: official names are our paths, with the built-in transforms by module type.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Renames our path to the official one: every match of `pattern` (a regex over our dotted
+    /// path) is replaced by `replacement` (`$1` etc. allowed). Renames apply in order.
+    pub fn rename(mut self, pattern: &str, replacement: &str) -> Self {
+        self.renames.push((regex(pattern), replacement.to_string()));
+        self
+    }
+
+    /// Gives the parameters whose path matches `pattern` a custom source. The closure gets the
+    /// parameter and its official (renamed) path.
+    pub fn with_source(
+        mut self,
+        pattern: &str,
+        source: impl Fn(&ParamSpec, &str) -> Source + Send + Sync + 'static,
+    ) -> Self {
+        self.overrides.push((regex(pattern), Arc::new(source)));
+        self
+    }
+
+    /// Declares official tensors (regex over official names) that the model deliberately does
+    /// not hold. They are listed as ignored in load reports and count as present in structure
+    /// comparisons.
+    pub fn ignore(mut self, pattern: &str) -> Self {
+        self.ignored.push(regex(pattern));
+        self
+    }
+
+    /// Whether an official tensor name is declared ignored.
+    pub fn is_ignored(&self, official: &str) -> bool {
+        self.ignored.iter().any(|r| r.is_match(official))
+    }
+
+    /// The official path for one of our paths (renames applied).
+    pub fn official_path(&self, ours: &str) -> String {
+        let mut path = ours.to_string();
+        for (pattern, replacement) in &self.renames {
+            path = pattern
+                .replace_all(&path, replacement.as_str())
+                .into_owned();
+        }
+        path
+    }
+
+    /// Where a parameter comes from.
+    pub fn source(&self, param: &ParamSpec) -> Source {
+        let official = self.official_path(&param.path);
+        if let Some((_, f)) = self.overrides.iter().find(|(r, _)| r.is_match(&param.path)) {
+            return f(param, &official);
+        }
+        let (base, leaf) = match official.rsplit_once('.') {
+            Some((b, l)) => (format!("{b}."), l.to_string()),
+            None => (String::new(), official.clone()),
+        };
+        let module = param.module.as_str();
+        match (module, leaf.as_str()) {
+            (module_types::LINEAR, "weight") => Source {
+                keys: vec![official],
+                transform: Transform::TransposeLinear,
+            },
+            (module_types::LAYER_NORM, "gamma") => Source {
+                keys: vec![format!("{base}weight")],
+                transform: Transform::Identity,
+            },
+            (module_types::LAYER_NORM, "beta") => Source {
+                keys: vec![format!("{base}bias")],
+                transform: Transform::Identity,
+            },
+            (m, "weight") if m.starts_with(module_types::WEIGHT_NORM_PREFIX) => Source {
+                keys: vec![format!("{base}weight_g"), format!("{base}weight_v")],
+                transform: Transform::WeightNorm,
+            },
+            (module_types::TOKEN_CONV, "weight") => Source {
+                keys: vec![official],
+                transform: Transform::ConvAsMatmul,
+            },
+            _ => Source {
+                keys: vec![official],
+                transform: Transform::Identity,
+            },
+        }
+    }
+
+    /// Official names and shapes of a parameter, as a checkpoint stores them.
+    pub fn official_tensors(&self, param: &ParamSpec) -> Vec<(String, Vec<usize>)> {
+        let source = self.source(param);
+        let shapes = source.official_shapes(&param.shape);
+        source.keys.into_iter().zip(shapes).collect()
+    }
+}

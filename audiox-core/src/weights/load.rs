@@ -1,0 +1,379 @@
+//! Applying checkpoint tensors to a module.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::path::PathBuf;
+
+use burn::module::{Module, ModuleMapper, Param};
+use burn::tensor::{Tensor, TensorData};
+
+use super::layout::{Layout, Source, Transform};
+use super::params::param_specs;
+use super::state_dict::StateDict;
+use crate::error::{Error, Result};
+
+/// A weight file seen through a key prefix: the module's official names are looked up as
+/// `prefix + name`.
+#[derive(Debug, Clone, Copy)]
+pub struct WeightSource<'a> {
+    /// The file.
+    pub dict: &'a StateDict,
+    /// Prepended to every official name (`"model.model."`, or `""`).
+    pub prefix: &'a str,
+}
+
+impl<'a> WeightSource<'a> {
+    /// The whole file, no prefix.
+    pub fn new(dict: &'a StateDict) -> Self {
+        WeightSource { dict, prefix: "" }
+    }
+
+    /// The tensors under `prefix`.
+    pub fn with_prefix(dict: &'a StateDict, prefix: &'a str) -> Self {
+        WeightSource { dict, prefix }
+    }
+}
+
+/// One parameter that received a value.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AppliedWeight {
+    /// Our parameter path.
+    pub param: String,
+    /// The stored tensor names it was computed from.
+    pub keys: Vec<String>,
+    /// The file they came from.
+    pub file: PathBuf,
+}
+
+/// What a load did. Missing required weights and shape mismatches are errors, so a report only
+/// exists for a load that succeeded.
+#[derive(Debug, Clone, Default)]
+pub struct LoadReport {
+    /// Parameters that received a value, with their source tensors.
+    pub applied: Vec<AppliedWeight>,
+    /// Parameters no file provided, left at their initial value. Only parameters a layout
+    /// marks optional can end up here.
+    pub missing: Vec<String>,
+    /// Stored tensors (under the loaded prefix) that no parameter used and that are not
+    /// declared ignored: `(file, full key)`.
+    pub unused: Vec<(PathBuf, String)>,
+    /// Stored tensors the model deliberately does not hold (declared in its layout).
+    pub ignored: Vec<(PathBuf, String)>,
+    /// Stored tensors the official key rule dropped before loading (junk keys, other models).
+    pub dropped: Vec<(PathBuf, String)>,
+}
+
+impl LoadReport {
+    /// Adds another report's entries to this one.
+    pub fn merge(&mut self, other: LoadReport) {
+        self.applied.extend(other.applied);
+        self.missing.extend(other.missing);
+        self.unused.extend(other.unused);
+        self.ignored.extend(other.ignored);
+        self.dropped.extend(other.dropped);
+    }
+
+    /// A one-paragraph summary for logs.
+    pub fn summary(&self) -> String {
+        format!(
+            "{} parameters loaded, {} missing, {} unused, {} ignored, {} dropped",
+            self.applied.len(),
+            self.missing.len(),
+            self.unused.len(),
+            self.ignored.len(),
+            self.dropped.len()
+        )
+    }
+}
+
+/// Where one parameter's tensors were found.
+struct Found<'a> {
+    source: Source,
+    dict: &'a StateDict,
+    keys: Vec<String>,
+}
+
+/// Loads `module`'s parameters from `sources` (later sources override earlier ones, per
+/// parameter) following `layout`. Every parameter must be found and have its official shape.
+pub fn load_module<M: Module>(
+    module: M,
+    layout: &Layout,
+    sources: &[WeightSource<'_>],
+) -> Result<(M, LoadReport)> {
+    let specs = param_specs(&module);
+    let mut plan: HashMap<String, Found<'_>> = HashMap::with_capacity(specs.len());
+    let mut consumed: BTreeSet<(PathBuf, String)> = BTreeSet::new();
+    for spec in &specs {
+        let source = layout.source(spec);
+        let found = sources.iter().rev().find_map(|s| {
+            let keys: Vec<String> = source
+                .keys
+                .iter()
+                .map(|k| format!("{}{k}", s.prefix))
+                .collect();
+            keys.iter()
+                .all(|k| s.dict.get(k).is_some())
+                .then_some((s.dict, keys))
+        });
+        let Some((dict, keys)) = found else {
+            let missing_key = source.keys.first().cloned().unwrap_or_default();
+            return Err(Error::MissingWeight {
+                key: missing_key,
+                param: spec.path.clone(),
+                sources: sources
+                    .iter()
+                    .map(|s| s.dict.path().to_path_buf())
+                    .collect(),
+            });
+        };
+        // Shapes are checked before anything is read.
+        let expected = source.official_shapes(&spec.shape);
+        for (key, want) in keys.iter().zip(&expected) {
+            let stored = dict.get(key).expect("presence checked above");
+            if stored.shape() != want.as_slice() {
+                return Err(Error::ShapeMismatch {
+                    path: dict.path().to_path_buf(),
+                    key: key.clone(),
+                    expected: want.clone(),
+                    found: stored.shape().to_vec(),
+                });
+            }
+        }
+        for k in &keys {
+            consumed.insert((dict.path().to_path_buf(), k.clone()));
+        }
+        plan.insert(spec.path.clone(), Found { source, dict, keys });
+    }
+
+    let mut applier = Applier {
+        plan,
+        path: Vec::new(),
+        applied: Vec::new(),
+        error: None,
+    };
+    let module = module.map(&mut applier);
+    if let Some(e) = applier.error {
+        return Err(e);
+    }
+
+    let mut report = LoadReport {
+        applied: applier.applied,
+        ..Default::default()
+    };
+    let mut seen_files = BTreeSet::new();
+    for s in sources {
+        if !seen_files.insert((s.dict.path().to_path_buf(), s.prefix)) {
+            continue;
+        }
+        for key in s.dict.keys() {
+            let Some(name) = key.strip_prefix(s.prefix) else {
+                continue;
+            };
+            let entry = (s.dict.path().to_path_buf(), key.to_string());
+            if consumed.contains(&entry) {
+                continue;
+            }
+            if layout.is_ignored(name) {
+                report.ignored.push(entry);
+            } else {
+                report.unused.push(entry);
+            }
+        }
+    }
+    Ok((module, report))
+}
+
+/// Official names and shapes of every parameter of `module` (plus nothing else): what a
+/// checkpoint for it must hold. Nothing is materialised.
+pub fn official_names<M: Module>(module: &M, layout: &Layout) -> BTreeMap<String, Vec<usize>> {
+    param_specs(module)
+        .iter()
+        .flat_map(|spec| layout.official_tensors(spec))
+        .collect()
+}
+
+struct Applier<'a> {
+    plan: HashMap<String, Found<'a>>,
+    path: Vec<String>,
+    applied: Vec<AppliedWeight>,
+    error: Option<Error>,
+}
+
+impl ModuleMapper for Applier<'_> {
+    fn enter_module(&mut self, name: &str, _container_type: &str) {
+        self.path.push(name.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+    }
+
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        if self.error.is_some() {
+            return param;
+        }
+        let path = self.path.join(".");
+        let Some(found) = self.plan.remove(&path) else {
+            return param;
+        };
+        let shape = param.lazy_shape().to_vec();
+        match compute(&found, &shape) {
+            Ok(values) => {
+                let device = param.lazy_device();
+                let tensor = Tensor::<D>::from_data(TensorData::new(values, shape), &device);
+                self.applied.push(AppliedWeight {
+                    param: path,
+                    keys: found.keys.clone(),
+                    file: found.dict.path().to_path_buf(),
+                });
+                let id = param.id;
+                param.transform_for_load(tensor, id)
+            }
+            Err(e) => {
+                self.error = Some(e);
+                param
+            }
+        }
+    }
+}
+
+/// Reads the official tensors of one parameter and transforms them to our layout.
+fn compute(found: &Found<'_>, ours: &[usize]) -> Result<Vec<f32>> {
+    let mut read = Vec::with_capacity(found.keys.len());
+    for key in &found.keys {
+        let (shape, values) = found.dict.read_f32(key)?;
+        read.push((shape, values));
+    }
+    Ok(match &found.source.transform {
+        Transform::Identity => read.remove(0).1,
+        Transform::TransposeLinear => {
+            let (shape, v) = read.remove(0);
+            transpose2(&v, shape[0], shape[1])
+        }
+        Transform::PermuteRows(perm) => {
+            let (shape, v) = read.remove(0);
+            let rows = shape[0];
+            let cols: usize = shape[1..].iter().product();
+            let mut permuted = Vec::with_capacity(v.len());
+            for &r in perm.iter() {
+                permuted.extend_from_slice(&v[r * cols..(r + 1) * cols]);
+            }
+            debug_assert_eq!(perm.len(), rows);
+            if shape.len() == 2 {
+                transpose2(&permuted, rows, cols)
+            } else {
+                permuted
+            }
+        }
+        Transform::WeightNorm => {
+            let (_, v) = read.remove(1);
+            let (_, g) = read.remove(0);
+            let rows = ours[0];
+            let cols = v.len() / rows;
+            let mut w = Vec::with_capacity(v.len());
+            for (r, row) in v.chunks_exact(cols).enumerate() {
+                let norm = row
+                    .iter()
+                    .map(|&x| (x as f64) * (x as f64))
+                    .sum::<f64>()
+                    .sqrt();
+                let scale = g[r] as f64 / norm;
+                w.extend(row.iter().map(|&x| (x as f64 * scale) as f32));
+            }
+            w
+        }
+        Transform::ConvAsMatmul => {
+            // official [out, in, k] -> ours [k, in, out]
+            let (shape, v) = read.remove(0);
+            let (out, inp, k) = (shape[0], shape[1], shape[2]);
+            let mut w = vec![0.0f32; v.len()];
+            for o in 0..out {
+                for c in 0..inp {
+                    for j in 0..k {
+                        w[(j * inp + c) * out + o] = v[(o * inp + c) * k + j];
+                    }
+                }
+            }
+            w
+        }
+    })
+}
+
+fn transpose2(v: &[f32], rows: usize, cols: usize) -> Vec<f32> {
+    let mut out = vec![0.0f32; v.len()];
+    for r in 0..rows {
+        for c in 0..cols {
+            out[c * rows + r] = v[r * cols + c];
+        }
+    }
+    out
+}
+
+/// Shapes that differ between the official names of `module` (through `layout`) and a
+/// manifest (`name -> shape`), for structure tests: `(missing from the module, not in the
+/// manifest, shape differences)`. Names the layout declares ignored count as present.
+pub fn compare_with_manifest<M: Module>(
+    module: &M,
+    layout: &Layout,
+    manifest: &BTreeMap<String, Vec<usize>>,
+) -> StructureDiff {
+    let ours = official_names(module, layout);
+    let mut diff = StructureDiff::default();
+    for (name, shape) in manifest {
+        match ours.get(name) {
+            Some(s) if s == shape => {}
+            Some(s) => diff
+                .shape_mismatch
+                .push((name.clone(), shape.clone(), s.clone())),
+            None if layout.is_ignored(name) => {}
+            None => diff.missing.push(name.clone()),
+        }
+    }
+    for name in ours.keys() {
+        if !manifest.contains_key(name) {
+            diff.extra.push(name.clone());
+        }
+    }
+    diff
+}
+
+/// Result of [`compare_with_manifest`].
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct StructureDiff {
+    /// Manifest names the module does not hold (and does not declare ignored).
+    pub missing: Vec<String>,
+    /// Names the module holds that the manifest does not list.
+    pub extra: Vec<String>,
+    /// `(name, manifest shape, our official shape)`.
+    pub shape_mismatch: Vec<(String, Vec<usize>, Vec<usize>)>,
+}
+
+impl StructureDiff {
+    /// Whether the module matches the manifest exactly.
+    pub fn is_empty(&self) -> bool {
+        self.missing.is_empty() && self.extra.is_empty() && self.shape_mismatch.is_empty()
+    }
+}
+
+impl std::fmt::Display for StructureDiff {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let show = |v: &[String]| v.iter().take(12).cloned().collect::<Vec<_>>().join(", ");
+        writeln!(f, "{} missing: {}", self.missing.len(), show(&self.missing))?;
+        writeln!(f, "{} extra: {}", self.extra.len(), show(&self.extra))?;
+        for (n, want, got) in self.shape_mismatch.iter().take(12) {
+            writeln!(f, "shape of {n}: manifest {want:?}, ours {got:?}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Reads a manifest file (`{"name": [[shape...], "dtype"], ...}`) into `name -> shape`.
+pub fn read_manifest(path: impl AsRef<std::path::Path>) -> Result<BTreeMap<String, Vec<usize>>> {
+    let path = path.as_ref();
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
+    let raw: BTreeMap<String, (Vec<usize>, String)> =
+        serde_json::from_str(&text).map_err(|e| Error::Fixture {
+            path: path.to_path_buf(),
+            message: format!("not a manifest: {e}"),
+        })?;
+    Ok(raw.into_iter().map(|(k, (shape, _))| (k, shape)).collect())
+}

@@ -1,0 +1,1 @@
+//! audiox-encoders
