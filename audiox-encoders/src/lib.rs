@@ -1,1 +1,1 @@
-//! audiox-encoders
+//! Encoders and conditioners of AudioX-Turbo: T5, CLIP vision, Synchformer, and the video, text and audio-prompt conditioners.

@@ -1,1 +1,1 @@
-//! audiox-mmdit
+//! The AudioX-Turbo diffusion transformer (MMDiT) and its multimodal fusion (MAF) block.

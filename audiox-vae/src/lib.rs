@@ -1,1 +1,1 @@
-//! audiox-vae
+//! The Oobleck VAE of AudioX-Turbo: encoder, decoder, VAE bottleneck and chunked decoding.

@@ -1,1 +1,1 @@
-//! audiox
+//! AudioX-Turbo in Rust: anything-to-audio generation on burn.

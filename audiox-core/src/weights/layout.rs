@@ -171,42 +171,32 @@ impl Layout {
         path
     }
 
-    /// Where a parameter comes from.
+    /// Where a parameter comes from. The transform follows from the owning module's type and
+    /// the parameter's own name; the official keys are then renamed by the layout's renames.
     pub fn source(&self, param: &ParamSpec) -> Source {
-        let official = self.official_path(&param.path);
         if let Some((_, f)) = self.overrides.iter().find(|(r, _)| r.is_match(&param.path)) {
-            return f(param, &official);
+            return f(param, &self.official_path(&param.path));
         }
-        let (base, leaf) = match official.rsplit_once('.') {
-            Some((b, l)) => (format!("{b}."), l.to_string()),
-            None => (String::new(), official.clone()),
+        let path = param.path.as_str();
+        let (base, leaf) = match path.rsplit_once('.') {
+            Some((b, l)) => (format!("{b}."), l),
+            None => (String::new(), path),
         };
         let module = param.module.as_str();
-        match (module, leaf.as_str()) {
-            (module_types::LINEAR, "weight") => Source {
-                keys: vec![official],
-                transform: Transform::TransposeLinear,
-            },
-            (module_types::LAYER_NORM, "gamma") => Source {
-                keys: vec![format!("{base}weight")],
-                transform: Transform::Identity,
-            },
-            (module_types::LAYER_NORM, "beta") => Source {
-                keys: vec![format!("{base}bias")],
-                transform: Transform::Identity,
-            },
-            (m, "weight") if m.starts_with(module_types::WEIGHT_NORM_PREFIX) => Source {
-                keys: vec![format!("{base}weight_g"), format!("{base}weight_v")],
-                transform: Transform::WeightNorm,
-            },
-            (module_types::TOKEN_CONV, "weight") => Source {
-                keys: vec![official],
-                transform: Transform::ConvAsMatmul,
-            },
-            _ => Source {
-                keys: vec![official],
-                transform: Transform::Identity,
-            },
+        let (keys, transform) = match (module, leaf) {
+            (module_types::LINEAR, "weight") => (vec![path.to_string()], Transform::TransposeLinear),
+            (module_types::LAYER_NORM, "gamma") => (vec![format!("{base}weight")], Transform::Identity),
+            (module_types::LAYER_NORM, "beta") => (vec![format!("{base}bias")], Transform::Identity),
+            (m, "weight") if m.starts_with(module_types::WEIGHT_NORM_PREFIX) => (
+                vec![format!("{base}weight_g"), format!("{base}weight_v")],
+                Transform::WeightNorm,
+            ),
+            (module_types::TOKEN_CONV, "weight") => (vec![path.to_string()], Transform::ConvAsMatmul),
+            _ => (vec![path.to_string()], Transform::Identity),
+        };
+        Source {
+            keys: keys.iter().map(|k| self.official_path(k)).collect(),
+            transform,
         }
     }
 
