@@ -1,1 +1,12 @@
-//! Encoders and conditioners of AudioX-Turbo: T5, CLIP vision, Synchformer, and the video, text and audio-prompt conditioners.
+//! Encoders and conditioners of AudioX-Turbo: T5, CLIP vision, Synchformer, and the video,
+//! text and audio-prompt conditioners.
+
+pub mod clip;
+pub mod conditioners;
+pub mod frames;
+pub mod parity;
+pub mod synchformer;
+pub mod t5;
+pub mod tokenizer;
+#[cfg(feature = "video")]
+pub mod video_file;
