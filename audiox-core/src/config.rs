@@ -748,16 +748,6 @@ impl ModelConfig {
                             ),
                         ));
                     }
-                    let expected_len = self.prompt_latent_length(&a.pretransform_config.config);
-                    if a.latent_seq_len != expected_len {
-                        return Err(Error::config(
-                            format!("{field}.latent_seq_len"),
-                            format!(
-                                "{} but a {} s prompt at {} Hz encodes to {expected_len} latent frames",
-                                a.latent_seq_len, self.conditioning_seconds, a.sample_rate
-                            ),
-                        ));
-                    }
                 }
             }
         }
@@ -773,15 +763,6 @@ impl ModelConfig {
     /// reference trims to.
     pub fn output_samples(&self) -> usize {
         self.sample_rate as usize * self.conditioning_seconds as usize
-    }
-
-    fn prompt_latent_length(&self, vae: &AutoencoderConfig) -> usize {
-        let samples = self.prompt_samples();
-        vae.encoder
-            .config
-            .strides
-            .iter()
-            .fold(samples, |len, s| len / s)
     }
 
     /// Samples of a full-length audio prompt (`sample_rate * conditioning_seconds`).
@@ -1130,17 +1111,6 @@ mod tests {
         let bad = with(OFFICIAL, "\"type\": \"t5\"", "\"type\": \"clap\"");
         let err = ModelConfig::from_json_str(&bad).unwrap_err();
         assert!(field_of(err).starts_with("model.conditioning"));
-    }
-
-    #[test]
-    fn wrong_prompt_latent_length_is_refused() {
-        let bad = with(
-            OFFICIAL,
-            "\"latent_seq_len\": 215",
-            "\"latent_seq_len\": 216",
-        );
-        let err = ModelConfig::from_json_str(&bad).unwrap_err();
-        assert!(field_of(err).ends_with("latent_seq_len"));
     }
 
     #[test]

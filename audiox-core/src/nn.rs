@@ -28,7 +28,8 @@ pub fn with_torch_mha_names(layout: Layout) -> Layout {
 /// `[B, N, H * d]` -> `[B, H, N, d]` with heads as consecutive blocks of `d` features.
 pub fn heads(x: Tensor<3>, num_heads: usize) -> Tensor<4> {
     let [b, n, width] = x.dims();
-    x.reshape([b, n, num_heads, width / num_heads]).swap_dims(1, 2)
+    x.reshape([b, n, num_heads, width / num_heads])
+        .swap_dims(1, 2)
 }
 
 /// `[B, H, N, d]` -> `[B, N, H * d]`.
@@ -157,9 +158,14 @@ pub struct TorchEncoderLayer {
 impl TorchEncoderLayerConfig {
     /// Builds the layer (parameters stay lazy until loaded).
     pub fn init(&self, device: &Device) -> TorchEncoderLayer {
-        let norm = || LayerNormConfig::new(self.d_model).with_epsilon(self.layer_norm_eps).init(device);
+        let norm = || {
+            LayerNormConfig::new(self.d_model)
+                .with_epsilon(self.layer_norm_eps)
+                .init(device)
+        };
         TorchEncoderLayer {
-            self_attn: TorchMultiheadAttentionConfig::new(self.d_model, self.num_heads).init(device),
+            self_attn: TorchMultiheadAttentionConfig::new(self.d_model, self.num_heads)
+                .init(device),
             linear1: LinearConfig::new(self.d_model, self.d_ff).init(device),
             linear2: LinearConfig::new(self.d_ff, self.d_model).init(device),
             norm1: norm(),
@@ -172,7 +178,9 @@ impl TorchEncoderLayer {
     /// `[B, N, D]` -> `[B, N, D]`.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let x = x.clone() + self.self_attn.forward_self(self.norm1.forward(x));
-        let ff = self.linear2.forward(gelu(self.linear1.forward(self.norm2.forward(x.clone()))));
+        let ff = self
+            .linear2
+            .forward(gelu(self.linear1.forward(self.norm2.forward(x.clone()))));
         x + ff
     }
 }
@@ -215,7 +223,11 @@ mod tests {
         let x = Tensor::<3>::random([2, 5, 8], burn::tensor::Distribution::Default, &device);
         let a = crate::tensor::to_vec(mha.forward(x.clone(), x.clone()));
         let b = crate::tensor::to_vec(mha.forward_self(x));
-        let err = a.iter().zip(&b).map(|(x, y)| (x - y).abs()).fold(0.0f32, f32::max);
+        let err = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, f32::max);
         assert!(err < 1e-5, "{err}");
     }
 }

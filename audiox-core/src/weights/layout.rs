@@ -71,11 +71,18 @@ impl Source {
 }
 
 type OverrideFn = dyn Fn(&ParamSpec, &str) -> Source + Send + Sync;
+type RenameFn = dyn Fn(&regex::Captures<'_>) -> String + Send + Sync;
+
+#[derive(Clone)]
+enum Replacement {
+    Template(String),
+    Computed(Arc<RenameFn>),
+}
 
 /// A rule set mapping our parameters to official tensors. See the [module docs](self).
 #[derive(Clone, Default)]
 pub struct Layout {
-    renames: Vec<(Regex, String)>,
+    renames: Vec<(Regex, Replacement)>,
     overrides: Vec<(Regex, Arc<OverrideFn>)>,
     ignored: Vec<Regex>,
 }
@@ -88,7 +95,7 @@ impl std::fmt::Debug for Layout {
                 &self
                     .renames
                     .iter()
-                    .map(|(r, s)| (r.as_str(), s.as_str()))
+                    .map(|(r, _)| r.as_str())
                     .collect::<Vec<_>>(),
             )
             .field(
@@ -132,7 +139,22 @@ impl Layout {
     /// Renames our path to the official one: every match of `pattern` (a regex over our dotted
     /// path) is replaced by `replacement` (`$1` etc. allowed). Renames apply in order.
     pub fn rename(mut self, pattern: &str, replacement: &str) -> Self {
-        self.renames.push((regex(pattern), replacement.to_string()));
+        self.renames.push((
+            regex(pattern),
+            Replacement::Template(replacement.to_string()),
+        ));
+        self
+    }
+
+    /// Like [`Layout::rename`], with the replacement computed from the match (for index
+    /// arithmetic: our `blocks.2.` may be the official `layers.3.`).
+    pub fn rename_with(
+        mut self,
+        pattern: &str,
+        replacement: impl Fn(&regex::Captures<'_>) -> String + Send + Sync + 'static,
+    ) -> Self {
+        self.renames
+            .push((regex(pattern), Replacement::Computed(Arc::new(replacement))));
         self
     }
 
@@ -164,9 +186,12 @@ impl Layout {
     pub fn official_path(&self, ours: &str) -> String {
         let mut path = ours.to_string();
         for (pattern, replacement) in &self.renames {
-            path = pattern
-                .replace_all(&path, replacement.as_str())
-                .into_owned();
+            path = match replacement {
+                Replacement::Template(t) => pattern.replace_all(&path, t.as_str()).into_owned(),
+                Replacement::Computed(f) => pattern
+                    .replace_all(&path, |c: &regex::Captures<'_>| f(c))
+                    .into_owned(),
+            };
         }
         path
     }
@@ -184,14 +209,22 @@ impl Layout {
         };
         let module = param.module.as_str();
         let (keys, transform) = match (module, leaf) {
-            (module_types::LINEAR, "weight") => (vec![path.to_string()], Transform::TransposeLinear),
-            (module_types::LAYER_NORM, "gamma") => (vec![format!("{base}weight")], Transform::Identity),
-            (module_types::LAYER_NORM, "beta") => (vec![format!("{base}bias")], Transform::Identity),
+            (module_types::LINEAR, "weight") => {
+                (vec![path.to_string()], Transform::TransposeLinear)
+            }
+            (module_types::LAYER_NORM, "gamma") => {
+                (vec![format!("{base}weight")], Transform::Identity)
+            }
+            (module_types::LAYER_NORM, "beta") => {
+                (vec![format!("{base}bias")], Transform::Identity)
+            }
             (m, "weight") if m.starts_with(module_types::WEIGHT_NORM_PREFIX) => (
                 vec![format!("{base}weight_g"), format!("{base}weight_v")],
                 Transform::WeightNorm,
             ),
-            (module_types::TOKEN_CONV, "weight") => (vec![path.to_string()], Transform::ConvAsMatmul),
+            (module_types::TOKEN_CONV, "weight") => {
+                (vec![path.to_string()], Transform::ConvAsMatmul)
+            }
             _ => (vec![path.to_string()], Transform::Identity),
         };
         Source {

@@ -1,0 +1,92 @@
+//! Decoding long latents in overlapping chunks, to bound memory.
+//!
+//! The decoder is fully convolutional, so a window of latent frames decodes to the matching
+//! window of audio except near the window's edges, where the convolutions see zero padding
+//! instead of the neighbouring frames. Each chunk is therefore decoded with `overlap` extra
+//! latent frames of context on both sides, and only its central part is kept. The error
+//! against the whole-sequence decode falls as the overlap grows (it is zero once the overlap
+//! covers the decoder's receptive field); the tests measure it. Peak activation memory is that
+//! of a `chunk + 2 * overlap` frame decode instead of the whole latent.
+
+use burn::tensor::Tensor;
+
+use audiox_core::{Error, Result};
+
+use crate::decoder::OobleckDecoder;
+use crate::vae::check_latent;
+
+/// Chunking of a decode, in latent frames.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ChunkedDecode {
+    /// Latent frames kept from each chunk.
+    pub chunk: usize,
+    /// Extra latent frames of context decoded on each side of a chunk and then dropped.
+    pub overlap: usize,
+}
+
+impl Default for ChunkedDecode {
+    /// 64 frames per chunk with 16 frames of context on each side (exact for the full-size
+    /// AudioX-Turbo decoder, whose receptive radius is 11 latent frames).
+    fn default() -> Self {
+        ChunkedDecode {
+            chunk: 64,
+            overlap: 16,
+        }
+    }
+}
+
+impl ChunkedDecode {
+    /// Chunks of `chunk` frames with just enough overlap to reproduce the whole decode.
+    pub fn exact(decoder: &OobleckDecoder, chunk: usize) -> Self {
+        ChunkedDecode {
+            chunk,
+            overlap: decoder.receptive_radius(),
+        }
+    }
+}
+
+impl OobleckDecoder {
+    /// How many latent frames on each side can influence one output sample (an upper bound):
+    /// `3` for the input convolution, then per up-sampling block `39 / U_out` for its residual
+    /// units (kernel 7, dilations 1, 3, 9) and `2 / U_in` for its transposed convolution, and
+    /// `3 / ratio` for the output convolution, where `U` counts samples per latent frame.
+    pub fn receptive_radius(&self) -> usize {
+        let mut radius = 3.0f64;
+        let mut samples_per_frame = 1.0f64;
+        for block in &self.blocks {
+            let s = block.up.stride() as f64;
+            radius += 2.0 / samples_per_frame;
+            samples_per_frame *= s;
+            radius += 39.0 / samples_per_frame;
+        }
+        radius += 3.0 / samples_per_frame;
+        radius.ceil() as usize
+    }
+
+    /// Decodes `[B, C, L]` chunk by chunk (see the [module docs](self)); the output has the
+    /// length of a whole decode, `L * ratio`.
+    pub fn forward_chunked(&self, latent: Tensor<3>, chunking: ChunkedDecode) -> Result<Tensor<3>> {
+        check_latent(self, &latent)?;
+        if chunking.chunk == 0 {
+            return Err(Error::InvalidRequest(
+                "chunked decode needs chunk >= 1".into(),
+            ));
+        }
+        let [_, _, len] = latent.dims();
+        if len <= chunking.chunk {
+            return Ok(self.forward(latent));
+        }
+        let ratio = self.upsampling_ratio();
+        let mut pieces = Vec::with_capacity(len.div_ceil(chunking.chunk));
+        let mut start = 0;
+        while start < len {
+            let end = (start + chunking.chunk).min(len);
+            let from = start.saturating_sub(chunking.overlap);
+            let to = (end + chunking.overlap).min(len);
+            let audio = self.forward(latent.clone().narrow(2, from, to - from));
+            pieces.push(audio.narrow(2, (start - from) * ratio, (end - start) * ratio));
+            start = end;
+        }
+        Ok(Tensor::cat(pieces, 2))
+    }
+}

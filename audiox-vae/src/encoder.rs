@@ -1,0 +1,176 @@
+//! The Oobleck encoder: audio `[B, channels_in, S]` -> `[B, 2C, S / prod(strides)]` (the VAE
+//! bottleneck's mean and scale).
+
+use burn::module::Module;
+use burn::tensor::{Device, Tensor};
+
+use audiox_core::weights::Layout;
+
+use crate::conv::{WeightNormConv1d, WeightNormConv1dConfig};
+use crate::residual::{ResidualUnit, residual_stack};
+use crate::snake::Snake;
+
+/// Sizes of an [`OobleckEncoder`] (the official encoder config).
+#[derive(burn::config::Config, Debug)]
+pub struct OobleckEncoderConfig {
+    /// Audio channels in.
+    pub channels_in: usize,
+    /// Base width.
+    pub channels: usize,
+    /// Width multipliers per level.
+    pub c_mults: Vec<usize>,
+    /// Down-sampling stride per level.
+    pub strides: Vec<usize>,
+    /// Output channels (2 x the VAE latent).
+    pub latent_dim: usize,
+}
+
+impl OobleckEncoderConfig {
+    /// From the official config's encoder section.
+    pub fn from_config(c: &audiox_core::config::OobleckEncoderConfig) -> Self {
+        Self::new(
+            c.in_channels,
+            c.channels,
+            c.c_mults.clone(),
+            c.strides.clone(),
+            c.latent_dim,
+        )
+    }
+
+    /// Builds the encoder (parameters stay lazy until loaded).
+    pub fn init(&self, device: &Device) -> OobleckEncoder {
+        let w: Vec<usize> = std::iter::once(self.channels)
+            .chain(self.c_mults.iter().map(|m| m * self.channels))
+            .collect();
+        let n = self.strides.len();
+        let blocks = (0..n)
+            .map(|i| {
+                let s = self.strides[i];
+                EncoderBlock {
+                    residuals: residual_stack(w[i], device),
+                    act: Snake::new(w[i], device),
+                    down: WeightNormConv1dConfig::new(w[i], w[i + 1], 2 * s)
+                        .with_stride(s)
+                        .with_padding(s.div_ceil(2))
+                        .init(device),
+                }
+            })
+            .collect();
+        OobleckEncoder {
+            conv_in: WeightNormConv1dConfig::new(self.channels_in, w[0], 7)
+                .with_padding(3)
+                .init(device),
+            blocks,
+            act_out: Snake::new(w[n], device),
+            conv_out: WeightNormConv1dConfig::new(w[n], self.latent_dim, 3)
+                .with_padding(1)
+                .init(device),
+        }
+    }
+}
+
+/// One down-sampling level: three residual units (dilations 1, 3, 9), SnakeBeta, strided
+/// convolution (kernel `2s`, stride `s`, padding `ceil(s/2)`: length `floor(T / s)` for even `s`).
+/// Official sub-modules: `layers.0..2` residuals, `layers.3` act, `layers.4` down.
+#[derive(Module, Debug)]
+pub struct EncoderBlock {
+    /// Residual units.
+    pub residuals: Vec<ResidualUnit>,
+    /// SnakeBeta before the down-sampling.
+    pub act: Snake,
+    /// Down-sampling convolution.
+    pub down: WeightNormConv1d,
+}
+
+/// The Oobleck encoder. Official layers: `layers.0` input convolution (kernel 7),
+/// `layers.1..n` down-sampling blocks, `layers.n+1` SnakeBeta, `layers.n+2` output convolution
+/// (kernel 3).
+#[derive(Module, Debug)]
+pub struct OobleckEncoder {
+    /// Audio -> base width, kernel 7.
+    pub conv_in: WeightNormConv1d,
+    /// Down-sampling blocks, shallowest first.
+    pub blocks: Vec<EncoderBlock>,
+    /// Final SnakeBeta.
+    pub act_out: Snake,
+    /// Deepest width -> 2 x latent channels, kernel 3.
+    pub conv_out: WeightNormConv1d,
+}
+
+impl OobleckEncoder {
+    /// How our parameter names map to the official `layers.N...` names (relative to the
+    /// encoder: load with the prefix `encoder.`).
+    pub fn layout(&self) -> Layout {
+        let n = self.blocks.len();
+        Layout::new()
+            .rename(r"^conv_in\.", "layers.0.")
+            .rename_with(r"^blocks\.(\d+)\.", |c| {
+                format!("layers.{}.", c[1].parse::<usize>().unwrap() + 1)
+            })
+            .rename(r"^act_out\.", &format!("layers.{}.", n + 1))
+            .rename(r"^conv_out\.", &format!("layers.{}.", n + 2))
+            .rename(r"\.residuals\.(\d+)\.", ".layers.$1.")
+            .rename(r"\.act\.", ".layers.3.")
+            .rename(r"\.down\.", ".layers.4.")
+            .rename(r"\.act1\.", ".layers.0.")
+            .rename(r"\.conv1\.", ".layers.1.")
+            .rename(r"\.act2\.", ".layers.2.")
+            .rename(r"\.conv2\.", ".layers.3.")
+    }
+
+    /// Product of the strides: audio samples per latent frame.
+    pub fn downsampling_ratio(&self) -> usize {
+        self.blocks.iter().map(|b| b.down.stride()).product()
+    }
+
+    /// Audio channels expected at the input.
+    pub fn channels_in(&self) -> usize {
+        self.conv_in.channels_in()
+    }
+
+    /// Output channels (2 x latent).
+    pub fn channels_out(&self) -> usize {
+        self.conv_out.channels_out()
+    }
+
+    /// Latent frames for `samples` input samples (`floor(T / s)` per level for even strides;
+    /// 0 when the input is too short).
+    pub fn output_length(&self, samples: usize) -> usize {
+        self.blocks.iter().fold(samples, |len, b| {
+            let s = b.down.stride();
+            // Convolution length with kernel 2s and padding ceil(s/2) on both sides.
+            (len + 2 * s.div_ceil(2))
+                .checked_sub(2 * s)
+                .map_or(0, |l| l / s + 1)
+        })
+    }
+
+    /// `[B, channels_in, S]` -> `[B, 2C, La]`.
+    pub fn forward(&self, audio: Tensor<3>) -> Tensor<3> {
+        self.forward_traced(audio, &mut |_, _| {})
+    }
+
+    /// [`OobleckEncoder::forward`], reporting the output of every top-level layer under its
+    /// official name (`encoder.layers.2`).
+    pub fn forward_traced(
+        &self,
+        audio: Tensor<3>,
+        trace: &mut dyn FnMut(&str, &Tensor<3>),
+    ) -> Tensor<3> {
+        let mut x = self.conv_in.forward(audio);
+        trace("encoder.layers.0", &x);
+        for (i, block) in self.blocks.iter().enumerate() {
+            for unit in &block.residuals {
+                x = unit.forward(x);
+            }
+            x = block.down.forward(block.act.forward(x));
+            trace(&format!("encoder.layers.{}", i + 1), &x);
+        }
+        let n = self.blocks.len();
+        x = self.act_out.forward(x);
+        trace(&format!("encoder.layers.{}", n + 1), &x);
+        x = self.conv_out.forward(x);
+        trace(&format!("encoder.layers.{}", n + 2), &x);
+        x
+    }
+}

@@ -1,0 +1,155 @@
+//! VAE structure (full size, against the manifest), chunked decoding, and bad input.
+
+use audiox_core::Error;
+use audiox_core::config::ModelConfig;
+use audiox_core::fixtures::{FixtureSet, manifest_dir, official_config_path};
+use audiox_core::noise::{NoiseSource, SeededNoise};
+use audiox_core::tensor::{from_dyn, to_vec};
+use audiox_core::weights::{WeightSource, compare_with_manifest, load_module, read_manifest};
+use audiox_vae::{ChunkedDecode, VaeConfig};
+use burn::tensor::{Device, Tensor};
+
+/// The VAE built at the official config has exactly the names and shapes of `vae.json`
+/// (weight-normalised kernels map to their `weight_g`/`weight_v` pairs). Nothing is allocated.
+#[test]
+fn full_size_vae_matches_the_manifest() {
+    let config = ModelConfig::from_file(official_config_path()).unwrap();
+    let vae = VaeConfig::from_config(&config.model.pretransform.config).init(&Device::flex());
+    let manifest = read_manifest(manifest_dir().join("vae.json")).unwrap();
+    let diff = compare_with_manifest(&vae, &vae.layout(), &manifest);
+    assert!(diff.is_empty(), "{diff}");
+    assert_eq!(vae.decoder.upsampling_ratio(), 2048);
+    assert_eq!(vae.encoder.output_length(441_000), 215);
+    // The default chunking's overlap covers the full-size decoder's receptive field.
+    assert_eq!(vae.decoder.receptive_radius(), 11);
+    assert!(ChunkedDecode::default().overlap >= vae.decoder.receptive_radius());
+}
+
+fn tiny_vae(device: &Device) -> audiox_vae::Vae {
+    let set = FixtureSet::open_default().unwrap();
+    let dec = set.fixture("vae_decoder").unwrap();
+    let enc = set.fixture("vae_encoder").unwrap();
+    let config = ModelConfig::from_json_value(dec.config_json().unwrap()).unwrap();
+    let vae = VaeConfig::from_config(&config.model.pretransform.config).init(device);
+    let layout = vae.layout();
+    let (vae, report) = load_module(
+        vae,
+        &layout,
+        &[
+            WeightSource::new(dec.weights()),
+            WeightSource::new(enc.weights()),
+        ],
+    )
+    .unwrap();
+    assert!(!report.applied.is_empty());
+    vae
+}
+
+/// Chunked decoding equals the whole decode once the overlap covers the receptive field; with
+/// less overlap the error falls as the overlap grows (measured here on seeded random latents).
+#[test]
+fn chunked_decode_error_against_whole_decode() {
+    let device = Device::flex();
+    let vae = tiny_vae(&device);
+    let c = vae.decoder.latent_dim();
+    let values = SeededNoise::new(3).normal("latent", &[2, c, 61]).unwrap();
+    let latent = from_dyn::<3>(values, &[2, c, 61], &device).unwrap();
+    let whole = to_vec(vae.decode(latent.clone()).unwrap());
+    let peak = whole.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+    let err = |chunking| {
+        let chunked = to_vec(
+            vae.decoder
+                .forward_chunked(latent.clone(), chunking)
+                .unwrap(),
+        );
+        assert_eq!(chunked.len(), whole.len());
+        chunked
+            .iter()
+            .zip(&whole)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0f32, f32::max)
+    };
+    // Overlap larger than the receptive field: identical up to float noise.
+    assert!(
+        err(ChunkedDecode {
+            chunk: 8,
+            overlap: 30
+        }) <= 1e-5 * peak.max(1.0)
+    );
+    // No overlap: the seams are visibly wrong (so the test can tell the two apart).
+    let no_overlap = err(ChunkedDecode {
+        chunk: 8,
+        overlap: 0,
+    });
+    assert!(no_overlap > 1e-3 * peak, "{no_overlap}");
+    // The error falls as the overlap grows (printed for docs/performance.md).
+    let errors: Vec<f32> = [0, 2, 4, 8, 16, 24]
+        .iter()
+        .map(|&overlap| err(ChunkedDecode { chunk: 16, overlap }) / peak)
+        .collect();
+    println!("relative max error for chunk 16, overlap 0/2/4/8/16/24: {errors:?}");
+    assert!(errors[3] > errors[4] && errors[4] > errors[5], "{errors:?}");
+    assert!(errors[4] < 1e-2, "{errors:?}");
+    // Overlap = the computed receptive radius reproduces the whole decode.
+    let exact = ChunkedDecode::exact(&vae.decoder, 16);
+    assert!(
+        err(exact) <= 1e-5 * peak.max(1.0),
+        "radius {}",
+        exact.overlap
+    );
+    // A chunk of zero frames is refused.
+    assert!(
+        vae.decoder
+            .forward_chunked(
+                latent,
+                ChunkedDecode {
+                    chunk: 0,
+                    overlap: 1
+                }
+            )
+            .is_err()
+    );
+}
+
+#[test]
+fn wrong_input_shapes_are_typed_errors() {
+    let device = Device::flex();
+    let vae = tiny_vae(&device);
+    let c = vae.decoder.latent_dim();
+    let bad_latent = Tensor::<3>::zeros([1, c + 1, 4], &device);
+    assert!(matches!(
+        vae.decode(bad_latent),
+        Err(Error::InputShape { .. })
+    ));
+    let empty = Tensor::<3>::zeros([1, c, 0], &device);
+    assert!(matches!(vae.decode(empty), Err(Error::InputShape { .. })));
+    let mono = Tensor::<3>::zeros([1, 1, 64], &device);
+    let mut noise = SeededNoise::new(1);
+    assert!(matches!(
+        vae.encode(mono, &mut noise),
+        Err(Error::InputShape { .. })
+    ));
+    let too_short = Tensor::<3>::zeros([1, 2, 1], &device);
+    assert!(matches!(
+        vae.encode(too_short, &mut noise),
+        Err(Error::InputShape { .. })
+    ));
+}
+
+/// Encoding then decoding runs end to end with a seeded source, deterministically.
+#[test]
+fn encode_is_deterministic_for_a_seed() {
+    let device = Device::flex();
+    let vae = tiny_vae(&device);
+    let audio = from_dyn::<3>(
+        (0..2 * 200).map(|i| (i as f32 * 0.05).sin()).collect(),
+        &[1, 2, 200],
+        &device,
+    )
+    .unwrap();
+    let a = to_vec(vae.encode(audio.clone(), &mut SeededNoise::new(5)).unwrap());
+    let b = to_vec(vae.encode(audio.clone(), &mut SeededNoise::new(5)).unwrap());
+    let c = to_vec(vae.encode(audio, &mut SeededNoise::new(6)).unwrap());
+    assert_eq!(a, b);
+    assert_ne!(a, c);
+}
