@@ -74,3 +74,34 @@ pub fn peak_rss_bytes() -> Option<u64> {
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
 }
+
+/// Replaces every float parameter of `module` with seeded normal values scaled by
+/// `1 / sqrt(fan_in)` (fan_in = elements / first dimension), so full-size benches run on
+/// O(1) activations like a trained model would, without any weight file.
+pub fn randomize<M: burn::module::Module>(module: M, seed: u64) -> M {
+    use audiox_core::noise::{NoiseSource, SeededNoise};
+    use burn::module::{ModuleMapper, Param};
+    use burn::tensor::TensorData;
+
+    struct Randomizer(SeededNoise);
+    impl ModuleMapper for Randomizer {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            let shape = param.lazy_shape().to_vec();
+            let device = param.lazy_device();
+            let n: usize = shape.iter().product();
+            let fan_in = (n / shape.first().copied().unwrap_or(1).max(1)).max(1);
+            let scale = 1.0 / (fan_in as f32).sqrt();
+            let values: Vec<f32> = self
+                .0
+                .normal("bench weights", &[n])
+                .expect("seeded noise cannot fail")
+                .into_iter()
+                .map(|x| x * scale)
+                .collect();
+            let tensor = Tensor::<D>::from_data(TensorData::new(values, shape), &device);
+            let id = param.id;
+            param.transform_for_load(tensor, id)
+        }
+    }
+    module.map(&mut Randomizer(SeededNoise::new(seed)))
+}
