@@ -60,7 +60,7 @@ impl Audio {
 
     /// Audio from interleaved samples (`[l0, r0, l1, r1, ...]`).
     pub fn from_interleaved(sample_rate: u32, channels: usize, samples: &[f32]) -> Result<Self> {
-        if channels == 0 || samples.len() % channels != 0 {
+        if channels == 0 || !samples.len().is_multiple_of(channels) {
             return Err(Error::Audio {
                 path: None,
                 message: format!(

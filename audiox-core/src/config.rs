@@ -590,7 +590,7 @@ impl ModelConfig {
                 ),
             ));
         }
-        if dit.num_heads == 0 || dit.embed_dim % dit.num_heads != 0 {
+        if dit.num_heads == 0 || !dit.embed_dim.is_multiple_of(dit.num_heads) {
             return Err(Error::config(
                 "model.diffusion.config.num_heads",
                 format!(
@@ -599,7 +599,7 @@ impl ModelConfig {
                 ),
             ));
         }
-        if dit.head_dim() % 2 != 0 {
+        if !dit.head_dim().is_multiple_of(2) {
             return Err(Error::config(
                 "model.diffusion.config.num_heads",
                 format!(
@@ -668,7 +668,7 @@ impl ModelConfig {
         }
         let maf = &diffusion.gate_type_config;
         let d = self.model.conditioning.cond_dim;
-        if maf.num_heads == 0 || d % maf.num_heads != 0 {
+        if maf.num_heads == 0 || !d.is_multiple_of(maf.num_heads) {
             return Err(Error::config(
                 "model.diffusion.gate_type_config.num_heads",
                 format!("{} does not divide the fusion width {d}", maf.num_heads),
@@ -920,7 +920,7 @@ fn check_autoencoder(prefix: &str, ae: &AutoencoderConfig) -> Result<()> {
                 format!("{} multipliers for {} strides", mults.len(), strides.len()),
             ));
         }
-        if strides.iter().any(|&s| s == 0) || mults.iter().any(|&m| m == 0) || channels == 0 {
+        if strides.contains(&0) || mults.contains(&0) || channels == 0 {
             return Err(Error::config(
                 format!("{prefix}.{name}.config.strides"),
                 "sizes must be positive",
