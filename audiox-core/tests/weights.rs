@@ -138,6 +138,7 @@ struct Small {
     norm: LayerNorm,
     conv: WeightNormConv,
     permuted: Linear,
+    gate: Param<Tensor<1>>,
 }
 
 fn small(device: &Device) -> Small {
@@ -149,6 +150,7 @@ fn small(device: &Device) -> Small {
             bias: Param::from_tensor(Tensor::zeros([2], device)),
         },
         permuted: LinearConfig::new(2, 3).with_bias(false).init(device),
+        gate: Param::from_tensor(Tensor::zeros([1], device)),
     }
 }
 
@@ -159,6 +161,7 @@ fn layout() -> Layout {
             keys: vec![official.to_string()],
             transform: Transform::PermuteRows(std::sync::Arc::new(vec![2, 0, 1])),
         })
+        .scalar(r"^gate$")
         .ignore(r"^dead\.")
 }
 
@@ -184,6 +187,7 @@ fn official_tensors() -> Vec<(String, Vec<usize>, Vec<f32>)> {
             vec![3, 2],
             vec![1., 2., 3., 4., 5., 6.],
         ),
+        ("gate".into(), vec![], vec![-2.5]),
         ("dead.weight".into(), vec![1], vec![0.]),
         ("stray.weight".into(), vec![1], vec![0.]),
     ]
@@ -210,7 +214,9 @@ fn layout_transforms_are_applied() {
         values(m.permuted.weight.val()),
         vec![5., 1., 3., 6., 2., 4.]
     );
-    assert_eq!(report.applied.len(), 7);
+    // A 0-d official scalar into a [1] parameter.
+    assert_eq!(values(m.gate.val()), vec![-2.5]);
+    assert_eq!(report.applied.len(), 8);
     assert_eq!(report.unused.len(), 1, "{:?}", report.unused);
     assert_eq!(report.unused[0].1, "stray.weight");
     assert_eq!(report.ignored.len(), 1);
@@ -219,7 +225,8 @@ fn layout_transforms_are_applied() {
     assert_eq!(names.get("conv.weight_g"), Some(&vec![2, 1, 1]));
     assert_eq!(names.get("to_out.0.weight"), Some(&vec![2, 3]));
     assert_eq!(names.get("permuted.weight"), Some(&vec![3, 2]));
-    assert_eq!(names.len(), 8);
+    assert_eq!(names.get("gate"), Some(&vec![]));
+    assert_eq!(names.len(), 9);
 }
 
 #[test]

@@ -39,6 +39,8 @@ pub enum Transform {
     /// `[k, in, out]` so that its `[k * in, out]` reshape is the matmul weight of the unfolded
     /// input (row `j * in + c` = tap `j`, input channel `c`).
     ConvAsMatmul,
+    /// An official 0-d scalar (shape `[]`) held as a `[1]` parameter (burn has no 0-d tensors).
+    Scalar,
 }
 
 /// Where one of our parameters comes from.
@@ -66,6 +68,7 @@ impl Source {
                 vec![g, our.to_vec()]
             }
             Transform::ConvAsMatmul => vec![vec![our[2], our[1], our[0]]],
+            Transform::Scalar => vec![vec![]],
         }
     }
 }
@@ -167,6 +170,15 @@ impl Layout {
     ) -> Self {
         self.overrides.push((regex(pattern), Arc::new(source)));
         self
+    }
+
+    /// Declares the parameters whose path matches `pattern` as official 0-d scalars held as
+    /// `[1]` ([`Transform::Scalar`]).
+    pub fn scalar(self, pattern: &str) -> Self {
+        self.with_source(pattern, |_, official| Source {
+            keys: vec![official.to_string()],
+            transform: Transform::Scalar,
+        })
     }
 
     /// Declares official tensors (regex over official names) that the model deliberately does

@@ -244,7 +244,7 @@ fn compute(found: &Found<'_>, ours: &[usize]) -> Result<Vec<f32>> {
         read.push((shape, values));
     }
     Ok(match &found.source.transform {
-        Transform::Identity => read.remove(0).1,
+        Transform::Identity | Transform::Scalar => read.remove(0).1,
         Transform::TransposeLinear => {
             let (shape, v) = read.remove(0);
             transpose2(&v, shape[0], shape[1])

@@ -1,0 +1,400 @@
+//! The video conditioner (`clip-with-sync-w-empty-feat`,
+//! `CLIPWithSyncWithEmptyFeatureConditioner`).
+//!
+//! For frames `[B, T, 3, H, W]` holding pixel values 0..255 and Synchformer features
+//! `[B, R, D]` (R = 240):
+//!
+//! 1. an item whose frames are all exactly 0 is "no video": its output is the learned
+//!    `empty_visual_feat` `[Nv, D]` and nothing else is computed for it (the reference computes
+//!    and discards CLIP, the temporal transformer and the projections for it);
+//! 2. the other items' frames are CLIP-normalised and run through CLIP -> `[B'·T, Q, D]`
+//!    (last hidden state, before `post_layernorm`);
+//! 3. regrouped per token index `[B'·Q, T, D]`, plus `Temp_pos_embedding` `[1, T, D]`, through
+//!    the temporal transformer;
+//! 4. regrouped to `[B', T·Q, D]` in (frame, token) order, then **reinterpreted in memory** as
+//!    `B'·D` rows of `T·Q` values, projected by `proj` (T·Q -> Nv) and reinterpreted as
+//!    `[B', Nv, D]`;
+//! 5. the sync features get the same reinterpretation around `proj_sync` (R -> Nv);
+//! 6. `tokens = step 4 + sync_weight · step 5`.
+//!
+//! The mask is ones `[B, 1]`.
+
+use std::path::Path;
+
+use audiox_core::config::ModelConfig;
+use audiox_core::weights::{Layout, LoadReport, StateDict, WeightSource, load_module};
+use audiox_core::{Error, Result};
+use burn::config::Config;
+use burn::module::{Module, Param};
+use burn::nn::{Initializer, Linear, LinearConfig};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+
+use super::Condition;
+use super::temporal::{TemporalTransformer, TemporalTransformerConfig};
+use crate::clip::{ClipVision, ClipVisionConfig, normalize_pixels};
+
+/// Seconds of video the conditioner's sizes are built for.
+/// upstream: hard-coded in the conditioner, independent of the model config.
+pub const VIDEO_SECONDS: usize = 10;
+/// The conditioner's frame rate when its config sets none (the official default).
+pub const DEFAULT_VIDEO_FPS: usize = 5;
+
+/// Official name of the scalar sync gain (stored with shape `[]`).
+const SYNC_WEIGHT: &str = "sync_weight";
+/// Official name of the CLIP tower inside the conditioner.
+const CLIP_FIELD: &str = "visual_encoder_model";
+
+/// Sizes of a [`VideoConditioner`].
+#[derive(Config, Debug)]
+pub struct VideoConditionerConfig {
+    /// The CLIP vision tower.
+    pub clip: ClipVisionConfig,
+    /// Frames per request (T).
+    pub frames: usize,
+    /// Output tokens (Nv).
+    pub tokens: usize,
+    /// Rows of the Synchformer features (R, 240).
+    pub sync_rows: usize,
+    /// The temporal transformer (its width is the CLIP width).
+    pub temporal: TemporalTransformerConfig,
+}
+
+impl VideoConditionerConfig {
+    /// The conditioner of an official model config, with the CLIP tower's sizes (from its
+    /// Hugging Face `config.json`). Sizes the official constructor hard-codes come from
+    /// [`ModelConfig::arch_sizes`].
+    pub fn from_model_config(model: &ModelConfig, clip: ClipVisionConfig) -> Result<Self> {
+        let video = model
+            .video_conditioner()
+            .ok_or_else(|| Error::config("model.conditioning.configs", "no video conditioner"))?;
+        let arch = model.arch_sizes()?;
+        let fps = video.video_fps.map_or(DEFAULT_VIDEO_FPS, |f| f as usize);
+        let t = &arch.temporal;
+        let temporal = TemporalTransformerConfig::new(
+            clip.hidden_size,
+            t.depth,
+            t.heads,
+            t.dim_head,
+            t.mlp_dim,
+        );
+        Ok(VideoConditionerConfig::new(
+            clip,
+            VIDEO_SECONDS * fps,
+            arch.video_tokens,
+            arch.sync_rows,
+            temporal,
+        ))
+    }
+
+    /// Builds the conditioner (parameters stay lazy until loaded).
+    pub fn init(&self, device: &Device) -> VideoConditioner {
+        let d = self.clip.hidden_size;
+        let normal = Initializer::Normal {
+            mean: 0.0,
+            std: 1.0,
+        };
+        VideoConditioner {
+            visual_encoder_model: self.clip.init(device),
+            temp_pos_embedding: normal.init([1, self.frames, d], device),
+            temp_transformer: self.temporal.init(device),
+            proj: LinearConfig::new(self.frames * self.clip.tokens(), self.tokens).init(device),
+            proj_sync: LinearConfig::new(self.sync_rows, self.tokens).init(device),
+            sync_weight: Initializer::Zeros.init([1], device),
+            empty_visual_feat: Initializer::Zeros.init([1, self.tokens, d], device),
+        }
+    }
+}
+
+/// The video conditioner. See the [module docs](self).
+#[derive(Module, Debug)]
+pub struct VideoConditioner {
+    /// The CLIP vision tower (official `visual_encoder_model.*`).
+    pub visual_encoder_model: ClipVision,
+    /// Position table over frames `[1, T, D]` (official `Temp_pos_embedding`).
+    pub temp_pos_embedding: Param<Tensor<3>>,
+    /// Temporal transformer (official `Temp_transformer.*`).
+    pub temp_transformer: TemporalTransformer,
+    /// `T·Q -> Nv`.
+    pub proj: Linear,
+    /// `R -> Nv`.
+    pub proj_sync: Linear,
+    /// Gain of the sync branch. Officially a 0-d tensor; held as `[1]` (burn has no 0-d
+    /// tensors; [`VideoConditioner::load`] reads the scalar).
+    pub sync_weight: Param<Tensor<1>>,
+    /// Output for an item without video `[1, Nv, D]`.
+    pub empty_visual_feat: Param<Tensor<3>>,
+}
+
+/// Intermediate values of the video conditioner on every item (parity checks; the real
+/// forward pass skips items without video).
+#[derive(Debug, Clone)]
+pub struct VideoTrace {
+    /// CLIP last hidden state of all frames `[B·T, Q, D]`.
+    pub clip: Tensor<3>,
+    /// Temporal transformer output `[B·Q, T, D]`.
+    pub temporal: Tensor<3>,
+    /// `proj` output `[B·D, Nv]`.
+    pub proj: Tensor<2>,
+    /// `proj_sync` output `[B·D, Nv]`.
+    pub proj_sync: Tensor<2>,
+    /// The condition.
+    pub condition: Condition,
+}
+
+impl VideoConditioner {
+    /// How our parameter paths map to the official names (relative to the conditioner:
+    /// load with the prefix `conditioner.conditioners.video_prompt.`).
+    pub fn layout() -> Layout {
+        let layout = Layout::new().rename(r"^temp_pos_embedding$", "Temp_pos_embedding");
+        TemporalTransformer::layout_rules(layout, "temp_transformer.", "Temp_transformer.")
+    }
+
+    /// Loads the weights from `sources` (later sources override earlier ones per parameter;
+    /// each is looked up under its prefix, normally `conditioner.conditioners.video_prompt.`).
+    /// The official 0-d `sync_weight` is read into our `[1]` parameter.
+    pub fn load(self, sources: &[WeightSource<'_>]) -> Result<(Self, LoadReport)> {
+        // A one-tensor view of each scalar with the `[1]` shape we hold, under the same file
+        // and key (so the load report counts the stored scalar as used).
+        let mut views = Vec::with_capacity(sources.len());
+        for s in sources {
+            let key = format!("{}{SYNC_WEIGHT}", s.prefix);
+            let view = match s.dict.get(&key) {
+                Some(t) if t.shape().iter().product::<usize>() == 1 && t.shape().len() <= 1 => {
+                    let (_, values) = s.dict.read_f32(&key)?;
+                    Some(StateDict::from_f32(
+                        s.dict.path(),
+                        vec![(key, vec![1], values)],
+                    )?)
+                }
+                Some(t) => {
+                    return Err(Error::ShapeMismatch {
+                        path: s.dict.path().to_path_buf(),
+                        key,
+                        expected: vec![],
+                        found: t.shape().to_vec(),
+                    });
+                }
+                None => None,
+            };
+            views.push(view);
+        }
+        let mut all = Vec::with_capacity(2 * sources.len());
+        for (s, view) in sources.iter().zip(&views) {
+            all.push(*s);
+            if let Some(v) = view {
+                all.push(WeightSource::with_prefix(v, s.prefix));
+            }
+        }
+        load_module(self, &Self::layout(), &all)
+    }
+
+    /// Builds and loads the conditioner the way the official loader does: sizes from the model
+    /// config and the CLIP folder's `config.json`; CLIP weights from the folder's
+    /// `model.safetensors` / `pytorch_model.bin` when present, overridden by the
+    /// checkpoint's copy (`{prefix}visual_encoder_model.*`); everything else from the checkpoint
+    /// under `prefix` (normally `conditioner.conditioners.video_prompt.`).
+    pub fn from_official(
+        model: &ModelConfig,
+        clip_dir: impl AsRef<Path>,
+        checkpoint: &StateDict,
+        prefix: &str,
+        device: &Device,
+    ) -> Result<(Self, LoadReport)> {
+        let clip_dir = clip_dir.as_ref();
+        let clip = ClipVisionConfig::from_hf_file(clip_dir.join("config.json"))?;
+        let conditioner = VideoConditionerConfig::from_model_config(model, clip)?.init(device);
+        let clip_file = ["model.safetensors", "pytorch_model.bin"]
+            .iter()
+            .map(|f| clip_dir.join(f))
+            .find(|p| p.exists());
+        let clip_weights = match clip_file {
+            Some(path) => {
+                Some(StateDict::open(path)?.rename(|k, _| Some(format!("{CLIP_FIELD}.{k}"))))
+            }
+            None => None,
+        };
+        let mut sources = Vec::with_capacity(2);
+        if let Some(w) = &clip_weights {
+            sources.push(WeightSource::new(w));
+        }
+        sources.push(WeightSource::with_prefix(checkpoint, prefix));
+        conditioner.load(&sources)
+    }
+
+    fn sizes(&self) -> (usize, usize, usize, usize) {
+        let [_, t, d] = self.temp_pos_embedding.shape().dims();
+        let [rows, nv] = self.proj_sync.weight.shape().dims();
+        (t, d, rows, nv)
+    }
+
+    /// Frames per request (T).
+    pub fn frames(&self) -> usize {
+        self.sizes().0
+    }
+
+    /// Output tokens (Nv).
+    pub fn tokens(&self) -> usize {
+        self.sizes().3
+    }
+
+    /// Checks frames `[B, T, C, H, W]` and sync features `[B, R, D]`.
+    fn check_inputs(&self, frames: &[usize; 5], sync: &[usize; 3]) -> Result<()> {
+        let (t, d, rows, _) = self.sizes();
+        let s = self.visual_encoder_model.image_size();
+        let channels = self.visual_encoder_model.channels();
+        let [b, ft, c, h, w] = *frames;
+        if b == 0 || ft != t || c != channels || h != s || w != s {
+            return Err(Error::input_shape(
+                "video frames",
+                format!("[B >= 1, {t} frames, {channels} channels, {s}, {s}]"),
+                frames,
+            ));
+        }
+        if *sync != [b, rows, d] {
+            return Err(Error::input_shape(
+                "sync features",
+                format!("[{b}, {rows}, {d}]"),
+                sync,
+            ));
+        }
+        Ok(())
+    }
+
+    /// Which items have no video (every pixel exactly 0).
+    pub fn empty_items(frames: &Tensor<5>) -> Vec<bool> {
+        let [b, ..] = frames.dims();
+        let peak = frames.clone().abs().reshape([b as i32, -1]).max_dim(1);
+        let peak: Vec<f32> = audiox_core::tensor::to_vec(peak);
+        peak.iter().map(|&p| p == 0.0).collect()
+    }
+
+    /// CLIP last hidden state `[B·T, Q, D]` of frames `[B, T, 3, H, W]` (values 0..255).
+    pub fn clip_features(&self, frames: Tensor<5>) -> Result<Tensor<3>> {
+        let [b, t, c, h, w] = frames.dims();
+        let pixels = normalize_pixels(frames.reshape([b * t, c, h, w]));
+        self.visual_encoder_model.forward(pixels)
+    }
+
+    /// Temporal transformer over frames, per item and CLIP token: `[B·T, Q, D]` ->
+    /// `[B·Q, T, D]`.
+    pub fn temporal(&self, clip: Tensor<3>) -> Tensor<3> {
+        let [bt, q, d] = clip.dims();
+        let t = self.frames();
+        let b = bt / t;
+        let x = clip
+            .reshape([b, t, q, d])
+            .swap_dims(1, 2)
+            .reshape([b * q, t, d]);
+        self.temp_transformer
+            .forward(x + self.temp_pos_embedding.val())
+    }
+
+    /// `proj` on the temporal output `[B·Q, T, D]`: `[B·D, Nv]`.
+    pub fn project(&self, temporal: Tensor<3>) -> Tensor<2> {
+        let [bq, t, d] = temporal.dims();
+        let q = self.visual_encoder_model.tokens();
+        let b = bq / q;
+        // (b q) t d -> b (t q) d, contiguous.
+        let x = temporal.reshape([b, q, t, d]).swap_dims(1, 2);
+        // upstream: the [B, T·Q, D] buffer is re-read as B·D rows of T·Q values (a memory
+        // reinterpretation, not a transpose); the weights were trained on this layout.
+        self.proj.forward(x.reshape([b * d, t * q]))
+    }
+
+    /// `proj_sync` on sync features `[B, R, D]`: `[B·D, Nv]`.
+    pub fn project_sync(&self, sync: Tensor<3>) -> Tensor<2> {
+        let [b, rows, d] = sync.dims();
+        // upstream: the same memory reinterpretation, [B, R, D] read as B·D rows of R.
+        self.proj_sync.forward(sync.reshape([b * d, rows]))
+    }
+
+    /// `proj(...) + sync_weight · proj_sync(...)`, each `[B·D, Nv]` re-read as `[B, Nv, D]`.
+    fn combine(&self, proj: Tensor<2>, proj_sync: Tensor<2>) -> Tensor<3> {
+        let [bd, nv] = proj.dims();
+        let d = self.sizes().1;
+        let b = bd / d;
+        // upstream: `[B·D, Nv]` re-read as `[B, Nv, D]` (memory reinterpretation).
+        let video = proj.reshape([b, nv, d]);
+        let sync = proj_sync.reshape([b, nv, d]);
+        video + sync * self.sync_weight.val().reshape([1, 1, 1])
+    }
+
+    /// Condition tokens `[B, Nv, D]` (and the mask, ones `[B, 1]`) for frames
+    /// `[B, T, 3, H, W]` holding pixel values 0..255 and sync features `[B, R, D]`.
+    /// Items without video skip every computation (see the [module docs](self)).
+    pub fn forward(&self, frames: Tensor<5>, sync: Tensor<3>) -> Result<Condition> {
+        self.check_inputs(&frames.dims(), &sync.dims())?;
+        let device = frames.device();
+        let [b, ..] = frames.dims();
+        let empty = Self::empty_items(&frames);
+        let active: Vec<i64> = (0..b as i64).filter(|&i| !empty[i as usize]).collect();
+        let (t_frames, t_sync) = if active.len() == b {
+            (frames, sync)
+        } else if active.is_empty() {
+            let (_, d, _, nv) = self.sizes();
+            return Ok(Condition {
+                tokens: self.empty_visual_feat.val().expand([b, nv, d]),
+                mask: Tensor::ones([b, 1], &device),
+            });
+        } else {
+            let idx = Tensor::<1, Int>::from_data(
+                TensorData::new(active.clone(), [active.len()]),
+                &device,
+            );
+            (frames.select(0, idx.clone()), sync.select(0, idx))
+        };
+        let clip = self.clip_features(t_frames)?;
+        let computed = self.combine(self.project(self.temporal(clip)), self.project_sync(t_sync));
+        let tokens = if active.len() == b {
+            computed
+        } else {
+            let empty_feat = self.empty_visual_feat.val();
+            let mut parts = Vec::with_capacity(b);
+            let mut next = 0;
+            for &is_empty in &empty {
+                if is_empty {
+                    parts.push(empty_feat.clone());
+                } else {
+                    parts.push(computed.clone().narrow(0, next, 1));
+                    next += 1;
+                }
+            }
+            Tensor::cat(parts, 0)
+        };
+        Ok(Condition {
+            tokens,
+            mask: Tensor::ones([b, 1], &device),
+        })
+    }
+
+    /// The reference's computation on **every** item, keeping the intermediates; items without
+    /// video are then replaced by `empty_visual_feat`. Same result as
+    /// [`VideoConditioner::forward`], at the reference's cost (parity checks).
+    pub fn forward_trace(&self, frames: Tensor<5>, sync: Tensor<3>) -> Result<VideoTrace> {
+        self.check_inputs(&frames.dims(), &sync.dims())?;
+        let device = frames.device();
+        let [b, ..] = frames.dims();
+        let empty = Self::empty_items(&frames);
+        let clip = self.clip_features(frames)?;
+        let temporal = self.temporal(clip.clone());
+        let proj = self.project(temporal.clone());
+        let proj_sync = self.project_sync(sync);
+        let mut tokens = self.combine(proj.clone(), proj_sync.clone());
+        let (_, d, _, nv) = self.sizes();
+        for (i, &is_empty) in empty.iter().enumerate() {
+            if is_empty {
+                tokens = tokens.slice_assign([i..i + 1, 0..nv, 0..d], self.empty_visual_feat.val());
+            }
+        }
+        Ok(VideoTrace {
+            clip,
+            temporal,
+            proj,
+            proj_sync,
+            condition: Condition {
+                tokens,
+                mask: Tensor::ones([b, 1], &device),
+            },
+        })
+    }
+}

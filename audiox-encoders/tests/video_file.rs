@@ -1,0 +1,301 @@
+//! Decoding video files with ffmpeg (crate feature `video`), on small videos made here with
+//! ffmpeg's test sources. Skipped, with a notice, where ffmpeg is not installed.
+#![cfg(feature = "video")]
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use audiox_core::Error;
+use audiox_encoders::frames::{FrameSampling, Pixels, SampledFrames};
+use audiox_encoders::video_file::{Ffmpeg, decode, mux, probe, sample};
+
+fn ffmpeg_available() -> bool {
+    let ok = Ffmpeg::new().check().is_ok();
+    if !ok {
+        eprintln!("NOTICE: ffmpeg/ffprobe not found on the PATH; video file tests skipped");
+    }
+    ok
+}
+
+/// Runs ffmpeg to make a test file.
+fn make(dir: &Path, name: &str, args: &[&str]) -> PathBuf {
+    let out = dir.join(name);
+    let status = Command::new("ffmpeg")
+        .args(["-v", "error", "-y"])
+        .args(args)
+        .arg(&out)
+        .status()
+        .expect("ffmpeg runs");
+    assert!(status.success(), "ffmpeg could not make {name}");
+    out
+}
+
+/// A lossless clip whose frame `i` is the solid colour (4i, 255 - 4i, 128): the decoded frame
+/// number can be read back from any pixel.
+fn counter_clip(dir: &Path, name: &str, size: &str, rate: &str, seconds: f64) -> PathBuf {
+    let source = format!(
+        "nullsrc=s={size}:r={rate}:d={seconds},geq=r='min(4*N,255)':g='max(255-4*N,0)':b=128"
+    );
+    make(
+        dir,
+        name,
+        &[
+            "-f", "lavfi", "-i", &source, "-c:v", "ffv1", "-pix_fmt", "bgr0",
+        ],
+    )
+}
+
+fn frame_number(frames: &SampledFrames, k: usize) -> usize {
+    let Pixels::U8(p) = frames.pixels() else {
+        panic!("video frames are u8")
+    };
+    let plane = frames.size() * frames.size();
+    (p[k * 3 * plane] / 4) as usize
+}
+
+#[test]
+fn probe_reports_size_and_average_rate() {
+    if !ffmpeg_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let clip = counter_clip(dir.path(), "c.mkv", "40x30", "30", 2.0);
+    let info = probe(&clip).unwrap();
+    assert_eq!((info.width, info.height), (40, 30));
+    assert_eq!(info.fps, 30.0);
+    let ntsc = make(
+        dir.path(),
+        "ntsc.mp4",
+        &[
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=size=64x48:rate=30000/1001:duration=1",
+            "-c:v",
+            "mpeg4",
+        ],
+    );
+    let info = probe(&ntsc).unwrap();
+    assert_eq!((info.width, info.height), (64, 48));
+    assert!((info.fps - 30000.0 / 1001.0).abs() < 1e-9, "{}", info.fps);
+}
+
+/// The frames ffmpeg sends through the `select` filter are the frames the selection rule picks
+/// (read back from their colour), and they equal sampling the fully decoded video in memory.
+#[test]
+fn selected_frames_are_the_right_frames() {
+    if !ffmpeg_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let clip = counter_clip(dir.path(), "c.mkv", "40x30", "30", 2.0);
+    let all = decode(&clip).unwrap();
+    assert_eq!(all.len(), 60);
+    assert_eq!((all.height(), all.width(), all.fps()), (30, 40, 30.0));
+    for i in [0, 17, 59] {
+        assert_eq!(all.frame(i).unwrap()[0] as usize, (4 * i).min(255));
+    }
+
+    let clip_stream = FrameSampling::new(5.0, 2.0, 16);
+    let sync_stream = FrameSampling::new(25.0, 1.0, 8).with_seek(0.5);
+    let [a, b] = sample(&clip, [clip_stream, sync_stream]).unwrap();
+    // 30 fps at 5 fps: every 6th frame.
+    assert_eq!(a.source_index(), &[0, 6, 12, 18, 24, 30, 36, 42, 48, 54]);
+    // 30 fps at 25 fps from 0.5 s: every 2nd frame from frame 15, 25 frames wanted, 23 exist.
+    let expect: Vec<usize> = (15..60).step_by(2).chain([59, 59]).collect();
+    assert_eq!(b.source_index(), expect.as_slice());
+    for (k, &id) in a.source_index().iter().enumerate() {
+        assert_eq!(frame_number(&a, k), id);
+    }
+    for (k, &id) in b.source_index().iter().enumerate() {
+        assert_eq!(frame_number(&b, k), id);
+    }
+    let [a2, b2] = all.sample_streams([clip_stream, sync_stream]).unwrap();
+    assert_eq!(a, a2);
+    assert_eq!(b, b2);
+}
+
+/// Several rates, sizes and codecs: the file path gives what the in-memory path gives.
+#[test]
+fn several_rates_and_sizes() {
+    if !ffmpeg_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let cases = [
+        (
+            "a.mp4",
+            "testsrc=size=64x48:rate=24:duration=1.5",
+            "mpeg4",
+            24.0,
+        ),
+        (
+            "b.mkv",
+            "testsrc=size=50x70:rate=25:duration=1",
+            "ffv1",
+            25.0,
+        ),
+        (
+            "c.mp4",
+            "testsrc2=size=96x54:rate=30000/1001:duration=1.2",
+            "mpeg4",
+            30000.0 / 1001.0,
+        ),
+        (
+            "d.mkv",
+            "testsrc=size=32x32:rate=10:duration=2",
+            "ffv1",
+            10.0,
+        ),
+    ];
+    for (name, source, codec, fps) in cases {
+        let file = make(
+            dir.path(),
+            name,
+            &["-f", "lavfi", "-i", source, "-c:v", codec],
+        );
+        let all = decode(&file).unwrap();
+        assert!((all.fps() - fps).abs() < 1e-9, "{name}: {}", all.fps());
+        let clip_stream = FrameSampling::new(5.0, 1.0, 32);
+        let sync_stream = FrameSampling::new(25.0, 1.0, 24);
+        let [a, b] = sample(&file, [clip_stream, sync_stream]).unwrap();
+        assert_eq!(a.shape(), [5, 3, 32, 32], "{name}");
+        assert_eq!(b.shape(), [25, 3, 24, 24], "{name}");
+        let step = (fps / 25.0).ceil() as usize;
+        assert_eq!(b.source_index()[1], step, "{name}");
+        let [a2, b2] = all.sample_streams([clip_stream, sync_stream]).unwrap();
+        assert_eq!(a, a2, "{name}");
+        assert_eq!(b, b2, "{name}");
+    }
+}
+
+/// A clip shorter than the requested duration is padded with its last frame.
+#[test]
+fn short_clip_is_padded_with_its_last_frame() {
+    if !ffmpeg_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let clip = counter_clip(dir.path(), "short.mkv", "40x30", "25", 0.4);
+    let [frames] = sample(&clip, [FrameSampling::new(25.0, 2.0, 16)]).unwrap();
+    assert_eq!(frames.len(), 50);
+    let index = frames.source_index();
+    assert_eq!(&index[..10], &[0, 1, 2, 3, 4, 5, 6, 7, 8, 9]);
+    assert!(index[10..].iter().all(|&i| i == 9));
+    assert_eq!(frame_number(&frames, 49), 9);
+    // Starting after the end is refused.
+    let late = FrameSampling::new(25.0, 2.0, 16).with_seek(3.0);
+    assert!(matches!(
+        sample(&clip, [late]),
+        Err(Error::InvalidRequest(_))
+    ));
+}
+
+#[test]
+fn files_that_are_not_videos_are_typed_errors() {
+    if !ffmpeg_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let text = dir.path().join("notes.mp4");
+    std::fs::write(&text, b"this is not a video at all").unwrap();
+    let audio = make(
+        dir.path(),
+        "tone.wav",
+        &["-f", "lavfi", "-i", "sine=frequency=440:duration=0.5"],
+    );
+    let s = FrameSampling::new(5.0, 1.0, 16);
+    for file in [&text, &audio] {
+        for result in [
+            probe(file).map(|_| ()),
+            decode(file).map(|_| ()),
+            sample(file, [s]).map(|_| ()),
+        ] {
+            match result {
+                Err(Error::ExternalTool { tool, message }) => {
+                    assert_eq!(tool, "ffprobe");
+                    assert!(message.contains(&file.display().to_string()), "{message}");
+                }
+                other => panic!("{}: expected ExternalTool, got {other:?}", file.display()),
+            }
+        }
+    }
+    assert!(matches!(
+        probe(dir.path().join("absent.mp4")),
+        Err(Error::Io { .. })
+    ));
+}
+
+#[test]
+fn a_missing_ffmpeg_is_a_typed_error() {
+    let missing = Ffmpeg::with_programs("/nonexistent/ffmpeg", "/nonexistent/ffprobe");
+    match missing.check() {
+        Err(Error::ExternalTool { tool, message }) => {
+            assert_eq!(tool, "ffmpeg");
+            assert!(message.contains("not found"), "{message}");
+        }
+        other => panic!("expected ExternalTool, got {other:?}"),
+    }
+    // A real file, so that the program is what is missing.
+    let file = tempfile::NamedTempFile::new().unwrap();
+    assert!(matches!(
+        missing.probe(file.path()),
+        Err(Error::ExternalTool { .. })
+    ));
+}
+
+#[test]
+fn mux_copies_the_video_and_encodes_the_audio() {
+    if !ffmpeg_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let video = make(
+        dir.path(),
+        "v.mp4",
+        &[
+            "-f",
+            "lavfi",
+            "-i",
+            "testsrc=size=64x48:rate=25:duration=2",
+            "-c:v",
+            "mpeg4",
+        ],
+    );
+    let wav = make(
+        dir.path(),
+        "a.wav",
+        &["-f", "lavfi", "-i", "sine=frequency=440:duration=1"],
+    );
+    let out = dir.path().join("out.mp4");
+    mux(&video, &wav, &out).unwrap();
+    let streams = Command::new("ffprobe")
+        .args([
+            "-v",
+            "error",
+            "-show_entries",
+            "stream=codec_type,codec_name",
+            "-of",
+            "csv=p=0",
+        ])
+        .arg(&out)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&streams.stdout);
+    assert!(text.contains("mpeg4,video"), "{text}");
+    assert!(text.contains("aac,audio"), "{text}");
+    // `-shortest`: cut to the 1 s of audio (up to the encoder's frame granularity).
+    let info = probe(&out).unwrap();
+    assert!(info.duration_seconds.unwrap() < 1.5, "{info:?}");
+    // Refuses to overwrite an input.
+    assert!(matches!(
+        mux(&video, &wav, &video),
+        Err(Error::InvalidRequest(_))
+    ));
+    // A segment of the video.
+    let out2 = dir.path().join("seg.mp4");
+    Ffmpeg::new()
+        .mux_segment(&video, &wav, &out2, Some((0.5, 1.0)))
+        .unwrap();
+    assert!(out2.exists());
+}

@@ -1,0 +1,451 @@
+//! The diffusion transformer (official `MMDiffusionTransformer` + `ContinuousMMDiTTransformer`).
+//!
+//! One forward pass (reference-model.md 3.3), shapes at full size (C 64, L 236, E 1536,
+//! Nctx 384, D 768):
+//!
+//! ```text
+//! te  = MLP(fourier(t))                                   [B, E]      time token
+//! x   = x + conv1x1(x)          (channels-last)           [B, L, C]
+//! h   = [te ; project_in(x)]                              [B, L+1, E] time token at 0
+//! m   = proj_mm_seq_len^T(proj_mm_tokens(ctx))            [B, L+1, E] context resampled
+//! h   = blocks(h, modulation(m), rope, te)                            (block.rs)
+//! y   = project_out(h)[:, 1:]                             [B, L, C]   time token dropped
+//! v   = y + conv1x1(y)          -> [B, C, L]              the rectified-flow velocity
+//! ```
+//!
+//! `m` and every block's modulation depend only on the context: [`Dit::prepare`] computes them
+//! once per request ([`PreparedConditioning`]) and [`Dit::forward`] reuses them at every step.
+
+use burn::config::Config;
+use burn::module::Module;
+use burn::nn::{Linear, LinearConfig};
+use burn::tensor::activation::silu;
+use burn::tensor::{Device, Tensor};
+
+use audiox_core::config::{ModelConfig, mmdit_ffn_hidden};
+use audiox_core::weights::{Layout, LoadReport, WeightSource, load_module};
+use audiox_core::{Error, Result};
+
+use crate::attention::interleaved_rows;
+use crate::block::{BlockModulation, DitBlock, DitBlockConfig};
+use crate::rope::RotaryTable;
+use crate::timestep::{TimestepEmbedding, TimestepEmbeddingConfig};
+use crate::token_conv::{TokenConv, TokenConvConfig};
+use crate::trace::{Trace, record, record_with};
+
+/// Configuration of a [`Dit`]. Sizes follow the official checkpoint, not the config's
+/// `num_heads` naming (see [`DitConfig::heads`]).
+#[derive(Config, Debug)]
+pub struct DitConfig {
+    /// Latent channels `C` (64).
+    pub io_channels: usize,
+    /// Width `E` (1536).
+    pub width: usize,
+    /// Number of blocks (24).
+    pub depth: usize,
+    /// Attention heads per block (64: upstream passes `embed_dim / num_heads` as the head
+    /// count, so heads have `num_heads` = 24 elements).
+    pub heads: usize,
+    /// Width `D` of the context tokens (768).
+    pub cond_dim: usize,
+    /// Width of the unused global condition (768; only sizes `to_global_embed`).
+    pub global_cond_dim: usize,
+    /// Context tokens `Nctx` (384 = 128 text + 128 video + 128 audio).
+    pub context_tokens: usize,
+    /// Sequence length `L + 1` (237: 236 latent frames and the time token).
+    pub seq_len: usize,
+    /// Hidden width of the SwiGLU feed-forward (4096).
+    pub ffn_hidden: usize,
+    /// Fourier time features (cos and sin halves).
+    #[config(default = 256)]
+    pub timestep_features: usize,
+    /// Kernel size of the token convolutions.
+    #[config(default = 3)]
+    pub kernel_size: usize,
+    /// Rotary embedding frequency base.
+    #[config(default = 10000.0)]
+    pub rope_base: f32,
+}
+
+impl DitConfig {
+    /// Sizes from an official model config.
+    ///
+    /// `Nctx` is the sum of the three streams' token counts (`ArchSizes::video_tokens`, the
+    /// text conditioner's `max_length`, `ArchSizes::audio_tokens`; 384 at full size). A small
+    /// test config without `_tiny_hardcoded_sizes` reports the full-size stream sizes: set
+    /// `context_tokens` from the weights there. `L + 1` is `_latent_seq_len` when present,
+    /// else the config's latent length plus the time token (the official default, 237, is that
+    /// value for the shipped config).
+    pub fn from_model_config(config: &ModelConfig) -> Result<Self> {
+        let dit = &config.model.diffusion.config;
+        let sizes = config.arch_sizes()?;
+        let text = config.text_conditioner().ok_or_else(|| {
+            Error::config("model.conditioning.configs", "no text conditioner (t5)")
+        })?;
+        let context_tokens = sizes.video_tokens + text.max_length + sizes.audio_tokens;
+        let seq_len = dit
+            .latent_seq_len
+            .unwrap_or_else(|| config.latent_length() + 1);
+        Ok(DitConfig::new(
+            dit.io_channels,
+            dit.embed_dim,
+            dit.depth,
+            // upstream: `embed_dim / num_heads` heads of `num_heads` elements (64 x 24).
+            dit.attention_heads(),
+            dit.cond_token_dim,
+            dit.global_cond_dim,
+            context_tokens,
+            seq_len,
+            mmdit_ffn_hidden(dit.embed_dim),
+        ))
+    }
+
+    /// Builds the network. Parameters stay lazy (nothing is allocated until loaded or read);
+    /// only the small rotary table is computed.
+    pub fn init(&self, device: &Device) -> Result<Dit> {
+        if self.heads == 0
+            || !self.width.is_multiple_of(self.heads)
+            || !(self.width / self.heads).is_multiple_of(2)
+        {
+            return Err(Error::config(
+                "model.diffusion.config.num_heads",
+                format!(
+                    "{} heads do not split width {} into even head sizes",
+                    self.heads, self.width
+                ),
+            ));
+        }
+        if self.seq_len < 2 || self.context_tokens == 0 {
+            return Err(Error::config(
+                "model.diffusion.config._latent_seq_len",
+                format!(
+                    "sequence length {} / context tokens {} cannot describe a model",
+                    self.seq_len, self.context_tokens
+                ),
+            ));
+        }
+        let (c, e) = (self.io_channels, self.width);
+        let linear = |i, o| LinearConfig::new(i, o).with_bias(false).init(device);
+        let conv1x1 = || TokenConvConfig::new(c, c, 1).with_bias(false).init(device);
+        let block =
+            DitBlockConfig::new(e, self.heads, self.ffn_hidden).with_kernel_size(self.kernel_size);
+        Ok(Dit {
+            time_embed: TimestepEmbeddingConfig::new(self.timestep_features, e).init(device),
+            to_cond_embed: UnusedMlp {
+                linear_in: linear(self.cond_dim, self.cond_dim),
+                linear_out: linear(self.cond_dim, self.cond_dim),
+            },
+            to_global_embed: UnusedMlp {
+                linear_in: linear(self.global_cond_dim, e),
+                linear_out: linear(e, e),
+            },
+            preprocess_conv: conv1x1(),
+            project_in: linear(c, e),
+            proj_mm_tokens: LinearConfig::new(self.cond_dim, e).init(device),
+            proj_mm_seq_len: LinearConfig::new(self.context_tokens, self.seq_len).init(device),
+            blocks: (0..self.depth).map(|_| block.init(device)).collect(),
+            project_out: linear(e, c),
+            postprocess_conv: conv1x1(),
+            rope: RotaryTable::new(self.seq_len, e / self.heads, self.rope_base, device)?,
+        })
+    }
+}
+
+/// A two-layer bias-free MLP the checkpoint holds but the network never runs
+/// (`to_cond_embed`: its call is commented out upstream; `to_global_embed`: AudioX has no
+/// global condition). Kept so that the official key set loads one-to-one.
+#[derive(Module, Debug)]
+pub struct UnusedMlp {
+    /// Official index 0.
+    pub linear_in: Linear,
+    /// Official index 2.
+    pub linear_out: Linear,
+}
+
+/// The diffusion transformer. Field names follow the official ones where Rust allows; see
+/// [`Dit::layout`] for the rest.
+#[derive(Module, Debug)]
+pub struct Dit {
+    /// Fourier features and MLP of the time (official `timestep_features`,
+    /// `to_timestep_embed`).
+    pub time_embed: TimestepEmbedding,
+    /// Loaded, never computed.
+    pub to_cond_embed: UnusedMlp,
+    /// Loaded, never computed.
+    pub to_global_embed: UnusedMlp,
+    /// 1x1 convolution added to the input latent.
+    pub preprocess_conv: TokenConv,
+    /// Latent channels to width (official `transformer.project_in`).
+    pub project_in: Linear,
+    /// Context width `D -> E` (official `transformer.proj_mm_tokens`).
+    pub proj_mm_tokens: Linear,
+    /// Context resampling along tokens `Nctx -> L + 1` (official
+    /// `transformer.proj_mm_seq_len`).
+    pub proj_mm_seq_len: Linear,
+    /// The blocks (official `transformer.layers`).
+    pub blocks: Vec<DitBlock>,
+    /// Width to latent channels (official `transformer.project_out`).
+    pub project_out: Linear,
+    /// 1x1 convolution added to the output.
+    pub postprocess_conv: TokenConv,
+    /// Rotary table (recomputed, not a weight).
+    pub rope: RotaryTable,
+}
+
+/// Everything a request's context determines, computed once by [`Dit::prepare`]: the
+/// per-position modulation of every block (`depth x 6 x [B, L + 1, E]`, about 210 MB per batch
+/// item at full size).
+#[derive(Debug, Clone)]
+pub struct PreparedConditioning {
+    blocks: Vec<BlockModulation>,
+    batch: usize,
+}
+
+impl PreparedConditioning {
+    /// Batch size `B` it was prepared for.
+    pub fn batch_size(&self) -> usize {
+        self.batch
+    }
+
+    /// Per-block modulation.
+    pub fn blocks(&self) -> &[BlockModulation] {
+        &self.blocks
+    }
+
+    /// Batch items `start .. start + len` (views, no copy).
+    pub fn narrow_batch(&self, start: usize, len: usize) -> Result<Self> {
+        if len == 0 || start + len > self.batch {
+            return Err(Error::InvalidRequest(format!(
+                "batch items {start}..{} of a conditioning prepared for {}",
+                start + len,
+                self.batch
+            )));
+        }
+        Ok(PreparedConditioning {
+            blocks: self
+                .blocks
+                .iter()
+                .map(|b| b.narrow_batch(start, len))
+                .collect(),
+            batch: len,
+        })
+    }
+}
+
+impl Dit {
+    /// How our parameters map to the official names (use with the prefix `model.model.`):
+    /// `nn.Sequential` indices, the `transformer.` level, `adaLN_modulation.1`, and the
+    /// interleaved packed projections (`attn.qkv` rows `(h d j)` with `j` in q, k, v;
+    /// `cross_attn.to_kv` rows with `j` in k, v) permuted at load into contiguous parts.
+    pub fn layout() -> Layout {
+        let layout = Layout::new()
+            .rename(r"^time_embed\.features\.", "timestep_features.")
+            .rename(r"^time_embed\.linear_in\.", "to_timestep_embed.0.")
+            .rename(r"^time_embed\.linear_out\.", "to_timestep_embed.2.")
+            .rename(r"^(to_cond_embed|to_global_embed)\.linear_in\.", "${1}.0.")
+            .rename(r"^(to_cond_embed|to_global_embed)\.linear_out\.", "${1}.2.")
+            .rename(r"\.ada_ln_modulation\.", ".adaLN_modulation.1.")
+            .rename(r"^blocks\.", "transformer.layers.")
+            .rename(
+                r"^(project_in|project_out|proj_mm_tokens|proj_mm_seq_len)\.",
+                "transformer.${1}.",
+            );
+        // upstream: both packed projections interleave their parts (einops `(h d j)`).
+        let layout = interleaved_rows(layout, r"^blocks\.\d+\.attn\.qkv\.(weight|bias)$", 3);
+        interleaved_rows(layout, r"^blocks\.\d+\.cross_attn\.to_kv\.weight$", 2)
+    }
+
+    /// Loads every parameter from `sources` (typically `WeightSource::with_prefix(&dict,
+    /// "model.model.")`) with [`Dit::layout`].
+    pub fn load(self, sources: &[WeightSource<'_>]) -> Result<(Self, LoadReport)> {
+        load_module(self, &Self::layout(), sources)
+    }
+
+    /// Latent channels `C`.
+    pub fn io_channels(&self) -> usize {
+        self.project_in.weight.lazy_shape()[0]
+    }
+
+    /// Width `E`.
+    pub fn width(&self) -> usize {
+        self.project_in.weight.lazy_shape()[1]
+    }
+
+    /// Latent frames `L` the network accepts (its sequence is `L + 1` long).
+    pub fn latent_length(&self) -> usize {
+        self.proj_mm_seq_len.weight.lazy_shape()[1] - 1
+    }
+
+    /// Context tokens `Nctx` and their width `D` the network accepts.
+    pub fn context_shape(&self) -> [usize; 2] {
+        [
+            self.proj_mm_seq_len.weight.lazy_shape()[0],
+            self.proj_mm_tokens.weight.lazy_shape()[0],
+        ]
+    }
+
+    /// Computes everything the context `[B, Nctx, D]` determines (once per request).
+    pub fn prepare(&self, context: Tensor<3>) -> Result<PreparedConditioning> {
+        self.prepare_impl(context, None)
+    }
+
+    /// [`Dit::prepare`], recording `mid.proj_mm_tokens`, `mid.proj_mm_seq_len` and
+    /// `mid.block{i}.adaLN`.
+    pub fn prepare_traced(
+        &self,
+        context: Tensor<3>,
+        trace: &mut Trace,
+    ) -> Result<PreparedConditioning> {
+        self.prepare_impl(context, Some(trace))
+    }
+
+    fn prepare_impl(
+        &self,
+        context: Tensor<3>,
+        mut trace: Option<&mut Trace>,
+    ) -> Result<PreparedConditioning> {
+        let [tokens, d] = self.context_shape();
+        let [batch, n, w] = context.dims();
+        if batch == 0 || n != tokens || w != d {
+            return Err(Error::input_shape(
+                "DiT context",
+                format!("[B >= 1, {tokens}, {d}]"),
+                &[batch, n, w],
+            ));
+        }
+        let m = self.proj_mm_tokens.forward(context); // [B, Nctx, E]
+        record(&mut trace, || "mid.proj_mm_tokens".into(), &m);
+        // Linear over the token axis: one conditioning vector per sequence position.
+        let m = self.proj_mm_seq_len.forward(m.swap_dims(1, 2)); // [B, E, L+1]
+        record(&mut trace, || "mid.proj_mm_seq_len".into(), &m);
+        let activated = silu(m.swap_dims(1, 2)); // [B, L+1, E], shared by every block
+        let mut blocks = Vec::with_capacity(self.blocks.len());
+        for (i, block) in self.blocks.iter().enumerate() {
+            let packed = block.modulation(activated.clone());
+            record(&mut trace, || format!("mid.block{i}.adaLN"), &packed);
+            blocks.push(BlockModulation::from_packed(packed)?);
+        }
+        Ok(PreparedConditioning { blocks, batch })
+    }
+
+    /// The velocity `[B, C, L]` of the noisy latent `x` `[B, C, L]` at times `t` `[B]`, with a
+    /// conditioning prepared for the same batch size.
+    pub fn forward(
+        &self,
+        x: Tensor<3>,
+        t: Tensor<1>,
+        prepared: &PreparedConditioning,
+    ) -> Result<Tensor<3>> {
+        self.forward_impl(x, t, prepared, None)
+    }
+
+    /// [`Dit::forward`], recording the fixture intermediates (`mid.timestep_features`,
+    /// `mid.timestep_embed`, `mid.preprocess_conv`, `mid.project_in`, per block
+    /// `mid.block{i}.{qkv,linear1,cross_attn,ffn}` and `mid.block{i}`, `mid.project_out`,
+    /// `mid.postprocess_conv`).
+    pub fn forward_traced(
+        &self,
+        x: Tensor<3>,
+        t: Tensor<1>,
+        prepared: &PreparedConditioning,
+        trace: &mut Trace,
+    ) -> Result<Tensor<3>> {
+        self.forward_impl(x, t, prepared, Some(trace))
+    }
+
+    /// One uncached call, as the reference computes it: prepares the context, then runs
+    /// [`Dit::forward`]. Use [`Dit::prepare`] once and [`Dit::forward`] per step when the
+    /// context is reused.
+    pub fn forward_with_context(
+        &self,
+        x: Tensor<3>,
+        t: Tensor<1>,
+        context: Tensor<3>,
+    ) -> Result<Tensor<3>> {
+        let prepared = self.prepare(context)?;
+        self.forward(x, t, &prepared)
+    }
+
+    fn check_inputs(
+        &self,
+        x: &Tensor<3>,
+        t: &Tensor<1>,
+        prepared: &PreparedConditioning,
+    ) -> Result<()> {
+        let (c, l) = (self.io_channels(), self.latent_length());
+        let [b, xc, xl] = x.dims();
+        if b == 0 || xc != c || xl != l {
+            return Err(Error::input_shape(
+                "DiT latent",
+                format!("[B >= 1, {c}, {l}] (the model is built for {l} latent frames)"),
+                &[b, xc, xl],
+            ));
+        }
+        if t.dims() != [b] {
+            return Err(Error::input_shape(
+                "DiT time",
+                format!("[{b}] (one time per batch item)"),
+                &t.dims(),
+            ));
+        }
+        if prepared.batch != b || prepared.blocks.len() != self.blocks.len() {
+            return Err(Error::input_shape(
+                "DiT prepared conditioning",
+                format!("batch {b} and {} blocks", self.blocks.len()),
+                &[prepared.batch, prepared.blocks.len()],
+            ));
+        }
+        Ok(())
+    }
+
+    fn forward_impl(
+        &self,
+        x: Tensor<3>,
+        t: Tensor<1>,
+        prepared: &PreparedConditioning,
+        mut trace: Option<&mut Trace>,
+    ) -> Result<Tensor<3>> {
+        self.check_inputs(&x, &t, prepared)?;
+        let l = self.latent_length();
+
+        // Time token.
+        let (features, time) = self.time_embed.forward(t);
+        record(&mut trace, || "mid.timestep_features".into(), &features);
+        record(&mut trace, || "mid.timestep_embed".into(), &time);
+
+        // Latent tokens, channels-last: x + conv1x1(x), then the width projection.
+        let tokens = x.swap_dims(1, 2); // [B, L, C]
+        let pre = self.preprocess_conv.forward(tokens.clone());
+        record_with(
+            &mut trace,
+            || "mid.preprocess_conv".into(),
+            || pre.clone().swap_dims(1, 2),
+        );
+        let h = self.project_in.forward(pre + tokens); // [B, L, E]
+        record(&mut trace, || "mid.project_in".into(), &h);
+        let mut h = Tensor::cat(vec![time.clone().unsqueeze_dim(1), h], 1); // [B, L+1, E]
+
+        for (i, (block, modulation)) in self.blocks.iter().zip(&prepared.blocks).enumerate() {
+            h = block.forward(
+                h,
+                modulation,
+                &self.rope,
+                time.clone(),
+                i,
+                trace.as_deref_mut(),
+            );
+            record(&mut trace, || format!("mid.block{i}"), &h);
+        }
+
+        let y = self.project_out.forward(h); // [B, L+1, C]
+        record(&mut trace, || "mid.project_out".into(), &y);
+        let y = y.narrow(1, 1, l); // drop the time token
+        let post = self.postprocess_conv.forward(y.clone());
+        record_with(
+            &mut trace,
+            || "mid.postprocess_conv".into(),
+            || post.clone().swap_dims(1, 2),
+        );
+        Ok((post + y).swap_dims(1, 2))
+    }
+}

@@ -1,0 +1,377 @@
+//! Multimodal Adaptive Fusion (official `MAF_Block`): fuses the three condition streams into
+//! the DiT's context, once per request.
+//!
+//! ```text
+//! w = sigmoid(L2(GELU(L0([mean X1, mean X2, mean X3]))))          [B, 3] stream gates
+//! K = [X1 w1, X2 w2, X3 w3]                                        gated concatenation
+//! U = LN1(P + MHA(query = P, key = value = K))                     P: the learned expert pool
+//! U = fusion encoder layers (pre-norm, erf GELU)(U)
+//! Y_k = X_k + sigmoid(bypass_k) LN_k(mean of the k-th third of U)  per-stream refinement
+//! ```
+//!
+//! upstream: the reference wrapper calls the block as `maf_block(text, video, audio)` while
+//! the block names its slots `(video, text, audio)`. The trained weights follow the call, so
+//! slot 1 -- the first gate, the first third of the experts, `norm_v2`, `bypass_gate_v` --
+//! belongs to the TEXT stream and slot 2 (`*_t*`) to the VIDEO stream. [`MafBlock::refine`]
+//! takes the streams by their real names and places them in those slots; the context it
+//! returns is ordered text, video, audio, as the reference's.
+
+use std::collections::BTreeMap;
+
+use burn::config::Config;
+use burn::module::{Module, Param};
+use burn::nn::{Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig};
+use burn::tensor::activation::{gelu, sigmoid};
+use burn::tensor::{Device, Tensor};
+
+use audiox_core::config::ModelConfig;
+use audiox_core::nn::{
+    TorchEncoderLayer, TorchEncoderLayerConfig, TorchMultiheadAttention,
+    TorchMultiheadAttentionConfig, with_torch_mha_names,
+};
+use audiox_core::weights::{
+    Layout, LoadReport, StateDict, WeightSource, load_module, official_names,
+};
+use audiox_core::{Error, Result};
+
+use crate::trace::{Trace, record, record_with};
+
+/// Official names of the three scalar bypass gates, in slot order.
+const BYPASS_GATES: [&str; 3] = ["bypass_gate_v", "bypass_gate_t", "bypass_gate_a"];
+/// Slot suffixes of the trace names (`mid.norm_v2`, ...).
+const SLOT_NAMES: [&str; 3] = ["v", "t", "a"];
+
+/// Configuration of a [`MafBlock`].
+#[derive(Config, Debug)]
+pub struct MafBlockConfig {
+    /// Width of the streams (`cond_dim`, 768 at full size).
+    pub width: usize,
+    /// Learned experts per stream (64 at full size).
+    pub experts_per_modality: usize,
+    /// Attention heads of the expert cross-attention and the fusion layers (24).
+    pub heads: usize,
+    /// Fusion encoder layers (8).
+    pub fusion_layers: usize,
+    /// Feed-forward width of the fusion layers as a multiple of `width`.
+    #[config(default = 4)]
+    pub mlp_ratio: usize,
+}
+
+impl MafBlockConfig {
+    /// Sizes from an official model config: width `model.conditioning.cond_dim`, the rest from
+    /// `model.diffusion.gate_type_config`.
+    pub fn from_model_config(config: &ModelConfig) -> Self {
+        let maf = &config.model.diffusion.gate_type_config;
+        MafBlockConfig::new(
+            config.model.conditioning.cond_dim,
+            maf.num_experts_per_modality,
+            maf.num_heads,
+            maf.num_fusion_layers,
+        )
+    }
+
+    /// Builds the block. Parameters stay lazy; the expert pool is standard normal and the bypass
+    /// gates -10 (practically closed) as upstream initialises them.
+    pub fn init(&self, device: &Device) -> MafBlock {
+        let d = self.width;
+        let norm = || LayerNormConfig::new(d).init(device);
+        let gate = || Initializer::Constant { value: -10.0 }.init([1], device);
+        let layer = TorchEncoderLayerConfig::new(d, self.heads, self.mlp_ratio * d);
+        MafBlock {
+            gating_network: GatingNetwork {
+                hidden: LinearConfig::new(3 * d, d).init(device),
+                out: LinearConfig::new(d, 3).init(device),
+            },
+            unified_experts: Initializer::Normal {
+                mean: 0.0,
+                std: 1.0,
+            }
+            .init([3 * self.experts_per_modality, d], device),
+            cross_attn: TorchMultiheadAttentionConfig::new(d, self.heads).init(device),
+            norm1: norm(),
+            fusion_transformer: FusionTransformer {
+                layers: (0..self.fusion_layers)
+                    .map(|_| layer.init(device))
+                    .collect(),
+            },
+            norm_v2: norm(),
+            norm_t2: norm(),
+            norm_a2: norm(),
+            bypass_gate_v: gate(),
+            bypass_gate_t: gate(),
+            bypass_gate_a: gate(),
+        }
+    }
+}
+
+/// `Linear(3D -> D)`, GELU, `Linear(D -> 3)`, sigmoid (official `gating_network.0` / `.2`).
+#[derive(Module, Debug)]
+pub struct GatingNetwork {
+    /// `3D -> D`.
+    pub hidden: Linear,
+    /// `D -> 3`.
+    pub out: Linear,
+}
+
+/// The fusion encoder (official `fusion_transformer`, no final norm).
+#[derive(Module, Debug)]
+pub struct FusionTransformer {
+    /// Pre-norm encoder layers.
+    pub layers: Vec<TorchEncoderLayer>,
+}
+
+/// The MAF block. Field names are the official ones (see [`MafBlock::layout`]).
+#[derive(Module, Debug)]
+pub struct MafBlock {
+    /// Stream gates from the three mean-pooled streams.
+    pub gating_network: GatingNetwork,
+    /// The learned expert pool `[3 E_x, D]`, one third per slot.
+    pub unified_experts: Param<Tensor<2>>,
+    /// Experts attending to the gated streams.
+    pub cross_attn: TorchMultiheadAttention,
+    /// Norm after the cross-attention residual.
+    pub norm1: LayerNorm,
+    /// Fusion encoder over the experts.
+    pub fusion_transformer: FusionTransformer,
+    /// Refinement norm of slot 1 (the text stream).
+    pub norm_v2: LayerNorm,
+    /// Refinement norm of slot 2 (the video stream).
+    pub norm_t2: LayerNorm,
+    /// Refinement norm of slot 3 (the audio stream).
+    pub norm_a2: LayerNorm,
+    /// Logit of slot 1's refinement gate, `[1]` (a scalar `[]` in the checkpoint).
+    pub bypass_gate_v: Param<Tensor<1>>,
+    /// Logit of slot 2's refinement gate.
+    pub bypass_gate_t: Param<Tensor<1>>,
+    /// Logit of slot 3's refinement gate.
+    pub bypass_gate_a: Param<Tensor<1>>,
+}
+
+/// The three refined streams; each keeps its input's shape.
+#[derive(Debug, Clone)]
+pub struct RefinedStreams {
+    /// Refined text tokens `[B, Nt, D]`.
+    pub text: Tensor<3>,
+    /// Refined video tokens `[B, Nv, D]`.
+    pub video: Tensor<3>,
+    /// Refined audio-prompt tokens `[B, Na, D]`.
+    pub audio: Tensor<3>,
+}
+
+impl RefinedStreams {
+    /// The DiT context `[B, Nt + Nv + Na, D]`, in the reference's order text, video, audio.
+    pub fn context(&self) -> Tensor<3> {
+        Tensor::cat(
+            vec![self.text.clone(), self.video.clone(), self.audio.clone()],
+            1,
+        )
+    }
+}
+
+impl MafBlock {
+    /// How our parameters map to the official `maf_block.*` names (use with the prefix
+    /// `maf_block.`): PyTorch MultiheadAttention's packed `in_proj_weight`/`in_proj_bias`, and
+    /// the gating network's `nn.Sequential` indices.
+    ///
+    /// The bypass gates are scalars (`[]`) in the checkpoint and `[1]` here (burn has no
+    /// rank-0 tensors), which a [`Layout`] cannot express yet: load with [`MafBlock::load`],
+    /// which handles them; a plain [`load_module`] fails on their shape.
+    pub fn layout() -> Layout {
+        with_torch_mha_names(Layout::new())
+            .rename(r"^gating_network\.hidden\.", "gating_network.0.")
+            .rename(r"^gating_network\.out\.", "gating_network.2.")
+    }
+
+    /// Loads every weight from `sources` (typically `WeightSource::with_prefix(&dict,
+    /// "maf_block.")`) through [`load_module`], including the scalar bypass gates.
+    pub fn load(self, sources: &[WeightSource<'_>]) -> Result<(Self, LoadReport)> {
+        // The scalar gates, from the latest source that has them (as load_module resolves).
+        let mut scalars = Vec::with_capacity(BYPASS_GATES.len());
+        for name in BYPASS_GATES {
+            let found = sources.iter().rev().find_map(|s| {
+                let key = format!("{}{name}", s.prefix);
+                s.dict.get(&key).map(|t| (s.dict, key, t.shape().to_vec()))
+            });
+            let Some((dict, key, shape)) = found else {
+                return Err(Error::MissingWeight {
+                    key: name.to_string(),
+                    param: name.to_string(),
+                    sources: sources
+                        .iter()
+                        .map(|s| s.dict.path().to_path_buf())
+                        .collect(),
+                });
+            };
+            if shape.len() > 1 || shape.iter().product::<usize>() != 1 {
+                return Err(Error::ShapeMismatch {
+                    path: dict.path().to_path_buf(),
+                    key,
+                    expected: vec![],
+                    found: shape,
+                });
+            }
+            let (_, value) = dict.read_f32(&key)?;
+            scalars.push((name, value[0], dict.path().to_path_buf(), key));
+        }
+        let as_vectors = StateDict::from_f32(
+            "<maf_block bypass gates as [1]>",
+            scalars
+                .iter()
+                .map(|(name, value, ..)| (name.to_string(), vec![1], vec![*value]))
+                .collect(),
+        )?;
+        let mut all = sources.to_vec();
+        all.push(WeightSource::new(&as_vectors));
+        let (block, mut report) = load_module(self, &Self::layout(), &all)?;
+        // Attribute the gates to the tensors they came from.
+        for (name, _, file, key) in scalars {
+            if let Some(applied) = report.applied.iter_mut().find(|a| a.param == name) {
+                applied.keys = vec![key.clone()];
+                applied.file = file.clone();
+            }
+            report.unused.retain(|(f, k)| !(*f == file && *k == key));
+        }
+        Ok((block, report))
+    }
+
+    /// Official names and shapes of every tensor the block loads, as the checkpoint stores
+    /// them (the bypass gates as scalars `[]`), without reading any weight.
+    pub fn official_names(&self) -> BTreeMap<String, Vec<usize>> {
+        let mut names = official_names(self, &Self::layout());
+        for gate in BYPASS_GATES {
+            names.insert(gate.to_string(), vec![]);
+        }
+        names
+    }
+
+    /// Stream width `D`.
+    pub fn width(&self) -> usize {
+        self.norm1.gamma.lazy_shape()[0]
+    }
+
+    /// Fuses the streams into the DiT context `[B, Nt + Nv + Na, D]` (order text, video,
+    /// audio). Each stream is `[B, N_k, D]`; token counts may differ, batch and width may not.
+    pub fn forward(
+        &self,
+        text: Tensor<3>,
+        video: Tensor<3>,
+        audio: Tensor<3>,
+    ) -> Result<Tensor<3>> {
+        Ok(self.refine(text, video, audio)?.context())
+    }
+
+    /// The refined streams (see [`MafBlock::forward`]).
+    pub fn refine(
+        &self,
+        text: Tensor<3>,
+        video: Tensor<3>,
+        audio: Tensor<3>,
+    ) -> Result<RefinedStreams> {
+        // upstream: slot order (text, video, audio), see the module docs.
+        self.refine_impl([text, video, audio], None)
+    }
+
+    /// [`MafBlock::refine`], recording the fixture intermediates (`mid.gates`,
+    /// `mid.cross_attn`, `mid.norm1`, `mid.fusion.{l}`, `mid.fused`, `mid.norm_{v,t,a}2`).
+    pub fn refine_traced(
+        &self,
+        text: Tensor<3>,
+        video: Tensor<3>,
+        audio: Tensor<3>,
+        trace: &mut Trace,
+    ) -> Result<RefinedStreams> {
+        // upstream: slot order (text, video, audio), see the module docs.
+        self.refine_impl([text, video, audio], Some(trace))
+    }
+
+    fn check_streams(&self, streams: &[Tensor<3>; 3]) -> Result<()> {
+        let d = self.width();
+        let batch = streams[0].dims()[0];
+        for (stream, name) in streams.iter().zip(["text", "video", "audio"]) {
+            let [b, n, w] = stream.dims();
+            if b != batch || b == 0 || n == 0 || w != d {
+                return Err(Error::input_shape(
+                    format!("MAF {name} tokens"),
+                    format!("[{batch}, N >= 1, {d}] (batch of the text stream, width {d})"),
+                    &[b, n, w],
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// `streams` in slot order (text, video, audio; see the module docs).
+    fn refine_impl(
+        &self,
+        streams: [Tensor<3>; 3],
+        mut trace: Option<&mut Trace>,
+    ) -> Result<RefinedStreams> {
+        self.check_streams(&streams)?;
+        let [batch, _, d] = streams[0].dims();
+
+        // 1. Stream gates from the mean-pooled streams.
+        // upstream: the mean runs over every token, zero-padded text positions included.
+        let pooled = streams
+            .iter()
+            .map(|s| s.clone().mean_dim(1).reshape([batch, d]))
+            .collect();
+        let pooled = Tensor::cat(pooled, 1); // [B, 3D]
+        let gates = sigmoid(
+            self.gating_network
+                .out
+                .forward(gelu(self.gating_network.hidden.forward(pooled))),
+        ); // [B, 3]
+        record(&mut trace, || "mid.gates".into(), &gates);
+
+        // 2. The gated concatenation.
+        let gated = streams
+            .iter()
+            .enumerate()
+            .map(|(k, s)| s.clone() * gates.clone().narrow(1, k, 1).reshape([batch, 1, 1]))
+            .collect();
+        let gated = Tensor::cat(gated, 1); // [B, Nctx, D]
+
+        // 3. The expert pool attends to it.
+        let experts = self
+            .unified_experts
+            .val()
+            .unsqueeze_dim::<3>(0)
+            .repeat_dim(0, batch); // [B, 3 E_x, D]
+        let info = self.cross_attn.forward(experts.clone(), gated);
+        record(&mut trace, || "mid.cross_attn".into(), &info);
+        let mut fused = self.norm1.forward(experts + info);
+        record(&mut trace, || "mid.norm1".into(), &fused);
+
+        // 4. Fusion encoder.
+        for (l, layer) in self.fusion_transformer.layers.iter().enumerate() {
+            fused = layer.forward(fused);
+            record(&mut trace, || format!("mid.fusion.{l}"), &fused);
+        }
+        record(&mut trace, || "mid.fused".into(), &fused);
+
+        // 5-6. Per-slot refinement through the bypass gates.
+        let [_, pool, _] = fused.dims();
+        let per_slot = pool / 3;
+        let norms = [&self.norm_v2, &self.norm_t2, &self.norm_a2];
+        let bypass = [
+            &self.bypass_gate_v,
+            &self.bypass_gate_t,
+            &self.bypass_gate_a,
+        ];
+        let mut refined = Vec::with_capacity(3);
+        for (k, stream) in streams.into_iter().enumerate() {
+            let mean = fused.clone().narrow(1, k * per_slot, per_slot).mean_dim(1); // [B, 1, D]
+            let refinement = norms[k].forward(mean);
+            record_with(
+                &mut trace,
+                || format!("mid.norm_{}2", SLOT_NAMES[k]),
+                || refinement.clone().reshape([batch, d]),
+            );
+            let alpha = sigmoid(bypass[k].val()).reshape([1, 1, 1]);
+            refined.push(stream + refinement * alpha);
+        }
+        let [text, video, audio]: [Tensor<3>; 3] =
+            refined.try_into().expect("three slots were refined");
+        Ok(RefinedStreams { text, video, audio })
+    }
+}
