@@ -29,15 +29,12 @@ use audiox_core::nn::{
     TorchEncoderLayer, TorchEncoderLayerConfig, TorchMultiheadAttention,
     TorchMultiheadAttentionConfig, with_torch_mha_names,
 };
-use audiox_core::weights::{
-    Layout, LoadReport, StateDict, WeightSource, load_module, official_names,
-};
+use audiox_core::weights::{Layout, LoadReport, WeightSource, load_module, official_names};
 use audiox_core::{Error, Result};
 
 use crate::trace::{Trace, record, record_with};
 
 /// Official names of the three scalar bypass gates, in slot order.
-const BYPASS_GATES: [&str; 3] = ["bypass_gate_v", "bypass_gate_t", "bypass_gate_a"];
 /// Slot suffixes of the trace names (`mid.norm_v2`, ...).
 const SLOT_NAMES: [&str; 3] = ["v", "t", "a"];
 
@@ -170,78 +167,26 @@ impl RefinedStreams {
 
 impl MafBlock {
     /// How our parameters map to the official `maf_block.*` names (use with the prefix
-    /// `maf_block.`): PyTorch MultiheadAttention's packed `in_proj_weight`/`in_proj_bias`, and
-    /// the gating network's `nn.Sequential` indices.
-    ///
-    /// The bypass gates are scalars (`[]`) in the checkpoint and `[1]` here (burn has no
-    /// rank-0 tensors), which a [`Layout`] cannot express yet: load with [`MafBlock::load`],
-    /// which handles them; a plain [`load_module`] fails on their shape.
+    /// `maf_block.`): PyTorch MultiheadAttention's packed `in_proj_weight`/`in_proj_bias`, the
+    /// gating network's `nn.Sequential` indices, and the scalar bypass gates (`[]` in the
+    /// checkpoint, `[1]` here).
     pub fn layout() -> Layout {
         with_torch_mha_names(Layout::new())
             .rename(r"^gating_network\.hidden\.", "gating_network.0.")
             .rename(r"^gating_network\.out\.", "gating_network.2.")
+            .scalar(r"^bypass_gate_[vta]$")
     }
 
     /// Loads every weight from `sources` (typically `WeightSource::with_prefix(&dict,
-    /// "maf_block.")`) through [`load_module`], including the scalar bypass gates.
+    /// "maf_block.")`).
     pub fn load(self, sources: &[WeightSource<'_>]) -> Result<(Self, LoadReport)> {
-        // The scalar gates, from the latest source that has them (as load_module resolves).
-        let mut scalars = Vec::with_capacity(BYPASS_GATES.len());
-        for name in BYPASS_GATES {
-            let found = sources.iter().rev().find_map(|s| {
-                let key = format!("{}{name}", s.prefix);
-                s.dict.get(&key).map(|t| (s.dict, key, t.shape().to_vec()))
-            });
-            let Some((dict, key, shape)) = found else {
-                return Err(Error::MissingWeight {
-                    key: name.to_string(),
-                    param: name.to_string(),
-                    sources: sources
-                        .iter()
-                        .map(|s| s.dict.path().to_path_buf())
-                        .collect(),
-                });
-            };
-            if shape.len() > 1 || shape.iter().product::<usize>() != 1 {
-                return Err(Error::ShapeMismatch {
-                    path: dict.path().to_path_buf(),
-                    key,
-                    expected: vec![],
-                    found: shape,
-                });
-            }
-            let (_, value) = dict.read_f32(&key)?;
-            scalars.push((name, value[0], dict.path().to_path_buf(), key));
-        }
-        let as_vectors = StateDict::from_f32(
-            "<maf_block bypass gates as [1]>",
-            scalars
-                .iter()
-                .map(|(name, value, ..)| (name.to_string(), vec![1], vec![*value]))
-                .collect(),
-        )?;
-        let mut all = sources.to_vec();
-        all.push(WeightSource::new(&as_vectors));
-        let (block, mut report) = load_module(self, &Self::layout(), &all)?;
-        // Attribute the gates to the tensors they came from.
-        for (name, _, file, key) in scalars {
-            if let Some(applied) = report.applied.iter_mut().find(|a| a.param == name) {
-                applied.keys = vec![key.clone()];
-                applied.file = file.clone();
-            }
-            report.unused.retain(|(f, k)| !(*f == file && *k == key));
-        }
-        Ok((block, report))
+        load_module(self, &Self::layout(), sources)
     }
 
     /// Official names and shapes of every tensor the block loads, as the checkpoint stores
-    /// them (the bypass gates as scalars `[]`), without reading any weight.
+    /// them, without reading any weight.
     pub fn official_names(&self) -> BTreeMap<String, Vec<usize>> {
-        let mut names = official_names(self, &Self::layout());
-        for gate in BYPASS_GATES {
-            names.insert(gate.to_string(), vec![]);
-        }
-        names
+        official_names(self, &Self::layout())
     }
 
     /// Stream width `D`.

@@ -40,7 +40,6 @@ pub const VIDEO_SECONDS: usize = 10;
 pub const DEFAULT_VIDEO_FPS: usize = 5;
 
 /// Official name of the scalar sync gain (stored with shape `[]`).
-const SYNC_WEIGHT: &str = "sync_weight";
 /// Official name of the CLIP tower inside the conditioner.
 const CLIP_FIELD: &str = "visual_encoder_model";
 
@@ -143,49 +142,19 @@ pub struct VideoTrace {
 
 impl VideoConditioner {
     /// How our parameter paths map to the official names (relative to the conditioner:
-    /// load with the prefix `conditioner.conditioners.video_prompt.`).
+    /// load with the prefix `conditioner.conditioners.video_prompt.`). `sync_weight` is a 0-d
+    /// scalar in the checkpoint and `[1]` here.
     pub fn layout() -> Layout {
-        let layout = Layout::new().rename(r"^temp_pos_embedding$", "Temp_pos_embedding");
+        let layout = Layout::new()
+            .rename(r"^temp_pos_embedding$", "Temp_pos_embedding")
+            .scalar(r"^sync_weight$");
         TemporalTransformer::layout_rules(layout, "temp_transformer.", "Temp_transformer.")
     }
 
     /// Loads the weights from `sources` (later sources override earlier ones per parameter;
     /// each is looked up under its prefix, normally `conditioner.conditioners.video_prompt.`).
-    /// The official 0-d `sync_weight` is read into our `[1]` parameter.
     pub fn load(self, sources: &[WeightSource<'_>]) -> Result<(Self, LoadReport)> {
-        // A one-tensor view of each scalar with the `[1]` shape we hold, under the same file
-        // and key (so the load report counts the stored scalar as used).
-        let mut views = Vec::with_capacity(sources.len());
-        for s in sources {
-            let key = format!("{}{SYNC_WEIGHT}", s.prefix);
-            let view = match s.dict.get(&key) {
-                Some(t) if t.shape().iter().product::<usize>() == 1 && t.shape().len() <= 1 => {
-                    let (_, values) = s.dict.read_f32(&key)?;
-                    Some(StateDict::from_f32(
-                        s.dict.path(),
-                        vec![(key, vec![1], values)],
-                    )?)
-                }
-                Some(t) => {
-                    return Err(Error::ShapeMismatch {
-                        path: s.dict.path().to_path_buf(),
-                        key,
-                        expected: vec![],
-                        found: t.shape().to_vec(),
-                    });
-                }
-                None => None,
-            };
-            views.push(view);
-        }
-        let mut all = Vec::with_capacity(2 * sources.len());
-        for (s, view) in sources.iter().zip(&views) {
-            all.push(*s);
-            if let Some(v) = view {
-                all.push(WeightSource::with_prefix(v, s.prefix));
-            }
-        }
-        load_module(self, &Self::layout(), &all)
+        load_module(self, &Self::layout(), sources)
     }
 
     /// Builds and loads the conditioner the way the official loader does: sizes from the model
