@@ -523,6 +523,9 @@ impl Default for SynchformerSizes {
 // Parsing and validation
 // ---------------------------------------------------------------------------------------------
 
+/// The official inference config, as shipped by the reference implementation.
+pub const OFFICIAL_INFER_CONFIG: &str = include_str!("../assets/audiox_turbo_infer_4step.json");
+
 impl ModelConfig {
     /// Reads and validates a config file.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
@@ -540,6 +543,12 @@ impl ModelConfig {
             },
             other => other,
         })
+    }
+
+    /// The official full-size inference config (`configs/audiox_turbo_infer_4step.json` of the
+    /// reference implementation), built in.
+    pub fn official() -> Self {
+        Self::from_json_str(OFFICIAL_INFER_CONFIG).expect("the built-in official config is valid")
     }
 
     /// Parses and validates a config from JSON text.
@@ -1034,8 +1043,7 @@ mod tests {
     use super::*;
 
     /// The official inference config, as shipped (`configs/audiox_turbo_infer_4step.json`).
-    pub(crate) const OFFICIAL: &str =
-        include_str!("../../fixtures/configs/audiox_turbo_infer_4step.json");
+    pub(crate) const OFFICIAL: &str = OFFICIAL_INFER_CONFIG;
 
     #[test]
     fn official_config_parses_with_full_sizes() {

@@ -37,11 +37,30 @@ impl<'a> MmditDenoiser<'a> {
         })
     }
 
-    /// A denoiser with the unconditional branch for classifier-free guidance (the teacher).
+    /// A denoiser with the unconditional branch for classifier-free guidance (the teacher):
+    /// the reference's null condition, the whole fused context replaced by zeros.
     pub fn with_guidance(dit: &'a Dit, context: Tensor<3>) -> Result<Self> {
-        let batch = context.dims()[0];
         let null = context.zeros_like();
-        let prepared = dit.prepare(Tensor::cat(vec![context, null], 0))?;
+        Self::with_unconditional(dit, context, null)
+    }
+
+    /// A guided denoiser whose unconditional branch is the fused context `unconditional`
+    /// (same shape as `context`), e.g. a negative prompt's. The reference's negative-prompt
+    /// path crashes; this is what it intends.
+    pub fn with_unconditional(
+        dit: &'a Dit,
+        context: Tensor<3>,
+        unconditional: Tensor<3>,
+    ) -> Result<Self> {
+        let batch = context.dims()[0];
+        if unconditional.dims() != context.dims() {
+            return Err(audiox_core::Error::input_shape(
+                "unconditional context",
+                format!("{:?} (the conditional context's shape)", context.dims()),
+                &unconditional.dims(),
+            ));
+        }
+        let prepared = dit.prepare(Tensor::cat(vec![context, unconditional], 0))?;
         Ok(MmditDenoiser {
             dit,
             conditional: prepared.narrow_batch(0, batch)?,

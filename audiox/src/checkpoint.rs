@@ -41,20 +41,39 @@ impl CheckpointPaths {
         if !dir.is_dir() {
             return Err(Error::io(
                 dir,
-                std::io::Error::new(std::io::ErrorKind::NotFound, "checkpoint directory not found"),
+                std::io::Error::new(
+                    std::io::ErrorKind::NotFound,
+                    "checkpoint directory not found",
+                ),
             ));
         }
-        let config = first_existing(dir, &["config.json", "audiox_turbo_infer_4step.json", "model_config.json"]);
+        let config = first_existing(
+            dir,
+            &[
+                "config.json",
+                "audiox_turbo_infer_4step.json",
+                "model_config.json",
+            ],
+        );
         Ok(CheckpointPaths {
             config,
             student: first_existing(
                 dir,
-                &["audiox_turbo/audiox_turbo.ckpt", "audiox_turbo/audiox_turbo.safetensors"],
+                &[
+                    "audiox_turbo/audiox_turbo.ckpt",
+                    "audiox_turbo/audiox_turbo.safetensors",
+                ],
             ),
-            vae: first_existing(dir, &["pretransform/vae.ckpt", "pretransform/vae.safetensors"]),
+            vae: first_existing(
+                dir,
+                &["pretransform/vae.ckpt", "pretransform/vae.safetensors"],
+            ),
             synchformer: first_existing(
                 dir,
-                &["synchformer/synchformer_state_dict.pth", "synchformer/synchformer_state_dict.safetensors"],
+                &[
+                    "synchformer/synchformer_state_dict.pth",
+                    "synchformer/synchformer_state_dict.safetensors",
+                ],
             ),
             t5_dir: Some(dir.join("t5-base")).filter(|p| p.is_dir()),
             clip_dir: ["clip-vit-base-patch32", "openai/clip-vit-base-patch32"]
@@ -84,7 +103,12 @@ impl CheckpointPaths {
 
     /// The path of a required file, or an error that says what is missing and where it was
     /// looked for.
-    pub fn require<'a>(&self, path: &'a Option<PathBuf>, what: &str, official: &str) -> Result<&'a Path> {
+    pub fn require<'a>(
+        &self,
+        path: &'a Option<PathBuf>,
+        what: &str,
+        official: &str,
+    ) -> Result<&'a Path> {
         let _ = self;
         match path {
             Some(p) if p.exists() => Ok(p),
@@ -106,10 +130,17 @@ mod tests {
 
     #[test]
     fn the_bundle_has_the_official_layout() {
-        let dir = audiox_core::fixtures::FixtureSet::open_default().unwrap().bundle_dir();
+        let dir = audiox_core::fixtures::FixtureSet::open_default()
+            .unwrap()
+            .bundle_dir();
         let p = CheckpointPaths::from_dir(&dir).unwrap();
         assert!(p.config.is_some());
-        assert!(p.student.as_ref().unwrap().ends_with("audiox_turbo/audiox_turbo.ckpt"));
+        assert!(
+            p.student
+                .as_ref()
+                .unwrap()
+                .ends_with("audiox_turbo/audiox_turbo.ckpt")
+        );
         assert!(p.vae.as_ref().unwrap().ends_with("pretransform/vae.ckpt"));
         assert!(p.synchformer.is_some());
         assert!(p.t5_dir.is_some() && p.clip_dir.is_some());
@@ -118,12 +149,24 @@ mod tests {
 
     #[test]
     fn missing_directory_and_files_are_explained() {
-        assert!(matches!(CheckpointPaths::from_dir("/nonexistent/ckpt"), Err(Error::Io { .. })));
+        assert!(matches!(
+            CheckpointPaths::from_dir("/nonexistent/ckpt"),
+            Err(Error::Io { .. })
+        ));
         let empty = tempfile::tempdir().unwrap();
         let p = CheckpointPaths::from_dir(empty.path()).unwrap();
         assert_eq!(p, CheckpointPaths::default());
-        let err = p.require(&p.student, "student checkpoint", "audiox_turbo/audiox_turbo.ckpt").unwrap_err();
-        assert!(err.to_string().contains("audiox_turbo/audiox_turbo.ckpt"), "{err}");
+        let err = p
+            .require(
+                &p.student,
+                "student checkpoint",
+                "audiox_turbo/audiox_turbo.ckpt",
+            )
+            .unwrap_err();
+        assert!(
+            err.to_string().contains("audiox_turbo/audiox_turbo.ckpt"),
+            "{err}"
+        );
     }
 
     #[test]

@@ -1,7 +1,55 @@
-//! AudioX-Turbo in Rust: anything-to-audio generation on burn.
+//! AudioX-Turbo in Rust: anything-to-audio generation (text, video, image and audio prompts
+//! in; stereo audio out) on the burn framework, faithful to the official PyTorch
+//! implementation and its trained weights.
+//!
+//! ```no_run
+//! use audiox::{AudioX, Request};
+//!
+//! let model = AudioX::builder()
+//!     .checkpoint_dir("checkpoints") // official layout, see docs/weights.md
+//!     .build()?; // CPU by default; .device(..) for another backend
+//!
+//! let out = model.generate(
+//!     Request::text("a wooden door creaks open, then slams shut").seed(7), // same seed => same audio
+//! )?;
+//! out.audio[0].write_wav("door.wav")?;
+//! println!("seed {:?}, {}", out.seed, out.timings);
+//! # Ok::<(), audiox::Error>(())
+//! ```
+//!
+//! The crates behind it: `audiox-core` (config, errors, weights, audio, noise),
+//! `audiox-vae`, `audiox-encoders`, `audiox-mmdit`, `audiox-sampler` (re-exported as
+//! [`sampler`] for custom samplers). The user guide is `docs/guide.md`.
 #![warn(missing_docs)]
 
+mod checkpoint;
+mod generate;
+mod model;
 pub mod parity;
+mod request;
 
-pub use audiox_core::audio::Audio;
+pub use checkpoint::CheckpointPaths;
+pub use generate::{Generation, Intermediates, StageTimings};
+pub use model::{AudioX, AudioXBuilder, DenoiserKind};
+pub use request::{AudioPrompt, AudioPromptMask, Request, SamplerChoice, VideoInput};
+
+pub use audiox_core::audio::{Audio, WavFormat};
+pub use audiox_core::config::ModelConfig;
+pub use audiox_core::noise::{NoiseSource, ReplayNoise, SeededNoise};
+pub use audiox_core::weights::LoadReport;
 pub use audiox_core::{Error, Result};
+pub use audiox_encoders::frames::{ImageScaling, StillImage, VideoFrames};
+pub use audiox_vae::ChunkedDecode;
+pub use burn::tensor::Device;
+
+/// The sampler crate: the `Sampler` and `Denoiser` traits, the built-in samplers, guidance,
+/// progress and cancellation.
+pub use audiox_sampler as sampler;
+pub use audiox_sampler::{CancelToken, StepControl, StepInfo};
+
+/// Compile-time check that the model can be shared between threads.
+#[allow(dead_code)]
+fn assert_send_sync() {
+    fn is<T: Send + Sync>() {}
+    is::<AudioX>();
+}

@@ -4,11 +4,20 @@
 
 use std::collections::BTreeMap;
 
-use burn::tensor::Device;
+use burn::tensor::{Device, Tensor};
 
+use audiox_core::audio::Audio;
+use audiox_core::config::ModelConfig;
 use audiox_core::fixtures::{Check, Fixture, FixtureSet};
-use audiox_core::weights::{StateDict, resolve_official_keys};
+use audiox_core::noise::{NoiseSource, ReplayNoise, labels};
+use audiox_core::tensor::{from_dyn, to_vec};
+use audiox_core::weights::{StateDict, WeightSource, load_module, resolve_official_keys};
 use audiox_core::{Error, Result};
+use audiox_encoders::frames::VideoFrames;
+use audiox_mmdit::MmditDenoiser;
+use audiox_vae::VaeConfig;
+
+use crate::{AudioPrompt, AudioX, Request};
 
 /// The outcome of one fixture (or one bundle request).
 #[derive(Debug, Clone)]
@@ -40,7 +49,10 @@ impl Outcome {
         }
         let compared = checks.len();
         let failed: Vec<&Check> = checks.iter().filter(|c| !c.pass).collect();
-        match failed.iter().max_by(|a, b| a.worst_excess.total_cmp(&b.worst_excess)) {
+        match failed
+            .iter()
+            .max_by(|a, b| a.worst_excess.total_cmp(&b.worst_excess))
+        {
             None => Outcome::Pass { compared },
             Some(worst) => Outcome::Fail {
                 worst: (*worst).clone(),
@@ -63,7 +75,119 @@ fn tensor_checkers() -> BTreeMap<&'static str, Checker> {
     let mut m: BTreeMap<&'static str, Checker> = BTreeMap::new();
     m.insert("vae_decoder", audiox_vae::parity::check_vae_decoder);
     m.insert("vae_encoder", audiox_vae::parity::check_vae_encoder);
+    m.insert("maf_block", audiox_mmdit::parity::check_maf_block);
+    m.insert("mmdit_forward", audiox_mmdit::parity::check_mmdit_forward);
+    m.insert(
+        "t5_encoder",
+        audiox_encoders::parity::text::check_t5_encoder,
+    );
+    m.insert(
+        "clip_vision",
+        audiox_encoders::parity::vision::check_clip_vision,
+    );
+    m.insert("conditioner", check_conditioner);
+    m.insert("dmd_sampling", check_dmd_sampling);
+    m.insert("teacher_rf_cfg", check_teacher_rf_cfg);
+    m.insert(
+        "synchformer",
+        audiox_encoders::parity::synchformer::check_synchformer,
+    );
+    m.insert(
+        "video_frames",
+        audiox_encoders::parity::frames::check_video_frames,
+    );
     m
+}
+
+fn tensor3(fx: &Fixture, name: &str, device: &Device) -> Result<Tensor<3>> {
+    let t = fx.f32(name)?;
+    from_dyn::<3>(t.values, &t.shape, device)
+}
+
+fn check3(fx: &Fixture, name: &str, t: &Tensor<3>) -> Result<Check> {
+    fx.check(name, &t.dims(), &to_vec(t.clone()))
+}
+
+/// `conditioner`: the three conditioners (from `audiox-encoders`), then the MAF on their
+/// outputs for `out.cross_attn_cond`.
+fn check_conditioner(fx: &Fixture, device: &Device) -> Result<Vec<Check>> {
+    let mut checks = audiox_encoders::parity::conditioner::check_conditioner(fx, device)?;
+    let maf = audiox_mmdit::parity::load_fixture_maf(fx, device)?;
+    let context = maf.forward(
+        tensor3(fx, "out.text_tokens", device)?,
+        tensor3(fx, "out.video_tokens", device)?,
+        tensor3(fx, "out.audio_tokens", device)?,
+    )?;
+    checks.push(check3(fx, "out.cross_attn_cond", &context)?);
+    Ok(checks)
+}
+
+/// The fused context of a sampling fixture, with its check.
+fn fixture_context(fx: &Fixture, device: &Device, checks: &mut Vec<Check>) -> Result<Tensor<3>> {
+    let maf = audiox_mmdit::parity::load_fixture_maf(fx, device)?;
+    let context = maf.forward(
+        tensor3(fx, "in.text_tokens", device)?,
+        tensor3(fx, "in.video_tokens", device)?,
+        tensor3(fx, "in.audio_tokens", device)?,
+    )?;
+    checks.push(check3(fx, "mid.cross_attn_cond", &context)?);
+    Ok(context)
+}
+
+/// Decodes the fixture's latent with its `pretransform.model.decoder.*` weights.
+fn fixture_decode(fx: &Fixture, latent: Tensor<3>, device: &Device) -> Result<Tensor<3>> {
+    let config = ModelConfig::from_json_value(fx.config_json()?)?;
+    let decoder = VaeConfig::from_config(&config.model.pretransform.config)
+        .decoder
+        .init(device);
+    let layout = decoder.layout();
+    let (decoder, _) = load_module(
+        decoder,
+        &layout,
+        &[WeightSource::with_prefix(
+            fx.weights(),
+            "pretransform.model.decoder.",
+        )],
+    )?;
+    Ok(decoder.forward(latent))
+}
+
+/// `dmd_sampling`: MAF, the DiT as denoiser of the 4-step DMD sampler (replaying the recorded
+/// re-noise draws), the VAE decoder.
+fn check_dmd_sampling(fx: &Fixture, device: &Device) -> Result<Vec<Check>> {
+    let mut checks = Vec::new();
+    let context = fixture_context(fx, device, &mut checks)?;
+    let dit = audiox_mmdit::parity::load_fixture_dit(fx, device)?;
+    let denoiser = MmditDenoiser::new(&dit, context)?;
+    checks.extend(audiox_sampler::parity::check_dmd_sampling_with(
+        fx, device, &denoiser,
+    )?);
+    let latent = tensor3(fx, "out.latent", device)?;
+    checks.push(check3(
+        fx,
+        "out.audio",
+        &fixture_decode(fx, latent, device)?,
+    )?);
+    Ok(checks)
+}
+
+/// `teacher_rf_cfg`: MAF, the DiT with its all-zero unconditional branch under the guided
+/// Euler sampler, the VAE decoder.
+fn check_teacher_rf_cfg(fx: &Fixture, device: &Device) -> Result<Vec<Check>> {
+    let mut checks = Vec::new();
+    let context = fixture_context(fx, device, &mut checks)?;
+    let dit = audiox_mmdit::parity::load_fixture_dit(fx, device)?;
+    let denoiser = MmditDenoiser::with_guidance(&dit, context)?;
+    checks.extend(audiox_sampler::parity::check_teacher_rf_cfg_with(
+        fx, device, &denoiser,
+    )?);
+    let latent = tensor3(fx, "out.latent", device)?;
+    checks.push(check3(
+        fx,
+        "out.audio",
+        &fixture_decode(fx, latent, device)?,
+    )?);
+    Ok(checks)
 }
 
 /// Runs one entry of the set's index. Bundle requests are reported by [`run_bundle`].
@@ -83,8 +207,12 @@ pub fn run_fixture(set: &FixtureSet, name: &str, device: &Device) -> Outcome {
     }
 }
 
-/// The bundle's requests (`bundle/<request>`), each with its outcome.
-pub fn run_bundle(set: &FixtureSet, _device: &Device) -> Vec<(String, Outcome)> {
+/// The bundle's requests (`bundle/<request>`), each with its outcome: the bundle folder is
+/// loaded through the public builder, each request is run through [`AudioX::generate`] with
+/// its recorded random draws injected through a [`ReplayNoise`], and every recorded output is
+/// compared (tokens, condition streams, fused context, Synchformer features, latent, decoded
+/// and post-processed audio).
+pub fn run_bundle(set: &FixtureSet, device: &Device) -> Vec<(String, Outcome)> {
     let Some(requests) = set
         .entry("bundle")
         .and_then(|b| b.get("requests"))
@@ -92,10 +220,163 @@ pub fn run_bundle(set: &FixtureSet, _device: &Device) -> Vec<(String, Outcome)> 
     else {
         return Vec::new();
     };
+    let model = AudioX::builder()
+        .checkpoint_dir(set.bundle_dir())
+        .device(device.clone())
+        .build();
     requests
         .keys()
-        .map(|r| (format!("bundle/{r}"), Outcome::NotImplemented))
+        .map(|r| {
+            let outcome = match &model {
+                Err(e) => Outcome::Error(format!("loading the bundle: {e}")),
+                Ok(model) => match check_bundle_request(set, r, model) {
+                    Ok(checks) => Outcome::from_checks(checks),
+                    Err(e) => Outcome::Error(e.to_string()),
+                },
+            };
+            (format!("bundle/{r}"), outcome)
+        })
         .collect()
+}
+
+/// One bundle request (see [`run_bundle`]).
+pub fn check_bundle_request(set: &FixtureSet, name: &str, model: &AudioX) -> Result<Vec<Check>> {
+    let fx = Fixture::open(&set.bundle_dir().join("expected"), name)?;
+    let device = model.device().clone();
+    let spec = fx.field("request")?.clone();
+    let bad = |m: &str| Error::Fixture {
+        path: set
+            .bundle_dir()
+            .join("expected")
+            .join(format!("{name}.json")),
+        message: m.to_string(),
+    };
+    let text = spec["text"].as_str().ok_or_else(|| bad("request.text"))?;
+    let steps = spec["steps"].as_u64().ok_or_else(|| bad("request.steps"))? as usize;
+    let cfg = spec["cfg_scale"].as_f64().unwrap_or(1.0) as f32;
+    let teacher = spec["sampler"].as_str().unwrap_or("").contains("Euler");
+    let mut request = Request::text(text).steps(steps).keep_intermediates(true);
+    if teacher {
+        request = request.sampler_named("euler").guidance(cfg);
+    }
+    if let Some(audio) = spec.get("audio").filter(|a| !a.is_null()) {
+        let rate = audio["source_sample_rate"]
+            .as_u64()
+            .ok_or_else(|| bad("request.audio.source_sample_rate"))? as u32;
+        let source = fx.f32("in.audio_source")?;
+        let frames = source.shape[1];
+        let channels = source.values.chunks(frames).map(<[f32]>::to_vec).collect();
+        let mut prompt = AudioPrompt::new(Audio::new(rate, channels)?);
+        prompt.start_seconds = audio["seconds_start"].as_f64().unwrap_or(0.0);
+        request = request.audio_prompt(prompt);
+    }
+    if let Some(video) = spec.get("video").filter(|v| !v.is_null()) {
+        let fps = video["declared_fps"]
+            .as_f64()
+            .ok_or_else(|| bad("request.video.declared_fps"))?;
+        let source = fx.i64("in.video_source")?;
+        let shape: [usize; 4] = source
+            .shape
+            .clone()
+            .try_into()
+            .map_err(|_| bad("in.video_source rank"))?;
+        let pixels = source.values.iter().map(|&v| v as u8).collect();
+        request = request.video_frames(VideoFrames::new(pixels, shape, fps)?);
+    }
+    // The recorded draws, in the reference's order.
+    let mut noise = ReplayNoise::new();
+    let initial = fx.f32("rng.initial_noise")?;
+    noise = noise.with_normal(labels::INITIAL_NOISE, &initial.shape, initial.values);
+    noise = noise.with_uniform(
+        labels::AUDIO_MASK_RATIO,
+        &fx.f32("rng.audio_mask_ratio")?.shape,
+        fx.f32("rng.audio_mask_ratio")?.values,
+    );
+    noise = noise.with_integers(
+        labels::AUDIO_MASK_START,
+        fx.i64("rng.audio_mask_start")?.values,
+    );
+    let vae = fx.f32("rng.vae_noise")?;
+    noise = noise.with_normal(labels::VAE_NOISE, &vae.shape, vae.values);
+    if fx.has("rng.step_noise") {
+        let steps = fx.f32("rng.step_noise")?;
+        let per = steps.values.len() / steps.shape[0];
+        for chunk in steps.values.chunks(per) {
+            noise = noise.with_normal(labels::STEP_NOISE, &steps.shape[1..], chunk.to_vec());
+        }
+    }
+    let replay = std::sync::Arc::new(std::sync::Mutex::new(noise));
+    let out = model.generate(request.noise_source(Box::new(SharedNoise(replay.clone()))))?;
+    replay.lock().map_err(|_| bad("noise lock"))?.finish()?;
+    let mid = out.intermediates.ok_or_else(|| bad("no intermediates"))?;
+
+    let mut checks = Vec::new();
+    let ids: Vec<f32> = mid.tokens.ids.iter().map(|&v| v as f32).collect();
+    let mask: Vec<f32> = mid.tokens.mask.iter().map(|&v| v as u8 as f32).collect();
+    let [b, n] = [mid.tokens.batch, mid.tokens.max_length];
+    checks.push(compare_ints(&fx, "out.input_ids", &[b, n], &ids)?);
+    checks.push(compare_ints(&fx, "out.attention_mask", &[b, n], &mask)?);
+    for (key, t) in [
+        ("out.video_tokens", &mid.video_tokens),
+        ("out.text_tokens", &mid.text_tokens),
+        ("out.audio_tokens", &mid.audio_tokens),
+        ("out.cross_attn_cond", &mid.context),
+        ("out.latent", &mid.latent),
+        ("out.audio", &mid.decoded),
+    ] {
+        checks.push(check3(&fx, key, t)?);
+    }
+    if fx.has("out.sync_features") {
+        checks.push(check3(&fx, "out.sync_features", &mid.sync_features)?);
+    }
+    let clip = &out.audio[0];
+    let final_values: Vec<f32> = clip.channels().iter().flatten().copied().collect();
+    checks.push(fx.check(
+        "out.audio_final",
+        &[clip.num_channels(), clip.num_frames()],
+        &final_values,
+    )?);
+    let _ = device;
+    Ok(checks)
+}
+
+/// Integer outputs must match exactly.
+fn compare_ints(fx: &Fixture, name: &str, shape: &[usize], got: &[f32]) -> Result<Check> {
+    let want = fx.i64(name)?;
+    let want_f: Vec<f32> = want.values.iter().map(|&v| v as f32).collect();
+    Ok(Check::compare(
+        name,
+        &want.shape,
+        &want_f,
+        shape,
+        got,
+        0.0,
+        0.0,
+    ))
+}
+
+/// A [`ReplayNoise`] shared with the caller, so that it can check every draw was used.
+struct SharedNoise(std::sync::Arc<std::sync::Mutex<ReplayNoise>>);
+
+impl SharedNoise {
+    fn with<T>(&self, f: impl FnOnce(&mut ReplayNoise) -> Result<T>) -> Result<T> {
+        let mut guard = self.0.lock().map_err(|_| Error::NoiseReplay {
+            message: "the replay source was poisoned".into(),
+        })?;
+        f(&mut guard)
+    }
+}
+
+impl NoiseSource for SharedNoise {
+    fn normal(&mut self, label: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        self.with(|n| n.normal(label, shape))
+    }
+    fn uniform(&mut self, label: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        self.with(|n| n.uniform(label, shape))
+    }
+    fn integers(&mut self, label: &str, bounds: &[(i64, i64)]) -> Result<Vec<i64>> {
+        self.with(|n| n.integers(label, bounds))
+    }
 }
 
 /// `ckpt_formats`: every tensor of every official container decodes to the recorded sums, and
@@ -116,18 +397,25 @@ pub fn check_ckpt_formats(set: &FixtureSet) -> Result<Vec<Check>> {
     let mut checks = Vec::new();
     for (file, info) in files {
         let dict = StateDict::open(set.dir().join(file))?;
-        let tensors = info["tensors"].as_object().ok_or_else(|| bad("no `tensors`"))?;
+        let tensors = info["tensors"]
+            .as_object()
+            .ok_or_else(|| bad("no `tensors`"))?;
         let mut worst = 0.0f64;
         let mut problems = Vec::new();
         if dict.len() != tensors.len() {
-            problems.push(format!("{} tensors stored, {} described", dict.len(), tensors.len()));
+            problems.push(format!(
+                "{} tensors stored, {} described",
+                dict.len(),
+                tensors.len()
+            ));
         }
         for (name, t) in tensors {
             let Some(stored) = dict.get(name) else {
                 problems.push(format!("`{name}` missing"));
                 continue;
             };
-            let shape: Vec<usize> = serde_json::from_value(t["shape"].clone()).map_err(|e| bad(&e.to_string()))?;
+            let shape: Vec<usize> =
+                serde_json::from_value(t["shape"].clone()).map_err(|e| bad(&e.to_string()))?;
             if stored.shape() != shape.as_slice() {
                 problems.push(format!("`{name}` shape {:?} != {shape:?}", stored.shape()));
             }
@@ -144,7 +432,10 @@ pub fn check_ckpt_formats(set: &FixtureSet) -> Result<Vec<Check>> {
             .values()
             .filter_map(|t| {
                 let target = t.get("loads_into")?.as_str()?;
-                Some((target.to_string(), serde_json::from_value(t["shape"].clone()).ok()?))
+                Some((
+                    target.to_string(),
+                    serde_json::from_value(t["shape"].clone()).ok()?,
+                ))
             })
             .collect();
         if !targets.is_empty() {
@@ -156,7 +447,9 @@ pub fn check_ckpt_formats(set: &FixtureSet) -> Result<Vec<Check>> {
                             problems.push(format!("`{stored}` did not load into `{target}`"));
                         }
                     }
-                    None if !dropped.contains(stored) => problems.push(format!("`{stored}` was not dropped")),
+                    None if !dropped.contains(stored) => {
+                        problems.push(format!("`{stored}` was not dropped"))
+                    }
                     None => {}
                 }
             }

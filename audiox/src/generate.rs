@@ -1,0 +1,465 @@
+//! One request, end to end: noise, conditioners, fusion, sampling, decoding, post-processing.
+
+use std::time::{Duration, Instant};
+
+use burn::tensor::Tensor;
+
+use audiox_core::audio::Audio;
+use audiox_core::noise::{NoiseSource, SeededNoise, labels};
+use audiox_core::tensor::{from_vec, to_vec};
+use audiox_core::{Error, Result};
+use audiox_encoders::conditioners::{Condition, PromptMask};
+use audiox_encoders::frames::{FrameSampling, SampledFrames};
+use audiox_encoders::tokenizer::Tokens;
+use audiox_mmdit::MmditDenoiser;
+use audiox_sampler::{Dmd, Euler, Guidance, Sampler, StepControl, by_name};
+
+use crate::model::{AudioX, Components, DenoiserKind};
+use crate::request::{AudioPrompt, AudioPromptMask, Request, SamplerChoice, VideoInput};
+
+/// Wall time of each stage of a request.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct StageTimings {
+    /// Video frame selection/resizing, CLIP, the temporal transformer and Synchformer
+    /// (near zero without video: the learned empty feature is used).
+    pub video: Duration,
+    /// Tokenizer and T5 (also the negative prompt's).
+    pub text: Duration,
+    /// Audio-prompt preparation and its VAE encoder (cached for requests without a prompt).
+    pub audio_prompt: Duration,
+    /// The MAF fusion block.
+    pub fusion: Duration,
+    /// Preparing the DiT conditioning and running the sampler.
+    pub sampling: Duration,
+    /// VAE decoding.
+    pub decode: Duration,
+    /// Trimming and normalisation.
+    pub post: Duration,
+    /// The whole request.
+    pub total: Duration,
+}
+
+impl std::fmt::Display for StageTimings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let s = |d: Duration| d.as_secs_f64();
+        write!(
+            f,
+            "video {:.2} s, text {:.2} s, audio prompt {:.2} s, fusion {:.2} s, sampling {:.2} s, \
+             decode {:.2} s, post {:.2} s, total {:.2} s",
+            s(self.video),
+            s(self.text),
+            s(self.audio_prompt),
+            s(self.fusion),
+            s(self.sampling),
+            s(self.decode),
+            s(self.post),
+            s(self.total)
+        )
+    }
+}
+
+/// Intermediate tensors of a request (kept with [`Request::keep_intermediates`]).
+#[derive(Debug, Clone)]
+pub struct Intermediates {
+    /// The tokenizer output of the prompt.
+    pub tokens: Tokens,
+    /// Video condition tokens `[B, Nv, D]`.
+    pub video_tokens: Tensor<3>,
+    /// Synchformer features `[B, R, D]` (zeros without video).
+    pub sync_features: Tensor<3>,
+    /// Text condition tokens `[B, Nt, D]`.
+    pub text_tokens: Tensor<3>,
+    /// Audio-prompt condition tokens `[B, Na, D]`.
+    pub audio_tokens: Tensor<3>,
+    /// The fused context `[B, Nctx, D]` (order text, video, audio).
+    pub context: Tensor<3>,
+    /// The sampled latent `[B, C, L]`.
+    pub latent: Tensor<3>,
+    /// The decoded audio before trimming and normalisation `[B, channels, L * ratio]`.
+    pub decoded: Tensor<3>,
+}
+
+/// The result of a request.
+#[derive(Debug, Clone)]
+pub struct Generation {
+    /// One clip per sample, at the model's rate, trimmed to the requested duration and
+    /// (unless turned off) peak-normalised.
+    pub audio: Vec<Audio>,
+    /// The seed of the request's generator (`None` when a custom noise source was given).
+    pub seed: Option<u64>,
+    /// The sampler that ran.
+    pub sampler: String,
+    /// Time spent per stage.
+    pub timings: StageTimings,
+    /// Intermediate tensors, when asked for.
+    pub intermediates: Option<Intermediates>,
+}
+
+impl AudioX {
+    /// Generates audio for `request`.
+    pub fn generate(&self, request: Request) -> Result<Generation> {
+        self.generate_with(request, &mut StepControl::new())
+    }
+
+    /// Generates audio for `request`, reporting sampler progress to and checking cancellation
+    /// through `control` (cancelling returns [`Error::Cancelled`] and no audio).
+    pub fn generate_with(
+        &self,
+        mut request: Request,
+        control: &mut StepControl<'_>,
+    ) -> Result<Generation> {
+        let total = Instant::now();
+        let m = &*self.inner;
+        let plan = Plan::new(m, &request)?;
+        let mut timings = StageTimings::default();
+
+        let (mut noise, seed): (Box<dyn NoiseSource>, Option<u64>) = match request.noise.take() {
+            Some(n) => (n, None),
+            None => {
+                let seed = request.seed.unwrap_or_else(random_seed);
+                (Box::new(SeededNoise::new(seed)), Some(seed))
+            }
+        };
+        let device = &m.device;
+        let b = request.num_samples;
+
+        // 1. The initial latent noise, drawn before the conditioners (reference order).
+        let shape = [b, m.dit.io_channels(), m.dit.latent_length()];
+        let initial = from_vec(noise.normal(labels::INITIAL_NOISE, &shape)?, shape, device)?;
+
+        // 2. Conditioners, in the config order video, text, audio.
+        let t = Instant::now();
+        let (video, sync) = video_condition(m, &request, b)?;
+        timings.video = t.elapsed();
+
+        let t = Instant::now();
+        let (text, tokens) = text_condition(m, &request.prompt, b)?;
+        let negative = match &request.negative_prompt {
+            Some(neg) => Some(text_condition(m, neg, b)?.0),
+            None => None,
+        };
+        timings.text = t.elapsed();
+
+        let t = Instant::now();
+        let audio = audio_condition(m, request.audio_prompt.as_ref(), b, &mut *noise)?;
+        timings.audio_prompt = t.elapsed();
+
+        // 3. Fusion. upstream: the block takes (text, video, audio) in its (video, text, audio)
+        // slots; `MafBlock::forward` reproduces that and returns the context text, video, audio.
+        let t = Instant::now();
+        let context = m.maf.forward(
+            text.tokens.clone(),
+            video.tokens.clone(),
+            audio.tokens.clone(),
+        )?;
+        let negative_context = match negative {
+            Some(neg) => Some(m.maf.forward(
+                neg.tokens,
+                video.tokens.clone(),
+                audio.tokens.clone(),
+            )?),
+            None => None,
+        };
+        timings.fusion = t.elapsed();
+
+        // 4. Sampling.
+        let t = Instant::now();
+        let denoiser = match (plan.sampler.guidance().is_active(), negative_context) {
+            (false, _) => MmditDenoiser::new(&m.dit, context.clone())?,
+            (true, None) => MmditDenoiser::with_guidance(&m.dit, context.clone())?,
+            (true, Some(neg)) => MmditDenoiser::with_unconditional(&m.dit, context.clone(), neg)?,
+        };
+        let latent = plan
+            .sampler
+            .sample(&denoiser, initial, &mut *noise, control)?;
+        drop(denoiser);
+        timings.sampling = t.elapsed();
+
+        // 5. Decoding.
+        let t = Instant::now();
+        let decoded = match m.chunked_decode {
+            Some(chunking) => m.decoder.forward_chunked(latent.clone(), chunking)?,
+            None => m.decoder.forward(latent.clone()),
+        };
+        timings.decode = t.elapsed();
+
+        // 6. Trim and normalise, per sample.
+        let t = Instant::now();
+        let audio_out = postprocess(
+            &decoded,
+            plan.samples,
+            m.config.sample_rate,
+            request.normalize,
+        )?;
+        timings.post = t.elapsed();
+        timings.total = total.elapsed();
+
+        let intermediates = request.keep_intermediates.then(|| Intermediates {
+            tokens,
+            video_tokens: video.tokens,
+            sync_features: sync,
+            text_tokens: text.tokens,
+            audio_tokens: audio.tokens,
+            context,
+            latent,
+            decoded,
+        });
+        Ok(Generation {
+            audio: audio_out,
+            seed,
+            sampler: plan.sampler.name().to_string(),
+            timings,
+            intermediates,
+        })
+    }
+}
+
+/// Everything decided from the request before any compute.
+struct Plan {
+    sampler: std::sync::Arc<dyn Sampler>,
+    /// Output samples per clip.
+    samples: usize,
+}
+
+impl Plan {
+    fn new(m: &Components, r: &Request) -> Result<Self> {
+        if r.num_samples == 0 {
+            return Err(Error::InvalidRequest(
+                "num_samples must be at least 1".into(),
+            ));
+        }
+        let max = m.config.conditioning_seconds as f64;
+        let duration = r.duration.unwrap_or(max);
+        if !(duration > 0.0 && duration <= max) {
+            return Err(Error::InvalidRequest(format!(
+                "a duration of {duration} s is not supported: this model generates at most {max} s \
+                 (it was trained on {max} s clips)"
+            )));
+        }
+        let samples = ((duration * m.config.sample_rate as f64).round() as usize).max(1);
+        if r.video.is_some() && m.synchformer.is_none() {
+            return Err(Error::InvalidRequest(
+                "video and image conditioning need the Synchformer weights \
+                 (synchformer/synchformer_state_dict.pth); none were loaded"
+                    .into(),
+            ));
+        }
+        if let Some(VideoInput::File(_)) = &r.video
+            && !cfg!(feature = "video")
+        {
+            return Err(Error::InvalidRequest(
+                "video files need the `video` feature (ffmpeg); pass decoded frames instead".into(),
+            ));
+        }
+        let guidance = Guidance {
+            scale: r.guidance.unwrap_or(match m.kind {
+                DenoiserKind::Student => 1.0,
+                DenoiserKind::Teacher => 6.0,
+            }),
+            rescale_phi: r.cfg_rescale,
+        };
+        let sampler: std::sync::Arc<dyn Sampler> = match &r.sampler {
+            SamplerChoice::Custom(s) => s.clone(),
+            SamplerChoice::Named(name) => {
+                let steps = r.steps.unwrap_or(match name.as_str() {
+                    "dmd" => Dmd::DEFAULT_STEPS,
+                    _ => 100,
+                });
+                by_name(name, steps, guidance)?.into()
+            }
+            SamplerChoice::Default => match m.kind {
+                DenoiserKind::Student => {
+                    let s = Dmd::new(r.steps.unwrap_or(Dmd::DEFAULT_STEPS));
+                    if guidance.is_active() {
+                        return Err(Error::InvalidRequest(
+                            "the DMD student sampler does not use guidance; choose a guided \
+                             sampler (euler, heun, dpmpp-2m) for a guidance scale"
+                                .into(),
+                        ));
+                    }
+                    std::sync::Arc::new(s)
+                }
+                DenoiserKind::Teacher => {
+                    let base = Euler::teacher();
+                    let steps = r.steps.unwrap_or(base.steps());
+                    std::sync::Arc::new(Euler::new(steps).with_guidance(guidance))
+                }
+            },
+        };
+        sampler.validate()?;
+        if r.negative_prompt.is_some() && !sampler.guidance().is_active() {
+            return Err(Error::InvalidRequest(
+                "a negative prompt is used as the unconditional branch of classifier-free \
+                 guidance: set a guidance scale above 1 with a guided sampler"
+                    .into(),
+            ));
+        }
+        if let Some(p) = &r.audio_prompt {
+            if !(p.start_seconds >= 0.0 && p.start_seconds.is_finite()) {
+                return Err(Error::InvalidRequest(format!(
+                    "audio prompt start {} s must be a non-negative number",
+                    p.start_seconds
+                )));
+            }
+            if let AudioPromptMask::Blank(span) = &p.mask
+                && !(span.start >= 0.0 && span.end >= span.start && span.end.is_finite())
+            {
+                return Err(Error::InvalidRequest(format!(
+                    "audio prompt blank span {span:?} is not a valid range"
+                )));
+            }
+        }
+        Ok(Plan { sampler, samples })
+    }
+}
+
+fn random_seed() -> u64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_nanos()),
+    );
+    h.finish()
+}
+
+/// Video tokens and Synchformer features for `b` samples.
+fn video_condition(m: &Components, r: &Request, b: usize) -> Result<(Condition, Tensor<3>)> {
+    let device = &m.device;
+    let frames = m.video.frames();
+    let clip_size = m.video.visual_encoder_model.image_size();
+    let rows = m.sizes.sync_rows;
+    let width = m.text_width();
+    let Some(input) = &r.video else {
+        // No video: all-zero frames and sync features, as the reference feeds; the conditioner
+        // returns its learned empty feature without running CLIP.
+        let zeros = Tensor::<5>::zeros([b, frames, 3, clip_size, clip_size], device);
+        let sync = Tensor::<3>::zeros([b, rows, width], device);
+        return Ok((m.video.forward(zeros, sync.clone())?, sync));
+    };
+    let synchformer = m.synchformer.as_ref().expect("checked in Plan::new");
+    let seconds = m.config.conditioning_seconds as f64;
+    let clip_sampling = FrameSampling::new(m.config.video_fps as f64, seconds, clip_size)
+        .with_seek(r.video_start_seconds);
+    let sync_sampling = FrameSampling::new(
+        m.sizes.synchformer.frame_rate as f64,
+        seconds,
+        synchformer.image_size(),
+    )
+    .with_seek(r.video_start_seconds);
+    let (clip, sync_frames, still): (SampledFrames, SampledFrames, bool) = match input {
+        VideoInput::Frames(v) => {
+            let [c, s] = v.sample_streams([clip_sampling, sync_sampling])?;
+            (c, s, false)
+        }
+        VideoInput::Image(image) => (
+            image.sample(&clip_sampling, r.image_scaling)?,
+            image.sample(&sync_sampling, r.image_scaling)?,
+            true,
+        ),
+        #[cfg(feature = "video")]
+        VideoInput::File(path) => {
+            let [c, s] = audiox_encoders::video_file::sample(path, [clip_sampling, sync_sampling])?;
+            (c, s, false)
+        }
+        #[cfg(not(feature = "video"))]
+        VideoInput::File(_) => unreachable!("refused in Plan::new"),
+    };
+    let clip_frames: Tensor<5> = clip.to_tensor(device).unsqueeze_dim(0);
+    let sync_input = sync_frames.sync_tensor(device);
+    let sync = if still {
+        // A still image gives identical segments: run one and repeat its rows (identical output).
+        let segment = m.sizes.synchformer.segment;
+        let one = synchformer.forward(sync_input.narrow(1, 0, segment))?;
+        let segments = rows / one.dims()[1];
+        one.repeat_dim(1, segments)
+    } else {
+        synchformer.forward(sync_input)?
+    };
+    let [_, t, c, h, w] = clip_frames.dims();
+    let clip_frames = clip_frames.expand([b, t, c, h, w]);
+    let [_, r_rows, d] = sync.dims();
+    let sync = sync.expand([b, r_rows, d]);
+    Ok((m.video.forward(clip_frames, sync.clone())?, sync))
+}
+
+/// Text tokens for `b` samples of one prompt (T5 runs once).
+fn text_condition(m: &Components, prompt: &str, b: usize) -> Result<(Condition, Tokens)> {
+    let (condition, tokens) = m.text.forward(&[prompt], &m.device)?;
+    let [_, n, d] = condition.tokens.dims();
+    let [_, nm] = condition.mask.dims();
+    Ok((
+        Condition {
+            tokens: condition.tokens.expand([b, n, d]),
+            mask: condition.mask.expand([b, nm]),
+        },
+        tokens,
+    ))
+}
+
+/// Audio-prompt tokens for `b` samples (each draws its own mask and posterior noise).
+fn audio_condition(
+    m: &Components,
+    prompt: Option<&AudioPrompt>,
+    b: usize,
+    noise: &mut dyn NoiseSource,
+) -> Result<Condition> {
+    let samples = m.audio.samples();
+    let Some(p) = prompt else {
+        return m
+            .audio
+            .forward_silent(b, &PromptMask::Random, noise, &m.device);
+    };
+    let rate = m.config.sample_rate;
+    let audio = p.audio.resample(rate)?;
+    let start = (p.start_seconds * rate as f64) as usize;
+    let window = audio.window(start, samples);
+    let channels = window.num_channels();
+    let values: Vec<f32> = window.channels().iter().flatten().copied().collect();
+    let one = from_vec(values, [1, channels, samples], &m.device)?;
+    let batch = one.expand([b, channels, samples]);
+    let mask = match &p.mask {
+        AudioPromptMask::Random => PromptMask::Random,
+        AudioPromptMask::Keep => PromptMask::Keep,
+        AudioPromptMask::Blank(span) => {
+            let from = ((span.start * rate as f64) as usize).min(samples);
+            let to = ((span.end * rate as f64) as usize).clamp(from, samples);
+            PromptMask::Spans(vec![from..to; b])
+        }
+    };
+    m.audio.forward(batch, &mask, noise)
+}
+
+/// `[B, C, N]` -> one [`Audio`] per sample: the first `samples` samples, peak-normalised over
+/// both channels as the reference does (divide by max |x| clamped at 1e-8, clamp to [-1, 1]).
+fn postprocess(
+    decoded: &Tensor<3>,
+    samples: usize,
+    rate: u32,
+    normalize: bool,
+) -> Result<Vec<Audio>> {
+    let [b, c, n] = decoded.dims();
+    let keep = samples.min(n);
+    let values = to_vec(decoded.clone().narrow(2, 0, keep));
+    (0..b)
+        .map(|i| {
+            let channels = (0..c)
+                .map(|ch| values[(i * c + ch) * keep..(i * c + ch + 1) * keep].to_vec())
+                .collect();
+            let audio = Audio::new(rate, channels)?;
+            Ok(if normalize {
+                audio.peak_normalized()
+            } else {
+                audio
+            })
+        })
+        .collect()
+}
+
+impl Components {
+    /// Width of the condition streams.
+    pub(crate) fn text_width(&self) -> usize {
+        self.config.model.conditioning.cond_dim
+    }
+}

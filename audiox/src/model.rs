@@ -1,0 +1,412 @@
+//! [`AudioX`], the loaded model, and its builder.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Instant;
+
+use burn::tensor::Device;
+
+use audiox_core::config::{ArchSizes, ModelConfig};
+use audiox_core::weights::{
+    LoadReport, StateDict, WeightSource, load_module, official_names, resolve_official_keys,
+};
+use audiox_core::{Error, Result};
+use audiox_encoders::clip::ClipVisionConfig;
+use audiox_encoders::conditioners::{
+    AudioPromptConditioner, AudioPromptConfig, TextConditioner, VideoConditioner,
+    VideoConditionerConfig,
+};
+use audiox_encoders::synchformer::{Synchformer, SynchformerConfig};
+use audiox_mmdit::{Dit, DitConfig, MafBlock, MafBlockConfig};
+use audiox_vae::{ChunkedDecode, OobleckDecoder, VaeConfig};
+
+use crate::checkpoint::CheckpointPaths;
+
+/// Key prefixes of the official model object (`ConditionedDiffusionModelWrapper.state_dict()`).
+pub(crate) mod prefixes {
+    pub const DIT: &str = "model.model.";
+    pub const MAF: &str = "maf_block.";
+    pub const VIDEO: &str = "conditioner.conditioners.video_prompt.";
+    pub const AUDIO: &str = "conditioner.conditioners.audio_prompt.";
+    pub const VAE: &str = "pretransform.model.";
+}
+
+/// Which checkpoint the denoiser comes from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum DenoiserKind {
+    /// AudioX-Turbo, the 4-step distilled student (default sampler: DMD, 4 steps).
+    Student,
+    /// AudioX base, the teacher (default sampler: Euler, 250 steps, guidance 6).
+    Teacher,
+}
+
+/// Every loaded part of the model.
+pub(crate) struct Components {
+    pub config: ModelConfig,
+    pub sizes: ArchSizes,
+    pub device: Device,
+    pub kind: DenoiserKind,
+    pub text: TextConditioner,
+    pub video: VideoConditioner,
+    pub audio: AudioPromptConditioner,
+    pub synchformer: Option<Synchformer>,
+    pub maf: MafBlock,
+    pub dit: Dit,
+    pub decoder: OobleckDecoder,
+    pub chunked_decode: Option<ChunkedDecode>,
+    pub report: LoadReport,
+    pub paths: CheckpointPaths,
+}
+
+/// A loaded AudioX-Turbo model. Cheap to clone (shared), `Send + Sync`: several threads may
+/// call [`AudioX::generate`] at once.
+///
+/// ```no_run
+/// use audiox::{AudioX, Request};
+/// let model = AudioX::builder().checkpoint_dir("checkpoints").build()?;
+/// let out = model.generate(Request::text("a wooden door creaks open, then slams shut").seed(7))?;
+/// out.audio[0].write_wav("door.wav")?;
+/// # Ok::<(), audiox::Error>(())
+/// ```
+#[derive(Clone)]
+pub struct AudioX {
+    pub(crate) inner: Arc<Components>,
+}
+
+impl std::fmt::Debug for AudioX {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AudioX")
+            .field("kind", &self.inner.kind)
+            .field("sample_rate", &self.inner.config.sample_rate)
+            .field("seconds", &self.inner.config.conditioning_seconds)
+            .field("video", &self.inner.synchformer.is_some())
+            .finish_non_exhaustive()
+    }
+}
+
+impl AudioX {
+    /// A builder (CPU device, official layout).
+    pub fn builder() -> AudioXBuilder {
+        AudioXBuilder::default()
+    }
+
+    /// The model config.
+    pub fn config(&self) -> &ModelConfig {
+        &self.inner.config
+    }
+
+    /// Student or teacher.
+    pub fn kind(&self) -> DenoiserKind {
+        self.inner.kind
+    }
+
+    /// Output sample rate in Hz.
+    pub fn sample_rate(&self) -> u32 {
+        self.inner.config.sample_rate
+    }
+
+    /// Longest duration the model generates, in seconds (10 for the official model).
+    pub fn max_duration(&self) -> f64 {
+        self.inner.config.conditioning_seconds as f64
+    }
+
+    /// Whether video (and image) requests can be served (the Synchformer weights are loaded).
+    pub fn supports_video(&self) -> bool {
+        self.inner.synchformer.is_some()
+    }
+
+    /// What the load did: every applied weight and its source, unused and dropped tensors.
+    pub fn load_report(&self) -> &LoadReport {
+        &self.inner.report
+    }
+
+    /// The device the model runs on.
+    pub fn device(&self) -> &Device {
+        &self.inner.device
+    }
+
+    /// The files the model was built from.
+    pub fn paths(&self) -> &CheckpointPaths {
+        &self.inner.paths
+    }
+}
+
+/// Builds an [`AudioX`] from a checkpoint folder in the official layout (see
+/// `docs/weights.md`) and/or individual files.
+#[derive(Debug, Clone)]
+pub struct AudioXBuilder {
+    dir: Option<PathBuf>,
+    files: CheckpointPaths,
+    device: Device,
+    chunked_decode: Option<ChunkedDecode>,
+}
+
+impl Default for AudioXBuilder {
+    fn default() -> Self {
+        AudioXBuilder {
+            dir: None,
+            files: CheckpointPaths::default(),
+            device: Device::flex(),
+            chunked_decode: None,
+        }
+    }
+}
+
+impl AudioXBuilder {
+    /// A folder in the official layout (`audiox_turbo/`, `pretransform/`, `synchformer/`,
+    /// `t5-base/`, `clip-vit-base-patch32/`, optional `config.json` and `pretrained_ckpt/`).
+    pub fn checkpoint_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.dir = Some(dir.into());
+        self
+    }
+
+    /// The model config file (default: the folder's `config.json`, else the built-in official
+    /// inference config).
+    pub fn config(mut self, path: impl Into<PathBuf>) -> Self {
+        self.files.config = Some(path.into());
+        self
+    }
+
+    /// The student checkpoint (`audiox_turbo.ckpt` or a safetensors file with the same names).
+    pub fn student_checkpoint(mut self, path: impl Into<PathBuf>) -> Self {
+        self.files.student = Some(path.into());
+        self
+    }
+
+    /// The teacher checkpoint: when set, it is the denoiser (and the source of every weight the
+    /// student file would provide), and the default sampler becomes Euler with guidance.
+    pub fn teacher_checkpoint(mut self, path: impl Into<PathBuf>) -> Self {
+        self.files.teacher = Some(path.into());
+        self
+    }
+
+    /// The VAE checkpoint (`vae.ckpt`).
+    pub fn vae_checkpoint(mut self, path: impl Into<PathBuf>) -> Self {
+        self.files.vae = Some(path.into());
+        self
+    }
+
+    /// The Synchformer checkpoint (`synchformer_state_dict.pth`); without it, video and image
+    /// requests are refused.
+    pub fn synchformer_checkpoint(mut self, path: impl Into<PathBuf>) -> Self {
+        self.files.synchformer = Some(path.into());
+        self
+    }
+
+    /// The Hugging Face `t5-base` folder.
+    pub fn t5_dir(mut self, path: impl Into<PathBuf>) -> Self {
+        self.files.t5_dir = Some(path.into());
+        self
+    }
+
+    /// The Hugging Face `clip-vit-base-patch32` folder.
+    pub fn clip_dir(mut self, path: impl Into<PathBuf>) -> Self {
+        self.files.clip_dir = Some(path.into());
+        self
+    }
+
+    /// The device to run on (default: the CPU backend, `Device::flex()`).
+    pub fn device(mut self, device: Device) -> Self {
+        self.device = device;
+        self
+    }
+
+    /// Decodes latents in overlapping chunks to bound memory (exact with the default
+    /// overlap, see `audiox_vae::ChunkedDecode`).
+    pub fn chunked_decode(mut self, chunking: ChunkedDecode) -> Self {
+        self.chunked_decode = Some(chunking);
+        self
+    }
+
+    /// Loads every file and builds the model.
+    pub fn build(self) -> Result<AudioX> {
+        let paths = match &self.dir {
+            Some(dir) => CheckpointPaths::from_dir(dir)?.overridden_by(&self.files),
+            None => self.files.clone(),
+        };
+        let components = load(paths, self.device, self.chunked_decode)?;
+        Ok(AudioX {
+            inner: Arc::new(components),
+        })
+    }
+}
+
+fn load(
+    paths: CheckpointPaths,
+    device: Device,
+    chunked_decode: Option<ChunkedDecode>,
+) -> Result<Components> {
+    let started = Instant::now();
+    let config = match &paths.config {
+        Some(p) => ModelConfig::from_file(p)?,
+        None => ModelConfig::official(),
+    };
+    let sizes = config.arch_sizes()?;
+    let (kind, main) = match &paths.teacher {
+        Some(_) => (
+            DenoiserKind::Teacher,
+            paths.require(
+                &paths.teacher,
+                "teacher checkpoint",
+                "pretrained_ckpt/pretrained_ckpt.ckpt",
+            )?,
+        ),
+        None => (
+            DenoiserKind::Student,
+            paths.require(
+                &paths.student,
+                "student checkpoint",
+                "audiox_turbo/audiox_turbo.ckpt",
+            )?,
+        ),
+    };
+    let vae_path = paths.require(&paths.vae, "VAE checkpoint", "pretransform/vae.ckpt")?;
+    let t5_dir = paths
+        .require(&paths.t5_dir, "T5 folder", "t5-base/")?
+        .to_path_buf();
+    let clip_dir = paths
+        .require(&paths.clip_dir, "CLIP folder", "clip-vit-base-patch32/")?
+        .to_path_buf();
+
+    // The official key rule needs the model's whole key space with shapes.
+    let clip = ClipVisionConfig::from_hf_file(clip_dir.join("config.json"))?;
+    let model_keys = model_key_space(&config, &clip, &device)?;
+    let stored = StateDict::open(main)?;
+    let (checkpoint, dropped) = resolve_official_keys(&stored, &model_keys);
+    let vae = StateDict::open(vae_path)?;
+
+    let mut report = LoadReport {
+        dropped: dropped
+            .into_iter()
+            .map(|k| (main.to_path_buf(), k))
+            .collect(),
+        ..Default::default()
+    };
+
+    let (text, r) = TextConditioner::from_hf_dir(&t5_dir, &config, &device)?;
+    report.merge(r);
+    let (video, r) =
+        VideoConditioner::from_official(&config, &clip_dir, &checkpoint, prefixes::VIDEO, &device)?;
+    report.merge(r);
+    let (audio, r) = AudioPromptConditioner::from_official(
+        &config,
+        Some(&vae),
+        &checkpoint,
+        prefixes::AUDIO,
+        &device,
+    )?;
+    report.merge(r);
+    let (maf, r) = MafBlockConfig::from_model_config(&config)
+        .init(&device)
+        .load(&[WeightSource::with_prefix(&checkpoint, prefixes::MAF)])?;
+    report.merge(r);
+    let (dit, r) = DitConfig::from_model_config(&config)?
+        .init(&device)?
+        .load(&[WeightSource::with_prefix(&checkpoint, prefixes::DIT)])?;
+    report.merge(r);
+    // The main VAE: the checkpoint's copy, overridden by vae.ckpt (official order). Only the
+    // decoder is used; the encoder half is not held.
+    let decoder = VaeConfig::from_config(&config.model.pretransform.config)
+        .decoder
+        .init(&device);
+    let layout = decoder.layout();
+    let (decoder, r) = load_module(
+        decoder,
+        &layout,
+        &[
+            WeightSource::with_prefix(&checkpoint, "pretransform.model.decoder."),
+            WeightSource::with_prefix(&vae, "decoder."),
+        ],
+    )?;
+    report.merge(r);
+    for key in checkpoint
+        .keys()
+        .filter(|k| k.starts_with("pretransform.model.encoder."))
+    {
+        report.ignored.push((main.to_path_buf(), key.to_string()));
+    }
+    for key in vae.keys().filter(|k| k.starts_with("encoder.")) {
+        report
+            .ignored
+            .push((vae_path.to_path_buf(), key.to_string()));
+    }
+    let synchformer = match &paths.synchformer {
+        Some(p) => {
+            let (s, r) = Synchformer::load(
+                &SynchformerConfig::from_sizes(&sizes.synchformer),
+                p,
+                &device,
+            )?;
+            report.merge(r);
+            Some(s)
+        }
+        None => None,
+    };
+    log_load(&report, started.elapsed().as_secs_f64());
+    Ok(Components {
+        config,
+        sizes,
+        device,
+        kind,
+        text,
+        video,
+        audio,
+        synchformer,
+        maf,
+        dit,
+        decoder,
+        chunked_decode,
+        report,
+        paths,
+    })
+}
+
+fn log_load(report: &LoadReport, seconds: f64) {
+    if std::env::var_os("AUDIOX_LOG").is_some() {
+        eprintln!("audiox: loaded in {seconds:.2} s: {}", report.summary());
+    }
+}
+
+/// Official names and shapes of the whole model object (what a student or teacher checkpoint
+/// may hold), for the official key rule. Nothing is allocated.
+pub(crate) fn model_key_space(
+    config: &ModelConfig,
+    clip: &ClipVisionConfig,
+    device: &Device,
+) -> Result<BTreeMap<String, Vec<usize>>> {
+    let mut keys = BTreeMap::new();
+    let mut add = |prefix: &str, names: BTreeMap<String, Vec<usize>>| {
+        keys.extend(names.into_iter().map(|(k, v)| (format!("{prefix}{k}"), v)));
+    };
+    let dit = DitConfig::from_model_config(config)?.init(device)?;
+    add(prefixes::DIT, official_names(&dit, &Dit::layout()));
+    let maf = MafBlockConfig::from_model_config(config).init(device);
+    add(prefixes::MAF, maf.official_names());
+    let video = VideoConditionerConfig::from_model_config(config, clip.clone())?.init(device);
+    add(
+        prefixes::VIDEO,
+        official_names(&video, &VideoConditioner::layout()),
+    );
+    let audio = AudioPromptConfig::from_model_config(config)?.init(device);
+    add(prefixes::AUDIO, official_names(&audio, &audio.layout()));
+    // Both VAE copies in full (the halves we do not hold are still official keys).
+    let prompt_vae = audio_vae(config, device)?;
+    add(
+        &format!("{}pretransform.model.", prefixes::AUDIO),
+        official_names(&prompt_vae, &prompt_vae.layout()),
+    );
+    let main_vae = VaeConfig::from_config(&config.model.pretransform.config).init(device);
+    add(prefixes::VAE, official_names(&main_vae, &main_vae.layout()));
+    Ok(keys)
+}
+
+fn audio_vae(config: &ModelConfig, device: &Device) -> Result<audiox_vae::Vae> {
+    let audio = config.audio_conditioner().ok_or_else(|| {
+        Error::config(
+            "model.conditioning.configs",
+            "no audio_autoencoder conditioner",
+        )
+    })?;
+    Ok(VaeConfig::from_config(&audio.pretransform_config.config).init(device))
+}

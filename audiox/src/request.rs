@@ -1,0 +1,293 @@
+//! What to generate: a [`Request`] with its prompts and options.
+
+use std::ops::Range;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use audiox_core::audio::Audio;
+use audiox_core::noise::NoiseSource;
+use audiox_encoders::frames::{ImageScaling, StillImage, VideoFrames};
+use audiox_sampler::Sampler;
+
+/// The video condition of a request.
+#[derive(Debug, Clone)]
+pub enum VideoInput {
+    /// Frames decoded by the caller (a game engine, a camera pipeline...): RGB, any size and
+    /// frame rate; the reference's frame selection and resize are applied.
+    Frames(VideoFrames),
+    /// A video file, decoded with the `ffmpeg` program (crate feature `video`).
+    File(PathBuf),
+    /// A still image, used as a video of one repeated frame.
+    Image(StillImage),
+}
+
+/// Which part of the audio prompt the model sees.
+#[derive(Debug, Clone, PartialEq)]
+pub enum AudioPromptMask {
+    /// The reference's behaviour: a random 25-75 % span of the prompt is blanked (as during
+    /// training, where the prompt was the target clip itself). Consumes two random draws.
+    Random,
+    /// The whole prompt is context (continuation or style reference). Draws nothing.
+    Keep,
+    /// Blank this span, in seconds from the prompt start (inpainting: the model is told to
+    /// fill it). Draws nothing.
+    Blank(Range<f64>),
+}
+
+/// An audio prompt: the clip, where in it to start, and the mask.
+#[derive(Debug, Clone)]
+pub struct AudioPrompt {
+    /// The audio; resampled to the model's rate and fixed to its channels.
+    pub audio: Audio,
+    /// Seconds into `audio` where the prompt window starts (reference: `seconds_start`).
+    pub start_seconds: f64,
+    /// What the model sees of the window.
+    pub mask: AudioPromptMask,
+}
+
+impl AudioPrompt {
+    /// A prompt from the start of `audio`, masked as the reference masks it.
+    pub fn new(audio: Audio) -> Self {
+        AudioPrompt {
+            audio,
+            start_seconds: 0.0,
+            mask: AudioPromptMask::Random,
+        }
+    }
+}
+
+/// How the sampler is chosen.
+#[derive(Debug, Clone, Default)]
+pub enum SamplerChoice {
+    /// The loaded model's default: the 4-step DMD sampler for the student, Euler with
+    /// classifier-free guidance for the teacher.
+    #[default]
+    Default,
+    /// A built-in sampler by name (`dmd`, `euler`, `heun`, `dpmpp-2m`; see
+    /// `audiox_sampler::BUILTIN_SAMPLERS`), with the request's steps and guidance.
+    Named(String),
+    /// A sampler object, used as it is (its own steps and guidance).
+    Custom(Arc<dyn Sampler>),
+}
+
+/// One generation request. Build it with [`Request::text`] (or [`Request::new`]) and the
+/// builder methods; every option has the reference's default.
+///
+/// ```
+/// use audiox::Request;
+/// let request = Request::text("a wooden door creaks open, then slams shut")
+///     .seed(7)
+///     .num_samples(2)
+///     .duration(5.0);
+/// assert_eq!(request.prompt(), "a wooden door creaks open, then slams shut");
+/// ```
+pub struct Request {
+    pub(crate) prompt: String,
+    pub(crate) negative_prompt: Option<String>,
+    pub(crate) video: Option<VideoInput>,
+    pub(crate) video_start_seconds: f64,
+    pub(crate) image_scaling: ImageScaling,
+    pub(crate) audio_prompt: Option<AudioPrompt>,
+    pub(crate) seed: Option<u64>,
+    pub(crate) steps: Option<usize>,
+    pub(crate) sampler: SamplerChoice,
+    pub(crate) guidance: Option<f32>,
+    pub(crate) cfg_rescale: f32,
+    pub(crate) num_samples: usize,
+    pub(crate) duration: Option<f64>,
+    pub(crate) normalize: bool,
+    pub(crate) noise: Option<Box<dyn NoiseSource>>,
+    pub(crate) keep_intermediates: bool,
+}
+
+impl std::fmt::Debug for Request {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Request")
+            .field("prompt", &self.prompt)
+            .field("negative_prompt", &self.negative_prompt)
+            .field("video", &self.video.as_ref().map(|_| "..."))
+            .field(
+                "audio_prompt",
+                &self.audio_prompt.as_ref().map(|p| p.audio.duration_secs()),
+            )
+            .field("seed", &self.seed)
+            .field("steps", &self.steps)
+            .field("sampler", &self.sampler)
+            .field("guidance", &self.guidance)
+            .field("num_samples", &self.num_samples)
+            .field("duration", &self.duration)
+            .field("normalize", &self.normalize)
+            .field("noise", &self.noise.as_ref().map(|_| "custom"))
+            .finish_non_exhaustive()
+    }
+}
+
+impl Default for Request {
+    fn default() -> Self {
+        Request {
+            prompt: String::new(),
+            negative_prompt: None,
+            video: None,
+            video_start_seconds: 0.0,
+            image_scaling: ImageScaling::default(),
+            audio_prompt: None,
+            seed: None,
+            steps: None,
+            sampler: SamplerChoice::Default,
+            guidance: None,
+            cfg_rescale: 0.0,
+            num_samples: 1,
+            duration: None,
+            normalize: true,
+            noise: None,
+            keep_intermediates: false,
+        }
+    }
+}
+
+impl Request {
+    /// A request with no text (video-, image- or audio-only generation; add the condition with
+    /// the builder methods). An empty prompt is what the reference feeds for "no text".
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// A text-to-audio request.
+    pub fn text(prompt: impl Into<String>) -> Self {
+        Request {
+            prompt: prompt.into(),
+            ..Self::default()
+        }
+    }
+
+    /// The text prompt.
+    pub fn prompt(&self) -> &str {
+        &self.prompt
+    }
+
+    /// Sets the text prompt.
+    pub fn with_text(mut self, prompt: impl Into<String>) -> Self {
+        self.prompt = prompt.into();
+        self
+    }
+
+    /// A negative prompt: with classifier-free guidance, the unconditional branch is the
+    /// context of this text (with the request's video and audio conditions) instead of the
+    /// all-zero context. Needs a guided sampler (guidance scale above 1).
+    pub fn negative_prompt(mut self, text: impl Into<String>) -> Self {
+        self.negative_prompt = Some(text.into());
+        self
+    }
+
+    /// Conditions on video frames decoded by the caller.
+    pub fn video_frames(mut self, frames: VideoFrames) -> Self {
+        self.video = Some(VideoInput::Frames(frames));
+        self
+    }
+
+    /// Conditions on a video file (decoded with `ffmpeg`; crate feature `video`).
+    pub fn video_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.video = Some(VideoInput::File(path.into()));
+        self
+    }
+
+    /// Seconds into the video where the conditioning window starts.
+    pub fn video_start(mut self, seconds: f64) -> Self {
+        self.video_start_seconds = seconds;
+        self
+    }
+
+    /// Conditions on a still image (treated as a video of one repeated frame).
+    pub fn image(mut self, image: StillImage) -> Self {
+        self.video = Some(VideoInput::Image(image));
+        self
+    }
+
+    /// How a still image's pixels are scaled: [`ImageScaling::LikeVideo`] (default, correct)
+    /// or [`ImageScaling::Reference`] (the reference's double division by 255, near-black
+    /// frames for CLIP; see `docs/video.md`).
+    pub fn image_scaling(mut self, scaling: ImageScaling) -> Self {
+        self.image_scaling = scaling;
+        self
+    }
+
+    /// An audio prompt (continuation / inpainting context).
+    pub fn audio_prompt(mut self, prompt: AudioPrompt) -> Self {
+        self.audio_prompt = Some(prompt);
+        self
+    }
+
+    /// The seed of the request's random generator (random when not set; the one used is
+    /// reported in the output).
+    pub fn seed(mut self, seed: u64) -> Self {
+        self.seed = Some(seed);
+        self
+    }
+
+    /// Sampler steps (default: 4 for the student, 250 for the teacher).
+    pub fn steps(mut self, steps: usize) -> Self {
+        self.steps = Some(steps);
+        self
+    }
+
+    /// A built-in sampler by name (`dmd`, `euler`, `heun`, `dpmpp-2m`).
+    pub fn sampler_named(mut self, name: impl Into<String>) -> Self {
+        self.sampler = SamplerChoice::Named(name.into());
+        self
+    }
+
+    /// A sampler object (its own schedule and guidance; `steps` and `guidance` of the request
+    /// are not applied to it).
+    pub fn sampler(mut self, sampler: Arc<dyn Sampler>) -> Self {
+        self.sampler = SamplerChoice::Custom(sampler);
+        self
+    }
+
+    /// Classifier-free guidance scale (1 = none; default: none for the student, 6 for the
+    /// teacher).
+    pub fn guidance(mut self, scale: f32) -> Self {
+        self.guidance = Some(scale);
+        self
+    }
+
+    /// CFG rescale factor `phi` in `[0, 1]` (0 = off, the reference's default).
+    pub fn cfg_rescale(mut self, phi: f32) -> Self {
+        self.cfg_rescale = phi;
+        self
+    }
+
+    /// How many variations to generate in one batch (different noise, same conditions).
+    pub fn num_samples(mut self, n: usize) -> Self {
+        self.num_samples = n;
+        self
+    }
+
+    /// Seconds of audio to return (default: the model's `conditioning_seconds`, 10 s). The
+    /// model always generates its trained length; shorter durations are trimmed from it, longer
+    /// ones are refused.
+    pub fn duration(mut self, seconds: f64) -> Self {
+        self.duration = Some(seconds);
+        self
+    }
+
+    /// Whether to peak-normalise the output as the reference does (default true).
+    pub fn normalize(mut self, on: bool) -> Self {
+        self.normalize = on;
+        self
+    }
+
+    /// Draws every random number from `noise` instead of a seeded generator (replaying
+    /// recorded draws, or a generator of your own). The draws happen in the reference's order:
+    /// initial noise, audio mask ratio and start, VAE posterior noise, then the sampler's.
+    pub fn noise_source(mut self, noise: Box<dyn NoiseSource>) -> Self {
+        self.noise = Some(noise);
+        self
+    }
+
+    /// Keeps the intermediate tensors (tokens, condition streams, fused context, latent,
+    /// untrimmed audio) in the output.
+    pub fn keep_intermediates(mut self, keep: bool) -> Self {
+        self.keep_intermediates = keep;
+        self
+    }
+}
