@@ -39,9 +39,16 @@ fn tiny(c: &mut Criterion) {
     let set = FixtureSet::open_default().expect("fixture set");
     let fx = set.fixture("vae_decoder").expect("vae_decoder fixture");
     let config = ModelConfig::from_json_value(fx.config_json().unwrap()).unwrap();
-    let decoder = OobleckDecoderConfig::from_config(&config.model.pretransform.config.decoder.config).init(&device);
+    let decoder =
+        OobleckDecoderConfig::from_config(&config.model.pretransform.config.decoder.config)
+            .init(&device);
     let layout = decoder.layout();
-    let (decoder, _) = load_module(decoder, &layout, &[WeightSource::with_prefix(fx.weights(), "decoder.")]).unwrap();
+    let (decoder, _) = load_module(
+        decoder,
+        &layout,
+        &[WeightSource::with_prefix(fx.weights(), "decoder.")],
+    )
+    .unwrap();
     let latent = fx.f32("in.latent").unwrap();
     let latent = from_dyn::<3>(latent.values, &latent.shape, &device).unwrap();
     c.bench_function("vae_decode_tiny", |b| {
@@ -55,7 +62,10 @@ fn tiny(c: &mut Criterion) {
 
 fn full_size() {
     if !common::full_size() {
-        println!("full-size VAE decode skipped (set {}=1)", common::FULL_SIZE_ENV);
+        println!(
+            "full-size VAE decode skipped (set {}=1)",
+            common::FULL_SIZE_ENV
+        );
         return;
     }
     let device = common::device();
@@ -64,24 +74,39 @@ fn full_size() {
     let decoder: OobleckDecoder = common::randomize(dec_config.init(&device), 1);
     let frames = config.latent_length();
     let c = decoder.latent_dim();
-    let values = SeededNoise::new(2).normal("latent", &[1, c, frames]).unwrap();
+    let values = SeededNoise::new(2)
+        .normal("latent", &[1, c, frames])
+        .unwrap();
     let latent = from_dyn::<3>(values, &[1, c, frames], &device).unwrap();
     let flops = decode_flops(&dec_config, frames);
     let roofline = common::matmul_gflops(&device, 5);
-    println!("matmul roofline: {roofline:.1} GFLOP/s; decode FLOPs: {:.3} TFLOP", flops / 1e12);
+    println!(
+        "matmul roofline: {roofline:.1} GFLOP/s; decode FLOPs: {:.3} TFLOP",
+        flops / 1e12
+    );
     for run in 0..2 {
         let secs = common::time_once(0, || {
             let out: Tensor<3> = decoder.forward(latent.clone());
             let _ = out.into_data();
         });
-        common::report(&format!("vae_decode_full (run {run}, {frames} frames)"), secs, flops, roofline);
+        common::report(
+            &format!("vae_decode_full (run {run}, {frames} frames)"),
+            secs,
+            flops,
+            roofline,
+        );
     }
     let chunked = ChunkedDecode::default();
     let secs = common::time_once(0, || {
         let out = decoder.forward_chunked(latent.clone(), chunked).unwrap();
         let _ = out.into_data();
     });
-    common::report(&format!("vae_decode_full_chunked ({chunked:?})"), secs, flops, roofline);
+    common::report(
+        &format!("vae_decode_full_chunked ({chunked:?})"),
+        secs,
+        flops,
+        roofline,
+    );
     if let Some(rss) = common::peak_rss_bytes() {
         println!("peak RSS: {:.2} GB", rss as f64 / 1e9);
     }

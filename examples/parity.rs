@@ -52,9 +52,15 @@ fn main() -> ExitCode {
                 pass += 1;
                 println!("PASS {name} ({compared} tensors)");
             }
-            Outcome::Fail { worst, failed, compared } => {
+            Outcome::Fail {
+                worst,
+                failed,
+                compared,
+            } => {
                 fail += 1;
-                println!("FAIL {name} ({failed} of {compared} tensors out of tolerance; worst {worst})");
+                println!(
+                    "FAIL {name} ({failed} of {compared} tensors out of tolerance; worst {worst})"
+                );
             }
             Outcome::Error(e) => {
                 fail += 1;
@@ -67,5 +73,9 @@ fn main() -> ExitCode {
         }
     }
     println!("parity: {pass} pass, {fail} fail, {skip} not implemented");
-    if fail > 0 { ExitCode::FAILURE } else { ExitCode::SUCCESS }
+    if fail > 0 {
+        ExitCode::FAILURE
+    } else {
+        ExitCode::SUCCESS
+    }
 }

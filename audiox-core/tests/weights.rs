@@ -291,8 +291,9 @@ fn later_sources_override_earlier_ones_and_prefixes_apply() {
             .iter()
             .any(|a| a.param == "norm.gamma" && a.file == Path::new("over"))
     );
-    // The base file's norm tensors were shadowed, so they are unused.
-    assert!(report.unused.iter().any(|(_, k)| k == "norm.weight"));
+    // The base file's norm tensors were shadowed: overridden, not unused.
+    assert!(report.overridden.iter().any(|(_, k)| k == "norm.weight"));
+    assert!(!report.unused.iter().any(|(_, k)| k == "norm.weight"));
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -326,11 +326,6 @@ fn load(
     {
         report.ignored.push((main.to_path_buf(), key.to_string()));
     }
-    for key in vae.keys().filter(|k| k.starts_with("encoder.")) {
-        report
-            .ignored
-            .push((vae_path.to_path_buf(), key.to_string()));
-    }
     let synchformer = match &paths.synchformer {
         Some(p) => {
             let (s, r) = Synchformer::load(

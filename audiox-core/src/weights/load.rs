@@ -56,6 +56,9 @@ pub struct LoadReport {
     /// Stored tensors (under the loaded prefix) that no parameter used and that are not
     /// declared ignored: `(file, full key)`.
     pub unused: Vec<(PathBuf, String)>,
+    /// Stored tensors a parameter could have used but that a later source replaced (the
+    /// official loading order: e.g. the student file's CLIP copy over the CLIP folder's).
+    pub overridden: Vec<(PathBuf, String)>,
     /// Stored tensors the model deliberately does not hold (declared in its layout).
     pub ignored: Vec<(PathBuf, String)>,
     /// Stored tensors the official key rule dropped before loading (junk keys, other models).
@@ -68,6 +71,7 @@ impl LoadReport {
         self.applied.extend(other.applied);
         self.missing.extend(other.missing);
         self.unused.extend(other.unused);
+        self.overridden.extend(other.overridden);
         self.ignored.extend(other.ignored);
         self.dropped.extend(other.dropped);
     }
@@ -75,10 +79,11 @@ impl LoadReport {
     /// A one-paragraph summary for logs.
     pub fn summary(&self) -> String {
         format!(
-            "{} parameters loaded, {} missing, {} unused, {} ignored, {} dropped",
+            "{} parameters loaded, {} missing, {} unused, {} overridden, {} ignored, {} dropped",
             self.applied.len(),
             self.missing.len(),
             self.unused.len(),
+            self.overridden.len(),
             self.ignored.len(),
             self.dropped.len()
         )
@@ -102,9 +107,11 @@ pub fn load_module<M: Module>(
     let specs = param_specs(&module);
     let mut plan: HashMap<String, Found<'_>> = HashMap::with_capacity(specs.len());
     let mut consumed: BTreeSet<(PathBuf, String)> = BTreeSet::new();
+    let mut shadowed: BTreeSet<(PathBuf, String)> = BTreeSet::new();
     for spec in &specs {
         let source = layout.source(spec);
-        let found = sources.iter().rev().find_map(|s| {
+        // Every source that has the tensors; the last one wins, the others are overridden.
+        let mut candidates = sources.iter().filter_map(|s| {
             let keys: Vec<String> = source
                 .keys
                 .iter()
@@ -114,6 +121,12 @@ pub fn load_module<M: Module>(
                 .all(|k| s.dict.get(k).is_some())
                 .then_some((s.dict, keys))
         });
+        let mut found = candidates.next();
+        for later in candidates {
+            if let Some((dict, keys)) = found.replace(later) {
+                shadowed.extend(keys.into_iter().map(|k| (dict.path().to_path_buf(), k)));
+            }
+        }
         let Some((dict, keys)) = found else {
             let missing_key = source.keys.first().cloned().unwrap_or_default();
             return Err(Error::MissingWeight {
@@ -172,7 +185,9 @@ pub fn load_module<M: Module>(
             if consumed.contains(&entry) {
                 continue;
             }
-            if layout.is_ignored(name) {
+            if shadowed.contains(&entry) {
+                report.overridden.push(entry);
+            } else if layout.is_ignored(name) {
                 report.ignored.push(entry);
             } else {
                 report.unused.push(entry);

@@ -146,7 +146,13 @@ impl AudioPromptConditioner {
         device: &Device,
     ) -> Result<(Self, LoadReport)> {
         let config = AudioPromptConfig::from_model_config(model)?;
-        let vae = vae.map(|v| v.rename(|k, _| Some(format!("{PRETRANSFORM_PREFIX}{k}"))));
+        // Only the encoder half of `vae.ckpt` concerns this conditioner.
+        let vae = vae.map(|v| {
+            v.rename(|k, _| {
+                k.starts_with("encoder.")
+                    .then(|| format!("{PRETRANSFORM_PREFIX}{k}"))
+            })
+        });
         let mut sources = Vec::with_capacity(2);
         if let Some(v) = &vae {
             sources.push(WeightSource::new(v));
