@@ -38,11 +38,11 @@ pub fn manifest_dir() -> PathBuf {
     repo_root().join("fixtures").join("manifest")
 }
 
-/// The shipped full-size official config (vendored).
+/// The official full-size inference config file (built into `audiox-core`, see
+/// [`ModelConfig::official`](crate::config::ModelConfig::official)).
 pub fn official_config_path() -> PathBuf {
-    repo_root()
-        .join("fixtures")
-        .join("configs")
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("assets")
         .join("audiox_turbo_infer_4step.json")
 }
 

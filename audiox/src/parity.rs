@@ -441,17 +441,14 @@ pub fn check_ckpt_formats(set: &FixtureSet) -> Result<Vec<Check>> {
         if !targets.is_empty() {
             let (resolved, dropped) = resolve_official_keys(&dict, &targets);
             for (stored, t) in tensors {
-                match t.get("loads_into").and_then(|v| v.as_str()) {
-                    Some(target) => {
-                        if resolved.read_f32(target)?.1 != dict.read_f32(stored)?.1 {
-                            problems.push(format!("`{stored}` did not load into `{target}`"));
-                        }
+                let problem = match t.get("loads_into").and_then(|v| v.as_str()) {
+                    Some(target) => (resolved.read_f32(target)?.1 != dict.read_f32(stored)?.1)
+                        .then(|| format!("`{stored}` did not load into `{target}`")),
+                    None => {
+                        (!dropped.contains(stored)).then(|| format!("`{stored}` was not dropped"))
                     }
-                    None if !dropped.contains(stored) => {
-                        problems.push(format!("`{stored}` was not dropped"))
-                    }
-                    None => {}
-                }
+                };
+                problems.extend(problem);
             }
         }
         let pass = problems.is_empty() && worst <= 1e-7;
