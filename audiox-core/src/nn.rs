@@ -13,8 +13,6 @@
 use burn::module::Module;
 use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::tensor::activation::gelu;
-use burn::tensor::module::attention;
-use burn::tensor::ops::AttentionModuleOptions;
 use burn::tensor::{Device, Tensor};
 
 use crate::weights::Layout;
@@ -39,19 +37,10 @@ pub fn merge_heads(x: Tensor<4>) -> Tensor<3> {
 }
 
 /// Softmax attention `softmax(q k^T * scale) v` on `[B, H, N, d]` tensors; `scale` defaults to
-/// `1 / sqrt(d)`.
+/// `1 / sqrt(d)`. On the CPU backend this is `audiox_kernels::attention` (one head per task),
+/// elsewhere burn's `attention`.
 pub fn sdpa(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, scale: Option<f64>) -> Tensor<4> {
-    attention(
-        q,
-        k,
-        v,
-        None,
-        None,
-        AttentionModuleOptions {
-            scale,
-            ..Default::default()
-        },
-    )
+    audiox_kernels::attention(q, k, v, scale)
 }
 
 /// Configuration of a [`TorchMultiheadAttention`].

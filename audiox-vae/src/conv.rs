@@ -3,8 +3,6 @@
 
 use burn::module::{Module, Param};
 use burn::nn::Initializer;
-use burn::tensor::module::{conv_transpose1d, conv1d};
-use burn::tensor::ops::{ConvOptions, ConvTransposeOptions};
 use burn::tensor::{Device, Tensor};
 
 /// Settings of a [`WeightNormConv1d`].
@@ -76,11 +74,14 @@ impl WeightNormConv1d {
 
     /// `[B, in, T]` -> `[B, out, T']`.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        conv1d(
+        let bias = self.bias.as_ref().map(|b| b.val());
+        audiox_kernels::conv1d(
             x,
-            self.weight.val(),
-            self.bias.as_ref().map(|b| b.val()),
-            ConvOptions::new([self.stride], [self.padding], [self.dilation], 1),
+            &self.weight.val(),
+            bias.as_ref(),
+            self.stride,
+            self.padding,
+            self.dilation,
         )
     }
 }
@@ -134,11 +135,12 @@ impl WeightNormConvTranspose1d {
 
     /// `[B, in, T]` -> `[B, out, (T - 1) * stride - 2 * padding + k]`.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        conv_transpose1d(
+        audiox_kernels::conv_transpose1d(
             x,
-            self.weight.val(),
-            Some(self.bias.val()),
-            ConvTransposeOptions::new([self.stride], [self.padding], [0], [1], 1),
+            &self.weight.val(),
+            Some(&self.bias.val()),
+            self.stride,
+            self.padding,
         )
     }
 }

@@ -23,13 +23,9 @@ impl Snake {
         }
     }
 
-    /// `[B, C, T]` -> `[B, C, T]`.
+    /// `[B, C, T]` -> `[B, C, T]` (one fused pass on the CPU backend, see
+    /// `audiox_kernels::snake`).
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let freq = self.alpha.val().exp().unsqueeze_dims::<3>(&[0, 2]);
-        let inv_mag = (self.beta.val().exp() + 1e-9)
-            .recip()
-            .unsqueeze_dims::<3>(&[0, 2]);
-        let s = (x.clone() * freq).sin();
-        x + s.clone() * s * inv_mag
+        audiox_kernels::snake(x, &self.alpha.val(), &self.beta.val())
     }
 }

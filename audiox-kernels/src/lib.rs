@@ -1,0 +1,44 @@
+//! Fast CPU kernels for the operations where burn's `flex` backend is slow, at the lowest clean
+//! level: each function takes and returns burn tensors, reads a flex tensor's buffer in place
+//! through burn's `extension` API, and falls back to burn's own operations (the [`reference`]
+//! module, kept as the ground truth in the tests) for any other backend or layout.
+//!
+//! * [`snake`]: the SnakeBeta activation `x + sin(e^alpha x)^2 / (e^beta + 1e-9)` in one pass
+//!   (burn composes it from five full-tensor passes and a slow `sin`), with an accurate
+//!   vectorised `sin^2` (range reduction in f64, error below 1e-15).
+//! * [`conv1d`] / [`conv_transpose1d`]: convolutions over time as shifted GEMMs on column
+//!   blocks that stay in cache (no im2col buffer); the kernel taps are strided views of the
+//!   weight, the shifts and strides are pointer offsets. Used by the VAE, whose time is almost
+//!   all convolutions and Snake activations over up to 483k samples.
+//! * [`attention`]: softmax attention without mask, one head per task (two GEMMs and a
+//!   vectorised softmax in cache); the DiT's 64 heads of 24 are slow in burn's generic path.
+//!
+//! Every kernel is deterministic: work is split over output blocks only, never over a
+//! reduction, so the result does not depend on the thread count.
+
+#![warn(missing_docs)]
+
+mod attention;
+mod conv;
+pub mod reference;
+mod snake;
+
+use burn::backend::Flex;
+use burn::backend::flex::FlexTensor;
+use burn::tensor::{DType, Tensor};
+
+pub use attention::attention;
+pub use conv::{conv_transpose1d, conv1d};
+pub use snake::snake;
+
+/// The contiguous f32 buffer of a tensor on the flex backend, or `None` (another backend, dtype
+/// or a non-contiguous layout: use the reference path).
+pub(crate) fn flex_f32<const D: usize>(t: &Tensor<D>) -> Option<FlexTensor> {
+    let flex = t.clone().try_into_primitive::<Flex>().ok()?;
+    (flex.dtype() == DType::F32 && flex.as_slice::<f32>().is_some()).then_some(flex)
+}
+
+/// The f32 values of a contiguous flex tensor.
+pub(crate) fn values(t: &FlexTensor) -> &[f32] {
+    t.as_slice::<f32>().expect("checked by flex_f32")
+}

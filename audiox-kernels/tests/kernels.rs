@@ -1,0 +1,136 @@
+//! The fast kernels against burn's own ops (the reference path), over shapes that cover every
+//! edge: strides, dilations, paddings, batches, blocks boundaries, short inputs.
+
+use audiox_core::noise::{NoiseSource, SeededNoise};
+use audiox_core::tensor::{from_vec, to_vec};
+use audiox_kernels::{conv_transpose1d, conv1d, reference, snake};
+use burn::tensor::{Device, Tensor};
+
+fn seeded<const D: usize>(seed: u64, shape: [usize; D], scale: f32) -> Tensor<D> {
+    let v = SeededNoise::new(seed)
+        .normal("t", &shape)
+        .unwrap()
+        .into_iter()
+        .map(|x| x * scale)
+        .collect();
+    from_vec(v, shape, &Device::flex()).unwrap()
+}
+
+fn max_rel_err(a: Tensor<3>, b: Tensor<3>) -> f32 {
+    assert_eq!(a.dims(), b.dims());
+    let (a, b) = (to_vec(a), to_vec(b));
+    let peak = b.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+    a.iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+        / peak
+}
+
+#[test]
+fn snake_matches_the_composed_ops() {
+    for (shape, seed) in [([1, 3, 5], 1), ([2, 4, 3000], 2), ([1, 1, 1], 3)] {
+        let x = seeded(seed, shape, 3.0);
+        let alpha = seeded(seed + 10, [shape[1]], 0.5);
+        let beta = seeded(seed + 20, [shape[1]], 0.5);
+        let fast = snake(x.clone(), &alpha, &beta);
+        let slow = reference::snake(x.clone(), &alpha, &beta);
+        assert!(max_rel_err(fast, slow) < 2e-6, "{shape:?}");
+    }
+    // In place when the input is not shared: a shared input is left untouched.
+    let x = seeded(4, [1, 2, 64], 1.0);
+    let before = to_vec(x.clone());
+    let _ = snake(x.clone(), &seeded(5, [2], 0.3), &seeded(6, [2], 0.3));
+    assert_eq!(to_vec(x), before);
+}
+
+#[test]
+fn conv1d_matches_burn_for_strides_dilations_and_paddings() {
+    let cases = [
+        // (b, cin, cout, t, k, stride, padding, dilation)
+        (1, 4, 5, 17, 7, 1, 3, 1),
+        (2, 3, 6, 2500, 7, 1, 27, 9),
+        (1, 8, 8, 1030, 1, 1, 0, 1),
+        (1, 4, 8, 61, 4, 2, 1, 1),
+        (2, 8, 16, 3001, 16, 8, 4, 1),
+        (1, 5, 3, 9, 3, 1, 1, 3),
+        (1, 2, 2, 3, 7, 1, 3, 1),
+        (1, 6, 4, 2049, 3, 1, 0, 2),
+    ];
+    for (i, &(b, cin, cout, t, k, s, p, d)) in cases.iter().enumerate() {
+        let x = seeded(100 + i as u64, [b, cin, t], 1.0);
+        let w = seeded(200 + i as u64, [cout, cin, k], 0.3);
+        let bias = seeded(300 + i as u64, [cout], 0.1);
+        for with_bias in [true, false] {
+            let bias = with_bias.then_some(&bias);
+            let fast = conv1d(x.clone(), &w, bias, s, p, d);
+            let slow = reference::conv1d(x.clone(), &w, bias, s, p, d);
+            let err = max_rel_err(fast, slow);
+            assert!(err < 1e-5, "case {i}: {err}");
+        }
+    }
+}
+
+#[test]
+fn conv_transpose1d_matches_burn() {
+    let cases = [
+        // (b, cin, cout, t, stride) with kernel 2 * stride and padding ceil(stride / 2), as the VAE
+        (1usize, 4usize, 3usize, 11usize, 2usize),
+        (2, 8, 4, 300, 4),
+        (1, 6, 5, 1500, 8),
+        (1, 3, 2, 1, 8),
+        (1, 4, 4, 7, 3),
+    ];
+    for (i, &(b, cin, cout, t, s)) in cases.iter().enumerate() {
+        let (k, p) = (2 * s, s.div_ceil(2));
+        let x = seeded(400 + i as u64, [b, cin, t], 1.0);
+        let w = seeded(500 + i as u64, [cin, cout, k], 0.3);
+        let bias = seeded(600 + i as u64, [cout], 0.1);
+        let fast = conv_transpose1d(x.clone(), &w, Some(&bias), s, p);
+        let slow = reference::conv_transpose1d(x.clone(), &w, Some(&bias), s, p);
+        let err = max_rel_err(fast, slow);
+        assert!(err < 1e-5, "case {i}: {err}");
+    }
+}
+
+#[test]
+fn results_do_not_depend_on_the_thread_count() {
+    let x = seeded(7, [1, 16, 5000], 1.0);
+    let w = seeded(8, [16, 16, 7], 0.2);
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            let y = conv1d(x.clone(), &w, None, 1, 9, 3);
+            to_vec(snake(y, &seeded(9, [16], 0.3), &seeded(10, [16], 0.3)))
+        })
+    };
+    assert_eq!(run(1), run(2));
+    assert_eq!(run(1), run(3));
+}
+
+#[test]
+fn attention_matches_burn() {
+    for (i, &(b, h, n, m, d, dv, scale)) in [
+        (1usize, 64usize, 237usize, 237usize, 24usize, 24usize, None),
+        (2, 3, 5, 7, 8, 6, Some(1.0f64)),
+        (1, 2, 1, 9, 4, 4, Some(0.125)),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let q = seeded::<4>(700 + i as u64, [b, h, n, d], 1.0);
+        let k = seeded::<4>(710 + i as u64, [b, h, m, d], 1.0);
+        let v = seeded::<4>(720 + i as u64, [b, h, m, dv], 1.0);
+        let fast = audiox_kernels::attention(q.clone(), k.clone(), v.clone(), scale);
+        let slow = reference::attention(q, k, v, scale);
+        let [fb, fh, fn_, fd] = fast.dims();
+        let err = max_rel_err(
+            fast.reshape([fb * fh, fn_, fd]),
+            slow.reshape([fb * fh, fn_, fd]),
+        );
+        assert!(err < 2e-6, "case {i}: {err}");
+    }
+}
