@@ -87,6 +87,10 @@ struct Args {
     /// CPU threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
+    /// Compute device: `cpu` (burn's flex backend), or `wgpu` / `vulkan` in builds with the
+    /// `wgpu` / `vulkan` feature (the default GPU adapter).
+    #[arg(long, default_value = "cpu")]
+    device: String,
     /// Output WAV file (`_N` is added before the extension for several samples).
     #[arg(long, short, default_value = "audiox.wav")]
     out: PathBuf,
@@ -100,6 +104,31 @@ fn main() -> ExitCode {
             eprintln!("error: {e}");
             ExitCode::FAILURE
         }
+    }
+}
+
+/// The device named by `--device`.
+fn device(name: &str) -> audiox::Result<audiox::Device> {
+    match name {
+        "cpu" | "flex" => Ok(audiox::Device::flex()),
+        #[cfg(feature = "wgpu")]
+        "wgpu" => Ok(audiox::Device::wgpu(audiox::DeviceKind::DefaultDevice)),
+        #[cfg(feature = "vulkan")]
+        "vulkan" => Ok(audiox::Device::vulkan(audiox::DeviceKind::DefaultDevice)),
+        other => Err(audiox::Error::InvalidRequest(format!(
+            "--device {other}: this build knows `cpu`{}{} (GPU devices need the `wgpu` or \
+             `vulkan` feature: cargo run --release --features wgpu --example generate)",
+            if cfg!(feature = "wgpu") {
+                ", `wgpu`"
+            } else {
+                ""
+            },
+            if cfg!(feature = "vulkan") {
+                ", `vulkan`"
+            } else {
+                ""
+            },
+        ))),
     }
 }
 
@@ -125,7 +154,9 @@ fn run(args: Args) -> audiox::Result<()> {
             shipped_bundle()
         }
     };
-    let mut builder = AudioX::builder().checkpoint_dir(&dir);
+    let mut builder = AudioX::builder()
+        .checkpoint_dir(&dir)
+        .device(device(&args.device)?);
     if let Some(teacher) = &args.teacher {
         let path = if teacher.as_os_str().is_empty() {
             dir.join("pretrained_ckpt/pretrained_ckpt.ckpt")

@@ -72,6 +72,34 @@ impl WeightNormConv1d {
         self.stride
     }
 
+    /// Output length for `len` input samples (0 when the input is too short).
+    pub fn output_length(&self, len: usize) -> usize {
+        let span = self.dilation * (self.weight.lazy_shape()[2] - 1) + 1;
+        (len + 2 * self.padding)
+            .checked_sub(span)
+            .map_or(0, |l| l / self.stride + 1)
+    }
+
+    /// How far the zero padding reaches into the output of a constant-interior input.
+    ///
+    /// `edges` are the numbers of input positions at the left and right ends whose values may
+    /// differ from the (constant) interior; the result is the same for the output, or `None`
+    /// when no output position is interior. An output position is interior when its whole
+    /// window lies on interior input positions (no padding, no edge position).
+    pub fn edge_reach(&self, len: usize, edges: (usize, usize)) -> Option<(usize, usize)> {
+        let (left, right) = edges;
+        let n_out = self.output_length(len);
+        let reach = self.dilation * (self.weight.lazy_shape()[2] - 1);
+        // First interior output: j * stride - padding >= left.
+        let first = (left + self.padding).div_ceil(self.stride);
+        // Last interior output: j * stride - padding + reach <= len - 1 - right.
+        let last = (len + self.padding).checked_sub(1 + right + reach)? / self.stride;
+        if first > last || last >= n_out {
+            return None;
+        }
+        Some((first, n_out - 1 - last))
+    }
+
     /// `[B, in, T]` -> `[B, out, T']`.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let bias = self.bias.as_ref().map(|b| b.val());

@@ -153,3 +153,59 @@ fn encode_is_deterministic_for_a_seed() {
     assert_eq!(a, b);
     assert_ne!(a, c);
 }
+
+/// The silent-prompt shortcut: encoding zeros through a short input equals encoding the
+/// whole length, for lengths where the shortcut applies and where it falls back.
+#[test]
+fn encoding_zeros_through_a_short_input_equals_the_whole_encoding() {
+    let device = Device::flex();
+    let vae = tiny_vae(&device);
+    let encoder = &vae.encoder;
+    let ratio = encoder.downsampling_ratio();
+    let mut shortcut_taken = 0;
+    for samples in [
+        40 * ratio,
+        88 * ratio,
+        88 * ratio + 3,
+        300 * ratio + ratio / 2,
+        10 * ratio,
+    ] {
+        let frames = encoder.output_length(samples);
+        if let Some((left, right)) = encoder.zero_input_edges(samples)
+            && left + right + 2 < frames
+        {
+            shortcut_taken += 1;
+        }
+        let want =
+            to_vec(encoder.forward(Tensor::zeros([1, encoder.channels_in(), samples], &device)));
+        let got = encoder.forward_zeros(samples, &device);
+        assert_eq!(got.dims()[2], frames, "{samples} samples");
+        let got = to_vec(got);
+        assert_eq!(got.len(), want.len());
+        let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-6);
+        let err = got
+            .iter()
+            .zip(&want)
+            .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(
+            err <= 1e-6 * scale,
+            "{samples} samples: max error {err} (scale {scale})"
+        );
+    }
+    assert!(
+        shortcut_taken >= 3,
+        "the shortcut applied to {shortcut_taken} lengths"
+    );
+}
+
+/// At full size the silent prompt's encoding needs only a few frames at each end.
+#[test]
+fn full_size_zero_input_edges_are_short() {
+    let config = ModelConfig::from_file(official_config_path()).unwrap();
+    let vae = VaeConfig::from_config(&config.model.pretransform.config).init(&Device::flex());
+    let (left, right) = vae.encoder.zero_input_edges(441_000).unwrap();
+    assert!(
+        left + right + 2 <= 20,
+        "edges {left} + {right} of 215 frames"
+    );
+}

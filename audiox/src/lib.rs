@@ -40,7 +40,7 @@ pub use audiox_core::weights::LoadReport;
 pub use audiox_core::{Error, Result};
 pub use audiox_encoders::frames::{ImageScaling, StillImage, VideoFrames};
 pub use audiox_vae::ChunkedDecode;
-pub use burn::tensor::Device;
+pub use burn::tensor::{Device, DeviceKind};
 
 /// The sampler crate: the `Sampler` and `Denoiser` traits, the built-in samplers, guidance,
 /// progress and cancellation.

@@ -65,6 +65,9 @@ enum Data {
         map: Arc<memmap2::Mmap>,
         start: usize,
         end: usize,
+        /// A map of a file (its pages can be dropped after reading and fault back in from
+        /// the page cache), not anonymous memory holding the only copy.
+        file_backed: bool,
     },
 }
 
@@ -111,7 +114,9 @@ impl StoredTensor {
                     .map_err(|e| Error::weight_file(file, format!("reading `{key}`: {e}")))?;
                 &owned
             }
-            Data::Mapped { map, start, end } => &map[*start..*end],
+            Data::Mapped {
+                map, start, end, ..
+            } => &map[*start..*end],
         };
         if bytes.len() != n * size {
             return Err(Error::weight_file(
@@ -142,7 +147,32 @@ impl StoredTensor {
                 .collect(),
             StoredDType::Other(_) => unreachable!("rejected above"),
         };
+        self.release_pages();
         Ok(out)
+    }
+}
+
+impl StoredTensor {
+    /// Drops this tensor's pages of a file map from the process once its values are copied
+    /// out, so loading a large safetensors file does not keep the whole file resident beside
+    /// the model's own copy (the pages stay in the kernel's page cache and fault back in if
+    /// read again). Without this, peak resident memory while loading is weights + file.
+    fn release_pages(&self) {
+        #[cfg(unix)]
+        if let Data::Mapped {
+            map,
+            start,
+            end,
+            file_backed: true,
+        } = &self.data
+        {
+            // SAFETY: `map` is a read-only shared map of a file: after MADV_DONTNEED the next
+            // access reads the same bytes back from the file, so no reader can observe a
+            // change. The range lies inside the map. Failure only means the pages stay.
+            let _ = unsafe {
+                map.unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, *start, end - start)
+            };
+        }
     }
 }
 
@@ -243,6 +273,7 @@ impl StateDict {
                         map: map.clone(),
                         start: data_start + a,
                         end: data_start + b,
+                        file_backed: true,
                     },
                 },
             );
@@ -344,6 +375,7 @@ impl StateDict {
                         map: Arc::new(map_ro),
                         start: 0,
                         end: len,
+                        file_backed: false,
                     },
                 },
             );
