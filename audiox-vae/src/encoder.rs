@@ -151,7 +151,7 @@ impl OobleckEncoder {
     pub fn zero_input_edges(&self, samples: usize) -> Option<(usize, usize)> {
         let mut len = samples;
         let mut edges = (0, 0);
-        let mut conv = |c: &WeightNormConv1d, len: &mut usize, edges: (usize, usize)| {
+        let conv = |c: &WeightNormConv1d, len: &mut usize, edges: (usize, usize)| {
             let out = c.edge_reach(*len, edges);
             *len = c.output_length(*len);
             out
