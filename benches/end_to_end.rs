@@ -27,6 +27,8 @@ use audiox_core::fixtures::{fixtures_dir, manifest_dir, official_config_path};
 use criterion::Criterion;
 use rayon::prelude::*;
 
+type BenchError = Box<dyn std::error::Error>;
+
 const PROMPT: &str = "a wooden door creaks open, then slams shut";
 
 fn main() {
@@ -62,7 +64,7 @@ fn tiny(c: &mut Criterion) {
     });
 }
 
-fn full_size() -> Result<(), Box<dyn std::error::Error>> {
+fn full_size() -> Result<(), BenchError> {
     let device = common::device();
     let roofline = common::matmul_gflops(&device, 5);
     println!(
@@ -141,7 +143,7 @@ fn current_rss_bytes() -> Option<u64> {
 /// Writes the official-size random checkpoint into `dir` unless its marker says its weights
 /// are complete (the small configuration files are rewritten every time). Returns whether
 /// weights were written.
-fn write_random_checkpoint(dir: &Path) -> Result<bool, Box<dyn std::error::Error>> {
+fn write_random_checkpoint(dir: &Path) -> Result<bool, BenchError> {
     std::fs::create_dir_all(dir.join("t5-base"))?;
     std::fs::create_dir_all(dir.join("clip-vit-base-patch32"))?;
     write_configs(dir)?;
@@ -172,7 +174,7 @@ fn write_random_checkpoint(dir: &Path) -> Result<bool, Box<dyn std::error::Error
 }
 
 /// The model config and the HF folder configs of a full-size checkpoint directory.
-fn write_configs(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
+fn write_configs(dir: &Path) -> Result<(), BenchError> {
     // Configurations: the official model config and the public t5-base / CLIP B/32 sizes on
     // top of the tiny bundle's files (same fields, tiny values).
     std::fs::copy(official_config_path(), dir.join("config.json"))?;
@@ -222,7 +224,7 @@ fn write_configs(dir: &Path) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 /// `name -> shape` from a manifest (`{name: [[shape], dtype]}`), in file order.
-fn read_manifest(path: &Path) -> Result<Vec<(String, Vec<usize>)>, Box<dyn std::error::Error>> {
+fn read_manifest(path: &Path) -> Result<Vec<(String, Vec<usize>)>, BenchError> {
     let text = std::fs::read_to_string(path)?;
     let map: serde_json::Map<String, serde_json::Value> = serde_json::from_str(&text)?;
     let mut out = Vec::with_capacity(map.len());
@@ -239,7 +241,7 @@ fn read_manifest(path: &Path) -> Result<Vec<(String, Vec<usize>)>, Box<dyn std::
 fn write_random_safetensors(
     tensors: &[(String, Vec<usize>)],
     path: &Path,
-) -> Result<(), Box<dyn std::error::Error>> {
+) -> Result<(), BenchError> {
     let mut header = BTreeMap::new();
     let mut offset = 0usize;
     for (name, shape) in tensors {
