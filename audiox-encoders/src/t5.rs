@@ -325,6 +325,22 @@ pub struct T5Trace {
     pub last_hidden_state: Tensor<3>,
 }
 
+/// The longest run of real tokens when every row of `mask` `[B, N]` is ones followed by zeros
+/// (right padding), else `None`.
+fn real_prefix_length(mask: &Tensor<2>) -> Option<usize> {
+    let [_, n] = mask.dims();
+    let values = mask.to_data().try_to_vec::<f32>().ok()?;
+    let mut longest = 0;
+    for row in values.chunks_exact(n.max(1)) {
+        let real = row.iter().take_while(|&&v| v == 1.0).count();
+        if row[real..].iter().any(|&v| v != 0.0) {
+            return None;
+        }
+        longest = longest.max(real);
+    }
+    Some(longest)
+}
+
 /// `hidden [B, N, D] * mask [B, N]`: padded positions become exactly 0.
 pub fn mask_padding(hidden: Tensor<3>, mask: Tensor<2>) -> Tensor<3> {
     hidden * mask.unsqueeze_dim::<3>(2)
@@ -529,7 +545,26 @@ impl T5Encoder {
 
     /// What the text conditioner emits: `last_hidden_state * mask` `[B, N, D]`, padded
     /// positions exactly 0.
+    ///
+    /// When every row of `mask` is real tokens followed by padding (what the tokenizer
+    /// produces), only the first `L` positions are encoded (`L` = the longest row) and the rest
+    /// is zeros: padded keys get a weight of exactly 0 in every softmax, so the real positions'
+    /// outputs do not depend on the padding, and the padded outputs are zeroed anyway. A
+    /// 40-token prompt padded to 128 costs a third of the reference's encoder.
     pub fn forward_masked(&self, ids: Tensor<2, Int>, mask: Tensor<2>) -> Result<Tensor<3>> {
+        self.check_inputs(&ids, &mask)?;
+        let [b, n] = ids.dims();
+        if let Some(len) = real_prefix_length(&mask)
+            && len < n
+        {
+            let len = len.max(1);
+            let mask_real = mask.narrow(1, 0, len);
+            let hidden = self.forward(ids.narrow(1, 0, len), mask_real.clone())?;
+            let hidden = mask_padding(hidden, mask_real);
+            let [_, _, d] = hidden.dims();
+            let padding = Tensor::zeros([b, n - len, d], &hidden.device());
+            return Ok(Tensor::cat(vec![hidden, padding], 1));
+        }
         let hidden = self.forward(ids, mask.clone())?;
         Ok(mask_padding(hidden, mask))
     }

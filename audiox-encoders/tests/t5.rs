@@ -203,3 +203,50 @@ fn hf_config_parsing() {
     let missing = T5Config::from_hf_file("/nonexistent/config.json");
     assert!(matches!(missing, Err(Error::Io { .. })));
 }
+
+/// `forward_masked` encodes only the real-token prefix when the mask is right padding, and
+/// the whole sequence otherwise; both equal the masked full encoding.
+#[test]
+fn masked_encoding_skips_padding_without_changing_the_result() {
+    let device = Device::flex();
+    // A small random encoder (burn's default initialisers; checked to give varied outputs).
+    let t5 = T5Config::new(50, 16, 4, 32, 2, 4).init(&device);
+    let (b, n) = (3usize, 12usize);
+    let ids: Vec<i64> = (0..b * n).map(|i| ((i * 7 + 3) % 50) as i64).collect();
+    let ids = Tensor::<2, Int>::from_data(TensorData::new(ids, [b, n]), &device);
+    let prefix = |lens: &[usize]| {
+        let v: Vec<f32> = lens
+            .iter()
+            .flat_map(|&l| (0..n).map(move |j| if j < l { 1.0 } else { 0.0 }))
+            .collect();
+        Tensor::<2>::from_data(TensorData::new(v, [b, n]), &device)
+    };
+    let holes = {
+        let mut v = vec![1.0f32; b * n];
+        v[3] = 0.0; // a padded position before real ones: not a prefix mask
+        Tensor::<2>::from_data(TensorData::new(v, [b, n]), &device)
+    };
+    for (label, mask) in [
+        ("prefix 5/9/2", prefix(&[5, 9, 2])),
+        ("prefix 1/1/1", prefix(&[1, 1, 1])),
+        ("full", prefix(&[n, n, n])),
+        ("holes", holes),
+    ] {
+        let fast = t5.forward_masked(ids.clone(), mask.clone()).unwrap();
+        let full =
+            audiox_encoders::t5::mask_padding(t5.forward(ids.clone(), mask.clone()).unwrap(), mask);
+        assert_eq!(fast.dims(), [b, n, 16], "{label}");
+        let fast: Vec<f32> = fast.into_data().try_to_vec().unwrap();
+        let full: Vec<f32> = full.into_data().try_to_vec().unwrap();
+        let scale = full.iter().fold(0.0f32, |m, v| m.max(v.abs()));
+        assert!(scale > 1e-3, "{label}: degenerate outputs");
+        let err = fast
+            .iter()
+            .zip(&full)
+            .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()));
+        assert!(
+            err <= 1e-5 * scale,
+            "{label}: max error {err} (scale {scale})"
+        );
+    }
+}

@@ -3,31 +3,43 @@
 use burn::tensor::{Tensor, TensorData};
 use rayon::prelude::*;
 
-use crate::{flex_f32, reference, values};
+use crate::{flex_f32_strided, reference};
 
 /// `softmax(q k^T * scale) v` for `q` `[B, H, N, d]`, `k` `[B, H, M, d]`, `v` `[B, H, M, dv]`
 /// (`scale` defaults to `1 / sqrt(d)`), without mask. On the CPU backend each head is two GEMMs
-/// and a row softmax in cache, heads in parallel; [`reference::attention`] elsewhere.
+/// and a row softmax in cache, heads in parallel, reading `q`, `k` and `v` through their strides
+/// (the head-split views of a projection are not copied). The result is a `[B, H, N, dv]` view
+/// of a `[B, N, H, dv]` buffer, so merging the heads afterwards is free. [`reference::attention`]
+/// on other backends.
 pub fn attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, scale: Option<f64>) -> Tensor<4> {
-    let (Some(qf), Some(kf), Some(vf)) = (flex_f32(&q), flex_f32(&k), flex_f32(&v)) else {
+    let (Some(qf), Some(kf), Some(vf)) = (
+        flex_f32_strided(&q),
+        flex_f32_strided(&k),
+        flex_f32_strided(&v),
+    ) else {
         return reference::attention(q, k, v, scale);
     };
     let [b, h, n, d] = q.dims();
     let [kb, kh, m, kd] = k.dims();
     let [vb, vh, vm, dv] = v.dims();
-    if (kb, kh, kd) != (b, h, d) || (vb, vh, vm) != (b, h, m) || m == 0 || n == 0 {
+    if (kb, kh, kd) != (b, h, d) || (vb, vh, vm) != (b, h, m) || m == 0 || n == 0 || dv == 0 {
         return reference::attention(q, k, v, scale);
     }
     let scale = scale.unwrap_or(1.0 / (d as f64).sqrt()) as f32;
-    let (qs, ks, vs) = (values(&qf), values(&kf), values(&vf));
-    let mut out = vec![0.0f32; b * h * n * dv];
-    out.par_chunks_mut(n * dv).enumerate().for_each_init(
+    let mut out = vec![0.0f32; b * n * h * dv];
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    (0..b * h).into_par_iter().for_each_init(
         || vec![0.0f32; n * m],
-        |scores, (head, o)| {
-            let qh = &qs[head * n * d..(head + 1) * n * d];
-            let kh = &ks[head * m * d..(head + 1) * m * d];
-            let vh = &vs[head * m * dv..(head + 1) * m * dv];
-            // SAFETY: the slices hold exactly the described matrices.
+        |scores, head| {
+            let (bi, hi) = (head / h, head % h);
+            let qh = qf.base(&[bi, hi]);
+            let kh = kf.base(&[bi, hi]);
+            let vh = vf.base(&[bi, hi]);
+            let out_ptr = &out_ptr;
+            // SAFETY: `base` points inside each buffer and the strides address the described
+            // `[N, d]`, `[M, d]`, `[M, dv]` matrices within it. Each task writes only its own
+            // head's `[N, dv]` block of `out` (offset `head_index * dv`, row stride `H * dv`),
+            // disjoint from every other task's, and `out` outlives the parallel loop.
             unsafe {
                 // scores[N, M] = scale * q k^T
                 gemm::gemm(
@@ -38,12 +50,12 @@ pub fn attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, scale: Option<f64>) -
                     1,
                     m as isize,
                     false,
-                    qh.as_ptr(),
-                    1,
-                    d as isize,
-                    kh.as_ptr(),
-                    d as isize,
-                    1,
+                    qh,
+                    qf.strides[3],
+                    qf.strides[2],
+                    kh,
+                    kf.strides[2],
+                    kf.strides[3],
                     0.0,
                     scale,
                     false,
@@ -51,27 +63,24 @@ pub fn attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, scale: Option<f64>) -
                     false,
                     gemm::Parallelism::None,
                 );
-            }
-            for row in scores.chunks_exact_mut(m) {
-                softmax_row(row);
-            }
-            // SAFETY: as above.
-            unsafe {
-                // o[N, dv] = p v
+                for row in scores.chunks_exact_mut(m) {
+                    softmax_row(row);
+                }
+                // out[b, :, h, :] = p v, rows `H * dv` apart
                 gemm::gemm(
                     n,
                     dv,
                     m,
-                    o.as_mut_ptr(),
+                    out_ptr.0.add((bi * n * h + hi) * dv),
                     1,
-                    dv as isize,
+                    (h * dv) as isize,
                     false,
                     scores.as_ptr(),
                     1,
                     m as isize,
-                    vh.as_ptr(),
-                    1,
-                    dv as isize,
+                    vh,
+                    vf.strides[3],
+                    vf.strides[2],
                     0.0,
                     1.0,
                     false,
@@ -82,8 +91,15 @@ pub fn attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, scale: Option<f64>) -
             }
         },
     );
-    Tensor::from_data(TensorData::new(out, [b, h, n, dv]), &q.device())
+    drop((qf, kf, vf));
+    Tensor::<4>::from_data(TensorData::new(out, [b, n, h, dv]), &q.device()).swap_dims(1, 2)
 }
+
+/// The output buffer shared by the head tasks (each writes a disjoint set of elements).
+struct SendPtr(*mut f32);
+// SAFETY: see the use in `attention`: tasks write disjoint elements, and the buffer outlives them.
+unsafe impl Sync for SendPtr {}
+unsafe impl Send for SendPtr {}
 
 fn softmax_row(row: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]

@@ -38,6 +38,54 @@ pub(crate) fn flex_f32<const D: usize>(t: &Tensor<D>) -> Option<FlexTensor> {
     (flex.dtype() == DType::F32 && flex.as_slice::<f32>().is_some()).then_some(flex)
 }
 
+/// A flex f32 tensor's buffer with the strides and offset of its view (non-negative strides).
+pub(crate) struct StridedF32 {
+    tensor: FlexTensor,
+    /// Strides in elements, per dimension.
+    pub strides: Vec<isize>,
+    offset: usize,
+}
+
+impl StridedF32 {
+    /// Pointer to the element at the given leading indices (the remaining ones zero).
+    pub fn base(&self, leading: &[usize]) -> *const f32 {
+        let at: isize = leading
+            .iter()
+            .zip(&self.strides)
+            .map(|(&i, &s)| i as isize * s)
+            .sum();
+        let storage = self.tensor.storage::<f32>();
+        // In bounds: the view's elements lie inside its storage.
+        storage[self.offset + at as usize..].as_ptr()
+    }
+}
+
+/// A flex f32 tensor of any layout with non-negative strides, or `None`.
+pub(crate) fn flex_f32_strided<const D: usize>(t: &Tensor<D>) -> Option<StridedF32> {
+    let tensor = t.clone().try_into_primitive::<Flex>().ok()?;
+    if tensor.dtype() != DType::F32 {
+        return None;
+    }
+    let layout = tensor.layout();
+    let strides = layout.strides().to_vec();
+    let offset = layout.start_offset();
+    if strides.iter().any(|&s| s < 0) || t.dims().iter().any(|&d| d == 0) {
+        return None;
+    }
+    // The furthest element must lie inside the storage.
+    let last: usize = t
+        .dims()
+        .iter()
+        .zip(&strides)
+        .map(|(&d, &s)| (d - 1) * s as usize)
+        .sum();
+    (offset + last < tensor.storage::<f32>().len()).then_some(StridedF32 {
+        tensor,
+        strides,
+        offset,
+    })
+}
+
 /// The f32 values of a contiguous flex tensor.
 pub(crate) fn values(t: &FlexTensor) -> &[f32] {
     t.as_slice::<f32>().expect("checked by flex_f32")
