@@ -69,7 +69,7 @@ pub(crate) fn flex_f32_strided<const D: usize>(t: &Tensor<D>) -> Option<StridedF
     let layout = tensor.layout();
     let strides = layout.strides().to_vec();
     let offset = layout.start_offset();
-    if strides.iter().any(|&s| s < 0) || t.dims().iter().any(|&d| d == 0) {
+    if strides.iter().any(|&s| s < 0) || t.dims().contains(&0) {
         return None;
     }
     // The furthest element must lie inside the storage.
