@@ -111,8 +111,22 @@ fn full_size() -> Result<(), BenchError> {
 
     for run in 1..=2 {
         let t = Instant::now();
-        let out = model.generate(Request::text(PROMPT).seed(run))?;
+        let mut steps = Vec::new();
+        let mut last = Instant::now();
+        let out = {
+            let mut control = audiox::StepControl::new().with_progress(|_info| {
+                steps.push(last.elapsed().as_secs_f64());
+                last = Instant::now();
+            });
+            model.generate_with(Request::text(PROMPT).seed(run), &mut control)?
+        };
         let wall = t.elapsed().as_secs_f64();
+        // The first interval runs from the request's start to the end of the first step.
+        let steps: Vec<String> = steps.iter().map(|s| format!("{s:.2}")).collect();
+        println!(
+            "  time to each sampler step's end (s): [{}]",
+            steps.join(", ")
+        );
         println!(
             "REPORT end_to_end text-only 10 s (run {run}): {wall:.2} s wall; {}",
             out.timings
