@@ -27,33 +27,185 @@ pub fn conv1d(
     padding: usize,
     dilation: usize,
 ) -> Tensor<3> {
+    conv1d_with(x, weight, bias, stride, padding, dilation, None, None)
+}
+
+/// `conv1d(snake(x, alpha, beta), ...)` without materialising the activation: each block of
+/// output columns applies SnakeBeta to the input columns it reads (its halo included) in a
+/// per-thread buffer. Saves a full-size tensor and a memory pass per call; the result is the
+/// same as the two calls (same arithmetic per element).
+#[allow(clippy::too_many_arguments)]
+pub fn snake_conv1d(
+    x: Tensor<3>,
+    alpha: &Tensor<1>,
+    beta: &Tensor<1>,
+    weight: &Tensor<3>,
+    bias: Option<&Tensor<1>>,
+    stride: usize,
+    padding: usize,
+    dilation: usize,
+) -> Tensor<3> {
+    snake_conv1d_residual(
+        None, x, alpha, beta, weight, bias, stride, padding, dilation,
+    )
+}
+
+/// `residual + conv1d(snake(x, alpha, beta), ...)` (or without `residual` when `None`), the
+/// convolution accumulating straight into `residual`'s buffer when nothing else holds it: the
+/// Oobleck residual unit's last convolution and skip connection in one pass, with one
+/// full-size tensor fewer alive.
+#[allow(clippy::too_many_arguments)]
+pub fn snake_conv1d_residual(
+    residual: Option<Tensor<3>>,
+    x: Tensor<3>,
+    alpha: &Tensor<1>,
+    beta: &Tensor<1>,
+    weight: &Tensor<3>,
+    bias: Option<&Tensor<1>>,
+    stride: usize,
+    padding: usize,
+    dilation: usize,
+) -> Tensor<3> {
+    let [_, c, _] = x.dims();
+    let params = (flex_f32(alpha), flex_f32(beta));
+    let (Some(a), Some(b)) = params else {
+        let y = reference::conv1d(
+            reference::snake(x, alpha, beta),
+            weight,
+            bias,
+            stride,
+            padding,
+            dilation,
+        );
+        return match residual {
+            Some(r) => r + y,
+            None => y,
+        };
+    };
+    if values(&a).len() != c || values(&b).len() != c {
+        let y = reference::conv1d(
+            reference::snake(x, alpha, beta),
+            weight,
+            bias,
+            stride,
+            padding,
+            dilation,
+        );
+        return match residual {
+            Some(r) => r + y,
+            None => y,
+        };
+    }
+    let (freq, inv_mag) = crate::snake::factors(values(&a), values(&b));
+    let act = SnakeInput {
+        alpha,
+        beta,
+        freq,
+        inv_mag,
+    };
+    conv1d_with(
+        x,
+        weight,
+        bias,
+        stride,
+        padding,
+        dilation,
+        Some(act),
+        residual,
+    )
+}
+
+/// SnakeBeta applied to a convolution's input: the parameters (for the reference path) and
+/// their per-channel factors.
+struct SnakeInput<'a> {
+    alpha: &'a Tensor<1>,
+    beta: &'a Tensor<1>,
+    freq: Vec<f32>,
+    inv_mag: Vec<f32>,
+}
+
+/// [`conv1d`], with SnakeBeta applied to the input on the fly and the result accumulated into
+/// a residual, when given.
+#[allow(clippy::too_many_arguments)]
+fn conv1d_with(
+    x: Tensor<3>,
+    weight: &Tensor<3>,
+    bias: Option<&Tensor<1>>,
+    stride: usize,
+    padding: usize,
+    dilation: usize,
+    snake: Option<SnakeInput<'_>>,
+    residual: Option<Tensor<3>>,
+) -> Tensor<3> {
+    let fallback = |x: Tensor<3>, residual: Option<Tensor<3>>| {
+        let x = match &snake {
+            Some(act) => reference::snake(x, act.alpha, act.beta),
+            None => x,
+        };
+        let y = reference::conv1d(x, weight, bias, stride, padding, dilation);
+        match residual {
+            Some(r) => r + y,
+            None => y,
+        }
+    };
     let fast = (
         flex_f32(&x),
         flex_f32(weight),
         bias.map(|b| flex_f32(b).ok_or(())).transpose(),
     );
     let (Some(xf), Some(wf), Ok(bf)) = fast else {
-        return reference::conv1d(x, weight, bias, stride, padding, dilation);
+        return fallback(x, residual);
     };
     let [b, cin, t] = x.dims();
     let [cout, wcin, k] = weight.dims();
     let span = dilation * (k - 1) + 1;
-    if wcin != cin || stride == 0 || t + 2 * padding < span {
-        return reference::conv1d(x, weight, bias, stride, padding, dilation);
+    let tout = (t + 2 * padding).saturating_sub(span) / stride.max(1) + 1;
+    let residual_fits = residual
+        .as_ref()
+        .is_none_or(|r| r.dims() == [b, cout, tout] && flex_f32(r).is_some());
+    if wcin != cin || stride == 0 || t + 2 * padding < span || !residual_fits {
+        drop((xf, wf, bf));
+        return fallback(x, residual);
     }
-    let tout = (t + 2 * padding - span) / stride + 1;
     let (xs, ws) = (values(&xf), values(&wf));
     let bs = bf.as_ref().map(values);
-    let mut out = vec![0.0f32; b * cout * tout];
+    // The destination: a new buffer, or the residual's (in place when unique, else a copy)
+    // that the convolution accumulates into.
+    let accumulate = residual.is_some();
+    let mut dest = Destination::new(residual, b * cout * tout);
+    let out = dest.as_mut_slice();
     for item in 0..b {
         let x_item = &xs[item * cin * t..(item + 1) * cin * t];
         let out_item = SendPtr(out[item * cout * tout..].as_mut_ptr());
-        (0..tout.div_ceil(BLOCK)).into_par_iter().for_each(|block| {
+        let blocks = (0..tout.div_ceil(BLOCK)).into_par_iter();
+        blocks.for_each_init(Vec::new, |scratch: &mut Vec<f32>, block| {
             let (c0, c1) = (block * BLOCK, ((block + 1) * BLOCK).min(tout));
             let out = out_item;
-            // SAFETY: blocks write disjoint column ranges of this item's output.
+            // The input columns the block reads, [in_lo, in_hi) within [0, T), and where
+            // they are read from: the input itself or their activation in `scratch`.
+            let in_lo = (c0 * stride).saturating_sub(padding).min(t);
+            let in_hi = ((c1 - 1) * stride + span).saturating_sub(padding).min(t);
+            let (source, source_width, source_start) = match &snake {
+                Some(act) if in_hi > in_lo => {
+                    let width = in_hi - in_lo;
+                    scratch.clear();
+                    scratch.resize(cin * width, 0.0);
+                    for (ch, row) in scratch.chunks_exact_mut(width).enumerate() {
+                        row.copy_from_slice(&x_item[ch * t + in_lo..ch * t + in_hi]);
+                        crate::snake::snake_row(row, act.freq[ch], act.inv_mag[ch]);
+                    }
+                    (scratch.as_ptr(), width, in_lo)
+                }
+                _ => (x_item.as_ptr(), t, 0),
+            };
+            // SAFETY: blocks write disjoint column ranges of this item's output; every read
+            // lies inside the block's input range, which `source` holds.
             unsafe {
-                init_columns(out.0, tout, cout, c0, c1, bs);
+                if accumulate {
+                    add_bias_columns(out.0, tout, cout, c0, c1, bs);
+                } else {
+                    init_columns(out.0, tout, cout, c0, c1, bs);
+                }
                 for j in 0..k {
                     let shift = (j * dilation) as isize - padding as isize;
                     // Output columns whose input column t * stride + shift is inside [0, T).
@@ -74,11 +226,10 @@ pub fn conv1d(
                         ws.as_ptr().add(j),
                         k as isize,
                         (cin * k) as isize,
-                        x_item
-                            .as_ptr()
-                            .offset(lo as isize * stride as isize + shift),
+                        source
+                            .offset(lo as isize * stride as isize + shift - source_start as isize),
                         stride as isize,
-                        t as isize,
+                        source_width as isize,
                         1.0,
                         1.0,
                         false,
@@ -90,7 +241,57 @@ pub fn conv1d(
             }
         });
     }
-    Tensor::from_data(TensorData::new(out, [b, cout, tout]), &x.device())
+    drop((xf, wf, bf));
+    dest.into_tensor([b, cout, tout], &x.device())
+}
+
+/// Where a convolution writes: a fresh buffer, or a residual tensor's own storage.
+enum Destination {
+    Fresh(Vec<f32>),
+    InPlace(burn::backend::flex::FlexTensor),
+}
+
+impl Destination {
+    /// A zeroed buffer of `len` values, or `residual`'s values (its own storage when nothing
+    /// else references it and it is contiguous from offset 0; otherwise a copy).
+    fn new(residual: Option<Tensor<3>>, len: usize) -> Self {
+        let Some(r) = residual else {
+            return Destination::Fresh(vec![0.0; len]);
+        };
+        // `residual_fits` checked that this is a contiguous f32 flex tensor.
+        let mut prim = r
+            .try_into_primitive::<burn::backend::Flex>()
+            .expect("a flex tensor (checked by the caller)");
+        if prim.layout().contiguous_offsets() == Some((0, len))
+            && prim
+                .try_storage_mut::<f32>()
+                .is_some_and(|s| s.len() == len)
+        {
+            return Destination::InPlace(prim);
+        }
+        let shared = Tensor::<3>::from_primitive::<burn::backend::Flex>(prim);
+        let values = shared
+            .into_data()
+            .try_to_vec::<f32>()
+            .expect("f32 data (checked by the caller)");
+        Destination::Fresh(values)
+    }
+
+    fn as_mut_slice(&mut self) -> &mut [f32] {
+        match self {
+            Destination::Fresh(v) => v,
+            Destination::InPlace(prim) => prim
+                .try_storage_mut::<f32>()
+                .expect("checked unique in Destination::new"),
+        }
+    }
+
+    fn into_tensor(self, shape: [usize; 3], device: &burn::tensor::Device) -> Tensor<3> {
+        match self {
+            Destination::Fresh(v) => Tensor::from_data(TensorData::new(v, shape), device),
+            Destination::InPlace(prim) => Tensor::from_primitive::<burn::backend::Flex>(prim),
+        }
+    }
 }
 
 /// Transposed 1-D convolution of `x` `[B, C_in, T]` with `weight` `[C_in, C_out, k]` (stride,
@@ -165,6 +366,26 @@ pub fn conv_transpose1d(
         });
     }
     Tensor::from_data(TensorData::new(out, [b, cout, tout]), &x.device())
+}
+
+/// Adds the bias (if any) to columns `[c0, c1)` of a `[rows, width]` row-major block.
+///
+/// # Safety
+/// As [`init_columns`].
+unsafe fn add_bias_columns(
+    out: *mut f32,
+    width: usize,
+    rows: usize,
+    c0: usize,
+    c1: usize,
+    bias: Option<&[f32]>,
+) {
+    let Some(bias) = bias else { return };
+    for (r, &value) in bias.iter().enumerate().take(rows) {
+        // SAFETY: the caller owns columns [c0, c1) of every row.
+        let row = unsafe { std::slice::from_raw_parts_mut(out.add(r * width + c0), c1 - c0) };
+        row.iter_mut().for_each(|v| *v += value);
+    }
 }
 
 /// Sets columns `[c0, c1)` of a `[rows, width]` row-major block to the bias (or zero).

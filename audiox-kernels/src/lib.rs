@@ -28,7 +28,7 @@ use burn::backend::flex::FlexTensor;
 use burn::tensor::{DType, Tensor};
 
 pub use attention::attention;
-pub use conv::{conv_transpose1d, conv1d};
+pub use conv::{conv_transpose1d, conv1d, snake_conv1d, snake_conv1d_residual};
 pub use snake::snake;
 
 /// The contiguous f32 buffer of a tensor on the flex backend, or `None` (another backend, dtype

@@ -19,9 +19,7 @@ pub fn snake(x: Tensor<3>, alpha: &Tensor<1>, beta: &Tensor<1>) -> Tensor<3> {
     if t == 0 || c == 0 {
         return x;
     }
-    // The per-channel factors, computed in f32 as the composed ops do.
-    let freq: Vec<f32> = values(&a).iter().map(|v| v.exp()).collect();
-    let inv_mag: Vec<f32> = values(&b).iter().map(|v| 1.0 / (v.exp() + 1e-9)).collect();
+    let (freq, inv_mag) = factors(values(&a), values(&b));
     let device = x.device();
     let dims = x.dims();
     drop(flex);
@@ -40,6 +38,15 @@ pub fn snake(x: Tensor<3>, alpha: &Tensor<1>, beta: &Tensor<1>) -> Tensor<3> {
     Tensor::from_data(TensorData::new(out, dims), &device)
 }
 
+/// The per-channel factors `e^alpha` and `1 / (e^beta + 1e-9)`, computed in f32 as the
+/// composed ops do.
+pub(crate) fn factors(alpha: &[f32], beta: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    (
+        alpha.iter().map(|v| v.exp()).collect(),
+        beta.iter().map(|v| 1.0 / (v.exp() + 1e-9)).collect(),
+    )
+}
+
 fn apply(buf: &mut [f32], t: usize, freq: &[f32], inv_mag: &[f32], channels: usize) {
     buf.par_chunks_mut(t).enumerate().for_each(|(row, x)| {
         let ch = row % channels;
@@ -47,7 +54,7 @@ fn apply(buf: &mut [f32], t: usize, freq: &[f32], inv_mag: &[f32], channels: usi
     });
 }
 
-fn snake_row(x: &mut [f32], freq: f32, inv_mag: f32) {
+pub(crate) fn snake_row(x: &mut [f32], freq: f32, inv_mag: f32) {
     #[cfg(target_arch = "x86_64")]
     if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
         // SAFETY: the CPU supports the features the function is compiled for.

@@ -162,3 +162,105 @@ fn attention_reads_strided_views() {
     let err = max_rel_err(fast.reshape([b * h, n, d]), slow.reshape([b * h, n, d]));
     assert!(err < 2e-6, "{err}");
 }
+
+/// The fused SnakeBeta -> convolution equals the two reference ops, across block boundaries,
+/// strides, dilations and paddings; the input is left untouched.
+#[test]
+fn snake_conv1d_matches_snake_then_conv1d() {
+    let cases = [
+        // (b, cin, cout, t, k, stride, padding, dilation)
+        (1, 4, 5, 17, 7, 1, 3, 1),
+        (2, 3, 6, 2500, 7, 1, 27, 9),
+        (1, 8, 8, 1030, 1, 1, 0, 1),
+        (2, 8, 16, 3001, 16, 8, 4, 1),
+        (1, 2, 2, 3, 7, 1, 3, 1),
+        (1, 6, 4, 2049, 3, 1, 0, 2),
+    ];
+    for (i, &(b, cin, cout, t, k, s, p, d)) in cases.iter().enumerate() {
+        let seed = 900 + 10 * i as u64;
+        let x = seeded::<3>(seed, [b, cin, t], 2.0);
+        let alpha = seeded::<1>(seed + 1, [cin], 0.5);
+        let beta = seeded::<1>(seed + 2, [cin], 0.5);
+        let w = seeded::<3>(seed + 3, [cout, cin, k], 0.3);
+        let bias = seeded::<1>(seed + 4, [cout], 0.3);
+        let before = to_vec(x.clone());
+        let fused =
+            audiox_kernels::snake_conv1d(x.clone(), &alpha, &beta, &w, Some(&bias), s, p, d);
+        assert_eq!(to_vec(x.clone()), before, "case {i}: input modified");
+        let slow = reference::conv1d(reference::snake(x, &alpha, &beta), &w, Some(&bias), s, p, d);
+        let err = max_rel_err(fused, slow);
+        assert!(err < 2e-5, "case {i}: {err}");
+    }
+}
+
+/// `residual + conv1d(snake(x))` accumulating into the residual: in place when the residual is
+/// not shared, into a copy (leaving it untouched) when it is.
+#[test]
+fn snake_conv1d_residual_adds_into_the_residual() {
+    for (i, &(b, c, t, k, p, d)) in [
+        (1, 4, 17, 7, 3, 1),
+        (2, 3, 2500, 7, 27, 9),
+        (1, 8, 1030, 1, 0, 1),
+    ]
+    .iter()
+    .enumerate()
+    {
+        let seed = 950 + 10 * i as u64;
+        let x = seeded::<3>(seed, [b, c, t], 2.0);
+        let alpha = seeded::<1>(seed + 1, [c], 0.5);
+        let beta = seeded::<1>(seed + 2, [c], 0.5);
+        let w = seeded::<3>(seed + 3, [c, c, k], 0.3);
+        let bias = seeded::<1>(seed + 4, [c], 0.3);
+        let want = to_vec(
+            seeded::<3>(seed + 5, [b, c, t], 1.0)
+                + reference::conv1d(
+                    reference::snake(x.clone(), &alpha, &beta),
+                    &w,
+                    Some(&bias),
+                    1,
+                    p,
+                    d,
+                ),
+        );
+        let check = |got: Tensor<3>, label: &str| {
+            let got = to_vec(got);
+            let peak = want.iter().fold(1e-6f32, |m, v| m.max(v.abs()));
+            let err = got
+                .iter()
+                .zip(&want)
+                .fold(0.0f32, |m, (a, b)| m.max((a - b).abs()))
+                / peak;
+            assert!(err < 2e-5, "case {i} ({label}): {err}");
+        };
+        // Unique residual: accumulated in place.
+        let unique = seeded::<3>(seed + 5, [b, c, t], 1.0);
+        let got = audiox_kernels::snake_conv1d_residual(
+            Some(unique),
+            x.clone(),
+            &alpha,
+            &beta,
+            &w,
+            Some(&bias),
+            1,
+            p,
+            d,
+        );
+        check(got, "unique");
+        // Shared residual: the caller's tensor keeps its values.
+        let shared = seeded::<3>(seed + 5, [b, c, t], 1.0);
+        let before = to_vec(shared.clone());
+        let got = audiox_kernels::snake_conv1d_residual(
+            Some(shared.clone()),
+            x.clone(),
+            &alpha,
+            &beta,
+            &w,
+            Some(&bias),
+            1,
+            p,
+            d,
+        );
+        check(got, "shared");
+        assert_eq!(to_vec(shared), before, "case {i}: shared residual modified");
+    }
+}

@@ -100,6 +100,44 @@ impl WeightNormConv1d {
         Some((first, n_out - 1 - last))
     }
 
+    /// `self.forward(act.forward(x))` without materialising the activation (fused on the CPU
+    /// backend): `[B, in, T]` -> `[B, out, T']`.
+    pub fn forward_after(&self, act: &crate::snake::Snake, x: Tensor<3>) -> Tensor<3> {
+        let bias = self.bias.as_ref().map(|b| b.val());
+        audiox_kernels::snake_conv1d(
+            x,
+            &act.alpha.val(),
+            &act.beta.val(),
+            &self.weight.val(),
+            bias.as_ref(),
+            self.stride,
+            self.padding,
+            self.dilation,
+        )
+    }
+
+    /// `residual + self.forward_after(act, x)`, accumulated into `residual`'s buffer when
+    /// nothing else holds it (one full-size tensor fewer alive): `[B, out, T']`.
+    pub fn forward_after_into(
+        &self,
+        residual: Tensor<3>,
+        act: &crate::snake::Snake,
+        x: Tensor<3>,
+    ) -> Tensor<3> {
+        let bias = self.bias.as_ref().map(|b| b.val());
+        audiox_kernels::snake_conv1d_residual(
+            Some(residual),
+            x,
+            &act.alpha.val(),
+            &act.beta.val(),
+            &self.weight.val(),
+            bias.as_ref(),
+            self.stride,
+            self.padding,
+            self.dilation,
+        )
+    }
+
     /// `[B, in, T]` -> `[B, out, T']`.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let bias = self.bias.as_ref().map(|b| b.val());

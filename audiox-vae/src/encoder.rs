@@ -223,7 +223,7 @@ impl OobleckEncoder {
             for unit in &block.residuals {
                 x = unit.forward(x);
             }
-            x = block.down.forward(block.act.forward(x));
+            x = block.down.forward_after(&block.act, x);
             trace(&format!("encoder.layers.{}", i + 1), &x);
         }
         let n = self.blocks.len();

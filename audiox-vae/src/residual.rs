@@ -37,9 +37,10 @@ impl ResidualUnit {
 
     /// `[B, C, T]` -> `[B, C, T]`.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let y = self.conv1.forward(self.act1.forward(x.clone()));
-        let y = self.conv2.forward(self.act2.forward(y));
-        x + y
+        // Each SnakeBeta is fused into the convolution that reads it, and the skip connection
+        // into the last one (x is unique again once conv1 has read it: updated in place).
+        let y = self.conv1.forward_after(&self.act1, x.clone());
+        self.conv2.forward_after_into(x, &self.act2, y)
     }
 }
 
