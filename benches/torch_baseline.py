@@ -14,6 +14,7 @@ The Rust side (`cargo bench -p audiox --bench vs_torch`) runs this script and pr
 
 import argparse
 import json
+import resource
 import math
 import time
 
@@ -248,6 +249,7 @@ def main():
                 run()
                 best = min(best, time.perf_counter() - t)
         line = {"stage": name, "seconds": best, "threads": torch.get_num_threads(), "torch": torch.__version__}
+        line["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / 1e9
         if name == "matmul":
             line["gflops"] = 2 * 1024 * 2048 * 2048 / best / 1e9
         print(json.dumps(line), flush=True)

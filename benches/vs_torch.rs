@@ -173,7 +173,8 @@ fn ours(stage: &str) -> f64 {
     }
 }
 
-fn torch(python: &str, stage: &str, threads: usize) -> Option<f64> {
+/// PyTorch's time for `stage` and the peak resident memory of its process (one stage each).
+fn torch(python: &str, stage: &str, threads: usize) -> Option<(f64, Option<f64>)> {
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/../benches/torch_baseline.py");
     let out = Command::new(python)
         .args([
@@ -196,7 +197,13 @@ fn torch(python: &str, stage: &str, threads: usize) -> Option<f64> {
     }
     let line = String::from_utf8_lossy(&out.stdout);
     let json: serde_json::Value = serde_json::from_str(line.lines().last()?).ok()?;
-    json["seconds"].as_f64()
+    Some((json["seconds"].as_f64()?, json["peak_rss_gb"].as_f64()))
+}
+
+/// Resets this process's peak resident size (Linux `clear_refs` 5), so the next
+/// [`common::peak_rss_bytes`] covers one stage.
+fn reset_peak_rss() {
+    let _ = std::fs::write("/proc/self/clear_refs", "5");
 }
 
 fn main() {
@@ -218,16 +225,24 @@ fn main() {
             .as_deref()
             .unwrap_or("(not run: set AUDIOX_TORCH_PYTHON)")
     );
-    println!("| stage | audiox | torch | audiox / torch |");
-    println!("|---|---|---|---|");
+    println!("| stage | audiox | torch | audiox / torch | peak RSS audiox | peak RSS torch |");
+    println!("|---|---|---|---|---|---|");
+    let gb = |b: Option<f64>| b.map_or("-".to_string(), |b| format!("{b:.2} GB"));
     for stage in &wanted {
+        reset_peak_rss();
         let ours = ours(stage);
+        let our_peak = common::peak_rss_bytes().map(|b| b as f64 / 1e9);
         let theirs = python
             .as_deref()
             .and_then(|p| torch(p, torch_stage(stage), threads));
         match theirs {
-            Some(t) => println!("| {stage} | {ours:.3} s | {t:.3} s | {:.2} |", ours / t),
-            None => println!("| {stage} | {ours:.3} s | - | - |"),
+            Some((t, peak)) => println!(
+                "| {stage} | {ours:.3} s | {t:.3} s | {:.2} | {} | {} |",
+                ours / t,
+                gb(our_peak),
+                gb(peak)
+            ),
+            None => println!("| {stage} | {ours:.3} s | - | - | {} | - |", gb(our_peak)),
         }
     }
     if let Some(rss) = common::peak_rss_bytes() {

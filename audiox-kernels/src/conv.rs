@@ -69,32 +69,12 @@ pub fn snake_conv1d_residual(
     let [_, c, _] = x.dims();
     let params = (flex_f32(alpha), flex_f32(beta));
     let (Some(a), Some(b)) = params else {
-        let y = reference::conv1d(
-            reference::snake(x, alpha, beta),
-            weight,
-            bias,
-            stride,
-            padding,
-            dilation,
-        );
-        return match residual {
-            Some(r) => r + y,
-            None => y,
-        };
+        let x = reference::snake(x, alpha, beta);
+        return conv1d_with(x, weight, bias, stride, padding, dilation, None, residual);
     };
     if values(&a).len() != c || values(&b).len() != c {
-        let y = reference::conv1d(
-            reference::snake(x, alpha, beta),
-            weight,
-            bias,
-            stride,
-            padding,
-            dilation,
-        );
-        return match residual {
-            Some(r) => r + y,
-            None => y,
-        };
+        let x = reference::snake(x, alpha, beta);
+        return conv1d_with(x, weight, bias, stride, padding, dilation, None, residual);
     }
     let (freq, inv_mag) = crate::snake::factors(values(&a), values(&b));
     let act = SnakeInput {
