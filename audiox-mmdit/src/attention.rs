@@ -154,7 +154,37 @@ pub struct TimeCrossAttention {
     pub heads: usize,
 }
 
+/// A bias-free `Linear` of no size, standing in for a released dead projection.
+pub(crate) fn released_linear(device: &Device) -> Linear {
+    Linear {
+        weight: burn::module::Param::from_tensor(Tensor::zeros([0, 0], device)),
+        bias: None,
+    }
+}
+
 impl TimeCrossAttention {
+    /// Releases what never reaches the output: `to_q` entirely and the value half of `to_kv`
+    /// (which becomes the contiguous `[E, E]` key projection). Output-identical; the module no
+    /// longer has the official shapes. See [`crate::Dit::without_dead_weights`].
+    pub fn without_dead_weights(self) -> Self {
+        let device = self.to_kv.weight.device();
+        let [e, two_e] = self.to_kv.weight.shape().dims();
+        let key_half = if two_e == 2 * e {
+            let data = self.to_kv.weight.val().narrow(1, 0, e).into_data();
+            Tensor::<2>::from_data(data, &device)
+        } else {
+            self.to_kv.weight.val() // already released
+        };
+        TimeCrossAttention {
+            to_q: released_linear(&device),
+            to_kv: Linear {
+                weight: burn::module::Param::from_tensor(key_half),
+                bias: None,
+            },
+            heads: self.heads,
+        }
+    }
+
     /// The cross-attention output for the time token `time` `[B, E]`: `[B, 1, E]`, to be added
     /// to every position.
     pub fn time_term(&self, time: Tensor<2>) -> Tensor<3> {

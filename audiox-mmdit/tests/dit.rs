@@ -353,3 +353,38 @@ fn bad_bypass_gates_are_typed_errors() {
     // The untouched set loads.
     load(&tensors(&|k, s, v| Some((k.to_string(), s, v)))).unwrap();
 }
+
+/// Releasing the dead weights changes no output bit and frees exactly the cross-attention
+/// query projections, the value halves of the key/value projections and the two unused MLPs.
+#[test]
+fn releasing_the_dead_weights_changes_nothing_computed() {
+    use burn::module::Module;
+    let Some(fx) = fixture("mmdit_forward") else {
+        return;
+    };
+    let device = Device::flex();
+    let dit = load_fixture_dit(&fx, &device).unwrap();
+    let e = dit.width();
+    let blocks = dit.blocks.len();
+    let unused: usize = [&dit.to_cond_embed, &dit.to_global_embed]
+        .iter()
+        .map(|m| m.num_params())
+        .sum();
+    let before_params = dit.num_params();
+    let ctx = tensor::<3>(&fx, "mid.cross_attn_cond", &device);
+    let x = tensor::<3>(&fx, "in.x", &device);
+    let t = tensor::<1>(&fx, "in.t", &device);
+    let want = to_vec(
+        dit.forward(x.clone(), t.clone(), &dit.prepare(ctx.clone()).unwrap())
+            .unwrap(),
+    );
+
+    let slim = dit.without_dead_weights();
+    assert_eq!(
+        before_params - slim.num_params(),
+        blocks * 2 * e * e + unused,
+        "released parameter count"
+    );
+    let got = to_vec(slim.forward(x, t, &slim.prepare(ctx).unwrap()).unwrap());
+    assert_eq!(got, want);
+}

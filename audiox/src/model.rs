@@ -305,6 +305,9 @@ fn load(
         .init(&device)?
         .load(&[WeightSource::with_prefix(&checkpoint, prefixes::DIT)])?;
     report.merge(r);
+    // Loaded (and checked against the official key set) above; what never reaches the
+    // output is freed now (0.47 GB at full size).
+    let dit = dit.without_dead_weights();
     // The main VAE: the checkpoint's copy, overridden by vae.ckpt (official order). Only the
     // decoder is used; the encoder half is not held.
     let decoder = VaeConfig::from_config(&config.model.pretransform.config)
