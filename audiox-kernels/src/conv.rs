@@ -67,16 +67,17 @@ pub fn snake_conv1d_residual(
     dilation: usize,
 ) -> Tensor<3> {
     let [_, c, _] = x.dims();
-    let params = (flex_f32(alpha), flex_f32(beta));
-    let (Some(a), Some(b)) = params else {
+    let factors = match (flex_f32(alpha), flex_f32(beta)) {
+        (Some(a), Some(b)) if values(&a).len() == c && values(&b).len() == c => {
+            Some(crate::snake::factors(values(&a), values(&b)))
+        }
+        _ => None,
+    };
+    let Some((freq, inv_mag)) = factors else {
+        // Another backend or mismatched parameters: the reference activation, then the conv.
         let x = reference::snake(x, alpha, beta);
         return conv1d_with(x, weight, bias, stride, padding, dilation, None, residual);
     };
-    if values(&a).len() != c || values(&b).len() != c {
-        let x = reference::snake(x, alpha, beta);
-        return conv1d_with(x, weight, bias, stride, padding, dilation, None, residual);
-    }
-    let (freq, inv_mag) = crate::snake::factors(values(&a), values(&b));
     let act = SnakeInput {
         alpha,
         beta,

@@ -103,17 +103,7 @@ impl WeightNormConv1d {
     /// `self.forward(act.forward(x))` without materialising the activation (fused on the CPU
     /// backend): `[B, in, T]` -> `[B, out, T']`.
     pub fn forward_after(&self, act: &crate::snake::Snake, x: Tensor<3>) -> Tensor<3> {
-        let bias = self.bias.as_ref().map(|b| b.val());
-        audiox_kernels::snake_conv1d(
-            x,
-            &act.alpha.val(),
-            &act.beta.val(),
-            &self.weight.val(),
-            bias.as_ref(),
-            self.stride,
-            self.padding,
-            self.dilation,
-        )
+        self.snake_conv(None, act, x)
     }
 
     /// `residual + self.forward_after(act, x)`, accumulated into `residual`'s buffer when
@@ -124,9 +114,18 @@ impl WeightNormConv1d {
         act: &crate::snake::Snake,
         x: Tensor<3>,
     ) -> Tensor<3> {
+        self.snake_conv(Some(residual), act, x)
+    }
+
+    fn snake_conv(
+        &self,
+        residual: Option<Tensor<3>>,
+        act: &crate::snake::Snake,
+        x: Tensor<3>,
+    ) -> Tensor<3> {
         let bias = self.bias.as_ref().map(|b| b.val());
         audiox_kernels::snake_conv1d_residual(
-            Some(residual),
+            residual,
             x,
             &act.alpha.val(),
             &act.beta.val(),
