@@ -10,7 +10,7 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use audiox::sampler::{Guidance, Sampler, Schedule, Step};
+use audiox::sampler::{Guidance, Sampler, SamplerKind, Schedule, Step};
 use audiox::{AudioX, Request};
 use burn::tensor::Tensor;
 
@@ -64,9 +64,12 @@ fn main() -> audiox::Result<()> {
         ("midpoint, 8 steps", request().sampler(midpoint)),
         (
             "euler, 16 steps",
-            request().sampler_named("euler").steps(16),
+            request().sampler(SamplerKind::Euler).steps(16),
         ),
-        ("heun, 8 steps", request().sampler_named("heun").steps(8)),
+        (
+            "heun, 8 steps",
+            request().sampler(SamplerKind::Heun).steps(8),
+        ),
     ];
     for (label, r) in runs {
         let out = model.generate(r)?;

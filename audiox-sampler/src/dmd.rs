@@ -33,8 +33,8 @@ pub struct Dmd {
 }
 
 impl Dmd {
-    /// The reference's number of steps.
-    pub const DEFAULT_STEPS: usize = 4;
+    /// The reference's number of steps ([`Defaults::STUDENT`](crate::Defaults::STUDENT)).
+    pub const DEFAULT_STEPS: usize = crate::Defaults::STUDENT.steps;
 
     /// `steps` linear steps from 1 to 0, no guidance.
     pub fn new(steps: usize) -> Self {

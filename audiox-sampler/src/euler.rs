@@ -39,10 +39,11 @@ impl Euler {
         }
     }
 
-    /// The reference defaults of the base (teacher) model: 250 steps, guidance scale 6, no
-    /// rescale.
+    /// The reference defaults of the base (teacher) model ([`Defaults::TEACHER`]
+    /// (crate::Defaults::TEACHER)): 250 steps, guidance scale 6, no rescale.
     pub fn teacher() -> Self {
-        Self::new(250).with_guidance(Guidance::cfg(6.0))
+        let d = crate::Defaults::TEACHER;
+        Self::new(d.steps).with_guidance(d.guidance)
     }
 }
 

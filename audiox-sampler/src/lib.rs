@@ -87,7 +87,7 @@ pub mod parity;
 mod sampler;
 mod schedule;
 
-pub use builtin::{BUILTIN_SAMPLERS, by_name};
+pub use builtin::{Defaults, SamplerKind};
 pub use control::{CancelToken, StepControl, StepInfo};
 pub use denoiser::Denoiser;
 pub use dmd::Dmd;

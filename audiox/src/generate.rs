@@ -5,14 +5,14 @@ use std::time::{Duration, Instant};
 use burn::tensor::Tensor;
 
 use audiox_core::audio::Audio;
-use audiox_core::noise::{NoiseSource, SeededNoise, labels};
+use audiox_core::noise::{CheckedNoise, NoiseSource, SeededNoise, labels};
 use audiox_core::tensor::{from_vec, to_vec};
 use audiox_core::{Error, Result};
 use audiox_encoders::conditioners::{Condition, PromptMask};
 use audiox_encoders::frames::{FrameSampling, SampledFrames};
 use audiox_encoders::tokenizer::Tokens;
 use audiox_mmdit::MmditDenoiser;
-use audiox_sampler::{Dmd, Euler, Guidance, Sampler, StepControl, by_name};
+use audiox_sampler::{Defaults, Guidance, Sampler, SamplerKind, StepControl};
 
 use crate::model::{AudioX, Components, DenoiserKind};
 use crate::request::{AudioPrompt, AudioPromptMask, Request, SamplerChoice, VideoInput};
@@ -113,13 +113,16 @@ impl AudioX {
         let plan = Plan::new(m, &request)?;
         let mut timings = StageTimings::default();
 
-        let (mut noise, seed): (Box<dyn NoiseSource>, Option<u64>) = match request.noise.take() {
+        let (noise, seed): (Box<dyn NoiseSource>, Option<u64>) = match request.noise.take() {
             Some(n) => (n, None),
             None => {
                 let seed = request.seed.unwrap_or_else(random_seed);
                 (Box::new(SeededNoise::new(seed)), Some(seed))
             }
         };
+        // Every draw is checked before it reaches a tensor or an index (a caller's source may
+        // hand out anything).
+        let mut noise = CheckedNoise::new(noise);
         let device = &m.device;
         let b = request.num_samples;
 
@@ -141,7 +144,7 @@ impl AudioX {
         timings.text = t.elapsed();
 
         let t = Instant::now();
-        let audio = audio_condition(m, request.audio_prompt.as_ref(), b, &mut *noise)?;
+        let audio = audio_condition(m, request.audio_prompt.as_ref(), b, &mut noise)?;
         timings.audio_prompt = t.elapsed();
 
         // 3. Fusion. upstream: the block takes (text, video, audio) in its (video, text, audio)
@@ -171,7 +174,9 @@ impl AudioX {
         };
         let latent = plan
             .sampler
-            .sample(&denoiser, initial, &mut *noise, control)?;
+            .sample(&denoiser, initial, &mut noise, control)?;
+        // The sampler may be the caller's: its result must fit the decoder.
+        check_sampled(plan.sampler.name(), &shape, &latent)?;
         drop(denoiser);
         timings.sampling = t.elapsed();
 
@@ -251,40 +256,48 @@ impl Plan {
                 "video files need the `video` feature (ffmpeg); pass decoded frames instead".into(),
             ));
         }
+        // Every default comes from `audiox_sampler::Defaults` (docs/samplers.md).
+        let defaults = match m.kind {
+            DenoiserKind::Student => Defaults::STUDENT,
+            DenoiserKind::Teacher => Defaults::TEACHER,
+        };
         let guidance = Guidance {
-            scale: r.guidance.unwrap_or(match m.kind {
-                DenoiserKind::Student => 1.0,
-                DenoiserKind::Teacher => 6.0,
-            }),
+            scale: r.guidance.unwrap_or(defaults.guidance.scale),
             rescale_phi: r.cfg_rescale,
         };
         let sampler: std::sync::Arc<dyn Sampler> = match &r.sampler {
-            SamplerChoice::Custom(s) => s.clone(),
-            SamplerChoice::Named(name) => {
-                let steps = r.steps.unwrap_or(match name.as_str() {
-                    "dmd" => Dmd::DEFAULT_STEPS,
-                    _ => 100,
-                });
-                by_name(name, steps, guidance)?.into()
+            SamplerChoice::Custom(s) => {
+                let set = [
+                    r.steps.map(|n| format!("steps {n}")),
+                    r.guidance.map(|g| format!("guidance {g}")),
+                    (r.cfg_rescale != 0.0).then(|| format!("cfg_rescale {}", r.cfg_rescale)),
+                ];
+                let set: Vec<String> = set.into_iter().flatten().collect();
+                if !set.is_empty() {
+                    return Err(Error::InvalidRequest(format!(
+                        "the sampler object `{}` carries its own schedule and guidance; the \
+                         request also sets {}: set them on the sampler instead",
+                        s.name(),
+                        set.join(", ")
+                    )));
+                }
+                s.clone()
             }
-            SamplerChoice::Default => match m.kind {
-                DenoiserKind::Student => {
-                    let s = Dmd::new(r.steps.unwrap_or(Dmd::DEFAULT_STEPS));
-                    if guidance.is_active() {
-                        return Err(Error::InvalidRequest(
-                            "the DMD student sampler does not use guidance; choose a guided \
-                             sampler (euler, heun, dpmpp-2m) for a guidance scale"
-                                .into(),
-                        ));
-                    }
-                    std::sync::Arc::new(s)
+            SamplerChoice::Builtin(kind) => {
+                let steps = r.steps.unwrap_or(kind.default_steps());
+                kind.build(steps, guidance).into()
+            }
+            SamplerChoice::Default => {
+                if defaults.sampler == SamplerKind::Dmd && guidance.is_active() {
+                    return Err(Error::InvalidRequest(
+                        "the DMD student sampler does not use guidance; choose a guided \
+                         sampler (euler, heun, dpmpp-2m) for a guidance scale"
+                            .into(),
+                    ));
                 }
-                DenoiserKind::Teacher => {
-                    let base = Euler::teacher();
-                    let steps = r.steps.unwrap_or(base.steps());
-                    std::sync::Arc::new(Euler::new(steps).with_guidance(guidance))
-                }
-            },
+                let steps = r.steps.unwrap_or(defaults.steps);
+                defaults.sampler.build(steps, guidance).into()
+            }
         };
         sampler.validate()?;
         if r.negative_prompt.is_some() && !sampler.guidance().is_active() {
@@ -311,6 +324,19 @@ impl Plan {
         }
         Ok(Plan { sampler, samples })
     }
+}
+
+/// The sampled latent must have the shape of the initial noise and be finite: a custom
+/// sampler's result is checked here, before it reaches the decoder.
+fn check_sampled(name: &str, shape: &[usize; 3], latent: &Tensor<3>) -> Result<()> {
+    if latent.dims() != *shape {
+        return Err(Error::input_shape(
+            format!("latent returned by sampler `{name}`"),
+            format!("{shape:?} (the initial noise's shape)"),
+            &latent.dims(),
+        ));
+    }
+    audiox_sampler::check_finite(&format!("sampler `{name}`"), latent)
 }
 
 fn random_seed() -> u64 {
