@@ -102,7 +102,14 @@ impl AudioX {
     }
 
     /// Generates audio for `request`, reporting sampler progress to and checking cancellation
-    /// through `control` (cancelling returns [`Error::Cancelled`] and no audio).
+    /// through `control`.
+    ///
+    /// The cancellation token is checked at every stage boundary (before the first draw,
+    /// after the video, the text, the negative prompt and the audio prompt conditioning, before
+    /// the DiT preparation, between sampler steps, before the decode and each of its chunks,
+    /// and last before returning): a cancelled request returns [`Error::Cancelled`] and no
+    /// audio, also when the cancel comes after the last step. `completed_steps` is 0 when it
+    /// stopped before sampling and the sampler's step count after it.
     pub fn generate_with(
         &self,
         mut request: Request,
@@ -112,6 +119,10 @@ impl AudioX {
         let m = &*self.inner;
         let plan = Plan::new(m, &request)?;
         let mut timings = StageTimings::default();
+        // Cancellation at a stage boundary, `done` sampler steps in.
+        let steps = plan.sampler.steps();
+        let stop = |control: &StepControl<'_>, done: usize| control.check_cancelled(done, steps);
+        stop(control, 0)?;
 
         let (noise, seed): (Box<dyn NoiseSource>, Option<u64>) = match request.noise.take() {
             Some(n) => (n, None),
@@ -132,20 +143,24 @@ impl AudioX {
 
         // 2. Conditioners, in the config order video, text, audio.
         let t = Instant::now();
-        let (video, sync) = video_condition(m, &request, b)?;
+        let (video, sync) = video_condition(m, &request, b, &|| stop(control, 0))?;
         timings.video = t.elapsed();
+        stop(control, 0)?;
 
         let t = Instant::now();
         let (text, tokens) = text_condition(m, &request.prompt, b)?;
+        stop(control, 0)?;
         let negative = match &request.negative_prompt {
             Some(neg) => Some(text_condition(m, neg, b)?.0),
             None => None,
         };
         timings.text = t.elapsed();
+        stop(control, 0)?;
 
         let t = Instant::now();
         let audio = audio_condition(m, request.audio_prompt.as_ref(), b, &mut noise)?;
         timings.audio_prompt = t.elapsed();
+        stop(control, 0)?;
 
         // 3. Fusion. upstream: the block takes (text, video, audio) in its (video, text, audio)
         // slots; `MafBlock::forward` reproduces that and returns the context text, video, audio.
@@ -164,6 +179,7 @@ impl AudioX {
             None => None,
         };
         timings.fusion = t.elapsed();
+        stop(control, 0)?;
 
         // 4. Sampling.
         let t = Instant::now();
@@ -179,11 +195,17 @@ impl AudioX {
         check_sampled(plan.sampler.name(), &shape, &latent)?;
         drop(denoiser);
         timings.sampling = t.elapsed();
+        stop(control, steps)?;
 
         // 5. Decoding.
         let t = Instant::now();
         let decoded = match m.chunked_decode {
-            Some(chunking) => m.decoder.forward_chunked(latent.clone(), chunking)?,
+            Some(chunking) => {
+                m.decoder
+                    .forward_chunked_with(latent.clone(), chunking, &mut |_, _| {
+                        stop(control, steps)
+                    })?
+            }
             None => m.decoder.forward(latent.clone()),
         };
         timings.decode = t.elapsed();
@@ -198,6 +220,8 @@ impl AudioX {
         )?;
         timings.post = t.elapsed();
         timings.total = total.elapsed();
+        // A cancel that came during the decode or the post-processing still means no audio.
+        stop(control, steps)?;
 
         let intermediates = request.keep_intermediates.then(|| Intermediates {
             tokens,
@@ -350,8 +374,14 @@ fn random_seed() -> u64 {
     h.finish()
 }
 
-/// Video tokens and Synchformer features for `b` samples.
-fn video_condition(m: &Components, r: &Request, b: usize) -> Result<(Condition, Tensor<3>)> {
+/// Video tokens and Synchformer features for `b` samples; `stop` (the cancellation check) runs
+/// after the frames are read and after Synchformer.
+fn video_condition(
+    m: &Components,
+    r: &Request,
+    b: usize,
+    stop: &dyn Fn() -> Result<()>,
+) -> Result<(Condition, Tensor<3>)> {
     let device = &m.device;
     let frames = m.video.frames();
     let clip_size = m.video.visual_encoder_model.image_size();
@@ -392,6 +422,7 @@ fn video_condition(m: &Components, r: &Request, b: usize) -> Result<(Condition, 
         #[cfg(not(feature = "video"))]
         VideoInput::File(_) => unreachable!("refused in Plan::new"),
     };
+    stop()?;
     let clip_frames: Tensor<5> = clip.to_tensor(device).unsqueeze_dim(0);
     let sync_input = sync_frames.sync_tensor(device);
     let sync = if still {
@@ -403,6 +434,7 @@ fn video_condition(m: &Components, r: &Request, b: usize) -> Result<(Condition, 
     } else {
         synchformer.forward(sync_input)?
     };
+    stop()?;
     let [_, t, c, h, w] = clip_frames.dims();
     let clip_frames = clip_frames.expand([b, t, c, h, w]);
     let [_, r_rows, d] = sync.dims();

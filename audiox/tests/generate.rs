@@ -518,3 +518,54 @@ fn a_custom_sampler_returning_a_bad_latent_is_a_typed_error_not_a_panic() {
         other => panic!("expected Contract, got {:?}", other.map(|g| g.seed)),
     }
 }
+
+#[test]
+fn a_cancel_before_the_first_or_after_the_last_step_returns_cancelled_and_no_audio() {
+    let m = model();
+    let steps = audiox::sampler::Defaults::STUDENT.steps;
+    let cancelled = |r: audiox::Result<audiox::Generation>| match r {
+        Err(Error::Cancelled {
+            completed_steps,
+            total_steps,
+        }) => (completed_steps, total_steps),
+        other => panic!("expected Cancelled, got {:?}", other.map(|g| g.timings)),
+    };
+    // Cancelled before the request starts: no stage runs, no step is reported.
+    let token = CancelToken::new();
+    token.cancel();
+    let reports = Arc::new(Mutex::new(0usize));
+    let count = reports.clone();
+    let mut control = StepControl::new()
+        .with_cancel(token)
+        .with_progress(move |_| *count.lock().unwrap() += 1);
+    let r = m.generate_with(Request::text("x").seed(1), &mut control);
+    assert_eq!(cancelled(r), (0, steps));
+    assert_eq!(*reports.lock().unwrap(), 0);
+    // Cancelled from the last step's report: the sampler finished, yet no audio comes back.
+    let token = CancelToken::new();
+    let trigger = token.clone();
+    let mut control = StepControl::new()
+        .with_cancel(token)
+        .with_progress(move |info| {
+            if info.step + 1 == info.total {
+                trigger.cancel();
+            }
+        });
+    let r = m.generate_with(Request::text("x").seed(1), &mut control);
+    assert_eq!(cancelled(r), (steps, steps));
+    // With an audio prompt and a negative prompt (more stages), the same.
+    let token = CancelToken::new();
+    token.cancel();
+    let mut control = StepControl::new().with_cancel(token);
+    let r = m.generate_with(
+        Request::text("x")
+            .seed(1)
+            .sampler(audiox::sampler::SamplerKind::Euler)
+            .steps(2)
+            .guidance(3.0)
+            .negative_prompt("hiss")
+            .audio_prompt(AudioPrompt::new(tone(m.sample_rate(), 1.0, 2))),
+        &mut control,
+    );
+    assert_eq!(cancelled(r), (0, 2));
+}
