@@ -97,8 +97,8 @@ impl Step<'_> {
     }
 
     /// Hands over the step's estimate of the clean latent `x0 = x_t - t v` `[B, C, L]`: it
-    /// goes to the progress report and to the next step's [`previous_denoised`]
-    /// (Self::previous_denoised).
+    /// goes to the progress report and to the next step's
+    /// [`previous_denoised`](Self::previous_denoised).
     pub fn set_denoised(&mut self, x0: Tensor<3>) {
         self.denoised = Some(x0);
     }

@@ -39,8 +39,9 @@ impl Euler {
         }
     }
 
-    /// The reference defaults of the base (teacher) model ([`Defaults::TEACHER`]
-    /// (crate::Defaults::TEACHER)): 250 steps, guidance scale 6, no rescale.
+    /// The reference defaults of the base (teacher) model
+    /// ([`Defaults::TEACHER`](crate::Defaults::TEACHER)): 250 steps, guidance scale 6, no
+    /// rescale.
     pub fn teacher() -> Self {
         let d = crate::Defaults::TEACHER;
         Self::new(d.steps).with_guidance(d.guidance)
