@@ -13,6 +13,7 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
+use audiox::sampler::SamplerKind;
 use audiox::{
     Audio, AudioPrompt, AudioPromptMask, AudioX, ImageScaling, Request, StepControl, StillImage,
     WavFormat,
@@ -60,12 +61,14 @@ struct Args {
     /// Random seed (random when not given; the one used is printed).
     #[arg(long)]
     seed: Option<u64>,
-    /// Sampler steps (default: 4 for the student, 250 for the teacher).
+    /// Sampler steps (default: 4 for the student, 250 for the teacher, or the --sampler's own;
+    /// table in docs/samplers.md).
     #[arg(long)]
     steps: Option<usize>,
-    /// Sampler: dmd, euler, heun, dpmpp-2m (default: dmd for the student, euler for the teacher).
+    /// Sampler: dmd, euler, heun, dpmpp-2m (default: dmd for the student, euler for the teacher;
+    /// default steps and guidance in docs/samplers.md).
     #[arg(long)]
-    sampler: Option<String>,
+    sampler: Option<SamplerKind>,
     /// Classifier-free guidance scale (needs a guided sampler).
     #[arg(long)]
     cfg: Option<f32>,
@@ -182,8 +185,8 @@ fn run(args: Args) -> audiox::Result<()> {
     if let Some(steps) = args.steps {
         request = request.steps(steps);
     }
-    if let Some(name) = &args.sampler {
-        request = request.sampler_named(name.clone());
+    if let Some(kind) = args.sampler {
+        request = request.sampler(kind);
     }
     if let Some(cfg) = args.cfg {
         request = request.guidance(cfg);
