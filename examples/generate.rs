@@ -306,9 +306,10 @@ fn run_long(
     args: &Args,
     format: WavFormat,
 ) -> audiox::Result<()> {
-    let mut options = LongFormOptions::default();
-    options.overlap_seconds = args.overlap;
-    options.crossfade_seconds = args.crossfade;
+    let options = LongFormOptions {
+        overlap_seconds: args.overlap,
+        crossfade_seconds: args.crossfade,
+    };
     let bar = ProgressBar::new(0);
     bar.set_style(
         ProgressStyle::with_template("{spinner} window {msg} [{bar:30}] {pos}/{len} steps")

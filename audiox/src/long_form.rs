@@ -212,6 +212,9 @@ enum Video {
     Image(audiox_encoders::frames::StillImage),
 }
 
+/// The progress callback of a stream.
+type ProgressFn<'a> = Box<dyn FnMut(&LongFormProgress) + Send + 'a>;
+
 /// A long-form generation in progress: an iterator over the finished [`Span`]s of the output,
 /// in order. Each call to `next` samples one window. A cancelled or failed window yields one
 /// error, then the iterator ends.
@@ -241,7 +244,7 @@ pub struct LongFormStream<'a> {
     tail: Option<(Vec<Vec<f32>>, f32)>,
     channels: usize,
     done: bool,
-    progress: Option<Box<dyn FnMut(&LongFormProgress) + Send + 'a>>,
+    progress: Option<ProgressFn<'a>>,
     cancel: Option<CancelToken>,
     timings: StageTimings,
     sampler: String,
@@ -739,7 +742,7 @@ pub fn window_frames(video: &VideoFrames, plan: &WindowPlan) -> Result<(VideoFra
             };
             relative
                 .candidate_ids(fps)
-                .map(|ids| ids.last().map_or(0, |id| id + 1))
+                .map(|mut ids| ids.next_back().map_or(0, |id| id + 1))
         })
         .collect::<Result<Vec<_>>>()?
         .into_iter()
