@@ -248,6 +248,9 @@ pub struct LongFormStream<'a> {
     cancel: Option<CancelToken>,
     timings: StageTimings,
     sampler: String,
+    /// Sampler steps per window, once a progress report has told (reported in a cancellation
+    /// between windows; 0 before).
+    steps_per_window: usize,
 }
 
 impl std::fmt::Debug for LongFormStream<'_> {
@@ -333,6 +336,7 @@ impl AudioX {
             cancel: None,
             timings: StageTimings::default(),
             sampler: String::new(),
+            steps_per_window: 0,
         })
     }
 
@@ -567,8 +571,20 @@ impl<'a> LongFormStream<'a> {
 
     /// Samples window `k` and returns its finished span.
     fn run_window(&mut self, k: usize, external: Option<&mut StepControl<'_>>) -> Result<Span> {
+        // Cancelled between windows: stop before the next window's conditioners run.
+        let token = match &external {
+            Some(control) => control.cancel_token(),
+            None => self.cancel.as_ref(),
+        };
+        if token.is_some_and(CancelToken::is_cancelled) {
+            return Err(Error::Cancelled {
+                completed_steps: 0,
+                total_steps: self.steps_per_window,
+            });
+        }
         let request = self.window_request(k)?;
         let windows = self.layout.windows;
+        let steps_seen = &mut self.steps_per_window;
         let out = match external {
             Some(control) => self.model.generate_with(request, control)?,
             None => {
@@ -578,6 +594,7 @@ impl<'a> LongFormStream<'a> {
                 }
                 if let Some(progress) = self.progress.as_mut() {
                     control = control.with_progress(move |info| {
+                        *steps_seen = info.total;
                         progress(&LongFormProgress {
                             window: k,
                             windows,

@@ -266,6 +266,36 @@ fn progress_names_window_and_step_and_cancel_stops_midway() {
     }
     assert_eq!(*steps.lock().unwrap(), vec![(0, 0), (0, 1), (0, 2), (1, 0)]);
 
+    // Cancelled at the last step of a window: that window's span is final and yielded, the
+    // next window stops before its conditioners, and the stream ends.
+    let token = CancelToken::new();
+    let cancel = token.clone();
+    let steps = Arc::new(Mutex::new(Vec::new()));
+    let log = steps.clone();
+    let mut stream = m
+        .stream(
+            Request::text("x").duration(seconds).seed(1).steps(3),
+            LongFormOptions::default(),
+        )
+        .unwrap()
+        .with_cancel(token)
+        .with_progress(move |p| {
+            log.lock().unwrap().push((p.window, p.step));
+            if (p.window, p.step) == (0, 2) {
+                cancel.cancel();
+            }
+        });
+    assert!(matches!(stream.next(), Some(Ok(span)) if span.window == 0));
+    match stream.next() {
+        Some(Err(Error::Cancelled {
+            completed_steps,
+            total_steps,
+        })) => assert_eq!((completed_steps, total_steps), (0, 3)),
+        other => panic!("expected Cancelled, got {other:?}"),
+    }
+    assert!(stream.next().is_none());
+    assert_eq!(*steps.lock().unwrap(), vec![(0, 0), (0, 1), (0, 2)]);
+
     // A stream yields the error once, then ends.
     let token = CancelToken::new();
     token.cancel();
