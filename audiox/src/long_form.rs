@@ -314,6 +314,23 @@ impl AudioX {
             },
         };
         let layout = Layout::new(rate, window, duration, &options)?;
+        if request.duration.is_some()
+            && let Some(v @ (VideoInput::Frames(_) | VideoInput::File(_))) = &request.video
+        {
+            // Every window must start inside the video (one running past its end repeats the
+            // last frame, as a plain request does).
+            let length = video_seconds(v)?;
+            let last_start =
+                request.video_start_seconds + layout.start(layout.windows - 1) as f64 / rate as f64;
+            if last_start >= length {
+                return Err(Error::InvalidRequest(format!(
+                    "the video lasts {length} s: {duration} s of audio from {} s would read \
+                     frames past its end (window {} starts at {last_start} s)",
+                    request.video_start_seconds,
+                    layout.windows - 1
+                )));
+            }
+        }
         let seed = request.seed.unwrap_or_else(crate::generate::random_seed);
         let video = match request.video.take() {
             None => Video::None,
@@ -522,7 +539,11 @@ impl<'a> LongFormStream<'a> {
                     ),
                 })
             }
-            (None, _) => unreachable!("a later window always follows a tail"),
+            (None, _) => {
+                return Err(Error::InvalidRequest(format!(
+                    "window {k} has no previous window to continue"
+                )));
+            }
         };
         Ok(Request {
             prompt: t.prompt.clone(),

@@ -350,6 +350,10 @@ fn long_requests_that_cannot_be_served_are_refused() {
         Request::text("x").duration(audiox::long_form::MAX_LONG_FORM_SECONDS * 2.0),
         LongFormOptions::default(),
     );
+    // A video shorter than the windows asked for.
+    let short = numbered_frames((m.max_duration() * 25.0) as usize, 25.0);
+    let msg = refused(long().video_frames(short), LongFormOptions::default());
+    assert!(msg.contains("past its end"), "{msg}");
     // A still image has no length of its own: one window without a duration, refused below.
     let image = audiox::StillImage::from_rgb(vec![0; 12], 2, 2).unwrap();
     assert!(audiox::long_form::video_seconds(&audiox::VideoInput::Image(image)).is_err());
