@@ -115,6 +115,14 @@ impl AudioX {
         mut request: Request,
         control: &mut StepControl<'_>,
     ) -> Result<Generation> {
+        // Long-form: a duration past the model's window goes through windowed continuation.
+        if request
+            .duration
+            .is_some_and(|d| d > self.inner.config.conditioning_seconds as f64)
+        {
+            return crate::long_form::generate_routed(self, request, control);
+        }
+
         let total = Instant::now();
         let m = &*self.inner;
         let plan = Plan::new(m, &request)?;
@@ -363,7 +371,7 @@ fn check_sampled(name: &str, shape: &[usize; 3], latent: &Tensor<3>) -> Result<(
     audiox_sampler::check_finite(&format!("sampler `{name}`"), latent)
 }
 
-fn random_seed() -> u64 {
+pub(crate) fn random_seed() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u128(
