@@ -90,7 +90,7 @@
 //! assert!(values.iter().all(|v| (v - 3.0).abs() < 1e-5));
 //! # Ok::<(), audiox_core::Error>(())
 //! ```
-#![warn(missing_docs)]
+#![deny(missing_docs)]
 
 mod control;
 mod denoiser;
@@ -99,6 +99,7 @@ mod dpmpp;
 mod euler;
 mod guidance;
 mod heun;
+#[cfg(feature = "parity")]
 pub mod parity;
 mod sampler;
 mod schedule;

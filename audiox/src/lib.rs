@@ -20,11 +20,12 @@
 //! The crates behind it: `audiox-core` (config, errors, weights, audio, noise),
 //! `audiox-vae`, `audiox-encoders`, `audiox-mmdit`, `audiox-sampler` (re-exported as
 //! [`sampler`] for custom samplers). The user guide is `docs/guide.md`.
-#![warn(missing_docs)]
+#![deny(missing_docs)]
 
 mod checkpoint;
 mod generate;
 mod model;
+#[cfg(feature = "parity")]
 pub mod parity;
 mod request;
 
