@@ -1,6 +1,6 @@
 //! The diffusion transformer (official `MMDiffusionTransformer` + `ContinuousMMDiTTransformer`).
 //!
-//! One forward pass (reference-model.md 3.3), shapes at full size (C 64, L 236, E 1536,
+//! One forward pass (`docs/architecture.md`, "The DiT forward pass"), shapes at full size (C 64, L 236, E 1536,
 //! Nctx 384, D 768):
 //!
 //! ```text

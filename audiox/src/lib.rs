@@ -20,12 +20,13 @@
 //! The crates behind it: `audiox-core` (config, errors, weights, audio, noise),
 //! `audiox-vae`, `audiox-encoders`, `audiox-mmdit`, `audiox-sampler` (re-exported as
 //! [`sampler`] for custom samplers). The user guide is `docs/guide.md`.
-#![warn(missing_docs)]
+#![deny(missing_docs)]
 
 mod checkpoint;
 mod generate;
 pub mod long_form;
 mod model;
+#[cfg(feature = "parity")]
 pub mod parity;
 mod request;
 

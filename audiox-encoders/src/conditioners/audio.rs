@@ -172,8 +172,8 @@ pub enum PromptMask {
     /// reference.
     Random,
     /// Blank these sample ranges, one per item (an empty range blanks nothing); for
-    /// continuation or inpainting. Draws nothing (see the [module docs](self) for the effect on
-    /// the draw order).
+    /// continuation or inpainting. Draws nothing (see the docs at the top of
+    /// `conditioners/audio.rs` for the effect on the draw order).
     Spans(Vec<Range<usize>>),
     /// Blank nothing. Draws nothing.
     Keep,
@@ -196,7 +196,7 @@ pub struct AudioPromptTrace {
     pub condition: Condition,
 }
 
-/// The audio-prompt conditioner. See the [module docs](self).
+/// The audio-prompt conditioner. See the docs at the top of `conditioners/audio.rs`.
 #[derive(Debug)]
 pub struct AudioPromptConditioner {
     /// The weights.
@@ -335,7 +335,8 @@ impl AudioPromptConditioner {
         self.model.encoder.forward(audio)
     }
 
-    /// Tokens `[B, Na, D]` for a prompt `[B, C, S]` (see the [module docs](self)).
+    /// Tokens `[B, Na, D]` for a prompt `[B, C, S]` (see the docs at the top of
+    /// `conditioners/audio.rs`).
     pub fn forward(
         &self,
         audio: Tensor<3>,

@@ -17,7 +17,7 @@ use super::Condition;
 use crate::t5::T5Encoder;
 use crate::tokenizer::{T5Tokenizer, Tokens};
 
-/// The text conditioner. See the [module docs](self).
+/// The text conditioner. See the docs at the top of `conditioners/text.rs`.
 #[derive(Debug)]
 pub struct TextConditioner {
     /// The tokenizer (pads/truncates to the config's `max_length`).

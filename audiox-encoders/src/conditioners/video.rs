@@ -104,7 +104,7 @@ impl VideoConditionerConfig {
     }
 }
 
-/// The video conditioner. See the [module docs](self).
+/// The video conditioner. See the docs at the top of `conditioners/video.rs`.
 #[derive(Module, Debug)]
 pub struct VideoConditioner {
     /// The CLIP vision tower (official `visual_encoder_model.*`).
@@ -290,7 +290,8 @@ impl VideoConditioner {
 
     /// Condition tokens `[B, Nv, D]` (and the mask, ones `[B, 1]`) for frames
     /// `[B, T, 3, H, W]` holding pixel values 0..255 and sync features `[B, R, D]`.
-    /// Items without video skip every computation (see the [module docs](self)).
+    /// Items without video skip every computation (see the docs at the top of
+    /// `conditioners/video.rs`).
     pub fn forward(&self, frames: Tensor<5>, sync: Tensor<3>) -> Result<Condition> {
         self.check_inputs(&frames.dims(), &sync.dims())?;
         let device = frames.device();
