@@ -4,6 +4,11 @@
 //! cargo run --release --example generate -- --prompt "a dog barks twice, then a car passes"
 //! cargo run --release --example generate -- --checkpoint-dir checkpoints \
 //!     --prompt "waves crash on a rocky beach" --video beach.mp4 --mux beach_with_sound.mp4
+//! # game-ready sound effects: 4 variations, 48 kHz mono 16-bit, -16 LUFS, trimmed, faded,
+//! # with a spectrogram of each
+//! cargo run --release --example generate -- --prompt "a sword swing" --num-samples 4 \
+//!     --sample-rate 48000 --mono --pcm16 --loudness -16 --trim-silence --fade-out 0.1 \
+//!     --spectrogram sword.png --out sword.wav
 //! ```
 //!
 //! Without `--checkpoint-dir` the program runs the small random-weight model shipped in the
@@ -72,7 +77,7 @@ struct Args {
     /// Negative prompt (the unconditional branch of guidance).
     #[arg(long)]
     negative_prompt: Option<String>,
-    /// Number of variations to generate.
+    /// Number of variations of the prompt to generate in one call.
     #[arg(long, default_value_t = 1)]
     num_samples: usize,
     /// Seconds of audio to keep (at most the model's 10 s).
@@ -94,6 +99,47 @@ struct Args {
     /// Output WAV file (`_N` is added before the extension for several samples).
     #[arg(long, short, default_value = "audiox.wav")]
     out: PathBuf,
+    // -- Sound-effect output options (issue 18; see audiox::postprocess) ---------------------
+    /// Resample the output to this rate in Hz (e.g. 48000, 22050).
+    #[arg(long)]
+    sample_rate: Option<u32>,
+    /// Down-mix the output to mono.
+    #[arg(long)]
+    mono: bool,
+    /// Normalise to this integrated loudness in LUFS (EBU R128) instead of the peak.
+    #[arg(long, allow_hyphen_values = true)]
+    loudness: Option<f64>,
+    /// Trim leading and trailing silence (below -50 dBFS, or the level given).
+    #[arg(long, num_args = 0..=1, default_missing_value = "-50", allow_hyphen_values = true)]
+    trim_silence: Option<f32>,
+    /// Fade out over the last this-many seconds.
+    #[arg(long)]
+    fade_out: Option<f64>,
+    /// Also write a log-mel spectrogram PNG of each output (`_N` added for several samples).
+    #[arg(long)]
+    spectrogram: Option<PathBuf>,
+}
+
+/// The sound-effect output options of the command line (issue 18).
+fn output_options(args: &Args) -> audiox::OutputOptions {
+    let mut o = audiox::OutputOptions::new();
+    if let Some(hz) = args.sample_rate {
+        o = o.sample_rate(hz);
+    }
+    o = o.mono(args.mono);
+    if let Some(lufs) = args.loudness {
+        o = o.loudness(lufs);
+    }
+    if let Some(db) = args.trim_silence {
+        o = o.trim_silence(Some(db));
+    }
+    if let Some(s) = args.fade_out {
+        o = o.fade_out(s);
+    }
+    if args.pcm16 {
+        o = o.format(WavFormat::Pcm16);
+    }
+    o
 }
 
 fn main() -> ExitCode {
@@ -195,6 +241,7 @@ fn run(args: Args) -> audiox::Result<()> {
         request = request.duration(d);
     }
     request = request.normalize(!args.no_normalize);
+    request = request.output(output_options(&args));
     if let Some(video) = &args.video {
         request = request.video_file(video.clone()).video_start(args.start);
     }
@@ -246,6 +293,15 @@ fn run(args: Args) -> audiox::Result<()> {
             audio.sample_rate(),
             audio.num_channels()
         );
+    }
+    // Spectrograms (issue 18).
+    if let Some(png) = &args.spectrogram {
+        let options = audiox::spectrogram::SpectrogramOptions::default();
+        for (i, audio) in out.audio.iter().enumerate() {
+            let path = numbered(png, i, out.audio.len());
+            audiox::spectrogram::write_png(audio, &path, &options)?;
+            println!("wrote {}", path.display());
+        }
     }
     match out.seed {
         Some(seed) => println!("seed {seed}, sampler {}", out.sampler),

@@ -189,8 +189,17 @@ impl AudioX {
             &decoded,
             plan.samples,
             m.config.sample_rate,
-            request.normalize,
+            request.normalize && !request.output.replaces_peak_normalisation(),
         )?;
+        // Sound-effect output options (issue 18): rate, mono, trim, fade, loudness.
+        let audio_out = if request.output == crate::postprocess::OutputOptions::default() {
+            audio_out
+        } else {
+            audio_out
+                .iter()
+                .map(|a| request.output.apply(a))
+                .collect::<Result<Vec<_>>>()?
+        };
         timings.post = t.elapsed();
         timings.total = total.elapsed();
 
@@ -223,6 +232,8 @@ struct Plan {
 
 impl Plan {
     fn new(m: &Components, r: &Request) -> Result<Self> {
+        // Output options are checked before any compute (issue 18).
+        r.output.validate()?;
         if r.num_samples == 0 {
             return Err(Error::InvalidRequest(
                 "num_samples must be at least 1".into(),
