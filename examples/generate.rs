@@ -107,10 +107,10 @@ struct Args {
     #[arg(long)]
     mono: bool,
     /// Normalise to this integrated loudness in LUFS (EBU R128) instead of the peak.
-    #[arg(long, allow_hyphen_values = true)]
+    #[arg(long, allow_negative_numbers = true)]
     loudness: Option<f64>,
     /// Trim leading and trailing silence (below -50 dBFS, or the level given).
-    #[arg(long, num_args = 0..=1, default_missing_value = "-50", allow_hyphen_values = true)]
+    #[arg(long, num_args = 0..=1, default_missing_value = "-50", allow_negative_numbers = true)]
     trim_silence: Option<f32>,
     /// Fade out over the last this-many seconds.
     #[arg(long)]

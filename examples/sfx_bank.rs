@@ -44,7 +44,7 @@ struct Args {
     #[arg(long, default_value_t = 1)]
     seed: u64,
     /// Target loudness in LUFS.
-    #[arg(long, default_value_t = -16.0, allow_hyphen_values = true)]
+    #[arg(long, default_value_t = -16.0, allow_negative_numbers = true)]
     loudness: f64,
     /// Output sample rate in Hz.
     #[arg(long, default_value_t = 48_000)]

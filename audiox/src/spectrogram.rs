@@ -72,7 +72,7 @@ impl SpectrogramOptions {
             || self.mel_bands == 0
             || self.band_height == 0
             || !(self.window_seconds > 0.0 && self.window_seconds.is_finite())
-            || !(self.dynamic_range_db > 0.0)
+            || !(self.dynamic_range_db > 0.0 && self.dynamic_range_db.is_finite())
         {
             return Err(Error::InvalidRequest(format!(
                 "spectrogram options {self:?}: every size must be positive"
