@@ -222,7 +222,7 @@ impl ResultData {
 
 enum Object {
     Model(AudioX),
-    Request(RequestSpec),
+    Request(Box<RequestSpec>),
     Result(Arc<ResultData>),
     Queue(Arc<JobQueue>),
     Job(Job),
@@ -550,11 +550,11 @@ pub unsafe extern "C" fn audiox_request_new(
         if out.is_null() {
             return Err(bad_arg("out is NULL"));
         }
-        let id = insert(Object::Request(RequestSpec {
+        let id = insert(Object::Request(Box::new(RequestSpec {
             text,
             variations: 1,
             ..Default::default()
-        }));
+        })));
         // SAFETY: checked non-NULL above; valid per the contract.
         unsafe { write_out(out, AudioxRequest { id }, "out") }
     })
@@ -736,7 +736,7 @@ pub extern "C" fn audiox_request_free(request: AudioxRequest) -> AudioxStatus {
 
 fn request_spec(h: AudioxRequest) -> Outcome<RequestSpec> {
     match registry().get(&h.id) {
-        Some(Object::Request(r)) => Ok(r.clone()),
+        Some(Object::Request(r)) => Ok((**r).clone()),
         _ => Err(bad_handle("request", h.id)),
     }
 }
