@@ -83,7 +83,8 @@ pub struct Intermediates {
 #[derive(Debug, Clone)]
 pub struct Generation {
     /// One clip per sample, at the model's rate, trimmed to the requested duration and
-    /// (unless turned off) peak-normalised.
+    /// (unless turned off) peak-normalised; then the request's output options applied
+    /// ([`Request::output`]: rate, channels, silence, fade, loudness instead of the peak).
     pub audio: Vec<Audio>,
     /// The seed of the request's generator (`None` when a custom noise source was given).
     pub seed: Option<u64>,
