@@ -83,7 +83,8 @@ pub struct Intermediates {
 #[derive(Debug, Clone)]
 pub struct Generation {
     /// One clip per sample, at the model's rate, trimmed to the requested duration and
-    /// (unless turned off) peak-normalised.
+    /// (unless turned off) peak-normalised; then the request's output options applied
+    /// ([`Request::output`]: rate, channels, silence, fade, loudness instead of the peak).
     pub audio: Vec<Audio>,
     /// The seed of the request's generator (`None` when a custom noise source was given).
     pub seed: Option<u64>,
@@ -224,8 +225,17 @@ impl AudioX {
             &decoded,
             plan.samples,
             m.config.sample_rate,
-            request.normalize,
+            request.normalize && !request.output.replaces_peak_normalisation(),
         )?;
+        // Sound-effect output options (issue 18): rate, mono, trim, fade, loudness.
+        let audio_out = if request.output == crate::postprocess::OutputOptions::default() {
+            audio_out
+        } else {
+            audio_out
+                .iter()
+                .map(|a| request.output.apply(a))
+                .collect::<Result<Vec<_>>>()?
+        };
         timings.post = t.elapsed();
         timings.total = total.elapsed();
         // A cancel that came during the decode or the post-processing still means no audio.
@@ -260,6 +270,8 @@ struct Plan {
 
 impl Plan {
     fn new(m: &Components, r: &Request) -> Result<Self> {
+        // Output options are checked before any compute (issue 18).
+        r.output.validate()?;
         if r.num_samples == 0 {
             return Err(Error::InvalidRequest(
                 "num_samples must be at least 1".into(),

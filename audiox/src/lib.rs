@@ -30,11 +30,19 @@ mod model;
 pub mod parity;
 mod request;
 
+// Game-engine features (issue 18): asynchronous jobs, sound-effect output options, spectrograms.
+pub mod jobs;
+pub mod postprocess;
+pub mod spectrogram;
+
 pub use checkpoint::CheckpointPaths;
 pub use generate::{Generation, Intermediates, StageTimings};
 pub use long_form::{LongFormOptions, LongFormProgress, LongFormStream, Span, WavStream};
 pub use model::{AudioX, AudioXBuilder, DenoiserKind};
 pub use request::{AudioPrompt, AudioPromptMask, Request, SamplerChoice, VideoInput};
+// Issue 18 re-exports.
+pub use jobs::{Job, JobProgress, JobQueue, JobStage};
+pub use postprocess::OutputOptions;
 
 pub use audiox_core::audio::{Audio, WavFormat};
 pub use audiox_core::config::ModelConfig;

@@ -133,6 +133,8 @@ pub struct Request {
     pub(crate) normalize: bool,
     pub(crate) noise: Option<Box<dyn RequestNoise>>,
     pub(crate) keep_intermediates: bool,
+    // Sound-effect output options (issue 18, see `postprocess.rs`).
+    pub(crate) output: crate::postprocess::OutputOptions,
 }
 
 impl std::fmt::Debug for Request {
@@ -153,6 +155,7 @@ impl std::fmt::Debug for Request {
             .field("duration", &self.duration)
             .field("normalize", &self.normalize)
             .field("noise", &self.noise.as_ref().map(|_| "custom"))
+            .field("output", &self.output)
             .finish_non_exhaustive()
     }
 }
@@ -176,6 +179,7 @@ impl Default for Request {
             normalize: true,
             noise: None,
             keep_intermediates: false,
+            output: crate::postprocess::OutputOptions::default(),
         }
     }
 }
@@ -339,5 +343,28 @@ impl Request {
     pub fn keep_intermediates(mut self, keep: bool) -> Self {
         self.keep_intermediates = keep;
         self
+    }
+
+    // -- Sound-effect output options (issue 18) ------------------------------------------------
+
+    /// Post-processing applied to every output clip after decoding: sample rate, mono,
+    /// silence trimming, fade-out, loudness normalisation (which then replaces the peak
+    /// normalisation). See [`OutputOptions`](crate::postprocess::OutputOptions).
+    ///
+    /// ```
+    /// use audiox::{Request, postprocess::OutputOptions};
+    /// let r = Request::text("a sword swing").output(
+    ///     OutputOptions::new().sample_rate(48_000).mono(true).loudness(-16.0),
+    /// );
+    /// assert_eq!(r.output_options().sample_rate, Some(48_000));
+    /// ```
+    pub fn output(mut self, options: crate::postprocess::OutputOptions) -> Self {
+        self.output = options;
+        self
+    }
+
+    /// The output options of the request.
+    pub fn output_options(&self) -> &crate::postprocess::OutputOptions {
+        &self.output
     }
 }
