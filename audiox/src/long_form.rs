@@ -281,6 +281,14 @@ impl AudioX {
                 request.num_samples
             )));
         }
+        if request.output != crate::postprocess::OutputOptions::default() {
+            return Err(Error::InvalidRequest(
+                "sound-effect output options (resampling, loudness, trimming, fade-out) apply to \
+                 one window's output; for long-form output apply `OutputOptions::apply` to the \
+                 collected result"
+                    .into(),
+            ));
+        }
         if request.noise.is_some() {
             return Err(Error::InvalidRequest(
                 "long-form generation derives a seed per window: set a seed instead of a noise \
@@ -568,6 +576,7 @@ impl<'a> LongFormStream<'a> {
             normalize: false,
             noise: None,
             keep_intermediates: false,
+            output: Default::default(),
         })
     }
 
