@@ -23,13 +23,19 @@
 #![warn(missing_docs)]
 
 mod checkpoint;
+pub mod convert;
 mod generate;
+#[cfg(feature = "hub")]
+pub mod hub;
 mod model;
 pub mod parity;
 mod request;
 
+pub use audiox_core::error::DownloadFailure;
 pub use checkpoint::CheckpointPaths;
 pub use generate::{Generation, Intermediates, StageTimings};
+#[cfg(feature = "hub")]
+pub use hub::{Hub, HubConfig, Pretrained};
 pub use model::{AudioX, AudioXBuilder, DenoiserKind};
 pub use request::{AudioPrompt, AudioPromptMask, Request, SamplerChoice, VideoInput};
 
