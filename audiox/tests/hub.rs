@@ -272,9 +272,10 @@ fn missing_files_are_named() {
     );
 
     // Offline with an empty cache: says so, names the file.
+    let empty = tempfile::tempdir().unwrap();
     let offline = Hub::new(HubConfig {
         offline: true,
-        ..hub
+        ..config(&server, empty.path())
     });
     let err = offline
         .download(MODEL_REPO, "main", "pretransform/vae.ckpt")
