@@ -175,9 +175,9 @@ fn collect(dict: &StateDict, applied: &[&AppliedWeight], out: &mut Tensors) -> R
             }
             _ => {
                 for name in names {
-                    if !out.contains_key(&name) {
-                        let t = dict.read_f32(&name)?;
-                        out.insert(name, t);
+                    if let std::collections::btree_map::Entry::Vacant(slot) = out.entry(name) {
+                        let t = dict.read_f32(slot.key())?;
+                        slot.insert(t);
                     }
                 }
             }
