@@ -27,6 +27,7 @@ pub mod convert;
 mod generate;
 #[cfg(feature = "hub")]
 pub mod hub;
+pub mod long_form;
 mod model;
 pub mod parity;
 mod request;
@@ -36,6 +37,7 @@ pub use checkpoint::CheckpointPaths;
 pub use generate::{Generation, Intermediates, StageTimings};
 #[cfg(feature = "hub")]
 pub use hub::{Hub, HubConfig, Pretrained};
+pub use long_form::{LongFormOptions, LongFormProgress, LongFormStream, Span, WavStream};
 pub use model::{AudioX, AudioXBuilder, DenoiserKind};
 pub use request::{AudioPrompt, AudioPromptMask, Request, SamplerChoice, VideoInput};
 
@@ -44,7 +46,7 @@ pub use audiox_core::config::ModelConfig;
 pub use audiox_core::noise::{NoiseSource, ReplayNoise, SeededNoise};
 pub use audiox_core::weights::LoadReport;
 pub use audiox_core::{Error, Result};
-pub use audiox_encoders::frames::{ImageScaling, StillImage, VideoFrames};
+pub use audiox_encoders::frames::{FrameSampling, ImageScaling, StillImage, VideoFrames};
 pub use audiox_vae::ChunkedDecode;
 pub use burn::tensor::{Device, DeviceKind};
 
