@@ -72,7 +72,7 @@
 //! assert_eq!(sampler.guidance(), Guidance::none()); // override `guidance` to guide
 //! # Ok::<(), audiox_core::Error>(())
 //! ```
-#![warn(missing_docs)]
+#![deny(missing_docs)]
 
 mod builtin;
 mod control;
@@ -83,6 +83,7 @@ mod driver;
 mod euler;
 mod guidance;
 mod heun;
+#[cfg(feature = "parity")]
 pub mod parity;
 mod sampler;
 mod schedule;

@@ -63,8 +63,8 @@ impl OobleckDecoder {
         radius.ceil() as usize
     }
 
-    /// Decodes `[B, C, L]` chunk by chunk (see the [module docs](self)); the output has the
-    /// length of a whole decode, `L * ratio`.
+    /// Decodes `[B, C, L]` chunk by chunk (see the docs at the top of `chunked.rs`); the output
+    /// has the length of a whole decode, `L * ratio`.
     pub fn forward_chunked(&self, latent: Tensor<3>, chunking: ChunkedDecode) -> Result<Tensor<3>> {
         self.forward_chunked_with(latent, chunking, &mut |_, _| Ok(()))
     }

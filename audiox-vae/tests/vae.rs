@@ -5,7 +5,7 @@ use audiox_core::config::ModelConfig;
 use audiox_core::fixtures::{FixtureSet, manifest_dir, official_config_path};
 use audiox_core::noise::{NoiseSource, SeededNoise};
 use audiox_core::tensor::{from_dyn, to_vec};
-use audiox_core::weights::{WeightSource, compare_with_manifest, load_module, read_manifest};
+use audiox_core::weights::{Component, WeightSource, compare_with_manifest, read_manifest};
 use audiox_vae::{ChunkedDecode, VaeConfig};
 use burn::tensor::{Device, Tensor};
 
@@ -30,15 +30,13 @@ fn tiny_vae(device: &Device) -> audiox_vae::Vae {
     let dec = set.fixture("vae_decoder").unwrap();
     let enc = set.fixture("vae_encoder").unwrap();
     let config = ModelConfig::from_json_value(dec.config_json().unwrap()).unwrap();
-    let vae = VaeConfig::from_config(&config.model.pretransform.config).init(device);
-    let layout = vae.layout();
-    let (vae, report) = load_module(
-        vae,
-        &layout,
+    let (vae, report) = audiox_vae::Vae::load(
+        &VaeConfig::from_config(&config.model.pretransform.config),
         &[
             WeightSource::new(dec.weights()),
             WeightSource::new(enc.weights()),
         ],
+        device,
     )
     .unwrap();
     assert!(!report.applied.is_empty());

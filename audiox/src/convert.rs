@@ -16,10 +16,9 @@ use sha2::{Digest, Sha256};
 use audiox_core::config::ModelConfig;
 use audiox_core::weights::{AppliedWeight, StateDict, fuse_weight_norm, resolve_official_keys};
 use audiox_core::{Error, Result};
-use audiox_encoders::clip::ClipVisionConfig;
 
 use crate::checkpoint::CheckpointPaths;
-use crate::model::{AudioX, AudioXBuilder, model_key_space};
+use crate::model::{AudioX, AudioXBuilder, PartConfigs, model_key_space};
 
 /// Element type of the converted weights.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
@@ -282,8 +281,12 @@ pub fn convert(paths: &CheckpointPaths, out: &Path, precision: Precision) -> Res
         .clip_dir
         .as_ref()
         .ok_or_else(|| Error::InvalidRequest("convert: no CLIP folder".into()))?;
-    let clip = ClipVisionConfig::from_hf_file(clip_dir.join("config.json"))?;
-    let key_space = model_key_space(&config, &clip, &device)?;
+    let t5_dir = paths
+        .t5_dir
+        .as_ref()
+        .ok_or_else(|| Error::InvalidRequest("convert: no T5 folder".into()))?;
+    let parts = PartConfigs::new(&config, clip_dir, t5_dir)?;
+    let key_space = model_key_space(&parts, &device)?;
 
     let mut by_file: BTreeMap<PathBuf, Vec<&AppliedWeight>> = BTreeMap::new();
     for a in &applied {

@@ -392,8 +392,8 @@ fn video_condition(
 ) -> Result<(Condition, Tensor<3>)> {
     let device = &m.device;
     let frames = m.video.frames();
-    let clip_size = m.video.visual_encoder_model.image_size();
-    let rows = m.sizes.sync_rows;
+    let clip_size = m.video.image_size();
+    let rows = m.video.sync_rows();
     let width = m.text_width();
     let Some(input) = &r.video else {
         // No video: all-zero frames and sync features, as the reference feeds; the conditioner
@@ -407,7 +407,7 @@ fn video_condition(
     let clip_sampling = FrameSampling::new(m.config.video_fps as f64, seconds, clip_size)
         .with_seek(r.video_start_seconds);
     let sync_sampling = FrameSampling::new(
-        m.sizes.synchformer.frame_rate as f64,
+        synchformer.frame_rate() as f64,
         seconds,
         synchformer.image_size(),
     )
@@ -435,7 +435,7 @@ fn video_condition(
     let sync_input = sync_frames.sync_tensor(device);
     let sync = if still {
         // A still image gives identical segments: run one and repeat its rows (identical output).
-        let segment = m.sizes.synchformer.segment;
+        let segment = synchformer.segment();
         let one = synchformer.forward(sync_input.narrow(1, 0, segment))?;
         let segments = rows / one.dims()[1];
         one.repeat_dim(1, segments)

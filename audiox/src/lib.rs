@@ -20,7 +20,7 @@
 //! The crates behind it: `audiox-core` (config, errors, weights, audio, noise),
 //! `audiox-vae`, `audiox-encoders`, `audiox-mmdit`, `audiox-sampler` (re-exported as
 //! [`sampler`] for custom samplers). The user guide is `docs/guide.md`.
-#![warn(missing_docs)]
+#![deny(missing_docs)]
 
 mod checkpoint;
 pub mod convert;
@@ -29,6 +29,7 @@ mod generate;
 pub mod hub;
 pub mod long_form;
 mod model;
+#[cfg(feature = "parity")]
 pub mod parity;
 mod request;
 

@@ -483,13 +483,19 @@ impl<'a> LongFormStream<'a> {
         let start_seconds = start_frame as f64 / self.layout.rate as f64;
         let video_start_seconds = self.template.video_start_seconds + start_seconds;
         let seconds = m.config.conditioning_seconds as f64;
-        let clip_size = m.video.visual_encoder_model.image_size();
+        let clip_size = m.video.image_size();
         let clip_sampling = FrameSampling::new(m.config.video_fps as f64, seconds, clip_size)
             .with_seek(video_start_seconds);
-        let sync_size = m.synchformer.as_ref().map_or(clip_size, |s| s.image_size());
+        let (sync_rate, sync_size) = match &m.synchformer {
+            Some(s) => (s.frame_rate(), s.image_size()),
+            // No video is served then; the stream's sizes only fill the plan.
+            None => (
+                m.config.hardcoded_sizes.synchformer.frame_rate as usize,
+                clip_size,
+            ),
+        };
         let sync_sampling =
-            FrameSampling::new(m.sizes.synchformer.frame_rate as f64, seconds, sync_size)
-                .with_seek(video_start_seconds);
+            FrameSampling::new(sync_rate as f64, seconds, sync_size).with_seek(video_start_seconds);
         Ok(WindowPlan {
             index: k,
             start_frame,

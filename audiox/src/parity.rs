@@ -11,11 +11,11 @@ use audiox_core::config::ModelConfig;
 use audiox_core::fixtures::{Check, Fixture, FixtureSet};
 use audiox_core::noise::{NoiseSource, ReplayNoise, labels};
 use audiox_core::tensor::{from_dyn, to_vec};
-use audiox_core::weights::{StateDict, WeightSource, load_module, resolve_official_keys};
+use audiox_core::weights::{Component, StateDict, WeightSource, resolve_official_keys};
 use audiox_core::{Error, Result};
 use audiox_encoders::frames::VideoFrames;
 use audiox_mmdit::MmditDenoiser;
-use audiox_vae::VaeConfig;
+use audiox_vae::{OobleckDecoder, VaeConfig};
 
 use crate::{AudioPrompt, AudioX, Request};
 
@@ -137,17 +137,13 @@ fn fixture_context(fx: &Fixture, device: &Device, checks: &mut Vec<Check>) -> Re
 /// Decodes the fixture's latent with its `pretransform.model.decoder.*` weights.
 fn fixture_decode(fx: &Fixture, latent: Tensor<3>, device: &Device) -> Result<Tensor<3>> {
     let config = ModelConfig::from_json_value(fx.config_json()?)?;
-    let decoder = VaeConfig::from_config(&config.model.pretransform.config)
-        .decoder
-        .init(device);
-    let layout = decoder.layout();
-    let (decoder, _) = load_module(
-        decoder,
-        &layout,
+    let (decoder, _) = OobleckDecoder::load(
+        &VaeConfig::from_config(&config.model.pretransform.config).decoder,
         &[WeightSource::with_prefix(
             fx.weights(),
             "pretransform.model.decoder.",
         )],
+        device,
     )?;
     Ok(decoder.forward(latent))
 }
