@@ -2,6 +2,7 @@
 //!
 //! ```text
 //! cargo run --release --example generate -- --prompt "a dog barks twice, then a car passes"
+//! cargo run --release --example generate -- --model HKUSTAudio/AudioX-Turbo --prompt "rain" --seed 7
 //! cargo run --release --example generate -- --checkpoint-dir checkpoints \
 //!     --prompt "waves crash on a rocky beach" --video beach.mp4 --mux beach_with_sound.mp4
 //! cargo run --release --example generate -- --duration 60 --prompt "rain on a tin roof"
@@ -12,11 +13,14 @@
 //!     --spectrogram sword.png --out sword.wav
 //! ```
 //!
+//! `--model` downloads the model and its encoders from the Hugging Face Hub into the standard
+//! cache (once; `HF_ENDPOINT`, `HF_HOME`, `HF_TOKEN`, `HF_HUB_OFFLINE=1` apply).
+//!
 //! Past the model's 10 s window (a longer `--duration`, or a `--video` longer than 10 s without
 //! one) the audio is generated window by window and each finished span is written to the WAV
 //! file as soon as it is final.
 //!
-//! Without `--checkpoint-dir` the program runs the small random-weight model shipped in the
+//! Without `--model` or `--checkpoint-dir` the program runs the small random-weight model shipped in the
 //! repository (`fixtures/tiny/bundle`): it exercises the whole pipeline, but its sound is not
 //! meaningful. `docs/weights.md` explains how to get the official weights.
 
@@ -40,8 +44,15 @@ struct Args {
     prompt: String,
     /// Checkpoint folder in the official layout (see docs/weights.md). Without it, the small
     /// random-weight model of the repository is used.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "model")]
     checkpoint_dir: Option<PathBuf>,
+    /// A model repository on the Hugging Face Hub (`HKUSTAudio/AudioX-Turbo`), downloaded into
+    /// the Hugging Face cache on first use (needs the `hub` feature, on by default).
+    #[arg(long)]
+    model: Option<String>,
+    /// Branch, tag or commit of --model.
+    #[arg(long, requires = "model", default_value = "main")]
+    revision: String,
     /// Use the teacher checkpoint (`pretrained_ckpt/pretrained_ckpt.ckpt` of the folder, or this
     /// file) as the denoiser.
     #[arg(long, num_args = 0..=1, default_missing_value = "")]
@@ -206,28 +217,11 @@ fn run(args: Args) -> audiox::Result<()> {
             .build_global()
             .map_err(|e| audiox::Error::InvalidRequest(format!("--threads: {e}")))?;
     }
-    let dir = match &args.checkpoint_dir {
-        Some(dir) => dir.clone(),
-        None => {
-            eprintln!("==================================================================");
-            eprintln!(" No --checkpoint-dir: running the small model shipped in the repo.");
-            eprintln!(" Its weights are RANDOM: the output exercises the whole pipeline");
-            eprintln!(" but is not meaningful sound. See docs/weights.md for the real one.");
-            eprintln!("==================================================================");
-            shipped_bundle()
-        }
-    };
-    let mut builder = AudioX::builder()
-        .checkpoint_dir(&dir)
-        .device(device(&args.device)?);
-    if let Some(teacher) = &args.teacher {
-        let path = if teacher.as_os_str().is_empty() {
-            dir.join("pretrained_ckpt/pretrained_ckpt.ckpt")
-        } else {
-            teacher.clone()
-        };
-        builder = builder.teacher_checkpoint(path);
+    let builder = match &args.model {
+        Some(repo) => hub_builder(repo, &args)?,
+        None => dir_builder(&args),
     }
+    .device(device(&args.device)?);
     let loading = std::time::Instant::now();
     let model = builder.build()?;
     eprintln!(
@@ -342,6 +336,52 @@ fn run(args: Args) -> audiox::Result<()> {
         println!("wrote {}", target.display());
     }
     Ok(())
+}
+
+/// The builder for a checkpoint folder (or the shipped tiny model).
+fn dir_builder(args: &Args) -> audiox::AudioXBuilder {
+    let dir = match &args.checkpoint_dir {
+        Some(dir) => dir.clone(),
+        None => {
+            eprintln!("==================================================================");
+            eprintln!(" No --model or --checkpoint-dir: running the small model shipped in");
+            eprintln!(" the repo. Its weights are RANDOM: the output exercises the whole");
+            eprintln!(" pipeline but is not meaningful sound. See docs/weights.md.");
+            eprintln!("==================================================================");
+            shipped_bundle()
+        }
+    };
+    let mut builder = AudioX::builder().checkpoint_dir(&dir);
+    if let Some(teacher) = &args.teacher {
+        let path = if teacher.as_os_str().is_empty() {
+            dir.join("pretrained_ckpt/pretrained_ckpt.ckpt")
+        } else {
+            teacher.clone()
+        };
+        builder = builder.teacher_checkpoint(path);
+    }
+    builder
+}
+
+/// The builder for a hub repository: downloads (or finds in the cache) its files.
+#[cfg(feature = "hub")]
+fn hub_builder(repo: &str, args: &Args) -> audiox::Result<audiox::AudioXBuilder> {
+    let own_teacher = args.teacher.as_ref().filter(|t| !t.as_os_str().is_empty());
+    let builder = AudioX::pretrained(repo)
+        .revision(args.revision.clone())
+        .teacher(args.teacher.is_some() && own_teacher.is_none())
+        .into_builder()?;
+    Ok(match own_teacher {
+        Some(path) => builder.teacher_checkpoint(path),
+        None => builder,
+    })
+}
+
+#[cfg(not(feature = "hub"))]
+fn hub_builder(_: &str, _: &Args) -> audiox::Result<audiox::AudioXBuilder> {
+    Err(audiox::Error::InvalidRequest(
+        "--model needs the `hub` feature (on by default)".into(),
+    ))
 }
 
 /// Whether the request is longer than one window of the model.

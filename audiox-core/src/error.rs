@@ -154,6 +154,38 @@ pub enum Error {
         message: String,
     },
 
+    /// A file of a model repository could not be fetched from the Hugging Face Hub (or found
+    /// in its cache when offline).
+    #[error("hub {repo}@{revision}: `{file}`: {reason}")]
+    Download {
+        /// The repository (`HKUSTAudio/AudioX-Turbo`).
+        repo: String,
+        /// The revision asked for (branch, tag or commit).
+        revision: String,
+        /// The file inside the repository (`pretransform/vae.ckpt`); empty for the repository
+        /// listing.
+        file: String,
+        /// What went wrong.
+        reason: DownloadFailure,
+    },
+
+    /// A downloaded file does not have the sha256 the hub announced for it. The file was
+    /// deleted; nothing corrupt is left in the cache.
+    #[error(
+        "hub {repo}: `{file}`: downloaded bytes have sha256 {found}, the hub announced {expected}; \
+         the file was deleted, run again to download it anew"
+    )]
+    Checksum {
+        /// The repository.
+        repo: String,
+        /// The file inside the repository.
+        file: String,
+        /// The sha256 the hub announced (`X-Linked-Etag`).
+        expected: String,
+        /// The sha256 of the bytes received.
+        found: String,
+    },
+
     /// The caller cancelled the work through its cancellation token.
     #[error("cancelled after {completed_steps} of {total_steps} steps")]
     Cancelled {
@@ -171,6 +203,50 @@ pub enum Error {
         /// What is wrong.
         message: String,
     },
+}
+
+/// Why a hub download failed (see [`Error::Download`]).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum DownloadFailure {
+    /// The repository, revision or file does not exist (HTTP 404), or is not in the repository
+    /// listing.
+    NotFound,
+    /// The hub refused access (HTTP 401/403): a private or gated repository needs a token
+    /// (`HF_TOKEN`) that has been granted access.
+    Unauthorized(u16),
+    /// Another HTTP status.
+    Http(u16),
+    /// Offline mode (`HF_HUB_OFFLINE=1`) and the file is not in the cache.
+    NotCached,
+    /// The connection failed or ended early; a partial download is kept and resumed next time.
+    Network(String),
+    /// The server answered without the headers of the hub protocol, or with values that do
+    /// not fit together.
+    Protocol(String),
+    /// Writing the cache failed.
+    Cache(String),
+}
+
+impl std::fmt::Display for DownloadFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DownloadFailure::NotFound => f.write_str("not found on the hub"),
+            DownloadFailure::Unauthorized(code) => write!(
+                f,
+                "access refused (HTTP {code}): set HF_TOKEN (or the builder's token) to a token \
+                 with access to this repository"
+            ),
+            DownloadFailure::Http(code) => write!(f, "HTTP status {code}"),
+            DownloadFailure::NotCached => f.write_str(
+                "not in the Hugging Face cache and offline mode is on (HF_HUB_OFFLINE=1); run \
+                 once online to download it",
+            ),
+            DownloadFailure::Network(m) => write!(f, "network error: {m}"),
+            DownloadFailure::Protocol(m) => write!(f, "unexpected hub answer: {m}"),
+            DownloadFailure::Cache(m) => write!(f, "cache: {m}"),
+        }
+    }
 }
 
 fn sources_display(sources: &[PathBuf]) -> String {

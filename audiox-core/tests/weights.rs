@@ -357,3 +357,34 @@ fn integer_tensors_are_refused_as_weights() {
         other => panic!("expected UnsupportedDType, got {other:?}"),
     }
 }
+
+#[test]
+fn a_fused_weight_norm_kernel_loads_like_its_pair() {
+    let device = Device::flex();
+    let pair = StateDict::from_f32("pair", official_tensors()).unwrap();
+    let (from_pair, _) =
+        load_module(small(&device), &layout(), &[WeightSource::new(&pair)]).unwrap();
+    // The converter's form: `conv.weight` = the fused kernel, no `weight_g`/`weight_v`.
+    let g = [2., 10.];
+    let v = [3., 0., 4., 0., 0., 1.];
+    let fused = audiox_core::weights::fuse_weight_norm(&g, &v, 2);
+    let tensors = official_tensors()
+        .into_iter()
+        .filter(|t| !t.0.starts_with("conv.weight_"))
+        .chain([("conv.weight".to_string(), vec![2, 3, 1], fused)])
+        .collect();
+    let dict = StateDict::from_f32("fused", tensors).unwrap();
+    let (m, report) = load_module(small(&device), &layout(), &[WeightSource::new(&dict)]).unwrap();
+    assert_eq!(
+        values(m.conv.weight.val()),
+        values(from_pair.conv.weight.val())
+    );
+    assert!(report.unused.iter().all(|(_, k)| k != "conv.weight"));
+    // The student key rule keeps the fused name too.
+    let names = official_names(&small(&device), &layout());
+    let (resolved, dropped) = audiox_core::weights::resolve_official_keys(&dict, &names);
+    assert!(
+        resolved.get("conv.weight").is_some(),
+        "dropped: {dropped:?}"
+    );
+}

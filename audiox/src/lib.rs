@@ -23,7 +23,10 @@
 #![deny(missing_docs)]
 
 mod checkpoint;
+pub mod convert;
 mod generate;
+#[cfg(feature = "hub")]
+pub mod hub;
 pub mod long_form;
 mod model;
 #[cfg(feature = "parity")]
@@ -35,8 +38,11 @@ pub mod jobs;
 pub mod postprocess;
 pub mod spectrogram;
 
+pub use audiox_core::error::DownloadFailure;
 pub use checkpoint::CheckpointPaths;
 pub use generate::{Generation, Intermediates, StageTimings};
+#[cfg(feature = "hub")]
+pub use hub::{Hub, HubConfig, Pretrained};
 pub use long_form::{LongFormOptions, LongFormProgress, LongFormStream, Span, WavStream};
 pub use model::{AudioX, AudioXBuilder, DenoiserKind};
 pub use request::{AudioPrompt, AudioPromptMask, Request, SamplerChoice, VideoInput};

@@ -131,26 +131,37 @@ pub fn load_module<M: Module>(
     let mut consumed: BTreeSet<(PathBuf, String)> = BTreeSet::new();
     let mut shadowed: BTreeSet<(PathBuf, String)> = BTreeSet::new();
     for spec in &specs {
-        let source = layout.source(spec);
+        let official = layout.source(spec);
         // Every source that has the tensors; the last one wins, the others are overridden.
+        // A weight-normalised kernel may also be stored fused (`{base}weight`, as the
+        // `convert` example writes it), then it is read as it is.
         let mut candidates = sources.iter().filter_map(|s| {
-            let keys: Vec<String> = source
+            let keys: Vec<String> = official
                 .keys
                 .iter()
                 .map(|k| format!("{}{k}", s.prefix))
                 .collect();
-            keys.iter()
-                .all(|k| s.dict.get(k).is_some())
-                .then_some((s.dict, keys))
+            if keys.iter().all(|k| s.dict.get(k).is_some()) {
+                return Some((s.dict, keys, official.clone()));
+            }
+            let fused = fused_weight_norm_key(&official)?;
+            let key = format!("{}{fused}", s.prefix);
+            s.dict.get(&key).is_some().then(|| {
+                let source = Source {
+                    keys: vec![fused],
+                    transform: Transform::Identity,
+                };
+                (s.dict, vec![key], source)
+            })
         });
         let mut found = candidates.next();
         for later in candidates {
-            if let Some((dict, keys)) = found.replace(later) {
+            if let Some((dict, keys, _)) = found.replace(later) {
                 shadowed.extend(keys.into_iter().map(|k| (dict.path().to_path_buf(), k)));
             }
         }
-        let Some((dict, keys)) = found else {
-            let missing_key = source.keys.first().cloned().unwrap_or_default();
+        let Some((dict, keys, source)) = found else {
+            let missing_key = official.keys.first().cloned().unwrap_or_default();
             return Err(Error::MissingWeight {
                 key: missing_key,
                 param: spec.path.clone(),
@@ -217,6 +228,33 @@ pub fn load_module<M: Module>(
         }
     }
     Ok((module, report))
+}
+
+/// The fused name (`{base}weight`) of a weight-normalised parameter's `[{base}weight_g,
+/// {base}weight_v]` pair; `None` for other transforms.
+pub fn fused_weight_norm_key(source: &Source) -> Option<String> {
+    match (&source.transform, source.keys.as_slice()) {
+        (Transform::WeightNorm, [g, _]) => g.strip_suffix("_g").map(str::to_string),
+        _ => None,
+    }
+}
+
+/// Weight normalisation `W = g * v / ||v||` (norm over every axis but the first) of `v`
+/// (`rows` rows) and `g` (one value per row): what the loader computes for a
+/// [`Transform::WeightNorm`] parameter, and what the `convert` example stores.
+pub fn fuse_weight_norm(g: &[f32], v: &[f32], rows: usize) -> Vec<f32> {
+    let cols = v.len() / rows.max(1);
+    let mut w = Vec::with_capacity(v.len());
+    for (r, row) in v.chunks_exact(cols.max(1)).enumerate() {
+        let norm = row
+            .iter()
+            .map(|&x| (x as f64) * (x as f64))
+            .sum::<f64>()
+            .sqrt();
+        let scale = g[r] as f64 / norm;
+        w.extend(row.iter().map(|&x| (x as f64 * scale) as f32));
+    }
+    w
 }
 
 /// Official names and shapes of every parameter of `module` (plus nothing else): what a
@@ -304,19 +342,7 @@ fn compute(found: &Found<'_>, ours: &[usize]) -> Result<Vec<f32>> {
         Transform::WeightNorm => {
             let (_, v) = read.remove(1);
             let (_, g) = read.remove(0);
-            let rows = ours[0];
-            let cols = v.len() / rows;
-            let mut w = Vec::with_capacity(v.len());
-            for (r, row) in v.chunks_exact(cols).enumerate() {
-                let norm = row
-                    .iter()
-                    .map(|&x| (x as f64) * (x as f64))
-                    .sum::<f64>()
-                    .sqrt();
-                let scale = g[r] as f64 / norm;
-                w.extend(row.iter().map(|&x| (x as f64 * scale) as f32));
-            }
-            w
+            fuse_weight_norm(&g, &v, ours[0])
         }
         Transform::ConvAsMatmul => {
             // official [out, in, k] -> ours [k, in, out]

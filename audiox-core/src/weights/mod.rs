@@ -10,7 +10,7 @@ mod state_dict;
 pub use layout::{Layout, Source, Transform, module_types};
 pub use load::{
     AppliedWeight, Component, LoadReport, StructureDiff, WeightSource, compare_with_manifest,
-    load_module, official_names, read_manifest,
+    fuse_weight_norm, fused_weight_norm_key, load_module, official_names, read_manifest,
 };
 pub use params::{ParamSpec, param_specs};
 pub use state_dict::{

@@ -473,7 +473,8 @@ fn looks_like_safetensors(header: &[u8]) -> bool {
 ///
 /// For each stored key, in sorted order, the candidates are the key itself, then the key
 /// without a leading `module.`, `model.`, `student.`, `student.model.` (each only if present);
-/// the first candidate that is a model key with the same shape receives the tensor. Stored keys
+/// the first candidate that is a model key with the same shape (or the fused `{base}weight` of a
+/// model's `{base}weight_g`/`weight_v` pair, shaped like `weight_v`) receives the tensor. Stored keys
 /// that match nothing are dropped (returned in the second list). When two stored keys resolve to
 /// the same model key, the later one in sorted order wins, as later keys overwrite earlier ones
 /// in the official loop.
@@ -489,9 +490,18 @@ pub fn resolve_official_keys(
             .chain(PREFIXES.iter().filter_map(|p| key.strip_prefix(p)));
         let mut target = None;
         for candidate in candidates {
+            // A weight-normalised kernel stored fused (`{base}weight` for the model's
+            // `{base}weight_g` / `{base}weight_v`, shaped like `weight_v`) is a model key too.
+            let fused = || {
+                model_keys.contains_key(&format!("{candidate}_g"))
+                    && model_keys
+                        .get(&format!("{candidate}_v"))
+                        .is_some_and(|shape| shape == &tensor.shape)
+            };
             if model_keys
                 .get(candidate)
                 .is_some_and(|shape| shape == &tensor.shape)
+                || fused()
             {
                 target = Some(candidate.to_string());
                 break;
