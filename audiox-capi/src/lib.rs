@@ -258,7 +258,7 @@ struct Failure(AudioxStatus, String);
 impl From<Error> for Failure {
     fn from(e: Error) -> Self {
         let status = match &e {
-            Error::Io { .. } => AudioxStatus::Io,
+            Error::Io { .. } | Error::Download { .. } | Error::Checksum { .. } => AudioxStatus::Io,
             Error::Config { .. }
             | Error::WeightFile { .. }
             | Error::UnsupportedDType { .. }
@@ -480,14 +480,15 @@ pub unsafe extern "C" fn audiox_model_open_default(out: *mut AudioxModel) -> Aud
     })
 }
 
-/// Loads a model from a Hugging Face hub repository id. Not available yet: returns
-/// `Unsupported`.
+/// Loads a model from a Hugging Face hub repository id (for example
+/// `"HKUSTAudio/AudioX-Turbo"`): downloads what the model needs into the Hugging Face cache
+/// (verified against the hub's checksums, resumed when interrupted) or takes it from there, as
+/// `AudioX::from_pretrained` does. The usual environment applies: `HF_ENDPOINT`, `HF_HOME`,
+/// `HF_HUB_CACHE`, `HF_TOKEN`, `HF_HUB_OFFLINE=1` (cache only). A download or checksum
+/// failure returns `Io` with a message naming the repository and file.
 ///
 /// # Safety
 /// `repo_id` must be NULL or a NUL-terminated string; `out` must be NULL or valid for a write.
-// TODO(hub): once `audiox` has a hub feature (downloading a repository into the cache and
-// returning its folder), call it here and open the folder like `audiox_model_open`; keep the
-// signature.
 #[unsafe(no_mangle)]
 pub unsafe extern "C" fn audiox_model_open_hub(
     repo_id: *const c_char,
@@ -496,14 +497,13 @@ pub unsafe extern "C" fn audiox_model_open_hub(
     guard(|| {
         // SAFETY: forwarded contract of this function.
         let repo = unsafe { string_arg(repo_id, "repo_id") }?;
-        let _ = out;
-        Err(Failure(
-            AudioxStatus::Unsupported,
-            format!(
-                "opening `{repo}` from the hub is not supported by this build; download the \
-                 repository and use audiox_model_open on its folder"
-            ),
-        ))
+        if out.is_null() {
+            return Err(bad_arg("out is NULL"));
+        }
+        let model = AudioX::from_pretrained(repo)?;
+        let id = insert(Object::Model(model));
+        // SAFETY: checked non-NULL above; valid per the contract.
+        unsafe { write_out(out, AudioxModel { id }, "out") }
     })
 }
 

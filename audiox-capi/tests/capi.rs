@@ -61,11 +61,22 @@ fn bad_paths_and_arguments_are_errors_with_messages() {
         unsafe { audiox_model_open(not_utf8.as_ptr().cast(), &mut model) },
         AudioxStatus::InvalidArgument
     );
+    // The hub path, offline with an empty cache: an I/O error naming the repository (the
+    // download path itself is tested against a local hub server in audiox/tests/hub.rs).
+    let home = tempfile::tempdir().unwrap();
+    // SAFETY: no other test of this binary reads these variables.
+    unsafe {
+        std::env::set_var("HF_HOME", home.path());
+        std::env::remove_var("HF_HUB_CACHE");
+        std::env::set_var("HF_HUB_OFFLINE", "1");
+    }
     let repo = CString::new("org/model").unwrap();
     assert_eq!(
         unsafe { audiox_model_open_hub(repo.as_ptr(), &mut model) },
-        AudioxStatus::Unsupported
+        AudioxStatus::Io
     );
+    let message = unsafe { CStr::from_ptr(audiox_last_error()) }.to_str().unwrap().to_owned();
+    assert!(message.contains("org/model"), "{message}");
     // Invalid handles.
     assert_eq!(audiox_model_sample_rate(AudioxModel { id: 999_999 }), 0);
     assert_eq!(
