@@ -5,6 +5,7 @@
 pub mod audio;
 pub mod config;
 pub mod error;
+pub mod limits;
 pub mod nn;
 pub mod noise;
 pub mod tensor;

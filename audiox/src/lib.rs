@@ -24,6 +24,7 @@
 
 mod checkpoint;
 mod generate;
+mod limits;
 mod model;
 pub mod parity;
 mod request;
@@ -35,6 +36,7 @@ pub use request::{AudioPrompt, AudioPromptMask, Request, SamplerChoice, VideoInp
 
 pub use audiox_core::audio::{Audio, WavFormat};
 pub use audiox_core::config::ModelConfig;
+pub use audiox_core::limits::Limits;
 pub use audiox_core::noise::{NoiseSource, ReplayNoise, SeededNoise};
 pub use audiox_core::weights::LoadReport;
 pub use audiox_core::{Error, Result};
