@@ -90,7 +90,7 @@ impl Limits {
         if !(value.is_finite() && value >= min && value <= max) {
             return Err(Error::out_of_range(
                 field,
-                value,
+                short(value),
                 format!("a finite number in [{min}, {max}]"),
             ));
         }
@@ -149,6 +149,16 @@ impl Limits {
             ));
         }
         Ok(())
+    }
+}
+
+/// `value` in plain notation when short, in scientific notation when huge or tiny.
+fn short(value: f64) -> String {
+    let a = value.abs();
+    if a != 0.0 && a.is_finite() && !(1e-6..1e9).contains(&a) {
+        format!("{value:e}")
+    } else {
+        value.to_string()
     }
 }
 

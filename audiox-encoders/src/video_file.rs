@@ -265,8 +265,14 @@ fn spawn_error(tool: &Path, e: std::io::Error) -> Error {
 }
 
 fn failure(tool: &Path, what: &str, stderr: &[u8]) -> Error {
+    // One line: the program's lines joined, so that a caller prints one `error:` line.
     let text = String::from_utf8_lossy(stderr);
-    let text = text.trim();
+    let text = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ");
     Error::ExternalTool {
         tool: tool_name(tool),
         message: if text.is_empty() {
