@@ -260,6 +260,8 @@ impl Audio {
         if rate == self.sample_rate {
             return Ok(self.clone());
         }
+        // The resamplers' FFTs fail (and panic) on non-finite input: refused here.
+        self.check_finite("sample to resample")?;
         let frames = self.num_frames();
         let channels = self.num_channels();
         if frames == 0 {

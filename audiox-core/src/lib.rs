@@ -14,4 +14,7 @@ pub mod weights;
 /// Golden-fixture reading for parity tests and tools.
 pub mod fixtures;
 
+/// Bounded mutation testing (test support for the property tests).
+pub mod fuzz;
+
 pub use error::{Error, Result};

@@ -460,3 +460,95 @@ fn a_non_finite_output_is_an_error_never_audio() {
     // The peak normaliser does not skip NaN.
     assert!(audio.peak().is_nan());
 }
+
+/// Random requests: boundary and random values in every numeric field, on the tiny model.
+/// Each generation succeeds or returns an error; a panic fails (`AUDIOX_FUZZ_CASES` scales it).
+#[test]
+fn random_request_fields_never_panic() {
+    use audiox_core::fuzz::{Mutator, cases};
+    let m = model();
+    let max = m.max_duration();
+    let rate = m.sample_rate();
+    let mut r = Mutator::new(21);
+    let floats = [
+        0.0,
+        -0.0,
+        1.0,
+        -1.0,
+        0.5,
+        max,
+        max + 1e-9,
+        1e-300,
+        1e300,
+        f64::NAN,
+        f64::INFINITY,
+        f64::NEG_INFINITY,
+        f64::MIN_POSITIVE,
+        86_400.0,
+        86_400.1,
+    ];
+    let counts = [0usize, 1, 2, 3, 4, 16, 17, 1000, 1001, usize::MAX];
+    for case in 0..cases(60) {
+        let mut req = Request::text(r.pick(&["", "x", "rain", "\u{0}\u{ffff}"]).to_string());
+        if r.below(2) == 0 {
+            req = req.seed(r.next_u64());
+        }
+        // Steps and samples stay small when valid, so that each case runs in milliseconds.
+        let steps = *r.pick(&counts);
+        if r.below(2) == 0 && (steps > 8 || steps == 0 || r.below(4) == 0) {
+            req = req.steps(steps);
+        }
+        let n = *r.pick(&counts);
+        if n > 2 {
+            req = req.num_samples(n.max(17));
+        } else {
+            req = req.num_samples(n);
+        }
+        if r.below(2) == 0 {
+            req = req.duration(*r.pick(&floats));
+        }
+        if r.below(3) == 0 {
+            req = req
+                .sampler_named(*r.pick(&["euler", "heun", "dpmpp-2m", "dmd", "nope"]))
+                .steps(1 + r.below(2));
+        }
+        if r.below(3) == 0 {
+            req = req.guidance(*r.pick(&floats) as f32);
+        }
+        if r.below(3) == 0 {
+            req = req.cfg_rescale(*r.pick(&floats) as f32);
+        }
+        if r.below(3) == 0 {
+            req = req.video_start(*r.pick(&floats));
+        }
+        if r.below(3) == 0 {
+            let prompt_rate = *r.pick(&[rate, 1, 7, 8000, 44_101, 384_000, 384_001, u32::MAX]);
+            let frames = r.below(3 * prompt_rate.min(50_000) as usize);
+            let mut channels = vec![vec![0.1f32; frames]; 1 + r.below(3)];
+            if frames > 0 && r.below(4) == 0 {
+                channels[0][frames - 1] = *r.pick(&[f32::NAN, f32::INFINITY, 1e30]);
+            }
+            if let Ok(audio) = Audio::new(prompt_rate, channels) {
+                let mut p = AudioPrompt::new(audio);
+                p.start_seconds = *r.pick(&floats);
+                p.mask = match r.below(3) {
+                    0 => AudioPromptMask::Random,
+                    1 => AudioPromptMask::Keep,
+                    _ => AudioPromptMask::Blank(*r.pick(&floats)..*r.pick(&floats)),
+                };
+                req = req.audio_prompt(p);
+            }
+        }
+        let label = format!("case {case}: {req:?}");
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| m.generate(req)));
+        match result {
+            Ok(Ok(out)) => {
+                for a in &out.audio {
+                    assert!(a.check_finite("output").is_ok(), "{label}");
+                }
+            }
+            Ok(Err(_)) => {}
+            Err(_) => panic!("panicked: {label}"),
+        }
+    }
+}
