@@ -17,27 +17,12 @@ pub(crate) fn check_request(limits: &Limits, r: &Request, max_duration: f64) -> 
     if let SamplerChoice::Custom(s) = &r.sampler {
         l.check_count("custom sampler steps", s.steps(), l.max_steps)?;
     }
-    if r.num_samples == 0 {
-        return Err(audiox_core::Error::out_of_range(
-            "num_samples",
-            0,
-            "at least 1",
-        ));
-    }
+    // `num_samples == 0` and the duration (positive, at most the model's length) are refused
+    // by the plan with `InvalidRequest`; their bounds do not depend on the limits.
     l.check_count("num_samples", r.num_samples, l.max_num_samples)?;
     check_text(l, "prompt", &r.prompt)?;
     if let Some(neg) = &r.negative_prompt {
         check_text(l, "negative prompt", neg)?;
-    }
-    if let Some(d) = r.duration {
-        l.check_range("duration (seconds)", d, 0.0, max_duration)?;
-        if d <= 0.0 {
-            return Err(audiox_core::Error::out_of_range(
-                "duration (seconds)",
-                d,
-                "above 0",
-            ));
-        }
     }
     if let Some(g) = r.guidance {
         l.check_range("guidance", g as f64, 0.0, l.max_guidance as f64)?;
