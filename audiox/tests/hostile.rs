@@ -253,18 +253,23 @@ fn the_generate_program_ends_every_hostile_case_with_one_error_line() {
         (vec!["--image".into(), f("huge.png")], "image size"),
         (vec!["--image".into(), f("wide.png")], "image"),
         (vec!["--image".into(), f("junk.png")], "image"),
+        #[cfg(feature = "video")]
         (vec!["--video".into(), f("playlist.mp4")], "ffprobe"),
+        #[cfg(feature = "video")]
         (vec!["--video".into(), f("concat.mp4")], "ffprobe"),
+        #[cfg(feature = "video")]
         (vec!["--video".into(), f("absent.mp4")], "absent.mp4"),
+        #[cfg(feature = "video")]
         (
             vec!["--video".into(), f("v.mp4"), format!("--mux=-{}", "x.mp4")],
             "mux target",
         ),
+        #[cfg(feature = "video")]
         (
             vec!["--video".into(), f("v.mp4"), "--mux".into(), f("v.mp4")],
             "is the input",
         ),
-        #[cfg(unix)]
+        #[cfg(all(unix, feature = "video"))]
         (
             vec!["--video".into(), f("v.mp4"), "--mux".into(), f("link.mp4")],
             "is the input",
