@@ -25,12 +25,14 @@
 mod checkpoint;
 mod generate;
 mod limits;
+pub mod long_form;
 mod model;
 pub mod parity;
 mod request;
 
 pub use checkpoint::CheckpointPaths;
 pub use generate::{Generation, Intermediates, StageTimings};
+pub use long_form::{LongFormOptions, LongFormProgress, LongFormStream, Span, WavStream};
 pub use model::{AudioX, AudioXBuilder, DenoiserKind};
 pub use request::{AudioPrompt, AudioPromptMask, Request, SamplerChoice, VideoInput};
 
@@ -40,7 +42,7 @@ pub use audiox_core::limits::Limits;
 pub use audiox_core::noise::{NoiseSource, ReplayNoise, SeededNoise};
 pub use audiox_core::weights::LoadReport;
 pub use audiox_core::{Error, Result};
-pub use audiox_encoders::frames::{ImageScaling, StillImage, VideoFrames};
+pub use audiox_encoders::frames::{FrameSampling, ImageScaling, StillImage, VideoFrames};
 pub use audiox_vae::ChunkedDecode;
 pub use burn::tensor::{Device, DeviceKind};
 

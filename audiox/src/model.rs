@@ -109,7 +109,8 @@ impl AudioX {
         self.inner.config.sample_rate
     }
 
-    /// Longest duration the model generates, in seconds (10 for the official model).
+    /// Longest duration the model generates in one window, in seconds (10 for the official
+    /// model); longer requests go through windowed continuation ([`crate::long_form`]).
     pub fn max_duration(&self) -> f64 {
         self.inner.config.conditioning_seconds as f64
     }

@@ -257,7 +257,9 @@ pub fn check_bundle_request(set: &FixtureSet, name: &str, model: &AudioX) -> Res
     let teacher = spec["sampler"].as_str().unwrap_or("").contains("Euler");
     let mut request = Request::text(text).steps(steps).keep_intermediates(true);
     if teacher {
-        request = request.sampler_named("euler").guidance(cfg);
+        request = request
+            .sampler(audiox_sampler::SamplerKind::Euler)
+            .guidance(cfg);
     }
     if let Some(audio) = spec.get("audio").filter(|a| !a.is_null()) {
         let rate = audio["source_sample_rate"]
@@ -306,7 +308,7 @@ pub fn check_bundle_request(set: &FixtureSet, name: &str, model: &AudioX) -> Res
         }
     }
     let replay = std::sync::Arc::new(std::sync::Mutex::new(noise));
-    let out = model.generate(request.noise_source(Box::new(SharedNoise(replay.clone()))))?;
+    let out = model.generate(request.noise_source(SharedNoise(replay.clone())))?;
     replay.lock().map_err(|_| bad("noise lock"))?.finish()?;
     let mid = out.intermediates.ok_or_else(|| bad("no intermediates"))?;
 
@@ -356,6 +358,7 @@ fn compare_ints(fx: &Fixture, name: &str, shape: &[usize], got: &[f32]) -> Resul
 }
 
 /// A [`ReplayNoise`] shared with the caller, so that it can check every draw was used.
+#[derive(Clone)]
 struct SharedNoise(std::sync::Arc<std::sync::Mutex<ReplayNoise>>);
 
 impl SharedNoise {
