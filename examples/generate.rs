@@ -232,6 +232,14 @@ fn run(args: Args) -> audiox::Result<()> {
         rayon::current_num_threads()
     );
 
+    // Hostile input: files are read within the model's limits, and the mux target is checked
+    // before any work, so a bad value ends with one error and nothing written.
+    let limits = model.limits().clone();
+    limits.check_start("--start", args.start)?;
+    if let (Some(video), Some(target)) = (&args.video, &args.mux) {
+        check_mux(video, target)?;
+    }
+
     let mut request = Request::text(args.prompt.clone()).num_samples(args.num_samples);
     if let Some(seed) = args.seed {
         request = request.seed(seed);
@@ -257,17 +265,22 @@ fn run(args: Args) -> audiox::Result<()> {
         request = request.video_file(video.clone()).video_start(args.start);
     }
     if let Some(image) = &args.image {
-        request = request.image(StillImage::open(image)?).image_scaling(
-            if args.reference_image_scaling {
+        request = request
+            .image(StillImage::open_with_limits(image, &limits)?)
+            .image_scaling(if args.reference_image_scaling {
                 ImageScaling::Reference
             } else {
                 ImageScaling::LikeVideo
-            },
-        );
+            });
     }
     if let Some(path) = &args.audio_prompt {
-        let mut prompt = AudioPrompt::new(Audio::read(path)?);
-        prompt.start_seconds = args.start;
+        // Only the window the model sees is decoded (with the resampler's margin before it).
+        let margin = audiox_core::audio::RESAMPLE_MARGIN_SECONDS;
+        let from = (args.start - margin).max(0.0);
+        let seconds = args.start - from + model.max_duration() + margin;
+        let audio = Audio::read_window(path, from, seconds, &limits)?;
+        let mut prompt = AudioPrompt::new(audio);
+        prompt.start_seconds = args.start - from;
         prompt.mask = parse_mask(&args.audio_mask)?;
         request = request.audio_prompt(prompt);
     }
@@ -486,6 +499,18 @@ fn mux(video: &Path, wav: &Path, target: &Path, start: f64, seconds: f64) -> aud
         target,
         Some((start, seconds)),
     )
+}
+
+#[cfg(feature = "video")]
+fn check_mux(video: &Path, target: &Path) -> audiox::Result<()> {
+    audiox_encoders::video_file::check_mux_target(&[video], target)
+}
+
+#[cfg(not(feature = "video"))]
+fn check_mux(_: &Path, _: &Path) -> audiox::Result<()> {
+    Err(audiox::Error::InvalidRequest(
+        "--mux needs the `video` feature".into(),
+    ))
 }
 
 #[cfg(not(feature = "video"))]

@@ -118,12 +118,25 @@ impl Audio {
         out
     }
 
-    /// Largest absolute sample over all channels.
+    /// Largest absolute sample over all channels; NaN when any sample is NaN (a NaN is never
+    /// skipped, so a normalised buffer keeps it and [`Audio::check_finite`] reports it).
     pub fn peak(&self) -> f32 {
         self.channels
             .iter()
             .flat_map(|c| c.iter())
-            .fold(0.0f32, |m, &x| m.max(x.abs()))
+            .fold(0.0f32, |m, &x| {
+                if x.is_nan() || m.is_nan() {
+                    f32::NAN
+                } else {
+                    m.max(x.abs())
+                }
+            })
+    }
+
+    /// An [`Error::OutOfRange`] naming `what`, the channel and the index of the first sample
+    /// that is NaN or infinite.
+    pub fn check_finite(&self, what: &str) -> Result<()> {
+        crate::limits::check_finite(what, &self.channels)
     }
 
     // -----------------------------------------------------------------------------------------
@@ -138,7 +151,7 @@ impl Audio {
             .extension()
             .and_then(|e| e.to_str())
             .map(str::to_string);
-        decode(Box::new(file), ext.as_deref()).map_err(|e| match e {
+        decode(Box::new(file), ext.as_deref(), None).map_err(|e| match e {
             Error::Audio {
                 path: None,
                 message,
@@ -150,22 +163,94 @@ impl Audio {
         })
     }
 
+    /// Decodes only `seconds` of an audio file from `from_seconds` (at the file's rate): the
+    /// samples before are decoded and dropped, decoding stops after the window, so memory is
+    /// bounded by the window whatever the file's length. The file's sample rate and channel
+    /// count are checked against `limits` before any sample is kept; a window starting at or
+    /// after the end of the file is an [`Error::OutOfRange`] naming the file's duration.
+    pub fn read_window(
+        path: impl AsRef<Path>,
+        from_seconds: f64,
+        seconds: f64,
+        limits: &crate::limits::Limits,
+    ) -> Result<Self> {
+        let path = path.as_ref();
+        limits.check_start("audio prompt start", from_seconds)?;
+        limits.check_range(
+            "audio prompt window",
+            seconds,
+            0.0,
+            limits.max_prompt_audio_seconds,
+        )?;
+        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+        let ext = path
+            .extension()
+            .and_then(|e| e.to_str())
+            .map(str::to_string);
+        let window = Window {
+            from_seconds,
+            seconds,
+            limits,
+        };
+        decode(Box::new(file), ext.as_deref(), Some(&window)).map_err(|e| match e {
+            Error::Audio {
+                path: None,
+                message,
+            } => Error::Audio {
+                path: Some(path.to_path_buf()),
+                message,
+            },
+            other => other,
+        })
+    }
+
+    /// [`Audio::read_window`] on an encoded file held in memory.
+    pub fn decode_bytes_window(
+        bytes: Vec<u8>,
+        extension: Option<&str>,
+        from_seconds: f64,
+        seconds: f64,
+        limits: &crate::limits::Limits,
+    ) -> Result<Self> {
+        limits.check_start("audio prompt start", from_seconds)?;
+        limits.check_range(
+            "audio prompt window",
+            seconds,
+            0.0,
+            limits.max_prompt_audio_seconds,
+        )?;
+        let window = Window {
+            from_seconds,
+            seconds,
+            limits,
+        };
+        decode(Box::new(Cursor::new(bytes)), extension, Some(&window))
+    }
+
     /// Decodes an encoded audio file held in memory. `extension` (`"wav"`, `"mp3"`, ...) is a
     /// hint for the format probe.
     pub fn decode_bytes(bytes: Vec<u8>, extension: Option<&str>) -> Result<Self> {
-        decode(Box::new(Cursor::new(bytes)), extension)
+        decode(Box::new(Cursor::new(bytes)), extension, None)
     }
 
     // -----------------------------------------------------------------------------------------
     // Processing
     // -----------------------------------------------------------------------------------------
 
-    /// Resamples to `rate` Hz with rubato's synchronous FFT resampler (anti-aliased; the
-    /// startup delay is trimmed, so the output is aligned with the input). Returns a copy when
-    /// the rate already matches.
+    /// Resamples to `rate` Hz (anti-aliased; the startup delay is trimmed, so the output is
+    /// aligned with the input). Returns a copy when the rate already matches.
+    ///
+    /// Rates with a small ratio (`48000 -> 44100` is 160/147) use rubato's synchronous FFT
+    /// resampler, whose FFT sizes are the reduced ratio's terms; any other pair (a prime rate
+    /// such as 44101 Hz would need FFTs of 44101 points per chunk) uses rubato's asynchronous
+    /// windowed-sinc resampler, whose cost is a fixed number of taps per output sample. The
+    /// cost is thus bounded by the input and output lengths for every pair of rates.
     pub fn resample(&self, rate: u32) -> Result<Self> {
         use rubato::audioadapter_buffers::direct::SequentialSliceOfVecs;
-        use rubato::{Fft, FixedSync, Resampler};
+        use rubato::{
+            Async, Fft, FixedAsync, FixedSync, Resampler, SincInterpolationParameters,
+            SincInterpolationType, WindowFunction,
+        };
         if rate == 0 {
             return Err(Error::Audio {
                 path: None,
@@ -175,6 +260,8 @@ impl Audio {
         if rate == self.sample_rate {
             return Ok(self.clone());
         }
+        // The resamplers' FFTs fail (and panic) on non-finite input: refused here.
+        self.check_finite("sample to resample")?;
         let frames = self.num_frames();
         let channels = self.num_channels();
         if frames == 0 {
@@ -184,14 +271,39 @@ impl Audio {
             path: None,
             message: format!("resampling {} Hz -> {rate} Hz: {e}", self.sample_rate),
         };
-        let mut resampler = Fft::<f32>::new(
-            self.sample_rate as usize,
-            rate as usize,
-            1024,
-            channels,
-            FixedSync::Input,
-        )
-        .map_err(|e| err(&e))?;
+        let g = gcd(self.sample_rate as u64, rate as u64);
+        let (num, den) = (self.sample_rate as u64 / g, rate as u64 / g);
+        let mut resampler: Box<dyn Resampler<f32>> = if num.max(den) <= MAX_FFT_RATIO_TERM {
+            Box::new(
+                Fft::<f32>::new(
+                    self.sample_rate as usize,
+                    rate as usize,
+                    1024,
+                    channels,
+                    FixedSync::Input,
+                )
+                .map_err(|e| err(&e))?,
+            )
+        } else {
+            let params = SincInterpolationParameters {
+                sinc_len: 256,
+                f_cutoff: None,
+                oversampling_factor: 256,
+                interpolation: SincInterpolationType::Cubic,
+                window: WindowFunction::BlackmanHarris2,
+            };
+            Box::new(
+                Async::<f32>::new_sinc(
+                    rate as f64 / self.sample_rate as f64,
+                    1.0,
+                    &params,
+                    1024,
+                    channels,
+                    FixedAsync::Input,
+                )
+                .map_err(|e| err(&e))?,
+            )
+        };
         let input =
             SequentialSliceOfVecs::new(&self.channels, channels, frames).map_err(|e| err(&e))?;
         let out = resampler
@@ -243,7 +355,7 @@ impl Audio {
             .iter()
             .map(|c| {
                 let from = start.min(c.len());
-                let to = (start + len).min(c.len());
+                let to = start.saturating_add(len).min(c.len());
                 let taken = &c[from..to];
                 let mut v = vec![0.0; len - taken.len()];
                 v.extend_from_slice(taken);
@@ -254,6 +366,40 @@ impl Audio {
             sample_rate: self.sample_rate,
             channels,
         }
+    }
+
+    /// [`Audio::window`] of `len` samples at `rate` Hz from `start_seconds`, resampling only
+    /// the part of the clip the window covers (plus a margin of [`RESAMPLE_MARGIN_SECONDS`] on
+    /// each side for the resampler's filter): the cost is bounded by the window, not by the
+    /// clip. Without a rate change this is exactly `window(start_seconds * rate, len)`; from
+    /// the start of a clip the samples are those of resampling the whole clip.
+    pub fn window_at_rate(&self, rate: u32, start_seconds: f64, len: usize) -> Result<Self> {
+        if !(start_seconds.is_finite() && start_seconds >= 0.0) {
+            return Err(Error::out_of_range(
+                "window start (seconds)",
+                start_seconds,
+                "a finite number >= 0",
+            ));
+        }
+        let at = |seconds: f64, rate: u32| (seconds * rate as f64).min(usize::MAX as f64) as usize;
+        if rate == self.sample_rate {
+            return Ok(self.window(at(start_seconds, rate), len));
+        }
+        let native = self.sample_rate;
+        let from = at((start_seconds - RESAMPLE_MARGIN_SECONDS).max(0.0), native);
+        let seconds = len as f64 / rate.max(1) as f64 + 2.0 * RESAMPLE_MARGIN_SECONDS;
+        let until = from.saturating_add(at(seconds, native) + 1);
+        let cropped = Audio {
+            sample_rate: native,
+            channels: self
+                .channels
+                .iter()
+                .map(|c| c[from.min(c.len())..until.min(c.len())].to_vec())
+                .collect(),
+        };
+        let resampled = cropped.resample(rate)?;
+        let offset = start_seconds - from as f64 / native as f64;
+        Ok(resampled.window(at(offset.max(0.0), rate), len))
     }
 
     /// The first `frames` samples of each channel (all of them if there are fewer).
@@ -294,6 +440,8 @@ impl Audio {
     /// Writes a WAV file in the given sample format.
     pub fn write_wav_as(&self, path: impl AsRef<Path>, format: WavFormat) -> Result<()> {
         let path = path.as_ref();
+        // Checked before the file is created: a non-finite buffer never becomes a WAV.
+        self.check_finite("audio to write")?;
         let file = std::fs::File::create(path).map_err(|e| Error::io(path, e))?;
         self.write_wav_to(std::io::BufWriter::new(file), format)
             .map_err(|e| match e {
@@ -336,6 +484,7 @@ impl Audio {
                 WavFormat::Pcm16 => hound::SampleFormat::Int,
             },
         };
+        self.check_finite("audio to write")?;
         let mut w = hound::WavWriter::new(writer, spec).map_err(err)?;
         for i in 0..self.num_frames() {
             for c in &self.channels {
@@ -351,9 +500,32 @@ impl Audio {
     }
 }
 
+/// Seconds of context kept on each side of a window before resampling it
+/// ([`Audio::window_at_rate`]): longer than the resamplers' filters and chunks.
+pub const RESAMPLE_MARGIN_SECONDS: f64 = 1.0;
+
+/// Largest term of the reduced rate ratio served by the FFT resampler (its FFT sizes are
+/// multiples of the terms); larger ones take the windowed-sinc path.
+const MAX_FFT_RATIO_TERM: u64 = 4096;
+
+fn gcd(mut a: u64, mut b: u64) -> u64 {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a.max(1)
+}
+
+/// The part of a file [`decode`] keeps.
+struct Window<'a> {
+    from_seconds: f64,
+    seconds: f64,
+    limits: &'a crate::limits::Limits,
+}
+
 fn decode(
     source: Box<dyn symphonia::core::io::MediaSource>,
     extension: Option<&str>,
+    window: Option<&Window<'_>>,
 ) -> Result<Audio> {
     use symphonia::core::codecs::CodecParameters;
     use symphonia::core::codecs::audio::AudioDecoderOptions;
@@ -398,6 +570,17 @@ fn decode(
     let mut channels: Vec<Vec<f32>> = Vec::new();
     let mut rate = params.sample_rate.unwrap_or(0);
     let mut scratch: Vec<Vec<f32>> = Vec::new();
+    // Frames of the stream decoded so far (kept or not), and the window in frames.
+    let mut position: u64 = 0;
+    let mut span: Option<(u64, u64)> = None;
+    let frames_at =
+        |seconds: f64, rate: u32| (seconds * rate as f64).floor().min(u64::MAX as f64) as u64;
+    if let Some(w) = window {
+        let n = params.channels.as_ref().map_or(1, |c| c.count());
+        if rate != 0 {
+            w.limits.check_audio_format("audio prompt", rate, n)?;
+        }
+    }
     loop {
         let packet = match format.next_packet() {
             Ok(Some(p)) => p,
@@ -414,6 +597,9 @@ fn decode(
             Err(SymErr::DecodeError(_)) => continue,
             Err(e) => return Err(fail(format!("decoding: {e}"))),
         };
+        if buf.spec().rate() != rate && span.is_some() {
+            return Err(fail("the sample rate changes within the stream".into()));
+        }
         rate = buf.spec().rate();
         buf.copy_to_vecs_planar::<f32>(&mut scratch);
         if channels.is_empty() {
@@ -422,9 +608,47 @@ fn decode(
         if scratch.len() != channels.len() {
             return Err(fail("the channel count changes within the stream".into()));
         }
-        for (dst, src) in channels.iter_mut().zip(&scratch) {
-            dst.extend_from_slice(src);
+        let n = scratch.first().map_or(0, Vec::len) as u64;
+        let Some(w) = window else {
+            for (dst, src) in channels.iter_mut().zip(&scratch) {
+                dst.extend_from_slice(src);
+            }
+            continue;
+        };
+        let (from, to) = match span {
+            Some(s) => s,
+            None => {
+                w.limits
+                    .check_audio_format("audio prompt", rate, scratch.len())?;
+                let from = frames_at(w.from_seconds, rate);
+                let s = (from, from.saturating_add(frames_at(w.seconds, rate).max(1)));
+                span = Some(s);
+                s
+            }
+        };
+        let (lo, hi) = (position.max(from), position.saturating_add(n).min(to));
+        if lo < hi {
+            let (a, b) = ((lo - position) as usize, (hi - position) as usize);
+            for (dst, src) in channels.iter_mut().zip(&scratch) {
+                dst.extend_from_slice(&src[a..b]);
+            }
         }
+        position = position.saturating_add(n);
+        if position >= to {
+            break;
+        }
+    }
+    if let (Some(w), Some((from, _))) = (window, span)
+        && position <= from
+    {
+        return Err(Error::out_of_range(
+            "audio prompt start",
+            format!("{} s", w.from_seconds),
+            format!(
+                "before the end of the file ({} s)",
+                position as f64 / rate.max(1) as f64
+            ),
+        ));
     }
     if channels.is_empty() || channels[0].is_empty() {
         return Err(fail("the file holds no audio samples".into()));

@@ -145,6 +145,18 @@ pub enum Error {
     #[error("invalid request: {0}")]
     InvalidRequest(String),
 
+    /// A request value or an input's size is outside the accepted range, or a sample is not a
+    /// finite number (see the limits table in `docs/guide.md`). Raised before the work that the
+    /// value would size.
+    #[error("{field} = {value}: {limit}")]
+    OutOfRange {
+        /// The request field, option or input property (`steps`, `audio prompt sample rate`).
+        field: String,
+        /// The value received.
+        value: String,
+        /// The accepted range (`at most 1000`, `a finite number`).
+        limit: String,
+    },
     /// An external program (ffmpeg) is missing or failed.
     #[error("external tool `{tool}`: {message}")]
     ExternalTool {
@@ -288,6 +300,19 @@ impl Error {
             what: what.into(),
             expected: expected.into(),
             found: found.to_vec(),
+        }
+    }
+
+    /// An [`Error::OutOfRange`] for `field`.
+    pub fn out_of_range(
+        field: impl Into<String>,
+        value: impl std::fmt::Display,
+        limit: impl Into<String>,
+    ) -> Self {
+        Error::OutOfRange {
+            field: field.into(),
+            value: value.to_string(),
+            limit: limit.into(),
         }
     }
 

@@ -6,6 +6,7 @@
 pub mod audio;
 pub mod config;
 pub mod error;
+pub mod limits;
 pub mod nn;
 pub mod noise;
 pub mod tensor;
@@ -14,5 +15,8 @@ pub mod weights;
 /// Golden-fixture reading for parity tests and tools (feature `parity`).
 #[cfg(feature = "parity")]
 pub mod fixtures;
+
+/// Bounded mutation testing (test support for the property tests).
+pub mod fuzz;
 
 pub use error::{Error, Result};

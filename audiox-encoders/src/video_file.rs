@@ -10,18 +10,46 @@
 //!
 //! Errors: a missing input file is [`Error::Io`]; a missing program, a file ffmpeg cannot read
 //! or one without a video stream is [`Error::ExternalTool`] with ffmpeg's own message.
+//!
+//! The input is untrusted: ffmpeg and ffprobe read it as a local file only (a `file:` URL and
+//! a protocol whitelist of `file,pipe`, so a playlist cannot make them open URLs or other
+//! files, and a name like `x:y.mp4` is not read as a protocol); its container must be one of
+//! [`VIDEO_CONTAINERS`] (checked by ffprobe, then pinned with `-f` for the decode); its frame
+//! size is checked against [`Limits`] before a frame is decoded. Every child is killed and
+//! waited for on every error path, each call has a time limit ([`Limits::ffmpeg_timeout`]),
+//! and a cancellation check ([`Ffmpeg::with_cancel`]) is polled while frames are read.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
+use std::ffi::{OsStr, OsString};
 use std::io::Read;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::OnceLock;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, sync_channel};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, Instant};
 
 use serde_json::Value;
 
+use audiox_core::limits::Limits;
 use audiox_core::{Error, Result};
 
 use crate::frames::{CHANNELS, FrameSampling, ResizedFrames, Resizer, SampledFrames, VideoFrames};
+
+/// Containers (ffprobe `format_name` entries) read as videos; anything else (playlists, concat
+/// lists, raw streams of unknown kind, audio files) is refused before decoding.
+pub const VIDEO_CONTAINERS: &[&str] = &[
+    "mov", "mp4", "m4a", "3gp", "3g2", "mj2", "matroska", "webm", "avi", "flv", "mpegts", "mpeg",
+    "ogg", "asf", "gif", "ivf", "h264", "hevc", "m4v", "mjpeg",
+];
+
+/// Most bytes of a child's stdout or stderr kept (the rest is read and dropped).
+const MAX_CAPTURE: usize = 1 << 20;
+
+/// How often a blocked read checks the time limit and the cancellation hook.
+const POLL: Duration = Duration::from_millis(20);
+
+/// A cancellation check polled while ffmpeg runs (true = stop).
+pub type CancelCheck = Arc<dyn Fn() -> bool + Send + Sync>;
 
 /// Frames decoded and resized together (bounds the memory held for full-size frames).
 const DECODE_BATCH: usize = 8;
@@ -42,13 +70,110 @@ pub struct VideoInfo {
     pub duration_seconds: Option<f64>,
 }
 
-/// The two FFmpeg programs.
-#[derive(Debug, Clone)]
+/// The two FFmpeg programs, with the bounds their calls run under.
+#[derive(Clone)]
 pub struct Ffmpeg {
     ffmpeg: PathBuf,
     ffprobe: PathBuf,
-    /// Whether ffmpeg knows `-fps_mode` (5.1 and later), found on first use.
-    fps_mode: OnceLock<bool>,
+    limits: Limits,
+    cancel: Option<CancelCheck>,
+}
+
+impl std::fmt::Debug for Ffmpeg {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ffmpeg")
+            .field("ffmpeg", &self.ffmpeg)
+            .field("ffprobe", &self.ffprobe)
+            .field("timeout", &self.limits.ffmpeg_timeout)
+            .field("cancel", &self.cancel.is_some())
+            .finish()
+    }
+}
+
+/// Kills and waits for a child when dropped: no error path leaves a running or zombie ffmpeg.
+struct ChildGuard(Option<Child>);
+
+impl ChildGuard {
+    fn child(&mut self) -> &mut Child {
+        self.0.as_mut().expect("the child is held until waited for")
+    }
+
+    /// Waits for the child to exit by itself within `deadline` (polling `cancel`); past it,
+    /// or when cancelled, the child is killed (by the drop) and the error returned.
+    fn wait(
+        mut self,
+        tool: &Path,
+        deadline: Instant,
+        cancel: Option<&CancelCheck>,
+    ) -> Result<ExitStatus> {
+        loop {
+            match self.child().try_wait() {
+                Ok(Some(status)) => {
+                    self.0 = None;
+                    return Ok(status);
+                }
+                Ok(None) => {
+                    check_deadline(tool, deadline, cancel)?;
+                    std::thread::sleep(
+                        POLL.min(deadline.saturating_duration_since(Instant::now())),
+                    );
+                }
+                Err(e) => {
+                    return Err(Error::ExternalTool {
+                        tool: tool_name(tool),
+                        message: format!("waiting for the program: {e}"),
+                    });
+                }
+            }
+        }
+    }
+}
+
+impl Drop for ChildGuard {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.0.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+}
+
+/// An error once `deadline` has passed or `cancel` says stop.
+fn check_deadline(tool: &Path, deadline: Instant, cancel: Option<&CancelCheck>) -> Result<()> {
+    if cancel.is_some_and(|c| c()) {
+        return Err(Error::Cancelled {
+            completed_steps: 0,
+            total_steps: 0,
+        });
+    }
+    if Instant::now() >= deadline {
+        return Err(Error::ExternalTool {
+            tool: tool_name(tool),
+            message: "stopped at its time limit (Limits::ffmpeg_timeout); the input may stall \
+                      or be too long"
+                .into(),
+        });
+    }
+    Ok(())
+}
+
+/// Reads all of `r` on a thread, keeping at most [`MAX_CAPTURE`] bytes.
+fn capture(r: Option<impl Read + Send + 'static>) -> std::thread::JoinHandle<Vec<u8>> {
+    std::thread::spawn(move || {
+        let mut kept = Vec::new();
+        if let Some(mut r) = r {
+            let _ = r.by_ref().take(MAX_CAPTURE as u64).read_to_end(&mut kept);
+            let _ = std::io::copy(&mut r, &mut std::io::sink());
+        }
+        kept
+    })
+}
+
+/// `file:` + `path`: ffmpeg reads it as a local file whatever its name holds.
+fn file_url(path: &Path) -> OsString {
+    let mut url = OsString::from("file:");
+    url.push(path.as_os_str());
+    url
 }
 
 impl Default for Ffmpeg {
@@ -57,13 +182,65 @@ impl Default for Ffmpeg {
     }
 }
 
-/// Runs a program to completion, capturing its output.
-fn run(tool: &Path, args: &[&std::ffi::OsStr]) -> Result<std::process::Output> {
-    Command::new(tool)
+/// Runs a program to completion within `timeout`, capturing (the start of) its output.
+fn run(
+    tool: &Path,
+    args: &[&OsStr],
+    timeout: Duration,
+    cancel: Option<&CancelCheck>,
+) -> Result<std::process::Output> {
+    let deadline = Instant::now() + timeout;
+    let child = Command::new(tool)
         .args(args)
         .stdin(Stdio::null())
-        .output()
-        .map_err(|e| spawn_error(tool, e))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .map_err(|e| spawn_error(tool, e))?;
+    let mut guard = ChildGuard(Some(child));
+    let stdout = capture(guard.child().stdout.take());
+    let stderr = capture(guard.child().stderr.take());
+    let status = guard.wait(tool, deadline, cancel)?;
+    Ok(std::process::Output {
+        status,
+        stdout: stdout.join().unwrap_or_default(),
+        stderr: stderr.join().unwrap_or_default(),
+    })
+}
+
+/// Whether the ffmpeg at `tool` knows `-fps_mode` (5.1 and later): probed once per program
+/// per process.
+fn knows_fps_mode(tool: &Path, timeout: Duration) -> bool {
+    static PROBED: OnceLock<Mutex<HashMap<PathBuf, bool>>> = OnceLock::new();
+    let probed = PROBED.get_or_init(Default::default);
+    if let Some(&known) = probed
+        .lock()
+        .ok()
+        .and_then(|m| m.get(tool).copied())
+        .as_ref()
+    {
+        return known;
+    }
+    let modern = match run(tool, &["-version".as_ref()], timeout, None) {
+        Err(_) => true,
+        Ok(out) => {
+            let text = String::from_utf8_lossy(&out.stdout);
+            let version = text.split_whitespace().nth(2).unwrap_or("");
+            let mut parts = version
+                .trim_start_matches('n')
+                .split(|c: char| !c.is_ascii_digit())
+                .map(|p| p.parse::<u32>());
+            match (parts.next(), parts.next()) {
+                (Some(Ok(major)), Some(Ok(minor))) => (major, minor) >= (5, 1),
+                // Development builds (`N-...`) and unknown formats: assume a recent FFmpeg.
+                _ => true,
+            }
+        }
+    };
+    if let Ok(mut m) = probed.lock() {
+        m.insert(tool.to_path_buf(), modern);
+    }
+    modern
 }
 
 fn tool_name(tool: &Path) -> String {
@@ -88,8 +265,14 @@ fn spawn_error(tool: &Path, e: std::io::Error) -> Error {
 }
 
 fn failure(tool: &Path, what: &str, stderr: &[u8]) -> Error {
+    // One line: the program's lines joined, so that a caller prints one `error:` line.
     let text = String::from_utf8_lossy(stderr);
-    let text = text.trim();
+    let text = text
+        .lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join("; ");
     Error::ExternalTool {
         tool: tool_name(tool),
         message: if text.is_empty() {
@@ -125,14 +308,39 @@ impl Ffmpeg {
         Ffmpeg {
             ffmpeg: ffmpeg.into(),
             ffprobe: ffprobe.into(),
-            fps_mode: OnceLock::new(),
+            limits: Limits::default(),
+            cancel: None,
         }
+    }
+
+    /// The bounds of every call: the time limit ([`Limits::ffmpeg_timeout`]) and the frame
+    /// size ([`Limits::max_image_side`], [`Limits::max_image_pixels`]).
+    pub fn with_limits(mut self, limits: &Limits) -> Self {
+        self.limits = limits.clone();
+        self
+    }
+
+    /// The time limit of each ffmpeg or ffprobe call (default 600 s).
+    pub fn with_timeout(mut self, timeout: Duration) -> Self {
+        self.limits.ffmpeg_timeout = timeout;
+        self
+    }
+
+    /// A check polled while ffmpeg runs (every few milliseconds while frames are awaited):
+    /// when it returns true the child is killed and the call returns [`Error::Cancelled`].
+    pub fn with_cancel(mut self, cancel: CancelCheck) -> Self {
+        self.cancel = Some(cancel);
+        self
+    }
+
+    fn run(&self, tool: &Path, args: &[&OsStr]) -> Result<std::process::Output> {
+        run(tool, args, self.limits.ffmpeg_timeout, self.cancel.as_ref())
     }
 
     /// Checks that both programs run; the error says how to get them.
     pub fn check(&self) -> Result<()> {
         for tool in [&self.ffmpeg, &self.ffprobe] {
-            let out = run(tool, &["-version".as_ref()])?;
+            let out = self.run(tool, &["-version".as_ref()])?;
             if !out.status.success() {
                 return Err(failure(tool, "`-version` failed", &out.stderr));
             }
@@ -142,21 +350,30 @@ impl Ffmpeg {
 
     /// Size and frame rate of the first video stream of `path`.
     pub fn probe(&self, path: impl AsRef<Path>) -> Result<VideoInfo> {
-        let path = path.as_ref();
+        self.probe_format(path.as_ref()).map(|(info, _)| info)
+    }
+
+    /// [`Ffmpeg::probe`] and the demuxer to pin for decoding (the first name of ffprobe's
+    /// `format_name`, which must be one of [`VIDEO_CONTAINERS`]).
+    fn probe_format(&self, path: &Path) -> Result<(VideoInfo, String)> {
         existing_file(path)?;
-        let args: [&std::ffi::OsStr; 10] = [
+        let url = file_url(path);
+        let args: [&OsStr; 12] = [
             "-v".as_ref(),
             "error".as_ref(),
+            "-protocol_whitelist".as_ref(),
+            "file,pipe".as_ref(),
             "-select_streams".as_ref(),
             "v:0".as_ref(),
             "-show_entries".as_ref(),
-            "stream=width,height,avg_frame_rate,r_frame_rate,nb_frames:format=duration".as_ref(),
+            "stream=width,height,avg_frame_rate,r_frame_rate,nb_frames:format=duration,format_name"
+                .as_ref(),
             "-of".as_ref(),
             "json".as_ref(),
-            "--".as_ref(),
-            path.as_os_str(),
+            "-i".as_ref(),
+            url.as_os_str(),
         ];
-        let out = run(&self.ffprobe, &args)?;
+        let out = self.run(&self.ffprobe, &args)?;
         if !out.status.success() {
             return Err(failure(
                 &self.ffprobe,
@@ -190,32 +407,52 @@ impl Ffmpeg {
         let number = |v: Option<&Value>| {
             v.and_then(Value::as_str)
                 .and_then(|s| s.parse::<f64>().ok())
+                .filter(|n| n.is_finite() && *n >= 0.0)
         };
-        Ok(VideoInfo {
-            width: size("width")?,
-            height: size("height")?,
+        let format = json
+            .get("format")
+            .and_then(|f| f.get("format_name"))
+            .and_then(Value::as_str)
+            .unwrap_or("");
+        if !format.split(',').any(|f| VIDEO_CONTAINERS.contains(&f)) {
+            return Err(not_video(&format!(
+                "its container `{format}` is not one of the accepted video containers ({})",
+                VIDEO_CONTAINERS.join(", ")
+            )));
+        }
+        let demuxer = format.split(',').next().unwrap_or(format).to_string();
+        let (width, height) = (size("width")?, size("height")?);
+        self.limits
+            .check_image(&format!("video frame of {}", path.display()), width, height)?;
+        let info = VideoInfo {
+            width,
+            height,
             fps,
             frame_count: number(stream.get("nb_frames")).map(|n| n as usize),
             duration_seconds: number(json.get("format").and_then(|f| f.get("duration"))),
-        })
+        };
+        Ok((info, demuxer))
     }
 
     /// Every frame of `path` at its native size. Holds the whole video in memory (1920x1080
     /// is 6 MB a frame): for short clips; [`Ffmpeg::sample`] reads only what it needs.
     pub fn decode(&self, path: impl AsRef<Path>) -> Result<VideoFrames> {
         let path = path.as_ref();
-        let info = self.probe(path)?;
+        let (info, demuxer) = self.probe_format(path)?;
         let frame_bytes = info.width * info.height * CHANNELS;
-        let mut decoder = self.spawn_decoder(path, None)?;
+        let mut decoder = self.spawn_decoder(path, &demuxer, frame_bytes, None)?;
         let mut pixels = Vec::new();
         let mut frames = 0;
-        {
-            let stdout = decoder.stdout();
-            let mut frame = vec![0u8; frame_bytes];
-            while read_frame(stdout, &mut frame).map_err(|e| Error::io(path, e))? {
-                pixels.extend_from_slice(&frame);
-                frames += 1;
+        while let Some(frame) = decoder.next(path)? {
+            if frames >= self.limits.max_video_frames {
+                return Err(Error::out_of_range(
+                    format!("frames of {}", path.display()),
+                    format!("more than {frames}"),
+                    format!("at most {}", self.limits.max_video_frames),
+                ));
             }
+            pixels.extend_from_slice(&frame);
+            frames += 1;
         }
         self.finish(decoder, path)?;
         if frames == 0 {
@@ -240,7 +477,7 @@ impl Ffmpeg {
         samplings: [FrameSampling; K],
     ) -> Result<[SampledFrames; K]> {
         let path = path.as_ref();
-        let info = self.probe(path)?;
+        let (info, demuxer) = self.probe_format(path)?;
         let mut wanted = BTreeSet::new();
         let mut candidates = Vec::with_capacity(K);
         for s in &samplings {
@@ -256,21 +493,27 @@ impl Ffmpeg {
             .collect::<Result<Vec<_>>>()?;
 
         let frame_bytes = info.width * info.height * CHANNELS;
-        let mut decoder = self.spawn_decoder(path, Some((&select, wanted.len())))?;
+        let mut decoder =
+            self.spawn_decoder(path, &demuxer, frame_bytes, Some((&select, wanted.len())))?;
         let mut resized = ResizedFrames::default();
         let mut received = 0usize;
         {
-            let stdout = decoder.stdout();
             let mut batch: Vec<Vec<u8>> = Vec::with_capacity(DECODE_BATCH);
             loop {
-                let mut frame = vec![0u8; frame_bytes];
-                let more = read_frame(stdout, &mut frame).map_err(|e| Error::io(path, e))?;
-                if more {
+                let frame = decoder.next(path)?;
+                let more = frame.is_some();
+                if let Some(frame) = frame {
                     batch.push(frame);
                 }
                 if batch.len() == DECODE_BATCH || (!more && !batch.is_empty()) {
-                    // The k-th frame ffmpeg sends is the k-th wanted id that exists.
-                    let ids = &wanted[received..received + batch.len()];
+                    // The k-th frame ffmpeg sends is the k-th wanted id that exists (ffmpeg stops
+                    // after `wanted.len()` frames; more would be a broken promise).
+                    let Some(ids) = wanted.get(received..received + batch.len()) else {
+                        return Err(Error::ExternalTool {
+                            tool: tool_name(&self.ffmpeg),
+                            message: format!("{} sent more frames than selected", path.display()),
+                        });
+                    };
                     let views: Vec<&[u8]> = batch.iter().map(Vec::as_slice).collect();
                     for ((s, cands), resizer) in samplings.iter().zip(&candidates).zip(&resizers) {
                         let (todo, views): (Vec<usize>, Vec<&[u8]>) = ids
@@ -317,10 +560,18 @@ impl Ffmpeg {
 
     /// Starts ffmpeg writing RGB24 frames of the first video stream to its stdout, optionally
     /// through a `select` filter stopping after `count` frames.
-    fn spawn_decoder(&self, path: &Path, select: Option<(&str, usize)>) -> Result<Decoder> {
+    fn spawn_decoder(
+        &self,
+        path: &Path,
+        demuxer: &str,
+        frame_bytes: usize,
+        select: Option<(&str, usize)>,
+    ) -> Result<Decoder> {
+        let deadline = Instant::now() + self.limits.ffmpeg_timeout;
         let mut cmd = Command::new(&self.ffmpeg);
-        cmd.args(["-v", "error", "-nostdin", "-noautorotate", "-i"])
-            .arg(path)
+        cmd.args(["-v", "error", "-nostdin", "-noautorotate"])
+            .args(["-protocol_whitelist", "file,pipe", "-f", demuxer, "-i"])
+            .arg(file_url(path))
             .args(["-map", "0:v:0"]);
         if let Some((filter, count)) = select {
             cmd.arg("-vf")
@@ -335,38 +586,49 @@ impl Ffmpeg {
             .stdin(Stdio::null())
             .stdout(Stdio::piped())
             .stderr(Stdio::piped());
-        let mut child = cmd.spawn().map_err(|e| spawn_error(&self.ffmpeg, e))?;
+        let child = cmd.spawn().map_err(|e| spawn_error(&self.ffmpeg, e))?;
+        let mut guard = ChildGuard(Some(child));
         // ffmpeg's messages are collected on the side so that a chatty decoder never blocks
         // on a full stderr pipe while we read frames.
-        let mut stderr = child.stderr.take().expect("stderr is piped");
-        let messages = std::thread::spawn(move || {
-            let mut text = Vec::new();
-            let _ = stderr.read_to_end(&mut text);
-            text
+        let messages = capture(guard.child().stderr.take());
+        // Frames are read on a thread and handed over through a small bounded channel, so the
+        // reader here can wait with a time limit and a cancellation check.
+        let mut stdout = guard.child().stdout.take();
+        let (send, frames) = sync_channel::<std::io::Result<Vec<u8>>>(2);
+        std::thread::spawn(move || {
+            let Some(stdout) = stdout.as_mut() else {
+                return;
+            };
+            loop {
+                let mut frame = vec![0u8; frame_bytes];
+                match read_frame(stdout, &mut frame) {
+                    Ok(true) => {
+                        if send.send(Ok(frame)).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(false) => return,
+                    Err(e) => {
+                        let _ = send.send(Err(e));
+                        return;
+                    }
+                }
+            }
         });
-        Ok(Decoder { child, messages })
+        Ok(Decoder {
+            guard,
+            frames,
+            messages,
+            tool: self.ffmpeg.clone(),
+            deadline,
+            cancel: self.cancel.clone(),
+        })
     }
 
     /// The option that passes frames through without rate conversion: `-fps_mode` since
     /// FFmpeg 5.1, `-vsync` before (deprecated since).
     fn passthrough_args(&self) -> [&'static str; 2] {
-        let modern = *self.fps_mode.get_or_init(|| {
-            let Ok(out) = run(&self.ffmpeg, &["-version".as_ref()]) else {
-                return true;
-            };
-            let text = String::from_utf8_lossy(&out.stdout);
-            let version = text.split_whitespace().nth(2).unwrap_or("");
-            let mut parts = version
-                .trim_start_matches('n')
-                .split(|c: char| !c.is_ascii_digit())
-                .map(|p| p.parse::<u32>());
-            match (parts.next(), parts.next()) {
-                (Some(Ok(major)), Some(Ok(minor))) => (major, minor) >= (5, 1),
-                // Development builds (`N-...`) and unknown formats: assume a recent FFmpeg.
-                _ => true,
-            }
-        });
-        if modern {
+        if knows_fps_mode(&self.ffmpeg, self.limits.ffmpeg_timeout) {
             ["-fps_mode", "passthrough"]
         } else {
             ["-vsync", "passthrough"]
@@ -374,16 +636,17 @@ impl Ffmpeg {
     }
 
     /// Waits for a decoder and turns a failure into an error with ffmpeg's message.
-    fn finish(&self, decoder: Decoder, path: &Path) -> Result<()> {
-        let Decoder {
-            mut child,
-            messages,
-        } = decoder;
+    fn finish(&self, mut decoder: Decoder, path: &Path) -> Result<()> {
         // Drain what is left so that ffmpeg is not blocked on a full pipe.
-        if let Some(mut stdout) = child.stdout.take() {
-            std::io::copy(&mut stdout, &mut std::io::sink()).map_err(|e| Error::io(path, e))?;
-        }
-        let status = child.wait().map_err(|e| Error::io(path, e))?;
+        while decoder.next(path)?.is_some() {}
+        let Decoder {
+            guard,
+            messages,
+            deadline,
+            cancel,
+            ..
+        } = decoder;
+        let status = guard.wait(&self.ffmpeg, deadline, cancel.as_ref())?;
         let stderr = messages.join().unwrap_or_default();
         if !status.success() {
             return Err(failure(
@@ -417,16 +680,17 @@ impl Ffmpeg {
         span: Option<(f64, f64)>,
     ) -> Result<()> {
         let (video, audio, out) = (video.as_ref(), audio.as_ref(), out.as_ref());
-        existing_file(video)?;
-        existing_file(audio)?;
-        if out == video || out == audio {
-            return Err(Error::InvalidRequest(format!(
-                "the muxed file {} would overwrite an input",
-                out.display()
-            )));
-        }
+        check_mux_target(&[video, audio], out)?;
+        // Written next to the target under a temporary name, then renamed: a failed mux
+        // leaves nothing, and `-n` never overwrites anything.
+        let name = out
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let partial = out.with_file_name(format!(".audiox-partial-{}-{name}", std::process::id()));
+        let _ = std::fs::remove_file(&partial);
         let mut cmd = Command::new(&self.ffmpeg);
-        cmd.args(["-v", "error", "-nostdin", "-y"]);
+        cmd.args(["-v", "error", "-nostdin", "-n"]);
         if let Some((start, duration)) = span {
             if !(start.is_finite() && start >= 0.0 && duration.is_finite() && duration > 0.0) {
                 return Err(Error::InvalidRequest(format!(
@@ -435,42 +699,116 @@ impl Ffmpeg {
             }
             cmd.args(["-ss", &start.to_string(), "-t", &duration.to_string()]);
         }
-        cmd.arg("-i").arg(video).arg("-i").arg(audio).args([
-            "-c:v",
-            "copy",
-            "-c:a",
-            "aac",
-            "-map",
-            "0:v:0",
-            "-map",
-            "1:a:0",
-            "-shortest",
-        ]);
-        let output = cmd
-            .arg(out)
-            .stdin(Stdio::null())
-            .output()
-            .map_err(|e| spawn_error(&self.ffmpeg, e))?;
-        if !output.status.success() {
-            return Err(failure(
-                &self.ffmpeg,
-                &format!("cannot mux {} and {}", video.display(), audio.display()),
-                &output.stderr,
-            ));
+        let whitelist = ["-protocol_whitelist", "file,pipe", "-i"];
+        cmd.args(whitelist)
+            .arg(file_url(video))
+            .args(whitelist)
+            .arg(file_url(audio))
+            .args([
+                "-c:v",
+                "copy",
+                "-c:a",
+                "aac",
+                "-map",
+                "0:v:0",
+                "-map",
+                "1:a:0",
+                "-shortest",
+            ]);
+        cmd.arg(file_url(&partial));
+        let args: Vec<OsString> = cmd.get_args().map(OsStr::to_os_string).collect();
+        let args: Vec<&OsStr> = args.iter().map(OsString::as_os_str).collect();
+        let result = self.run(&self.ffmpeg, &args).and_then(|output| {
+            if output.status.success() {
+                std::fs::rename(&partial, out).map_err(|e| Error::io(out, e))
+            } else {
+                Err(failure(
+                    &self.ffmpeg,
+                    &format!("cannot mux {} and {}", video.display(), audio.display()),
+                    &output.stderr,
+                ))
+            }
+        });
+        if result.is_err() {
+            let _ = std::fs::remove_file(&partial);
         }
-        Ok(())
+        result
     }
 }
 
-/// A running ffmpeg decoder and the thread collecting its messages.
+/// Checks a mux target before ffmpeg runs: a file name (not an option: no leading `-`), in an
+/// existing folder, and none of `inputs` (compared as canonical paths, so `./a.mp4`, `a.mp4`,
+/// a symbolic link or a hard link to an input are all refused).
+pub fn check_mux_target(inputs: &[&Path], out: &Path) -> Result<()> {
+    let refuse = |why: &str| {
+        Err(Error::InvalidRequest(format!(
+            "mux target {}: {why}",
+            out.display()
+        )))
+    };
+    if out.as_os_str().is_empty() || out.file_name().is_none() {
+        return refuse("not a file name");
+    }
+    if out.as_os_str().to_string_lossy().starts_with('-') {
+        return refuse("a name starting with `-` (write ./-name for such a file)");
+    }
+    let parent = match out.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let parent = std::fs::canonicalize(parent).map_err(|e| Error::io(parent, e))?;
+    let target = match std::fs::canonicalize(out) {
+        Ok(p) => p,
+        Err(_) => parent.join(out.file_name().unwrap_or_default()),
+    };
+    for input in inputs {
+        existing_file(input)?;
+        let canonical = std::fs::canonicalize(input).map_err(|e| Error::io(input, e))?;
+        if canonical == target || same_file(input, out) {
+            return refuse(&format!("it is the input {}", input.display()));
+        }
+    }
+    Ok(())
+}
+
+/// Whether two existing paths are the same file (same device and inode on Unix).
+fn same_file(a: &Path, b: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        if let (Ok(a), Ok(b)) = (std::fs::metadata(a), std::fs::metadata(b)) {
+            return a.dev() == b.dev() && a.ino() == b.ino();
+        }
+    }
+    let _ = (a, b);
+    false
+}
+
+/// A running ffmpeg decoder: the child (killed and waited for if dropped), its frames arriving
+/// from a reader thread, and the thread collecting its messages.
 struct Decoder {
-    child: Child,
+    guard: ChildGuard,
+    frames: Receiver<std::io::Result<Vec<u8>>>,
     messages: std::thread::JoinHandle<Vec<u8>>,
+    tool: PathBuf,
+    deadline: Instant,
+    cancel: Option<CancelCheck>,
 }
 
 impl Decoder {
-    fn stdout(&mut self) -> &mut std::process::ChildStdout {
-        self.child.stdout.as_mut().expect("stdout is piped")
+    /// The next frame; `None` at the end of the stream. Waits at most until the call's time
+    /// limit, polling the cancellation check.
+    fn next(&mut self, path: &Path) -> Result<Option<Vec<u8>>> {
+        loop {
+            check_deadline(&self.tool, self.deadline, self.cancel.as_ref())?;
+            let wait = POLL.min(self.deadline.saturating_duration_since(Instant::now()));
+            match self.frames.recv_timeout(wait) {
+                Ok(Ok(frame)) => return Ok(Some(frame)),
+                Ok(Err(e)) => return Err(Error::io(path, e)),
+                Err(RecvTimeoutError::Timeout) => {}
+                Err(RecvTimeoutError::Disconnected) => return Ok(None),
+            }
+        }
     }
 }
 

@@ -299,3 +299,163 @@ fn mux_copies_the_video_and_encodes_the_audio() {
         .unwrap();
     assert!(out2.exists());
 }
+
+// -------------------------------------------------------------------------------------------
+// Untrusted input
+// -------------------------------------------------------------------------------------------
+
+#[test]
+fn a_name_that_looks_like_a_protocol_is_read_as_a_file() {
+    if !ffmpeg_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let clip = counter_clip(dir.path(), "c.mkv", "40x30", "30", 1.0);
+    let odd = dir.path().join("x:y.mkv");
+    std::fs::copy(&clip, &odd).unwrap();
+    // Relative, so that ffmpeg sees `x:y.mkv` (an unknown protocol `x` without the prefix).
+    let here = std::env::current_dir().unwrap();
+    std::env::set_current_dir(dir.path()).unwrap();
+    let info = probe("x:y.mkv");
+    let frames = sample("x:y.mkv", [FrameSampling::new(5.0, 1.0, 8)]);
+    std::env::set_current_dir(here).unwrap();
+    assert_eq!(info.unwrap().width, 40);
+    assert_eq!(frames.unwrap()[0].len(), 5);
+}
+
+#[test]
+fn playlists_and_concat_lists_are_refused_without_opening_anything() {
+    if !ffmpeg_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let clip = counter_clip(dir.path(), "c.mkv", "40x30", "30", 1.0);
+    // A local playlist pointing at a local file: the hls demuxer is not a video container.
+    let m3u = dir.path().join("list.mp4");
+    std::fs::write(
+        &m3u,
+        format!(
+            "#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXTINF:1,\n{}\n#EXT-X-ENDLIST\n",
+            clip.display()
+        ),
+    )
+    .unwrap();
+    let remote = dir.path().join("remote.mp4");
+    std::fs::write(
+        &remote,
+        "#EXTM3U\n#EXT-X-TARGETDURATION:1\n#EXTINF:1,\nhttp://127.0.0.1:9/x.ts\n#EXT-X-ENDLIST\n",
+    )
+    .unwrap();
+    for file in [&m3u, &remote] {
+        match probe(file) {
+            Err(Error::ExternalTool { tool, .. }) => assert_eq!(tool, "ffprobe"),
+            other => panic!("{}: expected ExternalTool, got {other:?}", file.display()),
+        }
+        assert!(sample(file, [FrameSampling::new(5.0, 1.0, 8)]).is_err());
+    }
+}
+
+#[test]
+fn frame_sizes_are_checked_before_decoding() {
+    if !ffmpeg_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let clip = counter_clip(dir.path(), "c.mkv", "40x30", "30", 1.0);
+    let small = audiox_core::limits::Limits {
+        max_image_side: 32,
+        ..Default::default()
+    };
+    let ffmpeg = Ffmpeg::new().with_limits(&small);
+    for result in [
+        ffmpeg.probe(&clip).map(|_| ()),
+        ffmpeg.decode(&clip).map(|_| ()),
+        ffmpeg
+            .sample(&clip, [FrameSampling::new(5.0, 1.0, 8)])
+            .map(|_| ()),
+    ] {
+        assert!(
+            matches!(result, Err(Error::OutOfRange { .. })),
+            "{result:?}"
+        );
+    }
+}
+
+#[cfg(unix)]
+#[test]
+fn a_stalled_input_stops_at_the_time_limit() {
+    if !ffmpeg_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // A FIFO nobody writes to: opening it blocks forever.
+    let fifo = dir.path().join("stall.mp4");
+    let made = Command::new("mkfifo").arg(&fifo).status();
+    if !made.is_ok_and(|s| s.success()) {
+        eprintln!("NOTICE: mkfifo unavailable; stalled-input test skipped");
+        return;
+    }
+    let started = std::time::Instant::now();
+    let result = Ffmpeg::new()
+        .with_timeout(std::time::Duration::from_millis(500))
+        .probe(&fifo);
+    let elapsed = started.elapsed();
+    match result {
+        Err(Error::ExternalTool { message, .. }) => {
+            assert!(message.contains("time limit"), "{message}")
+        }
+        other => panic!("expected a time-limit error, got {other:?}"),
+    }
+    assert!(elapsed < std::time::Duration::from_secs(10), "{elapsed:?}");
+}
+
+#[test]
+fn cancelling_stops_the_decoder() {
+    if !ffmpeg_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let clip = counter_clip(dir.path(), "c.mkv", "40x30", "30", 2.0);
+    let ffmpeg = Ffmpeg::new().with_cancel(std::sync::Arc::new(|| true));
+    assert!(matches!(
+        ffmpeg.sample(&clip, [FrameSampling::new(5.0, 1.0, 8)]),
+        Err(Error::Cancelled { .. })
+    ));
+    assert!(matches!(ffmpeg.decode(&clip), Err(Error::Cancelled { .. })));
+}
+
+#[test]
+fn mux_targets_are_validated_on_canonical_paths() {
+    let dir = tempfile::tempdir().unwrap();
+    let video = dir.path().join("v.mp4");
+    let wav = dir.path().join("a.wav");
+    std::fs::write(&video, b"v").unwrap();
+    std::fs::write(&wav, b"a").unwrap();
+    let inputs = [video.as_path(), wav.as_path()];
+    let refused = |out: &Path| {
+        matches!(
+            audiox_encoders::video_file::check_mux_target(&inputs, out),
+            Err(Error::InvalidRequest(_))
+        )
+    };
+    assert!(refused(&video));
+    assert!(refused(&dir.path().join(".").join("v.mp4")));
+    assert!(refused(Path::new("-y.mp4")));
+    assert!(refused(Path::new("")));
+    #[cfg(unix)]
+    {
+        let link = dir.path().join("link.mp4");
+        std::os::unix::fs::symlink(&video, &link).unwrap();
+        assert!(refused(&link));
+        let hard = dir.path().join("hard.mp4");
+        std::fs::hard_link(&video, &hard).unwrap();
+        assert!(refused(&hard));
+    }
+    assert!(
+        audiox_encoders::video_file::check_mux_target(&inputs, &dir.path().join("out.mp4")).is_ok()
+    );
+    // An existing, unrelated target is fine (it is replaced only when the mux succeeds).
+    let other = dir.path().join("other.mp4");
+    std::fs::write(&other, b"o").unwrap();
+    assert!(audiox_encoders::video_file::check_mux_target(&inputs, &other).is_ok());
+}

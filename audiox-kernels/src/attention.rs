@@ -12,6 +12,15 @@ use crate::{flex_f32_strided, reference};
 /// of a `[B, N, H, dv]` buffer, so merging the heads afterwards is free. [`reference::attention`]
 /// on other backends.
 pub fn attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, scale: Option<f64>) -> Tensor<4> {
+    {
+        let ([b, h, n, d], [kb, kh, m, kd], [vb, vh, vm, dv]) = (q.dims(), k.dims(), v.dims());
+        let consistent = (kb, kh, kd) == (b, h, d) && (vb, vh, vm) == (b, h, m);
+        if consistent && b * h * n * dv == 0 {
+            // No output element (an empty batch, no heads, no queries or no value width): the
+            // empty result, which burn's own attention refuses to compute for zero heads.
+            return Tensor::zeros([b, h, n, dv], &q.device());
+        }
+    }
     let (Some(qf), Some(kf), Some(vf)) = (
         flex_f32_strided(&q),
         flex_f32_strided(&k),
@@ -22,7 +31,8 @@ pub fn attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, scale: Option<f64>) -
     let [b, h, n, d] = q.dims();
     let [kb, kh, m, kd] = k.dims();
     let [vb, vh, vm, dv] = v.dims();
-    if (kb, kh, kd) != (b, h, d) || (vb, vh, vm) != (b, h, m) || m == 0 || n == 0 || dv == 0 {
+    let consistent = (kb, kh, kd) == (b, h, d) && (vb, vh, vm) == (b, h, m);
+    if !consistent || m == 0 || n == 0 || dv == 0 {
         return reference::attention(q, k, v, scale);
     }
     let scale = scale.unwrap_or(1.0 / (d as f64).sqrt()) as f32;

@@ -116,6 +116,9 @@ impl AudioX {
         mut request: Request,
         control: &mut StepControl<'_>,
     ) -> Result<Generation> {
+        // Limits first: nothing below is sized by a request value before they are checked.
+        let max_seconds = self.inner.config.conditioning_seconds as f64;
+        crate::limits::check_request(&self.inner.limits, &request, max_seconds)?;
         // Long-form: a duration past the model's window goes through windowed continuation.
         if request
             .duration
@@ -436,7 +439,8 @@ fn video_condition(
         ),
         #[cfg(feature = "video")]
         VideoInput::File(path) => {
-            let [c, s] = audiox_encoders::video_file::sample(path, [clip_sampling, sync_sampling])?;
+            let ffmpeg = audiox_encoders::video_file::Ffmpeg::new().with_limits(&m.limits);
+            let [c, s] = ffmpeg.sample(path, [clip_sampling, sync_sampling])?;
             (c, s, false)
         }
         #[cfg(not(feature = "video"))]
@@ -490,9 +494,7 @@ fn audio_condition(
             .forward_silent(b, &PromptMask::Random, noise, &m.device);
     };
     let rate = m.config.sample_rate;
-    let audio = p.audio.resample(rate)?;
-    let start = (p.start_seconds * rate as f64) as usize;
-    let window = audio.window(start, samples);
+    let window = p.audio.window_at_rate(rate, p.start_seconds, samples)?;
     let channels = window.num_channels();
     let values: Vec<f32> = window.channels().iter().flatten().copied().collect();
     let one = from_vec(values, [1, channels, samples], &m.device)?;
@@ -520,6 +522,8 @@ fn postprocess(
     let [b, c, n] = decoded.dims();
     let keep = samples.min(n);
     let values = to_vec(decoded.clone().narrow(2, 0, keep));
+    // A non-finite output (extreme guidance, a custom sampler) is an error, never a WAV.
+    audiox_core::limits::check_finite("generated audio sample", std::slice::from_ref(&values))?;
     (0..b)
         .map(|i| {
             let channels = (0..c)

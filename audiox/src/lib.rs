@@ -27,6 +27,7 @@ pub mod convert;
 mod generate;
 #[cfg(feature = "hub")]
 pub mod hub;
+mod limits;
 pub mod long_form;
 mod model;
 #[cfg(feature = "parity")]
@@ -52,6 +53,7 @@ pub use postprocess::OutputOptions;
 
 pub use audiox_core::audio::{Audio, WavFormat};
 pub use audiox_core::config::ModelConfig;
+pub use audiox_core::limits::Limits;
 pub use audiox_core::noise::{NoiseSource, ReplayNoise, SeededNoise};
 pub use audiox_core::weights::LoadReport;
 pub use audiox_core::{Error, Result};

@@ -8,6 +8,7 @@ use std::time::Instant;
 use burn::tensor::Device;
 
 use audiox_core::config::ModelConfig;
+use audiox_core::limits::Limits;
 use audiox_core::weights::{
     Component, LoadReport, StateDict, WeightSource, official_names, resolve_official_keys,
 };
@@ -58,6 +59,8 @@ pub(crate) struct Components {
     pub chunked_decode: Option<ChunkedDecode>,
     pub report: LoadReport,
     pub paths: CheckpointPaths,
+    /// Bounds every request is checked against (`crate::limits`).
+    pub limits: Limits,
 }
 
 /// A loaded AudioX-Turbo model. Cheap to clone (shared), `Send + Sync`: several threads may
@@ -132,6 +135,11 @@ impl AudioX {
     pub fn paths(&self) -> &CheckpointPaths {
         &self.inner.paths
     }
+
+    /// The bounds every request is checked against (see [`AudioXBuilder::limits`]).
+    pub fn limits(&self) -> &Limits {
+        &self.inner.limits
+    }
 }
 
 /// Builds an [`AudioX`] from a checkpoint folder in the official layout (see
@@ -142,6 +150,7 @@ pub struct AudioXBuilder {
     files: CheckpointPaths,
     device: Device,
     chunked_decode: Option<ChunkedDecode>,
+    limits: Limits,
 }
 
 impl Default for AudioXBuilder {
@@ -151,6 +160,7 @@ impl Default for AudioXBuilder {
             files: CheckpointPaths::default(),
             device: Device::flex(),
             chunked_decode: None,
+            limits: Limits::default(),
         }
     }
 }
@@ -221,13 +231,31 @@ impl AudioXBuilder {
         self
     }
 
+    /// Bounds on requests and inputs (steps, samples, prompt sizes, image sizes, the ffmpeg
+    /// time limit...; default [`Limits::default`], listed in `docs/guide.md`). A server lowers
+    /// the ones it cares about:
+    ///
+    /// ```no_run
+    /// use audiox::{AudioX, Limits};
+    /// let model = AudioX::builder()
+    ///     .checkpoint_dir("checkpoints")
+    ///     .limits(Limits { max_steps: 64, max_num_samples: 4, ..Limits::default() })
+    ///     .build()?;
+    /// # Ok::<(), audiox::Error>(())
+    /// ```
+    pub fn limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
+    }
+
     /// Loads every file and builds the model.
     pub fn build(self) -> Result<AudioX> {
         let paths = match &self.dir {
             Some(dir) => CheckpointPaths::from_dir(dir)?.overridden_by(&self.files),
             None => self.files.clone(),
         };
-        let components = load(paths, self.device, self.chunked_decode)?;
+        let mut components = load(paths, self.device, self.chunked_decode)?;
+        components.limits = self.limits;
         Ok(AudioX {
             inner: Arc::new(components),
         })
@@ -376,6 +404,7 @@ fn load(
         chunked_decode,
         report,
         paths,
+        limits: Limits::default(),
     })
 }
 
