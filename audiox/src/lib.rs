@@ -23,12 +23,14 @@
 #![warn(missing_docs)]
 
 mod checkpoint;
+mod device;
 mod generate;
 mod model;
 pub mod parity;
 mod request;
 
 pub use checkpoint::CheckpointPaths;
+pub use device::{Precision, device_names, select_device};
 pub use generate::{Generation, Intermediates, StageTimings};
 pub use model::{AudioX, AudioXBuilder, DenoiserKind};
 pub use request::{AudioPrompt, AudioPromptMask, Request, SamplerChoice, VideoInput};
