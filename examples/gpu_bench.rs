@@ -89,7 +89,10 @@ fn build(tiny: bool, device: &Device) -> Result<Model> {
         .text_conditioner()
         .ok_or_else(|| Error::config("model.conditioning.configs", "no text conditioner"))?;
     // The tiny bundle's tokenizer: its ids are valid for both vocabularies.
-    let tokenizer = T5Tokenizer::from_file(bundle.join("tokenizer.json"), text_config.max_length)?;
+    let tokenizer = T5Tokenizer::from_file(
+        bundle.join("t5-base").join("tokenizer.json"),
+        text_config.max_length,
+    )?;
     let text = TextConditioner::new(
         tokenizer,
         t5.init(device),

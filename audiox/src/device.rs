@@ -154,7 +154,12 @@ mod tests {
             let e = select_device("cpu", p).unwrap_err().to_string();
             assert!(e.contains("GPU"), "{e}");
         }
-        let e = select_device("tpu", Precision::F32).unwrap_err().to_string();
-        assert!(e.contains("cpu"), "the message lists the known devices: {e}");
+        let e = select_device("tpu", Precision::F32)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("cpu"),
+            "the message lists the known devices: {e}"
+        );
     }
 }
