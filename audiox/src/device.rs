@@ -104,7 +104,7 @@ pub fn select_device(name: &str, precision: Precision) -> Result<Device> {
                     "precision {precision} is for GPU devices; the CPU device computes in f32"
                 )));
             }
-            return Ok(Device::flex());
+            Device::flex()
         }
         #[cfg(feature = "wgpu")]
         "wgpu" => Device::wgpu(burn::tensor::DeviceKind::DefaultDevice),

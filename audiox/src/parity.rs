@@ -49,10 +49,14 @@ impl Outcome {
     fn from_checks(checks: Vec<Check>) -> Self {
         let by_excess = |a: &&Check, b: &&Check| a.worst_excess.total_cmp(&b.worst_excess);
         // Error in units of the absolute tolerance (exact integer checks have atol 0).
-        let in_atol = |c: &Check| match (c.max_abs_err, c.atol) {
-            (e, _) if e == 0.0 => 0.0,
-            (e, a) if a > 0.0 => e / a,
-            _ => f64::INFINITY,
+        let in_atol = |c: &Check| {
+            if c.max_abs_err == 0.0 {
+                0.0
+            } else if c.atol > 0.0 {
+                c.max_abs_err / c.atol
+            } else {
+                f64::INFINITY
+            }
         };
         let Some(closest) = checks
             .iter()
