@@ -36,7 +36,8 @@ fn step_flops(c: &DitConfig, batch: usize) -> f64 {
 }
 
 /// FLOPs of the reference's step, which also computes the modulation and the dead
-/// cross-attention query projection every time (reference-model.md 11.2: ~1.0 TFLOP).
+/// cross-attention query projection every time (~1.0 TFLOP: `docs/architecture.md`, "Cost of a
+/// request").
 fn reference_step_flops(c: &DitConfig, batch: usize) -> f64 {
     let (n, e) = (c.seq_len, c.width);
     let extra = c.depth * (n * e * 6 * e + n * e * e)

@@ -11,7 +11,7 @@ use audiox_core::config::ModelConfig;
 use audiox_core::fixtures::{FixtureSet, official_config_path};
 use audiox_core::noise::{NoiseSource, SeededNoise};
 use audiox_core::tensor::from_dyn;
-use audiox_core::weights::{WeightSource, load_module};
+use audiox_core::weights::{Component, WeightSource};
 use audiox_encoders::clip::{ClipVision, ClipVisionConfig, normalize_pixels};
 use audiox_encoders::conditioners::{TemporalTransformerConfig, VideoConditionerConfig};
 use audiox_encoders::parity::conditioner::video_conditioner;
@@ -54,7 +54,7 @@ fn tiny(c: &mut Criterion) {
     // T5 (t5_encoder fixture: 2 x 130 tokens).
     let fx = set.fixture("t5_encoder").expect("t5_encoder fixture");
     let config = T5Config::from_hf_json(fx.field("t5_config").unwrap()).unwrap();
-    let (t5, _) = config.init(&device).load(fx.weights(), "").unwrap();
+    let (t5, _) = T5Encoder::load(&config, &[WeightSource::new(fx.weights())], &device).unwrap();
     let ids = fx.i64("in.input_ids").unwrap();
     let mask = fx.i64("in.attention_mask").unwrap();
     let dims = [ids.shape[0], ids.shape[1]];
@@ -71,12 +71,7 @@ fn tiny(c: &mut Criterion) {
     // CLIP (clip_vision fixture).
     let fx = set.fixture("clip_vision").expect("clip_vision fixture");
     let config = ClipVisionConfig::from_hf_json(fx.field("clip_config").unwrap()).unwrap();
-    let (clip, _) = load_module(
-        config.init(&device),
-        &ClipVision::layout(),
-        &[WeightSource::new(fx.weights())],
-    )
-    .unwrap();
+    let (clip, _) = ClipVision::load(&config, &[WeightSource::new(fx.weights())], &device).unwrap();
     let frames = fx.f32("in.frames").unwrap();
     let frames = from_dyn::<4>(frames.values, &frames.shape, &device).unwrap();
     c.bench_function("clip_tiny", |b| {

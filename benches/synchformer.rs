@@ -13,8 +13,9 @@ mod common;
 use audiox_core::fixtures::FixtureSet;
 use audiox_core::noise::{NoiseSource, SeededNoise};
 use audiox_core::tensor::from_dyn;
+use audiox_core::weights::{Component, WeightSource};
 use audiox_encoders::parity::synchformer::synchformer_config;
-use audiox_encoders::synchformer::{Synchformer, SynchformerConfig};
+use audiox_encoders::synchformer::{Synchformer, SynchformerConfig, WEIGHT_PREFIX};
 use criterion::{Criterion, criterion_group, criterion_main};
 
 /// Segments of a 10 s request.
@@ -53,7 +54,12 @@ fn tiny(c: &mut Criterion) {
     let set = FixtureSet::open_default().expect("fixture set");
     let fx = set.fixture("synchformer").expect("synchformer fixture");
     let config = synchformer_config(&fx).unwrap();
-    let (model, _) = Synchformer::load_from(&config, fx.weights(), &device).unwrap();
+    let (model, _) = Synchformer::load(
+        &config,
+        &[WeightSource::with_prefix(fx.weights(), WEIGHT_PREFIX)],
+        &device,
+    )
+    .unwrap();
     let frames = fx.f32("in.frames").unwrap();
     let frames = from_dyn::<5>(frames.values, &frames.shape, &device).unwrap();
     c.bench_function("synchformer_tiny", |b| {

@@ -9,7 +9,7 @@ use audiox_core::config::ModelConfig;
 use audiox_core::fixtures::{FixtureSet, official_config_path};
 use audiox_core::noise::{NoiseSource, SeededNoise};
 use audiox_core::tensor::from_dyn;
-use audiox_core::weights::{WeightSource, load_module};
+use audiox_core::weights::{Component, WeightSource};
 use audiox_vae::{ChunkedDecode, OobleckDecoder, OobleckDecoderConfig, VaeConfig};
 use burn::tensor::Tensor;
 use criterion::{Criterion, criterion_group, criterion_main};
@@ -39,14 +39,10 @@ fn tiny(c: &mut Criterion) {
     let set = FixtureSet::open_default().expect("fixture set");
     let fx = set.fixture("vae_decoder").expect("vae_decoder fixture");
     let config = ModelConfig::from_json_value(fx.config_json().unwrap()).unwrap();
-    let decoder =
-        OobleckDecoderConfig::from_config(&config.model.pretransform.config.decoder.config)
-            .init(&device);
-    let layout = decoder.layout();
-    let (decoder, _) = load_module(
-        decoder,
-        &layout,
+    let (decoder, _) = OobleckDecoder::load(
+        &OobleckDecoderConfig::from_config(&config.model.pretransform.config.decoder.config),
         &[WeightSource::with_prefix(fx.weights(), "decoder.")],
+        &device,
     )
     .unwrap();
     let latent = fx.f32("in.latent").unwrap();

@@ -10,14 +10,13 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use audiox::sampler::{
-    Denoiser, Guidance, Guided, Sampler, Schedule, StepControl, StepInfo, velocity_at,
-};
-use audiox::{AudioX, NoiseSource, Request};
+use audiox::sampler::{Guidance, Sampler, SamplerKind, Schedule, Step};
+use audiox::{AudioX, Request};
 use burn::tensor::Tensor;
 
 /// The explicit midpoint rule on the rectified-flow ODE `dz/dt = v(z, t)`: two evaluations per
-/// step, second order.
+/// step, second order. The library's driver runs the loop (guidance, progress, cancellation,
+/// checks); the sampler is its update rule.
 #[derive(Debug)]
 struct Midpoint {
     schedule: Schedule,
@@ -28,34 +27,19 @@ impl Sampler for Midpoint {
     fn name(&self) -> &str {
         "midpoint"
     }
-    fn steps(&self) -> usize {
-        self.schedule.steps()
-    }
-    fn evaluations(&self) -> usize {
-        2 * self.steps()
+    fn schedule(&self) -> &Schedule {
+        &self.schedule
     }
     fn guidance(&self) -> Guidance {
         self.guidance
     }
-    fn sample(
-        &self,
-        denoiser: &dyn Denoiser,
-        noise: Tensor<3>,
-        _rng: &mut dyn NoiseSource,
-        control: &mut StepControl<'_>,
-    ) -> audiox::Result<Tensor<3>> {
-        let times = self.schedule.times()?;
-        let denoiser = Guided::new(denoiser, self.guidance);
-        let total = times.len() - 1;
-        let mut x = noise;
-        for (k, w) in times.windows(2).enumerate() {
-            control.check_cancelled(k, total)?;
-            let (t, dt) = (w[0], w[1] - w[0]);
-            let half = x.clone() + velocity_at(&denoiser, &x, t)?.mul_scalar(0.5 * dt);
-            x = x + velocity_at(&denoiser, &half, t + 0.5 * dt)?.mul_scalar(dt);
-            control.report(&StepInfo::new(k, total, t, w[1], &x));
-        }
-        Ok(x)
+    fn evaluations_per_step(&self) -> usize {
+        2
+    }
+    fn step(&self, x: Tensor<3>, step: &mut Step<'_>) -> audiox::Result<Tensor<3>> {
+        let (t, dt) = (step.t(), step.dt());
+        let half = x.clone() + step.velocity(&x, t)?.mul_scalar(0.5 * dt);
+        Ok(x + step.velocity(&half, t + 0.5 * dt)?.mul_scalar(dt))
     }
 }
 
@@ -80,9 +64,12 @@ fn main() -> audiox::Result<()> {
         ("midpoint, 8 steps", request().sampler(midpoint)),
         (
             "euler, 16 steps",
-            request().sampler_named("euler").steps(16),
+            request().sampler(SamplerKind::Euler).steps(16),
         ),
-        ("heun, 8 steps", request().sampler_named("heun").steps(8)),
+        (
+            "heun, 8 steps",
+            request().sampler(SamplerKind::Heun).steps(8),
+        ),
     ];
     for (label, r) in runs {
         let out = model.generate(r)?;

@@ -44,9 +44,14 @@ pub struct ModelConfig {
     /// Training-only settings, kept as opaque JSON.
     #[serde(default)]
     pub training: Option<Value>,
-    /// Sizes the official constructors hard-code, overridden by small test models.
-    #[serde(rename = "_tiny_hardcoded_sizes", default)]
-    pub hardcoded_sizes: Option<Value>,
+    /// Sizes the official constructors hard-code: the full-size values, overridden by small
+    /// test models through `_tiny_hardcoded_sizes` (see [`ModelConfig::arch_sizes`]).
+    #[serde(
+        rename = "_tiny_hardcoded_sizes",
+        default,
+        deserialize_with = "deserialize_arch_sizes"
+    )]
+    pub hardcoded_sizes: ArchSizes,
 }
 
 fn default_seconds() -> u32 {
@@ -445,7 +450,7 @@ pub struct ArchSizes {
 }
 
 /// Temporal transformer sizes of the video conditioner.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct TemporalSizes {
     /// Layers (4).
     pub depth: usize,
@@ -458,7 +463,7 @@ pub struct TemporalSizes {
 }
 
 /// Synchformer (MotionFormer) sizes.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Deserialize)]
 pub struct SynchformerSizes {
     /// Square frame size (224).
     pub image_size: usize,
@@ -481,7 +486,57 @@ pub struct SynchformerSizes {
     /// Frame rate of the Synchformer stream (25).
     pub frame_rate: u32,
     /// LayerNorm epsilon (1e-6).
+    #[serde(default = "default_layer_norm_eps")]
     pub layer_norm_eps: f64,
+}
+
+fn default_layer_norm_eps() -> f64 {
+    1e-6
+}
+
+/// `_tiny_hardcoded_sizes`: each entry is `[this model's value, full-size value]`; entries this
+/// crate does not use (and the second value of each pair) are ignored, as the official code
+/// ignores the whole key.
+#[derive(Deserialize)]
+struct HardcodedSizes {
+    /// `proj` weight shape `[T·Q, Nv]`.
+    #[serde(rename = "video_prompt.proj")]
+    video_proj: Option<Pair<[usize; 2]>>,
+    /// `proj_sync` weight shape `[R, Nv]`.
+    #[serde(rename = "video_prompt.proj_sync")]
+    video_proj_sync: Option<Pair<[usize; 2]>>,
+    /// `proj_features_128` weight shape `[La, Na]`.
+    #[serde(rename = "audio_prompt.proj_features_128")]
+    audio_proj: Option<Pair<[usize; 2]>>,
+    #[serde(rename = "video_prompt.Temp_transformer")]
+    temporal: Option<Pair<TemporalSizes>>,
+    synchformer: Option<Pair<SynchformerSizes>>,
+}
+
+/// `[this model's value, full-size value]`.
+type Pair<T> = (T, serde::de::IgnoredAny);
+
+fn deserialize_arch_sizes<'de, D: serde::Deserializer<'de>>(
+    de: D,
+) -> std::result::Result<ArchSizes, D::Error> {
+    let given = HardcodedSizes::deserialize(de)?;
+    let mut sizes = ArchSizes::default();
+    if let Some(([_, tokens], _)) = given.video_proj {
+        sizes.video_tokens = tokens;
+    }
+    if let Some(([rows, _], _)) = given.video_proj_sync {
+        sizes.sync_rows = rows;
+    }
+    if let Some(([_, tokens], _)) = given.audio_proj {
+        sizes.audio_tokens = tokens;
+    }
+    if let Some((temporal, _)) = given.temporal {
+        sizes.temporal = temporal;
+    }
+    if let Some((synchformer, _)) = given.synchformer {
+        sizes.synchformer = synchformer;
+    }
+    Ok(sizes)
 }
 
 impl Default for ArchSizes {
@@ -567,8 +622,31 @@ impl ModelConfig {
         Self::from_json_str(&value.to_string())
     }
 
-    /// Checks that the values describe a model this crate can build.
+    /// Checks that the values describe a model this crate can build: every size positive, the
+    /// sizes consistent across sections, and every size derived from them (products of
+    /// strides, widths, sample counts) representable. A bad value is an [`Error::Config`]
+    /// naming its field.
     pub fn validate(&self) -> Result<()> {
+        positive("sample_size", self.sample_size)?;
+        positive("sample_rate", self.sample_rate as usize)?;
+        positive("conditioning_seconds", self.conditioning_seconds as usize)?;
+        positive("video_fps", self.video_fps as usize)?;
+        positive("audio_channels", self.audio_channels)?;
+        positive("model.io_channels", self.model.io_channels)?;
+        positive(
+            "model.conditioning.cond_dim",
+            self.model.conditioning.cond_dim,
+        )?;
+        mul(
+            "conditioning_seconds",
+            self.sample_rate as usize,
+            self.conditioning_seconds as usize,
+        )?;
+        mul(
+            "video_fps",
+            self.video_fps as usize,
+            self.conditioning_seconds as usize,
+        )?;
         let pre = &self.model.pretransform.config;
         check_autoencoder("model.pretransform.config", pre)?;
         if pre.io_channels != self.audio_channels {
@@ -590,6 +668,18 @@ impl ModelConfig {
             ));
         }
         let dit = &self.model.diffusion.config;
+        let at = |k: &str| format!("model.diffusion.config.{k}");
+        for (k, v) in [
+            ("io_channels", dit.io_channels),
+            ("embed_dim", dit.embed_dim),
+            ("num_heads", dit.num_heads),
+            ("cond_token_dim", dit.cond_token_dim),
+            ("global_cond_dim", dit.global_cond_dim),
+        ] {
+            positive(at(k), v)?;
+        }
+        // The SwiGLU hidden width is computed from 8 x embed_dim.
+        mul(at("embed_dim"), dit.embed_dim, 8)?;
         if dit.io_channels != pre.latent_dim {
             return Err(Error::config(
                 "model.diffusion.config.io_channels",
@@ -658,7 +748,7 @@ impl ModelConfig {
             ));
         }
         if let Some(seq) = dit.latent_seq_len
-            && seq != latents + 1
+            && seq.checked_sub(1) != Some(latents)
         {
             return Err(Error::config(
                 "model.diffusion.config._latent_seq_len",
@@ -677,6 +767,12 @@ impl ModelConfig {
         }
         let maf = &diffusion.gate_type_config;
         let d = self.model.conditioning.cond_dim;
+        positive(
+            "model.diffusion.gate_type_config.num_fusion_layers",
+            maf.num_fusion_layers,
+        )?;
+        // The gating network reads the three streams side by side.
+        mul("model.conditioning.cond_dim", d, 3)?;
         if maf.num_heads == 0 || !d.is_multiple_of(maf.num_heads) {
             return Err(Error::config(
                 "model.diffusion.gate_type_config.num_heads",
@@ -741,6 +837,8 @@ impl ModelConfig {
                     }
                 }
                 ConditionerKind::Audio(a) => {
+                    positive(format!("{field}.sample_rate"), a.sample_rate as usize)?;
+                    positive(format!("{field}.latent_seq_len"), a.latent_seq_len)?;
                     check_autoencoder(
                         &format!("{field}.pretransform_config.config"),
                         &a.pretransform_config.config,
@@ -760,6 +858,62 @@ impl ModelConfig {
                 }
             }
         }
+        self.check_arch_sizes()
+    }
+
+    /// Checks the hard-coded sizes (`_tiny_hardcoded_sizes` of a small model).
+    fn check_arch_sizes(&self) -> Result<()> {
+        let sizes = &self.hardcoded_sizes;
+        let at = |k: &str| format!("_tiny_hardcoded_sizes.{k}");
+        positive(at("video_prompt.proj"), sizes.video_tokens)?;
+        positive(at("video_prompt.proj_sync"), sizes.sync_rows)?;
+        positive(at("audio_prompt.proj_features_128"), sizes.audio_tokens)?;
+        let t = &sizes.temporal;
+        for (k, v) in [
+            ("depth", t.depth),
+            ("heads", t.heads),
+            ("dim_head", t.dim_head),
+            ("mlp_dim", t.mlp_dim),
+        ] {
+            positive(at(&format!("video_prompt.Temp_transformer.{k}")), v)?;
+        }
+        mul(
+            at("video_prompt.Temp_transformer.dim_head"),
+            t.heads,
+            t.dim_head,
+        )?;
+        let s = &sizes.synchformer;
+        for (k, v) in [
+            ("image_size", s.image_size),
+            ("patch_size", s.patch_size),
+            ("tubelet", s.tubelet),
+            ("embed_dim", s.embed_dim),
+            ("depth", s.depth),
+            ("heads", s.heads),
+            ("mlp_ratio", s.mlp_ratio),
+            ("segment", s.segment),
+            ("stride", s.stride),
+            ("frame_rate", s.frame_rate as usize),
+        ] {
+            positive(at(&format!("synchformer.{k}")), v)?;
+        }
+        mul(at("synchformer.mlp_ratio"), s.mlp_ratio, s.embed_dim)?;
+        mul(at("synchformer.image_size"), s.image_size, s.image_size)?;
+        if !(s.layer_norm_eps.is_finite() && s.layer_norm_eps > 0.0) {
+            return Err(Error::config(
+                at("synchformer.layer_norm_eps"),
+                format!("{} is not a positive number", s.layer_norm_eps),
+            ));
+        }
+        // The DiT's context: the three streams' tokens side by side.
+        let text_tokens = self.text_conditioner().map_or(0, |t| t.max_length);
+        sizes
+            .video_tokens
+            .checked_add(text_tokens)
+            .and_then(|n| n.checked_add(sizes.audio_tokens))
+            .ok_or_else(|| {
+                Error::config(at("video_prompt.proj"), "the context token count overflows")
+            })?;
         Ok(())
     }
 
@@ -818,90 +972,9 @@ impl ModelConfig {
     }
 
     /// The hard-coded sizes: full-size values, overridden by `_tiny_hardcoded_sizes` when the
-    /// config has it.
+    /// config has it (checked by [`ModelConfig::validate`]).
     pub fn arch_sizes(&self) -> Result<ArchSizes> {
-        let mut sizes = ArchSizes::default();
-        let Some(Value::Object(map)) = &self.hardcoded_sizes else {
-            return Ok(sizes);
-        };
-        let field = |k: &str| format!("_tiny_hardcoded_sizes.{k}");
-        // Each entry is `[this model's value, full-size value]`.
-        let first = |k: &str| -> Result<Option<&Value>> {
-            match map.get(k) {
-                None => Ok(None),
-                Some(Value::Array(pair)) if pair.len() == 2 => Ok(Some(&pair[0])),
-                Some(_) => Err(Error::config(field(k), "expected [value, full-size value]")),
-            }
-        };
-        let usize_at = |v: &Value, k: &str, idx: Option<usize>| -> Result<usize> {
-            let v = match idx {
-                Some(i) => v.get(i),
-                None => Some(v),
-            };
-            v.and_then(Value::as_u64)
-                .map(|x| x as usize)
-                .ok_or_else(|| Error::config(field(k), "expected an unsigned integer"))
-        };
-        if let Some(v) = first("video_prompt.proj")? {
-            sizes.video_tokens = usize_at(v, "video_prompt.proj", Some(1))?;
-        }
-        if let Some(v) = first("video_prompt.proj_sync")? {
-            sizes.sync_rows = usize_at(v, "video_prompt.proj_sync", Some(0))?;
-        }
-        if let Some(v) = first("audio_prompt.proj_features_128")? {
-            sizes.audio_tokens = usize_at(v, "audio_prompt.proj_features_128", Some(1))?;
-        }
-        if let Some(v) = first("video_prompt.Temp_transformer")? {
-            let k = "video_prompt.Temp_transformer";
-            let get = |name: &str| {
-                v.get(name)
-                    .and_then(Value::as_u64)
-                    .map(|x| x as usize)
-                    .ok_or_else(|| {
-                        Error::config(
-                            format!("{}.{name}", field(k)),
-                            "expected an unsigned integer",
-                        )
-                    })
-            };
-            sizes.temporal = TemporalSizes {
-                depth: get("depth")?,
-                heads: get("heads")?,
-                dim_head: get("dim_head")?,
-                mlp_dim: get("mlp_dim")?,
-            };
-        }
-        if let Some(v) = first("synchformer")? {
-            let k = "synchformer";
-            let get = |name: &str| {
-                v.get(name)
-                    .and_then(Value::as_u64)
-                    .map(|x| x as usize)
-                    .ok_or_else(|| {
-                        Error::config(
-                            format!("{}.{name}", field(k)),
-                            "expected an unsigned integer",
-                        )
-                    })
-            };
-            sizes.synchformer = SynchformerSizes {
-                image_size: get("image_size")?,
-                patch_size: get("patch_size")?,
-                tubelet: get("tubelet")?,
-                embed_dim: get("embed_dim")?,
-                depth: get("depth")?,
-                heads: get("heads")?,
-                mlp_ratio: get("mlp_ratio")?,
-                segment: get("segment")?,
-                stride: get("stride")?,
-                frame_rate: get("frame_rate")? as u32,
-                layer_norm_eps: v
-                    .get("layer_norm_eps")
-                    .and_then(Value::as_f64)
-                    .unwrap_or(1e-6),
-            };
-        }
-        Ok(sizes)
+        Ok(self.hardcoded_sizes.clone())
     }
 }
 
@@ -929,13 +1002,24 @@ fn check_autoencoder(prefix: &str, ae: &AutoencoderConfig) -> Result<()> {
                 format!("{} multipliers for {} strides", mults.len(), strides.len()),
             ));
         }
-        if strides.contains(&0) || mults.contains(&0) || channels == 0 {
-            return Err(Error::config(
-                format!("{prefix}.{name}.config.strides"),
-                "sizes must be positive",
-            ));
+        let at = |k: &str| format!("{prefix}.{name}.config.{k}");
+        positive(at("channels"), channels)?;
+        for (i, (&m, &s)) in mults.iter().zip(strides).enumerate() {
+            positive(at(&format!("c_mults[{i}]")), m)?;
+            positive(at(&format!("strides[{i}]")), s)?;
+            // Level widths are `channels * c_mult`; kernels are `2 * stride` long.
+            mul(at(&format!("c_mults[{i}]")), channels, m)?;
+            mul(at(&format!("strides[{i}]")), s, 2)?;
         }
-        let product: usize = strides.iter().product();
+        let product = strides
+            .iter()
+            .try_fold(1usize, |p, &s| p.checked_mul(s))
+            .ok_or_else(|| {
+                Error::config(
+                    at("strides"),
+                    format!("the product of {strides:?} overflows"),
+                )
+            })?;
         if product != ae.downsampling_ratio {
             return Err(Error::config(
                 format!("{prefix}.downsampling_ratio"),
@@ -946,6 +1030,17 @@ fn check_autoencoder(prefix: &str, ae: &AutoencoderConfig) -> Result<()> {
             ));
         }
     }
+    positive(format!("{prefix}.latent_dim"), ae.latent_dim)?;
+    positive(format!("{prefix}.io_channels"), ae.io_channels)?;
+    positive(
+        format!("{prefix}.encoder.config.in_channels"),
+        enc.in_channels,
+    )?;
+    positive(
+        format!("{prefix}.decoder.config.out_channels"),
+        dec.out_channels,
+    )?;
+    mul(format!("{prefix}.latent_dim"), ae.latent_dim, 2)?;
     if !enc.use_snake || !dec.use_snake {
         return Err(Error::config(
             format!("{prefix}.encoder.config.use_snake"),
@@ -981,6 +1076,20 @@ fn check_autoencoder(prefix: &str, ae: &AutoencoderConfig) -> Result<()> {
         ));
     }
     Ok(())
+}
+
+/// `value` must be at least 1.
+fn positive(field: impl Into<String>, value: usize) -> Result<()> {
+    if value == 0 {
+        return Err(Error::config(field, "must be at least 1"));
+    }
+    Ok(())
+}
+
+/// `a * b`, or an error naming `field` when the product does not fit in `usize`.
+fn mul(field: impl Into<String>, a: usize, b: usize) -> Result<usize> {
+    a.checked_mul(b)
+        .ok_or_else(|| Error::config(field, format!("{a} x {b} overflows")))
 }
 
 // Conditioners are `{id, type, config}` with the config's schema chosen by `type`; parsed by
@@ -1119,6 +1228,135 @@ mod tests {
         let bad = with(OFFICIAL, "\"type\": \"t5\"", "\"type\": \"clap\"");
         let err = ModelConfig::from_json_str(&bad).unwrap_err();
         assert!(field_of(err).starts_with("model.conditioning"));
+    }
+
+    /// The official config as JSON, changed by `edit`, parsed.
+    fn edited(edit: impl FnOnce(&mut Value)) -> Result<ModelConfig> {
+        let mut json: Value = serde_json::from_str(OFFICIAL).unwrap();
+        edit(&mut json);
+        ModelConfig::from_json_value(&json)
+    }
+
+    /// The main VAE's section of the official config as JSON.
+    fn vae(json: &mut Value) -> &mut Value {
+        &mut json["model"]["pretransform"]["config"]
+    }
+
+    #[test]
+    fn zero_latent_dim_is_refused() {
+        let err = edited(|j| {
+            vae(j)["latent_dim"] = 0.into();
+            vae(j)["encoder"]["config"]["latent_dim"] = 0.into();
+            vae(j)["decoder"]["config"]["latent_dim"] = 0.into();
+        })
+        .unwrap_err();
+        assert_eq!(field_of(err), "model.pretransform.config.latent_dim");
+    }
+
+    #[test]
+    fn zero_channels_are_refused() {
+        let err = edited(|j| vae(j)["decoder"]["config"]["channels"] = 0.into()).unwrap_err();
+        assert_eq!(
+            field_of(err),
+            "model.pretransform.config.decoder.config.channels"
+        );
+        let err = edited(|j| vae(j)["encoder"]["config"]["in_channels"] = 0.into()).unwrap_err();
+        assert_eq!(
+            field_of(err),
+            "model.pretransform.config.encoder.config.in_channels"
+        );
+        let err = edited(|j| j["audio_channels"] = 0.into()).unwrap_err();
+        assert_eq!(field_of(err), "audio_channels");
+        let err = edited(|j| j["model"]["conditioning"]["cond_dim"] = 0.into()).unwrap_err();
+        assert_eq!(field_of(err), "model.conditioning.cond_dim");
+    }
+
+    #[test]
+    fn zero_stride_or_multiplier_names_its_index() {
+        let err = edited(|j| vae(j)["encoder"]["config"]["strides"][3] = 0.into()).unwrap_err();
+        assert_eq!(
+            field_of(err),
+            "model.pretransform.config.encoder.config.strides[3]"
+        );
+        let err = edited(|j| vae(j)["decoder"]["config"]["c_mults"][1] = 0.into()).unwrap_err();
+        assert_eq!(
+            field_of(err),
+            "model.pretransform.config.decoder.config.c_mults[1]"
+        );
+    }
+
+    #[test]
+    fn overflowing_sizes_are_refused() {
+        // Strides whose product does not fit in usize.
+        let huge = serde_json::json!([u32::MAX, u32::MAX, u32::MAX, 2, 2]);
+        let err = edited(|j| vae(j)["encoder"]["config"]["strides"] = huge).unwrap_err();
+        assert_eq!(
+            field_of(err),
+            "model.pretransform.config.encoder.config.strides"
+        );
+        // A width multiplier whose level width overflows.
+        let err =
+            edited(|j| vae(j)["decoder"]["config"]["c_mults"][4] = usize::MAX.into()).unwrap_err();
+        assert_eq!(
+            field_of(err),
+            "model.pretransform.config.decoder.config.c_mults[4]"
+        );
+        let err = edited(|j| j["model"]["diffusion"]["config"]["embed_dim"] = usize::MAX.into())
+            .unwrap_err();
+        assert!(field_of(err).starts_with("model.diffusion.config"));
+    }
+
+    #[test]
+    fn zero_top_level_sizes_are_refused() {
+        for key in [
+            "sample_size",
+            "sample_rate",
+            "conditioning_seconds",
+            "video_fps",
+        ] {
+            let err = edited(|j| j[key] = 0.into()).unwrap_err();
+            assert_eq!(field_of(err), key);
+        }
+        let err =
+            edited(|j| j["model"]["diffusion"]["gate_type_config"]["num_fusion_layers"] = 0.into())
+                .unwrap_err();
+        assert_eq!(
+            field_of(err),
+            "model.diffusion.gate_type_config.num_fusion_layers"
+        );
+    }
+
+    #[test]
+    fn hardcoded_sizes_are_read_and_checked() {
+        let tiny = serde_json::json!({
+            "_note": "ignored",
+            "video_prompt.proj": [[250, 8], [2500, 128]],
+            "video_prompt.proj_sync": [[240, 8], [240, 128]],
+            "audio_prompt.proj_features_128": [[25, 6], [215, 128]],
+            "video_prompt.Temp_transformer": [
+                {"width": 32, "depth": 2, "heads": 2, "dim_head": 8, "mlp_dim": 128}, {}
+            ],
+        });
+        let c = edited(|j| j["_tiny_hardcoded_sizes"] = tiny.clone()).unwrap();
+        let sizes = c.arch_sizes().unwrap();
+        assert_eq!(
+            (sizes.video_tokens, sizes.sync_rows, sizes.audio_tokens),
+            (8, 240, 6)
+        );
+        assert_eq!((sizes.temporal.depth, sizes.temporal.mlp_dim), (2, 128));
+        assert_eq!(sizes.synchformer, SynchformerSizes::default());
+
+        let mut zero = tiny.clone();
+        zero["video_prompt.Temp_transformer"][0]["heads"] = 0.into();
+        let err = edited(|j| j["_tiny_hardcoded_sizes"] = zero).unwrap_err();
+        assert_eq!(
+            field_of(err),
+            "_tiny_hardcoded_sizes.video_prompt.Temp_transformer.heads"
+        );
+        let mut wrong = tiny;
+        wrong["video_prompt.proj"] = serde_json::json!("eight");
+        let err = edited(|j| j["_tiny_hardcoded_sizes"] = wrong).unwrap_err();
+        assert!(field_of(err).starts_with("_tiny_hardcoded_sizes"));
     }
 
     #[test]

@@ -129,6 +129,17 @@ pub enum Error {
         message: String,
     },
 
+    /// A value from code the caller plugged in (a custom sampler or noise source), or from the
+    /// sampler's arithmetic, breaks what the pipeline relies on: a non-finite latent or noise,
+    /// an integer outside the range asked for, a draw of the wrong length.
+    #[error("{what}: {message}")]
+    Contract {
+        /// Whose value it is (`sampler `midpoint``, `noise source, draw `audio_mask_start``).
+        what: String,
+        /// What is wrong with it.
+        message: String,
+    },
+
     /// A request the loaded model cannot serve (duration, missing encoder, empty batch, ...).
     /// Raised before any compute.
     #[error("invalid request: {0}")]
@@ -201,6 +212,14 @@ impl Error {
             what: what.into(),
             expected: expected.into(),
             found: found.to_vec(),
+        }
+    }
+
+    /// An [`Error::Contract`] error: `what` produced a value that breaks its contract.
+    pub fn contract(what: impl Into<String>, message: impl Into<String>) -> Self {
+        Error::Contract {
+            what: what.into(),
+            message: message.into(),
         }
     }
 

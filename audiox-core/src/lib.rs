@@ -1,6 +1,7 @@
 //! Foundation of the `audiox` crates: the typed model config, the workspace error type, weight
 //! loading, the [`Audio`](audio::Audio) buffer and the [`NoiseSource`](noise::NoiseSource)
 //! abstraction through which every random draw of the pipeline goes.
+#![deny(missing_docs)]
 
 pub mod audio;
 pub mod config;
@@ -10,7 +11,8 @@ pub mod noise;
 pub mod tensor;
 pub mod weights;
 
-/// Golden-fixture reading for parity tests and tools.
+/// Golden-fixture reading for parity tests and tools (feature `parity`).
+#[cfg(feature = "parity")]
 pub mod fixtures;
 
 pub use error::{Error, Result};

@@ -71,6 +71,87 @@ impl<N: NoiseSource + ?Sized> NoiseSource for Box<N> {
     }
 }
 
+/// Checks every draw of an inner source against the [`NoiseSource`] contract, so that values
+/// from a caller's source never reach a tensor or an index unchecked: a draw has exactly the
+/// asked number of values, normals are finite, uniforms lie in `[0, 1)`, integers in their
+/// `[low, high)`. A breach is an [`Error::Contract`] naming the draw's label.
+///
+/// ```
+/// use audiox_core::noise::{CheckedNoise, NoiseSource, ReplayNoise};
+///
+/// let replay = ReplayNoise::new().with_uniform("ratio", &[2], vec![0.5, 1.5]);
+/// let err = CheckedNoise::new(replay).uniform("ratio", &[2]).unwrap_err();
+/// assert!(err.to_string().contains("outside [0, 1)"), "{err}");
+/// ```
+#[derive(Debug, Clone)]
+pub struct CheckedNoise<N>(N);
+
+impl<N: NoiseSource> CheckedNoise<N> {
+    /// Checks the draws of `inner`.
+    pub fn new(inner: N) -> Self {
+        CheckedNoise(inner)
+    }
+
+    /// The inner source.
+    pub fn into_inner(self) -> N {
+        self.0
+    }
+}
+
+fn breach(label: &str, message: String) -> Error {
+    Error::contract(format!("noise source, draw `{label}`"), message)
+}
+
+fn check_len(label: &str, asked: usize, got: usize) -> Result<()> {
+    if asked != got {
+        return Err(breach(label, format!("{got} values for a draw of {asked}")));
+    }
+    Ok(())
+}
+
+fn checked_floats(
+    label: &str,
+    shape: &[usize],
+    values: Vec<f32>,
+    ok: impl Fn(f32) -> bool,
+    range: &str,
+) -> Result<Vec<f32>> {
+    check_len(label, shape.iter().product(), values.len())?;
+    if let Some(i) = values.iter().position(|&v| !ok(v)) {
+        return Err(breach(
+            label,
+            format!("value {i} is {}, outside {range}", values[i]),
+        ));
+    }
+    Ok(values)
+}
+
+impl<N: NoiseSource> NoiseSource for CheckedNoise<N> {
+    fn normal(&mut self, label: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let values = self.0.normal(label, shape)?;
+        checked_floats(label, shape, values, f32::is_finite, "the finite numbers")
+    }
+
+    fn uniform(&mut self, label: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        let values = self.0.uniform(label, shape)?;
+        checked_floats(label, shape, values, |v| (0.0..1.0).contains(&v), "[0, 1)")
+    }
+
+    fn integers(&mut self, label: &str, bounds: &[(i64, i64)]) -> Result<Vec<i64>> {
+        let values = self.0.integers(label, bounds)?;
+        check_len(label, bounds.len(), values.len())?;
+        for (i, (&v, &(low, high))) in values.iter().zip(bounds).enumerate() {
+            if !(low..high).contains(&v) {
+                return Err(breach(
+                    label,
+                    format!("value {i} is {v}, outside the asked range [{low}, {high})"),
+                ));
+            }
+        }
+        Ok(values)
+    }
+}
+
 /// The deterministic generator users get. See the [module docs](self) for the algorithm.
 #[derive(Debug, Clone)]
 pub struct SeededNoise {
@@ -366,6 +447,101 @@ mod tests {
             assert!(k.contains(&want));
         }
         assert!(s.integers("k", &[(3, 3)]).is_err());
+    }
+
+    /// A source of the caller's that breaks the contract in the way it is built with.
+    #[derive(Clone)]
+    struct Liar {
+        normal: Vec<f32>,
+        uniform: Vec<f32>,
+        integers: Vec<i64>,
+    }
+
+    impl NoiseSource for Liar {
+        fn normal(&mut self, _: &str, _: &[usize]) -> Result<Vec<f32>> {
+            Ok(self.normal.clone())
+        }
+        fn uniform(&mut self, _: &str, _: &[usize]) -> Result<Vec<f32>> {
+            Ok(self.uniform.clone())
+        }
+        fn integers(&mut self, _: &str, _: &[(i64, i64)]) -> Result<Vec<i64>> {
+            Ok(self.integers.clone())
+        }
+    }
+
+    #[test]
+    fn checked_noise_turns_every_breach_into_a_contract_error() {
+        let honest = Liar {
+            normal: vec![0.5, -2.0],
+            uniform: vec![0.0, 0.999],
+            integers: vec![3, 0],
+        };
+        let bounds = [(0, 4), (0, 1)];
+        let mut ok = CheckedNoise::new(honest.clone());
+        assert_eq!(ok.normal("n", &[2]).unwrap(), honest.normal);
+        assert_eq!(ok.uniform("u", &[1, 2]).unwrap(), honest.uniform);
+        assert_eq!(ok.integers("k", &bounds).unwrap(), honest.integers);
+        let breaches: [(Liar, &str); 7] = [
+            (
+                Liar {
+                    normal: vec![0.0, f32::NAN],
+                    ..honest.clone()
+                },
+                "NaN",
+            ),
+            (
+                Liar {
+                    normal: vec![f32::INFINITY, 0.0],
+                    ..honest.clone()
+                },
+                "inf",
+            ),
+            (
+                Liar {
+                    normal: vec![0.0],
+                    ..honest.clone()
+                },
+                "1 values for a draw of 2",
+            ),
+            (
+                Liar {
+                    uniform: vec![0.5, 1.0],
+                    ..honest.clone()
+                },
+                "outside [0, 1)",
+            ),
+            (
+                Liar {
+                    uniform: vec![-0.1, 0.5],
+                    ..honest.clone()
+                },
+                "outside [0, 1)",
+            ),
+            (
+                Liar {
+                    integers: vec![3, 1],
+                    ..honest.clone()
+                },
+                "outside the asked range [0, 1)",
+            ),
+            (
+                Liar {
+                    integers: vec![3],
+                    ..honest.clone()
+                },
+                "1 values for a draw of 2",
+            ),
+        ];
+        for (liar, needle) in breaches {
+            let mut n = CheckedNoise::new(liar);
+            let err = n
+                .normal("n", &[2])
+                .and_then(|_| n.uniform("u", &[2]))
+                .and_then(|_| n.integers("k", &bounds))
+                .unwrap_err();
+            assert!(matches!(&err, Error::Contract { .. }), "{err}");
+            assert!(err.to_string().contains(needle), "{err} lacks {needle}");
+        }
     }
 
     #[test]

@@ -17,7 +17,7 @@
 use std::path::Path;
 
 use audiox_core::nn::{heads, merge_heads, sdpa};
-use audiox_core::weights::{Layout, LoadReport, StateDict, WeightSource, load_module};
+use audiox_core::weights::{Component, Layout, LoadReport, WeightSource, load_module};
 use audiox_core::{Error, Result};
 use burn::config::Config;
 use burn::module::{Module, Param};
@@ -410,33 +410,6 @@ impl ClipVision {
         Layout::new()
     }
 
-    /// Builds the tower from a Hugging Face folder (`config.json` plus `model.safetensors` or
-    /// `pytorch_model.bin`). A full `CLIPModel` file holds the vision tower under the same
-    /// `vision_model.*` / `visual_projection.*` names; its text tower is reported unused.
-    pub fn from_hf_dir(dir: impl AsRef<Path>, device: &Device) -> Result<(Self, LoadReport)> {
-        let dir = dir.as_ref();
-        let config = ClipVisionConfig::from_hf_file(dir.join("config.json"))?;
-        let weights = ["model.safetensors", "pytorch_model.bin"]
-            .iter()
-            .map(|f| dir.join(f))
-            .find(|p| p.exists())
-            .ok_or_else(|| {
-                Error::io(
-                    dir.join("model.safetensors"),
-                    std::io::Error::new(
-                        std::io::ErrorKind::NotFound,
-                        "no model.safetensors or pytorch_model.bin in the CLIP folder",
-                    ),
-                )
-            })?;
-        let dict = StateDict::open(weights)?;
-        load_module(
-            config.init(device),
-            &Self::layout(),
-            &[WeightSource::new(&dict)],
-        )
-    }
-
     /// Width.
     pub fn hidden_size(&self) -> usize {
         self.vision_model.pre_layrnorm.gamma.shape().dims::<1>()[0]
@@ -521,5 +494,21 @@ impl ClipVision {
         let cls = last_hidden_state.narrow(1, 0, 1).reshape([n, d]);
         self.visual_projection
             .forward(self.vision_model.post_layernorm.forward(cls))
+    }
+}
+
+impl Component for ClipVision {
+    type Config = ClipVisionConfig;
+
+    /// Builds the tower and loads it from `sources` in the Hugging Face names (a Hugging Face
+    /// folder's file, [`crate::hf_weights_file`], with no prefix). A full `CLIPModel` file holds
+    /// the vision tower under the same `vision_model.*` / `visual_projection.*` names; its text
+    /// tower is reported unused.
+    fn load(
+        config: &ClipVisionConfig,
+        sources: &[WeightSource<'_>],
+        device: &Device,
+    ) -> Result<(Self, LoadReport)> {
+        load_module(config.init(device), &Self::layout(), sources)
     }
 }

@@ -23,8 +23,6 @@
 //! [`SynchformerSizes`] (full size: 224 px frames, patch 16, tubelet 2, width 768, 12 blocks of
 //! 12 heads, segments of 16 frames every 8 -> 30 segments x 8 slots = 240 rows for 250 frames).
 
-use std::path::Path;
-
 use burn::module::{Module, Param};
 use burn::nn::conv::{Conv2d, Conv2dConfig, Conv3d, Conv3dConfig};
 use burn::nn::{Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig};
@@ -36,7 +34,7 @@ use audiox_core::config::SynchformerSizes;
 use audiox_core::nn::{
     TorchEncoderLayer, TorchEncoderLayerConfig, heads, merge_heads, sdpa, with_torch_mha_names,
 };
-use audiox_core::weights::{Layout, LoadReport, StateDict, WeightSource, load_module};
+use audiox_core::weights::{Component, Layout, LoadReport, WeightSource, load_module};
 use audiox_core::{Error, Result};
 
 /// Prefix of the extractor's tensors in `synchformer_state_dict.pth`; the official loader
@@ -76,6 +74,9 @@ pub struct SynchformerConfig {
     /// Epsilon of every LayerNorm.
     #[config(default = 1e-6)]
     pub layer_norm_eps: f64,
+    /// Frame rate of the stream the extractor takes, in frames per second (25).
+    #[config(default = 25)]
+    pub frame_rate: usize,
 }
 
 impl SynchformerConfig {
@@ -93,6 +94,7 @@ impl SynchformerConfig {
             s.stride,
         )
         .with_layer_norm_eps(s.layer_norm_eps)
+        .with_frame_rate(s.frame_rate as usize)
     }
 
     /// The released model's sizes.
@@ -222,6 +224,7 @@ impl SynchformerConfig {
             tubelet: self.tubelet,
             segment: self.segment,
             stride: self.stride,
+            frame_rate: self.frame_rate,
         })
     }
 }
@@ -463,6 +466,7 @@ pub struct Synchformer {
     tubelet: usize,
     segment: usize,
     stride: usize,
+    frame_rate: usize,
 }
 
 impl Synchformer {
@@ -475,34 +479,19 @@ impl Synchformer {
         )
     }
 
-    /// Builds the extractor for `config` and loads it from `synchformer_state_dict.pth` (or a
-    /// safetensors file with the same names). Only `vfeat_extractor.*` tensors are read.
-    pub fn load(
-        config: &SynchformerConfig,
-        path: impl AsRef<Path>,
-        device: &Device,
-    ) -> Result<(Self, LoadReport)> {
-        let dict = StateDict::open(path)?;
-        Self::load_from(config, &dict, device)
-    }
-
-    /// [`Synchformer::load`] from an opened weight file.
-    pub fn load_from(
-        config: &SynchformerConfig,
-        dict: &StateDict,
-        device: &Device,
-    ) -> Result<(Self, LoadReport)> {
-        let model = config.init(device)?;
-        load_module(
-            model,
-            &Self::layout(),
-            &[WeightSource::with_prefix(dict, WEIGHT_PREFIX)],
-        )
-    }
-
     /// Width `D`.
     pub fn embed_dim(&self) -> usize {
         self.norm.gamma.lazy_shape()[0]
+    }
+
+    /// Frames per segment.
+    pub fn segment(&self) -> usize {
+        self.segment
+    }
+
+    /// Frame rate of the stream the extractor takes, in frames per second.
+    pub fn frame_rate(&self) -> usize {
+        self.frame_rate
     }
 
     /// Time slots per segment `t`.
@@ -623,6 +612,22 @@ impl Synchformer {
         let temporal = self.temp_embed.val().unsqueeze_dim::<4>(2); // [1, t, 1, D]
         let positions = (spatial + temporal).reshape([1, t * n, d]);
         Tensor::cat(vec![cls, x + positions], 1)
+    }
+}
+
+impl Component for Synchformer {
+    type Config = SynchformerConfig;
+
+    /// Builds the extractor for `config` and loads it from `sources`; the official file
+    /// (`synchformer_state_dict.pth`, or a safetensors file with the same names) holds it
+    /// under [`WEIGHT_PREFIX`]: `WeightSource::with_prefix(&dict, WEIGHT_PREFIX)`. Errors
+    /// when the sizes do not fit together.
+    fn load(
+        config: &SynchformerConfig,
+        sources: &[WeightSource<'_>],
+        device: &Device,
+    ) -> Result<(Self, LoadReport)> {
+        load_module(config.init(device)?, &Self::layout(), sources)
     }
 }
 

@@ -21,7 +21,7 @@
 
 use std::path::Path;
 
-use audiox_core::weights::{Layout, LoadReport, StateDict, WeightSource, load_module};
+use audiox_core::weights::{Component, Layout, LoadReport, WeightSource, load_module};
 use audiox_core::{Error, Result};
 use burn::config::Config;
 use burn::module::Module;
@@ -454,56 +454,6 @@ impl T5Encoder {
             .ignore(r"^encoder\.embed_tokens\.weight$")
     }
 
-    /// Loads the weights from a Hugging Face file (`model.safetensors` or `pytorch_model.bin`)
-    /// whose names start with `prefix` (`""` for the Hugging Face folder). The token table comes
-    /// from `shared.weight`, or from `encoder.embed_tokens.weight` when the file only holds the
-    /// tied copy.
-    pub fn load(self, dict: &StateDict, prefix: &str) -> Result<(Self, LoadReport)> {
-        let shared = format!("{prefix}{SHARED_EMBEDDING}");
-        let tied = format!("{prefix}{TIED_EMBEDDING}");
-        if dict.get(&shared).is_none() && dict.get(&tied).is_some() {
-            let aliased = dict.rename(|k, _| {
-                Some(if k == tied {
-                    shared.clone()
-                } else {
-                    k.to_string()
-                })
-            });
-            return load_module(
-                self,
-                &Self::layout(),
-                &[WeightSource::with_prefix(&aliased, prefix)],
-            );
-        }
-        load_module(
-            self,
-            &Self::layout(),
-            &[WeightSource::with_prefix(dict, prefix)],
-        )
-    }
-
-    /// Builds the encoder from a Hugging Face folder (`config.json` plus `model.safetensors` or
-    /// `pytorch_model.bin`).
-    pub fn from_hf_dir(dir: impl AsRef<Path>, device: &Device) -> Result<(Self, LoadReport)> {
-        let dir = dir.as_ref();
-        let config = T5Config::from_hf_file(dir.join("config.json"))?;
-        let weights = ["model.safetensors", "pytorch_model.bin"]
-            .iter()
-            .map(|f| dir.join(f))
-            .find(|p| p.exists())
-            .ok_or_else(|| {
-                Error::io(
-                    dir.join("model.safetensors"),
-                    std::io::Error::new(
-                        std::io::ErrorKind::NotFound,
-                        "no model.safetensors or pytorch_model.bin in the T5 folder",
-                    ),
-                )
-            })?;
-        let dict = StateDict::open(weights)?;
-        config.init(device).load(&dict, "")
-    }
-
     /// Model width.
     pub fn d_model(&self) -> usize {
         self.shared.weight.shape().dims::<2>()[1]
@@ -596,5 +546,45 @@ impl T5Encoder {
             blocks,
             last_hidden_state,
         })
+    }
+}
+
+impl Component for T5Encoder {
+    type Config = T5Config;
+
+    /// Builds the encoder and loads it from `sources` in the Hugging Face names (`""` prefix
+    /// for a Hugging Face folder's file, see [`crate::hf_weights_file`]). The token table comes
+    /// from `shared.weight`, or from `encoder.embed_tokens.weight` when a source only holds
+    /// the tied copy.
+    fn load(
+        config: &T5Config,
+        sources: &[WeightSource<'_>],
+        device: &Device,
+    ) -> Result<(Self, LoadReport)> {
+        let aliased: Vec<_> = sources
+            .iter()
+            .map(|s| {
+                let shared = format!("{}{SHARED_EMBEDDING}", s.prefix);
+                let tied = format!("{}{TIED_EMBEDDING}", s.prefix);
+                (s.dict.get(&shared).is_none() && s.dict.get(&tied).is_some()).then(|| {
+                    s.dict.rename(|k, _| {
+                        Some(if k == tied {
+                            shared.clone()
+                        } else {
+                            k.to_string()
+                        })
+                    })
+                })
+            })
+            .collect();
+        let sources: Vec<WeightSource<'_>> = sources
+            .iter()
+            .zip(&aliased)
+            .map(|(s, a)| match a {
+                Some(dict) => WeightSource::with_prefix(dict, s.prefix),
+                None => *s,
+            })
+            .collect();
+        load_module(config.init(device), &Self::layout(), &sources)
     }
 }

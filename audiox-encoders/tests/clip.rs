@@ -4,7 +4,9 @@
 use audiox_core::Error;
 use audiox_core::fixtures::{FixtureSet, assert_all_pass, manifest_dir};
 use audiox_core::tensor::to_vec;
-use audiox_core::weights::{compare_with_manifest, read_manifest};
+use audiox_core::weights::{
+    Component, StateDict, WeightSource, compare_with_manifest, read_manifest,
+};
 use audiox_encoders::clip::{ClipVision, ClipVisionConfig, normalize_pixels};
 use audiox_encoders::parity::vision::check_clip_vision;
 use burn::tensor::{Device, Tensor, TensorData};
@@ -49,7 +51,9 @@ fn hugging_face_folder_loads() {
         return;
     }
     let config = ClipVisionConfig::from_hf_file(dir.join("config.json")).unwrap();
-    let (clip, report) = ClipVision::from_hf_dir(&dir, &Device::flex()).unwrap();
+    let weights = StateDict::open(audiox_encoders::hf_weights_file(&dir, "CLIP").unwrap()).unwrap();
+    let (clip, report) =
+        ClipVision::load(&config, &[WeightSource::new(&weights)], &Device::flex()).unwrap();
     assert_eq!(clip.hidden_size(), config.hidden_size);
     assert_eq!(clip.image_size(), config.image_size);
     assert_eq!(report.missing.len(), 0);

@@ -6,8 +6,9 @@
 use audiox_core::config::ModelConfig;
 use audiox_core::fixtures::{Check, Fixture, FixtureSet, assert_all_pass};
 use audiox_core::tensor::to_vec;
+use audiox_core::weights::{Component, StateDict, WeightSource};
 use audiox_encoders::frames::{FrameSampling, Pixels, SampledFrames, VideoFrames};
-use audiox_encoders::synchformer::{Synchformer, SynchformerConfig};
+use audiox_encoders::synchformer::{Synchformer, SynchformerConfig, WEIGHT_PREFIX};
 use burn::tensor::Device;
 
 fn frames_check(fx: &Fixture, index: &str, pixels: &str, frames: &SampledFrames) -> Vec<Check> {
@@ -82,9 +83,10 @@ fn bundle_video_request_gives_the_reference_sync_features() {
     ));
 
     let device = Device::flex();
+    let dict = StateDict::open(bundle.join("synchformer/synchformer_state_dict.pth")).unwrap();
     let (model, report) = Synchformer::load(
         &SynchformerConfig::from_sizes(&sizes),
-        bundle.join("synchformer/synchformer_state_dict.pth"),
+        &[WeightSource::with_prefix(&dict, WEIGHT_PREFIX)],
         &device,
     )
     .unwrap();

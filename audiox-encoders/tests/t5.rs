@@ -3,7 +3,9 @@
 
 use audiox_core::Error;
 use audiox_core::fixtures::{FixtureSet, assert_all_pass, manifest_dir};
-use audiox_core::weights::{StateDict, compare_with_manifest, read_manifest};
+use audiox_core::weights::{
+    Component, StateDict, WeightSource, compare_with_manifest, read_manifest,
+};
 use audiox_encoders::parity::text::check_t5_encoder;
 use audiox_encoders::t5::{T5Config, T5Encoder, relative_position_bucket};
 use burn::tensor::{Device, Int, Tensor, TensorData};
@@ -122,14 +124,18 @@ fn ids(values: Vec<i64>, b: usize, n: usize) -> Tensor<2, Int> {
 #[test]
 fn either_copy_of_the_tied_embedding_loads() {
     let device = Device::flex();
-    let (a, report_a) = tiny_config()
-        .init(&device)
-        .load(&tiny_dict("shared.weight"), "")
-        .unwrap();
-    let (b, report_b) = tiny_config()
-        .init(&device)
-        .load(&tiny_dict("encoder.embed_tokens.weight"), "")
-        .unwrap();
+    let (a, report_a) = T5Encoder::load(
+        &tiny_config(),
+        &[WeightSource::new(&tiny_dict("shared.weight"))],
+        &device,
+    )
+    .unwrap();
+    let (b, report_b) = T5Encoder::load(
+        &tiny_config(),
+        &[WeightSource::new(&tiny_dict("encoder.embed_tokens.weight"))],
+        &device,
+    )
+    .unwrap();
     assert!(report_a.unused.is_empty() && report_b.unused.is_empty());
     let mask = Tensor::<2>::ones([1, 5], &device);
     let x = a
@@ -142,7 +148,7 @@ fn either_copy_of_the_tied_embedding_loads() {
     );
     // Neither copy: the error names the official key.
     let empty = StateDict::from_f32("memory", vec![]).unwrap();
-    match tiny_config().init(&device).load(&empty, "") {
+    match T5Encoder::load(&tiny_config(), &[WeightSource::new(&empty)], &device) {
         Err(Error::MissingWeight { key, .. }) => assert_eq!(key, "shared.weight"),
         other => panic!("expected MissingWeight, got {:?}", other.map(|_| ())),
     }
@@ -153,10 +159,12 @@ fn either_copy_of_the_tied_embedding_loads() {
 #[test]
 fn padded_keys_are_ignored() {
     let device = Device::flex();
-    let (t5, _) = tiny_config()
-        .init(&device)
-        .load(&tiny_dict("shared.weight"), "")
-        .unwrap();
+    let (t5, _) = T5Encoder::load(
+        &tiny_config(),
+        &[WeightSource::new(&tiny_dict("shared.weight"))],
+        &device,
+    )
+    .unwrap();
     let short = t5
         .forward(ids(vec![5, 6, 7], 1, 3), Tensor::ones([1, 3], &device))
         .unwrap();
@@ -177,10 +185,12 @@ fn padded_keys_are_ignored() {
 #[test]
 fn bad_token_input_is_a_typed_error() {
     let device = Device::flex();
-    let (t5, _) = tiny_config()
-        .init(&device)
-        .load(&tiny_dict("shared.weight"), "")
-        .unwrap();
+    let (t5, _) = T5Encoder::load(
+        &tiny_config(),
+        &[WeightSource::new(&tiny_dict("shared.weight"))],
+        &device,
+    )
+    .unwrap();
     // An id outside the vocabulary.
     let r = t5.forward(ids(vec![1, 40], 1, 2), Tensor::ones([1, 2], &device));
     assert!(matches!(r, Err(Error::InvalidRequest(_))), "{r:?}");

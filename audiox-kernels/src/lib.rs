@@ -1,6 +1,6 @@
 //! Fast CPU kernels for the operations where burn's `flex` backend is slow, at the lowest clean
 //! level: each function takes and returns burn tensors, reads a flex tensor's buffer in place
-//! through burn's `extension` API, and falls back to burn's own operations (the [`reference`]
+//! through burn's `extension` API, and falls back to burn's own operations (the [`reference`](mod@reference)
 //! module, kept as the ground truth in the tests) for any other backend or layout.
 //!
 //! * [`snake`]: the SnakeBeta activation `x + sin(e^alpha x)^2 / (e^beta + 1e-9)` in one pass
@@ -16,7 +16,7 @@
 //! Every kernel is deterministic: work is split over output blocks only, never over a
 //! reduction, so the result does not depend on the thread count.
 
-#![warn(missing_docs)]
+#![deny(missing_docs)]
 
 mod attention;
 mod conv;

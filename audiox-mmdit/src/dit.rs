@@ -1,6 +1,6 @@
 //! The diffusion transformer (official `MMDiffusionTransformer` + `ContinuousMMDiTTransformer`).
 //!
-//! One forward pass (reference-model.md 3.3), shapes at full size (C 64, L 236, E 1536,
+//! One forward pass (`docs/architecture.md`, "The DiT forward pass"), shapes at full size (C 64, L 236, E 1536,
 //! Nctx 384, D 768):
 //!
 //! ```text
@@ -23,7 +23,7 @@ use burn::tensor::activation::silu;
 use burn::tensor::{Device, Tensor};
 
 use audiox_core::config::{ModelConfig, mmdit_ffn_hidden};
-use audiox_core::weights::{Layout, LoadReport, WeightSource, load_module};
+use audiox_core::weights::{Component, Layout, LoadReport, WeightSource, load_module};
 use audiox_core::{Error, Result};
 
 use crate::attention::interleaved_rows;
@@ -255,12 +255,6 @@ impl Dit {
         interleaved_rows(layout, r"^blocks\.\d+\.cross_attn\.to_kv\.weight$", 2)
     }
 
-    /// Loads every parameter from `sources` (typically `WeightSource::with_prefix(&dict,
-    /// "model.model.")`) with [`Dit::layout`].
-    pub fn load(self, sources: &[WeightSource<'_>]) -> Result<(Self, LoadReport)> {
-        load_module(self, &Self::layout(), sources)
-    }
-
     /// Releases the loaded weights that never reach the output: every block's cross-attention
     /// query projection and the value half of its key/value projection (see
     /// [`TimeCrossAttention`](crate::TimeCrossAttention)), and the unused
@@ -472,5 +466,19 @@ impl Dit {
             || post.clone().swap_dims(1, 2),
         );
         Ok((post + y).swap_dims(1, 2))
+    }
+}
+
+impl Component for Dit {
+    type Config = DitConfig;
+
+    /// Builds the network and loads every parameter from `sources` (typically
+    /// `WeightSource::with_prefix(&dict, "model.model.")`) with [`Dit::layout`].
+    fn load(
+        config: &DitConfig,
+        sources: &[WeightSource<'_>],
+        device: &Device,
+    ) -> Result<(Self, LoadReport)> {
+        load_module(config.init(device)?, &Self::layout(), sources)
     }
 }

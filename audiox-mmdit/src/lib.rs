@@ -9,10 +9,11 @@
 //!   the prepared conditional (and, for classifier-free guidance, unconditional) conditioning.
 //!
 //! Weights load from the official checkpoints through [`Dit::layout`] / [`MafBlock::layout`]
-//! (DiT keys under `model.model.`, MAF keys under `maf_block.`); [`parity`] compares both with
-//! the golden fixtures. The math follows `shared/docs/reference-model.md` sections 3 and 4;
+//! (DiT keys under `model.model.`, MAF keys under `maf_block.`); the `parity` module (feature
+//! `parity`) compares both with the golden fixtures. The math is summarised in
+//! `docs/architecture.md` ("The DiT forward pass", "The MAF block");
 //! upstream quirks the weights depend on are marked `// upstream:` where they are reproduced.
-#![warn(missing_docs)]
+#![deny(missing_docs)]
 
 mod attention;
 mod block;
@@ -25,6 +26,7 @@ mod timestep;
 mod token_conv;
 pub mod trace;
 
+#[cfg(feature = "parity")]
 pub mod parity;
 
 pub use attention::{AttentionConfig, SelfAttention, TimeCrossAttention};

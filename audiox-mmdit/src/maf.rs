@@ -29,7 +29,9 @@ use audiox_core::nn::{
     TorchEncoderLayer, TorchEncoderLayerConfig, TorchMultiheadAttention,
     TorchMultiheadAttentionConfig, with_torch_mha_names,
 };
-use audiox_core::weights::{Layout, LoadReport, WeightSource, load_module, official_names};
+use audiox_core::weights::{
+    Component, Layout, LoadReport, WeightSource, load_module, official_names,
+};
 use audiox_core::{Error, Result};
 
 use crate::trace::{Trace, record, record_with};
@@ -177,12 +179,6 @@ impl MafBlock {
             .scalar(r"^bypass_gate_[vta]$")
     }
 
-    /// Loads every weight from `sources` (typically `WeightSource::with_prefix(&dict,
-    /// "maf_block.")`).
-    pub fn load(self, sources: &[WeightSource<'_>]) -> Result<(Self, LoadReport)> {
-        load_module(self, &Self::layout(), sources)
-    }
-
     /// Official names and shapes of every tensor the block loads, as the checkpoint stores
     /// them, without reading any weight.
     pub fn official_names(&self) -> BTreeMap<String, Vec<usize>> {
@@ -318,5 +314,19 @@ impl MafBlock {
         let [text, video, audio]: [Tensor<3>; 3] =
             refined.try_into().expect("three slots were refined");
         Ok(RefinedStreams { text, video, audio })
+    }
+}
+
+impl Component for MafBlock {
+    type Config = MafBlockConfig;
+
+    /// Builds the block and loads every weight from `sources` (typically
+    /// `WeightSource::with_prefix(&dict, "maf_block.")`).
+    fn load(
+        config: &MafBlockConfig,
+        sources: &[WeightSource<'_>],
+        device: &Device,
+    ) -> Result<(Self, LoadReport)> {
+        load_module(config.init(device), &Self::layout(), sources)
     }
 }

@@ -10,7 +10,7 @@ use burn::tensor::{Device, Tensor};
 use audiox_core::config::ModelConfig;
 use audiox_core::fixtures::{Check, Fixture};
 use audiox_core::tensor::{from_dyn, to_vec};
-use audiox_core::weights::WeightSource;
+use audiox_core::weights::{Component, WeightSource};
 use audiox_core::{Error, Result};
 
 use crate::dit::{Dit, DitConfig};
@@ -63,8 +63,11 @@ fn model_config(fx: &Fixture) -> Result<ModelConfig> {
 
 /// The MAF block of a fixture, loaded from its `maf_block.*` weights.
 fn load_maf(fx: &Fixture, config: &ModelConfig, device: &Device) -> Result<MafBlock> {
-    let block = MafBlockConfig::from_model_config(config).init(device);
-    let (block, _) = block.load(&[WeightSource::with_prefix(fx.weights(), "maf_block.")])?;
+    let (block, _) = MafBlock::load(
+        &MafBlockConfig::from_model_config(config),
+        &[WeightSource::with_prefix(fx.weights(), "maf_block.")],
+        device,
+    )?;
     Ok(block)
 }
 
@@ -103,8 +106,11 @@ pub fn check_mmdit_forward(fx: &Fixture, device: &Device) -> Result<Vec<Check>> 
     // Nctx follows the fixture's streams (a test config may not carry the stream sizes).
     let mut dit_config = DitConfig::from_model_config(&config)?;
     dit_config.context_tokens = context.dims()[1];
-    let dit = dit_config.init(device)?;
-    let (dit, _) = dit.load(&[WeightSource::with_prefix(fx.weights(), "model.model.")])?;
+    let (dit, _) = Dit::load(
+        &dit_config,
+        &[WeightSource::with_prefix(fx.weights(), "model.model.")],
+        device,
+    )?;
 
     let x = input(fx, "in.x", device)?;
     let t = input(fx, "in.t", device)?;
@@ -130,8 +136,11 @@ pub fn load_fixture_dit(fx: &Fixture, device: &Device) -> Result<Dit> {
     let context_tokens = stored.shape()[1];
     let mut dit_config = DitConfig::from_model_config(&config)?;
     dit_config.context_tokens = context_tokens;
-    let dit = dit_config.init(device)?;
-    let (dit, _) = dit.load(&[WeightSource::with_prefix(fx.weights(), "model.model.")])?;
+    let (dit, _) = Dit::load(
+        &dit_config,
+        &[WeightSource::with_prefix(fx.weights(), "model.model.")],
+        device,
+    )?;
     Ok(dit)
 }
 

@@ -8,7 +8,7 @@ use audiox_core::Error;
 use audiox_core::config::ModelConfig;
 use audiox_core::fixtures::{Check, Fixture, FixtureSet, assert_all_pass};
 use audiox_core::tensor::{from_dyn, to_vec};
-use audiox_core::weights::{StateDict, WeightSource, resolve_official_keys};
+use audiox_core::weights::{Component, StateDict, WeightSource, resolve_official_keys};
 use audiox_mmdit::parity::{load_fixture_dit, load_fixture_maf};
 use audiox_mmdit::{Dit, DitConfig, MafBlock, MafBlockConfig, MmditDenoiser};
 use audiox_sampler::Denoiser;
@@ -162,21 +162,33 @@ fn model_keys(dit: &Dit, maf: &MafBlock) -> BTreeMap<String, Vec<usize>> {
 
 /// Loads both models from a torch checkpoint through the official key rule; nothing under
 /// their prefixes stays unused and every parameter is loaded.
-fn load_checkpoint(path: &std::path::Path, dit: Dit, maf: MafBlock) -> (Dit, MafBlock) {
+fn load_checkpoint(
+    path: &std::path::Path,
+    dit: &DitConfig,
+    maf: &MafBlockConfig,
+    device: &Device,
+) -> (Dit, MafBlock) {
     let dict = StateDict::open(path).unwrap();
-    let (resolved, _dropped) = resolve_official_keys(&dict, &model_keys(&dit, &maf));
-    let (dit, report) = dit
-        .load(&[WeightSource::with_prefix(&resolved, "model.model.")])
-        .unwrap();
+    let keys = model_keys(&dit.init(device).unwrap(), &maf.init(device));
+    let (resolved, _dropped) = resolve_official_keys(&dict, &keys);
+    let (dit, report) = Dit::load(
+        dit,
+        &[WeightSource::with_prefix(&resolved, "model.model.")],
+        device,
+    )
+    .unwrap();
     assert!(
         report.unused.is_empty() && report.missing.is_empty(),
         "{}",
         report.summary()
     );
     assert_eq!(report.applied.len(), 11 + 11 * dit.blocks.len() + 6);
-    let (maf, report) = maf
-        .load(&[WeightSource::with_prefix(&resolved, "maf_block.")])
-        .unwrap();
+    let (maf, report) = MafBlock::load(
+        maf,
+        &[WeightSource::with_prefix(&resolved, "maf_block.")],
+        device,
+    )
+    .unwrap();
     assert!(
         report.unused.is_empty() && report.missing.is_empty(),
         "{}",
@@ -205,10 +217,7 @@ fn student_checkpoints_load_through_the_official_key_rule() {
     let fresh = || {
         let mut c = DitConfig::from_model_config(&config).unwrap();
         c.context_tokens = reference.context_shape()[0];
-        (
-            c.init(&device).unwrap(),
-            MafBlockConfig::from_model_config(&config).init(&device),
-        )
+        (c, MafBlockConfig::from_model_config(&config))
     };
     let run = |dit: &Dit, maf: &MafBlock| {
         let ctx = maf
@@ -228,13 +237,13 @@ fn student_checkpoints_load_through_the_official_key_rule() {
     let ckpt = set().dir().join("ckpt");
 
     let (dit, maf) = fresh();
-    let (dit, maf) = load_checkpoint(&ckpt.join("student_raw_f32.ckpt"), dit, maf);
+    let (dit, maf) = load_checkpoint(&ckpt.join("student_raw_f32.ckpt"), &dit, &maf, &device);
     let v = run(&dit, &maf);
     let check = fx.check("out.v", &v.dims(), &to_vec(v.clone())).unwrap();
     assert_all_pass("student_raw_f32.ckpt", &[check]);
 
     let (dit, maf) = fresh();
-    let (dit, maf) = load_checkpoint(&ckpt.join("student_raw_bf16.ckpt"), dit, maf);
+    let (dit, maf) = load_checkpoint(&ckpt.join("student_raw_bf16.ckpt"), &dit, &maf, &device);
     let err = max_abs_diff(run(&dit, &maf), v);
     assert!(err < 0.1, "bf16 weights: velocity differs by {err}");
 }
@@ -251,12 +260,14 @@ fn bundle_model_reproduces_a_request() {
     }
     let device = Device::flex();
     let config = ModelConfig::from_file(bundle.join("config.json")).unwrap();
-    let dit = DitConfig::from_model_config(&config)
-        .unwrap()
-        .init(&device)
-        .unwrap();
-    let maf = MafBlockConfig::from_model_config(&config).init(&device);
-    let (dit, maf) = load_checkpoint(&bundle.join("audiox_turbo/audiox_turbo.ckpt"), dit, maf);
+    let dit = DitConfig::from_model_config(&config).unwrap();
+    let maf = MafBlockConfig::from_model_config(&config);
+    let (dit, maf) = load_checkpoint(
+        &bundle.join("audiox_turbo/audiox_turbo.ckpt"),
+        &dit,
+        &maf,
+        &device,
+    );
 
     let fx = Fixture::open(&expected, "text_only").unwrap();
     let ctx = maf
@@ -326,10 +337,12 @@ fn bad_bypass_gates_are_typed_errors() {
         StateDict::from_f32("memory", list).unwrap()
     };
     let load = |dict: &StateDict| {
-        MafBlockConfig::from_model_config(&config)
-            .init(&device)
-            .load(&[WeightSource::with_prefix(dict, "maf_block.")])
-            .map(|_| ())
+        MafBlock::load(
+            &MafBlockConfig::from_model_config(&config),
+            &[WeightSource::with_prefix(dict, "maf_block.")],
+            &device,
+        )
+        .map(|_| ())
     };
     let missing =
         tensors(&|k, s, v| (k != "maf_block.bypass_gate_t").then(|| (k.to_string(), s, v)));

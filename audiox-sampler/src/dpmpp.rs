@@ -3,12 +3,10 @@
 use burn::tensor::Tensor;
 
 use audiox_core::Result;
-use audiox_core::noise::NoiseSource;
 
-use crate::control::{StepControl, StepInfo};
-use crate::denoiser::Denoiser;
-use crate::guidance::{Guidance, Guided};
-use crate::sampler::{Sampler, builtin_settings, prepare, velocity_at};
+use crate::driver::Step;
+use crate::guidance::Guidance;
+use crate::sampler::{Sampler, builtin_settings};
 use crate::schedule::Schedule;
 
 /// DPM-Solver++(2M): a second-order multistep exponential integrator in data prediction,
@@ -66,58 +64,40 @@ impl Sampler for DpmPp2M {
         "dpmpp-2m"
     }
 
-    fn steps(&self) -> usize {
-        self.schedule.steps()
+    fn schedule(&self) -> &Schedule {
+        &self.schedule
     }
 
     fn guidance(&self) -> Guidance {
         self.guidance
     }
 
-    fn validate(&self) -> Result<()> {
-        self.schedule.validate()?;
-        self.guidance.validate()
-    }
-
-    fn sample(
-        &self,
-        denoiser: &dyn Denoiser,
-        noise: Tensor<3>,
-        _rng: &mut dyn NoiseSource,
-        control: &mut StepControl<'_>,
-    ) -> Result<Tensor<3>> {
-        let times = prepare(&self.schedule, &self.guidance, &noise)?;
-        let denoiser = Guided::new(denoiser, self.guidance);
-        let total = times.len() - 1;
-        let mut z = noise; // [B, C, L]
-        // The previous step's log-SNR step `h` and clean-latent prediction.
-        let mut previous: Option<(f64, Tensor<3>)> = None;
-        for (k, pair) in times.windows(2).enumerate() {
-            let (t, t_next) = (pair[0], pair[1]);
-            control.check_cancelled(k, total)?;
-            let v = velocity_at(&denoiser, &z, t)?;
-            let x0 = z.clone() - v.mul_scalar(t);
-            let (t64, s64) = (t as f64, t_next as f64);
+    fn step(&self, z: Tensor<3>, step: &mut Step<'_>) -> Result<Tensor<3>> {
+        let (t, t_next) = (step.t(), step.t_next());
+        let v = step.velocity(&z, t)?;
+        let x0 = z.clone() - v.mul_scalar(t);
+        let (t64, s64) = (t as f64, t_next as f64);
+        let z = if t_next == 0.0 {
+            x0.clone()
+        } else {
+            // t > t_next > 0 here, so every ratio is finite.
             let h = lambda(s64) - lambda(t64);
-            z = if t_next == 0.0 {
-                x0.clone()
-            } else {
-                // t > t_next > 0 here, so every ratio is finite.
-                let keep = s64 / t64;
-                let gain = (1.0 - s64) - s64 * (1.0 - t64) / t64;
-                let d = match &previous {
-                    Some((h_prev, x0_prev)) if h_prev.is_finite() => {
-                        let w = h / (2.0 * h_prev); // 1 / (2r)
-                        x0.clone().mul_scalar((1.0 + w) as f32)
-                            - x0_prev.clone().mul_scalar(w as f32)
-                    }
-                    _ => x0.clone(),
-                };
-                z.mul_scalar(keep as f32) + d.mul_scalar(gain as f32)
+            let keep = s64 / t64;
+            let gain = (1.0 - s64) - s64 * (1.0 - t64) / t64;
+            // The previous step's log-SNR step `h_prev` and clean-latent prediction.
+            let previous = step
+                .previous_denoised()
+                .map(|(t_prev, x0_prev)| (lambda(t64) - lambda(t_prev as f64), x0_prev));
+            let d = match previous {
+                Some((h_prev, x0_prev)) if h_prev.is_finite() => {
+                    let w = h / (2.0 * h_prev); // 1 / (2r)
+                    x0.clone().mul_scalar((1.0 + w) as f32) - x0_prev.clone().mul_scalar(w as f32)
+                }
+                _ => x0.clone(),
             };
-            control.report(&StepInfo::new(k, total, t, t_next, &z).with_denoised(Some(&x0)));
-            previous = Some((h, x0));
-        }
+            z.mul_scalar(keep as f32) + d.mul_scalar(gain as f32)
+        };
+        step.set_denoised(x0);
         Ok(z)
     }
 }

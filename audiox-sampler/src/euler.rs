@@ -3,12 +3,10 @@
 use burn::tensor::Tensor;
 
 use audiox_core::Result;
-use audiox_core::noise::NoiseSource;
 
-use crate::control::{StepControl, StepInfo};
-use crate::denoiser::Denoiser;
-use crate::guidance::{Guidance, Guided};
-use crate::sampler::{Sampler, builtin_settings, prepare, velocity_at};
+use crate::driver::Step;
+use crate::guidance::Guidance;
+use crate::sampler::{Sampler, builtin_settings};
 use crate::schedule::Schedule;
 
 /// Euler integration of the flow ODE `dx/dt = v(x, t)` from the schedule's first time to its
@@ -41,10 +39,12 @@ impl Euler {
         }
     }
 
-    /// The reference defaults of the base (teacher) model: 250 steps, guidance scale 6, no
+    /// The reference defaults of the base (teacher) model
+    /// ([`Defaults::TEACHER`](crate::Defaults::TEACHER)): 250 steps, guidance scale 6, no
     /// rescale.
     pub fn teacher() -> Self {
-        Self::new(250).with_guidance(Guidance::cfg(6.0))
+        let d = crate::Defaults::TEACHER;
+        Self::new(d.steps).with_guidance(d.guidance)
     }
 }
 
@@ -55,42 +55,21 @@ impl Sampler for Euler {
         "euler"
     }
 
-    fn steps(&self) -> usize {
-        self.schedule.steps()
+    fn schedule(&self) -> &Schedule {
+        &self.schedule
     }
 
     fn guidance(&self) -> Guidance {
         self.guidance
     }
 
-    fn validate(&self) -> Result<()> {
-        self.schedule.validate()?;
-        self.guidance.validate()
-    }
-
-    fn sample(
-        &self,
-        denoiser: &dyn Denoiser,
-        noise: Tensor<3>,
-        _rng: &mut dyn NoiseSource,
-        control: &mut StepControl<'_>,
-    ) -> Result<Tensor<3>> {
-        let times = prepare(&self.schedule, &self.guidance, &noise)?;
-        let denoiser = Guided::new(denoiser, self.guidance);
-        let total = times.len() - 1;
-        let mut x = noise; // [B, C, L]
-        for (k, pair) in times.windows(2).enumerate() {
-            let (t, t_next) = (pair[0], pair[1]);
-            control.check_cancelled(k, total)?;
-            let v = velocity_at(&denoiser, &x, t)?;
+    fn step(&self, x: Tensor<3>, step: &mut Step<'_>) -> Result<Tensor<3>> {
+        let (t, t_next) = (step.t(), step.t_next());
+        let v = step.velocity(&x, t)?;
+        if step.wants_denoised() {
             // Only for the progress report: the clean-latent estimate at t.
-            let denoised = control
-                .has_progress()
-                .then(|| x.clone() - v.clone().mul_scalar(t));
-            x = x + v.mul_scalar(t_next - t);
-            control
-                .report(&StepInfo::new(k, total, t, t_next, &x).with_denoised(denoised.as_ref()));
+            step.set_denoised(x.clone() - v.clone().mul_scalar(t));
         }
-        Ok(x)
+        Ok(x + v.mul_scalar(t_next - t))
     }
 }

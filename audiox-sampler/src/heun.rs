@@ -3,12 +3,10 @@
 use burn::tensor::Tensor;
 
 use audiox_core::Result;
-use audiox_core::noise::NoiseSource;
 
-use crate::control::{StepControl, StepInfo};
-use crate::denoiser::Denoiser;
-use crate::guidance::{Guidance, Guided};
-use crate::sampler::{Sampler, builtin_settings, prepare, velocity_at};
+use crate::driver::Step;
+use crate::guidance::Guidance;
+use crate::sampler::{Sampler, builtin_settings};
 use crate::schedule::Schedule;
 
 /// Heun's method on the flow ODE: an Euler predictor `x' = x + dt v(x, t_k)`, then the
@@ -45,48 +43,27 @@ impl Sampler for Heun {
         "heun"
     }
 
-    fn steps(&self) -> usize {
-        self.schedule.steps()
-    }
-
-    fn evaluations(&self) -> usize {
-        2 * self.steps()
+    fn schedule(&self) -> &Schedule {
+        &self.schedule
     }
 
     fn guidance(&self) -> Guidance {
         self.guidance
     }
 
-    fn validate(&self) -> Result<()> {
-        self.schedule.validate()?;
-        self.guidance.validate()
+    fn evaluations_per_step(&self) -> usize {
+        2
     }
 
-    fn sample(
-        &self,
-        denoiser: &dyn Denoiser,
-        noise: Tensor<3>,
-        _rng: &mut dyn NoiseSource,
-        control: &mut StepControl<'_>,
-    ) -> Result<Tensor<3>> {
-        let times = prepare(&self.schedule, &self.guidance, &noise)?;
-        let denoiser = Guided::new(denoiser, self.guidance);
-        let total = times.len() - 1;
-        let mut x = noise; // [B, C, L]
-        for (k, pair) in times.windows(2).enumerate() {
-            let (t, t_next) = (pair[0], pair[1]);
-            let dt = t_next - t;
-            control.check_cancelled(k, total)?;
-            let v = velocity_at(&denoiser, &x, t)?;
-            let predictor = x.clone() + v.clone().mul_scalar(dt);
-            let v_next = velocity_at(&denoiser, &predictor, t_next)?;
-            let denoised = control
-                .has_progress()
-                .then(|| x.clone() - v.clone().mul_scalar(t));
-            x = x + (v + v_next).mul_scalar(0.5 * dt);
-            control
-                .report(&StepInfo::new(k, total, t, t_next, &x).with_denoised(denoised.as_ref()));
+    fn step(&self, x: Tensor<3>, step: &mut Step<'_>) -> Result<Tensor<3>> {
+        let (t, t_next) = (step.t(), step.t_next());
+        let dt = t_next - t;
+        let v = step.velocity(&x, t)?;
+        let predictor = x.clone() + v.clone().mul_scalar(dt);
+        let v_next = step.velocity(&predictor, t_next)?;
+        if step.wants_denoised() {
+            step.set_denoised(x.clone() - v.clone().mul_scalar(t));
         }
-        Ok(x)
+        Ok(x + (v + v_next).mul_scalar(0.5 * dt))
     }
 }

@@ -11,62 +11,43 @@
 //! | [`Heun`] | second-order predictor-corrector | 2N |
 //! | [`DpmPp2M`] | DPM-Solver++(2M) in rectified-flow log-SNR, second order | N |
 //!
-//! Every sampler takes a [`Schedule`] (torch-exact linear by default), a [`Guidance`]
-//! (classifier-free guidance through the [`Guided`] adapter, optional CFG rescale), draws its
-//! random numbers from a [`NoiseSource`](audiox_core::noise::NoiseSource), reports each step
-//! through a [`StepControl`] and stops between steps when its [`CancelToken`] is cancelled.
-//! The user guide is `docs/samplers.md`.
+//! A sampler is its settings (a [`Schedule`], torch-exact linear by default, and a
+//! [`Guidance`]: classifier-free guidance, optional CFG rescale) and its update rule
+//! ([`Sampler::step`]). The loop is written once, in [`drive`]: it validates the settings and
+//! the latent, wraps the denoiser in the guidance ([`Guided`]), walks the schedule, stops
+//! between steps when the [`CancelToken`] of the [`StepControl`] is cancelled, checks each
+//! step's result and reports it. Random numbers come from a
+//! [`NoiseSource`](audiox_core::noise::NoiseSource). The user guide is `docs/samplers.md`.
 //!
 //! # Writing a sampler
 //!
-//! A sampler outside this crate implements [`Sampler`]; [`velocity_at`], [`Guided`] and the
-//! [`StepControl`] methods do the bookkeeping. The explicit midpoint method:
+//! A sampler outside this crate names itself, gives its schedule, and writes its update
+//! rule; [`Step`] hands it the times, the guided velocity and fresh noise. The explicit
+//! midpoint method, with guidance, progress and cancellation from the driver:
 //!
 //! ```
 //! use audiox_core::Result;
-//! use audiox_core::noise::{NoiseSource, SeededNoise};
-//! use audiox_sampler::{
-//!     Denoiser, Guidance, Guided, Sampler, Schedule, StepControl, StepInfo, velocity_at,
-//! };
+//! use audiox_core::noise::SeededNoise;
+//! use audiox_sampler::{Denoiser, Guidance, Sampler, Schedule, Step, StepControl};
 //! use burn::tensor::{Device, Tensor};
 //!
 //! #[derive(Debug)]
-//! struct Midpoint {
-//!     schedule: Schedule,
-//!     guidance: Guidance,
-//! }
+//! struct Midpoint(Schedule);
 //!
 //! impl Sampler for Midpoint {
 //!     fn name(&self) -> &str {
 //!         "midpoint"
 //!     }
-//!     fn steps(&self) -> usize {
-//!         self.schedule.steps()
+//!     fn schedule(&self) -> &Schedule {
+//!         &self.0
 //!     }
-//!     fn evaluations(&self) -> usize {
-//!         2 * self.steps()
+//!     fn evaluations_per_step(&self) -> usize {
+//!         2
 //!     }
-//!     fn sample(
-//!         &self,
-//!         denoiser: &dyn Denoiser,
-//!         noise: Tensor<3>,
-//!         _rng: &mut dyn NoiseSource,
-//!         control: &mut StepControl<'_>,
-//!     ) -> Result<Tensor<3>> {
-//!         let times = self.schedule.times()?;
-//!         self.guidance.validate()?;
-//!         let denoiser = Guided::new(denoiser, self.guidance);
-//!         let total = times.len() - 1;
-//!         let mut x = noise;
-//!         for (k, w) in times.windows(2).enumerate() {
-//!             control.check_cancelled(k, total)?;
-//!             let (t, dt) = (w[0], w[1] - w[0]);
-//!             let v = velocity_at(&denoiser, &x, t)?;
-//!             let half = x.clone() + v.mul_scalar(0.5 * dt);
-//!             x = x + velocity_at(&denoiser, &half, t + 0.5 * dt)?.mul_scalar(dt);
-//!             control.report(&StepInfo::new(k, total, t, w[1], &x));
-//!         }
-//!         Ok(x)
+//!     fn step(&self, x: Tensor<3>, step: &mut Step<'_>) -> Result<Tensor<3>> {
+//!         let (t, dt) = (step.t(), step.dt());
+//!         let half = x.clone() + step.velocity(&x, t)?.mul_scalar(0.5 * dt);
+//!         Ok(x + step.velocity(&half, t + 0.5 * dt)?.mul_scalar(dt))
 //!     }
 //! }
 //!
@@ -82,33 +63,39 @@
 //!
 //! let device = Device::flex();
 //! let noise = Tensor::<3>::ones([1, 2, 4], &device);
-//! let sampler: Box<dyn Sampler> =
-//!     Box::new(Midpoint { schedule: Schedule::linear(4), guidance: Guidance::none() });
+//! let sampler: Box<dyn Sampler> = Box::new(Midpoint(Schedule::linear(4)));
 //! let mut rng = SeededNoise::new(7);
 //! let x = sampler.sample(&ToConstant, noise, &mut rng, &mut StepControl::new())?;
 //! let values = x.into_data().to_vec::<f32>().unwrap();
 //! assert!(values.iter().all(|v| (v - 3.0).abs() < 1e-5));
+//! assert_eq!(sampler.evaluations(), 8);
+//! assert_eq!(sampler.guidance(), Guidance::none()); // override `guidance` to guide
 //! # Ok::<(), audiox_core::Error>(())
 //! ```
-#![warn(missing_docs)]
+#![deny(missing_docs)]
 
+mod builtin;
 mod control;
 mod denoiser;
 mod dmd;
 mod dpmpp;
+mod driver;
 mod euler;
 mod guidance;
 mod heun;
+#[cfg(feature = "parity")]
 pub mod parity;
 mod sampler;
 mod schedule;
 
+pub use builtin::{Defaults, SamplerKind};
 pub use control::{CancelToken, StepControl, StepInfo};
 pub use denoiser::Denoiser;
 pub use dmd::Dmd;
 pub use dpmpp::DpmPp2M;
+pub use driver::{Step, check_finite, drive};
 pub use euler::Euler;
 pub use guidance::{Guidance, Guided};
 pub use heun::Heun;
-pub use sampler::{BUILTIN_SAMPLERS, Sampler, by_name, check_latent, velocity_at};
+pub use sampler::{Sampler, check_latent, velocity_at};
 pub use schedule::{Schedule, torch_linspace};

@@ -1,4 +1,4 @@
-//! The [`Sampler`] trait and the helpers every sampler uses.
+//! The [`Sampler`] trait: a sampler is its update rule; the loop is [`drive`](crate::drive).
 
 use std::fmt::Debug;
 use std::sync::Arc;
@@ -10,57 +10,78 @@ use audiox_core::{Error, Result};
 
 use crate::control::StepControl;
 use crate::denoiser::Denoiser;
+use crate::driver::{Step, drive};
 use crate::guidance::Guidance;
 use crate::schedule::Schedule;
 
 /// Turns noise into a clean latent by calling a [`Denoiser`].
 ///
-/// The trait is object safe: pipelines hold a `Box<dyn Sampler>`, and a researcher's own
-/// sampler plugs in next to the built-ins. An implementation should
-/// * draw every random number from `rng` (label [`labels::STEP_NOISE`] for per-step noise),
-///   so a seed reproduces the run;
-/// * call [`StepControl::check_cancelled`] before each step and [`StepControl::report`] after
-///   it, and return nothing but the error when cancelled;
-/// * evaluate the denoiser through [`velocity_at`] (time tensor `[B]`, shape check), wrapped
-///   in [`Guided`](crate::Guided) when it supports guidance.
+/// A sampler is its settings ([`schedule`](Self::schedule), [`guidance`](Self::guidance)) and
+/// its update rule ([`step`](Self::step)). The loop around the rule is written once, in
+/// [`drive`](crate::drive), which [`sample`](Self::sample) runs: it validates the settings
+/// and the latent, wraps the denoiser in classifier-free guidance, walks the schedule's
+/// windows, checks cancellation before each step, checks the shape of each step's result and
+/// the finiteness of the last, and reports progress after each step. This is the split of
+/// diffusers' schedulers and k-diffusion's samplers.
 ///
-/// The built-ins are [`Dmd`](crate::Dmd), [`Euler`](crate::Euler), [`Heun`](crate::Heun) and
-/// [`DpmPp2M`](crate::DpmPp2M). See the crate docs for a sampler written outside the crate.
-///
-/// [`labels::STEP_NOISE`]: audiox_core::noise::labels::STEP_NOISE
+/// The trait is object safe: pipelines hold an `Arc<dyn Sampler>`, and a researcher's own
+/// sampler (a few lines, see the crate docs) plugs in next to the built-ins [`Dmd`](crate::Dmd),
+/// [`Euler`](crate::Euler), [`Heun`](crate::Heun) and [`DpmPp2M`](crate::DpmPp2M).
 pub trait Sampler: Debug + Send + Sync {
     /// A short name (`"dmd"`, `"euler"`, ...).
     fn name(&self) -> &str;
 
-    /// Number of steps the sampler runs (what progress reports count).
-    fn steps(&self) -> usize;
+    /// The times the sampler visits, first (noisiest) to last.
+    fn schedule(&self) -> &Schedule;
 
-    /// Denoiser calls per run (a guided call counts once: the denoiser batches both branches).
-    fn evaluations(&self) -> usize {
-        self.steps()
-    }
-
-    /// The guidance the sampler applies (none by default). Pipelines read it to refuse a guided
-    /// request on a model without an unconditional branch before any compute.
+    /// The guidance the sampler applies (none by default). The driver wraps the denoiser in
+    /// it; pipelines read it to prepare (or refuse) an unconditional branch before any compute.
     fn guidance(&self) -> Guidance {
         Guidance::none()
     }
 
-    /// Refuses settings the sampler cannot run (no steps, a bad schedule or guidance), before
-    /// any compute. [`sample`](Self::sample) calls it too.
-    fn validate(&self) -> Result<()> {
-        Ok(())
+    /// Denoiser calls per step (a guided call counts once: the denoiser batches both
+    /// branches).
+    fn evaluations_per_step(&self) -> usize {
+        1
     }
 
+    /// Number of steps the sampler runs (what progress reports count).
+    fn steps(&self) -> usize {
+        self.schedule().steps()
+    }
+
+    /// Denoiser calls per run.
+    fn evaluations(&self) -> usize {
+        self.steps().saturating_mul(self.evaluations_per_step())
+    }
+
+    /// Refuses settings the sampler cannot run (no steps, a bad schedule or guidance), before
+    /// any compute. The driver calls it first; override it to add checks of your own.
+    fn validate(&self) -> Result<()> {
+        self.schedule().validate()?;
+        self.guidance().validate()
+    }
+
+    /// The update rule: the state after the step described by `step`, from the state `x`
+    /// `[B, C, L]` at time [`step.t()`](Step::t). Evaluate the (guided) denoiser with
+    /// [`Step::velocity`], draw fresh noise with [`Step::noise`], and hand the step's
+    /// clean-latent estimate to [`Step::set_denoised`] when there is one.
+    fn step(&self, x: Tensor<3>, step: &mut Step<'_>) -> Result<Tensor<3>>;
+
     /// Samples from `noise` `[B, C, L]` (the state at the schedule's first time) and returns
-    /// the clean latent `[B, C, L]`.
+    /// the clean latent `[B, C, L]`: runs [`drive`](crate::drive). Keep this default; a
+    /// sampler that cannot be written as a [`step`](Self::step) rule (adaptive step sizes) may
+    /// replace it, and must then keep the driver's contract itself.
     fn sample(
         &self,
         denoiser: &dyn Denoiser,
         noise: Tensor<3>,
         rng: &mut dyn NoiseSource,
         control: &mut StepControl<'_>,
-    ) -> Result<Tensor<3>>;
+    ) -> Result<Tensor<3>> {
+        drive(self, denoiser, noise, rng, control)
+    }
 }
 
 macro_rules! forward_sampler {
@@ -69,17 +90,26 @@ macro_rules! forward_sampler {
             fn name(&self) -> &str {
                 (**self).name()
             }
+            fn schedule(&self) -> &Schedule {
+                (**self).schedule()
+            }
+            fn guidance(&self) -> Guidance {
+                (**self).guidance()
+            }
+            fn evaluations_per_step(&self) -> usize {
+                (**self).evaluations_per_step()
+            }
             fn steps(&self) -> usize {
                 (**self).steps()
             }
             fn evaluations(&self) -> usize {
                 (**self).evaluations()
             }
-            fn guidance(&self) -> Guidance {
-                (**self).guidance()
-            }
             fn validate(&self) -> Result<()> {
                 (**self).validate()
+            }
+            fn step(&self, x: Tensor<3>, step: &mut Step<'_>) -> Result<Tensor<3>> {
+                (**self).step(x, step)
             }
             fn sample(
                 &self,
@@ -96,38 +126,9 @@ macro_rules! forward_sampler {
 
 forward_sampler!(&S, Box<S>, Arc<S>);
 
-/// Names accepted by [`by_name`].
-pub const BUILTIN_SAMPLERS: &[&str] = &["dmd", "euler", "heun", "dpmpp-2m"];
-
-/// A built-in sampler by name (see [`BUILTIN_SAMPLERS`]) with `steps` linear steps from 1 to 0
-/// and `guidance`.
-///
-/// ```
-/// use audiox_sampler::{by_name, Guidance, Sampler};
-///
-/// let s = by_name("heun", 10, Guidance::cfg(4.0))?;
-/// assert_eq!((s.name(), s.steps(), s.evaluations()), ("heun", 10, 20));
-/// assert!(by_name("ddim", 10, Guidance::none()).is_err());
-/// # Ok::<(), audiox_core::Error>(())
-/// ```
-pub fn by_name(name: &str, steps: usize, guidance: Guidance) -> Result<Box<dyn Sampler>> {
-    let sampler: Box<dyn Sampler> = match name {
-        "dmd" => Box::new(crate::Dmd::new(steps).with_guidance(guidance)),
-        "euler" => Box::new(crate::Euler::new(steps).with_guidance(guidance)),
-        "heun" => Box::new(crate::Heun::new(steps).with_guidance(guidance)),
-        "dpmpp-2m" => Box::new(crate::DpmPp2M::new(steps).with_guidance(guidance)),
-        other => {
-            return Err(Error::InvalidRequest(format!(
-                "unknown sampler `{other}`; the built-in samplers are {}",
-                BUILTIN_SAMPLERS.join(", ")
-            )));
-        }
-    };
-    Ok(sampler)
-}
-
 /// Evaluates `denoiser` at `x` `[B, C, L]` and time `t` (fed as a `[B]` f32 tensor filled with
-/// `t`), and checks that the velocity has the shape of `x`.
+/// `t`), and checks that the velocity has the shape of `x`. (Inside a step rule,
+/// [`Step::velocity`] does this with the run's guided denoiser.)
 pub fn velocity_at(denoiser: &dyn Denoiser, x: &Tensor<3>, t: f32) -> Result<Tensor<3>> {
     let dims = x.dims();
     let time = Tensor::<1>::full([dims[0]], t, &x.device());
@@ -157,23 +158,6 @@ pub(crate) fn check_velocity(what: &str, dims: &[usize; 3], v: &Tensor<3>) -> Re
     Ok(())
 }
 
-/// The checks every built-in runs before any compute; returns the time grid.
-pub(crate) fn prepare(
-    schedule: &Schedule,
-    guidance: &Guidance,
-    noise: &Tensor<3>,
-) -> Result<Vec<f32>> {
-    let times = schedule.times()?;
-    guidance.validate()?;
-    check_latent(noise)?;
-    if guidance.is_active() && guidance.rescale_phi != 0.0 && noise.dims()[1] < 2 {
-        return Err(Error::InvalidRequest(
-            "CFG rescale needs at least two latent channels (it uses their spread)".into(),
-        ));
-    }
-    Ok(times)
-}
-
 /// The builder methods every built-in (fields `schedule` and `guidance`) shares.
 macro_rules! builtin_settings {
     ($ty:ident) => {
@@ -188,11 +172,6 @@ macro_rules! builtin_settings {
             pub fn with_guidance(mut self, guidance: $crate::Guidance) -> Self {
                 self.guidance = guidance;
                 self
-            }
-
-            /// The time schedule.
-            pub fn schedule(&self) -> &$crate::Schedule {
-                &self.schedule
             }
         }
     };

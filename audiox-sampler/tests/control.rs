@@ -8,16 +8,16 @@ use audiox_core::Error;
 use audiox_core::noise::{NoiseSource, ReplayNoise, SeededNoise, labels};
 use audiox_core::tensor::{from_vec, to_vec};
 use audiox_sampler::{
-    BUILTIN_SAMPLERS, CancelToken, Denoiser, Dmd, DpmPp2M, Euler, Guidance, Guided, Heun, Sampler,
-    Schedule, StepControl, by_name,
+    CancelToken, Denoiser, Dmd, DpmPp2M, Euler, Guidance, Guided, Heun, Sampler, SamplerKind,
+    Schedule, StepControl,
 };
 use burn::tensor::{Device, Tensor};
 use common::{GaussianFlow, ToyDenoiser, curved_flow, noise};
 
 fn all_builtins(steps: usize, guidance: Guidance) -> Vec<Box<dyn Sampler>> {
-    BUILTIN_SAMPLERS
+    SamplerKind::ALL
         .iter()
-        .map(|name| by_name(name, steps, guidance).unwrap())
+        .map(|kind| kind.build(steps, guidance))
         .collect()
 }
 
@@ -435,7 +435,10 @@ fn bad_settings_and_inputs_are_typed_errors_before_any_evaluation() {
     }
     assert!(Dmd::new(0).validate().is_err());
     assert!(Dmd::new(4).validate().is_ok());
-    assert!(by_name("nope", 4, Guidance::none()).is_err());
+    assert!(matches!(
+        "nope".parse::<SamplerKind>(),
+        Err(Error::InvalidRequest(m)) if m.contains("dmd, euler, heun, dpmpp-2m")
+    ));
 }
 
 #[test]
@@ -471,4 +474,21 @@ fn samplers_are_shareable_trait_objects() {
     let shared: Arc<dyn Sampler> = Arc::new(Dmd::default());
     let boxed: Box<dyn Sampler> = Box::new(shared.clone());
     assert_eq!((boxed.name(), boxed.steps()), ("dmd", 4));
+}
+
+#[test]
+fn kinds_round_trip_through_their_names_and_build_what_they_name() {
+    for kind in SamplerKind::ALL {
+        assert_eq!(kind.name().parse::<SamplerKind>().unwrap(), kind);
+        assert_eq!(kind.to_string(), kind.name());
+        let s = kind.build(kind.default_steps(), Guidance::none());
+        assert_eq!((s.name(), s.steps()), (kind.name(), kind.default_steps()));
+    }
+    // The defaults table agrees with the samplers' own constructors.
+    assert_eq!(Dmd::default().steps(), SamplerKind::Dmd.default_steps());
+    assert_eq!(Euler::teacher().steps(), SamplerKind::Euler.default_steps());
+    assert_eq!(
+        Euler::teacher().guidance(),
+        audiox_sampler::Defaults::TEACHER.guidance
+    );
 }

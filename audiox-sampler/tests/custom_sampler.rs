@@ -3,16 +3,14 @@
 
 mod common;
 
-use audiox_core::Result;
-use audiox_core::noise::{NoiseSource, ReplayNoise};
-use audiox_sampler::{
-    CancelToken, Denoiser, Euler, Guidance, Guided, Sampler, Schedule, StepControl, StepInfo,
-    check_latent, velocity_at,
-};
+use audiox_core::noise::{NoiseSource, ReplayNoise, SeededNoise};
+use audiox_core::{Error, Result};
+use audiox_sampler::{CancelToken, Euler, Guidance, Sampler, Schedule, Step, StepControl};
 use burn::tensor::{Device, Tensor};
 use common::{GaussianFlow, ToyDenoiser, curved_flow, fitted_order, max_abs_diff, noise};
 
-/// Kutta's RK3 on the flow ODE: three evaluations per step, global error O(1/N^3).
+/// Kutta's RK3 on the flow ODE: three evaluations per step, global error O(1/N^3). The
+/// driver does the rest (guidance, cancellation, progress, checks).
 #[derive(Debug, Clone)]
 struct Kutta3 {
     schedule: Schedule,
@@ -33,51 +31,25 @@ impl Sampler for Kutta3 {
         "kutta3"
     }
 
-    fn steps(&self) -> usize {
-        self.schedule.steps()
-    }
-
-    fn evaluations(&self) -> usize {
-        3 * self.steps()
+    fn schedule(&self) -> &Schedule {
+        &self.schedule
     }
 
     fn guidance(&self) -> Guidance {
         self.guidance
     }
 
-    fn validate(&self) -> Result<()> {
-        self.schedule.validate()?;
-        self.guidance.validate()
+    fn evaluations_per_step(&self) -> usize {
+        3
     }
 
-    fn sample(
-        &self,
-        denoiser: &dyn Denoiser,
-        noise: Tensor<3>,
-        _rng: &mut dyn NoiseSource,
-        control: &mut StepControl<'_>,
-    ) -> Result<Tensor<3>> {
-        self.validate()?;
-        check_latent(&noise)?;
-        let times = self.schedule.times()?;
-        let denoiser = Guided::new(denoiser, self.guidance);
-        let total = times.len() - 1;
-        let mut x = noise;
-        for (k, w) in times.windows(2).enumerate() {
-            control.check_cancelled(k, total)?;
-            let (t, h) = (w[0], w[1] - w[0]);
-            let k1 = velocity_at(&denoiser, &x, t)?;
-            let k2 = velocity_at(
-                &denoiser,
-                &(x.clone() + k1.clone().mul_scalar(0.5 * h)),
-                t + 0.5 * h,
-            )?;
-            let probe = x.clone() - k1.clone().mul_scalar(h) + k2.clone().mul_scalar(2.0 * h);
-            let k3 = velocity_at(&denoiser, &probe, w[1])?;
-            x = x + (k1 + k2.mul_scalar(4.0) + k3).mul_scalar(h / 6.0);
-            control.report(&StepInfo::new(k, total, t, w[1], &x));
-        }
-        Ok(x)
+    fn step(&self, x: Tensor<3>, step: &mut Step<'_>) -> Result<Tensor<3>> {
+        let (t, h) = (step.t(), step.dt());
+        let k1 = step.velocity(&x, t)?;
+        let k2 = step.velocity(&(x.clone() + k1.clone().mul_scalar(0.5 * h)), t + 0.5 * h)?;
+        let probe = x.clone() - k1.clone().mul_scalar(h) + k2.clone().mul_scalar(2.0 * h);
+        let k3 = step.velocity(&probe, step.t_next())?;
+        Ok(x + (k1 + k2.mul_scalar(4.0) + k3).mul_scalar(h / 6.0))
     }
 }
 
@@ -172,4 +144,93 @@ fn the_custom_sampler_runs_on_another_thread() {
     });
     let err = handle.join().unwrap();
     assert!(err < 1e-4, "{err:.3e}");
+}
+
+/// A sampler that breaks the driver's contract in one of several ways.
+#[derive(Debug)]
+enum Broken {
+    /// Returns one more latent frame than it was given.
+    WrongShape,
+    /// Returns NaN everywhere on its last step.
+    NotFinite,
+    /// Draws step noise (from whatever source the run has).
+    DrawsNoise,
+}
+
+impl Sampler for Broken {
+    fn name(&self) -> &str {
+        "broken"
+    }
+
+    fn schedule(&self) -> &Schedule {
+        static LINEAR: std::sync::OnceLock<Schedule> = std::sync::OnceLock::new();
+        LINEAR.get_or_init(|| Schedule::linear(3))
+    }
+
+    fn step(&self, x: Tensor<3>, step: &mut Step<'_>) -> Result<Tensor<3>> {
+        let [b, c, l] = x.dims();
+        match self {
+            Broken::WrongShape => Ok(Tensor::zeros([b, c, l + 1], &x.device())),
+            Broken::NotFinite if step.is_last() => Ok(x.mul_scalar(f32::NAN)),
+            Broken::NotFinite => Ok(x),
+            Broken::DrawsNoise => step.noise(),
+        }
+    }
+}
+
+/// A noise source of the caller's that hands out NaN.
+struct NanNoise;
+
+impl NoiseSource for NanNoise {
+    fn normal(&mut self, _label: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        Ok(vec![f32::NAN; shape.iter().product()])
+    }
+    fn uniform(&mut self, _label: &str, shape: &[usize]) -> Result<Vec<f32>> {
+        Ok(vec![0.5; shape.iter().product()])
+    }
+    fn integers(&mut self, _label: &str, bounds: &[(i64, i64)]) -> Result<Vec<i64>> {
+        Ok(bounds.iter().map(|b| b.0).collect())
+    }
+}
+
+#[test]
+fn a_custom_sampler_breaking_its_contract_is_a_typed_error() {
+    let device = Device::flex();
+    let run = |sampler: Broken, rng: &mut dyn NoiseSource| {
+        let toy = ToyDenoiser::new(curved_flow());
+        let mut reports = 0;
+        let result = {
+            let mut control = StepControl::new().with_progress(|_| reports += 1);
+            sampler.sample(&toy, noise(3, [1, 3, 4], &device), rng, &mut control)
+        };
+        (result.map(|x| x.dims()), reports)
+    };
+    // A latent of the wrong shape is refused after the step that made it, before any report.
+    let (result, reports) = run(Broken::WrongShape, &mut SeededNoise::new(0));
+    match result {
+        Err(Error::InputShape { what, found, .. }) => {
+            assert!(what.contains("broken") && what.contains("step 0"), "{what}");
+            assert_eq!(found, vec![1, 3, 5]);
+        }
+        other => panic!("expected InputShape, got {other:?}"),
+    }
+    assert_eq!(reports, 0);
+    // A non-finite result is refused.
+    let (result, reports) = run(Broken::NotFinite, &mut SeededNoise::new(0));
+    assert!(
+        matches!(&result, Err(Error::Contract { what, message })
+            if what.contains("broken") && message.contains("NaN")),
+        "{result:?}"
+    );
+    assert_eq!(reports, 3);
+    // A noise source handing out NaN is refused at the draw.
+    let (result, reports) = run(Broken::DrawsNoise, &mut NanNoise);
+    assert!(
+        matches!(&result, Err(Error::Contract { what, .. }) if what.contains("step_noise")),
+        "{result:?}"
+    );
+    assert_eq!(reports, 0);
+    // The same sampler with an honest source runs.
+    let (result, _) = run(Broken::DrawsNoise, &mut SeededNoise::new(0));
+    assert_eq!(result.unwrap(), [1, 3, 4]);
 }

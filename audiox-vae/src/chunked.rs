@@ -63,9 +63,32 @@ impl OobleckDecoder {
         radius.ceil() as usize
     }
 
-    /// Decodes `[B, C, L]` chunk by chunk (see the [module docs](self)); the output has the
-    /// length of a whole decode, `L * ratio`.
+    /// Decodes `[B, C, L]` chunk by chunk (see the docs at the top of `chunked.rs`); the output
+    /// has the length of a whole decode, `L * ratio`.
     pub fn forward_chunked(&self, latent: Tensor<3>, chunking: ChunkedDecode) -> Result<Tensor<3>> {
+        self.forward_chunked_with(latent, chunking, &mut |_, _| Ok(()))
+    }
+
+    /// [`forward_chunked`](Self::forward_chunked), calling `before_chunk(index, chunks)` before
+    /// each chunk is decoded (`chunks` is 1 when the latent fits one chunk); an error from it
+    /// stops the decode and is returned. Pipelines check their cancellation token there.
+    ///
+    /// ```
+    /// # use audiox_vae::{ChunkedDecode, OobleckDecoder};
+    /// # fn decode(decoder: &OobleckDecoder, latent: burn::tensor::Tensor<3>) -> audiox_core::Result<()> {
+    /// let mut seen = Vec::new();
+    /// let audio = decoder.forward_chunked_with(latent, ChunkedDecode::default(), &mut |i, n| {
+    ///     seen.push((i, n));
+    ///     Ok(())
+    /// })?;
+    /// # Ok(()) }
+    /// ```
+    pub fn forward_chunked_with(
+        &self,
+        latent: Tensor<3>,
+        chunking: ChunkedDecode,
+        before_chunk: &mut dyn FnMut(usize, usize) -> Result<()>,
+    ) -> Result<Tensor<3>> {
         check_latent(self, &latent)?;
         if chunking.chunk == 0 {
             return Err(Error::InvalidRequest(
@@ -74,12 +97,15 @@ impl OobleckDecoder {
         }
         let [_, _, len] = latent.dims();
         if len <= chunking.chunk {
+            before_chunk(0, 1)?;
             return Ok(self.forward(latent));
         }
         let ratio = self.upsampling_ratio();
-        let mut pieces = Vec::with_capacity(len.div_ceil(chunking.chunk));
+        let chunks = len.div_ceil(chunking.chunk);
+        let mut pieces = Vec::with_capacity(chunks);
         let mut start = 0;
         while start < len {
+            before_chunk(pieces.len(), chunks)?;
             let end = (start + chunking.chunk).min(len);
             let from = start.saturating_sub(chunking.overlap);
             let to = (end + chunking.overlap).min(len);

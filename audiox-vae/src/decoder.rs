@@ -3,7 +3,8 @@
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 
-use audiox_core::weights::Layout;
+use audiox_core::Result;
+use audiox_core::weights::{Component, Layout, LoadReport, WeightSource, load_module};
 
 use crate::conv::{
     WeightNormConv1d, WeightNormConv1dConfig, WeightNormConvTranspose1d,
@@ -190,5 +191,21 @@ impl OobleckDecoder {
 impl DecoderBlock {
     fn up_stride(&self) -> usize {
         self.up.stride()
+    }
+}
+
+impl Component for OobleckDecoder {
+    type Config = OobleckDecoderConfig;
+
+    /// Builds the decoder and loads it from `sources` in its official names (see
+    /// [`OobleckDecoder::layout`]).
+    fn load(
+        config: &OobleckDecoderConfig,
+        sources: &[WeightSource<'_>],
+        device: &Device,
+    ) -> Result<(Self, LoadReport)> {
+        let module = config.init(device);
+        let layout = module.layout();
+        load_module(module, &layout, sources)
     }
 }

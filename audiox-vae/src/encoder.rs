@@ -4,7 +4,8 @@
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
 
-use audiox_core::weights::Layout;
+use audiox_core::Result;
+use audiox_core::weights::{Component, Layout, LoadReport, WeightSource, load_module};
 
 use crate::conv::{WeightNormConv1d, WeightNormConv1dConfig};
 use crate::residual::{ResidualUnit, residual_stack};
@@ -232,5 +233,21 @@ impl OobleckEncoder {
         x = self.conv_out.forward(x);
         trace(&format!("encoder.layers.{}", n + 2), &x);
         x
+    }
+}
+
+impl Component for OobleckEncoder {
+    type Config = OobleckEncoderConfig;
+
+    /// Builds the encoder and loads it from `sources` in its official names (see
+    /// [`OobleckEncoder::layout`]).
+    fn load(
+        config: &OobleckEncoderConfig,
+        sources: &[WeightSource<'_>],
+        device: &Device,
+    ) -> Result<(Self, LoadReport)> {
+        let module = config.init(device);
+        let layout = module.layout();
+        load_module(module, &layout, sources)
     }
 }

@@ -4,13 +4,14 @@
 //! Every size comes from the config (`OobleckEncoderConfig` / `OobleckDecoderConfig`, built
 //! from the official JSON with `from_config`). Weights load through `audiox_core::weights`:
 //! the checkpoint's `weight_g` / `weight_v` pairs are fused once at load.
-#![warn(missing_docs)]
+#![deny(missing_docs)]
 
 mod bottleneck;
 mod chunked;
 mod conv;
 mod decoder;
 mod encoder;
+#[cfg(feature = "parity")]
 pub mod parity;
 mod residual;
 mod snake;

@@ -7,11 +7,11 @@ use audiox_core::config::ModelConfig;
 use audiox_core::fixtures::{Check, Fixture};
 use audiox_core::noise::{ReplayNoise, labels};
 use audiox_core::tensor::{from_dyn, to_vec};
-use audiox_core::weights::{WeightSource, load_module};
+use audiox_core::weights::{Component, WeightSource};
 
 use crate::bottleneck::Posterior;
-use crate::decoder::OobleckDecoderConfig;
-use crate::encoder::OobleckEncoderConfig;
+use crate::decoder::{OobleckDecoder, OobleckDecoderConfig};
+use crate::encoder::{OobleckEncoder, OobleckEncoderConfig};
 
 fn check_tensor(fx: &Fixture, name: &str, t: &Tensor<3>, checks: &mut Vec<Check>) -> Result<()> {
     if fx.has(name) {
@@ -23,14 +23,10 @@ fn check_tensor(fx: &Fixture, name: &str, t: &Tensor<3>, checks: &mut Vec<Check>
 /// `vae_decoder`: latent -> audio, with every traced layer output (`mid.decoder.*`).
 pub fn check_vae_decoder(fx: &Fixture, device: &Device) -> Result<Vec<Check>> {
     let config = ModelConfig::from_json_value(fx.config_json()?)?;
-    let decoder =
-        OobleckDecoderConfig::from_config(&config.model.pretransform.config.decoder.config)
-            .init(device);
-    let layout = decoder.layout();
-    let (decoder, _) = load_module(
-        decoder,
-        &layout,
+    let (decoder, _) = OobleckDecoder::load(
+        &OobleckDecoderConfig::from_config(&config.model.pretransform.config.decoder.config),
         &[WeightSource::with_prefix(fx.weights(), "decoder.")],
+        device,
     )?;
     let latent = fx.f32("in.latent")?;
     let latent = from_dyn::<3>(latent.values, &latent.shape, device)?;
@@ -50,14 +46,10 @@ pub fn check_vae_decoder(fx: &Fixture, device: &Device) -> Result<Vec<Check>> {
 /// top-level layer output (`mid.encoder.*`).
 pub fn check_vae_encoder(fx: &Fixture, device: &Device) -> Result<Vec<Check>> {
     let config = ModelConfig::from_json_value(fx.config_json()?)?;
-    let encoder =
-        OobleckEncoderConfig::from_config(&config.model.pretransform.config.encoder.config)
-            .init(device);
-    let layout = encoder.layout();
-    let (encoder, _) = load_module(
-        encoder,
-        &layout,
+    let (encoder, _) = OobleckEncoder::load(
+        &OobleckEncoderConfig::from_config(&config.model.pretransform.config.encoder.config),
         &[WeightSource::with_prefix(fx.weights(), "encoder.")],
+        device,
     )?;
     let audio = fx.f32("in.audio")?;
     let audio = from_dyn::<3>(audio.values, &audio.shape, device)?;

@@ -5,7 +5,7 @@ use burn::tensor::{Device, Tensor};
 
 use audiox_core::config::AutoencoderConfig;
 use audiox_core::noise::NoiseSource;
-use audiox_core::weights::Layout;
+use audiox_core::weights::{Component, Layout, LoadReport, WeightSource, load_module};
 use audiox_core::{Error, Result};
 
 use crate::bottleneck::Posterior;
@@ -103,4 +103,20 @@ pub(crate) fn check_latent(decoder: &OobleckDecoder, latent: &Tensor<3>) -> Resu
         ));
     }
     Ok(())
+}
+
+impl Component for Vae {
+    type Config = VaeConfig;
+
+    /// Builds the autoencoder and loads it from `sources` in its official names (see
+    /// [`Vae::layout`]).
+    fn load(
+        config: &VaeConfig,
+        sources: &[WeightSource<'_>],
+        device: &Device,
+    ) -> Result<(Self, LoadReport)> {
+        let module = config.init(device);
+        let layout = module.layout();
+        load_module(module, &layout, sources)
+    }
 }

@@ -5,7 +5,7 @@ use audiox_core::config::ModelConfig;
 use audiox_core::fixtures::{FixtureSet, manifest_dir, official_config_path};
 use audiox_core::noise::{NoiseSource, SeededNoise};
 use audiox_core::tensor::{from_dyn, to_vec};
-use audiox_core::weights::{WeightSource, compare_with_manifest, load_module, read_manifest};
+use audiox_core::weights::{Component, WeightSource, compare_with_manifest, read_manifest};
 use audiox_vae::{ChunkedDecode, VaeConfig};
 use burn::tensor::{Device, Tensor};
 
@@ -30,15 +30,13 @@ fn tiny_vae(device: &Device) -> audiox_vae::Vae {
     let dec = set.fixture("vae_decoder").unwrap();
     let enc = set.fixture("vae_encoder").unwrap();
     let config = ModelConfig::from_json_value(dec.config_json().unwrap()).unwrap();
-    let vae = VaeConfig::from_config(&config.model.pretransform.config).init(device);
-    let layout = vae.layout();
-    let (vae, report) = load_module(
-        vae,
-        &layout,
+    let (vae, report) = audiox_vae::Vae::load(
+        &VaeConfig::from_config(&config.model.pretransform.config),
         &[
             WeightSource::new(dec.weights()),
             WeightSource::new(enc.weights()),
         ],
+        device,
     )
     .unwrap();
     assert!(!report.applied.is_empty());
@@ -109,6 +107,60 @@ fn chunked_decode_error_against_whole_decode() {
             )
             .is_err()
     );
+}
+
+/// The hook before each chunk sees every chunk in order, and its error stops the decode
+/// (how the pipeline honours cancellation between chunks).
+#[test]
+fn the_chunk_hook_runs_before_every_chunk_and_can_stop_the_decode() {
+    let device = Device::flex();
+    let vae = tiny_vae(&device);
+    let c = vae.decoder.latent_dim();
+    let (len, chunk) = (
+        4 * vae.decoder.receptive_radius() + 3,
+        vae.decoder.receptive_radius(),
+    );
+    let chunking = ChunkedDecode { chunk, overlap: 1 };
+    let chunks = len.div_ceil(chunk);
+    let latent = Tensor::<3>::zeros([1, c, len], &device);
+    let mut seen = Vec::new();
+    let out = vae
+        .decoder
+        .forward_chunked_with(latent.clone(), chunking, &mut |i, n| {
+            seen.push((i, n));
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(out.dims()[2], len * vae.decoder.upsampling_ratio());
+    assert_eq!(seen, (0..chunks).map(|i| (i, chunks)).collect::<Vec<_>>());
+    // Stop before the third chunk: the hook's error comes back, and no later chunk is asked.
+    let mut asked = 0;
+    let err = vae
+        .decoder
+        .forward_chunked_with(latent.clone(), chunking, &mut |i, n| {
+            asked += 1;
+            if i == 2 {
+                Err(audiox_core::Error::Cancelled {
+                    completed_steps: 4,
+                    total_steps: 4,
+                })
+            } else {
+                assert!(i < 2 && n == chunks);
+                Ok(())
+            }
+        })
+        .unwrap_err();
+    assert!(matches!(err, audiox_core::Error::Cancelled { .. }), "{err}");
+    assert_eq!(asked, 3);
+    // A latent that fits one chunk asks once.
+    let mut asked = Vec::new();
+    vae.decoder
+        .forward_chunked_with(latent.narrow(2, 0, chunk), chunking, &mut |i, n| {
+            asked.push((i, n));
+            Ok(())
+        })
+        .unwrap();
+    assert_eq!(asked, vec![(0, 1)]);
 }
 
 #[test]

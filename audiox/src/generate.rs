@@ -5,14 +5,14 @@ use std::time::{Duration, Instant};
 use burn::tensor::Tensor;
 
 use audiox_core::audio::Audio;
-use audiox_core::noise::{NoiseSource, SeededNoise, labels};
+use audiox_core::noise::{CheckedNoise, NoiseSource, SeededNoise, labels};
 use audiox_core::tensor::{from_vec, to_vec};
 use audiox_core::{Error, Result};
 use audiox_encoders::conditioners::{Condition, PromptMask};
 use audiox_encoders::frames::{FrameSampling, SampledFrames};
 use audiox_encoders::tokenizer::Tokens;
 use audiox_mmdit::MmditDenoiser;
-use audiox_sampler::{Dmd, Euler, Guidance, Sampler, StepControl, by_name};
+use audiox_sampler::{Defaults, Guidance, Sampler, SamplerKind, StepControl};
 
 use crate::model::{AudioX, Components, DenoiserKind};
 use crate::request::{AudioPrompt, AudioPromptMask, Request, SamplerChoice, VideoInput};
@@ -83,7 +83,8 @@ pub struct Intermediates {
 #[derive(Debug, Clone)]
 pub struct Generation {
     /// One clip per sample, at the model's rate, trimmed to the requested duration and
-    /// (unless turned off) peak-normalised.
+    /// (unless turned off) peak-normalised; then the request's output options applied
+    /// ([`Request::output`]: rate, channels, silence, fade, loudness instead of the peak).
     pub audio: Vec<Audio>,
     /// The seed of the request's generator (`None` when a custom noise source was given).
     pub seed: Option<u64>,
@@ -102,24 +103,46 @@ impl AudioX {
     }
 
     /// Generates audio for `request`, reporting sampler progress to and checking cancellation
-    /// through `control` (cancelling returns [`Error::Cancelled`] and no audio).
+    /// through `control`.
+    ///
+    /// The cancellation token is checked at every stage boundary (before the first draw,
+    /// after the video, the text, the negative prompt and the audio prompt conditioning, before
+    /// the DiT preparation, between sampler steps, before the decode and each of its chunks,
+    /// and last before returning): a cancelled request returns [`Error::Cancelled`] and no
+    /// audio, also when the cancel comes after the last step. `completed_steps` is 0 when it
+    /// stopped before sampling and the sampler's step count after it.
     pub fn generate_with(
         &self,
         mut request: Request,
         control: &mut StepControl<'_>,
     ) -> Result<Generation> {
+        // Long-form: a duration past the model's window goes through windowed continuation.
+        if request
+            .duration
+            .is_some_and(|d| d > self.inner.config.conditioning_seconds as f64)
+        {
+            return crate::long_form::generate_routed(self, request, control);
+        }
+
         let total = Instant::now();
         let m = &*self.inner;
         let plan = Plan::new(m, &request)?;
         let mut timings = StageTimings::default();
+        // Cancellation at a stage boundary, `done` sampler steps in.
+        let steps = plan.sampler.steps();
+        let stop = |control: &StepControl<'_>, done: usize| control.check_cancelled(done, steps);
+        stop(control, 0)?;
 
-        let (mut noise, seed): (Box<dyn NoiseSource>, Option<u64>) = match request.noise.take() {
+        let (noise, seed): (Box<dyn NoiseSource>, Option<u64>) = match request.noise.take() {
             Some(n) => (n, None),
             None => {
                 let seed = request.seed.unwrap_or_else(random_seed);
                 (Box::new(SeededNoise::new(seed)), Some(seed))
             }
         };
+        // Every draw is checked before it reaches a tensor or an index (a caller's source may
+        // hand out anything).
+        let mut noise = CheckedNoise::new(noise);
         let device = &m.device;
         let b = request.num_samples;
 
@@ -129,20 +152,24 @@ impl AudioX {
 
         // 2. Conditioners, in the config order video, text, audio.
         let t = Instant::now();
-        let (video, sync) = video_condition(m, &request, b)?;
+        let (video, sync) = video_condition(m, &request, b, &|| stop(control, 0))?;
         timings.video = t.elapsed();
+        stop(control, 0)?;
 
         let t = Instant::now();
         let (text, tokens) = text_condition(m, &request.prompt, b)?;
+        stop(control, 0)?;
         let negative = match &request.negative_prompt {
             Some(neg) => Some(text_condition(m, neg, b)?.0),
             None => None,
         };
         timings.text = t.elapsed();
+        stop(control, 0)?;
 
         let t = Instant::now();
-        let audio = audio_condition(m, request.audio_prompt.as_ref(), b, &mut *noise)?;
+        let audio = audio_condition(m, request.audio_prompt.as_ref(), b, &mut noise)?;
         timings.audio_prompt = t.elapsed();
+        stop(control, 0)?;
 
         // 3. Fusion. upstream: the block takes (text, video, audio) in its (video, text, audio)
         // slots; `MafBlock::forward` reproduces that and returns the context text, video, audio.
@@ -161,6 +188,7 @@ impl AudioX {
             None => None,
         };
         timings.fusion = t.elapsed();
+        stop(control, 0)?;
 
         // 4. Sampling.
         let t = Instant::now();
@@ -171,14 +199,22 @@ impl AudioX {
         };
         let latent = plan
             .sampler
-            .sample(&denoiser, initial, &mut *noise, control)?;
+            .sample(&denoiser, initial, &mut noise, control)?;
+        // The sampler may be the caller's: its result must fit the decoder.
+        check_sampled(plan.sampler.name(), &shape, &latent)?;
         drop(denoiser);
         timings.sampling = t.elapsed();
+        stop(control, steps)?;
 
         // 5. Decoding.
         let t = Instant::now();
         let decoded = match m.chunked_decode {
-            Some(chunking) => m.decoder.forward_chunked(latent.clone(), chunking)?,
+            Some(chunking) => {
+                m.decoder
+                    .forward_chunked_with(latent.clone(), chunking, &mut |_, _| {
+                        stop(control, steps)
+                    })?
+            }
             None => m.decoder.forward(latent.clone()),
         };
         timings.decode = t.elapsed();
@@ -189,10 +225,21 @@ impl AudioX {
             &decoded,
             plan.samples,
             m.config.sample_rate,
-            request.normalize,
+            request.normalize && !request.output.replaces_peak_normalisation(),
         )?;
+        // Sound-effect output options (issue 18): rate, mono, trim, fade, loudness.
+        let audio_out = if request.output == crate::postprocess::OutputOptions::default() {
+            audio_out
+        } else {
+            audio_out
+                .iter()
+                .map(|a| request.output.apply(a))
+                .collect::<Result<Vec<_>>>()?
+        };
         timings.post = t.elapsed();
         timings.total = total.elapsed();
+        // A cancel that came during the decode or the post-processing still means no audio.
+        stop(control, steps)?;
 
         let intermediates = request.keep_intermediates.then(|| Intermediates {
             tokens,
@@ -223,6 +270,8 @@ struct Plan {
 
 impl Plan {
     fn new(m: &Components, r: &Request) -> Result<Self> {
+        // Output options are checked before any compute (issue 18).
+        r.output.validate()?;
         if r.num_samples == 0 {
             return Err(Error::InvalidRequest(
                 "num_samples must be at least 1".into(),
@@ -251,40 +300,48 @@ impl Plan {
                 "video files need the `video` feature (ffmpeg); pass decoded frames instead".into(),
             ));
         }
+        // Every default comes from `audiox_sampler::Defaults` (docs/samplers.md).
+        let defaults = match m.kind {
+            DenoiserKind::Student => Defaults::STUDENT,
+            DenoiserKind::Teacher => Defaults::TEACHER,
+        };
         let guidance = Guidance {
-            scale: r.guidance.unwrap_or(match m.kind {
-                DenoiserKind::Student => 1.0,
-                DenoiserKind::Teacher => 6.0,
-            }),
+            scale: r.guidance.unwrap_or(defaults.guidance.scale),
             rescale_phi: r.cfg_rescale,
         };
         let sampler: std::sync::Arc<dyn Sampler> = match &r.sampler {
-            SamplerChoice::Custom(s) => s.clone(),
-            SamplerChoice::Named(name) => {
-                let steps = r.steps.unwrap_or(match name.as_str() {
-                    "dmd" => Dmd::DEFAULT_STEPS,
-                    _ => 100,
-                });
-                by_name(name, steps, guidance)?.into()
+            SamplerChoice::Custom(s) => {
+                let set = [
+                    r.steps.map(|n| format!("steps {n}")),
+                    r.guidance.map(|g| format!("guidance {g}")),
+                    (r.cfg_rescale != 0.0).then(|| format!("cfg_rescale {}", r.cfg_rescale)),
+                ];
+                let set: Vec<String> = set.into_iter().flatten().collect();
+                if !set.is_empty() {
+                    return Err(Error::InvalidRequest(format!(
+                        "the sampler object `{}` carries its own schedule and guidance; the \
+                         request also sets {}: set them on the sampler instead",
+                        s.name(),
+                        set.join(", ")
+                    )));
+                }
+                s.clone()
             }
-            SamplerChoice::Default => match m.kind {
-                DenoiserKind::Student => {
-                    let s = Dmd::new(r.steps.unwrap_or(Dmd::DEFAULT_STEPS));
-                    if guidance.is_active() {
-                        return Err(Error::InvalidRequest(
-                            "the DMD student sampler does not use guidance; choose a guided \
-                             sampler (euler, heun, dpmpp-2m) for a guidance scale"
-                                .into(),
-                        ));
-                    }
-                    std::sync::Arc::new(s)
+            SamplerChoice::Builtin(kind) => {
+                let steps = r.steps.unwrap_or(kind.default_steps());
+                kind.build(steps, guidance).into()
+            }
+            SamplerChoice::Default => {
+                if defaults.sampler == SamplerKind::Dmd && guidance.is_active() {
+                    return Err(Error::InvalidRequest(
+                        "the DMD student sampler does not use guidance; choose a guided \
+                         sampler (euler, heun, dpmpp-2m) for a guidance scale"
+                            .into(),
+                    ));
                 }
-                DenoiserKind::Teacher => {
-                    let base = Euler::teacher();
-                    let steps = r.steps.unwrap_or(base.steps());
-                    std::sync::Arc::new(Euler::new(steps).with_guidance(guidance))
-                }
-            },
+                let steps = r.steps.unwrap_or(defaults.steps);
+                defaults.sampler.build(steps, guidance).into()
+            }
         };
         sampler.validate()?;
         if r.negative_prompt.is_some() && !sampler.guidance().is_active() {
@@ -313,7 +370,20 @@ impl Plan {
     }
 }
 
-fn random_seed() -> u64 {
+/// The sampled latent must have the shape of the initial noise and be finite: a custom
+/// sampler's result is checked here, before it reaches the decoder.
+fn check_sampled(name: &str, shape: &[usize; 3], latent: &Tensor<3>) -> Result<()> {
+    if latent.dims() != *shape {
+        return Err(Error::input_shape(
+            format!("latent returned by sampler `{name}`"),
+            format!("{shape:?} (the initial noise's shape)"),
+            &latent.dims(),
+        ));
+    }
+    audiox_sampler::check_finite(&format!("sampler `{name}`"), latent)
+}
+
+pub(crate) fn random_seed() -> u64 {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u128(
@@ -324,12 +394,18 @@ fn random_seed() -> u64 {
     h.finish()
 }
 
-/// Video tokens and Synchformer features for `b` samples.
-fn video_condition(m: &Components, r: &Request, b: usize) -> Result<(Condition, Tensor<3>)> {
+/// Video tokens and Synchformer features for `b` samples; `stop` (the cancellation check) runs
+/// after the frames are read and after Synchformer.
+fn video_condition(
+    m: &Components,
+    r: &Request,
+    b: usize,
+    stop: &dyn Fn() -> Result<()>,
+) -> Result<(Condition, Tensor<3>)> {
     let device = &m.device;
     let frames = m.video.frames();
-    let clip_size = m.video.visual_encoder_model.image_size();
-    let rows = m.sizes.sync_rows;
+    let clip_size = m.video.image_size();
+    let rows = m.video.sync_rows();
     let width = m.text_width();
     let Some(input) = &r.video else {
         // No video: all-zero frames and sync features, as the reference feeds; the conditioner
@@ -343,7 +419,7 @@ fn video_condition(m: &Components, r: &Request, b: usize) -> Result<(Condition, 
     let clip_sampling = FrameSampling::new(m.config.video_fps as f64, seconds, clip_size)
         .with_seek(r.video_start_seconds);
     let sync_sampling = FrameSampling::new(
-        m.sizes.synchformer.frame_rate as f64,
+        synchformer.frame_rate() as f64,
         seconds,
         synchformer.image_size(),
     )
@@ -366,17 +442,19 @@ fn video_condition(m: &Components, r: &Request, b: usize) -> Result<(Condition, 
         #[cfg(not(feature = "video"))]
         VideoInput::File(_) => unreachable!("refused in Plan::new"),
     };
+    stop()?;
     let clip_frames: Tensor<5> = clip.to_tensor(device).unsqueeze_dim(0);
     let sync_input = sync_frames.sync_tensor(device);
     let sync = if still {
         // A still image gives identical segments: run one and repeat its rows (identical output).
-        let segment = m.sizes.synchformer.segment;
+        let segment = synchformer.segment();
         let one = synchformer.forward(sync_input.narrow(1, 0, segment))?;
         let segments = rows / one.dims()[1];
         one.repeat_dim(1, segments)
     } else {
         synchformer.forward(sync_input)?
     };
+    stop()?;
     let [_, t, c, h, w] = clip_frames.dims();
     let clip_frames = clip_frames.expand([b, t, c, h, w]);
     let [_, r_rows, d] = sync.dims();

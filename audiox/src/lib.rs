@@ -20,27 +20,38 @@
 //! The crates behind it: `audiox-core` (config, errors, weights, audio, noise),
 //! `audiox-vae`, `audiox-encoders`, `audiox-mmdit`, `audiox-sampler` (re-exported as
 //! [`sampler`] for custom samplers). The user guide is `docs/guide.md`.
-#![warn(missing_docs)]
+#![deny(missing_docs)]
 
 mod checkpoint;
 mod device;
 mod generate;
+pub mod long_form;
 mod model;
+#[cfg(feature = "parity")]
 pub mod parity;
 mod request;
+
+// Game-engine features (issue 18): asynchronous jobs, sound-effect output options, spectrograms.
+pub mod jobs;
+pub mod postprocess;
+pub mod spectrogram;
 
 pub use checkpoint::CheckpointPaths;
 pub use device::{Precision, device_names, select_device};
 pub use generate::{Generation, Intermediates, StageTimings};
+pub use long_form::{LongFormOptions, LongFormProgress, LongFormStream, Span, WavStream};
 pub use model::{AudioX, AudioXBuilder, DenoiserKind};
 pub use request::{AudioPrompt, AudioPromptMask, Request, SamplerChoice, VideoInput};
+// Issue 18 re-exports.
+pub use jobs::{Job, JobProgress, JobQueue, JobStage};
+pub use postprocess::OutputOptions;
 
 pub use audiox_core::audio::{Audio, WavFormat};
 pub use audiox_core::config::ModelConfig;
 pub use audiox_core::noise::{NoiseSource, ReplayNoise, SeededNoise};
 pub use audiox_core::weights::LoadReport;
 pub use audiox_core::{Error, Result};
-pub use audiox_encoders::frames::{ImageScaling, StillImage, VideoFrames};
+pub use audiox_encoders::frames::{FrameSampling, ImageScaling, StillImage, VideoFrames};
 pub use audiox_vae::ChunkedDecode;
 pub use burn::tensor::{Device, DeviceKind};
 

@@ -1,23 +1,25 @@
 //! [`AudioX`], the loaded model, and its builder.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Instant;
 
 use burn::tensor::Device;
 
-use audiox_core::config::{ArchSizes, ModelConfig};
+use audiox_core::config::ModelConfig;
 use audiox_core::weights::{
-    LoadReport, StateDict, WeightSource, load_module, official_names, resolve_official_keys,
+    Component, LoadReport, StateDict, WeightSource, official_names, resolve_official_keys,
 };
 use audiox_core::{Error, Result};
 use audiox_encoders::clip::ClipVisionConfig;
 use audiox_encoders::conditioners::{
-    AudioPromptConditioner, AudioPromptConfig, TextConditioner, VideoConditioner,
-    VideoConditionerConfig,
+    AudioPromptConditioner, AudioPromptConfig, T5ConditionerConfig, TextConditioner,
+    VideoConditioner, VideoConditionerConfig,
 };
-use audiox_encoders::synchformer::{Synchformer, SynchformerConfig};
+use audiox_encoders::synchformer::{
+    Synchformer, SynchformerConfig, WEIGHT_PREFIX as SYNCHFORMER_PREFIX,
+};
 use audiox_mmdit::{Dit, DitConfig, MafBlock, MafBlockConfig};
 use audiox_vae::{ChunkedDecode, OobleckDecoder, VaeConfig};
 
@@ -44,7 +46,6 @@ pub enum DenoiserKind {
 /// Every loaded part of the model.
 pub(crate) struct Components {
     pub config: ModelConfig,
-    pub sizes: ArchSizes,
     pub device: Device,
     pub kind: DenoiserKind,
     pub text: TextConditioner,
@@ -106,7 +107,8 @@ impl AudioX {
         self.inner.config.sample_rate
     }
 
-    /// Longest duration the model generates, in seconds (10 for the official model).
+    /// Longest duration the model generates in one window, in seconds (10 for the official
+    /// model); longer requests go through windowed continuation ([`crate::long_form`]).
     pub fn max_duration(&self) -> f64 {
         self.inner.config.conditioning_seconds as f64
     }
@@ -242,7 +244,6 @@ fn load(
         Some(p) => ModelConfig::from_file(p)?,
         None => ModelConfig::official(),
     };
-    let sizes = config.arch_sizes()?;
     let (kind, main) = match &paths.teacher {
         Some(_) => (
             DenoiserKind::Teacher,
@@ -269,9 +270,10 @@ fn load(
         .require(&paths.clip_dir, "CLIP folder", "clip-vit-base-patch32/")?
         .to_path_buf();
 
-    // The official key rule needs the model's whole key space with shapes.
-    let clip = ClipVisionConfig::from_hf_file(clip_dir.join("config.json"))?;
-    let model_keys = model_key_space(&config, &clip, &device)?;
+    // Every component's config, built once; the official key rule needs the model's whole
+    // key space with shapes.
+    let parts = PartConfigs::new(&config, &clip_dir, &t5_dir)?;
+    let model_keys = model_key_space(&parts, &device)?;
     let stored = StateDict::open(main)?;
     let (checkpoint, dropped) = resolve_official_keys(&stored, &model_keys);
     let vae = StateDict::open(vae_path)?;
@@ -283,46 +285,62 @@ fn load(
             .collect(),
         ..Default::default()
     };
+    let ckpt = |prefix| WeightSource::with_prefix(&checkpoint, prefix);
 
-    let (text, r) = TextConditioner::from_hf_dir(&t5_dir, &config, &device)?;
-    report.merge(r);
-    let (video, r) =
-        VideoConditioner::from_official(&config, &clip_dir, &checkpoint, prefixes::VIDEO, &device)?;
-    report.merge(r);
-    let (audio, r) = AudioPromptConditioner::from_official(
-        &config,
-        Some(&vae),
-        &checkpoint,
-        prefixes::AUDIO,
-        &device,
+    // Every component loads the same way: `X::load(&config, &sources, &device)`. Where a
+    // component has a file of its own, it comes first and the checkpoint's copy overrides it
+    // (official order); each such file is released once its component is loaded.
+    let text = {
+        let t5 = StateDict::open(audiox_encoders::hf_weights_file(&t5_dir, "T5")?)?;
+        loaded(
+            TextConditioner::load(&parts.text, &[WeightSource::new(&t5)], &device),
+            &mut report,
+        )?
+    };
+    let video = {
+        let clip = VideoConditioner::clip_weights(&clip_dir)?;
+        let mut sources: Vec<WeightSource<'_>> = clip.iter().map(WeightSource::new).collect();
+        sources.push(ckpt(prefixes::VIDEO));
+        loaded(
+            VideoConditioner::load(&parts.video, &sources, &device),
+            &mut report,
+        )?
+    };
+    let audio = {
+        let prompt_vae = AudioPromptConditioner::vae_weights(&vae);
+        loaded(
+            AudioPromptConditioner::load(
+                &parts.audio,
+                &[WeightSource::new(&prompt_vae), ckpt(prefixes::AUDIO)],
+                &device,
+            ),
+            &mut report,
+        )?
+    };
+    let maf = loaded(
+        MafBlock::load(&parts.maf, &[ckpt(prefixes::MAF)], &device),
+        &mut report,
     )?;
-    report.merge(r);
-    let (maf, r) = MafBlockConfig::from_model_config(&config)
-        .init(&device)
-        .load(&[WeightSource::with_prefix(&checkpoint, prefixes::MAF)])?;
-    report.merge(r);
-    let (dit, r) = DitConfig::from_model_config(&config)?
-        .init(&device)?
-        .load(&[WeightSource::with_prefix(&checkpoint, prefixes::DIT)])?;
-    report.merge(r);
-    // Loaded (and checked against the official key set) above; what never reaches the
-    // output is freed now (0.47 GB at full size).
-    let dit = dit.without_dead_weights();
+    // Loaded (and checked against the official key set), then what never reaches the
+    // output is freed (0.47 GB at full size).
+    let dit = loaded(
+        Dit::load(&parts.dit, &[ckpt(prefixes::DIT)], &device),
+        &mut report,
+    )?
+    .without_dead_weights();
     // The main VAE: the checkpoint's copy, overridden by vae.ckpt (official order). Only the
     // decoder is used; the encoder half is not held.
-    let decoder = VaeConfig::from_config(&config.model.pretransform.config)
-        .decoder
-        .init(&device);
-    let layout = decoder.layout();
-    let (decoder, r) = load_module(
-        decoder,
-        &layout,
-        &[
-            WeightSource::with_prefix(&checkpoint, "pretransform.model.decoder."),
-            WeightSource::with_prefix(&vae, "decoder."),
-        ],
+    let decoder = loaded(
+        OobleckDecoder::load(
+            &parts.vae.decoder,
+            &[
+                ckpt("pretransform.model.decoder."),
+                WeightSource::with_prefix(&vae, "decoder."),
+            ],
+            &device,
+        ),
+        &mut report,
     )?;
-    report.merge(r);
     for key in checkpoint
         .keys()
         .filter(|k| k.starts_with("pretransform.model.encoder."))
@@ -330,21 +348,22 @@ fn load(
         report.ignored.push((main.to_path_buf(), key.to_string()));
     }
     let synchformer = match &paths.synchformer {
-        Some(p) => {
-            let (s, r) = Synchformer::load(
-                &SynchformerConfig::from_sizes(&sizes.synchformer),
-                p,
-                &device,
-            )?;
-            report.merge(r);
-            Some(s)
+        Some(path) => {
+            let dict = StateDict::open(path)?;
+            Some(loaded(
+                Synchformer::load(
+                    &parts.synchformer,
+                    &[WeightSource::with_prefix(&dict, SYNCHFORMER_PREFIX)],
+                    &device,
+                ),
+                &mut report,
+            )?)
         }
         None => None,
     };
     log_load(&report, started.elapsed().as_secs_f64());
     Ok(Components {
         config,
-        sizes,
         device,
         kind,
         text,
@@ -360,6 +379,57 @@ fn load(
     })
 }
 
+/// The component of a [`Component::load`] result, its report merged into `report`.
+fn loaded<T>(result: Result<(T, LoadReport)>, report: &mut LoadReport) -> Result<T> {
+    let (part, r) = result?;
+    report.merge(r);
+    Ok(part)
+}
+
+/// The config of every component, composed from the model config (and the CLIP and T5
+/// folders' `config.json`), each built once.
+pub(crate) struct PartConfigs {
+    pub text: T5ConditionerConfig,
+    pub video: VideoConditionerConfig,
+    pub audio: AudioPromptConfig,
+    pub maf: MafBlockConfig,
+    pub dit: DitConfig,
+    /// The main VAE (only its decoder is held; both halves are official keys).
+    pub vae: VaeConfig,
+    /// The audio-prompt conditioner's private VAE (key space only).
+    pub prompt_vae: VaeConfig,
+    pub synchformer: SynchformerConfig,
+}
+
+impl PartConfigs {
+    pub fn new(config: &ModelConfig, clip_dir: &Path, t5_dir: &Path) -> Result<Self> {
+        let text = config
+            .text_conditioner()
+            .ok_or_else(|| Error::config("model.conditioning.configs", "no t5 text conditioner"))?;
+        let prompt = config.audio_conditioner().ok_or_else(|| {
+            Error::config(
+                "model.conditioning.configs",
+                "no audio_autoencoder conditioner",
+            )
+        })?;
+        let clip = ClipVisionConfig::from_hf_file(clip_dir.join("config.json"))?;
+        Ok(PartConfigs {
+            text: T5ConditionerConfig::from_hf_dir(
+                t5_dir,
+                text.max_length,
+                config.model.conditioning.cond_dim,
+            )?,
+            video: VideoConditionerConfig::from_model_config(config, clip)?,
+            audio: AudioPromptConfig::from_model_config(config)?,
+            maf: MafBlockConfig::from_model_config(config),
+            dit: DitConfig::from_model_config(config)?,
+            vae: VaeConfig::from_config(&config.model.pretransform.config),
+            prompt_vae: VaeConfig::from_config(&prompt.pretransform_config.config),
+            synchformer: SynchformerConfig::from_sizes(&config.arch_sizes()?.synchformer),
+        })
+    }
+}
+
 fn log_load(report: &LoadReport, seconds: f64) {
     if std::env::var_os("AUDIOX_LOG").is_some() {
         eprintln!("audiox: loaded in {seconds:.2} s: {}", report.summary());
@@ -369,42 +439,31 @@ fn log_load(report: &LoadReport, seconds: f64) {
 /// Official names and shapes of the whole model object (what a student or teacher checkpoint
 /// may hold), for the official key rule. Nothing is allocated.
 pub(crate) fn model_key_space(
-    config: &ModelConfig,
-    clip: &ClipVisionConfig,
+    parts: &PartConfigs,
     device: &Device,
 ) -> Result<BTreeMap<String, Vec<usize>>> {
     let mut keys = BTreeMap::new();
     let mut add = |prefix: &str, names: BTreeMap<String, Vec<usize>>| {
         keys.extend(names.into_iter().map(|(k, v)| (format!("{prefix}{k}"), v)));
     };
-    let dit = DitConfig::from_model_config(config)?.init(device)?;
+    let dit = parts.dit.init(device)?;
     add(prefixes::DIT, official_names(&dit, &Dit::layout()));
-    let maf = MafBlockConfig::from_model_config(config).init(device);
+    let maf = parts.maf.init(device);
     add(prefixes::MAF, maf.official_names());
-    let video = VideoConditionerConfig::from_model_config(config, clip.clone())?.init(device);
+    let video = parts.video.init(device);
     add(
         prefixes::VIDEO,
         official_names(&video, &VideoConditioner::layout()),
     );
-    let audio = AudioPromptConfig::from_model_config(config)?.init(device);
+    let audio = parts.audio.init(device);
     add(prefixes::AUDIO, official_names(&audio, &audio.layout()));
     // Both VAE copies in full (the halves we do not hold are still official keys).
-    let prompt_vae = audio_vae(config, device)?;
+    let prompt_vae = parts.prompt_vae.init(device);
     add(
         &format!("{}pretransform.model.", prefixes::AUDIO),
         official_names(&prompt_vae, &prompt_vae.layout()),
     );
-    let main_vae = VaeConfig::from_config(&config.model.pretransform.config).init(device);
+    let main_vae = parts.vae.init(device);
     add(prefixes::VAE, official_names(&main_vae, &main_vae.layout()));
     Ok(keys)
-}
-
-fn audio_vae(config: &ModelConfig, device: &Device) -> Result<audiox_vae::Vae> {
-    let audio = config.audio_conditioner().ok_or_else(|| {
-        Error::config(
-            "model.conditioning.configs",
-            "no audio_autoencoder conditioner",
-        )
-    })?;
-    Ok(VaeConfig::from_config(&audio.pretransform_config.config).init(device))
 }

@@ -11,11 +11,11 @@ use audiox_core::config::ModelConfig;
 use audiox_core::fixtures::{Check, Fixture, FixtureSet};
 use audiox_core::noise::{NoiseSource, ReplayNoise, labels};
 use audiox_core::tensor::{from_dyn, to_vec};
-use audiox_core::weights::{StateDict, WeightSource, load_module, resolve_official_keys};
+use audiox_core::weights::{Component, StateDict, WeightSource, resolve_official_keys};
 use audiox_core::{Error, Result};
 use audiox_encoders::frames::VideoFrames;
 use audiox_mmdit::MmditDenoiser;
-use audiox_vae::VaeConfig;
+use audiox_vae::{OobleckDecoder, VaeConfig};
 
 use crate::{AudioPrompt, AudioX, Request};
 
@@ -162,17 +162,13 @@ fn fixture_context(fx: &Fixture, device: &Device, checks: &mut Vec<Check>) -> Re
 /// Decodes the fixture's latent with its `pretransform.model.decoder.*` weights.
 fn fixture_decode(fx: &Fixture, latent: Tensor<3>, device: &Device) -> Result<Tensor<3>> {
     let config = ModelConfig::from_json_value(fx.config_json()?)?;
-    let decoder = VaeConfig::from_config(&config.model.pretransform.config)
-        .decoder
-        .init(device);
-    let layout = decoder.layout();
-    let (decoder, _) = load_module(
-        decoder,
-        &layout,
+    let (decoder, _) = OobleckDecoder::load(
+        &VaeConfig::from_config(&config.model.pretransform.config).decoder,
         &[WeightSource::with_prefix(
             fx.weights(),
             "pretransform.model.decoder.",
         )],
+        device,
     )?;
     Ok(decoder.forward(latent))
 }
@@ -282,7 +278,9 @@ pub fn check_bundle_request(set: &FixtureSet, name: &str, model: &AudioX) -> Res
     let teacher = spec["sampler"].as_str().unwrap_or("").contains("Euler");
     let mut request = Request::text(text).steps(steps).keep_intermediates(true);
     if teacher {
-        request = request.sampler_named("euler").guidance(cfg);
+        request = request
+            .sampler(audiox_sampler::SamplerKind::Euler)
+            .guidance(cfg);
     }
     if let Some(audio) = spec.get("audio").filter(|a| !a.is_null()) {
         let rate = audio["source_sample_rate"]
@@ -331,7 +329,7 @@ pub fn check_bundle_request(set: &FixtureSet, name: &str, model: &AudioX) -> Res
         }
     }
     let replay = std::sync::Arc::new(std::sync::Mutex::new(noise));
-    let out = model.generate(request.noise_source(Box::new(SharedNoise(replay.clone()))))?;
+    let out = model.generate(request.noise_source(SharedNoise(replay.clone())))?;
     replay.lock().map_err(|_| bad("noise lock"))?.finish()?;
     let mid = out.intermediates.ok_or_else(|| bad("no intermediates"))?;
 
@@ -381,6 +379,7 @@ fn compare_ints(fx: &Fixture, name: &str, shape: &[usize], got: &[f32]) -> Resul
 }
 
 /// A [`ReplayNoise`] shared with the caller, so that it can check every draw was used.
+#[derive(Clone)]
 struct SharedNoise(std::sync::Arc<std::sync::Mutex<ReplayNoise>>);
 
 impl SharedNoise {

@@ -7,7 +7,7 @@ use std::sync::Arc;
 use audiox_core::audio::Audio;
 use audiox_core::noise::NoiseSource;
 use audiox_encoders::frames::{ImageScaling, StillImage, VideoFrames};
-use audiox_sampler::Sampler;
+use audiox_sampler::{Sampler, SamplerKind};
 
 /// The video condition of a request.
 #[derive(Debug, Clone)]
@@ -56,18 +56,50 @@ impl AudioPrompt {
     }
 }
 
-/// How the sampler is chosen.
+/// How the sampler is chosen. The defaults are `audiox_sampler::Defaults` (one table, shown in
+/// `docs/samplers.md`).
 #[derive(Debug, Clone, Default)]
 pub enum SamplerChoice {
-    /// The loaded model's default: the 4-step DMD sampler for the student, Euler with
-    /// classifier-free guidance for the teacher.
+    /// The loaded model's default: the 4-step DMD sampler for the student, 250 Euler steps with
+    /// guidance scale 6 for the teacher (`Defaults::STUDENT`, `Defaults::TEACHER`); the
+    /// request's steps and guidance replace the default ones.
     #[default]
     Default,
-    /// A built-in sampler by name (`dmd`, `euler`, `heun`, `dpmpp-2m`; see
-    /// `audiox_sampler::BUILTIN_SAMPLERS`), with the request's steps and guidance.
-    Named(String),
-    /// A sampler object, used as it is (its own steps and guidance).
+    /// A built-in sampler, with the request's steps (default: `SamplerKind::default_steps`)
+    /// and guidance (default: the model's).
+    Builtin(SamplerKind),
+    /// A sampler object, used as it is: it carries its own schedule and guidance, so a request
+    /// that also sets steps, guidance or a CFG rescale is refused.
     Custom(Arc<dyn Sampler>),
+}
+
+impl From<SamplerKind> for SamplerChoice {
+    fn from(kind: SamplerKind) -> Self {
+        SamplerChoice::Builtin(kind)
+    }
+}
+
+impl From<Arc<dyn Sampler>> for SamplerChoice {
+    fn from(sampler: Arc<dyn Sampler>) -> Self {
+        SamplerChoice::Custom(sampler)
+    }
+}
+
+/// A noise source a request can copy (what [`Request::noise_source`] keeps).
+pub(crate) trait RequestNoise: NoiseSource {
+    fn boxed_clone(&self) -> Box<dyn RequestNoise>;
+}
+
+impl<N: NoiseSource + Clone + 'static> RequestNoise for N {
+    fn boxed_clone(&self) -> Box<dyn RequestNoise> {
+        Box::new(self.clone())
+    }
+}
+
+impl Clone for Box<dyn RequestNoise> {
+    fn clone(&self) -> Self {
+        (**self).boxed_clone()
+    }
 }
 
 /// One generation request. Build it with [`Request::text`] (or [`Request::new`]) and the
@@ -80,7 +112,10 @@ pub enum SamplerChoice {
 ///     .num_samples(2)
 ///     .duration(5.0);
 /// assert_eq!(request.prompt(), "a wooden door creaks open, then slams shut");
+/// // A request is a value: a clone generates the same audio (same seed or noise source).
+/// let again = request.clone();
 /// ```
+#[derive(Clone)]
 pub struct Request {
     pub(crate) prompt: String,
     pub(crate) negative_prompt: Option<String>,
@@ -96,8 +131,10 @@ pub struct Request {
     pub(crate) num_samples: usize,
     pub(crate) duration: Option<f64>,
     pub(crate) normalize: bool,
-    pub(crate) noise: Option<Box<dyn NoiseSource>>,
+    pub(crate) noise: Option<Box<dyn RequestNoise>>,
     pub(crate) keep_intermediates: bool,
+    // Sound-effect output options (issue 18, see `postprocess.rs`).
+    pub(crate) output: crate::postprocess::OutputOptions,
 }
 
 impl std::fmt::Debug for Request {
@@ -118,6 +155,7 @@ impl std::fmt::Debug for Request {
             .field("duration", &self.duration)
             .field("normalize", &self.normalize)
             .field("noise", &self.noise.as_ref().map(|_| "custom"))
+            .field("output", &self.output)
             .finish_non_exhaustive()
     }
 }
@@ -141,6 +179,7 @@ impl Default for Request {
             normalize: true,
             noise: None,
             keep_intermediates: false,
+            output: crate::postprocess::OutputOptions::default(),
         }
     }
 }
@@ -224,33 +263,41 @@ impl Request {
         self
     }
 
-    /// Sampler steps (default: 4 for the student, 250 for the teacher).
+    /// Sampler steps (default: the model's, 4 for the student and 250 for the teacher, or the
+    /// named sampler's `SamplerKind::default_steps`; not allowed with a sampler object).
     pub fn steps(mut self, steps: usize) -> Self {
         self.steps = Some(steps);
         self
     }
 
-    /// A built-in sampler by name (`dmd`, `euler`, `heun`, `dpmpp-2m`).
-    pub fn sampler_named(mut self, name: impl Into<String>) -> Self {
-        self.sampler = SamplerChoice::Named(name.into());
-        self
-    }
-
-    /// A sampler object (its own schedule and guidance; `steps` and `guidance` of the request
-    /// are not applied to it).
-    pub fn sampler(mut self, sampler: Arc<dyn Sampler>) -> Self {
-        self.sampler = SamplerChoice::Custom(sampler);
+    /// The sampler: a built-in ([`SamplerKind`], which also parses from its name) or a sampler
+    /// object (`Arc<dyn Sampler>`, with its own schedule and guidance: the request's
+    /// [`steps`](Self::steps), [`guidance`](Self::guidance) and
+    /// [`cfg_rescale`](Self::cfg_rescale) must then stay unset, or the request is refused).
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use audiox::Request;
+    /// use audiox::sampler::{Dmd, Sampler, SamplerKind};
+    ///
+    /// let builtin = Request::text("rain").sampler(SamplerKind::Heun).steps(20);
+    /// let object: Arc<dyn Sampler> = Arc::new(Dmd::new(2));
+    /// let custom = Request::text("rain").sampler(object);
+    /// ```
+    pub fn sampler(mut self, sampler: impl Into<SamplerChoice>) -> Self {
+        self.sampler = sampler.into();
         self
     }
 
     /// Classifier-free guidance scale (1 = none; default: none for the student, 6 for the
-    /// teacher).
+    /// teacher; not allowed with a sampler object).
     pub fn guidance(mut self, scale: f32) -> Self {
         self.guidance = Some(scale);
         self
     }
 
-    /// CFG rescale factor `phi` in `[0, 1]` (0 = off, the reference's default).
+    /// CFG rescale factor `phi` in `[0, 1]` (0 = off, the reference's default; not allowed
+    /// with a sampler object).
     pub fn cfg_rescale(mut self, phi: f32) -> Self {
         self.cfg_rescale = phi;
         self
@@ -264,7 +311,8 @@ impl Request {
 
     /// Seconds of audio to return (default: the model's `conditioning_seconds`, 10 s). The
     /// model always generates its trained length; shorter durations are trimmed from it, longer
-    /// ones are refused.
+    /// ones (up to `long_form::MAX_LONG_FORM_SECONDS`) are generated by windowed continuation
+    /// with the default [`crate::LongFormOptions`] (see [`crate::long_form`]).
     pub fn duration(mut self, seconds: f64) -> Self {
         self.duration = Some(seconds);
         self
@@ -279,8 +327,14 @@ impl Request {
     /// Draws every random number from `noise` instead of a seeded generator (replaying
     /// recorded draws, or a generator of your own). The draws happen in the reference's order:
     /// initial noise, audio mask ratio and start, VAE posterior noise, then the sampler's.
-    pub fn noise_source(mut self, noise: Box<dyn NoiseSource>) -> Self {
-        self.noise = Some(noise);
+    ///
+    /// Each generation starts from a copy of `noise` as it is now, like a seed: generating
+    /// the request (or a clone of it) twice draws the same numbers. (A source that shares
+    /// state between its clones, through an `Arc`, shares it between those runs too.) Every
+    /// draw is checked: a value that is not finite, a uniform outside `[0, 1)`, an integer
+    /// outside its range or a draw of the wrong length is an `Error::Contract`.
+    pub fn noise_source(mut self, noise: impl NoiseSource + Clone + 'static) -> Self {
+        self.noise = Some(Box::new(noise));
         self
     }
 
@@ -289,5 +343,28 @@ impl Request {
     pub fn keep_intermediates(mut self, keep: bool) -> Self {
         self.keep_intermediates = keep;
         self
+    }
+
+    // -- Sound-effect output options (issue 18) ------------------------------------------------
+
+    /// Post-processing applied to every output clip after decoding: sample rate, mono,
+    /// silence trimming, fade-out, loudness normalisation (which then replaces the peak
+    /// normalisation). See [`OutputOptions`](crate::postprocess::OutputOptions).
+    ///
+    /// ```
+    /// use audiox::{Request, postprocess::OutputOptions};
+    /// let r = Request::text("a sword swing").output(
+    ///     OutputOptions::new().sample_rate(48_000).mono(true).loudness(-16.0),
+    /// );
+    /// assert_eq!(r.output_options().sample_rate, Some(48_000));
+    /// ```
+    pub fn output(mut self, options: crate::postprocess::OutputOptions) -> Self {
+        self.output = options;
+        self
+    }
+
+    /// The output options of the request.
+    pub fn output_options(&self) -> &crate::postprocess::OutputOptions {
+        &self.output
     }
 }

@@ -3,7 +3,7 @@
 
 use std::sync::{Arc, Mutex, OnceLock};
 
-use audiox::sampler::{Dmd, Sampler};
+use audiox::sampler::{Dmd, Sampler, SamplerKind};
 use audiox::{
     Audio, AudioPrompt, AudioPromptMask, AudioX, CancelToken, Error, Request, StepControl,
     StillImage, VideoFrames,
@@ -147,13 +147,26 @@ fn requests_the_model_cannot_serve_are_refused_before_compute() {
             other.map(|g| g.timings)
         ),
     };
-    assert!(refused(Request::text("x").duration(max + 1.0)).contains("at most"));
+    // Past one window the request goes long-form (tests/long_form.rs), up to its limit.
+    assert!(max < audiox::long_form::MAX_LONG_FORM_SECONDS);
+    assert!(
+        refused(Request::text("x").duration(audiox::long_form::MAX_LONG_FORM_SECONDS + 1.0))
+            .contains("limited to")
+    );
     refused(Request::text("x").duration(0.0));
     refused(Request::text("x").num_samples(0));
     // The student's DMD sampler has no guidance, and a negative prompt needs guidance.
     refused(Request::text("x").guidance(4.0));
     refused(Request::text("x").negative_prompt("noise"));
-    refused(Request::text("x").sampler_named("nope"));
+    // A sampler object carries its own steps and guidance: setting them too is refused.
+    let object: Arc<dyn Sampler> = Arc::new(Dmd::new(2));
+    for r in [
+        Request::text("x").sampler(object.clone()).steps(8),
+        Request::text("x").sampler(object.clone()).guidance(3.0),
+        Request::text("x").sampler(object.clone()).cfg_rescale(0.5),
+    ] {
+        assert!(refused(r).contains("own schedule and guidance"));
+    }
     refused(Request::text("x").steps(0));
 }
 
@@ -163,7 +176,7 @@ fn guided_samplers_and_negative_prompts_run() {
     let guided = |neg: Option<&str>| {
         let mut r = Request::text("a bell rings")
             .seed(4)
-            .sampler_named("euler")
+            .sampler(SamplerKind::Euler)
             .steps(3)
             .guidance(3.0);
         if let Some(n) = neg {
@@ -177,16 +190,11 @@ fn guided_samplers_and_negative_prompts_run() {
         plain, negative,
         "the negative prompt must change the unconditional branch"
     );
-    for name in ["heun", "dpmpp-2m"] {
+    for kind in [SamplerKind::Heun, SamplerKind::DpmPp2M] {
         let out = m
-            .generate(
-                Request::text("a bell rings")
-                    .seed(4)
-                    .sampler_named(name)
-                    .steps(3),
-            )
+            .generate(Request::text("a bell rings").seed(4).sampler(kind).steps(3))
             .unwrap();
-        assert_eq!(out.sampler, name);
+        assert_eq!(out.sampler, kind.name());
     }
     // A sampler object from the caller.
     let custom: Arc<dyn Sampler> = Arc::new(Dmd::new(2));
@@ -374,4 +382,195 @@ fn the_load_report_accounts_for_every_tensor() {
             .iter()
             .any(|a| a.param == "decoder.conv_in.weight" || a.param.starts_with("conv_in"))
     );
+}
+
+#[test]
+fn a_cloned_request_generates_the_same_audio() {
+    let m = model();
+    let request = Request::text("wind in the trees").noise_source(audiox::SeededNoise::new(11));
+    let a = m.generate(request.clone()).unwrap();
+    let b = m.generate(request).unwrap();
+    assert_eq!(a.seed, None);
+    assert_eq!(samples(&a.audio[0]), samples(&b.audio[0]));
+    // A noise source of the seeded generator draws what the seed draws.
+    let seeded = m
+        .generate(Request::text("wind in the trees").seed(11))
+        .unwrap();
+    assert_eq!(samples(&a.audio[0]), samples(&seeded.audio[0]));
+}
+
+/// A caller's noise source: the seeded generator, except for the draws it corrupts.
+#[derive(Clone)]
+struct Corrupt {
+    inner: audiox::SeededNoise,
+    label: &'static str,
+}
+
+impl audiox::NoiseSource for Corrupt {
+    fn normal(&mut self, label: &str, shape: &[usize]) -> audiox::Result<Vec<f32>> {
+        let mut v = self.inner.normal(label, shape)?;
+        if label == self.label {
+            v[0] = f32::NAN;
+        }
+        Ok(v)
+    }
+    fn uniform(&mut self, label: &str, shape: &[usize]) -> audiox::Result<Vec<f32>> {
+        let mut v = self.inner.uniform(label, shape)?;
+        if label == self.label {
+            v[0] = 2.0;
+        }
+        Ok(v)
+    }
+    fn integers(&mut self, label: &str, bounds: &[(i64, i64)]) -> audiox::Result<Vec<i64>> {
+        let mut v = self.inner.integers(label, bounds)?;
+        if label == self.label {
+            v[0] = bounds[0].1 + 1_000_000;
+        }
+        Ok(v)
+    }
+}
+
+#[test]
+fn a_noise_source_breaking_its_contract_is_a_typed_error() {
+    use audiox_core::noise::labels;
+    let m = model();
+    let rate = m.sample_rate();
+    for label in [
+        labels::INITIAL_NOISE,
+        labels::AUDIO_MASK_RATIO,
+        labels::AUDIO_MASK_START,
+        labels::VAE_NOISE,
+        labels::STEP_NOISE,
+    ] {
+        let noise = Corrupt {
+            inner: audiox::SeededNoise::new(1),
+            label,
+        };
+        // The random mask draws its ratio and start (the out-of-range start would index past
+        // the prompt).
+        let request = Request::text("x")
+            .audio_prompt(AudioPrompt::new(tone(rate, 3.0, 2)))
+            .noise_source(noise);
+        match m.generate(request) {
+            Err(Error::Contract { what, .. }) => assert!(what.contains(label), "{what}"),
+            other => panic!(
+                "{label}: expected Contract, got {:?}",
+                other.map(|g| g.seed)
+            ),
+        }
+    }
+}
+
+/// A sampler of the caller's that replaces the driver and returns a latent of the wrong
+/// shape, or a non-finite one.
+#[derive(Debug)]
+struct Rogue {
+    schedule: audiox::sampler::Schedule,
+    extra_frames: usize,
+}
+
+impl Sampler for Rogue {
+    fn name(&self) -> &str {
+        "rogue"
+    }
+    fn schedule(&self) -> &audiox::sampler::Schedule {
+        &self.schedule
+    }
+    fn step(
+        &self,
+        x: burn::tensor::Tensor<3>,
+        _step: &mut audiox::sampler::Step<'_>,
+    ) -> audiox::Result<burn::tensor::Tensor<3>> {
+        Ok(x)
+    }
+    fn sample(
+        &self,
+        _denoiser: &dyn audiox::sampler::Denoiser,
+        noise: burn::tensor::Tensor<3>,
+        _rng: &mut dyn audiox::NoiseSource,
+        _control: &mut StepControl<'_>,
+    ) -> audiox::Result<burn::tensor::Tensor<3>> {
+        let [b, c, l] = noise.dims();
+        Ok(if self.extra_frames > 0 {
+            burn::tensor::Tensor::zeros([b, c, l + self.extra_frames], &noise.device())
+        } else {
+            noise.mul_scalar(f32::INFINITY)
+        })
+    }
+}
+
+#[test]
+fn a_custom_sampler_returning_a_bad_latent_is_a_typed_error_not_a_panic() {
+    let m = model();
+    let run = |extra_frames: usize| {
+        let rogue: Arc<dyn Sampler> = Arc::new(Rogue {
+            schedule: audiox::sampler::Schedule::linear(2),
+            extra_frames,
+        });
+        m.generate(Request::text("x").seed(1).sampler(rogue))
+    };
+    match run(3) {
+        Err(Error::InputShape { what, .. }) => assert!(what.contains("rogue"), "{what}"),
+        other => panic!("expected InputShape, got {:?}", other.map(|g| g.seed)),
+    }
+    match run(0) {
+        Err(Error::Contract { what, message }) => {
+            assert!(
+                what.contains("rogue") && message.contains("inf"),
+                "{what}: {message}"
+            )
+        }
+        other => panic!("expected Contract, got {:?}", other.map(|g| g.seed)),
+    }
+}
+
+#[test]
+fn a_cancel_before_the_first_or_after_the_last_step_returns_cancelled_and_no_audio() {
+    let m = model();
+    let steps = audiox::sampler::Defaults::STUDENT.steps;
+    let cancelled = |r: audiox::Result<audiox::Generation>| match r {
+        Err(Error::Cancelled {
+            completed_steps,
+            total_steps,
+        }) => (completed_steps, total_steps),
+        other => panic!("expected Cancelled, got {:?}", other.map(|g| g.timings)),
+    };
+    // Cancelled before the request starts: no stage runs, no step is reported.
+    let token = CancelToken::new();
+    token.cancel();
+    let reports = Arc::new(Mutex::new(0usize));
+    let count = reports.clone();
+    let mut control = StepControl::new()
+        .with_cancel(token)
+        .with_progress(move |_| *count.lock().unwrap() += 1);
+    let r = m.generate_with(Request::text("x").seed(1), &mut control);
+    assert_eq!(cancelled(r), (0, steps));
+    assert_eq!(*reports.lock().unwrap(), 0);
+    // Cancelled from the last step's report: the sampler finished, yet no audio comes back.
+    let token = CancelToken::new();
+    let trigger = token.clone();
+    let mut control = StepControl::new()
+        .with_cancel(token)
+        .with_progress(move |info| {
+            if info.step + 1 == info.total {
+                trigger.cancel();
+            }
+        });
+    let r = m.generate_with(Request::text("x").seed(1), &mut control);
+    assert_eq!(cancelled(r), (steps, steps));
+    // With an audio prompt and a negative prompt (more stages), the same.
+    let token = CancelToken::new();
+    token.cancel();
+    let mut control = StepControl::new().with_cancel(token);
+    let r = m.generate_with(
+        Request::text("x")
+            .seed(1)
+            .sampler(audiox::sampler::SamplerKind::Euler)
+            .steps(2)
+            .guidance(3.0)
+            .negative_prompt("hiss")
+            .audio_prompt(AudioPrompt::new(tone(m.sample_rate(), 1.0, 2))),
+        &mut control,
+    );
+    assert_eq!(cancelled(r), (0, 2));
 }

@@ -82,7 +82,8 @@ enum Replacement {
     Computed(Arc<RenameFn>),
 }
 
-/// A rule set mapping our parameters to official tensors. See the [module docs](self).
+/// A rule set mapping our parameters to official tensors. See the docs at the top of
+/// `weights/layout.rs`.
 #[derive(Clone, Default)]
 pub struct Layout {
     renames: Vec<(Regex, Replacement)>,

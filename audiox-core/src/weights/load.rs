@@ -4,12 +4,34 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 
 use burn::module::{Module, ModuleMapper, Param};
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::{Device, Tensor, TensorData};
 
 use super::layout::{Layout, Source, Transform};
 use super::params::param_specs;
 use super::state_dict::StateDict;
 use crate::error::{Error, Result};
+
+/// The loading contract every model component follows: built from its own config type, its
+/// weights read from `sources` in the component's official names (each source looked up under
+/// its prefix; later sources override earlier ones per parameter, see [`load_module`]).
+///
+/// ```ignore
+/// let (dit, report) = Dit::load(&dit_config, &[WeightSource::with_prefix(&ckpt, "model.model.")], &device)?;
+/// ```
+///
+/// Every required weight must be found with its official shape; the [`LoadReport`] says where
+/// each came from and what was left unused.
+pub trait Component: Sized {
+    /// The component's sizes and settings.
+    type Config;
+
+    /// Builds the component for `config` on `device` and loads its weights from `sources`.
+    fn load(
+        config: &Self::Config,
+        sources: &[WeightSource<'_>],
+        device: &Device,
+    ) -> Result<(Self, LoadReport)>;
+}
 
 /// A weight file seen through a key prefix: the module's official names are looked up as
 /// `prefix + name`.

@@ -9,8 +9,8 @@ mod state_dict;
 
 pub use layout::{Layout, Source, Transform, module_types};
 pub use load::{
-    AppliedWeight, LoadReport, StructureDiff, WeightSource, compare_with_manifest, load_module,
-    official_names, read_manifest,
+    AppliedWeight, Component, LoadReport, StructureDiff, WeightSource, compare_with_manifest,
+    load_module, official_names, read_manifest,
 };
 pub use params::{ParamSpec, param_specs};
 pub use state_dict::{

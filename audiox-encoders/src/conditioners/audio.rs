@@ -28,7 +28,7 @@ use std::sync::OnceLock;
 
 use audiox_core::config::ModelConfig;
 use audiox_core::noise::{NoiseSource, labels};
-use audiox_core::weights::{Layout, LoadReport, StateDict, WeightSource, load_module};
+use audiox_core::weights::{Component, Layout, LoadReport, StateDict, WeightSource, load_module};
 use audiox_core::{Error, Result};
 use audiox_vae::{OobleckEncoder, OobleckEncoderConfig, Posterior};
 use burn::config::Config;
@@ -125,42 +125,6 @@ impl AudioPromptModel {
             })
             .ignore(r"^pretransform\.model\.decoder\.")
     }
-
-    /// Loads the weights from `sources` (see [`load_module`]).
-    pub fn load(self, sources: &[WeightSource<'_>]) -> Result<(Self, LoadReport)> {
-        let layout = self.layout();
-        load_module(self, &layout, sources)
-    }
-}
-
-impl AudioPromptConditioner {
-    /// Builds and loads the conditioner the way the official loader does: sizes from the
-    /// model config; the private VAE's encoder from `vae` (the `vae.ckpt` state dict, names
-    /// `encoder.*`) when given, overridden by the checkpoint's copy; everything from the
-    /// checkpoint under `prefix` (normally `conditioner.conditioners.audio_prompt.`).
-    pub fn from_official(
-        model: &ModelConfig,
-        vae: Option<&StateDict>,
-        checkpoint: &StateDict,
-        prefix: &str,
-        device: &Device,
-    ) -> Result<(Self, LoadReport)> {
-        let config = AudioPromptConfig::from_model_config(model)?;
-        // Only the encoder half of `vae.ckpt` concerns this conditioner.
-        let vae = vae.map(|v| {
-            v.rename(|k, _| {
-                k.starts_with("encoder.")
-                    .then(|| format!("{PRETRANSFORM_PREFIX}{k}"))
-            })
-        });
-        let mut sources = Vec::with_capacity(2);
-        if let Some(v) = &vae {
-            sources.push(WeightSource::new(v));
-        }
-        sources.push(WeightSource::with_prefix(checkpoint, prefix));
-        let (weights, report) = config.init(device).load(&sources)?;
-        Ok((AudioPromptConditioner::new(weights, &config), report))
-    }
 }
 
 /// Which part of each prompt is blanked before encoding.
@@ -172,8 +136,8 @@ pub enum PromptMask {
     /// reference.
     Random,
     /// Blank these sample ranges, one per item (an empty range blanks nothing); for
-    /// continuation or inpainting. Draws nothing (see the [module docs](self) for the effect on
-    /// the draw order).
+    /// continuation or inpainting. Draws nothing (see the docs at the top of
+    /// `conditioners/audio.rs` for the effect on the draw order).
     Spans(Vec<Range<usize>>),
     /// Blank nothing. Draws nothing.
     Keep,
@@ -196,7 +160,7 @@ pub struct AudioPromptTrace {
     pub condition: Condition,
 }
 
-/// The audio-prompt conditioner. See the [module docs](self).
+/// The audio-prompt conditioner. See the docs at the top of `conditioners/audio.rs`.
 #[derive(Debug)]
 pub struct AudioPromptConditioner {
     /// The weights.
@@ -218,6 +182,17 @@ impl AudioPromptConditioner {
             mask_ratio: (config.mask_ratio_start, config.mask_ratio_end),
             silent_moments: OnceLock::new(),
         }
+    }
+
+    /// The encoder half of a `vae.ckpt` state dict (names `encoder.*`) in the conditioner's
+    /// names (`pretransform.model.encoder.*`). The official loader reads it first and lets the
+    /// checkpoint's copy override it: pass it as the first source of
+    /// [`AudioPromptConditioner::load`].
+    pub fn vae_weights(vae: &StateDict) -> StateDict {
+        vae.rename(|k, _| {
+            k.starts_with("encoder.")
+                .then(|| format!("{PRETRANSFORM_PREFIX}{k}"))
+        })
     }
 
     /// Latent frames (La) the projection expects.
@@ -335,7 +310,8 @@ impl AudioPromptConditioner {
         self.model.encoder.forward(audio)
     }
 
-    /// Tokens `[B, Na, D]` for a prompt `[B, C, S]` (see the [module docs](self)).
+    /// Tokens `[B, Na, D]` for a prompt `[B, C, S]` (see the docs at the top of
+    /// `conditioners/audio.rs`).
     pub fn forward(
         &self,
         audio: Tensor<3>,
@@ -452,5 +428,23 @@ impl AudioPromptConditioner {
                 mask: Tensor::ones([b, d], &device),
             },
         ))
+    }
+}
+
+impl Component for AudioPromptConditioner {
+    type Config = AudioPromptConfig;
+
+    /// Builds the conditioner and loads its weights from `sources` (official names relative
+    /// to the conditioner: prefix `conditioner.conditioners.audio_prompt.` for a checkpoint;
+    /// see [`AudioPromptConditioner::vae_weights`] for the `vae.ckpt` copy of the encoder).
+    fn load(
+        config: &AudioPromptConfig,
+        sources: &[WeightSource<'_>],
+        device: &Device,
+    ) -> Result<(Self, LoadReport)> {
+        let model = config.init(device);
+        let layout = model.layout();
+        let (model, report) = load_module(model, &layout, sources)?;
+        Ok((AudioPromptConditioner::new(model, config), report))
     }
 }

@@ -22,7 +22,7 @@ pub use audio::{
     AudioPromptConditioner, AudioPromptConfig, AudioPromptModel, AudioPromptTrace, PromptMask,
 };
 pub use temporal::{TemporalLayer, TemporalTransformer, TemporalTransformerConfig};
-pub use text::TextConditioner;
+pub use text::{T5ConditionerConfig, TextConditioner};
 pub use video::{VideoConditioner, VideoConditionerConfig, VideoTrace};
 
 /// One condition stream as a conditioner returns it.

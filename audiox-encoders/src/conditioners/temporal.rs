@@ -100,7 +100,7 @@ pub struct TemporalLayer {
     pub scale: f64,
 }
 
-/// The temporal transformer. See the [module docs](self).
+/// The temporal transformer. See the docs at the top of `conditioners/temporal.rs`.
 #[derive(Module, Debug)]
 pub struct TemporalTransformer {
     /// Layers in order.

@@ -6,18 +6,45 @@
 //! equals the condition width (checked when the conditioner is built). The reference's T5 runs
 //! in float16; this one runs float32 (see [`crate::t5`]).
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
-use audiox_core::config::ModelConfig;
-use audiox_core::weights::LoadReport;
+use audiox_core::weights::{Component, LoadReport, WeightSource};
 use audiox_core::{Error, Result};
 use burn::tensor::{Device, Int, Tensor};
 
 use super::Condition;
-use crate::t5::T5Encoder;
+use crate::t5::{T5Config, T5Encoder};
 use crate::tokenizer::{T5Tokenizer, Tokens};
 
-/// The text conditioner. See the [module docs](self).
+/// Settings of a [`TextConditioner`] (the `t5` conditioner of the official config).
+#[derive(Debug, Clone)]
+pub struct T5ConditionerConfig {
+    /// The T5 encoder's sizes (a Hugging Face `config.json`).
+    pub t5: T5Config,
+    /// The tokenizer file (`tokenizer.json`).
+    pub tokenizer: PathBuf,
+    /// Tokens per prompt (pad/truncate; the model config's `max_length`).
+    pub max_length: usize,
+    /// Condition width; must equal the T5 width.
+    pub cond_dim: usize,
+}
+
+impl T5ConditionerConfig {
+    /// The settings of a Hugging Face `t5-base` folder (`config.json`, `tokenizer.json`), with
+    /// the model config's `max_length` and `cond_dim`. Its weight file is
+    /// [`crate::hf_weights_file`]`(dir, "T5")`.
+    pub fn from_hf_dir(dir: impl AsRef<Path>, max_length: usize, cond_dim: usize) -> Result<Self> {
+        let dir = dir.as_ref();
+        Ok(T5ConditionerConfig {
+            t5: T5Config::from_hf_file(dir.join("config.json"))?,
+            tokenizer: dir.join("tokenizer.json"),
+            max_length,
+            cond_dim,
+        })
+    }
+}
+
+/// The text conditioner. See the docs at the top of `conditioners/text.rs`.
 #[derive(Debug)]
 pub struct TextConditioner {
     /// The tokenizer (pads/truncates to the config's `max_length`).
@@ -42,26 +69,6 @@ impl TextConditioner {
         Ok(TextConditioner { tokenizer, encoder })
     }
 
-    /// Loads the tokenizer and the encoder from a Hugging Face `t5-base` folder
-    /// (`tokenizer.json`, `config.json`, `model.safetensors` or `pytorch_model.bin`), with the
-    /// model config's `max_length` and `cond_dim`.
-    pub fn from_hf_dir(
-        dir: impl AsRef<Path>,
-        model: &ModelConfig,
-        device: &Device,
-    ) -> Result<(Self, LoadReport)> {
-        let dir = dir.as_ref();
-        let text = model
-            .text_conditioner()
-            .ok_or_else(|| Error::config("model.conditioning.configs", "no text conditioner"))?;
-        let tokenizer = T5Tokenizer::from_file(dir.join("tokenizer.json"), text.max_length)?;
-        let (encoder, report) = T5Encoder::from_hf_dir(dir, device)?;
-        Ok((
-            Self::new(tokenizer, encoder, model.model.conditioning.cond_dim)?,
-            report,
-        ))
-    }
-
     /// Tokenizes `prompts` and encodes them: the condition (tokens `[B, Nt, D]`, mask
     /// `[B, Nt]`) and the tokens (which say whether a prompt was truncated).
     pub fn forward(&self, prompts: &[&str], device: &Device) -> Result<(Condition, Tokens)> {
@@ -80,5 +87,22 @@ impl TextConditioner {
             tokens: self.encoder.forward_masked(ids, mask.clone())?,
             mask,
         })
+    }
+}
+
+impl Component for TextConditioner {
+    type Config = T5ConditionerConfig;
+
+    /// Reads the tokenizer and builds and loads the encoder from `sources` (Hugging Face
+    /// names, see [`T5Encoder`]'s [`Component::load`]). Errors if the T5 width is not
+    /// `cond_dim`.
+    fn load(
+        config: &T5ConditionerConfig,
+        sources: &[WeightSource<'_>],
+        device: &Device,
+    ) -> Result<(Self, LoadReport)> {
+        let tokenizer = T5Tokenizer::from_file(&config.tokenizer, config.max_length)?;
+        let (encoder, report) = T5Encoder::load(&config.t5, sources, device)?;
+        Ok((Self::new(tokenizer, encoder, config.cond_dim)?, report))
     }
 }

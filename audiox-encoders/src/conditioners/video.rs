@@ -22,7 +22,7 @@
 use std::path::Path;
 
 use audiox_core::config::ModelConfig;
-use audiox_core::weights::{Layout, LoadReport, StateDict, WeightSource, load_module};
+use audiox_core::weights::{Component, Layout, LoadReport, StateDict, WeightSource, load_module};
 use audiox_core::{Error, Result};
 use burn::config::Config;
 use burn::module::{Module, Param};
@@ -104,7 +104,7 @@ impl VideoConditionerConfig {
     }
 }
 
-/// The video conditioner. See the [module docs](self).
+/// The video conditioner. See the docs at the top of `conditioners/video.rs`.
 #[derive(Module, Debug)]
 pub struct VideoConditioner {
     /// The CLIP vision tower (official `visual_encoder_model.*`).
@@ -151,45 +151,6 @@ impl VideoConditioner {
         TemporalTransformer::layout_rules(layout, "temp_transformer.", "Temp_transformer.")
     }
 
-    /// Loads the weights from `sources` (later sources override earlier ones per parameter;
-    /// each is looked up under its prefix, normally `conditioner.conditioners.video_prompt.`).
-    pub fn load(self, sources: &[WeightSource<'_>]) -> Result<(Self, LoadReport)> {
-        load_module(self, &Self::layout(), sources)
-    }
-
-    /// Builds and loads the conditioner the way the official loader does: sizes from the model
-    /// config and the CLIP folder's `config.json`; CLIP weights from the folder's
-    /// `model.safetensors` / `pytorch_model.bin` when present, overridden by the
-    /// checkpoint's copy (`{prefix}visual_encoder_model.*`); everything else from the checkpoint
-    /// under `prefix` (normally `conditioner.conditioners.video_prompt.`).
-    pub fn from_official(
-        model: &ModelConfig,
-        clip_dir: impl AsRef<Path>,
-        checkpoint: &StateDict,
-        prefix: &str,
-        device: &Device,
-    ) -> Result<(Self, LoadReport)> {
-        let clip_dir = clip_dir.as_ref();
-        let clip = ClipVisionConfig::from_hf_file(clip_dir.join("config.json"))?;
-        let conditioner = VideoConditionerConfig::from_model_config(model, clip)?.init(device);
-        let clip_file = ["model.safetensors", "pytorch_model.bin"]
-            .iter()
-            .map(|f| clip_dir.join(f))
-            .find(|p| p.exists());
-        let clip_weights = match clip_file {
-            Some(path) => {
-                Some(StateDict::open(path)?.rename(|k, _| Some(format!("{CLIP_FIELD}.{k}"))))
-            }
-            None => None,
-        };
-        let mut sources = Vec::with_capacity(2);
-        if let Some(w) = &clip_weights {
-            sources.push(WeightSource::new(w));
-        }
-        sources.push(WeightSource::with_prefix(checkpoint, prefix));
-        conditioner.load(&sources)
-    }
-
     fn sizes(&self) -> (usize, usize, usize, usize) {
         let [_, t, d] = self.temp_pos_embedding.shape().dims();
         let [rows, nv] = self.proj_sync.weight.shape().dims();
@@ -204,6 +165,29 @@ impl VideoConditioner {
     /// Output tokens (Nv).
     pub fn tokens(&self) -> usize {
         self.sizes().3
+    }
+
+    /// Side of the square frames the CLIP tower takes, in pixels.
+    pub fn image_size(&self) -> usize {
+        self.visual_encoder_model.image_size()
+    }
+
+    /// Rows (R) of the Synchformer features the conditioner takes.
+    pub fn sync_rows(&self) -> usize {
+        self.sizes().2
+    }
+
+    /// The weights of a Hugging Face CLIP folder (`model.safetensors` or `pytorch_model.bin`)
+    /// in the conditioner's names (`visual_encoder_model.*`), or `None` when the folder has
+    /// no weight file. The official loader reads them first and lets the checkpoint's copy
+    /// override them: pass them as the first source of [`VideoConditioner::load`].
+    pub fn clip_weights(clip_dir: &Path) -> Result<Option<StateDict>> {
+        match crate::hf_weights_file_if_any(clip_dir) {
+            Some(path) => Ok(Some(
+                StateDict::open(path)?.rename(|k, _| Some(format!("{CLIP_FIELD}.{k}"))),
+            )),
+            None => Ok(None),
+        }
     }
 
     /// Checks frames `[B, T, C, H, W]` and sync features `[B, R, D]`.
@@ -290,7 +274,8 @@ impl VideoConditioner {
 
     /// Condition tokens `[B, Nv, D]` (and the mask, ones `[B, 1]`) for frames
     /// `[B, T, 3, H, W]` holding pixel values 0..255 and sync features `[B, R, D]`.
-    /// Items without video skip every computation (see the [module docs](self)).
+    /// Items without video skip every computation (see the docs at the top of
+    /// `conditioners/video.rs`).
     pub fn forward(&self, frames: Tensor<5>, sync: Tensor<3>) -> Result<Condition> {
         self.check_inputs(&frames.dims(), &sync.dims())?;
         let device = frames.device();
@@ -365,5 +350,21 @@ impl VideoConditioner {
                 mask: Tensor::ones([b, 1], &device),
             },
         })
+    }
+}
+
+impl Component for VideoConditioner {
+    type Config = VideoConditionerConfig;
+
+    /// Builds the conditioner and loads it from `sources` (later sources override earlier
+    /// ones per parameter; each is looked up under its prefix, normally
+    /// `conditioner.conditioners.video_prompt.` for a checkpoint, and see
+    /// [`VideoConditioner::clip_weights`] for the CLIP folder's copy).
+    fn load(
+        config: &VideoConditionerConfig,
+        sources: &[WeightSource<'_>],
+        device: &Device,
+    ) -> Result<(Self, LoadReport)> {
+        load_module(config.init(device), &Self::layout(), sources)
     }
 }

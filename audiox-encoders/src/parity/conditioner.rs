@@ -9,7 +9,7 @@
 use audiox_core::config::ModelConfig;
 use audiox_core::fixtures::{Check, Fixture};
 use audiox_core::noise::{ReplayNoise, labels};
-use audiox_core::weights::WeightSource;
+use audiox_core::weights::{Component, WeightSource};
 use audiox_core::{Error, Result};
 use burn::tensor::Device;
 use serde_json::Value;
@@ -78,9 +78,11 @@ pub fn video_conditioner(fx: &Fixture, device: &Device) -> Result<VideoCondition
         mlp[0],
     );
     let config = VideoConditionerConfig::new(clip, pos[1], proj[0], proj_sync[1], temporal);
-    let (video, _) = config
-        .init(device)
-        .load(&[WeightSource::with_prefix(fx.weights(), VIDEO_PREFIX)])?;
+    let (video, _) = VideoConditioner::load(
+        &config,
+        &[WeightSource::with_prefix(fx.weights(), VIDEO_PREFIX)],
+        device,
+    )?;
     Ok(video)
 }
 
@@ -107,10 +109,12 @@ pub fn audio_conditioner(
     )
     .with_mask_ratio_start(audio.mask_ratio_start)
     .with_mask_ratio_end(audio.mask_ratio_end);
-    let (weights, _) = config
-        .init(device)
-        .load(&[WeightSource::with_prefix(fx.weights(), AUDIO_PREFIX)])?;
-    Ok(AudioPromptConditioner::new(weights, &config))
+    let (audio, _) = AudioPromptConditioner::load(
+        &config,
+        &[WeightSource::with_prefix(fx.weights(), AUDIO_PREFIX)],
+        device,
+    )?;
+    Ok(audio)
 }
 
 /// The fixture's recorded draws, in the reference's order.
@@ -203,7 +207,7 @@ pub fn check_bundle_conditioners(
     request: &str,
     device: &Device,
 ) -> Result<Vec<Check>> {
-    use crate::conditioners::TextConditioner;
+    use crate::conditioners::{T5ConditionerConfig, TextConditioner};
     use audiox_core::weights::StateDict;
 
     let bundle = set.bundle_dir();
@@ -214,7 +218,21 @@ pub fn check_bundle_conditioners(
     let mut checks = Vec::new();
 
     // Text, from the prompt string.
-    let (text, _) = TextConditioner::from_hf_dir(bundle.join("t5-base"), &model, device)?;
+    let t5_dir = bundle.join("t5-base");
+    let text_config = model.text_conditioner().ok_or_else(|| Error::Fixture {
+        path: fx.name().into(),
+        message: "the config has no text conditioner".into(),
+    })?;
+    let t5 = StateDict::open(crate::hf_weights_file(&t5_dir, "T5")?)?;
+    let (text, _) = TextConditioner::load(
+        &T5ConditionerConfig::from_hf_dir(
+            &t5_dir,
+            text_config.max_length,
+            model.model.conditioning.cond_dim,
+        )?,
+        &[WeightSource::new(&t5)],
+        device,
+    )?;
     let prompt = fx
         .field("request")?
         .get("text")
@@ -243,11 +261,14 @@ pub fn check_bundle_conditioners(
     checks.extend(compare_condition(&fx, "text", &condition, true)?);
 
     // Video: the exact frames of a video request, zeros otherwise.
-    let (video, _) = VideoConditioner::from_official(
-        &model,
-        bundle.join("clip-vit-base-patch32"),
-        &student,
-        VIDEO_PREFIX,
+    let clip_dir = bundle.join("clip-vit-base-patch32");
+    let clip = ClipVisionConfig::from_hf_file(clip_dir.join("config.json"))?;
+    let clip_weights = VideoConditioner::clip_weights(&clip_dir)?;
+    let mut sources: Vec<WeightSource<'_>> = clip_weights.iter().map(WeightSource::new).collect();
+    sources.push(WeightSource::with_prefix(&student, VIDEO_PREFIX));
+    let (video, _) = VideoConditioner::load(
+        &VideoConditionerConfig::from_model_config(&model, clip)?,
+        &sources,
         device,
     )?;
     let size = video.visual_encoder_model.image_size();
@@ -279,8 +300,15 @@ pub fn check_bundle_conditioners(
     checks.push(check);
 
     // Audio prompt, replaying the conditioner's draws.
-    let (audio, _) =
-        AudioPromptConditioner::from_official(&model, Some(&vae), &student, AUDIO_PREFIX, device)?;
+    let vae = AudioPromptConditioner::vae_weights(&vae);
+    let (audio, _) = AudioPromptConditioner::load(
+        &AudioPromptConfig::from_model_config(&model)?,
+        &[
+            WeightSource::new(&vae),
+            WeightSource::with_prefix(&student, AUDIO_PREFIX),
+        ],
+        device,
+    )?;
     let prompt = input::<2>(&fx, "mid.audio_prompt", device)?.unsqueeze::<3>();
     let mut noise = replay(&fx)?;
     let trace = audio.forward_trace(prompt, &PromptMask::Random, &mut noise)?;

@@ -7,7 +7,8 @@ use audiox_core::fixtures::{Check, Fixture};
 use audiox_core::tensor::{from_dyn, to_vec};
 use serde_json::Value;
 
-use crate::synchformer::{Synchformer, SynchformerConfig};
+use crate::synchformer::{Synchformer, SynchformerConfig, WEIGHT_PREFIX};
+use audiox_core::weights::{Component, WeightSource};
 
 /// The fixture's sizes: JSON `sizes` (frame, patch, tubelet, width, depth, heads, MLP ratio,
 /// segment, stride) and `layer_norm_eps`.
@@ -36,7 +37,11 @@ pub fn synchformer_config(fx: &Fixture) -> Result<SynchformerConfig> {
 /// `mid.block{i}`, `mid.norm`, `mid.per_segment`).
 pub fn check_synchformer(fx: &Fixture, device: &Device) -> Result<Vec<Check>> {
     let config = synchformer_config(fx)?;
-    let (model, _) = Synchformer::load_from(&config, fx.weights(), device)?;
+    let (model, _) = Synchformer::load(
+        &config,
+        &[WeightSource::with_prefix(fx.weights(), WEIGHT_PREFIX)],
+        device,
+    )?;
     let frames = fx.f32("in.frames")?;
     let frames = from_dyn::<5>(frames.values, &frames.shape, device)?;
 

@@ -2,6 +2,7 @@
 
 use audiox_core::fixtures::{Check, Fixture, FixtureSet};
 use audiox_core::tensor::to_vec;
+use audiox_core::weights::{Component, WeightSource};
 use audiox_core::{Error, Result};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde_json::Value;
@@ -217,5 +218,10 @@ pub(crate) fn load_t5(
     prefix: &str,
     device: &Device,
 ) -> Result<T5Encoder> {
-    Ok(config.init(device).load(fx.weights(), prefix)?.0)
+    Ok(T5Encoder::load(
+        config,
+        &[WeightSource::with_prefix(fx.weights(), prefix)],
+        device,
+    )?
+    .0)
 }

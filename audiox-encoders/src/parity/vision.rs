@@ -2,7 +2,7 @@
 
 use audiox_core::Result;
 use audiox_core::fixtures::{Check, Fixture};
-use audiox_core::weights::{WeightSource, load_module};
+use audiox_core::weights::{Component, WeightSource};
 use burn::tensor::Device;
 
 use super::text::{compare, input};
@@ -13,11 +13,7 @@ use crate::clip::{ClipVision, ClipVisionConfig, normalize_pixels};
 /// JSON `clip_config` (a Hugging Face vision config), weights under their Hugging Face names.
 pub fn check_clip_vision(fx: &Fixture, device: &Device) -> Result<Vec<Check>> {
     let config = ClipVisionConfig::from_hf_json(fx.field("clip_config")?)?;
-    let (clip, _) = load_module(
-        config.init(device),
-        &ClipVision::layout(),
-        &[WeightSource::new(fx.weights())],
-    )?;
+    let (clip, _) = ClipVision::load(&config, &[WeightSource::new(fx.weights())], device)?;
     let pixels = normalize_pixels(input(fx, "in.frames", device)?);
     let mut checks = vec![compare(fx, "mid.pixel_values", pixels.clone())?];
 

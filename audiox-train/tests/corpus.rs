@@ -1,0 +1,232 @@
+//! The corpus is deterministic, its captions follow the grammar, the held-out set never leaks
+//! into training, and the metric recovers the ground truth of rendered clips (and rejects the
+//! wrong scene).
+
+use audiox_train::corpus::{Connective, Corpus, CorpusConfig, EventGroup, EventKind, Pitch, Scene};
+use audiox_train::metric::{ClipScore, DetectorConfig, Report, detect_events, score_clip};
+
+fn corpus() -> Corpus {
+    Corpus::new(CorpusConfig::default()).unwrap()
+}
+
+#[test]
+fn clips_are_deterministic_and_differ_by_index() {
+    let c = corpus();
+    let a = c.training_clip(3);
+    let b = c.training_clip(3);
+    assert_eq!(a.caption, b.caption);
+    assert_eq!(a.samples, b.samples);
+    let other = c.training_clip(4);
+    assert_ne!(a.samples, other.samples);
+    let cfg = c.config();
+    assert_eq!(
+        a.samples.len(),
+        (cfg.duration_s * cfg.sample_rate as f32) as usize
+    );
+    // A different seed gives a different stream.
+    let c2 = Corpus::new(CorpusConfig {
+        seed: 1,
+        ..CorpusConfig::default()
+    })
+    .unwrap();
+    assert_ne!(c2.training_clip(3).samples, a.samples);
+}
+
+#[test]
+fn captions_follow_the_grammar() {
+    let scene = Scene {
+        groups: vec![
+            EventGroup {
+                kind: EventKind::Knock,
+                count: 2,
+                pitch: None,
+                at_seconds: None,
+            },
+            EventGroup {
+                kind: EventKind::Thud,
+                count: 1,
+                pitch: Some(Pitch::Low),
+                at_seconds: None,
+            },
+        ],
+        connective: Connective::Then,
+    };
+    assert_eq!(scene.caption(), "two knocks, then a low thud");
+    let scene = Scene {
+        groups: vec![EventGroup {
+            kind: EventKind::Bell,
+            count: 1,
+            pitch: None,
+            at_seconds: Some(4),
+        }],
+        connective: Connective::FollowedBy,
+    };
+    assert_eq!(scene.caption(), "a bell at 4 seconds");
+    let scene = Scene {
+        groups: vec![
+            EventGroup {
+                kind: EventKind::Chirp,
+                count: 1,
+                pitch: None,
+                at_seconds: None,
+            },
+            EventGroup {
+                kind: EventKind::Whoosh,
+                count: 3,
+                pitch: None,
+                at_seconds: None,
+            },
+        ],
+        connective: Connective::FollowedBy,
+    };
+    assert_eq!(scene.caption(), "a chirp followed by three whooshes");
+
+    let c = corpus();
+    let captions: Vec<String> = (0..2000).map(|i| c.training_scene(i).caption()).collect();
+    for needle in [
+        "a ",
+        "two ",
+        "three ",
+        "four ",
+        "five ",
+        ", then ",
+        " followed by ",
+        " seconds",
+        " high ",
+        " low ",
+    ] {
+        assert!(
+            captions.iter().any(|s| s.contains(needle)),
+            "no caption contains {needle:?}"
+        );
+    }
+    for kind in EventKind::ALL {
+        assert!(
+            captions.iter().any(|s| s.contains(kind.noun())),
+            "{kind:?} never drawn"
+        );
+    }
+}
+
+#[test]
+fn held_out_captions_never_reach_training() {
+    let c = corpus();
+    let held: Vec<String> = c.held_out_scenes(150).iter().map(Scene::caption).collect();
+    assert_eq!(held.len(), 150);
+    assert!(held.iter().all(|s| c.is_held_out(s)));
+    let held: std::collections::HashSet<_> = held.into_iter().collect();
+    for i in 0..3000 {
+        let caption = c.training_scene(i).caption();
+        assert!(!c.is_held_out(&caption));
+        assert!(
+            !held.contains(&caption),
+            "training scene {i} is held out: {caption}"
+        );
+    }
+}
+
+fn score_rendered(c: &Corpus, clips: impl Iterator<Item = audiox_train::corpus::Clip>) -> Report {
+    let cfg = DetectorConfig::default();
+    let scores: Vec<ClipScore> = clips
+        .map(|clip| {
+            assert!(clip.samples.iter().all(|s| s.is_finite() && s.abs() <= 1.0));
+            let last = clip
+                .events
+                .iter()
+                .map(|e| e.onset_s + e.duration_s)
+                .fold(0.0, f32::max);
+            assert!(
+                last <= c.config().duration_s,
+                "{}: ends at {last}",
+                clip.caption
+            );
+            let found = detect_events(&clip.samples, clip.sample_rate, &cfg);
+            score_clip(&clip.scene, &found, &cfg)
+        })
+        .collect();
+    Report::from_scores(&scores)
+}
+
+#[test]
+fn metric_recovers_the_ground_truth_of_rendered_clips() {
+    let c = corpus();
+    let train = score_rendered(&c, (0..250).map(|i| c.training_clip(i)));
+    let held = c.held_out_scenes(80);
+    let held = score_rendered(
+        &c,
+        held.iter()
+            .enumerate()
+            .map(|(i, s)| c.held_out_clip(s, i as u64)),
+    );
+    for (name, r) in [("training", &train), ("held-out", &held)] {
+        println!("{}", r.markdown_row(name));
+        assert!(r.event_count_accuracy >= 0.97, "{name}: {r:?}");
+        assert!(r.order_accuracy.unwrap() >= 0.95, "{name}: {r:?}");
+        assert!(r.pitch_accuracy.unwrap() >= 0.97, "{name}: {r:?}");
+    }
+    assert!(train.median_onset_error_s.unwrap() <= 0.02, "{train:?}");
+}
+
+#[test]
+fn metric_rejects_the_wrong_scene_and_silence() {
+    let c = corpus();
+    let cfg = DetectorConfig::default();
+    let scores: Vec<ClipScore> = (0..120)
+        .map(|i| {
+            let clip = c.training_clip(i);
+            let wrong = c.training_scene(i + 1000);
+            let found = detect_events(&clip.samples, clip.sample_rate, &cfg);
+            score_clip(&wrong, &found, &cfg)
+        })
+        .collect();
+    let r = Report::from_scores(&scores);
+    assert!(r.event_count_accuracy < 0.5, "{r:?}");
+    assert!(detect_events(&vec![0.0; 16_000], 16_000, &cfg).is_empty());
+    // A bell at 4 seconds, rendered, is found there; shifted by a second, the error says so.
+    let scene = Scene {
+        groups: vec![EventGroup {
+            kind: EventKind::Bell,
+            count: 1,
+            pitch: Some(Pitch::High),
+            at_seconds: Some(4),
+        }],
+        connective: Connective::Then,
+    };
+    let clip = c.held_out_clip(&scene, 0);
+    let found = detect_events(&clip.samples, clip.sample_rate, &cfg);
+    let s = score_clip(&scene, &found, &cfg);
+    assert!(
+        s.count_correct && s.pitch_correct == vec![true],
+        "{s:?} {found:?}"
+    );
+    assert!(s.onset_errors_s[0] < 0.02, "{s:?}");
+    let mut shifted = vec![0.0; clip.samples.len()];
+    shifted[16_000..].copy_from_slice(&clip.samples[..clip.samples.len() - 16_000]);
+    let found = detect_events(&shifted, clip.sample_rate, &cfg);
+    let s = score_clip(&scene, &found, &cfg);
+    assert!((s.onset_errors_s[0] - 1.0).abs() < 0.02, "{s:?}");
+}
+
+#[test]
+fn bad_configs_are_errors() {
+    for cfg in [
+        CorpusConfig {
+            sample_rate: 100,
+            ..CorpusConfig::default()
+        },
+        CorpusConfig {
+            duration_s: f32::NAN,
+            ..CorpusConfig::default()
+        },
+        CorpusConfig {
+            duration_s: 2.0,
+            ..CorpusConfig::default()
+        },
+        CorpusConfig {
+            held_out_every: 0,
+            ..CorpusConfig::default()
+        },
+    ] {
+        assert!(Corpus::new(cfg).is_err());
+    }
+}
