@@ -568,6 +568,7 @@ impl<'a> LongFormStream<'a> {
             normalize: false,
             noise: None,
             keep_intermediates: false,
+            output: Default::default(),
         })
     }
 
