@@ -120,10 +120,14 @@ struct Args {
     /// CPU threads (default: all cores).
     #[arg(long)]
     threads: Option<usize>,
-    /// Compute device: `cpu` (burn's flex backend), or `wgpu` / `vulkan` in builds with the
-    /// `wgpu` / `vulkan` feature (the default GPU adapter).
+    /// Compute device: `cpu` (burn's flex backend), or `wgpu` / `vulkan` / `cuda` in builds
+    /// with that feature of the audiox crate (the default GPU adapter).
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Float precision on a GPU device: `f32`, `f16` or `bf16` (where the device computes in
+    /// it; the CPU device is f32).
+    #[arg(long, default_value = "f32")]
+    precision: String,
     /// Output WAV file (`_N` is added before the extension for several samples).
     #[arg(long, short, default_value = "audiox.wav")]
     out: PathBuf,
@@ -181,31 +185,6 @@ fn main() -> ExitCode {
     }
 }
 
-/// The device named by `--device`.
-fn device(name: &str) -> audiox::Result<audiox::Device> {
-    match name {
-        "cpu" | "flex" => Ok(audiox::Device::flex()),
-        #[cfg(feature = "wgpu")]
-        "wgpu" => Ok(audiox::Device::wgpu(audiox::DeviceKind::DefaultDevice)),
-        #[cfg(feature = "vulkan")]
-        "vulkan" => Ok(audiox::Device::vulkan(audiox::DeviceKind::DefaultDevice)),
-        other => Err(audiox::Error::InvalidRequest(format!(
-            "--device {other}: this build knows `cpu`{}{} (GPU devices need the `wgpu` or \
-             `vulkan` feature: cargo run --release --features wgpu --example generate)",
-            if cfg!(feature = "wgpu") {
-                ", `wgpu`"
-            } else {
-                ""
-            },
-            if cfg!(feature = "vulkan") {
-                ", `vulkan`"
-            } else {
-                ""
-            },
-        ))),
-    }
-}
-
 fn shipped_bundle() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/tiny/bundle")
 }
@@ -221,7 +200,7 @@ fn run(args: Args) -> audiox::Result<()> {
         Some(repo) => hub_builder(repo, &args)?,
         None => dir_builder(&args),
     }
-    .device(device(&args.device)?);
+    .device(audiox::select_device(&args.device, args.precision.parse()?)?);
     let loading = std::time::Instant::now();
     let model = builder.build()?;
     eprintln!(

@@ -3,6 +3,7 @@
 //!
 //! ```text
 //! cargo run --release -p audiox --example parity -- --fixtures fixtures/tiny
+//! cargo run --release -p audiox --features wgpu --example parity -- --fixtures fixtures/tiny --device wgpu
 //! ```
 //!
 //! Prints one line per fixture (`PASS name`, `FAIL name (worst ...)`, `SKIP name (not
@@ -14,7 +15,6 @@ use std::process::ExitCode;
 
 use audiox::parity::{Outcome, run_bundle, run_fixture};
 use audiox_core::fixtures::{FixtureSet, fixtures_dir};
-use burn::tensor::Device;
 use clap::Parser;
 
 /// Compare the Rust components with the golden fixtures.
@@ -23,6 +23,10 @@ struct Args {
     /// Fixture set folder (with index.json); defaults to $AUDIOX_FIXTURES_DIR or the vendored set.
     #[arg(long)]
     fixtures: Option<PathBuf>,
+    /// Compute device: `cpu`, or `wgpu` / `vulkan` / `cuda` in builds with that feature of the
+    /// audiox crate. Every device is held to the fixtures' f32 tolerances (docs/gpu.md).
+    #[arg(long, default_value = "cpu")]
+    device: String,
 }
 
 fn main() -> ExitCode {
@@ -35,44 +39,66 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let device = Device::flex();
+    let device = match audiox::select_device(&args.device, audiox::Precision::F32) {
+        Ok(d) => d,
+        Err(e) => {
+            eprintln!("error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let started = std::time::Instant::now();
     let (mut pass, mut fail, mut skip) = (0, 0, 0);
-    let mut results: Vec<(String, Outcome)> = Vec::new();
     for name in set.names() {
-        if name == "bundle" {
-            results.extend(run_bundle(&set, &device));
+        // Printed as they finish: on a GPU the first use of each kernel compiles it.
+        let t = std::time::Instant::now();
+        let bundle = name == "bundle";
+        let results: Vec<(String, Outcome)> = if bundle {
+            run_bundle(&set, &device)
         } else {
             let outcome = run_fixture(&set, &name, &device);
-            results.push((name, outcome));
+            vec![(name, outcome)]
+        };
+        let seconds = t.elapsed().as_secs_f64();
+        let time = if bundle {
+            String::new()
+        } else {
+            format!(" [{seconds:.1} s]")
+        };
+        for (name, outcome) in &results {
+            match outcome {
+                Outcome::Pass { compared, closest } => {
+                    pass += 1;
+                    println!("PASS {name} ({compared} tensors; closest {closest}){time}");
+                }
+                Outcome::Fail {
+                    worst,
+                    failed,
+                    compared,
+                } => {
+                    fail += 1;
+                    println!(
+                        "FAIL {name} ({failed} of {compared} tensors out of tolerance; worst {worst})"
+                    );
+                }
+                Outcome::Error(e) => {
+                    fail += 1;
+                    println!("FAIL {name} (error: {e})");
+                }
+                Outcome::NotImplemented => {
+                    skip += 1;
+                    println!("SKIP {name} (not implemented)");
+                }
+            }
+        }
+        if bundle {
+            println!("  ({} bundle requests in {seconds:.1} s)", results.len());
         }
     }
-    for (name, outcome) in &results {
-        match outcome {
-            Outcome::Pass { compared } => {
-                pass += 1;
-                println!("PASS {name} ({compared} tensors)");
-            }
-            Outcome::Fail {
-                worst,
-                failed,
-                compared,
-            } => {
-                fail += 1;
-                println!(
-                    "FAIL {name} ({failed} of {compared} tensors out of tolerance; worst {worst})"
-                );
-            }
-            Outcome::Error(e) => {
-                fail += 1;
-                println!("FAIL {name} (error: {e})");
-            }
-            Outcome::NotImplemented => {
-                skip += 1;
-                println!("SKIP {name} (not implemented)");
-            }
-        }
-    }
-    println!("parity: {pass} pass, {fail} fail, {skip} not implemented");
+    println!(
+        "parity: {pass} pass, {fail} fail, {skip} not implemented (device {}, {:.1} s)",
+        args.device,
+        started.elapsed().as_secs_f64()
+    );
     if fail > 0 {
         ExitCode::FAILURE
     } else {

@@ -24,6 +24,7 @@
 
 mod checkpoint;
 pub mod convert;
+mod device;
 mod generate;
 #[cfg(feature = "hub")]
 pub mod hub;
@@ -41,6 +42,7 @@ pub mod spectrogram;
 
 pub use audiox_core::error::DownloadFailure;
 pub use checkpoint::CheckpointPaths;
+pub use device::{Precision, device_names, select_device};
 pub use generate::{Generation, Intermediates, StageTimings};
 #[cfg(feature = "hub")]
 pub use hub::{Hub, HubConfig, Pretrained};

@@ -26,6 +26,9 @@ pub enum Outcome {
     Pass {
         /// Number of tensors compared.
         compared: usize,
+        /// The check with the largest error in units of its absolute tolerance
+        /// (`max_abs_err / atol`), for reporting margins.
+        closest: Check,
     },
     /// At least one tensor is out of tolerance; the worst one.
     Fail {
@@ -44,21 +47,43 @@ pub enum Outcome {
 
 impl Outcome {
     fn from_checks(checks: Vec<Check>) -> Self {
-        if checks.is_empty() {
-            return Outcome::Error("no tensor was compared".into());
-        }
-        let compared = checks.len();
-        let failed: Vec<&Check> = checks.iter().filter(|c| !c.pass).collect();
-        match failed
+        let by_excess = |a: &&Check, b: &&Check| a.worst_excess.total_cmp(&b.worst_excess);
+        // Error in units of the absolute tolerance (exact integer checks have atol 0).
+        let in_atol = |c: &Check| {
+            if c.max_abs_err == 0.0 {
+                0.0
+            } else if c.atol > 0.0 {
+                c.max_abs_err / c.atol
+            } else {
+                f64::INFINITY
+            }
+        };
+        let Some(closest) = checks
             .iter()
-            .max_by(|a, b| a.worst_excess.total_cmp(&b.worst_excess))
-        {
-            None => Outcome::Pass { compared },
-            Some(worst) => Outcome::Fail {
-                worst: (*worst).clone(),
-                failed: failed.len(),
+            .max_by(|a, b| in_atol(a).total_cmp(&in_atol(b)))
+        else {
+            return Outcome::Error("no tensor was compared".into());
+        };
+        let compared = checks.len();
+        let failed = checks.iter().filter(|c| !c.pass).count();
+        if failed == 0 {
+            Outcome::Pass {
                 compared,
-            },
+                closest: closest.clone(),
+            }
+        } else {
+            // The failing check with the largest excess (a shape error counts as infinite).
+            let worst = checks
+                .iter()
+                .filter(|c| !c.pass)
+                .max_by(by_excess)
+                .unwrap_or(closest)
+                .clone();
+            Outcome::Fail {
+                worst,
+                failed,
+                compared,
+            }
         }
     }
 
