@@ -200,7 +200,10 @@ fn run(args: Args) -> audiox::Result<()> {
         Some(repo) => hub_builder(repo, &args)?,
         None => dir_builder(&args),
     }
-    .device(audiox::select_device(&args.device, args.precision.parse()?)?);
+    .device(audiox::select_device(
+        &args.device,
+        args.precision.parse()?,
+    )?);
     let loading = std::time::Instant::now();
     let model = builder.build()?;
     eprintln!(

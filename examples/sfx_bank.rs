@@ -122,7 +122,7 @@ fn run(args: Args) -> audiox::Result<()> {
 
     // Submit everything at once; the queue runs `workers` jobs at a time in the background
     // while this thread is free (a game would keep running its frame loop here).
-    let queue = JobQueue::new(model, args.workers);
+    let queue = JobQueue::new(model, args.workers)?;
     let prompts = prompts(&args)?;
     let jobs: Vec<(String, u64, Job)> = prompts
         .iter()

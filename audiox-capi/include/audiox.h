@@ -131,8 +131,12 @@ enum AudioxStatus audiox_model_open(const char *dir, struct AudioxModel *out);
 // `out` must be NULL or valid for a write.
 enum AudioxStatus audiox_model_open_default(struct AudioxModel *out);
 
-// Loads a model from a Hugging Face hub repository id. Not available yet: returns
-// `Unsupported`.
+// Loads a model from a Hugging Face hub repository id (for example
+// `"HKUSTAudio/AudioX-Turbo"`): downloads what the model needs into the Hugging Face cache
+// (verified against the hub's checksums, resumed when interrupted) or takes it from there, as
+// `AudioX::from_pretrained` does. The usual environment applies: `HF_ENDPOINT`, `HF_HOME`,
+// `HF_HUB_CACHE`, `HF_TOKEN`, `HF_HUB_OFFLINE=1` (cache only). A download or checksum
+// failure returns `Io` with a message naming the repository and file.
 //
 // # Safety
 // `repo_id` must be NULL or a NUL-terminated string; `out` must be NULL or valid for a write.

@@ -893,7 +893,7 @@ pub unsafe extern "C" fn audiox_queue_new(
             return Err(bad_arg("out is NULL"));
         }
         let model = model_of(model)?;
-        let queue = JobQueue::new(model, workers.max(1) as usize);
+        let queue = JobQueue::new(model, workers.max(1) as usize)?;
         let id = insert(Object::Queue(Arc::new(queue)));
         // SAFETY: checked non-NULL above; valid per the contract.
         unsafe { write_out(out, AudioxQueue { id }, "out") }

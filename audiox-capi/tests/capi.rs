@@ -75,7 +75,10 @@ fn bad_paths_and_arguments_are_errors_with_messages() {
         unsafe { audiox_model_open_hub(repo.as_ptr(), &mut model) },
         AudioxStatus::Io
     );
-    let message = unsafe { CStr::from_ptr(audiox_last_error()) }.to_str().unwrap().to_owned();
+    let message = unsafe { CStr::from_ptr(audiox_last_error()) }
+        .to_str()
+        .unwrap()
+        .to_owned();
     assert!(message.contains("org/model"), "{message}");
     // Invalid handles.
     assert_eq!(audiox_model_sample_rate(AudioxModel { id: 999_999 }), 0);

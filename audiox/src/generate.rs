@@ -12,7 +12,7 @@ use audiox_encoders::conditioners::{Condition, PromptMask};
 use audiox_encoders::frames::{FrameSampling, SampledFrames};
 use audiox_encoders::tokenizer::Tokens;
 use audiox_mmdit::MmditDenoiser;
-use audiox_sampler::{Defaults, Guidance, Sampler, SamplerKind, StepControl};
+use audiox_sampler::{CancelToken, Defaults, Guidance, Sampler, SamplerKind, StepControl};
 
 use crate::model::{AudioX, Components, DenoiserKind};
 use crate::request::{AudioPrompt, AudioPromptMask, Request, SamplerChoice, VideoInput};
@@ -155,7 +155,8 @@ impl AudioX {
 
         // 2. Conditioners, in the config order video, text, audio.
         let t = Instant::now();
-        let (video, sync) = video_condition(m, &request, b, &|| stop(control, 0))?;
+        let cancel = control.cancel_token().cloned();
+        let (video, sync) = video_condition(m, &request, b, cancel, &|| stop(control, 0))?;
         timings.video = t.elapsed();
         stop(control, 0)?;
 
@@ -398,11 +399,13 @@ pub(crate) fn random_seed() -> u64 {
 }
 
 /// Video tokens and Synchformer features for `b` samples; `stop` (the cancellation check) runs
-/// after the frames are read and after Synchformer.
+/// after the frames are read and after Synchformer, and `cancel` is polled while ffmpeg decodes
+/// a video file (a cancel kills it within milliseconds).
 fn video_condition(
     m: &Components,
     r: &Request,
     b: usize,
+    #[cfg_attr(not(feature = "video"), allow(unused_variables))] cancel: Option<CancelToken>,
     stop: &dyn Fn() -> Result<()>,
 ) -> Result<(Condition, Tensor<3>)> {
     let device = &m.device;
@@ -439,7 +442,10 @@ fn video_condition(
         ),
         #[cfg(feature = "video")]
         VideoInput::File(path) => {
-            let ffmpeg = audiox_encoders::video_file::Ffmpeg::new().with_limits(&m.limits);
+            let mut ffmpeg = audiox_encoders::video_file::Ffmpeg::new().with_limits(&m.limits);
+            if let Some(token) = cancel {
+                ffmpeg = ffmpeg.with_cancel(std::sync::Arc::new(move || token.is_cancelled()));
+            }
             let [c, s] = ffmpeg.sample(path, [clip_sampling, sync_sampling])?;
             (c, s, false)
         }

@@ -7,7 +7,7 @@
 //! use audiox::jobs::JobQueue;
 //!
 //! let model = AudioX::builder().checkpoint_dir("checkpoints").build()?;
-//! let queue = JobQueue::new(model, 1);
+//! let queue = JobQueue::new(model, 1)?;
 //! let job = queue.submit(Request::text("a door slams").seed(1));
 //! while !job.wait_timeout(Duration::from_millis(100)) {
 //!     let p = job.progress();
@@ -287,8 +287,9 @@ impl std::fmt::Debug for JobQueue {
 
 impl JobQueue {
     /// A queue on `model` with `workers` threads (at least 1); their tensor work runs on
-    /// rayon's global pool.
-    pub fn new(model: AudioX, workers: usize) -> Self {
+    /// rayon's global pool. Fails with [`Error::Io`] if the system refuses a thread (the
+    /// workers already started are stopped and joined).
+    pub fn new(model: AudioX, workers: usize) -> crate::Result<Self> {
         let shared = Arc::new(QueueShared {
             model,
             queue: Mutex::new(Queue {
@@ -298,16 +299,27 @@ impl JobQueue {
             }),
             wake: Condvar::new(),
         });
-        let workers = (0..workers.max(1))
-            .map(|i| {
-                let shared = shared.clone();
-                std::thread::Builder::new()
-                    .name(format!("audiox-job-{i}"))
-                    .spawn(move || worker(&shared))
-                    .expect("spawning a worker thread")
-            })
-            .collect();
-        JobQueue { shared, workers }
+        let mut queue = JobQueue {
+            shared,
+            workers: Vec::new(),
+        };
+        for i in 0..workers.max(1) {
+            let shared = queue.shared.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("audiox-job-{i}"))
+                .spawn(move || worker(&shared));
+            match spawned {
+                Ok(handle) => queue.workers.push(handle),
+                // Dropping the queue stops and joins the workers already started.
+                Err(source) => {
+                    return Err(crate::Error::Io {
+                        path: format!("<worker thread audiox-job-{i}>").into(),
+                        source,
+                    });
+                }
+            }
+        }
+        Ok(queue)
     }
 
     /// The model the jobs run on.

@@ -574,3 +574,41 @@ fn a_cancel_before_the_first_or_after_the_last_step_returns_cancelled_and_no_aud
     );
     assert_eq!(cancelled(r), (0, 2));
 }
+
+/// A cancel while ffmpeg waits on a video file stops the request within seconds: the
+/// request's token reaches the decoder (a FIFO nobody writes to stalls ffmpeg forever).
+#[cfg(all(unix, feature = "video"))]
+#[test]
+fn a_cancel_while_the_video_file_is_read_stops_the_request() {
+    use std::process::Command;
+    let have_ffmpeg = Command::new("ffprobe").arg("-version").output().is_ok();
+    let dir = tempfile::tempdir().unwrap();
+    let fifo = dir.path().join("stall.mp4");
+    let made = Command::new("mkfifo").arg(&fifo).status();
+    if !have_ffmpeg || !made.is_ok_and(|s| s.success()) {
+        eprintln!("NOTICE: ffprobe or mkfifo unavailable; test skipped");
+        return;
+    }
+    let token = CancelToken::new();
+    let canceller = {
+        let token = token.clone();
+        std::thread::spawn(move || {
+            std::thread::sleep(std::time::Duration::from_millis(300));
+            token.cancel();
+        })
+    };
+    let started = std::time::Instant::now();
+    let mut control = StepControl::new().with_cancel(token);
+    let result = model().generate_with(Request::text("x").video_file(&fifo).seed(1), &mut control);
+    canceller.join().unwrap();
+    assert!(
+        matches!(result, Err(Error::Cancelled { .. })),
+        "{:?}",
+        result.map(|g| g.seed)
+    );
+    assert!(
+        started.elapsed() < std::time::Duration::from_secs(10),
+        "{:?}",
+        started.elapsed()
+    );
+}

@@ -33,7 +33,7 @@ fn job_results_equal_the_blocking_call_and_progress_is_monotone() {
             .num_samples(2)
     };
     let blocking = m.generate(request()).unwrap();
-    let queue = JobQueue::new(m.clone(), 1);
+    let queue = JobQueue::new(m.clone(), 1).unwrap();
     let job = queue.submit(request());
     let mut seen = vec![job.progress()];
     while !job.wait_timeout(Duration::from_millis(2)) {
@@ -66,7 +66,7 @@ fn job_results_equal_the_blocking_call_and_progress_is_monotone() {
 #[test]
 fn several_queued_jobs_run_in_order_and_a_cancelled_one_gives_no_audio() {
     let m = model();
-    let queue = JobQueue::new(m.clone(), 1);
+    let queue = JobQueue::new(m.clone(), 1).unwrap();
     // One worker: the second job waits while the first runs, and is cancelled before it
     // starts; the third still runs.
     let first = queue.submit(Request::text("a").seed(1));
@@ -96,10 +96,13 @@ fn several_queued_jobs_run_in_order_and_a_cancelled_one_gives_no_audio() {
 #[test]
 fn a_bad_request_fails_its_job_only() {
     let m = model();
-    let queue = JobQueue::new(m.clone(), 2);
-    let bad = queue.submit(Request::text("x").duration(m.max_duration() * 2.0));
+    let queue = JobQueue::new(m.clone(), 2).unwrap();
+    let bad = queue.submit(Request::text("x").duration(-1.0));
     let good = queue.submit(Request::text("x").seed(1));
-    assert!(matches!(bad.clone().join(), Err(Error::InvalidRequest(_))));
+    assert!(matches!(
+        bad.clone().join(),
+        Err(Error::InvalidRequest(_) | Error::OutOfRange { .. })
+    ));
     assert_eq!(bad.progress().stage, JobStage::Failed);
     good.join().unwrap();
     assert_eq!(queue.workers(), 2);
