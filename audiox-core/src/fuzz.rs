@@ -2,8 +2,8 @@
 //!
 //! The workspace's property tests feed parsers mutated copies of valid inputs (weight files,
 //! configs, audio and image files, request values) and require that every case either
-//! succeeds or returns an error: a panic fails the test. [`Mutator`] makes the mutations from
-//! a fixed seed, so a run is reproducible; [`check_no_panic`] runs the stored corpus of earlier
+//! succeeds or returns an error: a panic fails the test. [`Mutator`](crate::fuzz::Mutator) makes the mutations from
+//! a fixed seed, so a run is reproducible; [`check_no_panic`](crate::fuzz::check_no_panic) runs the stored corpus of earlier
 //! finds, the valid seeds, then a bounded number of mutated cases (`AUDIOX_FUZZ_CASES`
 //! overrides the per-target default, for a longer local run). A panicking input is saved under
 //! the system's temporary folder and named in the failure, ready to be added to the corpus.

@@ -16,7 +16,9 @@ pub mod weights;
 #[cfg(feature = "parity")]
 pub mod fixtures;
 
-/// Bounded mutation testing (test support for the property tests).
+/// Bounded mutation testing (test support for the property tests; feature `parity`, like the
+/// rest of the test harness).
+#[cfg(feature = "parity")]
 pub mod fuzz;
 
 pub use error::{Error, Result};

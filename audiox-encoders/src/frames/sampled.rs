@@ -11,7 +11,7 @@ use audiox_core::{Error, Result};
 pub enum Pixels {
     /// 0..255 values, as the reference's `read_video` returns for videos.
     U8(Vec<u8>),
-    /// Float values in [0, 1]: the reference's still-image path ([`ImageScaling::Reference`]).
+    /// Float values in [0, 1]: the reference's still-image path ([`ImageScaling::Reference`](crate::frames::ImageScaling::Reference)).
     Unit(Vec<f32>),
 }
 
@@ -90,7 +90,7 @@ impl SampledFrames {
     }
 
     /// The frames as the video conditioner receives them: `[N, 3, S, S]` float on the 0..255
-    /// scale. upstream: frames from [`ImageScaling::Reference`] keep their [0, 1] values here,
+    /// scale. upstream: frames from [`ImageScaling::Reference`](crate::frames::ImageScaling::Reference) keep their [0, 1] values here,
     /// which the conditioner's `/ 255` then darkens a second time.
     pub fn pixel_values(&self) -> Vec<f32> {
         match &self.pixels {
