@@ -145,13 +145,17 @@ impl Audio {
 
     /// Decodes an audio file (WAV, FLAC, MP3, Ogg/Vorbis) at its native rate and channels.
     pub fn read(path: impl AsRef<Path>) -> Result<Self> {
-        let path = path.as_ref();
+        Self::decode_file(path.as_ref(), None)
+    }
+
+    /// Decodes a file, whole or over `window`, naming the file in decoding errors.
+    fn decode_file(path: &Path, window: Option<&Window>) -> Result<Self> {
         let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
         let ext = path
             .extension()
             .and_then(|e| e.to_str())
             .map(str::to_string);
-        decode(Box::new(file), ext.as_deref(), None).map_err(|e| match e {
+        decode(Box::new(file), ext.as_deref(), window).map_err(|e| match e {
             Error::Audio {
                 path: None,
                 message,
@@ -182,26 +186,12 @@ impl Audio {
             0.0,
             limits.max_prompt_audio_seconds,
         )?;
-        let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
-        let ext = path
-            .extension()
-            .and_then(|e| e.to_str())
-            .map(str::to_string);
         let window = Window {
             from_seconds,
             seconds,
             limits,
         };
-        decode(Box::new(file), ext.as_deref(), Some(&window)).map_err(|e| match e {
-            Error::Audio {
-                path: None,
-                message,
-            } => Error::Audio {
-                path: Some(path.to_path_buf()),
-                message,
-            },
-            other => other,
-        })
+        Self::decode_file(path, Some(&window))
     }
 
     /// [`Audio::read_window`] on an encoded file held in memory.
