@@ -144,7 +144,17 @@ fn conv1d_with(
     let residual_fits = residual
         .as_ref()
         .is_none_or(|r| r.dims() == [b, cout, tout] && flex_f32(r).is_some());
-    if wcin != cin || stride == 0 || t + 2 * padding < span || !residual_fits {
+    if wcin == cin && stride > 0 && t + 2 * padding < span {
+        // No output column fits (torch refuses this; burn's own size formula underflows):
+        // the result has zero columns.
+        drop((xf, wf, bf));
+        let empty = Tensor::<3>::zeros([b, cout, 0], &x.device());
+        return match residual {
+            Some(r) => r + empty,
+            None => empty,
+        };
+    }
+    if wcin != cin || stride == 0 || !residual_fits {
         drop((xf, wf, bf));
         return fallback(x, residual);
     }
