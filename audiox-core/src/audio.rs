@@ -179,18 +179,7 @@ impl Audio {
         limits: &crate::limits::Limits,
     ) -> Result<Self> {
         let path = path.as_ref();
-        limits.check_start("audio prompt start", from_seconds)?;
-        limits.check_range(
-            "audio prompt window",
-            seconds,
-            0.0,
-            limits.max_prompt_audio_seconds,
-        )?;
-        let window = Window {
-            from_seconds,
-            seconds,
-            limits,
-        };
+        let window = Window::checked(from_seconds, seconds, limits)?;
         Self::decode_file(path, Some(&window))
     }
 
@@ -202,18 +191,7 @@ impl Audio {
         seconds: f64,
         limits: &crate::limits::Limits,
     ) -> Result<Self> {
-        limits.check_start("audio prompt start", from_seconds)?;
-        limits.check_range(
-            "audio prompt window",
-            seconds,
-            0.0,
-            limits.max_prompt_audio_seconds,
-        )?;
-        let window = Window {
-            from_seconds,
-            seconds,
-            limits,
-        };
+        let window = Window::checked(from_seconds, seconds, limits)?;
         decode(Box::new(Cursor::new(bytes)), extension, Some(&window))
     }
 
@@ -510,6 +488,24 @@ struct Window<'a> {
     from_seconds: f64,
     seconds: f64,
     limits: &'a crate::limits::Limits,
+}
+
+impl<'a> Window<'a> {
+    /// The window, once its start and length are within `limits`.
+    fn checked(from_seconds: f64, seconds: f64, limits: &'a crate::limits::Limits) -> Result<Self> {
+        limits.check_start("audio prompt start", from_seconds)?;
+        limits.check_range(
+            "audio prompt window",
+            seconds,
+            0.0,
+            limits.max_prompt_audio_seconds,
+        )?;
+        Ok(Window {
+            from_seconds,
+            seconds,
+            limits,
+        })
+    }
 }
 
 fn decode(
