@@ -10,7 +10,8 @@
 
 use std::time::Instant;
 
-use audiox_kernels::bf16::{PackedBf16, native_available};
+use audiox_kernels::bf16::{matmul, matmul_widened, native_available};
+use half::bf16;
 
 fn values(len: usize, seed: u64) -> Vec<f32> {
     let mut s = seed | 1;
@@ -81,13 +82,13 @@ fn main() {
     ] {
         let x = values(m * k, 1);
         let w = values(k * n, 2);
-        let packed = PackedBf16::from_f32(&w, k, n);
+        let wh: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
         let mut out = vec![0f32; m * n];
         let flop = 2.0 * (m * k * n) as f64 / 1e9;
         let f = flop / best(|| f32_gemm(&x, &w, m, k, n, &mut out));
-        let wd = flop / best(|| packed.matmul_widened(&x, m, &mut out));
+        let wd = flop / best(|| matmul_widened(&x, m, &wh, k, n, &mut out));
         let nat = if native_available() {
-            Some(flop / best(|| packed.matmul(&x, m, &mut out)))
+            Some(flop / best(|| matmul(&x, m, &wh, k, n, &mut out)))
         } else {
             None
         };

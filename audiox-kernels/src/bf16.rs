@@ -1,17 +1,19 @@
 //! A matrix product with the weight held in bf16: `out[m, n] = x[m, k] · w[k, n]`, `x` in f32.
 //!
-//! The weight is rounded to bf16 once (round to nearest even) and stored in a packed layout
-//! ([`PackedBf16`]), half the memory of f32. Where the CPU has AVX512-BF16, each product runs on
-//! the native `vdpbf16ps` dot product: the activations are rounded to bf16 too and every pair
-//! of products is accumulated in f32 (twice the multiply rate of f32 FMA on the same vectors).
-//! Elsewhere the weight is widened back to f32 one product at a time and multiplied by the
-//! `gemm` crate at full f32 precision of the activations, so the two paths differ by the
-//! rounding of the activations only.
+//! The weight is held in bf16 (half the memory of f32), row-major as burn holds a `Linear`
+//! weight (`[d_input, d_output]`). Where the CPU has AVX512-BF16, the product runs on the native
+//! `vdpbf16ps` dot product: the activations are rounded to bf16 too (to nearest even) and every
+//! pair of products is accumulated in f32, at twice the multiply rate of f32 FMA on the same
+//! vectors; the weight is packed panel by panel into the layout the kernel reads (32 columns at
+//! a time, a copy that is small next to the product). Elsewhere the weight is widened back to
+//! f32 for the product and multiplied by the `gemm` crate at the full f32 precision of the
+//! activations, so the two paths differ by the rounding of the activations only.
 //!
 //! Work is split over output column panels, never over the reduction, so the result does not
 //! depend on the thread count.
 
 use half::bf16;
+use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
 /// Output columns per packed panel (two 16-lane vectors of f32 accumulators).
@@ -19,198 +21,143 @@ const NR: usize = 32;
 /// Rows of `x` per micro-kernel call.
 const MR: usize = 8;
 
-/// A weight `[k, n]` (burn's `Linear` layout: `[d_input, d_output]`) rounded to bf16 and packed
-/// for the product: panels of 32 output columns; inside a panel, for each pair of rows
-/// `(2p, 2p + 1)` of the weight, 32 lanes of two bf16 each (the row-`2p` value in the low half).
-/// `k` is padded to even and `n` to a multiple of 32 with zeros.
-#[derive(Clone, Debug)]
-pub struct PackedBf16 {
-    k: usize,
-    n: usize,
-    /// `panels * (k_pairs * NR)` words of two bf16.
-    data: Vec<u32>,
-}
-
+/// Two bf16 in one 32-bit lane, `lo` in the low half (the element `vdpbf16ps` pairs first).
 fn pair(lo: bf16, hi: bf16) -> u32 {
     (lo.to_bits() as u32) | ((hi.to_bits() as u32) << 16)
 }
 
-impl PackedBf16 {
-    /// Rounds a row-major f32 weight `[k, n]` to bf16 and packs it.
-    ///
-    /// # Panics
-    /// If `w.len() != k * n`.
-    pub fn from_f32(w: &[f32], k: usize, n: usize) -> Self {
-        assert_eq!(
-            w.len(),
-            k * n,
-            "weight of {} values is not [{k}, {n}]",
-            w.len()
-        );
-        Self::pack(k, n, |r, c| bf16::from_f32(w[r * n + c]))
+/// `out[m, n] = x[m, k] · w[k, n]`, row-major, `out` overwritten. Native bf16 dot products where
+/// the CPU has AVX512-BF16 (activations rounded to bf16, f32 accumulation); elsewhere the
+/// weight widened to f32 through the `gemm` crate ([`matmul_widened`]).
+///
+/// # Panics
+/// If `x.len() != m * k`, `w.len() != k * n` or `out.len() != m * n`.
+pub fn matmul(x: &[f32], m: usize, w: &[bf16], k: usize, n: usize, out: &mut [f32]) {
+    check(x, m, w, k, n, out);
+    if m == 0 || n == 0 {
+        return;
     }
-
-    /// Packs a row-major bf16 weight `[k, n]` (no rounding: the values are kept as they are).
-    ///
-    /// # Panics
-    /// If `w.len() != k * n`.
-    pub fn from_bf16(w: &[bf16], k: usize, n: usize) -> Self {
-        assert_eq!(
-            w.len(),
-            k * n,
-            "weight of {} values is not [{k}, {n}]",
-            w.len()
-        );
-        Self::pack(k, n, |r, c| w[r * n + c])
+    if k == 0 {
+        out.fill(0.0);
+        return;
     }
-
-    fn pack(k: usize, n: usize, at: impl Fn(usize, usize) -> bf16 + Sync) -> Self {
-        let pairs = k.div_ceil(2);
-        let panels = n.div_ceil(NR);
-        let mut data = vec![0u32; panels * pairs * NR];
-        if pairs > 0 {
-            data.par_chunks_mut(pairs * NR)
-                .enumerate()
-                .for_each(|(panel, out)| {
-                    for p in 0..pairs {
-                        for j in 0..NR {
-                            let c = panel * NR + j;
-                            if c >= n {
-                                continue;
-                            }
-                            let lo = at(2 * p, c);
-                            let hi = if 2 * p + 1 < k {
-                                at(2 * p + 1, c)
-                            } else {
-                                bf16::ZERO
-                            };
-                            out[p * NR + j] = pair(lo, hi);
-                        }
-                    }
-                });
-        }
-        Self { k, n, data }
-    }
-
-    /// Rows of the weight (the product's reduction length).
-    pub fn k(&self) -> usize {
-        self.k
-    }
-
-    /// Columns of the weight (the product's output width).
-    pub fn n(&self) -> usize {
-        self.n
-    }
-
-    /// Bytes held (the packed bf16 values, padding included).
-    pub fn bytes(&self) -> usize {
-        self.data.len() * 4
-    }
-
-    /// The weight widened back to row-major f32 `[k, n]` (exact: bf16 -> f32 loses nothing).
-    pub fn to_f32(&self) -> Vec<f32> {
-        let pairs = self.k.div_ceil(2);
-        let mut w = vec![0f32; self.k * self.n];
-        for (r, row) in w.chunks_mut(self.n.max(1)).enumerate().take(self.k) {
-            let (p, shift) = (r / 2, 16 * (r % 2));
-            for (c, v) in row.iter_mut().enumerate() {
-                let word = self.data[(c / NR) * pairs * NR + p * NR + c % NR];
-                *v = bf16::from_bits((word >> shift) as u16).to_f32();
-            }
-        }
-        w
-    }
-
-    /// `out[m, n] = x[m, k] · w`, row-major, `out` overwritten. Native bf16 dot products where
-    /// the CPU has AVX512-BF16 (activations rounded to bf16, f32 accumulation), the widened
-    /// weight through an f32 GEMM elsewhere.
-    ///
-    /// # Panics
-    /// If `x.len() != m * k` or `out.len() != m * n`.
-    pub fn matmul(&self, x: &[f32], m: usize, out: &mut [f32]) {
-        assert_eq!(x.len(), m * self.k, "input is not [{m}, {}]", self.k);
-        assert_eq!(out.len(), m * self.n, "output is not [{m}, {}]", self.n);
-        if m == 0 || self.n == 0 {
-            return;
-        }
-        if self.k == 0 {
-            out.fill(0.0);
-            return;
-        }
-        #[cfg(target_arch = "x86_64")]
-        if native_available() {
-            // SAFETY: the CPU has the features the kernel is compiled for (checked above).
-            unsafe { self.matmul_native(x, m, out) };
-            return;
-        }
-        self.matmul_widened(x, m, out);
-    }
-
-    /// The portable path: the weight widened to f32 (one transient copy), then `gemm`.
-    pub fn matmul_widened(&self, x: &[f32], m: usize, out: &mut [f32]) {
-        assert_eq!(x.len(), m * self.k, "input is not [{m}, {}]", self.k);
-        assert_eq!(out.len(), m * self.n, "output is not [{m}, {}]", self.n);
-        if m == 0 || self.n == 0 {
-            return;
-        }
-        let w = self.to_f32();
-        let (k, n) = (self.k, self.n);
-        let threads = rayon::current_num_threads();
-        // SAFETY: row-major [m, k] x [k, n] -> [m, n], strides within the three buffers.
-        unsafe {
-            gemm::gemm(
-                m,
-                n,
-                k,
-                out.as_mut_ptr(),
-                1,
-                n as isize,
-                false,
-                x.as_ptr(),
-                1,
-                k as isize,
-                w.as_ptr(),
-                1,
-                n as isize,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
-                if threads > 1 {
-                    gemm::Parallelism::Rayon(threads)
-                } else {
-                    gemm::Parallelism::None
-                },
-            );
-        }
-    }
-
     #[cfg(target_arch = "x86_64")]
-    #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-    unsafe fn matmul_native(&self, x: &[f32], m: usize, out: &mut [f32]) {
-        let pairs = self.k.div_ceil(2);
-        // The activations as bf16 pairs, row-major [m, pairs] (odd k padded with a zero).
-        let mut xa = vec![0u32; m * pairs];
-        xa.par_chunks_mut(pairs)
-            .zip(x.par_chunks(self.k))
-            .for_each(|(dst, src)| {
-                // SAFETY: same features as the caller.
-                unsafe { native::round_row(src, dst) }
-            });
-        let n = self.n;
-        let panels = n.div_ceil(NR);
-        let out_ptr = SendPtr(out.as_mut_ptr());
-        let xa = &xa;
-        (0..panels).into_par_iter().for_each(|panel| {
-            let b = &self.data[panel * pairs * NR..(panel + 1) * pairs * NR];
+    if native_available() {
+        // SAFETY: the CPU has the features the kernel is compiled for (checked above).
+        unsafe { matmul_native(x, m, w, k, n, out) };
+        return;
+    }
+    matmul_widened(x, m, w, k, n, out);
+}
+
+fn check(x: &[f32], m: usize, w: &[bf16], k: usize, n: usize, out: &[f32]) {
+    assert_eq!(
+        x.len(),
+        m * k,
+        "input of {} values is not [{m}, {k}]",
+        x.len()
+    );
+    assert_eq!(
+        w.len(),
+        k * n,
+        "weight of {} values is not [{k}, {n}]",
+        w.len()
+    );
+    assert_eq!(
+        out.len(),
+        m * n,
+        "output of {} values is not [{m}, {n}]",
+        out.len()
+    );
+}
+
+/// The portable path of [`matmul`]: the weight widened to f32 (one transient copy), then the
+/// `gemm` crate at the full f32 precision of the activations.
+///
+/// # Panics
+/// As [`matmul`].
+pub fn matmul_widened(x: &[f32], m: usize, w: &[bf16], k: usize, n: usize, out: &mut [f32]) {
+    check(x, m, w, k, n, out);
+    if m == 0 || n == 0 {
+        return;
+    }
+    if k == 0 {
+        out.fill(0.0);
+        return;
+    }
+    let mut wide = vec![0f32; w.len()];
+    wide.par_chunks_mut(1 << 16)
+        .zip(w.par_chunks(1 << 16))
+        .for_each(|(o, i)| i.convert_to_f32_slice(o));
+    let threads = rayon::current_num_threads();
+    // SAFETY: row-major [m, k] x [k, n] -> [m, n], strides within the three buffers.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            out.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            x.as_ptr(),
+            1,
+            k as isize,
+            wide.as_ptr(),
+            1,
+            n as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            if threads > 1 {
+                gemm::Parallelism::Rayon(threads)
+            } else {
+                gemm::Parallelism::None
+            },
+        );
+    }
+}
+
+/// The native path: the activations rounded to bf16 pairs once; then per panel of 32 output
+/// columns (one task each) the panel of the weight packed into pairs of rows (lane j holds
+/// `(w[2p][j], w[2p+1][j])`, odd `k` padded with a zero) and multiplied by 8-row tiles.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
+unsafe fn matmul_native(x: &[f32], m: usize, w: &[bf16], k: usize, n: usize, out: &mut [f32]) {
+    let pairs = k.div_ceil(2);
+    let mut xa = vec![0u32; m * pairs];
+    xa.par_chunks_mut(pairs)
+        .zip(x.par_chunks(k))
+        .for_each(|(dst, src)| {
+            // SAFETY: same features as the caller.
+            unsafe { native::round_row(src, dst) }
+        });
+    let panels = n.div_ceil(NR);
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    let xa = &xa;
+    (0..panels).into_par_iter().for_each_init(
+        || vec![0u32; pairs * NR],
+        |b, panel| {
             let c0 = panel * NR;
             let width = NR.min(n - c0);
+            for (p, lanes) in b.chunks_mut(NR).enumerate() {
+                let lo = &w[2 * p * n + c0..][..width];
+                let hi = (2 * p + 1 < k).then(|| &w[(2 * p + 1) * n + c0..][..width]);
+                for (j, lane) in lanes.iter_mut().enumerate() {
+                    *lane = if j < width {
+                        pair(lo[j], hi.map_or(bf16::ZERO, |h| h[j]))
+                    } else {
+                        0
+                    };
+                }
+            }
             let mut r = 0;
             while r < m {
                 let rows = MR.min(m - r);
                 let mut tile = [0f32; MR * NR];
-                // SAFETY: same features as the caller; slices cover `rows` rows of `pairs`.
+                // SAFETY: same features as the caller; the slice holds `rows` rows of `pairs`.
                 unsafe {
                     native::tile(
                         &xa[r * pairs..(r + rows) * pairs],
@@ -221,7 +168,7 @@ impl PackedBf16 {
                     )
                 };
                 for i in 0..rows {
-                    // SAFETY: row r+i, columns c0..c0+width of `out`, owned by this panel only.
+                    // SAFETY: row r+i, columns c0..c0+width of `out`, written by this task only.
                     let dst = unsafe {
                         std::slice::from_raw_parts_mut(out_ptr.get().add((r + i) * n + c0), width)
                     };
@@ -229,8 +176,8 @@ impl PackedBf16 {
                 }
                 r += rows;
             }
-        });
-    }
+        },
+    );
 }
 
 /// Whether this CPU runs the native bf16 kernel (AVX512-BF16 with AVX512-F/BW).

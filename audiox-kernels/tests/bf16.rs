@@ -2,7 +2,7 @@
 //! for shapes that hit every edge of the packing (odd k, n not a multiple of 32, m not a
 //! multiple of the 8-row tile, empty dimensions).
 
-use audiox_kernels::bf16::{PackedBf16, native_available};
+use audiox_kernels::bf16::{matmul, matmul_widened, native_available};
 use half::bf16;
 
 /// Deterministic values in [-1, 1) (a simple LCG: the test must not depend on a seed crate).
@@ -22,6 +22,10 @@ fn values(len: usize, seed: u64) -> Vec<f32> {
 
 fn round(v: &[f32]) -> Vec<f32> {
     v.iter().map(|&x| bf16::from_f32(x).to_f32()).collect()
+}
+
+fn halves(v: &[f32]) -> Vec<bf16> {
+    v.iter().map(|&x| bf16::from_f32(x)).collect()
 }
 
 /// `x · w` in f64 (row-major).
@@ -65,26 +69,12 @@ const SHAPES: [(usize, usize, usize); 8] = [
 ];
 
 #[test]
-fn packing_round_trips_the_rounded_weight() {
-    for &(_, k, n) in &SHAPES {
-        let w = values(k * n, (k * 31 + n) as u64);
-        let packed = PackedBf16::from_f32(&w, k, n);
-        assert_eq!(packed.to_f32(), round(&w), "[{k}, {n}]");
-        let halves: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
-        assert_eq!(PackedBf16::from_bf16(&halves, k, n).to_f32(), round(&w));
-        // Half the bytes of f32, up to the padding of k to even and n to 32 columns.
-        assert_eq!(packed.bytes(), k.div_ceil(2) * 2 * n.div_ceil(32) * 32 * 2);
-    }
-}
-
-#[test]
 fn widened_path_is_the_f32_product_of_the_rounded_weight() {
     for &(m, k, n) in &SHAPES {
         let x = values(m * k, m as u64);
         let w = values(k * n, (k * 31 + n) as u64);
-        let packed = PackedBf16::from_f32(&w, k, n);
         let mut out = vec![f32::NAN; m * n];
-        packed.matmul_widened(&x, m, &mut out);
+        matmul_widened(&x, m, &halves(&w), k, n, &mut out);
         let want = reference(&x, &round(&w), m, k, n);
         let err = worst(&out, &want, &x, &round(&w), m, k, n);
         assert!(err < 1e-5, "[{m},{k}]x[{k},{n}]: {err}");
@@ -99,9 +89,8 @@ fn default_path_matches_the_product_of_rounded_operands() {
     for &(m, k, n) in &SHAPES {
         let x = values(m * k, m as u64 + 99);
         let w = values(k * n, (k * 31 + n) as u64);
-        let packed = PackedBf16::from_f32(&w, k, n);
         let mut out = vec![f32::NAN; m * n];
-        packed.matmul(&x, m, &mut out);
+        matmul(&x, m, &halves(&w), k, n, &mut out);
         let xs = if native { round(&x) } else { x.clone() };
         let want = reference(&xs, &round(&w), m, k, n);
         let err = worst(&out, &want, &xs, &round(&w), m, k, n);
@@ -117,14 +106,14 @@ fn default_path_matches_the_product_of_rounded_operands() {
 fn the_result_does_not_depend_on_the_thread_count() {
     let (m, k, n) = (37, 300, 200);
     let x = values(m * k, 5);
-    let packed = PackedBf16::from_f32(&values(k * n, 6), k, n);
+    let w = halves(&values(k * n, 6));
     let run = |threads| {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
             .build()
             .unwrap();
         let mut out = vec![0f32; m * n];
-        pool.install(|| packed.matmul(&x, m, &mut out));
+        pool.install(|| matmul(&x, m, &w, k, n, &mut out));
         out
     };
     assert_eq!(run(1), run(3));
@@ -132,12 +121,11 @@ fn the_result_does_not_depend_on_the_thread_count() {
 
 #[test]
 fn empty_dimensions() {
-    let packed = PackedBf16::from_f32(&[], 0, 4);
-    let mut out = vec![f32::NAN; 3 * 4];
-    packed.matmul(&[], 3, &mut out);
-    assert!(out.iter().all(|&v| v == 0.0), "k = 0 gives zeros");
-    let packed = PackedBf16::from_f32(&[], 5, 0);
-    packed.matmul(&values(10, 1), 2, &mut []);
-    let packed = PackedBf16::from_f32(&values(20, 2), 5, 4);
-    packed.matmul(&[], 0, &mut []);
+    for f in [matmul, matmul_widened] {
+        let mut out = vec![f32::NAN; 3 * 4];
+        f(&[], 3, &[], 0, 4, &mut out);
+        assert!(out.iter().all(|&v| v == 0.0), "k = 0 gives zeros");
+        f(&values(10, 1), 2, &[], 5, 0, &mut []);
+        f(&[], 0, &halves(&values(20, 2)), 5, 4, &mut []);
+    }
 }
