@@ -12,6 +12,8 @@
 //! Work is split over output column panels, never over the reduction, so the result does not
 //! depend on the thread count.
 
+use burn::backend::Flex;
+use burn::tensor::{DType, FloatDType, Tensor, TensorData};
 use half::bf16;
 use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
@@ -178,6 +180,47 @@ unsafe fn matmul_native(x: &[f32], m: usize, w: &[bf16], k: usize, n: usize, out
             }
         },
     );
+}
+
+/// `x · w + bias` for a `Linear` whose weight `w` `[k, n]` is held in bf16 on the flex backend
+/// (any leading axes of `x`; the bias, if any, in f32 or bf16). `None` when this kernel does not
+/// apply (another backend, `x` not a contiguous f32 tensor, `w` not a contiguous bf16 tensor):
+/// the caller then takes the generic path (widen the weight, burn's matmul).
+pub fn linear<const D: usize>(
+    x: &Tensor<D>,
+    w: &Tensor<2>,
+    bias: Option<&Tensor<1>>,
+) -> Option<Tensor<D>> {
+    let xf = crate::flex_f32(x)?;
+    let wf = w.clone().try_into_primitive::<Flex>().ok()?;
+    if wf.dtype() != DType::BF16 {
+        return None;
+    }
+    let weight = wf.as_slice::<bf16>()?;
+    let [k, n] = w.dims();
+    let dims = x.dims();
+    if dims[D - 1] != k {
+        return None;
+    }
+    let m: usize = dims[..D - 1].iter().product();
+    let mut out = vec![0f32; m * n];
+    matmul(crate::values(&xf), m, weight, k, n, &mut out);
+    if let Some(b) = bias {
+        let b: Vec<f32> = b
+            .clone()
+            .cast(FloatDType::F32)
+            .into_data()
+            .try_into_vec::<f32>()
+            .ok()?;
+        if b.len() != n {
+            return None;
+        }
+        out.par_chunks_mut(n.max(1))
+            .for_each(|row| row.iter_mut().zip(&b).for_each(|(o, b)| *o += b));
+    }
+    let mut shape = dims;
+    shape[D - 1] = n;
+    Some(Tensor::from_data(TensorData::new(out, shape), &x.device()))
 }
 
 /// Whether this CPU runs the native bf16 kernel (AVX512-BF16 with AVX512-F/BW).

@@ -129,3 +129,32 @@ fn empty_dimensions() {
         f(&[], 0, &halves(&values(20, 2)), 5, 4, &mut []);
     }
 }
+
+#[test]
+fn linear_on_burn_tensors_matches_the_slice_product_plus_bias() {
+    use burn::tensor::{DType, Device, FloatDType, Tensor, TensorData};
+    let device = Device::flex();
+    let (b, t, k, n) = (2, 5, 33, 40);
+    let x = values(b * t * k, 7);
+    let w = values(k * n, 8);
+    let bias = values(n, 9);
+    let xt = Tensor::<3>::from_data(TensorData::new(x.clone(), [b, t, k]), &device);
+    let wt =
+        Tensor::<2>::from_data(TensorData::new(w.clone(), [k, n]), &device).cast(FloatDType::BF16);
+    assert_eq!(wt.dtype(), DType::BF16);
+    let bt = Tensor::<1>::from_data(TensorData::new(bias.clone(), [n]), &device);
+    let got: Vec<f32> = audiox_kernels::bf16::linear(&xt, &wt, Some(&bt))
+        .expect("flex f32 input, bf16 weight")
+        .into_data()
+        .try_into_vec::<f32>()
+        .unwrap();
+    let mut want = vec![0f32; b * t * n];
+    matmul(&x, b * t, &halves(&w), k, n, &mut want);
+    for (row, chunk) in want.chunks_mut(n).enumerate() {
+        chunk.iter_mut().zip(&bias).for_each(|(o, b)| *o += b);
+        assert_eq!(&got[row * n..(row + 1) * n], &*chunk, "row {row}");
+    }
+    // An f32 weight is not this kernel's: the caller keeps its own path.
+    let w32 = Tensor::<2>::from_data(TensorData::new(w, [k, n]), &device);
+    assert!(audiox_kernels::bf16::linear(&xt, &w32, None).is_none());
+}
