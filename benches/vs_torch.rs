@@ -242,6 +242,8 @@ fn request() -> f64 {
         }
         common::checkpoint::builder(&dir)
     };
+    // The precision reaches the model here once the builder has its option (see
+    // `BenchPrecision::check_available`, which refuses anything but f32 until then).
     let model = builder.build().expect("the random checkpoint loads");
     let seconds = model.max_duration();
     best_of_two(|| {
