@@ -54,7 +54,7 @@ const PRECISION_ENV: &str = "AUDIOX_PRECISION";
 const TINY_ENV: &str = "AUDIOX_VS_TORCH_TINY";
 /// The prompt of the `request` stage.
 const PROMPT: &str = "a wooden door creaks open, then slams shut";
-/// Memory PyTorch's full-size `request` needs (its weights are ~10.9 GB in f32, plus the
+/// Memory PyTorch's full-size `request` needs (its weights are 10.6 GB in f32, plus the
 /// decode's activations); below this much `MemAvailable` its side is skipped.
 const TORCH_REQUEST_BYTES: u64 = 13_000_000_000;
 
