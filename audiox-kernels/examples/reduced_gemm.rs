@@ -1,12 +1,13 @@
-//! Rate of the bf16-weight product against the f32 GEMM on the DiT's shapes.
+//! Rate of the bf16- and int8-weight products against the f32 GEMM on the DiT's shapes.
 //!
 //! ```text
-//! RAYON_NUM_THREADS=2 cargo run --release -p audiox-kernels --example bf16_gemm
+//! RAYON_NUM_THREADS=2 cargo run --release -p audiox-kernels --example reduced_gemm
 //! ```
 //!
 //! For each shape: the f32 product (`gemm` crate, what burn's CPU backend runs), the bf16
 //! weight widened per product (the portable path) and the native AVX512-BF16 kernel (where the
-//! CPU has it); best of five after a warm-up, GFLOP/s.
+//! CPU has it), the int8 weight with per-token activation quantisation on AVX512-VNNI; best of
+//! five after a warm-up, GFLOP/s (int8: multiply-adds x 2 per second, as for the floats).
 
 use std::time::Instant;
 
@@ -70,8 +71,11 @@ fn main() {
         rayon::current_num_threads(),
         native_available()
     );
-    println!("| shape [m,k]x[k,n] | f32 GFLOP/s | bf16 widened | bf16 native | native / f32 |");
-    println!("|---|---|---|---|---|");
+    println!(
+        "| shape [m,k]x[k,n] | f32 GFLOP/s | bf16 widened | bf16 native | bf16 native / f32 | int8 (VNNI: {}) | int8 / f32 |",
+        audiox_kernels::int8::native_available()
+    );
+    println!("|---|---|---|---|---|---|---|");
     // 620 tokens (236 latent + 384 context); DiT width 1536, FFN hidden 4096, qkv 3x1536.
     for (m, k, n) in [
         (620, 1536, 4608),
@@ -92,10 +96,13 @@ fn main() {
         } else {
             None
         };
+        let q = audiox_kernels::int8::quantize_weight(&w, k, n);
+        let i8r = flop / best(|| audiox_kernels::int8::matmul(&x, m, &q, &mut out));
         println!(
-            "| [{m},{k}]x[{k},{n}] | {f:.0} | {wd:.0} | {} | {} |",
+            "| [{m},{k}]x[{k},{n}] | {f:.0} | {wd:.0} | {} | {} | {i8r:.0} | {:.2} |",
             nat.map_or("-".into(), |v| format!("{v:.0}")),
             nat.map_or("-".into(), |v| format!("{:.2}", v / f)),
+            i8r / f,
         );
     }
 }
