@@ -26,20 +26,41 @@ const MR: usize = 8;
 /// The largest reduction length the i32 sums hold without overflow.
 pub const MAX_K: usize = (i32::MAX as usize) / (255 * 127);
 
-/// A weight `[k, n]` quantised to int8 with one scale per output column (row-major `q`).
+/// A weight `[k, n]` quantised to int8 (row-major `q`) with one scale per output column and
+/// block of `block` rows (`block == k`: one scale per column).
 #[derive(Clone, Debug, PartialEq)]
 pub struct QuantizedWeight {
     /// Rows (the reduction length).
     pub k: usize,
     /// Columns (output channels).
     pub n: usize,
+    /// Rows per scale block (at least 1; the last block may be shorter).
+    pub block: usize,
     /// `q[r * n + c]`, in [-127, 127].
     pub q: Vec<i8>,
-    /// `scale[c]`: `w[r, c] ≈ q[r, c] · scale[c]` (0 for an all-zero column).
+    /// `scale[(r / block) * n + c]`: `w[r, c] ≈ q[r, c] · scale[..]` (0 for an all-zero block).
     pub scale: Vec<f32>,
 }
 
 impl QuantizedWeight {
+    /// A weight from its parts, checked: `q` of `k * n` values, `block >= 1`, and
+    /// `k.div_ceil(block) * n` scales. `None` when they do not fit together.
+    pub fn from_parts(
+        k: usize,
+        n: usize,
+        block: usize,
+        q: Vec<i8>,
+        scale: Vec<f32>,
+    ) -> Option<Self> {
+        (block >= 1 && q.len() == k * n && scale.len() == k.div_ceil(block) * n).then_some(Self {
+            k,
+            n,
+            block,
+            q,
+            scale,
+        })
+    }
+
     /// Bytes held (values and scales).
     pub fn bytes(&self) -> usize {
         self.q.len() + 4 * self.scale.len()
@@ -51,8 +72,10 @@ impl QuantizedWeight {
         let mut w = vec![0f32; self.k * self.n];
         w.par_chunks_mut(n)
             .zip(self.q.par_chunks(n))
-            .for_each(|(row, q)| {
-                for ((o, &v), &s) in row.iter_mut().zip(q).zip(&self.scale) {
+            .enumerate()
+            .for_each(|(r, (row, q))| {
+                let scale = &self.scale[(r / self.block) * n..];
+                for ((o, &v), &s) in row.iter_mut().zip(q).zip(scale) {
                     *o = v as f32 * s;
                 }
             });
@@ -60,39 +83,58 @@ impl QuantizedWeight {
     }
 }
 
-/// Quantises a row-major f32 weight `[k, n]`: per column, `scale = max |w| / 127` and
-/// `q = round(w / scale)`. Non-finite values are the caller's to refuse (they give a
+/// Quantises a row-major f32 weight `[k, n]` with one scale per column: `scale = max |w| /
+/// 127` and `q = round(w / scale)`. Non-finite values are the caller's to refuse (they give a
 /// non-finite scale).
 ///
 /// # Panics
 /// If `w.len() != k * n`.
 pub fn quantize_weight(w: &[f32], k: usize, n: usize) -> QuantizedWeight {
+    quantize_weight_blocked(w, k, n, k.max(1))
+}
+
+/// As [`quantize_weight`], with one scale per column and block of `block` rows.
+///
+/// # Panics
+/// If `w.len() != k * n` or `block == 0`.
+pub fn quantize_weight_blocked(w: &[f32], k: usize, n: usize, block: usize) -> QuantizedWeight {
     assert_eq!(
         w.len(),
         k * n,
         "weight of {} values is not [{k}, {n}]",
         w.len()
     );
-    let mut peak = vec![0f32; n];
-    for row in w.chunks(n.max(1)) {
-        for (p, &v) in peak.iter_mut().zip(row) {
+    assert!(block >= 1, "a scale block has at least one row");
+    let cols = n.max(1);
+    let blocks = k.div_ceil(block);
+    let mut scale = vec![0f32; blocks * n];
+    for (r, row) in w.chunks(cols).enumerate() {
+        for (p, &v) in scale[(r / block) * n..].iter_mut().zip(row) {
             *p = p.max(v.abs());
         }
     }
-    let scale: Vec<f32> = peak.iter().map(|&p| p / 127.0).collect();
-    let inv: Vec<f32> = scale
-        .iter()
-        .map(|&s| if s > 0.0 { 1.0 / s } else { 0.0 })
-        .collect();
+    scale.iter_mut().for_each(|p| *p /= 127.0);
     let mut q = vec![0i8; k * n];
-    q.par_chunks_mut(n.max(1))
-        .zip(w.par_chunks(n.max(1)))
-        .for_each(|(q, row)| {
-            for ((q, &v), &i) in q.iter_mut().zip(row).zip(&inv) {
-                *q = (v * i).round().clamp(-127.0, 127.0) as i8;
+    q.par_chunks_mut(cols)
+        .zip(w.par_chunks(cols))
+        .enumerate()
+        .for_each(|(r, (q, row))| {
+            let s = &scale[(r / block) * n..];
+            for ((q, &v), &s) in q.iter_mut().zip(row).zip(s) {
+                *q = if s > 0.0 {
+                    (v / s).round().clamp(-127.0, 127.0) as i8
+                } else {
+                    0
+                };
             }
         });
-    QuantizedWeight { k, n, q, scale }
+    QuantizedWeight {
+        k,
+        n,
+        block,
+        q,
+        scale,
+    }
 }
 
 /// `out[m, n] = x[m, k] · w`, row-major, `out` overwritten. Activations quantised per row and
@@ -110,8 +152,9 @@ pub fn matmul(x: &[f32], m: usize, w: &QuantizedWeight, out: &mut [f32]) {
         out.fill(0.0);
         return;
     }
+    // Groups of four rows must not straddle two scale blocks.
     #[cfg(target_arch = "x86_64")]
-    if native_available() {
+    if native_available() && (w.block.is_multiple_of(4) || w.block >= w.k) {
         // SAFETY: the CPU has the features the kernel is compiled for (checked above).
         unsafe { matmul_native(x, m, w, out) };
         return;
@@ -120,6 +163,10 @@ pub fn matmul(x: &[f32], m: usize, w: &QuantizedWeight, out: &mut [f32]) {
 }
 
 fn check(x: &[f32], m: usize, w: &QuantizedWeight, out: &[f32]) {
+    assert!(
+        w.block >= 1 && w.q.len() == w.k * w.n && w.scale.len() == w.k.div_ceil(w.block) * w.n,
+        "inconsistent quantised weight"
+    );
     assert_eq!(
         x.len(),
         m * w.k,
@@ -219,13 +266,17 @@ unsafe fn matmul_native(x: &[f32], m: usize, w: &QuantizedWeight, out: &mut [f32
     let panels = n.div_ceil(NR);
     let out_ptr = SendPtr(out.as_mut_ptr());
     let (xa, xs) = (&xa, &xs);
+    // Scale blocks in groups of four rows (one block when it covers all of k).
+    let block_groups = if w.block >= k { groups } else { w.block / 4 };
+    let blocks = groups.div_ceil(block_groups);
     (0..panels).into_par_iter().for_each_init(
-        || vec![0u32; groups * NR],
-        |b, panel| {
+        || (vec![0u32; groups * NR], vec![0i32; blocks * NR]),
+        |(b, colsum), panel| {
             let c0 = panel * NR;
             let width = NR.min(n - c0);
-            let mut colsum = [0i32; NR];
+            colsum.fill(0);
             for (g, lanes) in b.chunks_mut(NR).enumerate() {
+                let sums = &mut colsum[(g / block_groups) * NR..][..NR];
                 for (j, lane) in lanes.iter_mut().enumerate() {
                     let mut bytes = [0u8; 4];
                     if j < width {
@@ -233,7 +284,7 @@ unsafe fn matmul_native(x: &[f32], m: usize, w: &QuantizedWeight, out: &mut [f32
                             let r = 4 * g + i;
                             if r < k {
                                 let v = w.q[r * n + c0 + j];
-                                colsum[j] += v as i32;
+                                sums[j] += v as i32;
                                 *byte = v as u8;
                             }
                         }
@@ -244,27 +295,30 @@ unsafe fn matmul_native(x: &[f32], m: usize, w: &QuantizedWeight, out: &mut [f32
             let mut r = 0;
             while r < m {
                 let rows = MR.min(m - r);
-                let mut tile = [0i32; MR * NR];
-                // SAFETY: same features as the caller; the slice holds `rows` rows of `groups`.
-                unsafe {
-                    native::tile(
-                        &xa[r * groups..(r + rows) * groups],
-                        rows,
-                        groups,
-                        b,
-                        &mut tile,
-                    )
-                };
+                let mut acc = [0f32; MR * NR];
+                let x_rows = &xa[r * groups..(r + rows) * groups];
+                for blk in 0..blocks {
+                    let (g0, g1) = (blk * block_groups, ((blk + 1) * block_groups).min(groups));
+                    let mut tile = [0i32; MR * NR];
+                    // SAFETY: same features as the caller; `x_rows` holds `rows` rows of
+                    // `groups` words and `b` holds `groups` rows of NR words.
+                    unsafe { native::tile(x_rows, rows, groups, g0, g1, b, &mut tile) };
+                    let sums = &colsum[blk * NR..][..NR];
+                    let scale = &w.scale[blk * n + c0..][..width];
+                    for i in 0..rows {
+                        let sa = xs[r + i];
+                        for j in 0..width {
+                            let exact = tile[i * NR + j] - 128 * sums[j];
+                            acc[i * NR + j] += exact as f32 * sa * scale[j];
+                        }
+                    }
+                }
                 for i in 0..rows {
-                    let sa = xs[r + i];
                     // SAFETY: row r+i, columns c0..c0+width of `out`, written by this task only.
                     let dst = unsafe {
                         std::slice::from_raw_parts_mut(out_ptr.get().add((r + i) * n + c0), width)
                     };
-                    for (j, o) in dst.iter_mut().enumerate() {
-                        let exact = tile[i * NR + j] - 128 * colsum[j];
-                        *o = exact as f32 * sa * w.scale[c0 + j];
-                    }
+                    dst.copy_from_slice(&acc[i * NR..i * NR + width]);
                 }
                 r += rows;
             }
@@ -332,20 +386,23 @@ mod native {
     use super::{MR, NR};
     use std::arch::x86_64::*;
 
-    /// `tile[i, j] = Σ_g Σ_{t<4} xa[i, g].byte(t) · b[g, j].byte(t)` (u8 x i8 into i32) for
+    /// `tile[i, j] = Σ_{g0<=g<g1} Σ_{t<4} xa[i, g].byte(t) · b[g, j].byte(t)` (u8 x i8 into i32) for
     /// `rows` (<= MR) rows and one 32-column panel.
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     pub(super) unsafe fn tile(
         x: &[u32],
         rows: usize,
-        groups: usize,
+        stride: usize,
+        g0: usize,
+        g1: usize,
         b: &[u32],
         tile: &mut [i32; MR * NR],
     ) {
+        debug_assert!(x.len() >= rows * stride && g1 <= stride && b.len() >= g1 * NR);
         macro_rules! run {
             ($r:literal) => {
-                // SAFETY: same features; `x` holds $r rows of `groups` words.
-                unsafe { kernel::<$r>(x, groups, b, tile) }
+                // SAFETY: same features; `x` holds $r rows of `stride` words.
+                unsafe { kernel::<$r>(x, stride, g0, g1, b, tile) }
             };
         }
         match rows {
@@ -364,7 +421,9 @@ mod native {
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
     unsafe fn kernel<const R: usize>(
         x: &[u32],
-        groups: usize,
+        stride: usize,
+        g0: usize,
+        g1: usize,
         b: &[u32],
         tile: &mut [i32; MR * NR],
     ) {
@@ -372,13 +431,13 @@ mod native {
         let mut acc1 = [_mm512_setzero_si512(); R];
         let bp = b.as_ptr();
         let xp = x.as_ptr();
-        for g in 0..groups {
-            // SAFETY: b holds `groups` rows of NR words; x holds R rows of `groups` words.
+        for g in g0..g1 {
+            // SAFETY: b holds at least g1 rows of NR words; x holds R rows of `stride` words.
             unsafe {
                 let b0 = _mm512_loadu_si512(bp.add(g * NR) as *const _);
                 let b1 = _mm512_loadu_si512(bp.add(g * NR + 16) as *const _);
                 for i in 0..R {
-                    let a = _mm512_set1_epi32(*xp.add(i * groups + g) as i32);
+                    let a = _mm512_set1_epi32(*xp.add(i * stride + g) as i32);
                     acc0[i] = _mm512_dpbusd_epi32(acc0[i], a, b0);
                     acc1[i] = _mm512_dpbusd_epi32(acc1[i], a, b1);
                 }

@@ -4,6 +4,7 @@
 
 use audiox_kernels::int8::{
     QuantizedWeight, linear, matmul, matmul_dequantized, native_available, quantize_weight,
+    quantize_weight_blocked,
 };
 
 fn values(len: usize, seed: u64) -> Vec<f32> {
@@ -230,4 +231,43 @@ fn linear_on_burn_tensors_adds_the_bias() {
         linear(&xt, &quantize_weight(&values(9, 1), 3, 3), None).is_none(),
         "k mismatch"
     );
+}
+
+#[test]
+fn block_scales_match_the_dequantised_product() {
+    // Blocks of 8 rows (native path: groups of four inside a block), of 6 rows (not a multiple
+    // of four: the portable path), and a short last block.
+    for (m, k, n, block) in [
+        (9, 64, 33, 8),
+        (5, 70, 40, 8),
+        (4, 36, 17, 6),
+        (3, 256, 64, 128),
+    ] {
+        let x = values(m * k, 11);
+        let w = values(k * n, 12);
+        let q = quantize_weight_blocked(&w, k, n, block);
+        assert_eq!(q.scale.len(), k.div_ceil(block) * n);
+        // Every value within half a step of its own block's scale.
+        let back = q.to_f32();
+        for r in 0..k {
+            for c in 0..n {
+                let s = q.scale[(r / block) * n + c];
+                assert!((back[r * n + c] - w[r * n + c]).abs() <= s * 0.5 + 1e-7);
+            }
+        }
+        let mut out = vec![f32::NAN; m * n];
+        matmul(&x, m, &q, &mut out);
+        let wq: Vec<f64> = back.iter().map(|&v| v as f64).collect();
+        let xs = if native_available() && block % 4 == 0 {
+            fake_quantized_rows(&x, k)
+        } else {
+            x.iter().map(|&v| v as f64).collect()
+        };
+        let want = reference(&xs, &wq, m, k, n);
+        let err = worst(&out, &want, &magnitude(&x, &w, m, k, n));
+        assert!(err < 1e-5, "[{m},{k}]x[{k},{n}] block {block}: {err}");
+    }
+    assert!(QuantizedWeight::from_parts(4, 2, 3, vec![0; 8], vec![0.0; 4]).is_some());
+    assert!(QuantizedWeight::from_parts(4, 2, 3, vec![0; 8], vec![0.0; 2]).is_none());
+    assert!(QuantizedWeight::from_parts(4, 2, 0, vec![0; 8], vec![0.0; 4]).is_none());
 }
