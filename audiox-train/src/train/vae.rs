@@ -169,6 +169,9 @@ impl Stage for VaeStage {
     }
 }
 
+/// A named tensor: `(name, shape, values)`.
+pub type NamedTensor = (String, Vec<usize>, Vec<f32>);
+
 /// Collects every float parameter's values in visiting order.
 #[derive(Default)]
 struct Values(Vec<(Vec<usize>, Vec<f32>)>);
@@ -186,7 +189,7 @@ impl ModuleVisitor for Values {
 }
 
 /// Every float parameter of `module` as `(path, shape, values)`, in visiting order.
-pub fn parameters<M: Module>(module: &M) -> Vec<(String, Vec<usize>, Vec<f32>)> {
+pub fn parameters<M: Module>(module: &M) -> Vec<NamedTensor> {
     let mut values = Values::default();
     module.visit(&mut values);
     param_specs(module)
@@ -199,7 +202,7 @@ pub fn parameters<M: Module>(module: &M) -> Vec<(String, Vec<usize>, Vec<f32>)> 
 /// The trained VAE's tensors under their official names (`encoder.layers.0.weight`, ...), with
 /// the weight-normalised kernels stored fused under `...weight` as `audiox convert` writes
 /// them.
-pub fn official_tensors(vae: &Vae) -> TrainResult<Vec<(String, Vec<usize>, Vec<f32>)>> {
+pub fn official_tensors(vae: &Vae) -> TrainResult<Vec<NamedTensor>> {
     let layout = vae.layout();
     let specs = param_specs(vae);
     let values = parameters(vae);
