@@ -8,7 +8,7 @@ use audiox_core::weights::{Component, StateDict, WeightSource};
 use audiox_train::train::vae::{parameters, vae_config};
 use audiox_train::train::{LossLog, stft::StftBasis};
 use audiox_train::train::{
-    RunConfig, RunDir, StageName, TrainError, VaeStage, export_vae, train_stage,
+    RunConfig, RunDir, StageName, Stop, TrainError, VaeStage, export_vae, train_stage,
 };
 use audiox_vae::Vae;
 use burn::module::Module;
@@ -63,6 +63,7 @@ fn tiny_run() -> RunConfig {
     run.vae.optim.batch = 2;
     run.vae.optim.warmup = 2;
     run.vae.optim.checkpoint_every = 2;
+    run.vae.optim.keep_checkpoints = 2;
     run.vae.crop = 256;
     run.vae.stft_sizes = vec![64, 32];
     run.vae.kl_weight = 1e-2;
@@ -81,7 +82,11 @@ fn train(
     let device = device();
     let run_dir = RunDir::open(dir, run.clone())?;
     let stage = VaeStage::new(run_dir.config(), &device)?;
-    let out = train_stage(&stage, &run_dir, &device, stop_after, &mut |_| {})?;
+    let stop = Stop {
+        after_steps: stop_after,
+        deadline: None,
+    };
+    let out = train_stage(&stage, &run_dir, &device, stop, &mut |_| {})?;
     Ok((out.model, out.step, out.resumed_from))
 }
 
@@ -106,17 +111,33 @@ fn a_resumed_run_equals_an_uninterrupted_one() {
         "the second call resumes at the checkpoint"
     );
 
+    // A crash after step `half + 1`, before its checkpoint: the log already holds that step,
+    // the newest checkpoint is `half`. The resumed run redoes the step and logs it once.
+    let c_dir = tmp.path().join("c");
+    train(&c_dir, &run, Some(half + 1)).unwrap();
+    std::fs::remove_dir_all(checkpoint_dir(&c_dir, half + 1)).unwrap();
+    let (crashed, step, from) = train(&c_dir, &run, None).unwrap();
+    assert_eq!((step, from), (steps, half));
+
     let initial = {
         use audiox_train::train::Stage;
         let device = device();
         let stage = VaeStage::new(&run, &device).unwrap();
         parameters(&stage.init_model(&device).unwrap())
     };
-    let (pa, pb) = (parameters(&whole), parameters(&resumed));
+    let (pa, pb, pc) = (
+        parameters(&whole),
+        parameters(&resumed),
+        parameters(&crashed),
+    );
     assert_eq!(pa.len(), pb.len());
+    assert_eq!(pa.len(), pc.len());
     let mut changed = 0;
-    for (((name, _, a), (_, _, b)), (_, _, init)) in pa.iter().zip(&pb).zip(&initial) {
+    for ((((name, _, a), (_, _, b)), (_, _, c)), (_, _, init)) in
+        pa.iter().zip(&pb).zip(&pc).zip(&initial)
+    {
         assert_eq!(a, b, "parameter {name} differs after the resume");
+        assert_eq!(a, c, "parameter {name} differs after the crash and resume");
         changed += usize::from(a != init);
     }
     assert!(
@@ -195,6 +216,24 @@ fn corrupt_or_truncated_checkpoints_are_errors_naming_the_file() {
         Err(TrainError::Checkpoint { path, .. }) => assert_eq!(path, state),
         other => panic!("expected a checkpoint error, got {:?}", other.map(|r| r.1)),
     }
+}
+
+#[test]
+fn a_deadline_stops_after_the_step_that_reaches_it_with_a_checkpoint() {
+    one_thread();
+    let run = tiny_run();
+    let tmp = tempfile::tempdir().unwrap();
+    let device = device();
+    let run_dir = RunDir::open(tmp.path(), run.clone()).unwrap();
+    let stage = VaeStage::new(run_dir.config(), &device).unwrap();
+    let stop = Stop {
+        after_steps: None,
+        deadline: Some(std::time::Instant::now()),
+    };
+    let out = train_stage(&stage, &run_dir, &device, stop, &mut |_| {}).unwrap();
+    assert_eq!(out.step, 1);
+    assert!(!out.finished);
+    assert!(checkpoint_dir(tmp.path(), 1).join("state.json").exists());
 }
 
 #[test]

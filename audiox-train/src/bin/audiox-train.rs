@@ -7,7 +7,8 @@
 //!
 //! A new `--out` folder starts a run with `--config FILE` (a `RunConfig` as JSON) or the
 //! built-in demo configuration, and writes `run.json`; running the same command again resumes
-//! from the newest checkpoint of each stage (a different `--config` is refused).
+//! from the newest checkpoint of each stage (a different `--config` is refused). `--max-steps`
+//! and `--max-minutes` stop early, with a checkpoint, for runs split over several sessions.
 //! `--print-config` prints the demo configuration to start from.
 
 use std::path::PathBuf;
@@ -16,7 +17,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use audiox_train::train::{
-    LogRecord, RunConfig, RunDir, TrainError, VaeStage, export_vae, train_stage,
+    LogRecord, RunConfig, RunDir, Stop, TrainError, VaeStage, export_vae, train_stage,
 };
 
 #[derive(Parser, Debug)]
@@ -34,6 +35,10 @@ struct Args {
     /// Stop each stage after this many steps in all (a checkpoint is written there).
     #[arg(long)]
     max_steps: Option<u64>,
+    /// Stop (with a checkpoint) after the first step that ends this many minutes after the
+    /// start.
+    #[arg(long)]
+    max_minutes: Option<f64>,
     /// Worker threads (1 makes runs reproducible bit for bit across resumes).
     #[arg(long, default_value_t = 1)]
     threads: usize,
@@ -87,6 +92,22 @@ fn run(args: Args) -> Result<(), TrainError> {
             ));
         }
     };
+    let deadline = match args.max_minutes {
+        Some(m) if m.is_finite() && m >= 0.0 => {
+            Some(std::time::Instant::now() + std::time::Duration::from_secs_f64(m * 60.0))
+        }
+        Some(m) => {
+            return Err(TrainError::config(
+                "--max-minutes",
+                format!("{m} is not a number of minutes >= 0"),
+            ));
+        }
+        None => None,
+    };
+    let stop = Stop {
+        after_steps: args.max_steps,
+        deadline,
+    };
     let device = burn::tensor::Device::flex().autodiff();
     for &stage in stages {
         match stage {
@@ -108,7 +129,7 @@ fn run(args: Args) -> Result<(), TrainError> {
                         );
                     }
                 };
-                let outcome = train_stage(&vae, &run, &device, args.max_steps, &mut progress)?;
+                let outcome = train_stage(&vae, &run, &device, stop, &mut progress)?;
                 let export = run.root().join("export");
                 let file = export_vae(&outcome.model, run.config(), &export)?;
                 println!(

@@ -15,11 +15,11 @@
 //! the weights bit for bit).
 //!
 //! ```no_run
-//! use audiox_train::train::{RunConfig, RunDir, VaeStage, train_stage};
+//! use audiox_train::train::{RunConfig, RunDir, Stop, VaeStage, train_stage};
 //! let device = burn::tensor::Device::flex().autodiff();
 //! let run = RunDir::open("runs/demo", RunConfig::demo())?;
 //! let stage = VaeStage::new(run.config(), &device)?;
-//! let outcome = train_stage(&stage, &run, &device, None, &mut |r| println!("{} {:.4}", r.step, r.loss))?;
+//! let outcome = train_stage(&stage, &run, &device, Stop::never(), &mut |r| println!("{} {:.4}", r.step, r.loss))?;
 //! println!("VAE at step {}", outcome.step);
 //! # Ok::<(), audiox_train::train::TrainError>(())
 //! ```
@@ -36,5 +36,5 @@ pub mod vae;
 pub use error::{TrainError, TrainResult};
 pub use log::{LogRecord, LossLog};
 pub use run::{RunConfig, RunDir, StageName};
-pub use stage::{Stage, StageOutcome, train_stage};
+pub use stage::{Stage, StageOutcome, Stop, train_stage};
 pub use vae::{VaeStage, export_vae};

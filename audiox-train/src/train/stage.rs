@@ -54,19 +54,44 @@ pub struct StageOutcome<M> {
     pub finished: bool,
 }
 
+/// When a call to [`train_stage`] stops before the configured step count (a checkpoint is
+/// written where it stops, so the next call resumes there).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stop {
+    /// After this many steps in all (over every call).
+    pub after_steps: Option<u64>,
+    /// After the first step that ends at or after this instant.
+    pub deadline: Option<Instant>,
+}
+
+impl Stop {
+    /// Never stops early.
+    pub fn never() -> Self {
+        Stop::default()
+    }
+
+    /// Stops after `steps` steps in all.
+    pub fn after_steps(steps: u64) -> Self {
+        Stop {
+            after_steps: Some(steps),
+            deadline: None,
+        }
+    }
+}
+
 fn optimizer() -> ModuleOptimizer {
     AdamConfig::new().init()
 }
 
 /// Runs (or resumes) `stage` in `run` on `device`: loads the newest checkpoint when there is
-/// one, then steps until the configured step count or until `stop_after` steps in all (a
-/// checkpoint is written there too), appending to the stage's `loss.jsonl` and calling
+/// one, then steps until the configured step count or until `stop` says (a checkpoint is
+/// written there too), appending to the stage's `loss.jsonl` and calling
 /// `progress` after every step.
 pub fn train_stage<S: Stage>(
     stage: &S,
     run: &RunDir,
     device: &Device,
-    stop_after: Option<u64>,
+    stop: Stop,
     progress: &mut dyn FnMut(&LogRecord),
 ) -> TrainResult<StageOutcome<S::Model>> {
     let settings = stage.settings().clone();
@@ -81,7 +106,9 @@ pub fn train_stage<S: Stage>(
         None => (stage.init_model(device)?, optimizer(), 0),
     };
     let mut log = LossLog::open(&dir.join("loss.jsonl"), start)?;
-    let end = stop_after.map_or(settings.steps, |s| s.min(settings.steps));
+    let end = stop
+        .after_steps
+        .map_or(settings.steps, |s| s.min(settings.steps));
     let mut step = start;
     while step < end {
         let t0 = Instant::now();
@@ -109,8 +136,12 @@ pub fn train_stage<S: Stage>(
         };
         log.append(&record)?;
         progress(&record);
-        if step.is_multiple_of(settings.checkpoint_every) || step == end {
+        let out_of_time = stop.deadline.is_some_and(|d| Instant::now() >= d);
+        if step.is_multiple_of(settings.checkpoint_every) || step == end || out_of_time {
             checkpoints.save(&model, &optim, step, settings.keep_checkpoints)?;
+        }
+        if out_of_time {
+            break;
         }
     }
     Ok(StageOutcome {
