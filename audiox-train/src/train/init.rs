@@ -6,6 +6,9 @@
 //! `1/sqrt(fan_in)` as a standard deviation made the stacked Snake residual units blow up),
 //! biases and the SnakeBeta log-parameters are zero (`alpha = beta = 0`: frequency and
 //! magnitude 1), layer-norm gains one, anything else normal with standard deviation 0.02.
+//! Exceptions that follow the official constructors: the learned Fourier time frequencies and
+//! the MAF expert pool are standard normal, the MAF bypass gates -10 (practically closed), and
+//! a token convolution (`TokenConv`, stored `[k, in, out]`) has `fan_in = k x in`.
 
 use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::{Tensor, TensorData};
@@ -18,6 +21,7 @@ pub fn random_init<M: Module>(module: M, seed: u64) -> M {
     let mut mapper = RandomInit {
         rng: ChaCha8Rng::seed_from_u64(seed),
         path: Vec::new(),
+        containers: Vec::new(),
     };
     module.map(&mut mapper)
 }
@@ -25,6 +29,7 @@ pub fn random_init<M: Module>(module: M, seed: u64) -> M {
 struct RandomInit {
     rng: ChaCha8Rng,
     path: Vec<String>,
+    containers: Vec<String>,
 }
 
 impl RandomInit {
@@ -43,6 +48,26 @@ impl RandomInit {
     fn values(&mut self, shape: &[usize]) -> Vec<f32> {
         let n: usize = shape.iter().product();
         let leaf = self.path.last().map(String::as_str).unwrap_or("");
+        // The owning module: the innermost struct container (the last one is the parameter's).
+        let owner = self
+            .containers
+            .iter()
+            .rev()
+            .find_map(|c| c.strip_prefix("Struct:"))
+            .unwrap_or("");
+        match (owner, leaf) {
+            ("FourierFeatures", "weight") | ("MafBlock", "unified_experts") => {
+                return (0..n).map(|_| self.normal()).collect();
+            }
+            ("MafBlock", gate) if gate.starts_with("bypass_gate") => return vec![-10.0; n],
+            ("TokenConv", "weight") if shape.len() == 3 => {
+                let bound = 1.0 / ((shape[0] * shape[1]).max(1) as f32).sqrt();
+                return (0..n)
+                    .map(|_| (2.0 * self.uniform() - 1.0) * bound)
+                    .collect();
+            }
+            _ => {}
+        }
         match (leaf, shape.len()) {
             ("weight", 3) | ("weight", 2) => {
                 // [out, in, k] (conv), [in, out, k] (transposed: PyTorch's fan_in is also
@@ -65,12 +90,14 @@ impl RandomInit {
 }
 
 impl ModuleMapper for RandomInit {
-    fn enter_module(&mut self, name: &str, _container_type: &str) {
+    fn enter_module(&mut self, name: &str, container_type: &str) {
         self.path.push(name.to_string());
+        self.containers.push(container_type.to_string());
     }
 
     fn exit_module(&mut self, _name: &str, _container_type: &str) {
         self.path.pop();
+        self.containers.pop();
     }
 
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {

@@ -7,7 +7,9 @@
 //!   and SHA-256 before they are parsed;
 //! * [`stage`]: the loop every stage shares ([`train_stage`]): resume from the newest
 //!   checkpoint, step, append to `loss.jsonl`, checkpoint every N steps;
-//! * [`vae`]: the Oobleck VAE stage and its export to the layout the model builder loads.
+//! * [`vae`]: the Oobleck VAE stage and its export to the layout the model builder loads;
+//! * [`flow`]: the rectified-flow objective with condition dropout (the core of the teacher
+//!   stage, which is not assembled yet).
 //!
 //! Batches and noise of step `s` are drawn from a random stream seeded by `(run seed, stage,
 //! s)`, so the step number is the whole data position: a run interrupted and resumed from a
@@ -26,6 +28,7 @@
 
 pub mod checkpoint;
 pub mod error;
+pub mod flow;
 pub mod init;
 pub mod log;
 pub mod run;

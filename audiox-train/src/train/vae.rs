@@ -28,6 +28,7 @@ use audiox_core::weights::{Transform, param_specs};
 use audiox_vae::{Vae, VaeConfig};
 
 use super::error::{TrainError, TrainResult};
+use super::flow::normals;
 use super::init::random_init;
 use super::run::{LoopSettings, RunConfig, StageName, VaeStageConfig};
 use super::stage::{Stage, StepLoss};
@@ -110,17 +111,6 @@ impl VaeStage {
         }
         (out, [batch, channels, crop])
     }
-}
-
-/// Standard normal values from `rng` (Box-Muller).
-fn normals(rng: &mut ChaCha8Rng, n: usize) -> Vec<f32> {
-    let mut unit = || ((rng.next_u32() >> 8) as f32 + 0.5) / (1u32 << 24) as f32;
-    (0..n)
-        .map(|_| {
-            let (u1, u2) = (unit(), unit());
-            (-2.0 * u1.ln()).sqrt() * (2.0 * std::f32::consts::PI * u2).cos()
-        })
-        .collect()
 }
 
 impl Stage for VaeStage {
