@@ -16,7 +16,9 @@ use burn::tensor::{Device, Tensor, TensorData};
 use serde_json::{Value, json};
 
 fn one_thread() {
-    // Bit-exact comparisons need a fixed reduction order; the first test to run sets it.
+    // Bit-exact comparisons need a fixed reduction order. Every test calls this before any
+    // tensor operation, so the global pool is built here (once) with one thread whichever test
+    // starts first.
     let _ = rayon::ThreadPoolBuilder::new()
         .num_threads(1)
         .build_global();
@@ -238,6 +240,7 @@ fn a_deadline_stops_after_the_step_that_reaches_it_with_a_checkpoint() {
 
 #[test]
 fn a_run_folder_refuses_another_configuration() {
+    one_thread();
     let run = tiny_run();
     let tmp = tempfile::tempdir().unwrap();
     RunDir::open(tmp.path(), run.clone()).unwrap();
@@ -304,6 +307,7 @@ fn the_exported_vae_loads_and_decodes_like_the_trained_one() {
 
 #[test]
 fn the_stft_basis_matches_an_fft() {
+    one_thread();
     let n_fft = 64;
     let len = 256;
     let signal: Vec<f32> = (0..len)
