@@ -5,6 +5,7 @@
 use std::path::Path;
 
 use audiox_core::weights::{Component, StateDict, WeightSource};
+use audiox_train::train::eval::{reconstruction_report, vae_reconstructor};
 use audiox_train::train::vae::{parameters, vae_config};
 use audiox_train::train::{LossLog, stft::StftBasis};
 use audiox_train::train::{
@@ -346,4 +347,35 @@ fn the_stft_basis_matches_an_fft() {
             );
         }
     }
+}
+
+#[test]
+fn the_reconstruction_report_scores_identity_and_silence_apart() {
+    one_thread();
+    let corpus =
+        audiox_train::corpus::Corpus::new(audiox_train::corpus::CorpusConfig::default()).unwrap();
+    let n = 3;
+    let same = reconstruction_report(&corpus, n, &mut |x| Ok(x.to_vec())).unwrap();
+    assert_eq!(same.clips, n);
+    assert_eq!(same.median_snr_db, 100.0);
+    assert_eq!(same.reconstructed, same.original);
+    let silent = reconstruction_report(&corpus, n, &mut |x| Ok(vec![0.0; x.len()])).unwrap();
+    assert!(
+        silent.median_snr_db.abs() < 1e-9,
+        "{}",
+        silent.median_snr_db
+    );
+    assert_eq!(silent.reconstructed.event_count_accuracy, 0.0);
+
+    // The VAE reconstructor keeps the clip's length (the tiny VAE of an exported run).
+    let run = tiny_run();
+    let tmp = tempfile::tempdir().unwrap();
+    let (trained, _, _) = train(&tmp.path().join("run"), &run, Some(1)).unwrap();
+    let plain = Device::flex();
+    let vae = trained.valid();
+    let mut reconstruct = vae_reconstructor(&vae, &plain);
+    let clip = corpus.training_clip(0);
+    let out = reconstruct(&clip.samples).unwrap();
+    assert_eq!(out.len(), clip.samples.len());
+    assert!(out.iter().all(|v| v.is_finite()));
 }

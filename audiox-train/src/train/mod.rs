@@ -8,6 +8,8 @@
 //! * [`stage`]: the loop every stage shares ([`train_stage`]): resume from the newest
 //!   checkpoint, step, append to `loss.jsonl`, checkpoint every N steps;
 //! * [`vae`]: the Oobleck VAE stage and its export to the layout the model builder loads;
+//! * [`eval`]: reconstruction quality of a trained VAE on held-out clips (SNR and the
+//!   instruction-following metric);
 //! * [`flow`]: the rectified-flow objective with condition dropout (the core of the teacher
 //!   stage, which is not assembled yet).
 //!
@@ -28,6 +30,7 @@
 
 pub mod checkpoint;
 pub mod error;
+pub mod eval;
 pub mod flow;
 pub mod init;
 pub mod log;
