@@ -39,6 +39,10 @@ struct Args {
     /// start.
     #[arg(long)]
     max_minutes: Option<f64>,
+    /// Compute device: cpu (default), or wgpu / cuda when this binary was built with the
+    /// crate's `wgpu` / `cuda` feature (not run on a GPU yet; see docs/training.md).
+    #[arg(long, default_value = "cpu")]
+    device: String,
     /// Worker threads (1 makes runs reproducible bit for bit across resumes).
     #[arg(long, default_value_t = 1)]
     threads: usize,
@@ -74,6 +78,9 @@ fn run(args: Args) -> Result<(), TrainError> {
         .num_threads(args.threads.max(1))
         .build_global()
         .map_err(|e| TrainError::config("--threads", e.to_string()))?;
+    let device = audiox::select_device(&args.device, audiox::Precision::F32)
+        .map_err(TrainError::Model)?
+        .autodiff();
     let run = match (&args.config, out.join("run.json").exists()) {
         (Some(path), _) => RunDir::open(&out, RunConfig::from_file(path)?)?,
         (None, true) => RunDir::resume(&out)?,
@@ -108,7 +115,6 @@ fn run(args: Args) -> Result<(), TrainError> {
         after_steps: args.max_steps,
         deadline,
     };
-    let device = burn::tensor::Device::flex().autodiff();
     for &stage in stages {
         match stage {
             "vae" => {
