@@ -14,6 +14,9 @@
 //!   against the caption's scene (event-count accuracy, order accuracy, onset-time error, pitch
 //!   accuracy).
 //!
+//! With the feature `train`, the module `train` holds the resumable trainer (the VAE stage so far)
+//! and the `audiox-train` command runs it.
+//!
 //! ```
 //! use audiox_train::corpus::{Corpus, CorpusConfig};
 //! use audiox_train::metric::{detect_events, score_clip, DetectorConfig};
@@ -29,6 +32,8 @@
 
 pub mod corpus;
 pub mod metric;
+#[cfg(feature = "train")]
+pub mod train;
 
 /// Errors of this crate.
 #[derive(Debug, thiserror::Error)]

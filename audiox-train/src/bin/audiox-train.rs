@@ -1,0 +1,163 @@
+//! Trains the embedded demo model, stage by stage, resumably.
+//!
+//! ```text
+//! cargo run --release -p audiox-train --features train --bin audiox-train -- \
+//!     --out runs/demo --stage vae
+//! ```
+//!
+//! A new `--out` folder starts a run with `--config FILE` (a `RunConfig` as JSON) or the
+//! built-in demo configuration, and writes `run.json`; running the same command again resumes
+//! from the newest checkpoint of each stage (a different `--config` is refused). `--max-steps`
+//! and `--max-minutes` stop early, with a checkpoint, for runs split over several sessions.
+//! `--print-config` prints the demo configuration to start from.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use audiox_train::train::{
+    LogRecord, RunConfig, RunDir, Stop, TrainError, VaeStage, export_vae, train_stage,
+};
+
+#[derive(Parser, Debug)]
+#[command(about = "Train the audiox demo model (resumable; see docs/training.md)")]
+struct Args {
+    /// The run folder (created, or resumed when it holds a run.json).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// The run configuration (JSON); default: the one stored in --out, else the demo run.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Which stage to run: vae, t5, teacher, student or all.
+    #[arg(long, default_value = "all")]
+    stage: String,
+    /// Stop each stage after this many steps in all (a checkpoint is written there).
+    #[arg(long)]
+    max_steps: Option<u64>,
+    /// Stop (with a checkpoint) after the first step that ends this many minutes after the
+    /// start.
+    #[arg(long)]
+    max_minutes: Option<f64>,
+    /// Compute device: cpu (default), or wgpu / cuda when this binary was built with the
+    /// crate's `wgpu` / `cuda` feature (not run on a GPU yet; see docs/training.md).
+    #[arg(long, default_value = "cpu")]
+    device: String,
+    /// Worker threads (1 makes runs reproducible bit for bit across resumes).
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+    /// Print a progress line every this many steps.
+    #[arg(long, default_value_t = 10)]
+    log_every: u64,
+    /// Print the demo run configuration as JSON and exit.
+    #[arg(long)]
+    print_config: bool,
+}
+
+fn main() -> ExitCode {
+    match run(Args::parse()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: Args) -> Result<(), TrainError> {
+    if args.print_config {
+        let text = serde_json::to_string_pretty(&RunConfig::demo())
+            .map_err(|e| TrainError::config("demo", e.to_string()))?;
+        println!("{text}");
+        return Ok(());
+    }
+    let out = args
+        .out
+        .ok_or_else(|| TrainError::config("--out", "a run folder is required"))?;
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(args.threads.max(1))
+        .build_global()
+        .map_err(|e| TrainError::config("--threads", e.to_string()))?;
+    let device = audiox::select_device(&args.device, audiox::Precision::F32)
+        .map_err(TrainError::Model)?
+        .autodiff();
+    let run = match (&args.config, out.join("run.json").exists()) {
+        (Some(path), _) => RunDir::open(&out, RunConfig::from_file(path)?)?,
+        (None, true) => RunDir::resume(&out)?,
+        (None, false) => RunDir::open(&out, RunConfig::demo())?,
+    };
+    let stages: &[&str] = match args.stage.as_str() {
+        "all" => &["vae", "t5", "teacher", "student"],
+        "vae" => &["vae"],
+        "t5" => &["t5"],
+        "teacher" => &["teacher"],
+        "student" => &["student"],
+        other => {
+            return Err(TrainError::config(
+                "--stage",
+                format!("`{other}`: expected vae, t5, teacher, student or all"),
+            ));
+        }
+    };
+    let deadline = match args.max_minutes {
+        Some(m) if m.is_finite() && m >= 0.0 => {
+            Some(std::time::Instant::now() + std::time::Duration::from_secs_f64(m * 60.0))
+        }
+        Some(m) => {
+            return Err(TrainError::config(
+                "--max-minutes",
+                format!("{m} is not a number of minutes >= 0"),
+            ));
+        }
+        None => None,
+    };
+    let stop = Stop {
+        after_steps: args.max_steps,
+        deadline,
+    };
+    for &stage in stages {
+        match stage {
+            "vae" => {
+                let vae = VaeStage::new(run.config(), &device)?;
+                let total = run.config().vae.optim.steps;
+                let every = args.log_every.max(1);
+                let mut progress = |r: &LogRecord| {
+                    if r.step.is_multiple_of(every) || r.step == total {
+                        let terms: Vec<String> =
+                            r.terms.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
+                        println!(
+                            "vae step {}/{total}: loss {:.4} ({}), lr {:.2e}, {:.2} s/step",
+                            r.step,
+                            r.loss,
+                            terms.join(", "),
+                            r.lr,
+                            r.seconds
+                        );
+                    }
+                };
+                let outcome = train_stage(&vae, &run, &device, stop, &mut progress)?;
+                let export = run.root().join("export");
+                let file = export_vae(&outcome.model, run.config(), &export)?;
+                println!(
+                    "vae: step {}/{total} (resumed from {}); weights written to {}",
+                    outcome.step,
+                    outcome.resumed_from,
+                    file.display()
+                );
+                if !outcome.finished {
+                    println!("vae: not finished; run the same command again to continue");
+                    return Ok(());
+                }
+            }
+            other => {
+                return Err(TrainError::config(
+                    "--stage",
+                    format!(
+                        "the `{other}` stage is not implemented yet (see docs/training.md); run --stage vae"
+                    ),
+                ));
+            }
+        }
+    }
+    Ok(())
+}

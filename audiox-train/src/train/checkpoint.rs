@@ -1,0 +1,283 @@
+//! Checkpoints: model weights, optimiser state and position, written atomically.
+//!
+//! A stage's checkpoints live in `<stage>/checkpoints/step-NNNNNNNN/`:
+//!
+//! * `model.bpk`: the module in burn's burnpack format (it keeps each parameter's id, which the
+//!   optimiser state is keyed by);
+//! * `optim.bpk`: the Adam state (moments and step counts) in burnpack;
+//! * `state.json`: the step reached, and the byte length and SHA-256 of both files.
+//!
+//! The files are written into `.partial-step-NNNNNNNN/`, synced, and the folder is then renamed
+//! to its final name, so a checkpoint folder exists whole or not at all; an interrupted write
+//! leaves a `.partial-*` folder, removed on the next start. Loading checks the lengths and
+//! hashes before parsing, so a truncated or corrupted file is an error that names the file,
+//! never a panic. Data order and noise are pure functions of `(run seed, stage, step)`, so the
+//! step is the whole data/RNG position: a resumed run draws exactly what an uninterrupted one
+//! would.
+
+use std::fs;
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use burn::module::Module;
+use burn::optim::ModuleOptimizer;
+use burn::store::{BurnpackStore, ModuleSnapshot};
+use burn::tensor::Bytes;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use super::error::{TrainError, TrainResult};
+
+const MODEL_FILE: &str = "model.bpk";
+const OPTIM_FILE: &str = "optim.bpk";
+const STATE_FILE: &str = "state.json";
+const FORMAT: u32 = 1;
+
+/// Writes `bytes` to `path` atomically (a synced temporary sibling, then a rename).
+pub fn write_atomic(path: &Path, bytes: &[u8]) -> TrainResult<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    fs::create_dir_all(dir).map_err(|e| TrainError::io(dir, e))?;
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let tmp = dir.join(format!(".{name}.partial"));
+    write_synced(&tmp, bytes)?;
+    fs::rename(&tmp, path).map_err(|e| TrainError::io(path, e))
+}
+
+fn write_synced(path: &Path, bytes: &[u8]) -> TrainResult<()> {
+    let mut f = fs::File::create(path).map_err(|e| TrainError::io(path, e))?;
+    f.write_all(bytes).map_err(|e| TrainError::io(path, e))?;
+    f.sync_all().map_err(|e| TrainError::io(path, e))
+}
+
+fn sha256(bytes: &[u8]) -> String {
+    Sha256::digest(bytes)
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
+}
+
+#[derive(Serialize, Deserialize)]
+struct FileEntry {
+    bytes: u64,
+    sha256: String,
+}
+
+#[derive(Serialize, Deserialize)]
+struct State {
+    format: u32,
+    step: u64,
+    model: FileEntry,
+    optim: FileEntry,
+}
+
+/// A loaded checkpoint.
+pub struct Loaded<M> {
+    /// The module, its parameters (and their ids) from the checkpoint.
+    pub model: M,
+    /// The optimiser with its state from the checkpoint.
+    pub optim: ModuleOptimizer,
+    /// Optimiser steps done.
+    pub step: u64,
+    /// The checkpoint folder.
+    pub dir: PathBuf,
+}
+
+/// The checkpoints of one stage.
+#[derive(Clone, Debug)]
+pub struct Checkpoints {
+    dir: PathBuf,
+}
+
+impl Checkpoints {
+    /// The checkpoints under `stage_dir/checkpoints`.
+    pub fn new(stage_dir: &Path) -> Self {
+        Checkpoints {
+            dir: stage_dir.join("checkpoints"),
+        }
+    }
+
+    /// The folder of the checkpoint at `step`.
+    pub fn path(&self, step: u64) -> PathBuf {
+        self.dir.join(format!("step-{step:08}"))
+    }
+
+    /// Steps of the complete checkpoints present, ascending.
+    pub fn steps(&self) -> TrainResult<Vec<u64>> {
+        let entries = match fs::read_dir(&self.dir) {
+            Ok(e) => e,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(TrainError::io(&self.dir, e)),
+        };
+        let mut steps = Vec::new();
+        for entry in entries {
+            let entry = entry.map_err(|e| TrainError::io(&self.dir, e))?;
+            let name = entry.file_name();
+            if let Some(step) = name
+                .to_str()
+                .and_then(|n| n.strip_prefix("step-"))
+                .and_then(|n| n.parse::<u64>().ok())
+            {
+                steps.push(step);
+            }
+        }
+        steps.sort_unstable();
+        Ok(steps)
+    }
+
+    /// Removes folders left by interrupted writes.
+    pub fn remove_partial(&self) -> TrainResult<()> {
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return Ok(());
+        };
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(".partial-") {
+                let p = entry.path();
+                fs::remove_dir_all(&p).map_err(|e| TrainError::io(&p, e))?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Writes the checkpoint at `step` atomically, then keeps only the newest `keep`.
+    pub fn save<M: Module>(
+        &self,
+        model: &M,
+        optim: &ModuleOptimizer,
+        step: u64,
+        keep: usize,
+    ) -> TrainResult<PathBuf> {
+        let final_dir = self.path(step);
+        let partial = self.dir.join(format!(".partial-step-{step:08}"));
+        if partial.exists() {
+            fs::remove_dir_all(&partial).map_err(|e| TrainError::io(&partial, e))?;
+        }
+        fs::create_dir_all(&partial).map_err(|e| TrainError::io(&partial, e))?;
+
+        let mut store = BurnpackStore::from_bytes(None);
+        model
+            .save_into(&mut store)
+            .map_err(|e| TrainError::checkpoint(partial.join(MODEL_FILE), e.to_string()))?;
+        let model_bytes = store
+            .get_bytes()
+            .map_err(|e| TrainError::checkpoint(partial.join(MODEL_FILE), e.to_string()))?;
+        let optim_bytes = optim
+            .into_bytes()
+            .map_err(|e| TrainError::checkpoint(partial.join(OPTIM_FILE), e.to_string()))?;
+        let state = State {
+            format: FORMAT,
+            step,
+            model: FileEntry {
+                bytes: model_bytes.len() as u64,
+                sha256: sha256(&model_bytes),
+            },
+            optim: FileEntry {
+                bytes: optim_bytes.len() as u64,
+                sha256: sha256(&optim_bytes),
+            },
+        };
+        write_synced(&partial.join(MODEL_FILE), &model_bytes)?;
+        write_synced(&partial.join(OPTIM_FILE), &optim_bytes)?;
+        let text = serde_json::to_string_pretty(&state)
+            .map_err(|e| TrainError::checkpoint(partial.join(STATE_FILE), e.to_string()))?;
+        write_synced(&partial.join(STATE_FILE), text.as_bytes())?;
+        if final_dir.exists() {
+            fs::remove_dir_all(&final_dir).map_err(|e| TrainError::io(&final_dir, e))?;
+        }
+        fs::rename(&partial, &final_dir).map_err(|e| TrainError::io(&final_dir, e))?;
+        if let Ok(d) = fs::File::open(&self.dir) {
+            // Makes the rename durable where the platform supports syncing a folder.
+            let _ = d.sync_all();
+        }
+
+        let steps = self.steps()?;
+        for old in steps.iter().rev().skip(keep.max(1)) {
+            let p = self.path(*old);
+            fs::remove_dir_all(&p).map_err(|e| TrainError::io(&p, e))?;
+        }
+        Ok(final_dir)
+    }
+
+    /// Loads the checkpoint at `step` into `model` (a freshly built module of the same
+    /// architecture) and `optim` (a fresh optimiser of the same configuration).
+    pub fn load<M: Module>(
+        &self,
+        step: u64,
+        mut model: M,
+        optim: ModuleOptimizer,
+    ) -> TrainResult<Loaded<M>> {
+        let dir = self.path(step);
+        let state_path = dir.join(STATE_FILE);
+        let text = fs::read_to_string(&state_path).map_err(|e| TrainError::io(&state_path, e))?;
+        let state: State = serde_json::from_str(&text)
+            .map_err(|e| TrainError::checkpoint(&state_path, format!("unreadable: {e}")))?;
+        if state.format != FORMAT {
+            return Err(TrainError::checkpoint(
+                &state_path,
+                format!("format {} (this build reads {FORMAT})", state.format),
+            ));
+        }
+        if state.step != step {
+            return Err(TrainError::checkpoint(
+                &state_path,
+                format!("records step {} in the folder of step {step}", state.step),
+            ));
+        }
+        let model_bytes = read_checked(&dir.join(MODEL_FILE), &state.model)?;
+        let optim_bytes = read_checked(&dir.join(OPTIM_FILE), &state.optim)?;
+
+        let model_path = dir.join(MODEL_FILE);
+        let mut store = BurnpackStore::from_bytes(Some(Bytes::from_bytes_vec(model_bytes)));
+        let applied = model
+            .load_from(&mut store)
+            .map_err(|e| TrainError::checkpoint(&model_path, e.to_string()))?;
+        if !applied.errors.is_empty() || !applied.missing.is_empty() || !applied.unused.is_empty() {
+            return Err(TrainError::checkpoint(
+                &model_path,
+                format!(
+                    "does not fit the model: {} errors, missing {:?}, unused {:?}",
+                    applied.errors.len(),
+                    applied.missing.iter().map(|m| &m.0).collect::<Vec<_>>(),
+                    applied.unused
+                ),
+            ));
+        }
+        let optim_path = dir.join(OPTIM_FILE);
+        let optim = optim
+            .from_bytes(Bytes::from_bytes_vec(optim_bytes))
+            .map_err(|e| TrainError::checkpoint(&optim_path, e.to_string()))?;
+        Ok(Loaded {
+            model,
+            optim,
+            step,
+            dir,
+        })
+    }
+}
+
+fn read_checked(path: &Path, entry: &FileEntry) -> TrainResult<Vec<u8>> {
+    let bytes = fs::read(path).map_err(|e| TrainError::io(path, e))?;
+    if bytes.len() as u64 != entry.bytes {
+        return Err(TrainError::checkpoint(
+            path,
+            format!(
+                "{} bytes where state.json records {} (truncated?)",
+                bytes.len(),
+                entry.bytes
+            ),
+        ));
+    }
+    let digest = sha256(&bytes);
+    if digest != entry.sha256 {
+        return Err(TrainError::checkpoint(
+            path,
+            format!(
+                "SHA-256 {digest} differs from the {} recorded (corrupt)",
+                entry.sha256
+            ),
+        ));
+    }
+    Ok(bytes)
+}

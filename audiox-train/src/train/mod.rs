@@ -1,0 +1,46 @@
+//! The trainer (feature `train`): resumable, seeded training of the demo model's stages with
+//! burn's autodiff.
+//!
+//! * [`run`]: the [`RunConfig`] (seeds, corpus, model in the official schema, stage settings)
+//!   and the [`RunDir`] holding `run.json`, written at the start and checked on every resume;
+//! * [`checkpoint`]: atomic checkpoints (model + optimiser state + step), verified by length
+//!   and SHA-256 before they are parsed;
+//! * [`stage`]: the loop every stage shares ([`train_stage`]): resume from the newest
+//!   checkpoint, step, append to `loss.jsonl`, checkpoint every N steps;
+//! * [`vae`]: the Oobleck VAE stage and its export to the layout the model builder loads;
+//! * [`eval`]: reconstruction quality of a trained VAE on held-out clips (SNR and the
+//!   instruction-following metric);
+//! * [`flow`]: the rectified-flow objective with condition dropout (the core of the teacher
+//!   stage, which is not assembled yet).
+//!
+//! Batches and noise of step `s` are drawn from a random stream seeded by `(run seed, stage,
+//! s)`, so the step number is the whole data position: a run interrupted and resumed from a
+//! checkpoint computes exactly what an uninterrupted run computes (`tests/trainer.rs` checks
+//! the weights bit for bit).
+//!
+//! ```no_run
+//! use audiox_train::train::{RunConfig, RunDir, Stop, VaeStage, train_stage};
+//! let device = burn::tensor::Device::flex().autodiff();
+//! let run = RunDir::open("runs/demo", RunConfig::demo())?;
+//! let stage = VaeStage::new(run.config(), &device)?;
+//! let outcome = train_stage(&stage, &run, &device, Stop::never(), &mut |r| println!("{} {:.4}", r.step, r.loss))?;
+//! println!("VAE at step {}", outcome.step);
+//! # Ok::<(), audiox_train::train::TrainError>(())
+//! ```
+
+pub mod checkpoint;
+pub mod error;
+pub mod eval;
+pub mod flow;
+pub mod init;
+pub mod log;
+pub mod run;
+pub mod stage;
+pub mod stft;
+pub mod vae;
+
+pub use error::{TrainError, TrainResult};
+pub use log::{LogRecord, LossLog};
+pub use run::{RunConfig, RunDir, StageName};
+pub use stage::{Stage, StageOutcome, Stop, train_stage};
+pub use vae::{VaeStage, export_vae};

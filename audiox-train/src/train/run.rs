@@ -1,0 +1,353 @@
+//! The run configuration and the run directory.
+//!
+//! A run directory holds `run.json` (the [`RunConfig`], written when the run starts) and one
+//! folder per stage (`vae/`, ...) with that stage's checkpoints and loss log. Starting again on
+//! the same directory resumes it; a different configuration is refused
+//! ([`TrainError::ConfigMismatch`]), so a resumed run is always the run that was started.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+
+use super::error::{TrainError, TrainResult};
+use crate::corpus::CorpusConfig;
+
+/// The official-schema model configuration of the embedded demo model (16 kHz stereo, Oobleck
+/// VAE with 16 base channels, strides 2/4/4/8 and 16 latent channels; DiT width 128, depth 4).
+/// Only the sections of the stages trained so far are final (the VAE); see `docs/training.md`.
+pub const DEMO_MODEL_CONFIG: &str = include_str!("../../assets/demo_config.json");
+
+/// The corpus part of a [`RunConfig`] (see [`CorpusConfig`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CorpusSettings {
+    /// Samples per second; must equal the model's `sample_rate`.
+    pub sample_rate: u32,
+    /// Clip length in seconds.
+    pub duration_s: f32,
+    /// The corpus seed.
+    pub seed: u64,
+    /// One caption in this many is held out.
+    pub held_out_every: u64,
+}
+
+impl From<&CorpusSettings> for CorpusConfig {
+    fn from(s: &CorpusSettings) -> Self {
+        CorpusConfig {
+            sample_rate: s.sample_rate,
+            duration_s: s.duration_s,
+            seed: s.seed,
+            held_out_every: s.held_out_every,
+        }
+    }
+}
+
+/// Settings shared by every stage's optimisation loop.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoopSettings {
+    /// Optimiser steps in all.
+    pub steps: u64,
+    /// Examples per step.
+    pub batch: usize,
+    /// Peak learning rate (Adam).
+    pub lr: f64,
+    /// Steps of linear warm-up from 0 to `lr`.
+    pub warmup: u64,
+    /// A checkpoint every this many steps (and at the last step).
+    pub checkpoint_every: u64,
+    /// How many of the newest checkpoints are kept (at least 1).
+    pub keep_checkpoints: usize,
+}
+
+impl LoopSettings {
+    /// The learning rate of step `step` (0-based): linear warm-up, then constant.
+    pub fn lr_at(&self, step: u64) -> f64 {
+        if self.warmup == 0 || step >= self.warmup {
+            self.lr
+        } else {
+            self.lr * (step + 1) as f64 / self.warmup as f64
+        }
+    }
+
+    fn check(&self, stage: &str) -> TrainResult<()> {
+        let field = |f: &str| format!("{stage}.{f}");
+        if self.batch == 0 {
+            return Err(TrainError::config(field("batch"), "must be at least 1"));
+        }
+        if self.checkpoint_every == 0 {
+            return Err(TrainError::config(
+                field("checkpoint_every"),
+                "must be at least 1",
+            ));
+        }
+        if self.keep_checkpoints == 0 {
+            return Err(TrainError::config(
+                field("keep_checkpoints"),
+                "must be at least 1",
+            ));
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            return Err(TrainError::config(
+                field("lr"),
+                format!("{} is not a positive number", self.lr),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The VAE stage: the Oobleck encoder/decoder of the model config's `pretransform` section,
+/// trained on random crops of corpus clips (see [`super::vae`]).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VaeStageConfig {
+    /// The optimisation loop.
+    #[serde(flatten)]
+    pub optim: LoopSettings,
+    /// Samples per training crop (a multiple of the VAE's down-sampling ratio).
+    pub crop: usize,
+    /// FFT sizes of the multi-resolution STFT loss (hop = size / 4, Hann window).
+    pub stft_sizes: Vec<usize>,
+    /// Weight of the multi-resolution STFT loss.
+    pub stft_weight: f64,
+    /// Weight of the waveform L1 loss.
+    pub l1_weight: f64,
+    /// Weight of the KL divergence of the posterior from N(0, 1) (mean over latent elements).
+    pub kl_weight: f64,
+}
+
+/// Everything that determines a run: seeds, corpus, model (official schema) and stages.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RunConfig {
+    /// The run seed: initial weights, batches and noise of every stage derive from it.
+    pub seed: u64,
+    /// The training corpus.
+    pub corpus: CorpusSettings,
+    /// The model, in the official `config.json` schema (validated by
+    /// `audiox::ModelConfig::from_json_value`).
+    pub model: serde_json::Value,
+    /// The VAE stage.
+    pub vae: VaeStageConfig,
+}
+
+impl RunConfig {
+    /// The demo run: [`DEMO_MODEL_CONFIG`] on the default 16 kHz corpus, sized for a few hours
+    /// of CPU in all (see `docs/training.md`).
+    pub fn demo() -> Self {
+        RunConfig {
+            seed: 0,
+            corpus: CorpusSettings {
+                sample_rate: 16_000,
+                duration_s: 10.0,
+                seed: 0,
+                held_out_every: 10,
+            },
+            model: serde_json::from_str(DEMO_MODEL_CONFIG)
+                .expect("the built-in demo config is JSON"),
+            vae: VaeStageConfig {
+                optim: LoopSettings {
+                    steps: 5_000,
+                    batch: 8,
+                    lr: 3e-4,
+                    warmup: 100,
+                    checkpoint_every: 100,
+                    keep_checkpoints: 2,
+                },
+                crop: 16_384,
+                stft_sizes: vec![2048, 1024, 512, 256, 128],
+                stft_weight: 1.0,
+                l1_weight: 1.0,
+                kl_weight: 1e-4,
+            },
+        }
+    }
+
+    /// The model configuration, parsed and validated.
+    pub fn model_config(&self) -> TrainResult<audiox::ModelConfig> {
+        Ok(audiox::ModelConfig::from_json_value(&self.model)?)
+    }
+
+    /// Checks every value (the model config included).
+    pub fn validate(&self) -> TrainResult<()> {
+        let model = self.model_config()?;
+        crate::corpus::Corpus::new((&self.corpus).into())?;
+        if model.sample_rate != self.corpus.sample_rate {
+            return Err(TrainError::config(
+                "corpus.sample_rate",
+                format!(
+                    "{} differs from the model's sample_rate {}",
+                    self.corpus.sample_rate, model.sample_rate
+                ),
+            ));
+        }
+        self.vae.optim.check("vae")?;
+        let ratio: usize = super::vae::vae_config(&model)
+            .encoder
+            .strides
+            .iter()
+            .product();
+        if self.vae.crop == 0 || !self.vae.crop.is_multiple_of(ratio) {
+            return Err(TrainError::config(
+                "vae.crop",
+                format!(
+                    "{} is not a positive multiple of the VAE ratio {ratio}",
+                    self.vae.crop
+                ),
+            ));
+        }
+        let clip = (self.corpus.duration_s * self.corpus.sample_rate as f32) as usize;
+        if self.vae.crop > clip {
+            return Err(TrainError::config(
+                "vae.crop",
+                format!(
+                    "{} is longer than a corpus clip ({clip} samples)",
+                    self.vae.crop
+                ),
+            ));
+        }
+        if self
+            .vae
+            .stft_sizes
+            .iter()
+            .any(|&n| n < 4 || n > self.vae.crop)
+        {
+            return Err(TrainError::config(
+                "vae.stft_sizes",
+                format!(
+                    "{:?}: every size must be within 4..={}",
+                    self.vae.stft_sizes, self.vae.crop
+                ),
+            ));
+        }
+        for (field, w) in [
+            ("vae.stft_weight", self.vae.stft_weight),
+            ("vae.l1_weight", self.vae.l1_weight),
+            ("vae.kl_weight", self.vae.kl_weight),
+        ] {
+            if !(w.is_finite() && w >= 0.0) {
+                return Err(TrainError::config(field, format!("{w} is not >= 0")));
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads a run configuration file (JSON).
+    pub fn from_file(path: impl AsRef<Path>) -> TrainResult<Self> {
+        let path = path.as_ref();
+        let text = fs::read_to_string(path).map_err(|e| TrainError::io(path, e))?;
+        serde_json::from_str(&text)
+            .map_err(|e| TrainError::config(path.display().to_string(), e.to_string()))
+    }
+}
+
+/// The stages of the pipeline, in order.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum StageName {
+    /// The Oobleck VAE.
+    Vae,
+}
+
+impl StageName {
+    /// The stage's folder name and command-line name.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            StageName::Vae => "vae",
+        }
+    }
+
+    /// A number that separates the stages' random streams.
+    pub(crate) fn stream(self) -> u64 {
+        match self {
+            StageName::Vae => 1,
+        }
+    }
+}
+
+/// A run directory (see the module docs).
+#[derive(Clone, Debug)]
+pub struct RunDir {
+    root: PathBuf,
+    config: RunConfig,
+}
+
+impl RunDir {
+    /// Opens `root` for `config`: creates it and writes `run.json` on a new run; on an existing
+    /// run checks that `run.json` holds the same configuration.
+    pub fn open(root: impl Into<PathBuf>, config: RunConfig) -> TrainResult<Self> {
+        let root = root.into();
+        config.validate()?;
+        fs::create_dir_all(&root).map_err(|e| TrainError::io(&root, e))?;
+        let path = root.join("run.json");
+        let ours =
+            serde_json::to_value(&config).map_err(|e| TrainError::config("run", e.to_string()))?;
+        if path.exists() {
+            let text = fs::read_to_string(&path).map_err(|e| TrainError::io(&path, e))?;
+            let stored: serde_json::Value =
+                serde_json::from_str(&text).map_err(|e| TrainError::ConfigMismatch {
+                    path: path.clone(),
+                    reason: format!("unreadable: {e}"),
+                })?;
+            if let Some(diff) = first_difference(&stored, &ours, String::new()) {
+                return Err(TrainError::ConfigMismatch { path, reason: diff });
+            }
+        } else {
+            let text = serde_json::to_string_pretty(&ours)
+                .map_err(|e| TrainError::config("run", e.to_string()))?;
+            super::checkpoint::write_atomic(&path, text.as_bytes())?;
+        }
+        Ok(RunDir { root, config })
+    }
+
+    /// Opens an existing run directory with the configuration stored in it.
+    pub fn resume(root: impl Into<PathBuf>) -> TrainResult<Self> {
+        let root = root.into();
+        let config = RunConfig::from_file(root.join("run.json"))?;
+        Self::open(root, config)
+    }
+
+    /// The run's folder.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// The run's configuration.
+    pub fn config(&self) -> &RunConfig {
+        &self.config
+    }
+
+    /// The folder of a stage (created on demand by the stage).
+    pub fn stage_dir(&self, stage: StageName) -> PathBuf {
+        self.root.join(stage.as_str())
+    }
+}
+
+/// The first JSON path at which `a` and `b` differ, with both values.
+fn first_difference(a: &serde_json::Value, b: &serde_json::Value, at: String) -> Option<String> {
+    use serde_json::Value;
+    match (a, b) {
+        (Value::Object(x), Value::Object(y)) => {
+            let keys: std::collections::BTreeSet<&String> = x.keys().chain(y.keys()).collect();
+            keys.into_iter().find_map(|k| {
+                let path = if at.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{at}.{k}")
+                };
+                match (x.get(k), y.get(k)) {
+                    (Some(p), Some(q)) => first_difference(p, q, path),
+                    (p, q) => Some(format!("{path}: stored {p:?}, now {q:?}")),
+                }
+            })
+        }
+        (Value::Array(x), Value::Array(y)) if x.len() == y.len() => x
+            .iter()
+            .zip(y)
+            .enumerate()
+            .find_map(|(i, (p, q))| first_difference(p, q, format!("{at}[{i}]"))),
+        _ if a == b => None,
+        _ => Some(format!("{at}: stored {a}, now {b}")),
+    }
+}

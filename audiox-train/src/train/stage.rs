@@ -1,0 +1,153 @@
+//! The optimisation loop shared by every stage: resume from the newest checkpoint, step, log,
+//! checkpoint.
+
+use std::collections::BTreeMap;
+use std::time::Instant;
+
+use burn::module::Module;
+use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
+use burn::tensor::{Device, Tensor};
+
+use super::checkpoint::Checkpoints;
+use super::error::{TrainError, TrainResult};
+use super::log::{LogRecord, LossLog};
+use super::run::{LoopSettings, RunDir, StageName};
+
+/// The loss of one step: the scalar to minimise and its named terms (for the log).
+pub struct StepLoss {
+    /// The total loss, shape `[1]`, on the autodiff device.
+    pub loss: Tensor<1>,
+    /// Named terms (unweighted), for the log.
+    pub terms: BTreeMap<String, f64>,
+}
+
+/// A trainable stage.
+pub trait Stage {
+    /// The module trained.
+    type Model: Module;
+
+    /// Which stage this is.
+    fn name(&self) -> StageName;
+
+    /// The optimisation loop settings.
+    fn settings(&self) -> &LoopSettings;
+
+    /// The model with its initial (random, seeded) weights on `device`, parameters requiring
+    /// gradients.
+    fn init_model(&self, device: &Device) -> TrainResult<Self::Model>;
+
+    /// The loss of optimiser step `step` (0-based). Its batch and noise must be a pure function
+    /// of the run seed and `step`, which is what makes a resumed run identical to an
+    /// uninterrupted one.
+    fn loss(&self, model: &Self::Model, step: u64, device: &Device) -> TrainResult<StepLoss>;
+}
+
+/// How a call to [`train_stage`] ended.
+pub struct StageOutcome<M> {
+    /// The model after the last step done.
+    pub model: M,
+    /// Steps done in all (over every run of this stage).
+    pub step: u64,
+    /// The step the call resumed from (0 for a new stage).
+    pub resumed_from: u64,
+    /// Whether every configured step is done.
+    pub finished: bool,
+}
+
+/// When a call to [`train_stage`] stops before the configured step count (a checkpoint is
+/// written where it stops, so the next call resumes there).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct Stop {
+    /// After this many steps in all (over every call).
+    pub after_steps: Option<u64>,
+    /// After the first step that ends at or after this instant.
+    pub deadline: Option<Instant>,
+}
+
+impl Stop {
+    /// Never stops early.
+    pub fn never() -> Self {
+        Stop::default()
+    }
+
+    /// Stops after `steps` steps in all.
+    pub fn after_steps(steps: u64) -> Self {
+        Stop {
+            after_steps: Some(steps),
+            deadline: None,
+        }
+    }
+}
+
+fn optimizer() -> ModuleOptimizer {
+    AdamConfig::new().init()
+}
+
+/// Runs (or resumes) `stage` in `run` on `device`: loads the newest checkpoint when there is
+/// one, then steps until the configured step count or until `stop` says (a checkpoint is
+/// written there too), appending to the stage's `loss.jsonl` and calling
+/// `progress` after every step.
+pub fn train_stage<S: Stage>(
+    stage: &S,
+    run: &RunDir,
+    device: &Device,
+    stop: Stop,
+    progress: &mut dyn FnMut(&LogRecord),
+) -> TrainResult<StageOutcome<S::Model>> {
+    let settings = stage.settings().clone();
+    let dir = run.stage_dir(stage.name());
+    let checkpoints = Checkpoints::new(&dir);
+    checkpoints.remove_partial()?;
+    let (mut model, mut optim, start) = match checkpoints.steps()?.last() {
+        Some(&step) => {
+            let loaded = checkpoints.load(step, stage.init_model(device)?, optimizer())?;
+            (loaded.model, loaded.optim, loaded.step)
+        }
+        None => (stage.init_model(device)?, optimizer(), 0),
+    };
+    let mut log = LossLog::open(&dir.join("loss.jsonl"), start)?;
+    let end = stop
+        .after_steps
+        .map_or(settings.steps, |s| s.min(settings.steps));
+    let mut step = start;
+    while step < end {
+        let t0 = Instant::now();
+        let lr = settings.lr_at(step);
+        let StepLoss { loss, terms } = stage.loss(&model, step, device)?;
+        let value = loss.clone().into_scalar::<f32>() as f64;
+        if !value.is_finite() {
+            return Err(TrainError::config(
+                format!("{}.lr", stage.name().as_str()),
+                format!(
+                    "the loss became {value} at step {} (diverged); lower the learning rate or resume from an earlier checkpoint",
+                    step + 1
+                ),
+            ));
+        }
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        model = optim.step(lr, model, grads);
+        step += 1;
+        let record = LogRecord {
+            step,
+            loss: value,
+            terms,
+            lr,
+            seconds: t0.elapsed().as_secs_f64(),
+        };
+        log.append(&record)?;
+        progress(&record);
+        let out_of_time = stop.deadline.is_some_and(|d| Instant::now() >= d);
+        if step.is_multiple_of(settings.checkpoint_every) || step == end || out_of_time {
+            checkpoints.save(&model, &optim, step, settings.keep_checkpoints)?;
+        }
+        if out_of_time {
+            break;
+        }
+    }
+    Ok(StageOutcome {
+        model,
+        step,
+        resumed_from: start,
+        finished: step >= settings.steps,
+    })
+}

@@ -1,0 +1,251 @@
+//! The VAE stage: the project's Oobleck encoder and decoder (`audiox-vae`), at the sizes of the
+//! model config's `pretransform` section, trained on crops of corpus clips.
+//!
+//! Loss: `l1_weight x |y - x|` (waveform) `+ stft_weight x` multi-resolution STFT loss
+//! (spectral convergence + log magnitude, see [`super::stft`]) `+ kl_weight x` the KL
+//! divergence of the posterior from N(0, 1); the decoder reconstructs a sample of the
+//! posterior (the reparameterisation trick), as the official VAE bottleneck does.
+//!
+//! Left out compared with the official autoencoder training: the adversarial loss and its
+//! discriminators (and their feature-matching loss), the loudness/perceptual weighting, and
+//! weight normalisation as a reparameterisation: the inference modules hold the fused kernel
+//! `W = g v / ||v||`, and it is this fused kernel that is trained directly (a plain
+//! convolution). The exported weights are fused kernels too, which the loader reads exactly as
+//! it reads the output of `audiox convert`.
+//!
+//! Mono corpus audio is copied to every input channel of the encoder (the demo config is
+//! stereo, like the official one).
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use burn::module::{Module, ModuleVisitor, Param};
+use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
+use rand_chacha::ChaCha8Rng;
+use rand_core::{Rng, SeedableRng};
+
+use audiox_core::weights::{Transform, param_specs};
+use audiox_vae::{Vae, VaeConfig};
+
+use super::error::{TrainError, TrainResult};
+use super::flow::normals;
+use super::init::random_init;
+use super::run::{LoopSettings, RunConfig, StageName, VaeStageConfig};
+use super::stage::{Stage, StepLoss};
+use super::stft::{StftBasis, multi_resolution_stft_loss};
+use crate::corpus::Corpus;
+
+/// The VAE sizes of an official-schema model config (its `pretransform` section).
+pub fn vae_config(model: &audiox::ModelConfig) -> VaeConfig {
+    VaeConfig::from_config(&model.model.pretransform.config)
+}
+
+/// The VAE stage of a run.
+pub struct VaeStage {
+    seed: u64,
+    corpus: Corpus,
+    vae: VaeConfig,
+    settings: VaeStageConfig,
+    bases: Vec<StftBasis>,
+}
+
+impl VaeStage {
+    /// The stage for `run` (validated), with its STFT bases on `device`.
+    pub fn new(run: &RunConfig, device: &Device) -> TrainResult<Self> {
+        run.validate()?;
+        let model = run.model_config()?;
+        Ok(VaeStage {
+            seed: run.seed,
+            corpus: Corpus::new((&run.corpus).into())?,
+            vae: vae_config(&model),
+            settings: run.vae.clone(),
+            bases: run
+                .vae
+                .stft_sizes
+                .iter()
+                .map(|&n| StftBasis::new(n, device))
+                .collect(),
+        })
+    }
+
+    /// The VAE's sizes.
+    pub fn vae_config(&self) -> &VaeConfig {
+        &self.vae
+    }
+
+    /// The random stream of step `step` (independent of every other step and stage).
+    fn rng(&self, step: u64) -> ChaCha8Rng {
+        let mut seed = [0u8; 32];
+        seed[..8].copy_from_slice(&self.seed.to_le_bytes());
+        seed[8..16].copy_from_slice(&StageName::Vae.stream().to_le_bytes());
+        seed[16..24].copy_from_slice(&step.to_le_bytes());
+        ChaCha8Rng::from_seed(seed)
+    }
+
+    /// The audio batch of step `step`: `[batch, channels_in, crop]`. Clip `step x batch + j`
+    /// of the training stream, cropped around one of its events (four crops in five) or
+    /// anywhere (one in five), so that most crops hold sound.
+    pub fn batch(&self, step: u64, rng: &mut ChaCha8Rng) -> (Vec<f32>, [usize; 3]) {
+        let batch = self.settings.optim.batch;
+        let crop = self.settings.crop;
+        let channels = self.vae.encoder.channels_in;
+        let mut out = Vec::with_capacity(batch * channels * crop);
+        for j in 0..batch {
+            let clip = self.corpus.training_clip(step * batch as u64 + j as u64);
+            let len = clip.samples.len();
+            let max_start = len.saturating_sub(crop);
+            let pick = rng.next_u32();
+            let start = if !pick.is_multiple_of(5) && !clip.events.is_empty() {
+                let event = &clip.events[(rng.next_u32() as usize) % clip.events.len()];
+                let onset = (event.onset_s * clip.sample_rate as f32) as usize;
+                let lead = (rng.next_u32() as usize) % (crop / 4).max(1);
+                onset.saturating_sub(lead).min(max_start)
+            } else {
+                (rng.next_u64() % (max_start as u64 + 1)) as usize
+            };
+            let piece = &clip.samples[start..(start + crop).min(len)];
+            for _ in 0..channels {
+                out.extend_from_slice(piece);
+                out.extend(std::iter::repeat_n(0.0, crop - piece.len()));
+            }
+        }
+        (out, [batch, channels, crop])
+    }
+}
+
+impl Stage for VaeStage {
+    type Model = Vae;
+
+    fn name(&self) -> StageName {
+        StageName::Vae
+    }
+
+    fn settings(&self) -> &LoopSettings {
+        &self.settings.optim
+    }
+
+    fn init_model(&self, device: &Device) -> TrainResult<Vae> {
+        let seed = self.seed ^ (StageName::Vae.stream() << 56);
+        Ok(random_init(self.vae.init(device), seed))
+    }
+
+    fn loss(&self, model: &Vae, step: u64, device: &Device) -> TrainResult<StepLoss> {
+        let mut rng = self.rng(step);
+        let (audio, dims) = self.batch(step, &mut rng);
+        let x = Tensor::<3>::from_data(TensorData::new(audio, dims), device);
+        let posterior = model.posterior(x.clone())?;
+        let eps_dims = posterior.mean.dims();
+        let eps = normals(&mut rng, eps_dims.iter().product());
+        let eps = Tensor::<3>::from_data(TensorData::new(eps, eps_dims), device);
+        let stdev = posterior.stdev();
+        let latent = posterior.mean.clone() + eps * stdev.clone();
+        let y = model.decode(latent)?;
+
+        let l1 = (y.clone() - x.clone()).abs().mean();
+        let stft = multi_resolution_stft_loss(&self.bases, y, x);
+        let var = stdev.clone() * stdev.clone();
+        let kl = ((posterior.mean.clone() * posterior.mean + var.clone() - var.log() - 1.0).mean())
+            * 0.5;
+        let s = &self.settings;
+        let loss =
+            l1.clone() * s.l1_weight + stft.clone() * s.stft_weight + kl.clone() * s.kl_weight;
+        let scalar = |t: Tensor<1>| t.into_scalar::<f32>() as f64;
+        let terms = BTreeMap::from([
+            ("l1".to_string(), scalar(l1)),
+            ("stft".to_string(), scalar(stft)),
+            ("kl".to_string(), scalar(kl)),
+        ]);
+        Ok(StepLoss { loss, terms })
+    }
+}
+
+/// A named tensor: `(name, shape, values)`.
+pub type NamedTensor = (String, Vec<usize>, Vec<f32>);
+
+/// Collects every float parameter's values in visiting order.
+#[derive(Default)]
+struct Values(Vec<(Vec<usize>, Vec<f32>)>);
+
+impl ModuleVisitor for Values {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let t = param.val();
+        let shape = t.dims().to_vec();
+        let data = t.into_data().convert::<f32>();
+        self.0
+            .push((shape, data.try_into_vec::<f32>().unwrap_or_default()));
+    }
+    fn visit_int<const D: usize>(&mut self, _param: &Param<Tensor<D, Int>>) {}
+    fn visit_bool<const D: usize>(&mut self, _param: &Param<Tensor<D, Bool>>) {}
+}
+
+/// Every float parameter of `module` as `(path, shape, values)`, in visiting order.
+pub fn parameters<M: Module>(module: &M) -> Vec<NamedTensor> {
+    let mut values = Values::default();
+    module.visit(&mut values);
+    param_specs(module)
+        .into_iter()
+        .zip(values.0)
+        .map(|(spec, (shape, v))| (spec.path, shape, v))
+        .collect()
+}
+
+/// The trained VAE's tensors under their official names (`encoder.layers.0.weight`, ...), with
+/// the weight-normalised kernels stored fused under `...weight` as `audiox convert` writes
+/// them.
+pub fn official_tensors(vae: &Vae) -> TrainResult<Vec<NamedTensor>> {
+    let layout = vae.layout();
+    let specs = param_specs(vae);
+    let values = parameters(vae);
+    specs
+        .iter()
+        .zip(values)
+        .map(|(spec, (_, shape, v))| {
+            let source = layout.source(spec);
+            let name = match (&source.transform, source.keys.as_slice()) {
+                (Transform::WeightNorm, [g, _]) => g.trim_end_matches("_g").to_string(),
+                (Transform::Identity, [k]) => k.clone(),
+                (t, keys) => {
+                    return Err(TrainError::config(
+                        "export",
+                        format!("`{}`: no export for transform {t:?} of {keys:?}", spec.path),
+                    ));
+                }
+            };
+            Ok((name, shape, v))
+        })
+        .collect()
+}
+
+/// Writes the VAE to `out/pretransform/vae.safetensors` (f32, official names, fused weight
+/// norm: the layout `audiox convert` writes, which `AudioX::builder().checkpoint_dir(out)`
+/// and `Vae::load` read) and the run's model config to `out/config.json`. Returns the weight
+/// file's path.
+pub fn export_vae(vae: &Vae, run: &RunConfig, out: &Path) -> TrainResult<PathBuf> {
+    let tensors = official_tensors(vae)?;
+    let path = out.join("pretransform").join("vae.safetensors");
+    let bytes: Vec<Vec<u8>> = tensors
+        .iter()
+        .map(|(_, _, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect())
+        .collect();
+    let views = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|((name, shape, _), b)| {
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), b)
+                .map(|v| (name.clone(), v))
+                .map_err(|e| TrainError::checkpoint(&path, format!("`{name}`: {e}")))
+        })
+        .collect::<TrainResult<Vec<_>>>()?;
+    let metadata = std::collections::HashMap::from([
+        ("format".to_string(), "pt".to_string()),
+        ("audiox_precision".to_string(), "f32".to_string()),
+        ("audiox_weight_norm".to_string(), "fused".to_string()),
+    ]);
+    let data = safetensors::serialize(views, Some(metadata))
+        .map_err(|e| TrainError::checkpoint(&path, e.to_string()))?;
+    super::checkpoint::write_atomic(&path, &data)?;
+    let config = serde_json::to_string_pretty(&run.model)
+        .map_err(|e| TrainError::config("model", e.to_string()))?;
+    super::checkpoint::write_atomic(&out.join("config.json"), config.as_bytes())?;
+    Ok(path)
+}

@@ -1,0 +1,381 @@
+//! The trainer at a tiny size: an interrupted and resumed run equals an uninterrupted one bit
+//! for bit; corrupt checkpoints and changed configurations are refused with typed errors; the
+//! exported VAE loads through the component loader and decodes like the trained module.
+
+use std::path::Path;
+
+use audiox_core::weights::{Component, StateDict, WeightSource};
+use audiox_train::train::eval::{reconstruction_report, vae_reconstructor};
+use audiox_train::train::vae::{parameters, vae_config};
+use audiox_train::train::{LossLog, stft::StftBasis};
+use audiox_train::train::{
+    RunConfig, RunDir, StageName, Stop, TrainError, VaeStage, export_vae, train_stage,
+};
+use audiox_vae::Vae;
+use burn::module::Module;
+use burn::tensor::{Device, Tensor, TensorData};
+use serde_json::{Value, json};
+
+fn one_thread() {
+    // Bit-exact comparisons need a fixed reduction order. Every test calls this before any
+    // tensor operation, so the global pool is built here (once) with one thread whichever test
+    // starts first.
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build_global();
+}
+
+/// Shrinks both VAEs of an official-schema config (the main one and the audio prompt's) to
+/// `channels` base width, `strides`, and `latent` latent channels, keeping it consistent.
+fn shrink_vae(model: &mut Value, channels: usize, strides: &[usize], latent: usize) {
+    let ratio: usize = strides.iter().product();
+    let mults: Vec<usize> = (0..strides.len()).map(|i| 1 << i).collect();
+    let vae = json!({
+        "encoder": {"type": "oobleck", "requires_grad": false, "config": {
+            "in_channels": 2, "channels": channels, "c_mults": mults, "strides": strides,
+            "latent_dim": 2 * latent, "use_snake": true}},
+        "decoder": {"type": "oobleck", "config": {
+            "out_channels": 2, "channels": channels, "c_mults": mults, "strides": strides,
+            "latent_dim": latent, "use_snake": true, "final_tanh": false}},
+        "bottleneck": {"type": "vae"},
+        "latent_dim": latent, "downsampling_ratio": ratio, "io_channels": 2
+    });
+    let sample_size = model["sample_size"].as_u64().unwrap() as usize;
+    model["model"]["pretransform"]["config"] = vae.clone();
+    model["model"]["io_channels"] = json!(latent);
+    model["model"]["diffusion"]["config"]["io_channels"] = json!(latent);
+    // One more token than latent frames: the DiT prepends a time token.
+    model["model"]["diffusion"]["config"]["_latent_seq_len"] = json!(sample_size / ratio + 1);
+    for c in model["model"]["conditioning"]["configs"]
+        .as_array_mut()
+        .unwrap()
+    {
+        if c["id"] == "audio_prompt" {
+            c["config"]["pretransform_config"]["config"] = vae.clone();
+            c["config"]["latent_seq_len"] = json!(sample_size / ratio);
+        }
+    }
+}
+
+/// The demo run with a tiny VAE and a tiny loop.
+fn tiny_run() -> RunConfig {
+    let mut run = RunConfig::demo();
+    shrink_vae(&mut run.model, 2, &[2, 4], 4);
+    run.seed = 7;
+    run.vae.optim.steps = 4;
+    run.vae.optim.batch = 2;
+    run.vae.optim.warmup = 2;
+    run.vae.optim.checkpoint_every = 2;
+    run.vae.optim.keep_checkpoints = 2;
+    run.vae.crop = 256;
+    run.vae.stft_sizes = vec![64, 32];
+    run.vae.kl_weight = 1e-2;
+    run
+}
+
+fn device() -> Device {
+    Device::flex().autodiff()
+}
+
+fn train(
+    dir: &Path,
+    run: &RunConfig,
+    stop_after: Option<u64>,
+) -> Result<(Vae, u64, u64), TrainError> {
+    let device = device();
+    let run_dir = RunDir::open(dir, run.clone())?;
+    let stage = VaeStage::new(run_dir.config(), &device)?;
+    let stop = Stop {
+        after_steps: stop_after,
+        deadline: None,
+    };
+    let out = train_stage(&stage, &run_dir, &device, stop, &mut |_| {})?;
+    Ok((out.model, out.step, out.resumed_from))
+}
+
+#[test]
+fn a_resumed_run_equals_an_uninterrupted_one() {
+    one_thread();
+    let run = tiny_run();
+    let steps = run.vae.optim.steps;
+    let half = steps / 2;
+    let tmp = tempfile::tempdir().unwrap();
+    let (a_dir, b_dir) = (tmp.path().join("a"), tmp.path().join("b"));
+
+    let (whole, step, from) = train(&a_dir, &run, None).unwrap();
+    assert_eq!((step, from), (steps, 0));
+
+    let (_, step, from) = train(&b_dir, &run, Some(half)).unwrap();
+    assert_eq!((step, from), (half, 0));
+    let (resumed, step, from) = train(&b_dir, &run, None).unwrap();
+    assert_eq!(
+        (step, from),
+        (steps, half),
+        "the second call resumes at the checkpoint"
+    );
+
+    // A crash after step `half + 1`, before its checkpoint: the log already holds that step,
+    // the newest checkpoint is `half`. The resumed run redoes the step and logs it once.
+    let c_dir = tmp.path().join("c");
+    train(&c_dir, &run, Some(half + 1)).unwrap();
+    std::fs::remove_dir_all(checkpoint_dir(&c_dir, half + 1)).unwrap();
+    let (crashed, step, from) = train(&c_dir, &run, None).unwrap();
+    assert_eq!((step, from), (steps, half));
+
+    let initial = {
+        use audiox_train::train::Stage;
+        let device = device();
+        let stage = VaeStage::new(&run, &device).unwrap();
+        parameters(&stage.init_model(&device).unwrap())
+    };
+    let (pa, pb, pc) = (
+        parameters(&whole),
+        parameters(&resumed),
+        parameters(&crashed),
+    );
+    assert_eq!(pa.len(), pb.len());
+    assert_eq!(pa.len(), pc.len());
+    let mut changed = 0;
+    for ((((name, _, a), (_, _, b)), (_, _, c)), (_, _, init)) in
+        pa.iter().zip(&pb).zip(&pc).zip(&initial)
+    {
+        assert_eq!(a, b, "parameter {name} differs after the resume");
+        assert_eq!(a, c, "parameter {name} differs after the crash and resume");
+        changed += usize::from(a != init);
+    }
+    assert!(
+        changed > pa.len() / 2,
+        "training moved only {changed} of {} parameters",
+        pa.len()
+    );
+
+    // Both logs hold every step once, with the same losses.
+    let log =
+        |d: &Path| LossLog::read(&d.join(StageName::Vae.as_str()).join("loss.jsonl")).unwrap();
+    let (la, lb) = (log(&a_dir), log(&b_dir));
+    assert_eq!(
+        la.iter().map(|r| r.step).collect::<Vec<_>>(),
+        (1..=steps).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        la.iter()
+            .map(|r| (r.step, r.loss, r.lr))
+            .collect::<Vec<_>>(),
+        lb.iter()
+            .map(|r| (r.step, r.loss, r.lr))
+            .collect::<Vec<_>>()
+    );
+}
+
+fn checkpoint_dir(root: &Path, step: u64) -> std::path::PathBuf {
+    root.join("vae")
+        .join("checkpoints")
+        .join(format!("step-{step:08}"))
+}
+
+#[test]
+fn corrupt_or_truncated_checkpoints_are_errors_naming_the_file() {
+    one_thread();
+    let run = tiny_run();
+    let half = run.vae.optim.steps / 2;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    train(&dir, &run, Some(half)).unwrap();
+    let ckpt = checkpoint_dir(&dir, half);
+    let model = ckpt.join("model.bpk");
+    let pristine = std::fs::read(&model).unwrap();
+
+    // One flipped byte in the weights.
+    let mut bytes = pristine.clone();
+    let mid = bytes.len() / 2;
+    bytes[mid] ^= 0x40;
+    std::fs::write(&model, &bytes).unwrap();
+    match train(&dir, &run, None) {
+        Err(TrainError::Checkpoint { path, reason }) => {
+            assert_eq!(path, model, "{reason}");
+            assert!(reason.contains("corrupt"), "{reason}");
+        }
+        other => panic!("expected a checkpoint error, got {:?}", other.map(|r| r.1)),
+    }
+    std::fs::write(&model, &pristine).unwrap();
+
+    // A truncated optimiser state.
+    let optim = ckpt.join("optim.bpk");
+    let bytes = std::fs::read(&optim).unwrap();
+    std::fs::write(&optim, &bytes[..bytes.len() / 3]).unwrap();
+    match train(&dir, &run, None) {
+        Err(TrainError::Checkpoint { path, reason }) => {
+            assert_eq!(path, optim, "{reason}");
+            assert!(reason.contains("truncated"), "{reason}");
+        }
+        other => panic!("expected a checkpoint error, got {:?}", other.map(|r| r.1)),
+    }
+    std::fs::write(&optim, &bytes).unwrap();
+
+    // Garbage in state.json.
+    let state = ckpt.join("state.json");
+    std::fs::write(&state, b"{\"format\": 1, \"st").unwrap();
+    match train(&dir, &run, None) {
+        Err(TrainError::Checkpoint { path, .. }) => assert_eq!(path, state),
+        other => panic!("expected a checkpoint error, got {:?}", other.map(|r| r.1)),
+    }
+}
+
+#[test]
+fn a_deadline_stops_after_the_step_that_reaches_it_with_a_checkpoint() {
+    one_thread();
+    let run = tiny_run();
+    let tmp = tempfile::tempdir().unwrap();
+    let device = device();
+    let run_dir = RunDir::open(tmp.path(), run.clone()).unwrap();
+    let stage = VaeStage::new(run_dir.config(), &device).unwrap();
+    let stop = Stop {
+        after_steps: None,
+        deadline: Some(std::time::Instant::now()),
+    };
+    let out = train_stage(&stage, &run_dir, &device, stop, &mut |_| {}).unwrap();
+    assert_eq!(out.step, 1);
+    assert!(!out.finished);
+    assert!(checkpoint_dir(tmp.path(), 1).join("state.json").exists());
+}
+
+#[test]
+fn a_run_folder_refuses_another_configuration() {
+    one_thread();
+    let run = tiny_run();
+    let tmp = tempfile::tempdir().unwrap();
+    RunDir::open(tmp.path(), run.clone()).unwrap();
+    let mut other = run.clone();
+    other.seed += 1;
+    match RunDir::open(tmp.path(), other) {
+        Err(TrainError::ConfigMismatch { reason, .. }) => {
+            assert!(reason.contains("seed"), "{reason}")
+        }
+        other => panic!("expected a mismatch, got {other:?}"),
+    }
+    // The stored configuration resumes.
+    assert_eq!(RunDir::resume(tmp.path()).unwrap().config(), &run);
+}
+
+#[test]
+fn the_exported_vae_loads_and_decodes_like_the_trained_one() {
+    one_thread();
+    let run = tiny_run();
+    let tmp = tempfile::tempdir().unwrap();
+    let (trained, _, _) = train(&tmp.path().join("run"), &run, Some(1)).unwrap();
+    let out = tmp.path().join("export");
+    let file = export_vae(&trained, &run, &out).unwrap();
+
+    let config = audiox::ModelConfig::from_file(out.join("config.json")).unwrap();
+    let cfg = vae_config(&config);
+    let dict = StateDict::open(&file).unwrap();
+    let plain = Device::flex();
+    let (loaded, report) = Vae::load(&cfg, &[WeightSource::new(&dict)], &plain).unwrap();
+    assert!(
+        report.missing.is_empty() && report.unused.is_empty(),
+        "{}",
+        report.summary()
+    );
+    assert_eq!(report.applied.len(), parameters(&trained).len());
+
+    let latent_dim = cfg.decoder.latent_dim;
+    let frames = 5;
+    let values: Vec<f32> = (0..latent_dim * frames)
+        .map(|i| ((i * 37 % 11) as f32 - 5.0) / 5.0)
+        .collect();
+    let latent = |d: &Device| {
+        Tensor::<3>::from_data(TensorData::new(values.clone(), [1, latent_dim, frames]), d)
+    };
+    let want = trained
+        .valid()
+        .decode(latent(&plain))
+        .unwrap()
+        .into_data()
+        .try_into_vec::<f32>()
+        .unwrap();
+    let got = loaded
+        .decode(latent(&plain))
+        .unwrap()
+        .into_data()
+        .try_into_vec::<f32>()
+        .unwrap();
+    assert_eq!(want.len(), got.len());
+    let scale = want.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-6);
+    for (w, g) in want.iter().zip(&got) {
+        assert!((w - g).abs() <= 1e-4 * scale, "{w} vs {g}");
+    }
+}
+
+#[test]
+fn the_stft_basis_matches_an_fft() {
+    one_thread();
+    let n_fft = 64;
+    let len = 256;
+    let signal: Vec<f32> = (0..len)
+        .map(|i| ((i as f32) * 0.37).sin() + 0.3 * ((i * i % 17) as f32 / 17.0))
+        .collect();
+    let basis = StftBasis::new(n_fft, &Device::flex());
+    let x = Tensor::<2>::from_data(TensorData::new(signal.clone(), [1, len]), &Device::flex());
+    let mag = basis.magnitude(x);
+    let [_, bins, frames] = mag.dims();
+    let mag = mag.into_data().try_into_vec::<f32>().unwrap();
+    assert_eq!(bins, n_fft / 2 + 1);
+    // Frame f is centred on sample f * hop (zero padding of n_fft / 2 on both sides).
+    let hop = n_fft / 4;
+    let mut planner = realfft::RealFftPlanner::<f64>::new();
+    let fft = planner.plan_fft_forward(n_fft);
+    for f in [0, frames / 2, frames - 1] {
+        let mut frame: Vec<f64> = (0..n_fft)
+            .map(|n| {
+                let i = (f * hop + n) as isize - (n_fft / 2) as isize;
+                let w = 0.5 - 0.5 * (2.0 * std::f64::consts::PI * n as f64 / n_fft as f64).cos();
+                if (0..len as isize).contains(&i) {
+                    w * signal[i as usize] as f64
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let mut spec = fft.make_output_vec();
+        fft.process(&mut frame, &mut spec).unwrap();
+        for (k, c) in spec.iter().enumerate() {
+            let got = mag[k * frames + f] as f64;
+            assert!(
+                (got - c.norm()).abs() < 1e-3,
+                "bin {k} frame {f}: {got} vs {}",
+                c.norm()
+            );
+        }
+    }
+}
+
+#[test]
+fn the_reconstruction_report_scores_identity_and_silence_apart() {
+    one_thread();
+    let corpus =
+        audiox_train::corpus::Corpus::new(audiox_train::corpus::CorpusConfig::default()).unwrap();
+    let n = 3;
+    let same = reconstruction_report(&corpus, n, &mut |x| Ok(x.to_vec())).unwrap();
+    assert_eq!(same.clips, n);
+    assert_eq!(same.median_snr_db, 100.0);
+    assert_eq!(same.reconstructed, same.original);
+    let silent = reconstruction_report(&corpus, n, &mut |x| Ok(vec![0.0; x.len()])).unwrap();
+    assert!(
+        silent.median_snr_db.abs() < 1e-9,
+        "{}",
+        silent.median_snr_db
+    );
+    assert_eq!(silent.reconstructed.event_count_accuracy, 0.0);
+
+    // The VAE reconstructor keeps the clip's length (the tiny VAE of an exported run).
+    let run = tiny_run();
+    let tmp = tempfile::tempdir().unwrap();
+    let (trained, _, _) = train(&tmp.path().join("run"), &run, Some(1)).unwrap();
+    let plain = Device::flex();
+    let vae = trained.valid();
+    let mut reconstruct = vae_reconstructor(&vae, &plain);
+    let clip = corpus.training_clip(0);
+    let out = reconstruct(&clip.samples).unwrap();
+    assert_eq!(out.len(), clip.samples.len());
+    assert!(out.iter().all(|v| v.is_finite()));
+}
