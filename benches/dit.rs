@@ -8,7 +8,7 @@ mod common;
 
 use std::time::Instant;
 
-use audiox_core::config::ModelConfig;
+use audiox::ModelConfig;
 use audiox_core::fixtures::{FixtureSet, official_config_path};
 use audiox_core::noise::{NoiseSource, SeededNoise};
 use audiox_core::tensor::from_dyn;
@@ -21,11 +21,11 @@ use criterion::{Criterion, criterion_group, criterion_main};
 /// block's adaLN modulation) is prepared once per request, and the cross-attention is one
 /// matvec per block.
 fn step_flops(c: &DitConfig, batch: usize) -> f64 {
-    let (n, e, f, k) = (c.seq_len, c.width, c.ffn_hidden, c.kernel_size);
+    let (n, e, f, k) = (c.seq_len(), c.width, c.ffn_hidden(), c.kernel_size);
     let l = n - 1;
-    let hd = e / c.heads;
+    let hd = e / c.heads();
     let per_block = n * e * 3 * e                // qkv
-        + 2 * c.heads * n * n * hd               // q k^T and the weighted sum of v
+        + 2 * c.heads() * n * n * hd               // q k^T and the weighted sum of v
         + n * k * e * e                          // linear1 (token conv)
         + e * e                                  // cross-attention: key half of to_kv(time)
         + 2 * n * k * e * f + n * k * f * e; // SwiGLU w1, w3, w2 (token convs)
@@ -39,7 +39,7 @@ fn step_flops(c: &DitConfig, batch: usize) -> f64 {
 /// cross-attention query projection every time (~1.0 TFLOP: `docs/architecture.md`, "Cost of a
 /// request").
 fn reference_step_flops(c: &DitConfig, batch: usize) -> f64 {
-    let (n, e) = (c.seq_len, c.width);
+    let (n, e) = (c.seq_len(), c.width);
     let extra = c.depth * (n * e * 6 * e + n * e * e)
         + c.context_tokens * c.cond_dim * e
         + e * c.context_tokens * n;
@@ -48,7 +48,7 @@ fn reference_step_flops(c: &DitConfig, batch: usize) -> f64 {
 
 /// FLOPs of [`Dit::prepare`]: context projection, resampling, every block's modulation.
 fn prepare_flops(c: &DitConfig, batch: usize) -> f64 {
-    let (n, e) = (c.seq_len, c.width);
+    let (n, e) = (c.seq_len(), c.width);
     let macs =
         c.context_tokens * c.cond_dim * e + e * c.context_tokens * n + c.depth * n * e * 6 * e;
     2.0 * (batch * macs) as f64
@@ -133,9 +133,9 @@ fn block_breakdown(
 ) {
     let device = x.device();
     let (n, e, f, k) = (
-        config.seq_len,
+        config.seq_len(),
         config.width,
-        config.ffn_hidden,
+        config.ffn_hidden(),
         config.kernel_size,
     );
     let block = &dit.blocks[0];
@@ -154,7 +154,7 @@ fn block_breakdown(
         (
             "attention (rms, rope, sdpa, merge)",
             best_of(reps, || block.attn.attend(qkv.clone(), &dit.rope)),
-            (2 * config.heads * n * n * (e / config.heads)) as f64,
+            (2 * config.heads() * n * n * (e / config.heads())) as f64,
         ),
         (
             "linear1 token conv",
@@ -187,7 +187,7 @@ fn block_breakdown(
                 block.forward(h.clone(), m, &dit.rope, time.clone(), 0, None)
             }),
             (n * e * 3 * e
-                + 2 * config.heads * n * n * (e / config.heads)
+                + 2 * config.heads() * n * n * (e / config.heads())
                 + n * k * e * e
                 + e * e
                 + 3 * n * k * e * f) as f64,
@@ -215,7 +215,7 @@ fn full_size() {
     let config = ModelConfig::from_file(official_config_path()).unwrap();
 
     // MAF: three streams of 128 tokens.
-    let maf_config = MafBlockConfig::from_model_config(&config);
+    let maf_config = config.maf().clone();
     let maf = maf_config.init(&device);
     let d = maf_config.width;
     let streams: Vec<Tensor<3>> = (0..3)
@@ -238,7 +238,7 @@ fn full_size() {
     drop(maf);
 
     // DiT: random weights (lazy init, materialised by the first call), random inputs.
-    let dit_config = DitConfig::from_model_config(&config).unwrap();
+    let dit_config = config.dit().clone();
     let dit = dit_config.init(&device).unwrap();
     let (c, l) = (dit.io_channels(), dit.latent_length());
     let [n_ctx, d] = dit.context_shape();
@@ -272,7 +272,7 @@ fn full_size() {
     );
     // Steps interleaved with one-block timings and rooflines: on a shared machine the load
     // changes between runs, and the block time x depth shows what a step costs when quiet.
-    let h = random([1, dit_config.seq_len, dit_config.width], 3, &device);
+    let h = random([1, dit_config.seq_len(), dit_config.width], 3, &device);
     let (_, time) = dit.time_embed.forward(t.clone());
     for run in 0..3 {
         let secs = common::time_once(0, || {

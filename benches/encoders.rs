@@ -7,13 +7,13 @@
 #[path = "common/mod.rs"]
 mod common;
 
-use audiox_core::config::ModelConfig;
+use audiox::ModelConfig;
 use audiox_core::fixtures::{FixtureSet, official_config_path};
 use audiox_core::noise::{NoiseSource, SeededNoise};
 use audiox_core::tensor::from_dyn;
 use audiox_core::weights::{Component, WeightSource};
 use audiox_encoders::clip::{ClipVision, ClipVisionConfig, normalize_pixels};
-use audiox_encoders::conditioners::{TemporalTransformerConfig, VideoConditionerConfig};
+use audiox_encoders::conditioners::TemporalTransformerConfig;
 use audiox_encoders::parity::conditioner::video_conditioner;
 use audiox_encoders::t5::{T5Config, T5Encoder};
 use audiox_encoders::tokenizer::T5Tokenizer;
@@ -154,10 +154,13 @@ fn full_t5() {
 fn full_clip_and_video() {
     let device = common::device();
     let model = ModelConfig::from_file(official_config_path()).unwrap();
-    let config =
-        VideoConditionerConfig::from_model_config(&model, ClipVisionConfig::vit_b32()).unwrap();
+    let config = model
+        .video_conditioner()
+        .unwrap()
+        .clone()
+        .with_clip(ClipVisionConfig::vit_b32());
     let video = common::randomize(config.init(&device), 2);
-    let t = config.frames;
+    let t = config.frames();
     let s = config.clip.image_size;
     // Frames with pixel values 0..255.
     let pixels: Vec<f32> = normal(3, &[t * 3 * s * s])

@@ -5,12 +5,12 @@
 #[path = "common/mod.rs"]
 mod common;
 
-use audiox_core::config::ModelConfig;
+use audiox::ModelConfig;
 use audiox_core::fixtures::{FixtureSet, official_config_path};
 use audiox_core::noise::{NoiseSource, SeededNoise};
 use audiox_core::tensor::from_dyn;
 use audiox_core::weights::{Component, WeightSource};
-use audiox_vae::{ChunkedDecode, OobleckDecoder, OobleckDecoderConfig, VaeConfig};
+use audiox_vae::{ChunkedDecode, OobleckDecoder, OobleckDecoderConfig};
 use burn::tensor::Tensor;
 use criterion::{Criterion, criterion_group, criterion_main};
 
@@ -40,7 +40,7 @@ fn tiny(c: &mut Criterion) {
     let fx = set.fixture("vae_decoder").expect("vae_decoder fixture");
     let config = ModelConfig::from_json_value(fx.config_json().unwrap()).unwrap();
     let (decoder, _) = OobleckDecoder::load(
-        &OobleckDecoderConfig::from_config(&config.model.pretransform.config.decoder.config),
+        &config.vae().decoder,
         &[WeightSource::with_prefix(fx.weights(), "decoder.")],
         &device,
     )
@@ -66,7 +66,7 @@ fn full_size() {
     }
     let device = common::device();
     let config = ModelConfig::from_file(official_config_path()).unwrap();
-    let dec_config = VaeConfig::from_config(&config.model.pretransform.config).decoder;
+    let dec_config = config.vae().decoder.clone();
     let decoder: OobleckDecoder = common::randomize(dec_config.init(&device), 1);
     let frames = config.latent_length();
     let c = decoder.latent_dim();

@@ -34,8 +34,6 @@ use audiox_core::noise::{NoiseSource, SeededNoise};
 use audiox_core::tensor::{from_dyn, from_vec};
 use audiox_encoders::clip::{ClipVision, ClipVisionConfig};
 use audiox_encoders::t5::{T5Config, T5Encoder};
-use audiox_mmdit::DitConfig;
-use audiox_vae::VaeConfig;
 use burn::tensor::{Int, Tensor};
 
 const STAGES: [&str; 5] = ["matmul", "dit_step", "vae_decode", "vae_encode", "clip"];
@@ -154,10 +152,7 @@ fn ours(stage: &str) -> f64 {
         }
         "dit_step" | "dit_step_cached" => {
             // Random init (lazy, burn's initializer): 2.2 B parameters, ~9 GB.
-            let dit = DitConfig::from_model_config(&config)
-                .unwrap()
-                .init(&device)
-                .unwrap();
+            let dit = config.dit().init(&device).unwrap();
             let x = seeded::<3>(1, [1, 64, 236], 1.0);
             let ctx = seeded::<3>(2, [1, 384, 768], 1.0);
             let t = Tensor::<1>::from_floats([0.5], &device);
@@ -176,9 +171,7 @@ fn ours(stage: &str) -> f64 {
             })
         }
         "vae_decode" => {
-            let dec = VaeConfig::from_config(&config.model.pretransform.config)
-                .decoder
-                .init(&device);
+            let dec = config.vae().decoder.init(&device);
             let dec = common::randomize(dec, 3);
             let z = seeded::<3>(4, [1, 64, 236], 1.0);
             best_of_two(|| {
@@ -186,9 +179,7 @@ fn ours(stage: &str) -> f64 {
             })
         }
         "vae_encode" | "silent_prompt" => {
-            let enc = VaeConfig::from_config(&config.model.pretransform.config)
-                .encoder
-                .init(&device);
+            let enc = config.vae().encoder.init(&device);
             let enc = common::randomize(enc, 5);
             let audio = seeded::<3>(6, [1, 2, 441_000], 0.1);
             best_of_two(|| {

@@ -19,22 +19,21 @@
 use std::process::ExitCode;
 use std::time::Instant;
 
+use audiox::ModelConfig;
 use audiox::{Precision, StepControl};
-use audiox_core::config::ModelConfig;
 use audiox_core::fixtures::fixtures_dir;
 use audiox_core::noise::{NoiseSource, SeededNoise, labels};
 use audiox_core::tensor::{from_vec, to_vec};
 use audiox_core::{Error, Result};
 use audiox_encoders::clip::ClipVisionConfig;
 use audiox_encoders::conditioners::{
-    AudioPromptConditioner, AudioPromptConfig, PromptMask, TextConditioner, VideoConditioner,
-    VideoConditionerConfig,
+    AudioPromptConditioner, PromptMask, TextConditioner, VideoConditioner,
 };
 use audiox_encoders::t5::T5Config;
 use audiox_encoders::tokenizer::T5Tokenizer;
-use audiox_mmdit::{Dit, DitConfig, MafBlock, MafBlockConfig, MmditDenoiser};
+use audiox_mmdit::{Dit, MafBlock, MmditDenoiser};
 use audiox_sampler::{Dmd, Sampler};
-use audiox_vae::{OobleckDecoder, VaeConfig};
+use audiox_vae::OobleckDecoder;
 use burn::tensor::{Device, Tensor};
 use clap::Parser;
 
@@ -84,7 +83,6 @@ fn build(tiny: bool, device: &Device) -> Result<Model> {
             ClipVisionConfig::vit_b32(),
         )
     };
-    let sizes = config.arch_sizes()?;
     let text_config = config
         .text_conditioner()
         .ok_or_else(|| Error::config("model.conditioning.configs", "no text conditioner"))?;
@@ -98,16 +96,20 @@ fn build(tiny: bool, device: &Device) -> Result<Model> {
         t5.init(device),
         config.model.conditioning.cond_dim,
     )?;
-    let video = VideoConditionerConfig::from_model_config(&config, clip)?.init(device);
-    let audio_config = AudioPromptConfig::from_model_config(&config)?;
+    let video_config = config
+        .video_conditioner()
+        .ok_or_else(|| Error::config("model.conditioning.configs", "no video conditioner"))?
+        .clone()
+        .with_clip(clip);
+    let video = video_config.init(device);
+    let audio_config = config
+        .audio_conditioner()
+        .ok_or_else(|| Error::config("model.conditioning.configs", "no audio conditioner"))?
+        .clone();
     let audio = AudioPromptConditioner::new(audio_config.init(device), &audio_config);
-    let maf = MafBlockConfig::from_model_config(&config).init(device);
-    let dit = DitConfig::from_model_config(&config)?
-        .init(device)?
-        .without_dead_weights();
-    let decoder = VaeConfig::from_config(&config.model.pretransform.config)
-        .decoder
-        .init(device);
+    let maf = config.maf().init(device);
+    let dit = config.dit().init(device)?.without_dead_weights();
+    let decoder = config.vae().decoder.init(device);
     Ok(Model {
         config,
         text,
@@ -116,7 +118,7 @@ fn build(tiny: bool, device: &Device) -> Result<Model> {
         maf,
         dit,
         decoder,
-        sync_rows: sizes.sync_rows,
+        sync_rows: video_config.sync_rows,
     })
 }
 
@@ -154,7 +156,7 @@ fn request(m: &Model, device: &Device, seed: u64, synced: bool, peak: &mut u64) 
 
     let t = Instant::now();
     let frames = m.video.frames();
-    let size = m.video.visual_encoder_model.image_size();
+    let size = m.video.image_size();
     let width = m.config.model.conditioning.cond_dim;
     let zeros = Tensor::<5>::zeros([1, frames, 3, size, size], device);
     let sync_features = Tensor::<3>::zeros([1, m.sync_rows, width], device);

@@ -38,12 +38,44 @@ pub fn manifest_dir() -> PathBuf {
     repo_root().join("fixtures").join("manifest")
 }
 
-/// The official full-size inference config file (built into `audiox-core`, see
-/// [`ModelConfig::official`](crate::config::ModelConfig::official)).
+/// The official full-size inference config file (built into `audiox-core` as
+/// [`OFFICIAL_INFER_CONFIG`](crate::config::OFFICIAL_INFER_CONFIG)).
 pub fn official_config_path() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR"))
         .join("assets")
         .join("audiox_turbo_infer_4step.json")
+}
+
+/// One section of the official full-size inference config as a component's config type, by
+/// dotted path (see [`crate::config::section`]).
+pub fn official_config_section<T: serde::de::DeserializeOwned>(path: &str) -> Result<T> {
+    crate::config::section(&official_config_json()?, path)
+}
+
+/// The official full-size inference config as JSON.
+pub fn official_config_json() -> Result<Value> {
+    serde_json::from_str(crate::config::OFFICIAL_INFER_CONFIG)
+        .map_err(|e| Error::config("", format!("not JSON: {e}")))
+}
+
+/// One section of the model config file at `path` (a bundle's `config.json`) as a component's
+/// config type, by dotted path (see [`crate::config::section`]).
+pub fn config_file_section<T: serde::de::DeserializeOwned>(
+    path: &Path,
+    section: &str,
+) -> Result<T> {
+    crate::config::section(&read_json(path)?, section).map_err(|e| match e {
+        Error::Config {
+            path: None,
+            field,
+            message,
+        } => Error::Config {
+            path: Some(path.to_path_buf()),
+            field,
+            message,
+        },
+        other => other,
+    })
 }
 
 /// A fixture set: its folder and `index.json`.
@@ -177,6 +209,12 @@ impl Fixture {
         self.meta
             .get("config")
             .ok_or_else(|| self.err("no `config`"))
+    }
+
+    /// One section of [`Fixture::config_json`] as a component's config type, by dotted path
+    /// (`"model.pretransform.config"`; see [`crate::config::section`]).
+    pub fn config_section<T: serde::de::DeserializeOwned>(&self, path: &str) -> Result<T> {
+        crate::config::section(self.config_json()?, path)
     }
 
     /// An entry of the JSON `sizes` object, by dotted path (`"mmdit.depth"`).

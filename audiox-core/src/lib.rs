@@ -1,4 +1,4 @@
-//! Foundation of the `audiox` crates: the typed model config, the workspace error type, weight
+//! Foundation of the `audiox` crates: what the component configs share, the workspace error type, weight
 //! loading, the [`Audio`](audio::Audio) buffer and the [`NoiseSource`](noise::NoiseSource)
 //! abstraction through which every random draw of the pipeline goes.
 #![deny(missing_docs)]

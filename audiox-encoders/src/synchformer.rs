@@ -20,7 +20,7 @@
 //! 7. Rows are laid out segment-major: row `s * t + j` of item `b`.
 //!
 //! Every LayerNorm has eps 1e-6 and every GELU is the exact (erf) form. Sizes come from
-//! [`SynchformerSizes`] (full size: 224 px frames, patch 16, tubelet 2, width 768, 12 blocks of
+//! [`SynchformerConfig`] (full size: 224 px frames, patch 16, tubelet 2, width 768, 12 blocks of
 //! 12 heads, segments of 16 frames every 8 -> 30 segments x 8 slots = 240 rows for 250 frames).
 
 use burn::module::{Module, Param};
@@ -29,8 +29,8 @@ use burn::nn::{Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::tensor::activation::gelu;
 use burn::tensor::module::linear;
 use burn::tensor::{Device, Tensor};
+use serde::{Deserialize, Serialize};
 
-use audiox_core::config::SynchformerSizes;
 use audiox_core::nn::{
     TorchEncoderLayer, TorchEncoderLayerConfig, heads, merge_heads, sdpa, with_torch_mha_names,
 };
@@ -50,8 +50,15 @@ fn segment_count(frames: usize, segment: usize, stride: usize) -> usize {
     }
 }
 
-/// Sizes of a [`Synchformer`].
-#[derive(burn::config::Config, Debug)]
+fn default_layer_norm_eps() -> f64 {
+    1e-6
+}
+
+/// Sizes of a [`Synchformer`]. The official model config has no section for it (its
+/// constructor hard-codes the sizes): [`SynchformerConfig::default`] is the released model,
+/// and a small test model gives its sizes in the config's extra `_tiny_hardcoded_sizes` key
+/// (`synchformer`), which this type deserializes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SynchformerConfig {
     /// Side of the square input frames (224).
     pub image_size: usize,
@@ -71,35 +78,65 @@ pub struct SynchformerConfig {
     pub segment: usize,
     /// Frames between segment starts (8).
     pub stride: usize,
-    /// Epsilon of every LayerNorm.
-    #[config(default = 1e-6)]
+    /// Epsilon of every LayerNorm (1e-6).
+    #[serde(default = "default_layer_norm_eps")]
     pub layer_norm_eps: f64,
     /// Frame rate of the stream the extractor takes, in frames per second (25).
-    #[config(default = 25)]
     pub frame_rate: usize,
 }
 
+impl Default for SynchformerConfig {
+    /// The released model's sizes: 224 px frames in 16 px patches, tubelets of 2 frames, width
+    /// 768, 12 blocks of 12 heads, MLP ratio 4, segments of 16 frames every 8, 25 fps.
+    fn default() -> Self {
+        SynchformerConfig::new(224, 16, 2, 768, 12, 12, 4, 16, 8)
+    }
+}
+
 impl SynchformerConfig {
-    /// From the typed sizes of the model config (`ModelConfig::arch_sizes().synchformer`).
-    pub fn from_sizes(s: &SynchformerSizes) -> Self {
-        Self::new(
-            s.image_size,
-            s.patch_size,
-            s.tubelet,
-            s.embed_dim,
-            s.depth,
-            s.heads,
-            s.mlp_ratio,
-            s.segment,
-            s.stride,
-        )
-        .with_layer_norm_eps(s.layer_norm_eps)
-        .with_frame_rate(s.frame_rate as usize)
+    /// An extractor of these sizes (LayerNorm epsilon 1e-6, 25 fps).
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        image_size: usize,
+        patch_size: usize,
+        tubelet: usize,
+        embed_dim: usize,
+        depth: usize,
+        heads: usize,
+        mlp_ratio: usize,
+        segment: usize,
+        stride: usize,
+    ) -> Self {
+        SynchformerConfig {
+            image_size,
+            patch_size,
+            tubelet,
+            embed_dim,
+            depth,
+            heads,
+            mlp_ratio,
+            segment,
+            stride,
+            layer_norm_eps: default_layer_norm_eps(),
+            frame_rate: 25,
+        }
     }
 
-    /// The released model's sizes.
+    /// The same with LayerNorm epsilon `eps`.
+    pub fn with_layer_norm_eps(mut self, eps: f64) -> Self {
+        self.layer_norm_eps = eps;
+        self
+    }
+
+    /// The same with a stream of `frame_rate` frames per second.
+    pub fn with_frame_rate(mut self, frame_rate: usize) -> Self {
+        self.frame_rate = frame_rate;
+        self
+    }
+
+    /// The released model's sizes ([`SynchformerConfig::default`]).
     pub fn full_size() -> Self {
-        Self::from_sizes(&SynchformerSizes::default())
+        Self::default()
     }
 
     /// Checks that the sizes fit together (patches tile the frame, tubelets tile a segment,

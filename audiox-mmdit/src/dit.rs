@@ -16,13 +16,13 @@
 //! `m` and every block's modulation depend only on the context: [`Dit::prepare`] computes them
 //! once per request ([`PreparedConditioning`]) and [`Dit::forward`] reuses them at every step.
 
-use burn::config::Config;
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::activation::silu;
 use burn::tensor::{Device, Tensor};
+use serde::{Deserialize, Serialize};
 
-use audiox_core::config::{ModelConfig, mmdit_ffn_hidden};
+use audiox_core::config::{checked_mul, positive};
 use audiox_core::weights::{Component, Layout, LoadReport, WeightSource, load_module};
 use audiox_core::{Error, Result};
 
@@ -33,102 +33,232 @@ use crate::timestep::{TimestepEmbedding, TimestepEmbeddingConfig};
 use crate::token_conv::{TokenConv, TokenConvConfig};
 use crate::trace::{Trace, record, record_with};
 
-/// Configuration of a [`Dit`]. Sizes follow the official checkpoint, not the config's
-/// `num_heads` naming (see [`DitConfig::heads`]).
-#[derive(Config, Debug)]
+fn official_context_tokens() -> usize {
+    DitConfig::OFFICIAL_CONTEXT_TOKENS
+}
+fn default_timestep_features() -> usize {
+    256
+}
+fn default_kernel_size() -> usize {
+    3
+}
+fn default_rope_base() -> f32 {
+    10000.0
+}
+
+/// Configuration of a [`Dit`]: the official `model.diffusion.config` section, deserialized
+/// under its official names, plus the sizes the official constructor hard-codes (defaults,
+/// not read from the section).
+///
+/// Two sizes depend on other sections: the context length [`DitConfig::context_tokens`] (the
+/// three condition streams side by side) and, when the section has no `_latent_seq_len`, the
+/// sequence length (the latent frames of `sample_size`, plus the time token). The facade's
+/// model config sets both.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct DitConfig {
     /// Latent channels `C` (64).
     pub io_channels: usize,
-    /// Width `E` (1536).
+    /// Width `E` (1536; official `embed_dim`).
+    #[serde(rename = "embed_dim")]
     pub width: usize,
     /// Number of blocks (24).
     pub depth: usize,
-    /// Attention heads per block (64: upstream passes `embed_dim / num_heads` as the head
-    /// count, so heads have `num_heads` = 24 elements).
-    pub heads: usize,
-    /// Width `D` of the context tokens (768).
+    /// Size of one attention head (24; official `num_heads`). upstream: the official
+    /// transformer passes `dim_heads` (`embed_dim / num_heads`) as the head count, so the
+    /// blocks have [`DitConfig::heads`] = `embed_dim / num_heads` heads (64) of `num_heads`
+    /// elements.
+    #[serde(rename = "num_heads")]
+    pub head_dim: usize,
+    /// Width `D` of the context tokens (768; official `cond_token_dim`).
+    #[serde(rename = "cond_token_dim")]
     pub cond_dim: usize,
     /// Width of the unused global condition (768; only sizes `to_global_embed`).
     pub global_cond_dim: usize,
-    /// Context tokens `Nctx` (384 = 128 text + 128 video + 128 audio).
+    /// Whether condition tokens are projected by `to_cond_embed` (false: it is dead weight;
+    /// true is refused by [`DitConfig::validate`]).
+    #[serde(default)]
+    pub project_cond_tokens: bool,
+    /// Must be `continuous_transformer`.
+    pub transformer_type: String,
+    /// Stored, unused.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub condition_mask_type: Option<String>,
+    /// Popped by the official builder, unused by the network.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub video_fps: Option<u32>,
+    /// Sequence length `L + 1` the network is built for (official `_latent_seq_len`; see
+    /// [`DitConfig::seq_len`]).
+    #[serde(
+        rename = "_latent_seq_len",
+        default,
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub latent_seq_len: Option<usize>,
+    /// Context tokens `Nctx` (not in the section: the sum of the three streams' token counts,
+    /// set by the model config; default [`DitConfig::OFFICIAL_CONTEXT_TOKENS`]).
+    #[serde(skip, default = "official_context_tokens")]
     pub context_tokens: usize,
-    /// Sequence length `L + 1` (237: 236 latent frames and the time token).
-    pub seq_len: usize,
-    /// Hidden width of the SwiGLU feed-forward (4096).
-    pub ffn_hidden: usize,
-    /// Fourier time features (cos and sin halves).
-    #[config(default = 256)]
+    /// Fourier time features (cos and sin halves; 256, hard-coded upstream).
+    #[serde(skip, default = "default_timestep_features")]
     pub timestep_features: usize,
-    /// Kernel size of the token convolutions.
-    #[config(default = 3)]
+    /// Kernel size of the token convolutions (3, hard-coded upstream).
+    #[serde(skip, default = "default_kernel_size")]
     pub kernel_size: usize,
-    /// Rotary embedding frequency base.
-    #[config(default = 10000.0)]
+    /// Rotary embedding frequency base (10000, hard-coded upstream).
+    #[serde(skip, default = "default_rope_base")]
     pub rope_base: f32,
 }
 
 impl DitConfig {
-    /// Sizes from an official model config.
-    ///
-    /// `Nctx` is the sum of the three streams' token counts (`ArchSizes::video_tokens`, the
-    /// text conditioner's `max_length`, `ArchSizes::audio_tokens`; 384 at full size). A small
-    /// test config without `_tiny_hardcoded_sizes` reports the full-size stream sizes: set
-    /// `context_tokens` from the weights there. `L + 1` is `_latent_seq_len` when present,
-    /// else the config's latent length plus the time token (the official default, 237, is that
-    /// value for the shipped config).
-    pub fn from_model_config(config: &ModelConfig) -> Result<Self> {
-        let dit = &config.model.diffusion.config;
-        let sizes = config.arch_sizes()?;
-        let text = config.text_conditioner().ok_or_else(|| {
-            Error::config("model.conditioning.configs", "no text conditioner (t5)")
-        })?;
-        let context_tokens = sizes.video_tokens + text.max_length + sizes.audio_tokens;
-        let seq_len = dit
-            .latent_seq_len
-            .unwrap_or_else(|| config.latent_length() + 1);
-        Ok(DitConfig::new(
-            dit.io_channels,
-            dit.embed_dim,
-            dit.depth,
-            // upstream: `embed_dim / num_heads` heads of `num_heads` elements (64 x 24).
-            dit.attention_heads(),
-            dit.cond_token_dim,
-            dit.global_cond_dim,
-            context_tokens,
-            seq_len,
-            mmdit_ffn_hidden(dit.embed_dim),
-        ))
+    /// The sequence length `L + 1` the official constructor defaults to (236 latent frames and
+    /// the time token).
+    pub const OFFICIAL_SEQ_LEN: usize = 237;
+    /// Context tokens of the official model (128 video + 128 text + 128 audio-prompt tokens).
+    pub const OFFICIAL_CONTEXT_TOKENS: usize = 384;
+
+    /// A `continuous_transformer` of these sizes (`head_dim` is the official `num_heads`, see
+    /// [`DitConfig::head_dim`]), with the official context and sequence lengths.
+    pub fn new(
+        io_channels: usize,
+        width: usize,
+        depth: usize,
+        head_dim: usize,
+        cond_dim: usize,
+        global_cond_dim: usize,
+    ) -> Self {
+        DitConfig {
+            io_channels,
+            width,
+            depth,
+            head_dim,
+            cond_dim,
+            global_cond_dim,
+            project_cond_tokens: false,
+            transformer_type: "continuous_transformer".into(),
+            condition_mask_type: None,
+            video_fps: None,
+            latent_seq_len: None,
+            context_tokens: Self::OFFICIAL_CONTEXT_TOKENS,
+            timestep_features: default_timestep_features(),
+            kernel_size: default_kernel_size(),
+            rope_base: default_rope_base(),
+        }
+    }
+
+    /// The same with `Nctx` context tokens.
+    pub fn with_context_tokens(mut self, context_tokens: usize) -> Self {
+        self.context_tokens = context_tokens;
+        self
+    }
+
+    /// The same with sequence length `L + 1`.
+    pub fn with_seq_len(mut self, seq_len: usize) -> Self {
+        self.latent_seq_len = Some(seq_len);
+        self
+    }
+
+    /// Attention heads per block: `width / head_dim` (64 at full size; see
+    /// [`DitConfig::head_dim`]). 0 when `head_dim` is 0 ([`DitConfig::validate`] refuses it).
+    pub fn heads(&self) -> usize {
+        self.width.checked_div(self.head_dim).unwrap_or(0)
+    }
+
+    /// Sequence length `L + 1`: `_latent_seq_len`, else the official default
+    /// [`DitConfig::OFFICIAL_SEQ_LEN`] (the model config sets `_latent_seq_len` from its latent length).
+    pub fn seq_len(&self) -> usize {
+        self.latent_seq_len.unwrap_or(Self::OFFICIAL_SEQ_LEN)
+    }
+
+    /// Hidden width of the SwiGLU feed-forward: `256 * ceil(floor(2 * 4E / 3) / 256)` (4096 at
+    /// full size).
+    pub fn ffn_hidden(&self) -> usize {
+        let hidden = (2 * 4 * self.width) / 3;
+        hidden.div_ceil(256) * 256
+    }
+
+    /// Checks the section on its own: every size positive, the head size dividing the width
+    /// and even (rotary embedding), the feed-forward width representable, and only what
+    /// AudioX-Turbo uses (`continuous_transformer`, unprojected condition tokens). `at` is the
+    /// section's dotted path in its file (`model.diffusion.config`).
+    pub fn validate(&self, at: &str) -> Result<()> {
+        let field = |k: &str| format!("{at}.{k}");
+        for (k, v) in [
+            ("io_channels", self.io_channels),
+            ("embed_dim", self.width),
+            ("num_heads", self.head_dim),
+            ("cond_token_dim", self.cond_dim),
+            ("global_cond_dim", self.global_cond_dim),
+        ] {
+            positive(field(k), v)?;
+        }
+        // The SwiGLU hidden width is computed from 8 x embed_dim.
+        checked_mul(field("embed_dim"), self.width, 8)?;
+        if !self.width.is_multiple_of(self.head_dim) {
+            return Err(Error::config(
+                field("num_heads"),
+                format!("{} does not divide embed_dim {}", self.head_dim, self.width),
+            ));
+        }
+        if !self.head_dim.is_multiple_of(2) {
+            return Err(Error::config(
+                field("num_heads"),
+                format!(
+                    "head size {} must be even for the rotary embedding",
+                    self.head_dim
+                ),
+            ));
+        }
+        positive(field("depth"), self.depth)?;
+        if self.transformer_type != "continuous_transformer" {
+            return Err(Error::config(
+                field("transformer_type"),
+                format!(
+                    "`{}` is not supported (only `continuous_transformer`)",
+                    self.transformer_type
+                ),
+            ));
+        }
+        if self.project_cond_tokens {
+            return Err(Error::config(
+                field("project_cond_tokens"),
+                "true is not supported (AudioX-Turbo feeds condition tokens unprojected)",
+            ));
+        }
+        Ok(())
     }
 
     /// Builds the network. Parameters stay lazy (nothing is allocated until loaded or read);
     /// only the small rotary table is computed.
     pub fn init(&self, device: &Device) -> Result<Dit> {
-        if self.heads == 0
-            || !self.width.is_multiple_of(self.heads)
-            || !(self.width / self.heads).is_multiple_of(2)
+        if self.head_dim == 0
+            || !self.width.is_multiple_of(self.head_dim)
+            || !self.head_dim.is_multiple_of(2)
         {
             return Err(Error::config(
                 "model.diffusion.config.num_heads",
                 format!(
-                    "{} heads do not split width {} into even head sizes",
-                    self.heads, self.width
+                    "head size {} does not split width {} into heads of an even size",
+                    self.head_dim, self.width
                 ),
             ));
         }
-        if self.seq_len < 2 || self.context_tokens == 0 {
+        let seq_len = self.seq_len();
+        if seq_len < 2 || self.context_tokens == 0 {
             return Err(Error::config(
                 "model.diffusion.config._latent_seq_len",
                 format!(
-                    "sequence length {} / context tokens {} cannot describe a model",
-                    self.seq_len, self.context_tokens
+                    "sequence length {seq_len} / context tokens {} cannot describe a model",
+                    self.context_tokens
                 ),
             ));
         }
+        let heads = self.heads();
         let (c, e) = (self.io_channels, self.width);
         let linear = |i, o| LinearConfig::new(i, o).with_bias(false).init(device);
         let conv1x1 = || TokenConvConfig::new(c, c, 1).with_bias(false).init(device);
         let block =
-            DitBlockConfig::new(e, self.heads, self.ffn_hidden).with_kernel_size(self.kernel_size);
+            DitBlockConfig::new(e, heads, self.ffn_hidden()).with_kernel_size(self.kernel_size);
         Ok(Dit {
             time_embed: TimestepEmbeddingConfig::new(self.timestep_features, e).init(device),
             to_cond_embed: UnusedMlp {
@@ -142,11 +272,11 @@ impl DitConfig {
             preprocess_conv: conv1x1(),
             project_in: linear(c, e),
             proj_mm_tokens: LinearConfig::new(self.cond_dim, e).init(device),
-            proj_mm_seq_len: LinearConfig::new(self.context_tokens, self.seq_len).init(device),
+            proj_mm_seq_len: LinearConfig::new(self.context_tokens, seq_len).init(device),
             blocks: (0..self.depth).map(|_| block.init(device)).collect(),
             project_out: linear(e, c),
             postprocess_conv: conv1x1(),
-            rope: RotaryTable::new(self.seq_len, e / self.heads, self.rope_base, device)?,
+            rope: RotaryTable::new(seq_len, self.head_dim, self.rope_base, device)?,
         })
     }
 }

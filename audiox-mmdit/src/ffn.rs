@@ -13,7 +13,7 @@ use crate::token_conv::{TokenConv, TokenConvConfig, unfold_tokens};
 pub struct ConvSwiGluConfig {
     /// Width `E`.
     pub width: usize,
-    /// Hidden width (`audiox_core::config::mmdit_ffn_hidden(E)`: 4096 at full size).
+    /// Hidden width (`DitConfig::ffn_hidden`: 4096 at full size).
     pub hidden: usize,
     /// Kernel size along the tokens.
     #[config(default = 3)]

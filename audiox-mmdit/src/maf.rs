@@ -18,13 +18,13 @@
 
 use std::collections::BTreeMap;
 
-use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::nn::{Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::tensor::activation::{gelu, sigmoid};
 use burn::tensor::{Device, Tensor};
+use serde::{Deserialize, Serialize};
 
-use audiox_core::config::ModelConfig;
+use audiox_core::config::positive;
 use audiox_core::nn::{
     TorchEncoderLayer, TorchEncoderLayerConfig, TorchMultiheadAttention,
     TorchMultiheadAttentionConfig, with_torch_mha_names,
@@ -40,32 +40,81 @@ use crate::trace::{Trace, record, record_with};
 /// Slot suffixes of the trace names (`mid.norm_v2`, ...).
 const SLOT_NAMES: [&str; 3] = ["v", "t", "a"];
 
-/// Configuration of a [`MafBlock`].
-#[derive(Config, Debug)]
+fn official_width() -> usize {
+    MafBlockConfig::OFFICIAL_WIDTH
+}
+fn default_mlp_ratio() -> usize {
+    4
+}
+
+/// Configuration of a [`MafBlock`]: the official `model.diffusion.gate_type_config` section,
+/// deserialized under its official names. The stream width is not in the section (it is
+/// `model.conditioning.cond_dim`, set by the model config; default [`MafBlockConfig::OFFICIAL_WIDTH`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct MafBlockConfig {
-    /// Width of the streams (`cond_dim`, 768 at full size).
+    /// Width of the streams (`cond_dim`, 768 at full size; not in the section).
+    #[serde(skip, default = "official_width")]
     pub width: usize,
-    /// Learned experts per stream (64 at full size).
+    /// Learned experts per stream (64 at full size; official `num_experts_per_modality`).
+    #[serde(rename = "num_experts_per_modality")]
     pub experts_per_modality: usize,
-    /// Attention heads of the expert cross-attention and the fusion layers (24).
+    /// Attention heads of the expert cross-attention and the fusion layers (24; official
+    /// `num_heads`).
+    #[serde(rename = "num_heads")]
     pub heads: usize,
-    /// Fusion encoder layers (8).
+    /// Fusion encoder layers (8; official `num_fusion_layers`).
+    #[serde(rename = "num_fusion_layers")]
     pub fusion_layers: usize,
-    /// Feed-forward width of the fusion layers as a multiple of `width`.
-    #[config(default = 4)]
+    /// Feed-forward width of the fusion layers as a multiple of `width` (4, hard-coded
+    /// upstream).
+    #[serde(skip, default = "default_mlp_ratio")]
     pub mlp_ratio: usize,
 }
 
 impl MafBlockConfig {
-    /// Sizes from an official model config: width `model.conditioning.cond_dim`, the rest from
-    /// `model.diffusion.gate_type_config`.
-    pub fn from_model_config(config: &ModelConfig) -> Self {
-        let maf = &config.model.diffusion.gate_type_config;
-        MafBlockConfig::new(
-            config.model.conditioning.cond_dim,
-            maf.num_experts_per_modality,
-            maf.num_heads,
-            maf.num_fusion_layers,
+    /// Width of the official model's condition streams (`cond_dim`).
+    pub const OFFICIAL_WIDTH: usize = 768;
+
+    /// A block of these sizes.
+    pub fn new(
+        width: usize,
+        experts_per_modality: usize,
+        heads: usize,
+        fusion_layers: usize,
+    ) -> Self {
+        MafBlockConfig {
+            width,
+            experts_per_modality,
+            heads,
+            fusion_layers,
+            mlp_ratio: default_mlp_ratio(),
+        }
+    }
+
+    /// The same with streams of `width` (the model's `cond_dim`).
+    pub fn with_width(mut self, width: usize) -> Self {
+        self.width = width;
+        self
+    }
+
+    /// Checks the sizes: at least one fusion layer and one expert, and the heads dividing the
+    /// stream width. `at` is the section's dotted path in its file
+    /// (`model.diffusion.gate_type_config`).
+    pub fn validate(&self, at: &str) -> Result<()> {
+        positive(format!("{at}.num_fusion_layers"), self.fusion_layers)?;
+        if self.heads == 0 || !self.width.is_multiple_of(self.heads) {
+            return Err(Error::config(
+                format!("{at}.num_heads"),
+                format!(
+                    "{} does not divide the fusion width {}",
+                    self.heads, self.width
+                ),
+            ));
+        }
+        positive(
+            format!("{at}.num_experts_per_modality"),
+            self.experts_per_modality,
         )
     }
 

@@ -7,7 +7,6 @@
 
 use burn::tensor::{Device, Tensor};
 
-use audiox_core::config::ModelConfig;
 use audiox_core::fixtures::{Check, Fixture};
 use audiox_core::tensor::{from_dyn, to_vec};
 use audiox_core::weights::{Component, WeightSource};
@@ -57,14 +56,42 @@ fn compare_intermediates(fx: &Fixture, trace: &Trace) -> Result<Vec<Check>> {
     Ok(checks)
 }
 
-fn model_config(fx: &Fixture) -> Result<ModelConfig> {
-    ModelConfig::from_json_value(fx.config_json()?)
+/// Where the DiT's section lies in a model config file.
+pub const DIT_SECTION: &str = "model.diffusion.config";
+/// Where the MAF block's section lies in a model config file.
+pub const MAF_SECTION: &str = "model.diffusion.gate_type_config";
+/// The condition width (the MAF block's stream width, which its section does not hold).
+pub const COND_DIM: &str = "model.conditioning.cond_dim";
+
+/// The MAF block's config of a fixture: its section, with the stream width of the config's
+/// `model.conditioning.cond_dim`, checked.
+pub fn maf_config(fx: &Fixture) -> Result<MafBlockConfig> {
+    let config = fx
+        .config_section::<MafBlockConfig>(MAF_SECTION)?
+        .with_width(fx.config_section(COND_DIM)?);
+    config.validate(MAF_SECTION)?;
+    Ok(config)
+}
+
+/// The DiT's config of a fixture: its section (which must hold `_latent_seq_len`, as every
+/// fixture's does), checked, with `Nctx` context tokens (the streams' sizes are not in the
+/// section).
+pub fn dit_config(fx: &Fixture, context_tokens: usize) -> Result<DitConfig> {
+    let config: DitConfig = fx.config_section(DIT_SECTION)?;
+    config.validate(DIT_SECTION)?;
+    if config.latent_seq_len.is_none() {
+        return Err(Error::config(
+            format!("{DIT_SECTION}._latent_seq_len"),
+            "a fixture's config must give the sequence length",
+        ));
+    }
+    Ok(config.with_context_tokens(context_tokens))
 }
 
 /// The MAF block of a fixture, loaded from its `maf_block.*` weights.
-fn load_maf(fx: &Fixture, config: &ModelConfig, device: &Device) -> Result<MafBlock> {
+fn load_maf(fx: &Fixture, device: &Device) -> Result<MafBlock> {
     let (block, _) = MafBlock::load(
-        &MafBlockConfig::from_model_config(config),
+        &maf_config(fx)?,
         &[WeightSource::with_prefix(fx.weights(), "maf_block.")],
         device,
     )?;
@@ -82,8 +109,7 @@ fn streams(fx: &Fixture, device: &Device) -> Result<[Tensor<3>; 3]> {
 
 /// Fixture `maf_block`: the fused context, the refined streams and every intermediate.
 pub fn check_maf_block(fx: &Fixture, device: &Device) -> Result<Vec<Check>> {
-    let config = model_config(fx)?;
-    let maf = load_maf(fx, &config, device)?;
+    let maf = load_maf(fx, device)?;
     let [text, video, audio] = streams(fx, device)?;
     let mut trace = Trace::new();
     let refined = maf.refine_traced(text, video, audio, &mut trace)?;
@@ -98,14 +124,12 @@ pub fn check_maf_block(fx: &Fixture, device: &Device) -> Result<Vec<Check>> {
 /// Fixture `mmdit_forward`: MAF, then one DiT call (prepared conditioning + forward), with
 /// every intermediate.
 pub fn check_mmdit_forward(fx: &Fixture, device: &Device) -> Result<Vec<Check>> {
-    let config = model_config(fx)?;
-    let maf = load_maf(fx, &config, device)?;
+    let maf = load_maf(fx, device)?;
     let [text, video, audio] = streams(fx, device)?;
     let context = maf.forward(text, video, audio)?;
 
     // Nctx follows the fixture's streams (a test config may not carry the stream sizes).
-    let mut dit_config = DitConfig::from_model_config(&config)?;
-    dit_config.context_tokens = context.dims()[1];
+    let dit_config = dit_config(fx, context.dims()[1])?;
     let (dit, _) = Dit::load(
         &dit_config,
         &[WeightSource::with_prefix(fx.weights(), "model.model.")],
@@ -126,7 +150,6 @@ pub fn check_mmdit_forward(fx: &Fixture, device: &Device) -> Result<Vec<Check>> 
 /// The DiT of a fixture holding `model.model.*` weights, with `Nctx` taken from the weights.
 /// Shared by tests and tools that run other fixtures through the network.
 pub fn load_fixture_dit(fx: &Fixture, device: &Device) -> Result<Dit> {
-    let config = model_config(fx)?;
     let key = "model.model.transformer.proj_mm_seq_len.weight";
     let stored = fx.weights().get(key).ok_or_else(|| Error::MissingWeight {
         key: key.into(),
@@ -134,8 +157,7 @@ pub fn load_fixture_dit(fx: &Fixture, device: &Device) -> Result<Dit> {
         sources: vec![fx.weights().path().to_path_buf()],
     })?;
     let context_tokens = stored.shape()[1];
-    let mut dit_config = DitConfig::from_model_config(&config)?;
-    dit_config.context_tokens = context_tokens;
+    let dit_config = dit_config(fx, context_tokens)?;
     let (dit, _) = Dit::load(
         &dit_config,
         &[WeightSource::with_prefix(fx.weights(), "model.model.")],
@@ -146,5 +168,5 @@ pub fn load_fixture_dit(fx: &Fixture, device: &Device) -> Result<Dit> {
 
 /// The MAF block of a fixture holding `maf_block.*` weights.
 pub fn load_fixture_maf(fx: &Fixture, device: &Device) -> Result<MafBlock> {
-    load_maf(fx, &model_config(fx)?, device)
+    load_maf(fx, device)
 }

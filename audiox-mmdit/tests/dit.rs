@@ -5,11 +5,12 @@
 use std::collections::BTreeMap;
 
 use audiox_core::Error;
-use audiox_core::config::ModelConfig;
-use audiox_core::fixtures::{Check, Fixture, FixtureSet, assert_all_pass};
+use audiox_core::fixtures::{Check, Fixture, FixtureSet, assert_all_pass, config_file_section};
 use audiox_core::tensor::{from_dyn, to_vec};
 use audiox_core::weights::{Component, StateDict, WeightSource, resolve_official_keys};
-use audiox_mmdit::parity::{load_fixture_dit, load_fixture_maf};
+use audiox_mmdit::parity::{
+    COND_DIM, DIT_SECTION, MAF_SECTION, dit_config, load_fixture_dit, load_fixture_maf, maf_config,
+};
 use audiox_mmdit::{Dit, DitConfig, MafBlock, MafBlockConfig, MmditDenoiser};
 use audiox_sampler::Denoiser;
 use burn::tensor::{Device, Tensor};
@@ -213,11 +214,11 @@ fn student_checkpoints_load_through_the_official_key_rule() {
     };
     let device = Device::flex();
     let reference = load_fixture_dit(&fx, &device).unwrap();
-    let config = ModelConfig::from_json_value(fx.config_json().unwrap()).unwrap();
     let fresh = || {
-        let mut c = DitConfig::from_model_config(&config).unwrap();
-        c.context_tokens = reference.context_shape()[0];
-        (c, MafBlockConfig::from_model_config(&config))
+        (
+            dit_config(&fx, reference.context_shape()[0]).unwrap(),
+            maf_config(&fx).unwrap(),
+        )
     };
     let run = |dit: &Dit, maf: &MafBlock| {
         let ctx = maf
@@ -248,8 +249,8 @@ fn student_checkpoints_load_through_the_official_key_rule() {
     assert!(err < 0.1, "bf16 weights: velocity differs by {err}");
 }
 
-/// The bundle (another size: L = 27, Nctx = 38, from its own config with
-/// `_tiny_hardcoded_sizes`): MAF output and every student step's velocity of a request.
+/// The bundle (another size: L = 27, Nctx = 38, from its own config's sections and the
+/// streams of its expected request): MAF output and every student step's velocity of a request.
 #[test]
 fn bundle_model_reproduces_a_request() {
     let set = set();
@@ -259,9 +260,19 @@ fn bundle_model_reproduces_a_request() {
         return;
     }
     let device = Device::flex();
-    let config = ModelConfig::from_file(bundle.join("config.json")).unwrap();
-    let dit = DitConfig::from_model_config(&config).unwrap();
-    let maf = MafBlockConfig::from_model_config(&config);
+    let fx = Fixture::open(&expected, "text_only").unwrap();
+    // The bundle's own sections; Nctx is the three streams' tokens side by side.
+    let config = bundle.join("config.json");
+    let context_tokens: usize = ["out.text_tokens", "out.video_tokens", "out.audio_tokens"]
+        .iter()
+        .map(|name| fx.f32(name).unwrap().shape[1])
+        .sum();
+    let dit = config_file_section::<DitConfig>(&config, DIT_SECTION)
+        .unwrap()
+        .with_context_tokens(context_tokens);
+    let maf = config_file_section::<MafBlockConfig>(&config, MAF_SECTION)
+        .unwrap()
+        .with_width(config_file_section(&config, COND_DIM).unwrap());
     let (dit, maf) = load_checkpoint(
         &bundle.join("audiox_turbo/audiox_turbo.ckpt"),
         &dit,
@@ -269,7 +280,6 @@ fn bundle_model_reproduces_a_request() {
         &device,
     );
 
-    let fx = Fixture::open(&expected, "text_only").unwrap();
     let ctx = maf
         .forward(
             tensor(&fx, "out.text_tokens", &device),
@@ -323,7 +333,7 @@ fn bad_bypass_gates_are_typed_errors() {
         return;
     };
     let device = Device::flex();
-    let config = ModelConfig::from_json_value(fx.config_json().unwrap()).unwrap();
+    let config = maf_config(&fx).unwrap();
     let tensors = |edit: Edit<'_>| {
         let weights = fx.weights();
         let list = weights
@@ -338,7 +348,7 @@ fn bad_bypass_gates_are_typed_errors() {
     };
     let load = |dict: &StateDict| {
         MafBlock::load(
-            &MafBlockConfig::from_model_config(&config),
+            &config,
             &[WeightSource::with_prefix(dict, "maf_block.")],
             &device,
         )

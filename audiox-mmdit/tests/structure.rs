@@ -4,9 +4,9 @@
 
 use std::collections::BTreeMap;
 
-use audiox_core::config::ModelConfig;
-use audiox_core::fixtures::{manifest_dir, official_config_path};
+use audiox_core::fixtures::{manifest_dir, official_config_section};
 use audiox_core::weights::{compare_with_manifest, read_manifest};
+use audiox_mmdit::parity::{DIT_SECTION, MAF_SECTION};
 use audiox_mmdit::{Dit, DitConfig, MafBlock, MafBlockConfig};
 use burn::tensor::Device;
 
@@ -27,15 +27,15 @@ fn peak_rss_bytes() -> Option<u64> {
 #[test]
 fn full_size_models_match_the_manifest_without_allocating() {
     let device = Device::flex();
-    let config = ModelConfig::from_file(official_config_path()).unwrap();
-
-    let dit_config = DitConfig::from_model_config(&config).unwrap();
+    // The official sections; the sizes they do not hold are the components' defaults.
+    let dit_config: DitConfig = official_config_section(DIT_SECTION).unwrap();
+    dit_config.validate(DIT_SECTION).unwrap();
     assert_eq!(
         (
-            dit_config.heads,
+            dit_config.heads(),
             dit_config.context_tokens,
-            dit_config.seq_len,
-            dit_config.ffn_hidden
+            dit_config.seq_len(),
+            dit_config.ffn_hidden()
         ),
         (64, 384, 237, 4096)
     );
@@ -45,7 +45,9 @@ fn full_size_models_match_the_manifest_without_allocating() {
     let diff = compare_with_manifest(&dit, &Dit::layout(), &manifest);
     assert!(diff.is_empty(), "DiT vs manifest:\n{diff}");
 
-    let maf = MafBlockConfig::from_model_config(&config).init(&device);
+    let maf_config: MafBlockConfig = official_config_section(MAF_SECTION).unwrap();
+    maf_config.validate(MAF_SECTION).unwrap();
+    let maf = maf_config.init(&device);
     let manifest = manifest_under("maf_block.");
     assert_eq!(manifest.len(), 116);
     // Every name and shape, the scalar bypass gates (`[]`) included.

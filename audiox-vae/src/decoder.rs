@@ -2,6 +2,7 @@
 
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
+use serde::{Deserialize, Serialize};
 
 use audiox_core::Result;
 use audiox_core::weights::{Component, Layout, LoadReport, WeightSource, load_module};
@@ -13,10 +14,13 @@ use crate::conv::{
 use crate::residual::{ResidualUnit, residual_stack};
 use crate::snake::Snake;
 
-/// Sizes of an [`OobleckDecoder`] (the official decoder config).
-#[derive(burn::config::Config, Debug)]
+/// Sizes of an [`OobleckDecoder`]: the official decoder config (`decoder.config` of an
+/// autoencoder section), deserialized under its official names.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct OobleckDecoderConfig {
-    /// Audio channels out.
+    /// Audio channels out (official `out_channels`).
+    #[serde(rename = "out_channels")]
     pub channels_out: usize,
     /// Base width.
     pub channels: usize,
@@ -26,18 +30,32 @@ pub struct OobleckDecoderConfig {
     pub strides: Vec<usize>,
     /// Latent channels in.
     pub latent_dim: usize,
+    /// SnakeBeta activations (the only supported choice; default true).
+    #[serde(default = "crate::vae::yes")]
+    pub use_snake: bool,
+    /// A final tanh (false in every AudioX-Turbo config; stored, not applied by this decoder).
+    #[serde(default)]
+    pub final_tanh: bool,
 }
 
 impl OobleckDecoderConfig {
-    /// From the official config's decoder section.
-    pub fn from_config(c: &audiox_core::config::OobleckDecoderConfig) -> Self {
-        Self::new(
-            c.out_channels,
-            c.channels,
-            c.c_mults.clone(),
-            c.strides.clone(),
-            c.latent_dim,
-        )
+    /// A decoder config with SnakeBeta activations and no final tanh.
+    pub fn new(
+        channels_out: usize,
+        channels: usize,
+        c_mults: Vec<usize>,
+        strides: Vec<usize>,
+        latent_dim: usize,
+    ) -> Self {
+        OobleckDecoderConfig {
+            channels_out,
+            channels,
+            c_mults,
+            strides,
+            latent_dim,
+            use_snake: true,
+            final_tanh: false,
+        }
     }
 
     /// Widths `c_0 .. c_n`: `c_0 = channels`, `c_i = channels * c_mults[i - 1]`.

@@ -3,6 +3,7 @@
 
 use burn::module::Module;
 use burn::tensor::{Device, Tensor};
+use serde::{Deserialize, Serialize};
 
 use audiox_core::Result;
 use audiox_core::weights::{Component, Layout, LoadReport, WeightSource, load_module};
@@ -11,10 +12,13 @@ use crate::conv::{WeightNormConv1d, WeightNormConv1dConfig};
 use crate::residual::{ResidualUnit, residual_stack};
 use crate::snake::Snake;
 
-/// Sizes of an [`OobleckEncoder`] (the official encoder config).
-#[derive(burn::config::Config, Debug)]
+/// Sizes of an [`OobleckEncoder`]: the official encoder config (`encoder.config` of an
+/// autoencoder section), deserialized under its official names.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct OobleckEncoderConfig {
-    /// Audio channels in.
+    /// Audio channels in (official `in_channels`).
+    #[serde(rename = "in_channels")]
     pub channels_in: usize,
     /// Base width.
     pub channels: usize,
@@ -24,18 +28,28 @@ pub struct OobleckEncoderConfig {
     pub strides: Vec<usize>,
     /// Output channels (2 x the VAE latent).
     pub latent_dim: usize,
+    /// SnakeBeta activations (the only supported choice; default true).
+    #[serde(default = "crate::vae::yes")]
+    pub use_snake: bool,
 }
 
 impl OobleckEncoderConfig {
-    /// From the official config's encoder section.
-    pub fn from_config(c: &audiox_core::config::OobleckEncoderConfig) -> Self {
-        Self::new(
-            c.in_channels,
-            c.channels,
-            c.c_mults.clone(),
-            c.strides.clone(),
-            c.latent_dim,
-        )
+    /// An encoder config with SnakeBeta activations.
+    pub fn new(
+        channels_in: usize,
+        channels: usize,
+        c_mults: Vec<usize>,
+        strides: Vec<usize>,
+        latent_dim: usize,
+    ) -> Self {
+        OobleckEncoderConfig {
+            channels_in,
+            channels,
+            c_mults,
+            strides,
+            latent_dim,
+            use_snake: true,
+        }
     }
 
     /// Builds the encoder (parameters stay lazy until loaded).

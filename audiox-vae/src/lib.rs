@@ -27,4 +27,7 @@ pub use decoder::{DecoderBlock, OobleckDecoder, OobleckDecoderConfig};
 pub use encoder::{EncoderBlock, OobleckEncoder, OobleckEncoderConfig};
 pub use residual::ResidualUnit;
 pub use snake::Snake;
-pub use vae::{Vae, VaeConfig};
+pub use vae::{
+    BottleneckConfig, BottleneckKind, OobleckKind, PretransformConfig, PretransformKind, Vae,
+    VaeConfig,
+};

@@ -3,15 +3,25 @@
 use burn::tensor::{Device, Tensor};
 
 use audiox_core::Result;
-use audiox_core::config::ModelConfig;
 use audiox_core::fixtures::{Check, Fixture};
 use audiox_core::noise::{ReplayNoise, labels};
 use audiox_core::tensor::{from_dyn, to_vec};
 use audiox_core::weights::{Component, WeightSource};
 
 use crate::bottleneck::Posterior;
-use crate::decoder::{OobleckDecoder, OobleckDecoderConfig};
-use crate::encoder::{OobleckEncoder, OobleckEncoderConfig};
+use crate::decoder::OobleckDecoder;
+use crate::encoder::OobleckEncoder;
+use crate::vae::VaeConfig;
+
+/// Where the main VAE's section lies in a model config file.
+pub const VAE_SECTION: &str = "model.pretransform.config";
+
+/// The VAE section of a fixture's config, checked.
+pub fn vae_config(fx: &Fixture) -> Result<VaeConfig> {
+    let config: VaeConfig = fx.config_section(VAE_SECTION)?;
+    config.validate(VAE_SECTION)?;
+    Ok(config)
+}
 
 fn check_tensor(fx: &Fixture, name: &str, t: &Tensor<3>, checks: &mut Vec<Check>) -> Result<()> {
     if fx.has(name) {
@@ -22,9 +32,9 @@ fn check_tensor(fx: &Fixture, name: &str, t: &Tensor<3>, checks: &mut Vec<Check>
 
 /// `vae_decoder`: latent -> audio, with every traced layer output (`mid.decoder.*`).
 pub fn check_vae_decoder(fx: &Fixture, device: &Device) -> Result<Vec<Check>> {
-    let config = ModelConfig::from_json_value(fx.config_json()?)?;
+    let config = vae_config(fx)?;
     let (decoder, _) = OobleckDecoder::load(
-        &OobleckDecoderConfig::from_config(&config.model.pretransform.config.decoder.config),
+        &config.decoder,
         &[WeightSource::with_prefix(fx.weights(), "decoder.")],
         device,
     )?;
@@ -45,9 +55,9 @@ pub fn check_vae_decoder(fx: &Fixture, device: &Device) -> Result<Vec<Check>> {
 /// `vae_encoder`: audio -> posterior -> sampled latent (replaying `rng.vae_noise`), with every
 /// top-level layer output (`mid.encoder.*`).
 pub fn check_vae_encoder(fx: &Fixture, device: &Device) -> Result<Vec<Check>> {
-    let config = ModelConfig::from_json_value(fx.config_json()?)?;
+    let config = vae_config(fx)?;
     let (encoder, _) = OobleckEncoder::load(
-        &OobleckEncoderConfig::from_config(&config.model.pretransform.config.encoder.config),
+        &config.encoder,
         &[WeightSource::with_prefix(fx.weights(), "encoder.")],
         device,
     )?;

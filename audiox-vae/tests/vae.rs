@@ -1,11 +1,11 @@
 //! VAE structure (full size, against the manifest), chunked decoding, and bad input.
 
 use audiox_core::Error;
-use audiox_core::config::ModelConfig;
-use audiox_core::fixtures::{FixtureSet, manifest_dir, official_config_path};
+use audiox_core::fixtures::{FixtureSet, manifest_dir, official_config_section};
 use audiox_core::noise::{NoiseSource, SeededNoise};
 use audiox_core::tensor::{from_dyn, to_vec};
 use audiox_core::weights::{Component, WeightSource, compare_with_manifest, read_manifest};
+use audiox_vae::parity::{VAE_SECTION, vae_config};
 use audiox_vae::{ChunkedDecode, VaeConfig};
 use burn::tensor::{Device, Tensor};
 
@@ -13,8 +13,8 @@ use burn::tensor::{Device, Tensor};
 /// (weight-normalised kernels map to their `weight_g`/`weight_v` pairs). Nothing is allocated.
 #[test]
 fn full_size_vae_matches_the_manifest() {
-    let config = ModelConfig::from_file(official_config_path()).unwrap();
-    let vae = VaeConfig::from_config(&config.model.pretransform.config).init(&Device::flex());
+    let config: VaeConfig = official_config_section(VAE_SECTION).unwrap();
+    let vae = config.init(&Device::flex());
     let manifest = read_manifest(manifest_dir().join("vae.json")).unwrap();
     let diff = compare_with_manifest(&vae, &vae.layout(), &manifest);
     assert!(diff.is_empty(), "{diff}");
@@ -29,9 +29,9 @@ fn tiny_vae(device: &Device) -> audiox_vae::Vae {
     let set = FixtureSet::open_default().unwrap();
     let dec = set.fixture("vae_decoder").unwrap();
     let enc = set.fixture("vae_encoder").unwrap();
-    let config = ModelConfig::from_json_value(dec.config_json().unwrap()).unwrap();
+    let config = vae_config(&dec).unwrap();
     let (vae, report) = audiox_vae::Vae::load(
-        &VaeConfig::from_config(&config.model.pretransform.config),
+        &config,
         &[
             WeightSource::new(dec.weights()),
             WeightSource::new(enc.weights()),
@@ -253,8 +253,8 @@ fn encoding_zeros_through_a_short_input_equals_the_whole_encoding() {
 /// At full size the silent prompt's encoding needs only a few frames at each end.
 #[test]
 fn full_size_zero_input_edges_are_short() {
-    let config = ModelConfig::from_file(official_config_path()).unwrap();
-    let vae = VaeConfig::from_config(&config.model.pretransform.config).init(&Device::flex());
+    let config: VaeConfig = official_config_section(VAE_SECTION).unwrap();
+    let vae = config.init(&Device::flex());
     let (left, right) = vae.encoder.zero_input_edges(441_000).unwrap();
     assert!(
         left + right + 2 <= 20,

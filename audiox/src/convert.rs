@@ -13,11 +13,11 @@ use burn::tensor::Device;
 use safetensors::tensor::{Dtype, TensorView};
 use sha2::{Digest, Sha256};
 
-use audiox_core::config::ModelConfig;
 use audiox_core::weights::{AppliedWeight, StateDict, fuse_weight_norm, resolve_official_keys};
 use audiox_core::{Error, Result};
 
 use crate::checkpoint::CheckpointPaths;
+use crate::config::ModelConfig;
 use crate::model::{AudioX, AudioXBuilder, PartConfigs, model_key_space};
 
 /// Element type of the converted weights.

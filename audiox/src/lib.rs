@@ -23,6 +23,7 @@
 #![deny(missing_docs)]
 
 mod checkpoint;
+pub mod config;
 pub mod convert;
 mod device;
 mod generate;
@@ -54,7 +55,6 @@ pub use jobs::{Job, JobProgress, JobQueue, JobStage};
 pub use postprocess::OutputOptions;
 
 pub use audiox_core::audio::{Audio, WavFormat};
-pub use audiox_core::config::ModelConfig;
 pub use audiox_core::limits::Limits;
 pub use audiox_core::noise::{NoiseSource, ReplayNoise, SeededNoise};
 pub use audiox_core::weights::LoadReport;
@@ -62,6 +62,7 @@ pub use audiox_core::{Error, Result};
 pub use audiox_encoders::frames::{FrameSampling, ImageScaling, StillImage, VideoFrames};
 pub use audiox_vae::ChunkedDecode;
 pub use burn::tensor::{Device, DeviceKind};
+pub use config::ModelConfig;
 
 /// The sampler crate: the `Sampler` and `Denoiser` traits, the built-in samplers, guidance,
 /// progress and cancellation.

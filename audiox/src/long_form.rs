@@ -497,10 +497,7 @@ impl<'a> LongFormStream<'a> {
         let (sync_rate, sync_size) = match &m.synchformer {
             Some(s) => (s.frame_rate(), s.image_size()),
             // No video is served then; the stream's sizes only fill the plan.
-            None => (
-                m.config.hardcoded_sizes.synchformer.frame_rate as usize,
-                clip_size,
-            ),
+            None => (m.config.synchformer.frame_rate, clip_size),
         };
         let sync_sampling =
             FrameSampling::new(sync_rate as f64, seconds, sync_size).with_seek(video_start_seconds);

@@ -7,7 +7,6 @@ use std::time::Instant;
 
 use burn::tensor::Device;
 
-use audiox_core::config::ModelConfig;
 use audiox_core::limits::Limits;
 use audiox_core::weights::{
     Component, LoadReport, StateDict, WeightSource, official_names, resolve_official_keys,
@@ -25,6 +24,7 @@ use audiox_mmdit::{Dit, DitConfig, MafBlock, MafBlockConfig};
 use audiox_vae::{ChunkedDecode, OobleckDecoder, VaeConfig};
 
 use crate::checkpoint::CheckpointPaths;
+use crate::config::ModelConfig;
 
 /// Key prefixes of the official model object (`ConditionedDiffusionModelWrapper.state_dict()`).
 pub(crate) mod prefixes {
@@ -415,8 +415,8 @@ fn loaded<T>(result: Result<(T, LoadReport)>, report: &mut LoadReport) -> Result
     Ok(part)
 }
 
-/// The config of every component, composed from the model config (and the CLIP and T5
-/// folders' `config.json`), each built once.
+/// The config of every component: the model config's (already composed), completed by the
+/// CLIP and T5 folders' `config.json`.
 pub(crate) struct PartConfigs {
     pub text: T5ConditionerConfig,
     pub video: VideoConditionerConfig,
@@ -432,29 +432,27 @@ pub(crate) struct PartConfigs {
 
 impl PartConfigs {
     pub fn new(config: &ModelConfig, clip_dir: &Path, t5_dir: &Path) -> Result<Self> {
+        let missing =
+            |what: &str| Error::config("model.conditioning.configs", format!("no {what}"));
         let text = config
             .text_conditioner()
-            .ok_or_else(|| Error::config("model.conditioning.configs", "no t5 text conditioner"))?;
-        let prompt = config.audio_conditioner().ok_or_else(|| {
-            Error::config(
-                "model.conditioning.configs",
-                "no audio_autoencoder conditioner",
-            )
-        })?;
+            .ok_or_else(|| missing("t5 text conditioner"))?;
+        let video = config
+            .video_conditioner()
+            .ok_or_else(|| missing("video conditioner"))?;
+        let audio = config
+            .audio_conditioner()
+            .ok_or_else(|| missing("audio_autoencoder conditioner"))?;
         let clip = ClipVisionConfig::from_hf_file(clip_dir.join("config.json"))?;
         Ok(PartConfigs {
-            text: T5ConditionerConfig::from_hf_dir(
-                t5_dir,
-                text.max_length,
-                config.model.conditioning.cond_dim,
-            )?,
-            video: VideoConditionerConfig::from_model_config(config, clip)?,
-            audio: AudioPromptConfig::from_model_config(config)?,
-            maf: MafBlockConfig::from_model_config(config),
-            dit: DitConfig::from_model_config(config)?,
-            vae: VaeConfig::from_config(&config.model.pretransform.config),
-            prompt_vae: VaeConfig::from_config(&prompt.pretransform_config.config),
-            synchformer: SynchformerConfig::from_sizes(&config.arch_sizes()?.synchformer),
+            text: text.clone().with_hf_dir(t5_dir)?,
+            video: video.clone().with_clip(clip),
+            audio: audio.clone(),
+            maf: config.maf().clone(),
+            dit: config.dit().clone(),
+            vae: config.vae().clone(),
+            prompt_vae: audio.pretransform_config.config.clone(),
+            synchformer: config.synchformer.clone(),
         })
     }
 }

@@ -7,7 +7,6 @@ use std::collections::BTreeMap;
 use burn::tensor::{Device, Tensor};
 
 use audiox_core::audio::Audio;
-use audiox_core::config::ModelConfig;
 use audiox_core::fixtures::{Check, Fixture, FixtureSet};
 use audiox_core::noise::{NoiseSource, ReplayNoise, labels};
 use audiox_core::tensor::{from_dyn, to_vec};
@@ -15,8 +14,9 @@ use audiox_core::weights::{Component, StateDict, WeightSource, resolve_official_
 use audiox_core::{Error, Result};
 use audiox_encoders::frames::VideoFrames;
 use audiox_mmdit::MmditDenoiser;
-use audiox_vae::{OobleckDecoder, VaeConfig};
+use audiox_vae::OobleckDecoder;
 
+use crate::config::ModelConfig;
 use crate::{AudioPrompt, AudioX, Request};
 
 /// The outcome of one fixture (or one bundle request).
@@ -163,7 +163,7 @@ fn fixture_context(fx: &Fixture, device: &Device, checks: &mut Vec<Check>) -> Re
 fn fixture_decode(fx: &Fixture, latent: Tensor<3>, device: &Device) -> Result<Tensor<3>> {
     let config = ModelConfig::from_json_value(fx.config_json()?)?;
     let (decoder, _) = OobleckDecoder::load(
-        &VaeConfig::from_config(&config.model.pretransform.config).decoder,
+        &config.vae().decoder,
         &[WeightSource::with_prefix(
             fx.weights(),
             "pretransform.model.decoder.",

@@ -26,20 +26,10 @@ fn seeded<const D: usize>(seed: u64, shape: [usize; D], device: &Device) -> Tens
 #[test]
 fn dit_step_is_thread_count_independent() {
     let device = Device::flex();
-    let config = DitConfig {
-        io_channels: 16,
-        width: 384,
-        depth: 2,
-        heads: 16,
-        cond_dim: 128,
-        global_cond_dim: 128,
-        context_tokens: 96,
-        seq_len: 129,
-        ffn_hidden: 1024,
-        timestep_features: 256,
-        kernel_size: 3,
-        rope_base: 10000.0,
-    };
+    // 16 heads of 24 (the section's `num_heads` is the head size), SwiGLU width 1024.
+    let config = DitConfig::new(16, 384, 2, 24, 128, 128)
+        .with_context_tokens(96)
+        .with_seq_len(129);
     let dit = common::randomize(config.init(&device).unwrap(), 11);
     let x = seeded(1, [2, 16, 128], &device);
     let ctx = seeded(2, [2, 96, 128], &device);

@@ -26,72 +26,114 @@
 use std::ops::Range;
 use std::sync::OnceLock;
 
-use audiox_core::config::ModelConfig;
 use audiox_core::noise::{NoiseSource, labels};
 use audiox_core::weights::{Component, Layout, LoadReport, StateDict, WeightSource, load_module};
 use audiox_core::{Error, Result};
-use audiox_vae::{OobleckEncoder, OobleckEncoderConfig, Posterior};
-use burn::config::Config;
+use audiox_vae::{OobleckEncoder, OobleckEncoderConfig, Posterior, PretransformConfig};
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
 use burn::tensor::{Device, Int, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
 
 use super::Condition;
 
 /// Official prefix of the conditioner's private VAE (relative to the conditioner).
 pub const PRETRANSFORM_PREFIX: &str = "pretransform.model.";
 
-/// Sizes and settings of an [`AudioPromptConditioner`].
-#[derive(Config, Debug)]
+fn official_samples() -> usize {
+    AudioPromptConfig::OFFICIAL_SAMPLES
+}
+fn official_tokens() -> usize {
+    AudioPromptConfig::OFFICIAL_TOKENS
+}
+fn official_cond_dim() -> usize {
+    AudioPromptConfig::OFFICIAL_COND_DIM
+}
+
+/// Sizes and settings of an [`AudioPromptConditioner`]: the `config` of the official config's
+/// `audio_autoencoder` conditioner, deserialized under its official names, plus what the
+/// section does not hold -- the output token count the official constructor hard-codes, and
+/// the prompt length and condition width of the model (set by the model config).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct AudioPromptConfig {
-    /// The private VAE's encoder.
-    pub encoder: OobleckEncoderConfig,
-    /// Prompt samples per item (S).
-    pub samples: usize,
-    /// Latent frames of a prompt (La, the input of `proj_features_128`).
+    /// Sample rate of the prompt.
+    pub sample_rate: u32,
+    /// The conditioner's private VAE (only its encoder is used).
+    pub pretransform_config: PretransformConfig,
+    /// Where the official code loads that VAE from (relative to its working directory).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pretransform_ckpt_path: Option<String>,
+    /// Latent frames of a prompt (La, the input of `proj_features_128`; official
+    /// `latent_seq_len`).
+    #[serde(rename = "latent_seq_len")]
     pub latent_frames: usize,
-    /// Output tokens (Na).
-    pub tokens: usize,
-    /// Condition width (D).
-    pub cond_dim: usize,
     /// Lower bound of the random blanking ratio.
-    #[config(default = 0.25)]
     pub mask_ratio_start: f64,
     /// Upper bound of the random blanking ratio.
-    #[config(default = 0.75)]
     pub mask_ratio_end: f64,
+    /// Prompt samples per item S (not in the section: the model's `sample_rate *
+    /// conditioning_seconds`; default [`AudioPromptConfig::OFFICIAL_SAMPLES`]).
+    #[serde(skip, default = "official_samples")]
+    pub samples: usize,
+    /// Output tokens Na (hard-coded upstream: [`AudioPromptConfig::OFFICIAL_TOKENS`]).
+    #[serde(skip, default = "official_tokens")]
+    pub tokens: usize,
+    /// Condition width D (not in the section: `model.conditioning.cond_dim`; default
+    /// [`AudioPromptConfig::OFFICIAL_COND_DIM`]).
+    #[serde(skip, default = "official_cond_dim")]
+    pub cond_dim: usize,
 }
 
 impl AudioPromptConfig {
-    /// The conditioner of an official model config (`proj_features_128`'s output width is a
-    /// size the official constructor hard-codes: [`ModelConfig::arch_sizes`]).
-    pub fn from_model_config(model: &ModelConfig) -> Result<Self> {
-        let audio = model.audio_conditioner().ok_or_else(|| {
-            Error::config("model.conditioning.configs", "no audio-prompt conditioner")
-        })?;
-        let arch = model.arch_sizes()?;
-        let encoder =
-            OobleckEncoderConfig::from_config(&audio.pretransform_config.config.encoder.config);
-        Ok(AudioPromptConfig::new(
-            encoder,
-            model.prompt_samples(),
-            audio.latent_seq_len,
-            arch.audio_tokens,
-            model.model.conditioning.cond_dim,
-        )
-        .with_mask_ratio_start(audio.mask_ratio_start)
-        .with_mask_ratio_end(audio.mask_ratio_end))
+    /// The conditioner's `type` in the official config.
+    pub const TYPE: &str = "audio_autoencoder";
+    /// Prompt samples of the official model (10 s at 44.1 kHz).
+    pub const OFFICIAL_SAMPLES: usize = 441_000;
+    /// Output tokens of the official conditioner (`proj_features_128` output).
+    pub const OFFICIAL_TOKENS: usize = 128;
+    /// Condition width of the official model.
+    pub const OFFICIAL_COND_DIM: usize = 768;
+
+    /// The private VAE's encoder.
+    pub fn encoder(&self) -> &OobleckEncoderConfig {
+        &self.pretransform_config.config.encoder
     }
 
     /// Latent channels C (half the encoder's output channels).
     pub fn latent_dim(&self) -> usize {
-        self.encoder.latent_dim / 2
+        self.encoder().latent_dim / 2
+    }
+
+    /// Checks the section: the prompt's sample rate and latent length positive, the private
+    /// VAE valid, and the blanking ratios a range within [0, 1]. `at` is the section's dotted
+    /// path in its file.
+    pub fn validate(&self, at: &str) -> Result<()> {
+        use audiox_core::config::positive;
+        positive(format!("{at}.sample_rate"), self.sample_rate as usize)?;
+        positive(format!("{at}.latent_seq_len"), self.latent_frames)?;
+        self.pretransform_config
+            .config
+            .validate(&format!("{at}.pretransform_config.config"))?;
+        if !(0.0..=1.0).contains(&self.mask_ratio_start)
+            || !(0.0..=1.0).contains(&self.mask_ratio_end)
+            || self.mask_ratio_start > self.mask_ratio_end
+        {
+            return Err(Error::config(
+                format!("{at}.mask_ratio_start"),
+                format!(
+                    "[{}, {}] is not a ratio range",
+                    self.mask_ratio_start, self.mask_ratio_end
+                ),
+            ));
+        }
+        Ok(())
     }
 
     /// Builds the weights (parameters stay lazy until loaded).
     pub fn init(&self, device: &Device) -> AudioPromptModel {
         AudioPromptModel {
-            encoder: self.encoder.init(device),
+            encoder: self.encoder().init(device),
             proj_features_128: LinearConfig::new(self.latent_frames, self.tokens).init(device),
             proj_out: LinearConfig::new(self.latent_dim(), self.cond_dim).init(device),
         }

@@ -11,36 +11,75 @@ use std::path::{Path, PathBuf};
 use audiox_core::weights::{Component, LoadReport, WeightSource};
 use audiox_core::{Error, Result};
 use burn::tensor::{Device, Int, Tensor};
+use serde::{Deserialize, Serialize};
 
 use super::Condition;
 use crate::t5::{T5Config, T5Encoder};
 use crate::tokenizer::{T5Tokenizer, Tokens};
 
-/// Settings of a [`TextConditioner`] (the `t5` conditioner of the official config).
-#[derive(Debug, Clone)]
+fn default_mask_type() -> String {
+    "input".into()
+}
+fn official_cond_dim() -> usize {
+    T5ConditionerConfig::OFFICIAL_COND_DIM
+}
+
+/// Settings of a [`TextConditioner`]: the `config` of the official config's `t5` conditioner,
+/// deserialized under its official names, plus what the section does not hold -- the T5
+/// encoder's sizes and the tokenizer file (from the Hugging Face folder, see
+/// [`T5ConditionerConfig::with_hf_dir`]) and the condition width (`model.conditioning.cond_dim`,
+/// set by the model config).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct T5ConditionerConfig {
-    /// The T5 encoder's sizes (a Hugging Face `config.json`).
-    pub t5: T5Config,
-    /// The tokenizer file (`tokenizer.json`).
-    pub tokenizer: PathBuf,
-    /// Tokens per prompt (pad/truncate; the model config's `max_length`).
+    /// Folder name of the T5 model (`t5-base`).
+    pub t5_model_name: String,
+    /// Tokens per prompt (pad/truncate).
     pub max_length: usize,
-    /// Condition width; must equal the T5 width.
+    /// Stored, unused by the official forward pass.
+    #[serde(default)]
+    pub mask_ratio: f64,
+    /// Stored, unused by the official forward pass.
+    #[serde(default = "default_mask_type")]
+    pub mask_type: String,
+    /// The T5 encoder's sizes (not in the section: a Hugging Face `config.json`; default
+    /// [`T5Config::t5_base`]).
+    #[serde(skip, default = "T5Config::t5_base")]
+    pub t5: T5Config,
+    /// The tokenizer file (not in the section: the folder's `tokenizer.json`; default
+    /// `tokenizer.json`, relative to the working directory).
+    #[serde(skip, default = "default_tokenizer")]
+    pub tokenizer: PathBuf,
+    /// Condition width; must equal the T5 width (not in the section; default
+    /// [`T5ConditionerConfig::OFFICIAL_COND_DIM`]).
+    #[serde(skip, default = "official_cond_dim")]
     pub cond_dim: usize,
 }
 
+fn default_tokenizer() -> PathBuf {
+    PathBuf::from("tokenizer.json")
+}
+
 impl T5ConditionerConfig {
-    /// The settings of a Hugging Face `t5-base` folder (`config.json`, `tokenizer.json`), with
-    /// the model config's `max_length` and `cond_dim`. Its weight file is
+    /// The conditioner's `type` in the official config.
+    pub const TYPE: &str = "t5";
+    /// Condition width of the official model.
+    pub const OFFICIAL_COND_DIM: usize = 768;
+
+    /// The same with the T5 sizes and tokenizer of a Hugging Face `t5-base` folder
+    /// (`config.json`, `tokenizer.json`). Its weight file is
     /// [`crate::hf_weights_file`]`(dir, "T5")`.
-    pub fn from_hf_dir(dir: impl AsRef<Path>, max_length: usize, cond_dim: usize) -> Result<Self> {
+    pub fn with_hf_dir(mut self, dir: impl AsRef<Path>) -> Result<Self> {
         let dir = dir.as_ref();
-        Ok(T5ConditionerConfig {
-            t5: T5Config::from_hf_file(dir.join("config.json"))?,
-            tokenizer: dir.join("tokenizer.json"),
-            max_length,
-            cond_dim,
-        })
+        self.t5 = T5Config::from_hf_file(dir.join("config.json"))?;
+        self.tokenizer = dir.join("tokenizer.json");
+        Ok(self)
+    }
+
+    /// Checks the section: at least one token per prompt. `at` is the section's dotted path in
+    /// its file.
+    pub fn validate(&self, at: &str) -> Result<()> {
+        audiox_core::config::positive(format!("{at}.max_length"), self.max_length)
     }
 }
 

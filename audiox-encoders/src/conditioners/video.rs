@@ -21,13 +21,12 @@
 
 use std::path::Path;
 
-use audiox_core::config::ModelConfig;
 use audiox_core::weights::{Component, Layout, LoadReport, StateDict, WeightSource, load_module};
 use audiox_core::{Error, Result};
-use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::nn::{Initializer, Linear, LinearConfig};
 use burn::tensor::{Device, Int, Tensor, TensorData};
+use serde::{Deserialize, Serialize};
 
 use super::Condition;
 use super::temporal::{TemporalTransformer, TemporalTransformerConfig};
@@ -43,46 +42,109 @@ pub const DEFAULT_VIDEO_FPS: usize = 5;
 /// Official name of the CLIP tower inside the conditioner.
 const CLIP_FIELD: &str = "visual_encoder_model";
 
-/// Sizes of a [`VideoConditioner`].
-#[derive(Config, Debug)]
+fn default_mask_type() -> String {
+    "input".into()
+}
+fn default_sync_type() -> String {
+    "add".into()
+}
+fn official_tokens() -> usize {
+    VideoConditionerConfig::OFFICIAL_TOKENS
+}
+fn official_sync_rows() -> usize {
+    VideoConditionerConfig::OFFICIAL_SYNC_ROWS
+}
+fn official_temporal() -> TemporalTransformerConfig {
+    // upstream: hard-coded in the conditioner (4 layers of 16 heads of 64, MLP 3072) at the
+    // CLIP width.
+    TemporalTransformerConfig::new(ClipVisionConfig::vit_b32().hidden_size, 4, 16, 64, 3072)
+}
+
+/// Sizes and settings of a [`VideoConditioner`]: the `config` of the official config's
+/// `clip-with-sync-w-empty-feat` conditioner, deserialized under its official names, plus the
+/// sizes the official constructor hard-codes (documented defaults, not read from the section)
+/// and the CLIP tower's sizes (from its Hugging Face `config.json`, see
+/// [`VideoConditionerConfig::with_clip`]).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
 pub struct VideoConditionerConfig {
-    /// The CLIP vision tower.
+    /// Folder name of the CLIP model (`clip-vit-base-patch32`).
+    pub clip_model_name: String,
+    /// Input masking ratio (only 0 is used at inference).
+    #[serde(default)]
+    pub mask_ratio: f64,
+    /// Masking type (only `input` exists in the shipped configs).
+    #[serde(default = "default_mask_type")]
+    pub mask_type: String,
+    /// How sync features join (only `add` is supported).
+    #[serde(default = "default_sync_type")]
+    pub sync_type: String,
+    /// Frames per second of the CLIP stream; 5 (`DEFAULT_VIDEO_FPS`) when absent (the official
+    /// default). Fixes the frame count, see [`VideoConditionerConfig::frames`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub video_fps: Option<u32>,
+    /// Frames per request T when a small test model changes it (not in the section); `None`:
+    /// the official rule, see [`VideoConditionerConfig::frames`].
+    #[serde(skip)]
+    pub frame_count: Option<usize>,
+    /// The CLIP vision tower (not in the section; default
+    /// [`ClipVisionConfig::vit_b32`]).
+    #[serde(skip, default = "ClipVisionConfig::vit_b32")]
     pub clip: ClipVisionConfig,
-    /// Frames per request (T).
-    pub frames: usize,
-    /// Output tokens (Nv).
+    /// Output tokens Nv (hard-coded upstream: [`VideoConditionerConfig::OFFICIAL_TOKENS`]).
+    #[serde(skip, default = "official_tokens")]
     pub tokens: usize,
-    /// Rows of the Synchformer features (R, 240).
+    /// Rows R of the Synchformer features (hard-coded upstream:
+    /// [`VideoConditionerConfig::OFFICIAL_SYNC_ROWS`]).
+    #[serde(skip, default = "official_sync_rows")]
     pub sync_rows: usize,
-    /// The temporal transformer (its width is the CLIP width).
+    /// The temporal transformer (its width is the CLIP width; hard-coded upstream: 4 layers of
+    /// 16 heads of 64, MLP 3072).
+    #[serde(skip, default = "official_temporal")]
     pub temporal: TemporalTransformerConfig,
 }
 
 impl VideoConditionerConfig {
-    /// The conditioner of an official model config, with the CLIP tower's sizes (from its
-    /// Hugging Face `config.json`). Sizes the official constructor hard-codes come from
-    /// [`ModelConfig::arch_sizes`].
-    pub fn from_model_config(model: &ModelConfig, clip: ClipVisionConfig) -> Result<Self> {
-        let video = model
-            .video_conditioner()
-            .ok_or_else(|| Error::config("model.conditioning.configs", "no video conditioner"))?;
-        let arch = model.arch_sizes()?;
-        let fps = video.video_fps.map_or(DEFAULT_VIDEO_FPS, |f| f as usize);
-        let t = &arch.temporal;
-        let temporal = TemporalTransformerConfig::new(
-            clip.hidden_size,
-            t.depth,
-            t.heads,
-            t.dim_head,
-            t.mlp_dim,
-        );
-        Ok(VideoConditionerConfig::new(
-            clip,
-            VIDEO_SECONDS * fps,
-            arch.video_tokens,
-            arch.sync_rows,
-            temporal,
-        ))
+    /// The conditioner's `type` in the official config.
+    pub const TYPE: &str = "clip-with-sync-w-empty-feat";
+    /// Output tokens of the official conditioner (`proj` / `proj_sync` output).
+    pub const OFFICIAL_TOKENS: usize = 128;
+    /// Rows of the Synchformer features the official conditioner takes (`proj_sync` input).
+    pub const OFFICIAL_SYNC_ROWS: usize = 240;
+
+    /// The same with the CLIP tower `clip` (the temporal transformer takes its width).
+    pub fn with_clip(mut self, clip: ClipVisionConfig) -> Self {
+        self.temporal.dim = clip.hidden_size;
+        self.clip = clip;
+        self
+    }
+
+    /// Frames per request T: [`VideoConditionerConfig::frame_count`] when set, else 10 seconds
+    /// (`VIDEO_SECONDS`) at the section's `video_fps`.
+    /// upstream: the seconds are hard-coded in the conditioner, independent of the model
+    /// config.
+    pub fn frames(&self) -> usize {
+        self.frame_count.unwrap_or_else(|| {
+            VIDEO_SECONDS.saturating_mul(self.video_fps.map_or(DEFAULT_VIDEO_FPS, |f| f as usize))
+        })
+    }
+
+    /// Checks the section: only what AudioX-Turbo uses (no input masking, sync features
+    /// added). `at` is the section's dotted path in its file.
+    pub fn validate(&self, at: &str) -> Result<()> {
+        if self.mask_ratio != 0.0 {
+            return Err(Error::config(
+                format!("{at}.mask_ratio"),
+                "only 0 is supported",
+            ));
+        }
+        if self.sync_type != "add" {
+            return Err(Error::config(
+                format!("{at}.sync_type"),
+                "only `add` is supported",
+            ));
+        }
+        Ok(())
     }
 
     /// Builds the conditioner (parameters stay lazy until loaded).
@@ -94,9 +156,9 @@ impl VideoConditionerConfig {
         };
         VideoConditioner {
             visual_encoder_model: self.clip.init(device),
-            temp_pos_embedding: normal.init([1, self.frames, d], device),
+            temp_pos_embedding: normal.init([1, self.frames(), d], device),
             temp_transformer: self.temporal.init(device),
-            proj: LinearConfig::new(self.frames * self.clip.tokens(), self.tokens).init(device),
+            proj: LinearConfig::new(self.frames() * self.clip.tokens(), self.tokens).init(device),
             proj_sync: LinearConfig::new(self.sync_rows, self.tokens).init(device),
             sync_weight: Initializer::Zeros.init([1], device),
             empty_visual_feat: Initializer::Zeros.init([1, self.tokens, d], device),

@@ -1,12 +1,12 @@
 //! Parity of the three conditioners: fixture `conditioner`.
 //!
-//! Every size comes from the fixture: the official model config in the JSON (VAE, ratio
-//! range, condition width), the JSON `sizes` (CLIP and T5 configs, the temporal transformer's
-//! heads and depth) and the weights' shapes (frames, tokens, sync rows, MLP width). The MAF
+//! Every size comes from the fixture: the conditioners' own sections of the official model
+//! config in the JSON (VAE, ratio range, frame rate) and its condition width, the JSON `sizes`
+//! (CLIP and T5 configs, the temporal transformer's heads and depth) and the weights' shapes
+//! (frames, tokens, sync rows, MLP width). The MAF
 //! output `out.cross_attn_cond` and the concatenated mask `out.cross_attn_mask` belong to the
 //! MMDiT crate and are not compared here.
 
-use audiox_core::config::ModelConfig;
 use audiox_core::fixtures::{Check, Fixture};
 use audiox_core::noise::{ReplayNoise, labels};
 use audiox_core::weights::{Component, WeightSource};
@@ -17,8 +17,8 @@ use serde_json::Value;
 use super::text::{compare, compare_condition, input, int_input, load_t5, mask_input};
 use crate::clip::ClipVisionConfig;
 use crate::conditioners::{
-    AudioPromptConditioner, AudioPromptConfig, Condition, PromptMask, TemporalTransformerConfig,
-    VideoConditioner, VideoConditionerConfig,
+    AudioPromptConditioner, AudioPromptConfig, Condition, PromptMask, T5ConditionerConfig,
+    TemporalTransformerConfig, VideoConditioner, VideoConditionerConfig,
 };
 use crate::t5::T5Config;
 
@@ -50,7 +50,32 @@ fn sizes(fx: &Fixture, key: &str) -> Result<Value> {
         })
 }
 
-/// The video conditioner of a fixture, sized from its JSON and weights.
+/// Where the condition width lies in a model config file.
+pub const COND_DIM: &str = "model.conditioning.cond_dim";
+
+/// The `config` section of the conditioner of type `kind` (`t5`, ...) in a model config
+/// (`model.conditioning.configs[i]`), as that conditioner's config type.
+pub fn conditioner_section<T: serde::de::DeserializeOwned>(
+    config: &Value,
+    kind: &str,
+) -> Result<T> {
+    let configs = config
+        .pointer("/model/conditioning/configs")
+        .and_then(Value::as_array)
+        .ok_or_else(|| Error::config("model.conditioning.configs", "missing"))?;
+    let i = configs
+        .iter()
+        .position(|c| c.get("type").and_then(Value::as_str) == Some(kind))
+        .ok_or_else(|| {
+            Error::config(
+                "model.conditioning.configs",
+                format!("no `{kind}` conditioner"),
+            )
+        })?;
+    audiox_core::config::section(config, &format!("model.conditioning.configs.{i}.config"))
+}
+
+/// The video conditioner of a fixture, sized from its config section, JSON and weights.
 pub fn video_conditioner(fx: &Fixture, device: &Device) -> Result<VideoConditioner> {
     let clip = ClipVisionConfig::from_hf_json(&sizes(fx, "clip")?)?;
     let pos = shape_of(fx, &format!("{VIDEO_PREFIX}Temp_pos_embedding"))?;
@@ -77,7 +102,15 @@ pub fn video_conditioner(fx: &Fixture, device: &Device) -> Result<VideoCondition
         get("dim_head")?,
         mlp[0],
     );
-    let config = VideoConditionerConfig::new(clip, pos[1], proj[0], proj_sync[1], temporal);
+    let mut config = conditioner_section::<VideoConditionerConfig>(
+        fx.config_json()?,
+        VideoConditionerConfig::TYPE,
+    )?
+    .with_clip(clip);
+    config.frame_count = Some(pos[1]);
+    config.tokens = proj[0];
+    config.sync_rows = proj_sync[1];
+    config.temporal = temporal;
     let (video, _) = VideoConditioner::load(
         &config,
         &[WeightSource::with_prefix(fx.weights(), VIDEO_PREFIX)],
@@ -86,29 +119,24 @@ pub fn video_conditioner(fx: &Fixture, device: &Device) -> Result<VideoCondition
     Ok(video)
 }
 
-/// The audio-prompt conditioner of a fixture, sized from its config and weights.
-pub fn audio_conditioner(
-    fx: &Fixture,
-    model: &ModelConfig,
-    device: &Device,
-) -> Result<AudioPromptConditioner> {
-    let audio = model.audio_conditioner().ok_or_else(|| Error::Fixture {
-        path: fx.name().into(),
-        message: "the config has no audio-prompt conditioner".into(),
-    })?;
+/// The audio-prompt conditioner's config of a fixture: its section (VAE, ratio range) with the
+/// config's condition width, the prompt length of `in.audio` and the latent frames and tokens
+/// of the `proj_features_128` weight.
+pub fn audio_config(fx: &Fixture) -> Result<AudioPromptConfig> {
+    let mut config: AudioPromptConfig =
+        conditioner_section(fx.config_json()?, AudioPromptConfig::TYPE)?;
+    config.validate("model.conditioning.configs[audio_autoencoder].config")?;
     let proj = shape_of(fx, &format!("{AUDIO_PREFIX}proj_features_128.weight"))?;
-    let samples = fx.f32("in.audio")?.shape[2];
-    let config = AudioPromptConfig::new(
-        audiox_vae::OobleckEncoderConfig::from_config(
-            &audio.pretransform_config.config.encoder.config,
-        ),
-        samples,
-        proj[1],
-        proj[0],
-        model.model.conditioning.cond_dim,
-    )
-    .with_mask_ratio_start(audio.mask_ratio_start)
-    .with_mask_ratio_end(audio.mask_ratio_end);
+    config.samples = fx.f32("in.audio")?.shape[2];
+    config.latent_frames = proj[1];
+    config.tokens = proj[0];
+    config.cond_dim = fx.config_section(COND_DIM)?;
+    Ok(config)
+}
+
+/// The audio-prompt conditioner of a fixture, sized by [`audio_config`].
+pub fn audio_conditioner(fx: &Fixture, device: &Device) -> Result<AudioPromptConditioner> {
+    let config = audio_config(fx)?;
     let (audio, _) = AudioPromptConditioner::load(
         &config,
         &[WeightSource::with_prefix(fx.weights(), AUDIO_PREFIX)],
@@ -135,7 +163,6 @@ fn replay(fx: &Fixture) -> Result<ReplayNoise> {
 /// reference's computation on every item, and `out.video_tokens (skipping empty items)` from
 /// [`VideoConditioner::forward`], which does not run CLIP for items without video.
 pub fn check_conditioner(fx: &Fixture, device: &Device) -> Result<Vec<Check>> {
-    let model = ModelConfig::from_json_value(fx.config_json()?)?;
     let mut checks = Vec::new();
 
     // Video.
@@ -168,7 +195,7 @@ pub fn check_conditioner(fx: &Fixture, device: &Device) -> Result<Vec<Check>> {
     checks.extend(compare_condition(fx, "text", &text, true)?);
 
     // Audio (replaying the recorded mask ratio, mask start and VAE noise).
-    let audio = audio_conditioner(fx, &model, device)?;
+    let audio = audio_conditioner(fx, device)?;
     let mut noise = replay(fx)?;
     let trace = audio.forward_trace(
         input::<3>(fx, "in.audio", device)?,
@@ -200,36 +227,37 @@ pub const BUNDLE_REQUESTS: [&str; 4] = ["text_only", "text_audio", "text_video",
 /// (`mid.clip_frames`) and sync features of a video request or zeros, and the loaded audio
 /// prompt (`mid.audio_prompt`); the audio draws are replayed.
 ///
+/// The conditioners' configs come from the bundle's model config (composed by the `audiox`
+/// crate's `ModelConfig`, which applies the small model's sizes); the T5 and CLIP sizes are
+/// read from their folders here.
+///
 /// Compares the token ids and mask, and every `mid.text.*`, `mid.video.*`, `mid.audio.*` and
 /// `out.{video,text,audio}_{tokens,mask}` of the request.
 pub fn check_bundle_conditioners(
     set: &audiox_core::fixtures::FixtureSet,
     request: &str,
+    configs: (
+        &T5ConditionerConfig,
+        &VideoConditionerConfig,
+        &AudioPromptConfig,
+    ),
     device: &Device,
 ) -> Result<Vec<Check>> {
-    use crate::conditioners::{T5ConditionerConfig, TextConditioner};
+    use crate::conditioners::TextConditioner;
     use audiox_core::weights::StateDict;
 
+    let (text_config, video_config, audio_config) = configs;
     let bundle = set.bundle_dir();
     let fx = Fixture::open(&bundle.join("expected"), request)?;
-    let model = ModelConfig::from_file(bundle.join("config.json"))?;
     let student = StateDict::open(bundle.join("audiox_turbo").join("audiox_turbo.ckpt"))?;
     let vae = StateDict::open(bundle.join("pretransform").join("vae.ckpt"))?;
     let mut checks = Vec::new();
 
     // Text, from the prompt string.
     let t5_dir = bundle.join("t5-base");
-    let text_config = model.text_conditioner().ok_or_else(|| Error::Fixture {
-        path: fx.name().into(),
-        message: "the config has no text conditioner".into(),
-    })?;
     let t5 = StateDict::open(crate::hf_weights_file(&t5_dir, "T5")?)?;
     let (text, _) = TextConditioner::load(
-        &T5ConditionerConfig::from_hf_dir(
-            &t5_dir,
-            text_config.max_length,
-            model.model.conditioning.cond_dim,
-        )?,
+        &text_config.clone().with_hf_dir(&t5_dir)?,
         &[WeightSource::new(&t5)],
         device,
     )?;
@@ -266,11 +294,8 @@ pub fn check_bundle_conditioners(
     let clip_weights = VideoConditioner::clip_weights(&clip_dir)?;
     let mut sources: Vec<WeightSource<'_>> = clip_weights.iter().map(WeightSource::new).collect();
     sources.push(WeightSource::with_prefix(&student, VIDEO_PREFIX));
-    let (video, _) = VideoConditioner::load(
-        &VideoConditionerConfig::from_model_config(&model, clip)?,
-        &sources,
-        device,
-    )?;
+    let (video, _) =
+        VideoConditioner::load(&video_config.clone().with_clip(clip), &sources, device)?;
     let size = video.visual_encoder_model.image_size();
     let d = video.visual_encoder_model.hidden_size();
     let rows = video.proj_sync.weight.dims()[0];
@@ -302,7 +327,7 @@ pub fn check_bundle_conditioners(
     // Audio prompt, replaying the conditioner's draws.
     let vae = AudioPromptConditioner::vae_weights(&vae);
     let (audio, _) = AudioPromptConditioner::load(
-        &AudioPromptConfig::from_model_config(&model)?,
+        audio_config,
         &[
             WeightSource::new(&vae),
             WeightSource::with_prefix(&student, AUDIO_PREFIX),
