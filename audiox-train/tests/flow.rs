@@ -1,7 +1,6 @@
 //! The rectified-flow objective: the reference's convention, condition dropout, and a tiny DiT
 //! (the test model's sizes) that learns under burn's autodiff.
 
-use audiox_mmdit::DitConfig;
 use audiox_train::train::flow::{TimeSampler, drop_condition, flow_batch, flow_loss, normals};
 use audiox_train::train::init::random_init;
 use burn::optim::{AdamConfig, GradientsParams};
@@ -66,8 +65,9 @@ fn a_tiny_dit_fits_a_fixed_batch_under_autodiff() {
     let config = audiox::ModelConfig::from_file(path).unwrap();
     let device = Device::flex().autodiff();
     let mut dit = random_init(
-        DitConfig::from_model_config(&config)
-            .unwrap()
+        config
+            .dit()
+            .clone()
             .init(&device)
             .unwrap(),
         3,

@@ -37,7 +37,7 @@ use crate::corpus::Corpus;
 
 /// The VAE sizes of an official-schema model config (its `pretransform` section).
 pub fn vae_config(model: &audiox::ModelConfig) -> VaeConfig {
-    VaeConfig::from_config(&model.model.pretransform.config)
+    model.vae().clone()
 }
 
 /// The VAE stage of a run.
