@@ -16,6 +16,8 @@ use burn::tensor::module::linear;
 use burn::tensor::ops::PadMode;
 use burn::tensor::{Device, Tensor};
 
+use audiox_core::precision::widen;
+
 /// Configuration of a [`TokenConv`].
 #[derive(Config, Debug)]
 pub struct TokenConvConfig {
@@ -85,7 +87,8 @@ impl TokenConv {
     /// (the SwiGLU's `w1` and `w3`) unfold it once.
     pub fn forward_unfolded(&self, unfolded: Tensor<3>) -> Tensor<3> {
         let [k, c_in, c_out] = self.weight.lazy_shape().dims();
-        let weight = self.weight.val().reshape([k * c_in, c_out]);
+        // A bf16 or int8 kernel is widened to f32 for the product (audiox_core::precision).
+        let weight = widen(self.weight.val()).reshape([k * c_in, c_out]);
         linear(unfolded, weight, self.bias.as_ref().map(Param::val))
     }
 }
