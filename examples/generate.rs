@@ -225,13 +225,13 @@ fn run(args: Args) -> audiox::Result<()> {
     let loading = std::time::Instant::now();
     let model = builder.build()?;
     eprintln!(
-        "loaded {:?} model in {:.1} s ({}; {} threads; weights {}, {:.2} GB)",
+        "loaded {:?} model in {:.1} s ({}; {} threads; weights {}, {:.1} MB)",
         model.kind(),
         loading.elapsed().as_secs_f64(),
         model.load_report().summary(),
         rayon::current_num_threads(),
         model.weights_precision(),
-        model.held_weight_bytes().total() as f64 / 1e9
+        model.held_weight_bytes().total() as f64 / 1e6
     );
 
     // Hostile input: files are read within the model's limits, and the mux target is checked
