@@ -232,7 +232,7 @@ struct Reduced {
 }
 
 fn reduce(m: &Model, p: WeightPrecision) -> Reduced {
-    let conditioners = WeightPrecision::Bf16;
+    let conditioners = p.conditioners();
     Reduced {
         text: TextConditioner {
             tokenizer: m.text.tokenizer.clone(),

@@ -63,6 +63,16 @@ impl WeightPrecision {
 
     /// The names [`FromStr`] accepts, for messages.
     pub const NAMES: &'static str = "f32, bf16 or int8";
+
+    /// How the conditioners' matmul weights (T5, CLIP and the video conditioner, MAF) are held
+    /// when the model's precision is `self`: bf16 under either reduced precision (int8 is for
+    /// the diffusion transformer only), f32 under f32.
+    pub fn conditioners(self) -> WeightPrecision {
+        match self {
+            WeightPrecision::F32 => WeightPrecision::F32,
+            WeightPrecision::Bf16 | WeightPrecision::Int8 => WeightPrecision::Bf16,
+        }
+    }
 }
 
 impl fmt::Display for WeightPrecision {

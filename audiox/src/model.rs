@@ -387,7 +387,7 @@ fn load(
     let ckpt = |prefix| WeightSource::with_prefix(&checkpoint, prefix);
     // The conditioners' matmul weights (T5, CLIP and the video conditioner, MAF) are held in
     // bf16 under either reduced precision; int8 is for the diffusion transformer only.
-    let conditioners = conditioner_precision(precision);
+    let conditioners = precision.conditioners();
 
     // Every component loads the same way: `X::load(&config, &sources, &device)`. Where a
     // component has a file of its own, it comes first and the checkpoint's copy overrides it
@@ -496,15 +496,6 @@ fn load(
         limits: Limits::default(),
         precision,
     })
-}
-
-/// How the conditioners' matmul weights are held for a model precision: bf16 under either
-/// reduced precision (int8 is for the diffusion transformer only).
-pub(crate) fn conditioner_precision(precision: WeightPrecision) -> WeightPrecision {
-    match precision {
-        WeightPrecision::F32 => WeightPrecision::F32,
-        WeightPrecision::Bf16 | WeightPrecision::Int8 => WeightPrecision::Bf16,
-    }
 }
 
 /// The component of a [`Component::load`] result, its report merged into `report`.
