@@ -5,11 +5,23 @@
 //! ```text
 //! AUDIOX_TORCH_PYTHON=/path/to/python-with-torch cargo bench -p audiox --bench vs_torch
 //! AUDIOX_VS_TORCH_STAGES=dit_step,vae_decode ...   # a subset
+//! AUDIOX_VS_TORCH_STAGES=request ...               # the whole text-only 10 s request only
+//! AUDIOX_PRECISION=f32 ...                         # our side's precision (f32, bf16, int8)
+//! AUDIOX_VS_TORCH_TINY=1 AUDIOX_VS_TORCH_STAGES=request ...   # plumbing check, tiny sizes
 //! ```
 //!
 //! Both sides use the same thread count (`RAYON_NUM_THREADS`, default: all cores). Without
 //! `AUDIOX_TORCH_PYTHON` only our side runs. Each side reports the best of two runs after a
 //! warm-up run.
+//!
+//! `request` is a whole text-only 10 s request (default sampler: DMD, 4 steps): ours through the
+//! public API (`AudioX::builder()` on the full-size random checkpoint of
+//! `common/checkpoint.rs`, written once, ~12 GB on disk; only `generate` is timed, not the
+//! load), PyTorch's as the official pipeline computes it (`torch_baseline.py --stage request`).
+//! Memory: our side peaks at about the model's size (~11.5 GB); PyTorch's process starts after
+//! our model is dropped and holds about as much, so the two never add up. Before starting
+//! PyTorch's request the bench checks `MemAvailable` and skips that side (with a message) when
+//! it is short.
 
 #[path = "common/mod.rs"]
 mod common;
@@ -17,7 +29,7 @@ mod common;
 use std::process::Command;
 use std::time::Instant;
 
-use audiox_core::config::ModelConfig;
+use audiox::{ModelConfig, Request};
 use audiox_core::noise::{NoiseSource, SeededNoise};
 use audiox_core::tensor::{from_dyn, from_vec};
 use audiox_encoders::clip::{ClipVision, ClipVisionConfig};
@@ -27,7 +39,73 @@ use audiox_vae::VaeConfig;
 use burn::tensor::{Int, Tensor};
 
 const STAGES: [&str; 5] = ["matmul", "dit_step", "vae_decode", "vae_encode", "clip"];
-const EXTRA: [&str; 4] = ["t5", "t5_prompt", "silent_prompt", "dit_step_cached"];
+const EXTRA: [&str; 5] = [
+    "t5",
+    "t5_prompt",
+    "silent_prompt",
+    "dit_step_cached",
+    "request",
+];
+
+/// Environment variable: our side's precision for every stage (`f32`, `bf16`, `int8`).
+const PRECISION_ENV: &str = "AUDIOX_PRECISION";
+/// Environment variable: the `request` stage at the tiny fixture bundle's sizes on our side and
+/// `--tiny` on PyTorch's (a check of the plumbing; its times mean nothing).
+const TINY_ENV: &str = "AUDIOX_VS_TORCH_TINY";
+/// The prompt of the `request` stage.
+const PROMPT: &str = "a wooden door creaks open, then slams shut";
+/// Memory PyTorch's full-size `request` needs (its weights are 10.6 GB in f32, plus the
+/// decode's activations); below this much `MemAvailable` its side is skipped.
+const TORCH_REQUEST_BYTES: u64 = 13_000_000_000;
+
+/// Our side's precision, from `AUDIOX_PRECISION` (default `f32`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum BenchPrecision {
+    F32,
+    Bf16,
+    Int8,
+}
+
+impl BenchPrecision {
+    fn from_env() -> Result<Self, String> {
+        match std::env::var(PRECISION_ENV) {
+            Err(_) => Ok(BenchPrecision::F32),
+            Ok(v) => match v.trim().to_ascii_lowercase().as_str() {
+                "" | "f32" => Ok(BenchPrecision::F32),
+                "bf16" => Ok(BenchPrecision::Bf16),
+                "int8" => Ok(BenchPrecision::Int8),
+                other => Err(format!(
+                    "{PRECISION_ENV}={other}: expected f32, bf16 or int8"
+                )),
+            },
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            BenchPrecision::F32 => "f32",
+            BenchPrecision::Bf16 => "bf16",
+            BenchPrecision::Int8 => "int8",
+        }
+    }
+
+    /// The one place where the precision reaches our side (every stage goes through it):
+    /// f32 is what every stage builds; bf16 and int8 need the builder's precision option,
+    /// which this build does not have.
+    fn check_available(self) -> Result<(), String> {
+        match self {
+            BenchPrecision::F32 => Ok(()),
+            other => Err(format!(
+                "{PRECISION_ENV}={}: not available in this build (only f32)",
+                other.name()
+            )),
+        }
+    }
+}
+
+fn tiny() -> bool {
+    std::env::var(TINY_ENV).is_ok_and(|v| !v.is_empty() && v != "0")
+}
 
 /// The PyTorch stage each of ours is compared with. Three of ours are the reference's work done
 /// our way: `t5_prompt` (a 40-token prompt padded to 128: the reference encodes all 128
@@ -144,8 +222,36 @@ fn ours(stage: &str) -> f64 {
                     .into_data();
             })
         }
+        "request" => request(),
         other => panic!("unknown stage {other}"),
     }
+}
+
+/// Our side of `request`: the model built through the public API (not timed), then a text-only
+/// request of the model's full window (10 s at full size), default sampler, timed.
+fn request() -> f64 {
+    let builder = if tiny() {
+        audiox::AudioX::builder()
+            .checkpoint_dir(audiox_core::fixtures::fixtures_dir().join("bundle"))
+    } else {
+        let dir = common::checkpoint::checkpoint_dir();
+        match common::checkpoint::write_random_checkpoint(&dir) {
+            Ok(true) => eprintln!("wrote the random checkpoint to {}", dir.display()),
+            Ok(false) => {}
+            Err(e) => panic!("writing the random checkpoint to {}: {e}", dir.display()),
+        }
+        common::checkpoint::builder(&dir)
+    };
+    // The precision reaches the model here once the builder has its option (see
+    // `BenchPrecision::check_available`, which refuses anything but f32 until then).
+    let model = builder.build().expect("the random checkpoint loads");
+    let seconds = model.max_duration();
+    best_of_two(|| {
+        let out = model
+            .generate(Request::text(PROMPT).seed(1).duration(seconds))
+            .expect("generation");
+        assert!(!out.audio.is_empty(), "no audio generated");
+    })
 }
 
 /// PyTorch's time for `stage` and the peak resident memory of its process (one stage each).
@@ -161,6 +267,7 @@ fn torch(python: &str, stage: &str, threads: usize) -> Option<(f64, Option<f64>)
             "--reps",
             "2",
         ])
+        .args(tiny().then_some("--tiny"))
         .output()
         .ok()?;
     if !out.status.success() {
@@ -173,6 +280,27 @@ fn torch(python: &str, stage: &str, threads: usize) -> Option<(f64, Option<f64>)
     let line = String::from_utf8_lossy(&out.stdout);
     let json: serde_json::Value = serde_json::from_str(line.lines().last()?).ok()?;
     Some((json["seconds"].as_f64()?, json["peak_rss_gb"].as_f64()))
+}
+
+/// Whether `MemAvailable` leaves room for PyTorch's full-size request (says why not).
+fn torch_request_fits() -> bool {
+    let available = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
+        let line = m.lines().find(|l| l.starts_with("MemAvailable:"))?;
+        line.split_whitespace().nth(1)?.parse::<u64>().ok()
+    });
+    match available.map(|kb| kb * 1024) {
+        Some(bytes) if bytes < TORCH_REQUEST_BYTES => {
+            eprintln!(
+                "torch request skipped: {:.1} GB available, it needs about {:.1} GB \
+                 (our process holds {:.2} GB now)",
+                bytes as f64 / 1e9,
+                TORCH_REQUEST_BYTES as f64 / 1e9,
+                common::current_rss_bytes().unwrap_or(0) as f64 / 1e9
+            );
+            false
+        }
+        _ => true,
+    }
 }
 
 /// Resets this process's peak resident size (Linux `clear_refs` 5), so the next
@@ -192,10 +320,40 @@ fn main() {
             .map(|s| s.to_string())
             .collect(),
     };
+    if let Some(bad) = wanted
+        .iter()
+        .find(|s| !STAGES.contains(&s.as_str()) && !EXTRA.contains(&s.as_str()))
+    {
+        eprintln!(
+            "error: unknown stage `{bad}` in AUDIOX_VS_TORCH_STAGES (known: {}, {})",
+            STAGES.join(", "),
+            EXTRA.join(", ")
+        );
+        std::process::exit(2);
+    }
+    let precision = match BenchPrecision::from_env().and_then(|p| p.check_available().map(|()| p)) {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::exit(2);
+        }
+    };
+    if tiny() && wanted.iter().any(|s| s != "request") {
+        eprintln!(
+            "error: {TINY_ENV} applies to the `request` stage only: set AUDIOX_VS_TORCH_STAGES=request"
+        );
+        std::process::exit(2);
+    }
     let threads = common::threads();
     println!(
-        "{} threads; torch: {}",
+        "{} threads; audiox precision {}{}; torch: {}",
         threads,
+        precision.name(),
+        if tiny() {
+            " (tiny sizes: a plumbing check, not a measurement)"
+        } else {
+            ""
+        },
         python
             .as_deref()
             .unwrap_or("(not run: set AUDIOX_TORCH_PYTHON)")
@@ -209,6 +367,7 @@ fn main() {
         let our_peak = common::peak_rss_bytes().map(|b| b as f64 / 1e9);
         let theirs = python
             .as_deref()
+            .filter(|_| stage != "request" || tiny() || torch_request_fits())
             .and_then(|p| torch(p, torch_stage(stage), threads));
         match theirs {
             Some((t, peak)) => println!(

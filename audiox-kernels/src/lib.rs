@@ -10,6 +10,11 @@
 //!   blocks that stay in cache (no im2col buffer); the kernel taps are strided views of the
 //!   weight, the shifts and strides are pointer offsets. Used by the VAE, whose time is almost
 //!   all convolutions and Snake activations over up to 483k samples.
+//! * [`bf16`]: a matrix product with the weight held in bf16 (half the memory), on the CPU's
+//!   native bf16 dot products where it has AVX512-BF16.
+//! * [`int8`]: a matrix product with an int8 weight (per-output-channel scales, a quarter of
+//!   the memory), on integer dot products with activations quantised per token where the CPU
+//!   has AVX512-VNNI.
 //! * [`attention`]: softmax attention without mask, one head per task (two GEMMs and a
 //!   vectorised softmax in cache); the DiT's 64 heads of 24 are slow in burn's generic path.
 //!
@@ -19,7 +24,9 @@
 #![deny(missing_docs)]
 
 mod attention;
+pub mod bf16;
 mod conv;
+pub mod int8;
 pub mod reference;
 mod snake;
 

@@ -6,6 +6,8 @@ use std::time::{Duration, Instant};
 
 use burn::tensor::{Device, Distribution, Tensor};
 
+pub mod checkpoint;
+
 /// Environment variable that enables the full-size benches (random weights, minutes each).
 pub const FULL_SIZE_ENV: &str = "AUDIOX_BENCH_FULL";
 
@@ -71,6 +73,14 @@ pub fn time_once<T>(warmup: usize, mut f: impl FnMut() -> T) -> f64 {
 pub fn peak_rss_bytes() -> Option<u64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
     let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kb * 1024)
+}
+
+/// Current resident set size of this process in bytes (Linux `VmRSS`), if available.
+pub fn current_rss_bytes() -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmRSS:"))?;
     let kb: u64 = line.split_whitespace().nth(1)?.parse().ok()?;
     Some(kb * 1024)
 }

@@ -1,0 +1,108 @@
+//! Rate of the bf16- and int8-weight products against the f32 GEMM on the DiT's shapes.
+//!
+//! ```text
+//! RAYON_NUM_THREADS=2 cargo run --release -p audiox-kernels --example reduced_gemm
+//! ```
+//!
+//! For each shape: the f32 product (`gemm` crate, what burn's CPU backend runs), the bf16
+//! weight widened per product (the portable path) and the native AVX512-BF16 kernel (where the
+//! CPU has it), the int8 weight with per-token activation quantisation on AVX512-VNNI; best of
+//! five after a warm-up, GFLOP/s (int8: multiply-adds x 2 per second, as for the floats).
+
+use std::time::Instant;
+
+use audiox_kernels::bf16::{matmul, matmul_widened, native_available};
+use half::bf16;
+
+fn values(len: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed | 1;
+    (0..len)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+fn best(mut f: impl FnMut()) -> f64 {
+    f();
+    (0..5)
+        .map(|_| {
+            let t = Instant::now();
+            f();
+            t.elapsed().as_secs_f64()
+        })
+        .fold(f64::INFINITY, f64::min)
+}
+
+fn f32_gemm(x: &[f32], w: &[f32], m: usize, k: usize, n: usize, out: &mut [f32]) {
+    let threads = rayon::current_num_threads();
+    // SAFETY: row-major [m, k] x [k, n] -> [m, n] within the buffers.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            out.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            x.as_ptr(),
+            1,
+            k as isize,
+            w.as_ptr(),
+            1,
+            n as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            gemm::Parallelism::Rayon(threads),
+        );
+    }
+}
+
+fn main() {
+    println!(
+        "threads {}, native bf16 kernel: {}",
+        rayon::current_num_threads(),
+        native_available()
+    );
+    println!(
+        "| shape [m,k]x[k,n] | f32 GFLOP/s | bf16 widened | bf16 native | bf16 native / f32 | int8 (VNNI: {}) | int8 / f32 |",
+        audiox_kernels::int8::native_available()
+    );
+    println!("|---|---|---|---|---|---|---|");
+    // 620 tokens (236 latent + 384 context); DiT width 1536, FFN hidden 4096, qkv 3x1536.
+    for (m, k, n) in [
+        (620, 1536, 4608),
+        (620, 1536, 1536),
+        (620, 1536, 8192),
+        (620, 4096, 1536),
+        (1024, 2048, 2048),
+    ] {
+        let x = values(m * k, 1);
+        let w = values(k * n, 2);
+        let wh: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
+        let mut out = vec![0f32; m * n];
+        let flop = 2.0 * (m * k * n) as f64 / 1e9;
+        let f = flop / best(|| f32_gemm(&x, &w, m, k, n, &mut out));
+        let wd = flop / best(|| matmul_widened(&x, m, &wh, k, n, &mut out));
+        let nat = if native_available() {
+            Some(flop / best(|| matmul(&x, m, &wh, k, n, &mut out)))
+        } else {
+            None
+        };
+        let q = audiox_kernels::int8::quantize_weight(&w, k, n);
+        let i8r = flop / best(|| audiox_kernels::int8::matmul(&x, m, &q, &mut out));
+        println!(
+            "| [{m},{k}]x[{k},{n}] | {f:.0} | {wd:.0} | {} | {} | {i8r:.0} | {:.2} |",
+            nat.map_or("-".into(), |v| format!("{v:.0}")),
+            nat.map_or("-".into(), |v| format!("{:.2}", v / f)),
+            i8r / f,
+        );
+    }
+}

@@ -1,0 +1,273 @@
+//! The int8-weight product: quantisation round trip, the native path against an independent
+//! integer reference (per-row symmetric activation quantisation), both paths against the f32
+//! product within the quantisation error, shapes at every packing edge.
+
+use audiox_kernels::int8::{
+    QuantizedWeight, linear, matmul, matmul_dequantized, native_available, quantize_weight,
+    quantize_weight_blocked,
+};
+
+fn values(len: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    (0..len)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect()
+}
+
+fn reference(x: &[f64], w: &[f64], m: usize, k: usize, n: usize) -> Vec<f64> {
+    let mut out = vec![0f64; m * n];
+    for i in 0..m {
+        for p in 0..k {
+            for j in 0..n {
+                out[i * n + j] += x[i * k + p] * w[p * n + j];
+            }
+        }
+    }
+    out
+}
+
+/// Per-row symmetric quantisation to [-127, 127], dequantised (written here independently).
+fn fake_quantized_rows(x: &[f32], k: usize) -> Vec<f64> {
+    x.chunks(k.max(1))
+        .flat_map(|row| {
+            let s = row.iter().fold(0f32, |p, v| p.max(v.abs())) / 127.0;
+            row.iter().map(move |&v| {
+                if s > 0.0 {
+                    (v / s).round() as f64 * s as f64
+                } else {
+                    0.0
+                }
+            })
+        })
+        .collect()
+}
+
+fn worst(out: &[f32], want: &[f64], scale: &[f64]) -> f64 {
+    out.iter()
+        .zip(want)
+        .zip(scale)
+        .map(|((&o, &w), &s)| (o as f64 - w).abs() / s.max(1e-30))
+        .fold(0.0, f64::max)
+}
+
+/// Σ |x| |w| per output: the scale an accumulated error is measured against.
+fn magnitude(x: &[f32], w: &[f32], m: usize, k: usize, n: usize) -> Vec<f64> {
+    let xa: Vec<f64> = x.iter().map(|v| v.abs() as f64).collect();
+    let wa: Vec<f64> = w.iter().map(|v| v.abs() as f64).collect();
+    reference(&xa, &wa, m, k, n)
+}
+
+const SHAPES: [(usize, usize, usize); 8] = [
+    (1, 1, 1),
+    (3, 5, 7),
+    (8, 64, 32),
+    (9, 65, 33),
+    (17, 130, 95),
+    (40, 257, 64),
+    (7, 1023, 31),
+    (64, 96, 160),
+];
+
+#[test]
+fn weight_quantisation_is_per_column_and_within_half_a_step() {
+    for &(_, k, n) in &SHAPES {
+        let w = values(k * n, (k * 31 + n) as u64);
+        let q = quantize_weight(&w, k, n);
+        assert_eq!(q.bytes(), k * n + 4 * n);
+        let back = q.to_f32();
+        for c in 0..n {
+            let peak = (0..k).map(|r| w[r * n + c].abs()).fold(0f32, f32::max);
+            assert!((q.scale[c] - peak / 127.0).abs() <= 1e-9, "column {c}");
+            // The largest value of each column maps to +-127 exactly.
+            assert!((0..k).any(|r| q.q[r * n + c].unsigned_abs() == 127) || peak == 0.0);
+            for r in 0..k {
+                let err = (back[r * n + c] - w[r * n + c]).abs();
+                assert!(err <= q.scale[c] * 0.5 + 1e-7, "[{r},{c}]: {err}");
+            }
+        }
+    }
+}
+
+#[test]
+fn native_path_is_exact_on_the_quantised_operands() {
+    if !native_available() {
+        eprintln!("no AVX512-VNNI here: the portable path is tested below");
+        return;
+    }
+    for &(m, k, n) in &SHAPES {
+        let x = values(m * k, m as u64 + 3);
+        let w = values(k * n, (k * 31 + n) as u64);
+        let q = quantize_weight(&w, k, n);
+        let mut out = vec![f32::NAN; m * n];
+        matmul(&x, m, &q, &mut out);
+        let wq: Vec<f64> = q.to_f32().iter().map(|&v| v as f64).collect();
+        let want = reference(&fake_quantized_rows(&x, k), &wq, m, k, n);
+        let err = worst(&out, &want, &magnitude(&x, &w, m, k, n));
+        assert!(err < 1e-5, "[{m},{k}]x[{k},{n}]: {err}");
+    }
+}
+
+#[test]
+fn both_paths_are_within_the_quantisation_error_of_f32() {
+    for &(m, k, n) in &SHAPES {
+        let x = values(m * k, m as u64 + 3);
+        let w = values(k * n, (k * 31 + n) as u64);
+        let q = quantize_weight(&w, k, n);
+        let xd: Vec<f64> = x.iter().map(|&v| v as f64).collect();
+        let wd: Vec<f64> = w.iter().map(|&v| v as f64).collect();
+        let exact = reference(&xd, &wd, m, k, n);
+        // Each activation is off by at most half a step (sa / 2, sa = its row's peak / 127),
+        // each weight by sw / 2: |a w - a' w'| <= |a| sw/2 + |w| sa/2 + sa sw / 4 per term.
+        let sa: Vec<f64> = x
+            .chunks(k)
+            .map(|r| r.iter().fold(0f32, |p, v| p.max(v.abs())) as f64 / 127.0)
+            .collect();
+        let sw: Vec<f64> = q.scale.iter().map(|&s| s as f64).collect();
+        let mut bound = vec![0f64; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                bound[i * n + j] = (0..k)
+                    .map(|p| {
+                        xd[i * k + p].abs() * sw[j] / 2.0
+                            + wd[p * n + j].abs() * sa[i] / 2.0
+                            + sa[i] * sw[j] / 4.0
+                    })
+                    .sum::<f64>();
+            }
+        }
+        let scale = magnitude(&x, &w, m, k, n);
+        for (name, f) in [
+            (
+                "default",
+                matmul as fn(&[f32], usize, &QuantizedWeight, &mut [f32]),
+            ),
+            ("dequantized", matmul_dequantized),
+        ] {
+            let mut out = vec![f32::NAN; m * n];
+            f(&x, m, &q, &mut out);
+            for e in 0..m * n {
+                let err = (out[e] as f64 - exact[e]).abs();
+                assert!(
+                    err <= bound[e] + 1e-5 * scale[e],
+                    "{name} [{m},{k}]x[{k},{n}] at {e}: {err} > {}",
+                    bound[e]
+                );
+            }
+            // And typically far inside the bound: the errors are independent and cancel.
+            let rel = worst(&out, &exact, &scale);
+            assert!(rel < 2e-2, "{name} [{m},{k}]x[{k},{n}]: {rel}");
+        }
+    }
+}
+
+#[test]
+fn the_result_does_not_depend_on_the_thread_count() {
+    let (m, k, n) = (37, 300, 200);
+    let x = values(m * k, 5);
+    let q = quantize_weight(&values(k * n, 6), k, n);
+    let run = |threads| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        let mut out = vec![0f32; m * n];
+        pool.install(|| matmul(&x, m, &q, &mut out));
+        out
+    };
+    assert_eq!(run(1), run(3));
+}
+
+#[test]
+fn zero_rows_and_empty_dimensions() {
+    let (m, k, n) = (3, 10, 5);
+    let q = quantize_weight(&values(k * n, 1), k, n);
+    let mut out = vec![f32::NAN; m * n];
+    matmul(&vec![0.0; m * k], m, &q, &mut out);
+    assert!(
+        out.iter().all(|&v| v == 0.0),
+        "an all-zero row has scale 0 and gives zeros"
+    );
+    let zero = quantize_weight(&vec![0.0; k * n], k, n);
+    matmul(&values(m * k, 2), m, &zero, &mut out);
+    assert!(
+        out.iter().all(|&v| v == 0.0),
+        "an all-zero weight gives zeros"
+    );
+    let empty = quantize_weight(&[], 0, 4);
+    let mut out = vec![f32::NAN; 12];
+    matmul(&[], 3, &empty, &mut out);
+    assert!(out.iter().all(|&v| v == 0.0));
+    matmul(&[], 0, &q, &mut []);
+}
+
+#[test]
+fn linear_on_burn_tensors_adds_the_bias() {
+    use burn::tensor::{Device, Tensor, TensorData};
+    let device = Device::flex();
+    let (b, t, k, n) = (2, 3, 20, 9);
+    let x = values(b * t * k, 1);
+    let q = quantize_weight(&values(k * n, 2), k, n);
+    let bias = values(n, 3);
+    let xt = Tensor::<3>::from_data(TensorData::new(x.clone(), [b, t, k]), &device);
+    let got: Vec<f32> = linear(&xt, &q, Some(&bias))
+        .expect("flex f32 input")
+        .into_data()
+        .try_into_vec::<f32>()
+        .unwrap();
+    let mut want = vec![0f32; b * t * n];
+    matmul(&x, b * t, &q, &mut want);
+    for row in want.chunks_mut(n) {
+        row.iter_mut().zip(&bias).for_each(|(o, b)| *o += b);
+    }
+    assert_eq!(got, want);
+    assert!(
+        linear(&xt, &quantize_weight(&values(9, 1), 3, 3), None).is_none(),
+        "k mismatch"
+    );
+}
+
+#[test]
+fn block_scales_match_the_dequantised_product() {
+    // Blocks of 8 rows (native path: groups of four inside a block), of 6 rows (not a multiple
+    // of four: the portable path), and a short last block.
+    for (m, k, n, block) in [
+        (9, 64, 33, 8),
+        (5, 70, 40, 8),
+        (4, 36, 17, 6),
+        (3, 256, 64, 128),
+    ] {
+        let x = values(m * k, 11);
+        let w = values(k * n, 12);
+        let q = quantize_weight_blocked(&w, k, n, block);
+        assert_eq!(q.scale.len(), k.div_ceil(block) * n);
+        // Every value within half a step of its own block's scale.
+        let back = q.to_f32();
+        for r in 0..k {
+            for c in 0..n {
+                let s = q.scale[(r / block) * n + c];
+                assert!((back[r * n + c] - w[r * n + c]).abs() <= s * 0.5 + 1e-7);
+            }
+        }
+        let mut out = vec![f32::NAN; m * n];
+        matmul(&x, m, &q, &mut out);
+        let wq: Vec<f64> = back.iter().map(|&v| v as f64).collect();
+        let xs = if native_available() && block % 4 == 0 {
+            fake_quantized_rows(&x, k)
+        } else {
+            x.iter().map(|&v| v as f64).collect()
+        };
+        let want = reference(&xs, &wq, m, k, n);
+        let err = worst(&out, &want, &magnitude(&x, &w, m, k, n));
+        assert!(err < 1e-5, "[{m},{k}]x[{k},{n}] block {block}: {err}");
+    }
+    assert!(QuantizedWeight::from_parts(4, 2, 3, vec![0; 8], vec![0.0; 4]).is_some());
+    assert!(QuantizedWeight::from_parts(4, 2, 3, vec![0; 8], vec![0.0; 2]).is_none());
+    assert!(QuantizedWeight::from_parts(4, 2, 0, vec![0; 8], vec![0.0; 4]).is_none());
+}
