@@ -1,10 +1,11 @@
 //! How the large matmul weights are held in memory: f32 (the default, bit-identical to the
 //! reference), bf16, or int8 with per-output-channel block scales.
 //!
-//! A reduced weight is widened to f32 just before its product ([`widen`], [`linear`]): one
-//! transient f32 copy of one weight at a time, products and every activation in f32. Resident
-//! memory of a converted weight is half (bf16) or about a quarter (int8) of f32; the speed of
-//! the product is f32's plus the widening pass (not a faster kernel).
+//! A reduced weight is multiplied by `audiox_kernels::bf16` / `audiox_kernels::int8`
+//! ([`linear`], [`matmul_weight`]): native AVX512-BF16 / AVX512-VNNI dot products where the CPU
+//! has them, else the weight widened to f32 just before its product (one transient f32 copy of
+//! one weight at a time, [`widen`]). Resident memory of a converted weight is half (bf16) or
+//! about a quarter (int8) of f32.
 //!
 //! Which parameters are converted: the `weight` of every module whose type is listed in
 //! [`MATMUL_WEIGHT_MODULES`] (burn's `Linear` and the DiT's `TokenConv`) with at least two
@@ -148,13 +149,77 @@ fn widen_bf16<const D: usize>(w: Tensor<D>) -> Tensor<D> {
 }
 
 /// `x W + b` for a burn `Linear` whose weight may be held in any [`WeightPrecision`] (burn's
-/// own `Linear::forward` needs the weight in the input's float type).
+/// own `Linear::forward` needs the weight in the input's float type). See [`matmul_weight`].
 pub fn linear<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> {
-    burn::tensor::module::linear(
-        x,
-        widen(layer.weight.val()),
-        layer.bias.as_ref().map(|b| widen(b.val())),
-    )
+    matmul_weight(x, layer.weight.val(), layer.bias.as_ref().map(|b| b.val()))
+}
+
+/// `x W + b` for a matmul weight `W` of any rank read as `[rows, n]` (a `Linear` weight
+/// `[k, n]`, a `TokenConv` kernel `[taps, c_in, c_out]`), `x` `[.., rows]`, `b` `[n]`:
+///
+/// * f32 weight: burn's `linear` on the weight as it is (exactly what the model computed
+///   before weight precisions existed);
+/// * bf16 weight: `audiox_kernels::bf16` (native AVX512-BF16 dot products where the CPU has
+///   them: the activations are rounded to bf16 too, sums in f32; elsewhere the weight widened
+///   to f32 and the f32 GEMM);
+/// * int8 weight: `audiox_kernels::int8` (AVX512-VNNI integer dot products with the activations
+///   quantised per token where the CPU has them; elsewhere the weight dequantised to f32 and the
+///   f32 GEMM);
+///
+/// and, where a kernel does not apply (another backend, a strided input), the weight widened to
+/// f32 ([`widen`]) and burn's `linear`.
+pub fn matmul_weight<const D: usize, const W: usize>(
+    x: Tensor<D>,
+    w: Tensor<W>,
+    bias: Option<Tensor<1>>,
+) -> Tensor<D> {
+    let dims = w.dims();
+    let n = dims[W - 1];
+    let k: usize = dims[..W - 1].iter().product();
+    match w.dtype() {
+        DType::BF16 => {
+            let w: Tensor<2> = w.reshape([k, n]);
+            if let Some(out) = audiox_kernels::bf16::linear(&x, &w, bias.as_ref()) {
+                return out;
+            }
+            burn::tensor::module::linear(x, widen(w), bias.map(widen))
+        }
+        DType::QFloat(scheme) => {
+            let Some(q) = quantized_weight(w.clone(), scheme, k, n) else {
+                return burn::tensor::module::linear(x, widen(w).reshape([k, n]), bias.map(widen));
+            };
+            let bias_values = bias.clone().map(|b| crate::tensor::to_vec(widen(b)));
+            if let Some(out) = audiox_kernels::int8::linear(&x, &q, bias_values.as_deref()) {
+                return out;
+            }
+            let w = Tensor::<2>::from_data(TensorData::new(q.to_f32(), vec![k, n]), &w.device());
+            burn::tensor::module::linear(x, w, bias.map(widen))
+        }
+        // f32 (widen is then the identity) and any other float type.
+        _ => burn::tensor::module::linear(x, widen(w).reshape([k, n]), bias.map(widen)),
+    }
+}
+
+/// The stored values and block scales of an int8 weight made by [`quantize_int8`], as the
+/// kernel's `[rows, n]` weight (`None` for a layout it cannot take).
+fn quantized_weight<const W: usize>(
+    w: Tensor<W>,
+    scheme: QuantScheme,
+    k: usize,
+    n: usize,
+) -> Option<audiox_kernels::int8::QuantizedWeight> {
+    let shape = w.dims().to_vec();
+    let (values, scales) = QuantizedBytes {
+        bytes: w.into_data().into_bytes(),
+        scheme,
+        shape: shape.into(),
+    }
+    .into_vec_i8();
+    let block = match scheme.block_size() {
+        Some(b) if W >= 2 => b.to_dim_vec(W)[W - 2].max(1) as usize,
+        _ => return None,
+    };
+    audiox_kernels::int8::QuantizedWeight::from_parts(k, n, block, values, scales.block)
 }
 
 /// The f32 tensor `t` held in `precision` (`F32`, or a tensor with no element: `t` itself).

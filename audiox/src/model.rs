@@ -294,16 +294,18 @@ impl AudioXBuilder {
     /// computes exactly what the reference computes):
     ///
     /// * `Bf16`: the linear and token-convolution weights of the diffusion transformer, the
-    ///   MAF block, T5, CLIP and the video conditioner in bfloat16 (half their memory), widened
-    ///   to f32 for each product; activations and sums stay f32.
+    ///   MAF block, T5, CLIP and the video conditioner in bfloat16 (half their memory),
+    ///   multiplied on native bf16 dot products where the CPU has AVX512-BF16 (activations
+    ///   rounded to bf16, sums in f32), else widened to f32 for each product.
     /// * `Int8`: the diffusion transformer's linear and token-convolution weights in int8 with
     ///   one f32 scale per output channel and block of up to 255 input rows (about a quarter of
-    ///   their f32 memory), dequantised to f32 for each product; the others as with `Bf16`.
+    ///   their f32 memory), multiplied on AVX512-VNNI integer dot products where the CPU has
+    ///   them (activations quantised per token), else dequantised to f32 for each product; the
+    ///   others as with `Bf16`.
     ///
-    /// Biases, norms, embeddings, the VAE and the Synchformer stay f32. Each weight is converted as it is read, so loading
-    /// never holds an f32 copy of the whole model. The error of each choice against f32 is
-    /// measured in `docs/performance.md` ("Precision"); it is not faster than f32 on the CPU
-    /// (the products still run in f32).
+    /// Biases, norms, embeddings, the VAE and the Synchformer stay f32. Each weight is converted
+    /// as it is read, so loading never holds an f32 copy of the whole model. The error of each
+    /// choice against f32 is measured in `docs/performance.md` ("Precision").
     ///
     /// ```no_run
     /// use audiox::{AudioX, WeightPrecision};
