@@ -29,8 +29,9 @@ mod common;
 use std::process::Command;
 use std::time::Instant;
 
-use audiox::{ModelConfig, Request};
+use audiox::{ModelConfig, Request, WeightPrecision};
 use audiox_core::noise::{NoiseSource, SeededNoise};
+use audiox_core::precision::convert_module;
 use audiox_core::tensor::{from_dyn, from_vec};
 use audiox_encoders::clip::{ClipVision, ClipVisionConfig};
 use audiox_encoders::t5::{T5Config, T5Encoder};
@@ -87,16 +88,14 @@ impl BenchPrecision {
         }
     }
 
-    /// The one place where the precision reaches our side (every stage goes through it):
-    /// f32 is what every stage builds; bf16 and int8 need the builder's precision option,
-    /// which this build does not have.
-    fn check_available(self) -> Result<(), String> {
+    /// How our side holds its weights: the builder's option for `request`, the same conversion
+    /// of the stage's component otherwise (`WeightPrecision::conditioners` for T5 and CLIP; the
+    /// VAE is f32 in every precision).
+    fn weights(self) -> WeightPrecision {
         match self {
-            BenchPrecision::F32 => Ok(()),
-            other => Err(format!(
-                "{PRECISION_ENV}={}: not available in this build (only f32)",
-                other.name()
-            )),
+            BenchPrecision::F32 => WeightPrecision::F32,
+            BenchPrecision::Bf16 => WeightPrecision::Bf16,
+            BenchPrecision::Int8 => WeightPrecision::Int8,
         }
     }
 }
@@ -142,7 +141,7 @@ fn best_of_two(mut f: impl FnMut()) -> f64 {
         .fold(f64::INFINITY, f64::min)
 }
 
-fn ours(stage: &str) -> f64 {
+fn ours(stage: &str, precision: WeightPrecision) -> f64 {
     let device = common::device();
     let config = ModelConfig::official();
     match stage {
@@ -153,6 +152,8 @@ fn ours(stage: &str) -> f64 {
         "dit_step" | "dit_step_cached" => {
             // Random init (lazy, burn's initializer): 2.2 B parameters, ~9 GB.
             let dit = config.dit().init(&device).unwrap();
+            // Converted one weight at a time (each initialised, then converted).
+            let dit = convert_module(dit, precision);
             let x = seeded::<3>(1, [1, 64, 236], 1.0);
             let ctx = seeded::<3>(2, [1, 384, 768], 1.0);
             let t = Tensor::<1>::from_floats([0.5], &device);
@@ -192,6 +193,7 @@ fn ours(stage: &str) -> f64 {
         }
         "clip" => {
             let clip: ClipVision = common::randomize(ClipVisionConfig::vit_b32().init(&device), 7);
+            let clip = convert_module(clip, precision.conditioners());
             let frames = seeded::<4>(8, [50, 3, 224, 224], 1.0);
             best_of_two(|| {
                 let _ = clip.forward(frames.clone()).unwrap().into_data();
@@ -201,6 +203,7 @@ fn ours(stage: &str) -> f64 {
             // What the text conditioner runs; a 40-token prompt for `t5_prompt`.
             let real = if stage == "t5_prompt" { 40 } else { 128 };
             let t5: T5Encoder = common::randomize(T5Config::t5_base().init(&device), 9);
+            let t5 = convert_module(t5, precision.conditioners());
             let ids: Vec<i64> = (0..128).map(|i| (i * 251 + 7) % 32_000).collect();
             let ids =
                 Tensor::<2, Int>::from_data(burn::tensor::TensorData::new(ids, [1, 128]), &device);
@@ -213,14 +216,14 @@ fn ours(stage: &str) -> f64 {
                     .into_data();
             })
         }
-        "request" => request(),
+        "request" => request(precision),
         other => panic!("unknown stage {other}"),
     }
 }
 
 /// Our side of `request`: the model built through the public API (not timed), then a text-only
 /// request of the model's full window (10 s at full size), default sampler, timed.
-fn request() -> f64 {
+fn request(precision: WeightPrecision) -> f64 {
     let builder = if tiny() {
         audiox::AudioX::builder()
             .checkpoint_dir(audiox_core::fixtures::fixtures_dir().join("bundle"))
@@ -233,9 +236,10 @@ fn request() -> f64 {
         }
         common::checkpoint::builder(&dir)
     };
-    // The precision reaches the model here once the builder has its option (see
-    // `BenchPrecision::check_available`, which refuses anything but f32 until then).
-    let model = builder.build().expect("the random checkpoint loads");
+    let model = builder
+        .weights_precision(precision)
+        .build()
+        .expect("the random checkpoint loads");
     let seconds = model.max_duration();
     best_of_two(|| {
         let out = model
@@ -322,7 +326,7 @@ fn main() {
         );
         std::process::exit(2);
     }
-    let precision = match BenchPrecision::from_env().and_then(|p| p.check_available().map(|()| p)) {
+    let precision = match BenchPrecision::from_env() {
         Ok(p) => p,
         Err(e) => {
             eprintln!("error: {e}");
@@ -354,7 +358,7 @@ fn main() {
     let gb = |b: Option<f64>| b.map_or("-".to_string(), |b| format!("{b:.2} GB"));
     for stage in &wanted {
         reset_peak_rss();
-        let ours = ours(stage);
+        let ours = ours(stage, precision.weights());
         let our_peak = common::peak_rss_bytes().map(|b| b as f64 / 1e9);
         let theirs = python
             .as_deref()

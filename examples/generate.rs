@@ -6,6 +6,8 @@
 //! cargo run --release --example generate -- --checkpoint-dir checkpoints \
 //!     --prompt "waves crash on a rocky beach" --video beach.mp4 --mux beach_with_sound.mp4
 //! cargo run --release --example generate -- --duration 60 --prompt "rain on a tin roof"
+//! # weights held in bf16 (or int8 for the diffusion transformer): less memory, small error
+//! cargo run --release --example generate -- --precision bf16 --prompt "rain on a tin roof"
 //! # game-ready sound effects: 4 variations, 48 kHz mono 16-bit, -16 LUFS, trimmed, faded,
 //! # with a spectrogram of each
 //! cargo run --release --example generate -- --prompt "a sword swing" --num-samples 4 \
@@ -124,8 +126,10 @@ struct Args {
     /// with that feature of the audiox crate (the default GPU adapter).
     #[arg(long, default_value = "cpu")]
     device: String,
-    /// Float precision on a GPU device: `f32`, `f16` or `bf16` (where the device computes in
-    /// it; the CPU device is f32).
+    /// Precision. On the CPU, how the weights are held: `f32` (the default; the reference),
+    /// `bf16` or `int8` (the diffusion transformer in int8, the conditioners in bf16); products
+    /// run in f32 either way (docs/guide.md, "Precision"). On a GPU device, the float type it
+    /// computes in: `f32`, `f16` or `bf16` (where it does), or `int8` (f32 compute, int8 weights).
     #[arg(long, default_value = "f32")]
     precision: String,
     /// Output WAV file (`_N` is added before the extension for several samples).
@@ -185,6 +189,21 @@ fn main() -> ExitCode {
     }
 }
 
+/// `--precision` for `device`: the device's compute precision and how the weights are held.
+fn precisions(
+    device: &str,
+    precision: &str,
+) -> audiox::Result<(audiox::Precision, audiox::WeightPrecision)> {
+    use audiox::{Precision, WeightPrecision};
+    let cpu = matches!(device, "cpu" | "flex");
+    if cpu || precision.eq_ignore_ascii_case("int8") {
+        // The CPU computes in f32; the choice is how the weights are held.
+        Ok((Precision::F32, precision.parse()?))
+    } else {
+        Ok((precision.parse()?, WeightPrecision::F32))
+    }
+}
+
 fn shipped_bundle() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("../fixtures/tiny/bundle")
 }
@@ -196,22 +215,23 @@ fn run(args: Args) -> audiox::Result<()> {
             .build_global()
             .map_err(|e| audiox::Error::InvalidRequest(format!("--threads: {e}")))?;
     }
+    let (device_precision, weights_precision) = precisions(&args.device, &args.precision)?;
     let builder = match &args.model {
         Some(repo) => hub_builder(repo, &args)?,
         None => dir_builder(&args),
     }
-    .device(audiox::select_device(
-        &args.device,
-        args.precision.parse()?,
-    )?);
+    .device(audiox::select_device(&args.device, device_precision)?)
+    .weights_precision(weights_precision);
     let loading = std::time::Instant::now();
     let model = builder.build()?;
     eprintln!(
-        "loaded {:?} model in {:.1} s ({}; {} threads)",
+        "loaded {:?} model in {:.1} s ({}; {} threads; weights {}, {:.1} MB)",
         model.kind(),
         loading.elapsed().as_secs_f64(),
         model.load_report().summary(),
-        rayon::current_num_threads()
+        rayon::current_num_threads(),
+        model.weights_precision(),
+        model.held_weight_bytes().total() as f64 / 1e6
     );
 
     // Hostile input: files are read within the model's limits, and the mux target is checked

@@ -123,6 +123,19 @@ const char *audiox_status_name(enum AudioxStatus status);
 // `dir` must be NULL or a NUL-terminated string; `out` must be NULL or valid for a write.
 enum AudioxStatus audiox_model_open(const char *dir, struct AudioxModel *out);
 
+// Loads a model from a checkpoint folder like [`audiox_model_open`], with its weights held in
+// `precision`: `"f32"` (what `audiox_model_open` does; the reference), `"bf16"` or `"int8"`
+// (the diffusion transformer in int8, the conditioners in bf16). Reduced precisions take less
+// memory and differ slightly from f32 (`docs/guide.md`, "Precision"); an unknown name returns
+// `InvalidRequest`.
+//
+// # Safety
+// `dir` and `precision` must be NULL or NUL-terminated strings; `out` must be NULL or valid
+// for a write.
+enum AudioxStatus audiox_model_open_with_precision(const char *dir,
+                                                   const char *precision,
+                                                   struct AudioxModel *out);
+
 // Loads the default model: `$AUDIOX_DEFAULT_MODEL` when set, else the small random-weight
 // model shipped in the repository (`fixtures/tiny/bundle`, path fixed at build time; its
 // output exercises the pipeline but is not meaningful sound).

@@ -449,6 +449,40 @@ pub unsafe extern "C" fn audiox_model_open(
     })
 }
 
+/// Loads a model from a checkpoint folder like [`audiox_model_open`], with its weights held in
+/// `precision`: `"f32"` (what `audiox_model_open` does; the reference), `"bf16"` or `"int8"`
+/// (the diffusion transformer in int8, the conditioners in bf16). Reduced precisions take less
+/// memory and differ slightly from f32 (`docs/guide.md`, "Precision"); an unknown name returns
+/// `InvalidRequest`.
+///
+/// # Safety
+/// `dir` and `precision` must be NULL or NUL-terminated strings; `out` must be NULL or valid
+/// for a write.
+#[unsafe(no_mangle)]
+pub unsafe extern "C" fn audiox_model_open_with_precision(
+    dir: *const c_char,
+    precision: *const c_char,
+    out: *mut AudioxModel,
+) -> AudioxStatus {
+    guard(|| {
+        // SAFETY: forwarded contract of this function.
+        let dir = unsafe { string_arg(dir, "dir") }?;
+        // SAFETY: forwarded contract of this function.
+        let precision = unsafe { string_arg(precision, "precision") }?;
+        if out.is_null() {
+            return Err(bad_arg("out is NULL"));
+        }
+        let precision: audiox::WeightPrecision = precision.parse()?;
+        let model = AudioX::builder()
+            .checkpoint_dir(dir)
+            .weights_precision(precision)
+            .build()?;
+        let id = insert(Object::Model(model));
+        // SAFETY: checked non-NULL above; valid per the contract.
+        unsafe { write_out(out, AudioxModel { id }, "out") }
+    })
+}
+
 /// The folder of the default model: the small random-weight model shipped in the repository
 /// (`fixtures/tiny/bundle`, the one `generate` runs without `--checkpoint-dir`), located at
 /// build time, or the folder in the `AUDIOX_DEFAULT_MODEL` environment variable when set.

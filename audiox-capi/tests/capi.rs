@@ -273,3 +273,33 @@ fn bad_requests_are_refused_and_good_ones_run() {
     }
     assert_eq!(audiox_job_wait(job, 0), AudioxStatus::InvalidHandle);
 }
+
+#[test]
+fn a_model_opens_in_each_weight_precision_and_unknown_names_are_refused() {
+    let dir = bundle();
+    for name in ["f32", "bf16", "int8"] {
+        let precision = CString::new(name).unwrap();
+        let mut model = AudioxModel::default();
+        assert_eq!(
+            unsafe {
+                audiox_model_open_with_precision(dir.as_ptr(), precision.as_ptr(), &mut model)
+            },
+            AudioxStatus::Ok,
+            "{name}: {}",
+            last_error()
+        );
+        assert_eq!(audiox_model_free(model), AudioxStatus::Ok);
+    }
+    let mut model = AudioxModel::default();
+    let unknown = CString::new("f8").unwrap();
+    assert_eq!(
+        unsafe { audiox_model_open_with_precision(dir.as_ptr(), unknown.as_ptr(), &mut model) },
+        AudioxStatus::InvalidRequest
+    );
+    assert!(last_error().contains("f8"), "{}", last_error());
+    assert_eq!(
+        unsafe { audiox_model_open_with_precision(dir.as_ptr(), ptr::null(), &mut model) },
+        AudioxStatus::InvalidArgument
+    );
+    assert_eq!(model, AudioxModel::default(), "nothing written on failure");
+}

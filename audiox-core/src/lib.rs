@@ -9,6 +9,7 @@ pub mod error;
 pub mod limits;
 pub mod nn;
 pub mod noise;
+pub mod precision;
 pub mod tensor;
 pub mod weights;
 

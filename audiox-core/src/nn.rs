@@ -15,6 +15,7 @@ use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::tensor::activation::gelu;
 use burn::tensor::{Device, Tensor};
 
+use crate::precision::{linear, widen};
 use crate::weights::Layout;
 
 /// Adds the rename `in_proj.{weight,bias}` -> `in_proj_{weight,bias}` used by every
@@ -79,8 +80,8 @@ impl TorchMultiheadAttention {
     /// Attention of `query` `[B, Nq, D]` over `key_value` `[B, Nk, D]` (the same tensor as key
     /// and value, as every use in this model family has it). Returns `[B, Nq, D]`.
     pub fn forward(&self, query: Tensor<3>, key_value: Tensor<3>) -> Tensor<3> {
-        let w = self.in_proj.weight.val(); // [D, 3D]
-        let b = self.in_proj.bias.as_ref().map(|b| b.val());
+        let w = widen(self.in_proj.weight.val()); // [D, 3D], f32 for the products
+        let b = self.in_proj.bias.as_ref().map(|b| widen(b.val()));
         let [d, _] = w.dims();
         let project = |x: Tensor<3>, part: usize| {
             let wp = w.clone().narrow(1, part * d, d);
@@ -98,7 +99,7 @@ impl TorchMultiheadAttention {
 
     /// Self-attention of `x` `[B, N, D]` (one packed projection).
     pub fn forward_self(&self, x: Tensor<3>) -> Tensor<3> {
-        let qkv = self.in_proj.forward(x);
+        let qkv = linear(&self.in_proj, x);
         let [_, _, three_d] = qkv.dims();
         let d = three_d / 3;
         let q = qkv.clone().narrow(2, 0, d);
@@ -110,7 +111,7 @@ impl TorchMultiheadAttention {
     fn attend(&self, q: Tensor<3>, k: Tensor<3>, v: Tensor<3>) -> Tensor<3> {
         let h = self.num_heads;
         let out = sdpa(heads(q, h), heads(k, h), heads(v, h), None);
-        self.out_proj.forward(merge_heads(out))
+        linear(&self.out_proj, merge_heads(out))
     }
 }
 
@@ -167,9 +168,10 @@ impl TorchEncoderLayer {
     /// `[B, N, D]` -> `[B, N, D]`.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let x = x.clone() + self.self_attn.forward_self(self.norm1.forward(x));
-        let ff = self
-            .linear2
-            .forward(gelu(self.linear1.forward(self.norm2.forward(x.clone()))));
+        let ff = linear(
+            &self.linear2,
+            gelu(linear(&self.linear1, self.norm2.forward(x.clone()))),
+        );
         x + ff
     }
 }

@@ -17,6 +17,7 @@
 use std::path::Path;
 
 use audiox_core::nn::{heads, merge_heads, sdpa};
+use audiox_core::precision::linear;
 use audiox_core::weights::{Component, Layout, LoadReport, WeightSource, load_module};
 use audiox_core::{Error, Result};
 use burn::config::Config;
@@ -362,10 +363,10 @@ fn quick_gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
 impl ClipAttention {
     fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let h = self.num_heads;
-        let q = heads(self.q_proj.forward(x.clone()), h);
-        let k = heads(self.k_proj.forward(x.clone()), h);
-        let v = heads(self.v_proj.forward(x), h);
-        self.out_proj.forward(merge_heads(sdpa(q, k, v, None)))
+        let q = heads(linear(&self.q_proj, x.clone()), h);
+        let k = heads(linear(&self.k_proj, x.clone()), h);
+        let v = heads(linear(&self.v_proj, x), h);
+        linear(&self.out_proj, merge_heads(sdpa(q, k, v, None)))
     }
 }
 
@@ -373,8 +374,8 @@ impl ClipEncoderLayer {
     /// `[N, Q, D]` -> `[N, Q, D]`.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         let x = x.clone() + self.self_attn.forward(self.layer_norm1.forward(x));
-        let hidden = quick_gelu(self.mlp.fc1.forward(self.layer_norm2.forward(x.clone())));
-        x + self.mlp.fc2.forward(hidden)
+        let hidden = quick_gelu(linear(&self.mlp.fc1, self.layer_norm2.forward(x.clone())));
+        x + linear(&self.mlp.fc2, hidden)
     }
 }
 
@@ -492,8 +493,10 @@ impl ClipVision {
     pub fn image_embeds(&self, last_hidden_state: Tensor<3>) -> Tensor<2> {
         let [n, _, d] = last_hidden_state.dims();
         let cls = last_hidden_state.narrow(1, 0, 1).reshape([n, d]);
-        self.visual_projection
-            .forward(self.vision_model.post_layernorm.forward(cls))
+        linear(
+            &self.visual_projection,
+            self.vision_model.post_layernorm.forward(cls),
+        )
     }
 }
 

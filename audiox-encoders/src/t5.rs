@@ -34,6 +34,7 @@ use serde::Deserialize;
 use serde_json::Value;
 
 use audiox_core::nn::{heads, merge_heads};
+use audiox_core::precision::linear;
 
 /// Official name of the token embedding.
 pub const SHARED_EMBEDDING: &str = "shared.weight";
@@ -397,16 +398,16 @@ impl T5Attention {
     /// `x` `[B, N, D]`, `bias` `[B or 1, H, N, N]` added to the (unscaled) logits.
     fn forward(&self, x: Tensor<3>, bias: Tensor<4>) -> Tensor<3> {
         let h = self.num_heads;
-        let q = heads(self.q.forward(x.clone()), h);
-        let k = heads(self.k.forward(x.clone()), h);
-        let v = heads(self.v.forward(x), h);
+        let q = heads(linear(&self.q, x.clone()), h);
+        let k = heads(linear(&self.k, x.clone()), h);
+        let v = heads(linear(&self.v, x), h);
         let options = AttentionModuleOptions {
             // No 1/sqrt(d) scaling in T5 (folded into the trained weights).
             scale: Some(1.0),
             ..Default::default()
         };
         let out = attention(q, k, v, None, Some(bias), options);
-        self.o.forward(merge_heads(out))
+        linear(&self.o, merge_heads(out))
     }
 }
 
@@ -414,9 +415,10 @@ impl T5Block {
     fn forward(&self, x: Tensor<3>, bias: Tensor<4>) -> Tensor<3> {
         let x = x.clone() + self.attention.forward(self.attention_norm.forward(x), bias);
         let ff = &self.feed_forward;
-        let y = ff.wo.forward(relu(
-            ff.wi.forward(self.feed_forward_norm.forward(x.clone())),
-        ));
+        let y = linear(
+            &ff.wo,
+            relu(linear(&ff.wi, self.feed_forward_norm.forward(x.clone()))),
+        );
         x + y
     }
 }

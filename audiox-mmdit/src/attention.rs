@@ -15,6 +15,7 @@ use burn::nn::{Linear, LinearConfig};
 use burn::tensor::{Device, Tensor};
 
 use audiox_core::nn::{merge_heads, sdpa};
+use audiox_core::precision::{held_precision, linear, reduce, widen};
 use audiox_core::weights::{Layout, Source, Transform};
 
 use crate::rope::RotaryTable;
@@ -110,7 +111,7 @@ impl AttentionConfig {
 impl SelfAttention {
     /// The packed projection `[B, N, E]` -> `[B, N, 3E]` (our contiguous `[q | k | v]` layout).
     pub fn project(&self, x: Tensor<3>) -> Tensor<3> {
-        self.qkv.forward(x)
+        linear(&self.qkv, x)
     }
 
     /// Attention from the packed projection: `[B, N, 3E]` -> heads merged `[B, N, E]`
@@ -170,8 +171,11 @@ impl TimeCrossAttention {
         let device = self.to_kv.weight.device();
         let [e, two_e] = self.to_kv.weight.shape().dims();
         let key_half = if two_e == 2 * e {
-            let data = self.to_kv.weight.val().narrow(1, 0, e).into_data();
-            Tensor::<2>::from_data(data, &device)
+            // Copied out of the packed weight, in the precision it is held in.
+            let weight = self.to_kv.weight.val();
+            let precision = held_precision(&weight);
+            let data = widen(weight).narrow(1, 0, e).into_data();
+            reduce(Tensor::<2>::from_data(data, &device), precision)
         } else {
             self.to_kv.weight.val() // already released
         };
@@ -192,7 +196,7 @@ impl TimeCrossAttention {
         // context token gets softmax weight exactly 1, so the result is RMS(k) itself.
         let [b, e] = time.dims();
         let hd = e / self.heads;
-        let key_weight = self.to_kv.weight.val().narrow(1, 0, e); // [E, E], no copy
+        let key_weight = widen(self.to_kv.weight.val()).narrow(1, 0, e); // [E, E], no copy in f32
         let key = time.matmul(key_weight).reshape([b, 1, self.heads, hd]);
         rms_norm(key, QK_NORM_EPS).reshape([b, 1, e])
     }

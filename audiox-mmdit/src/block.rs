@@ -17,6 +17,7 @@ use burn::tensor::module::layer_norm;
 use burn::tensor::{Device, Tensor};
 
 use audiox_core::Result;
+use audiox_core::precision::linear;
 use audiox_core::tensor::from_vec;
 
 use crate::attention::{AttentionConfig, SelfAttention, TimeCrossAttention, to_interleaved};
@@ -140,7 +141,7 @@ fn layer_norm_plain(x: Tensor<3>) -> Tensor<3> {
 impl DitBlock {
     /// The packed modulation `[B, N, 6E]` of the activated conditioning `SiLU(m)` `[B, N, E]`.
     pub fn modulation(&self, activated_cond: Tensor<3>) -> Tensor<3> {
-        self.ada_ln_modulation.forward(activated_cond)
+        linear(&self.ada_ln_modulation, activated_cond)
     }
 
     /// `h` `[B, N, E]` -> `[B, N, E]` with this block's prepared modulation, the rotary table

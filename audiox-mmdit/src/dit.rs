@@ -23,6 +23,7 @@ use burn::tensor::{Device, Tensor};
 use serde::{Deserialize, Serialize};
 
 use audiox_core::config::{checked_mul, positive};
+use audiox_core::precision::linear;
 use audiox_core::weights::{Component, Layout, LoadReport, WeightSource, load_module};
 use audiox_core::{Error, Result};
 
@@ -462,10 +463,10 @@ impl Dit {
                 &[batch, n, w],
             ));
         }
-        let m = self.proj_mm_tokens.forward(context); // [B, Nctx, E]
+        let m = linear(&self.proj_mm_tokens, context); // [B, Nctx, E]
         record(&mut trace, || "mid.proj_mm_tokens".into(), &m);
         // Linear over the token axis: one conditioning vector per sequence position.
-        let m = self.proj_mm_seq_len.forward(m.swap_dims(1, 2)); // [B, E, L+1]
+        let m = linear(&self.proj_mm_seq_len, m.swap_dims(1, 2)); // [B, E, L+1]
         record(&mut trace, || "mid.proj_mm_seq_len".into(), &m);
         let activated = silu(m.swap_dims(1, 2)); // [B, L+1, E], shared by every block
         let mut blocks = Vec::with_capacity(self.blocks.len());
@@ -570,7 +571,7 @@ impl Dit {
             || "mid.preprocess_conv".into(),
             || pre.clone().swap_dims(1, 2),
         );
-        let h = self.project_in.forward(pre + tokens); // [B, L, E]
+        let h = linear(&self.project_in, pre + tokens); // [B, L, E]
         record(&mut trace, || "mid.project_in".into(), &h);
         let mut h = Tensor::cat(vec![time.clone().unsqueeze_dim(1), h], 1); // [B, L+1, E]
 
@@ -586,7 +587,7 @@ impl Dit {
             record(&mut trace, || format!("mid.block{i}"), &h);
         }
 
-        let y = self.project_out.forward(h); // [B, L+1, C]
+        let y = linear(&self.project_out, h); // [B, L+1, C]
         record(&mut trace, || "mid.project_out".into(), &y);
         let y = y.narrow(1, 1, l); // drop the time token
         let post = self.postprocess_conv.forward(y.clone());

@@ -29,6 +29,7 @@ use audiox_core::nn::{
     TorchEncoderLayer, TorchEncoderLayerConfig, TorchMultiheadAttention,
     TorchMultiheadAttentionConfig, with_torch_mha_names,
 };
+use audiox_core::precision::linear;
 use audiox_core::weights::{
     Component, Layout, LoadReport, WeightSource, load_module, official_names,
 };
@@ -306,11 +307,10 @@ impl MafBlock {
             .map(|s| s.clone().mean_dim(1).reshape([batch, d]))
             .collect();
         let pooled = Tensor::cat(pooled, 1); // [B, 3D]
-        let gates = sigmoid(
-            self.gating_network
-                .out
-                .forward(gelu(self.gating_network.hidden.forward(pooled))),
-        ); // [B, 3]
+        let gates = sigmoid(linear(
+            &self.gating_network.out,
+            gelu(linear(&self.gating_network.hidden, pooled)),
+        )); // [B, 3]
         record(&mut trace, || "mid.gates".into(), &gates);
 
         // 2. The gated concatenation.

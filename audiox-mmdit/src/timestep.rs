@@ -6,6 +6,8 @@ use burn::nn::{Initializer, Linear, LinearConfig};
 use burn::tensor::activation::silu;
 use burn::tensor::{Device, Tensor};
 
+use audiox_core::precision::linear;
+
 /// Learned Fourier features (official `timestep_features`): `f = (2 pi t) w_j` for the learned
 /// frequencies `w`, returned as `[cos f, sin f]` (cosines first).
 #[derive(Module, Debug)]
@@ -76,7 +78,7 @@ impl TimestepEmbedding {
     /// `t` `[B]` -> `(features [B, F], embedding [B, E])`.
     pub fn forward(&self, t: Tensor<1>) -> (Tensor<2>, Tensor<2>) {
         let features = self.features.forward(t);
-        let hidden = silu(self.linear_in.forward(features.clone()));
-        (features, self.linear_out.forward(hidden))
+        let hidden = silu(linear(&self.linear_in, features.clone()));
+        (features, linear(&self.linear_out, hidden))
     }
 }

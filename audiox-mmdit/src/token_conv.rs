@@ -12,9 +12,10 @@
 use burn::config::Config;
 use burn::module::{Module, Param};
 use burn::nn::Initializer;
-use burn::tensor::module::linear;
 use burn::tensor::ops::PadMode;
 use burn::tensor::{Device, Tensor};
+
+use audiox_core::precision::matmul_weight;
 
 /// Configuration of a [`TokenConv`].
 #[derive(Config, Debug)]
@@ -84,9 +85,13 @@ impl TokenConv {
     /// kernel size: `[B, N, k * Cin]` -> `[B, N, Cout]`. Lets layers that share an input
     /// (the SwiGLU's `w1` and `w3`) unfold it once.
     pub fn forward_unfolded(&self, unfolded: Tensor<3>) -> Tensor<3> {
-        let [k, c_in, c_out] = self.weight.lazy_shape().dims();
-        let weight = self.weight.val().reshape([k * c_in, c_out]);
-        linear(unfolded, weight, self.bias.as_ref().map(Param::val))
+        // The kernel read as `[k * c_in, c_out]`, in whatever precision it is held
+        // (audiox_core::precision; an f32 kernel takes burn's `linear` as before).
+        matmul_weight(
+            unfolded,
+            self.weight.val(),
+            self.bias.as_ref().map(Param::val),
+        )
     }
 }
 

@@ -64,14 +64,7 @@ fn a_tiny_dit_fits_a_fixed_batch_under_autodiff() {
     );
     let config = audiox::ModelConfig::from_file(path).unwrap();
     let device = Device::flex().autodiff();
-    let mut dit = random_init(
-        config
-            .dit()
-            .clone()
-            .init(&device)
-            .unwrap(),
-        3,
-    );
+    let mut dit = random_init(config.dit().clone().init(&device).unwrap(), 3);
     let (c, l) = (dit.io_channels(), dit.latent_length());
     let [tokens, d] = dit.context_shape();
     let batch = 2;

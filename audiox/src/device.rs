@@ -21,7 +21,8 @@ use burn::tensor::{Device, FloatDType};
 
 use audiox_core::{Error, Result};
 
-/// The float type a device computes in.
+/// The float type a device computes in (GPU devices). How the weights are held, on any device,
+/// is [`crate::WeightPrecision`] ([`crate::AudioXBuilder::weights_precision`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Precision {
     /// 32-bit float (the default; what the parity fixtures are checked in).
@@ -101,7 +102,9 @@ pub fn select_device(name: &str, precision: Precision) -> Result<Device> {
         "cpu" | "flex" => {
             if precision != Precision::F32 {
                 return Err(Error::InvalidRequest(format!(
-                    "precision {precision} is for GPU devices; the CPU device computes in f32"
+                    "precision {precision} is for GPU devices; the CPU device computes in f32 \
+                     (to hold the weights in bf16 or int8 on the CPU, use \
+                     AudioXBuilder::weights_precision)"
                 )));
             }
             Device::flex()

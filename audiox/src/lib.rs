@@ -57,6 +57,7 @@ pub use postprocess::OutputOptions;
 pub use audiox_core::audio::{Audio, WavFormat};
 pub use audiox_core::limits::Limits;
 pub use audiox_core::noise::{NoiseSource, ReplayNoise, SeededNoise};
+pub use audiox_core::precision::{HeldBytes, WeightPrecision};
 pub use audiox_core::weights::LoadReport;
 pub use audiox_core::{Error, Result};
 pub use audiox_encoders::frames::{FrameSampling, ImageScaling, StillImage, VideoFrames};

@@ -8,6 +8,7 @@ use std::time::Instant;
 use burn::tensor::Device;
 
 use audiox_core::limits::Limits;
+use audiox_core::precision::{HeldBytes, WeightPrecision, held_bytes};
 use audiox_core::weights::{
     Component, LoadReport, StateDict, WeightSource, official_names, resolve_official_keys,
 };
@@ -61,6 +62,8 @@ pub(crate) struct Components {
     pub paths: CheckpointPaths,
     /// Bounds every request is checked against (`crate::limits`).
     pub limits: Limits,
+    /// How the matmul weights are held.
+    pub precision: WeightPrecision,
 }
 
 /// A loaded AudioX-Turbo model. Cheap to clone (shared), `Send + Sync`: several threads may
@@ -140,6 +143,43 @@ impl AudioX {
     pub fn limits(&self) -> &Limits {
         &self.inner.limits
     }
+
+    /// How the matmul weights are held (see [`AudioXBuilder::weights_precision`]).
+    pub fn weights_precision(&self) -> WeightPrecision {
+        self.inner.precision
+    }
+
+    /// The bytes every loaded weight takes, by the type it is held in (read from the tensors
+    /// themselves): what [`AudioXBuilder::weights_precision`] saved.
+    ///
+    /// ```no_run
+    /// use audiox::{AudioX, WeightPrecision};
+    /// let model = AudioX::builder()
+    ///     .checkpoint_dir("checkpoints")
+    ///     .weights_precision(WeightPrecision::Bf16)
+    ///     .build()?;
+    /// let held = model.held_weight_bytes();
+    /// println!("{:.2} GB of weights, {:.2} GB in bf16", held.total() as f64 / 1e9, held.bf16 as f64 / 1e9);
+    /// # Ok::<(), audiox::Error>(())
+    /// ```
+    pub fn held_weight_bytes(&self) -> HeldBytes {
+        let c = &self.inner;
+        let mut bytes = held_bytes(&c.dit);
+        bytes.add(held_bytes(&c.maf));
+        bytes.add(held_bytes(&c.text.encoder));
+        bytes.add(held_bytes(&c.video));
+        bytes.add(held_bytes(&c.audio.model));
+        bytes.add(held_bytes(&c.decoder));
+        if let Some(s) = &c.synchformer {
+            bytes.add(held_bytes(s));
+        }
+        bytes
+    }
+
+    /// The bytes the diffusion transformer's weights take, by held type.
+    pub fn held_dit_bytes(&self) -> HeldBytes {
+        held_bytes(&self.inner.dit)
+    }
 }
 
 /// Builds an [`AudioX`] from a checkpoint folder in the official layout (see
@@ -151,6 +191,7 @@ pub struct AudioXBuilder {
     device: Device,
     chunked_decode: Option<ChunkedDecode>,
     limits: Limits,
+    precision: WeightPrecision,
 }
 
 impl Default for AudioXBuilder {
@@ -161,6 +202,7 @@ impl Default for AudioXBuilder {
             device: Device::flex(),
             chunked_decode: None,
             limits: Limits::default(),
+            precision: WeightPrecision::F32,
         }
     }
 }
@@ -248,13 +290,43 @@ impl AudioXBuilder {
         self
     }
 
+    /// How the matmul weights are held in memory (default [`WeightPrecision::F32`], which
+    /// computes exactly what the reference computes):
+    ///
+    /// * `Bf16`: the linear and token-convolution weights of the diffusion transformer, the
+    ///   MAF block, T5, CLIP and the video conditioner in bfloat16 (half their memory),
+    ///   multiplied on native bf16 dot products where the CPU has AVX512-BF16 (activations
+    ///   rounded to bf16, sums in f32), else widened to f32 for each product.
+    /// * `Int8`: the diffusion transformer's linear and token-convolution weights in int8 with
+    ///   one f32 scale per output channel and block of up to 255 input rows (about a quarter of
+    ///   their f32 memory), multiplied on AVX512-VNNI integer dot products where the CPU has
+    ///   them (activations quantised per token), else dequantised to f32 for each product; the
+    ///   others as with `Bf16`.
+    ///
+    /// Biases, norms, embeddings, the VAE and the Synchformer stay f32. Each weight is converted
+    /// as it is read, so loading never holds an f32 copy of the whole model. The error of each
+    /// choice against f32 is measured in `docs/performance.md` ("Precision").
+    ///
+    /// ```no_run
+    /// use audiox::{AudioX, WeightPrecision};
+    /// let model = AudioX::builder()
+    ///     .checkpoint_dir("checkpoints")
+    ///     .weights_precision(WeightPrecision::Int8)
+    ///     .build()?;
+    /// # Ok::<(), audiox::Error>(())
+    /// ```
+    pub fn weights_precision(mut self, precision: WeightPrecision) -> Self {
+        self.precision = precision;
+        self
+    }
+
     /// Loads every file and builds the model.
     pub fn build(self) -> Result<AudioX> {
         let paths = match &self.dir {
             Some(dir) => CheckpointPaths::from_dir(dir)?.overridden_by(&self.files),
             None => self.files.clone(),
         };
-        let mut components = load(paths, self.device, self.chunked_decode)?;
+        let mut components = load(paths, self.device, self.chunked_decode, self.precision)?;
         components.limits = self.limits;
         Ok(AudioX {
             inner: Arc::new(components),
@@ -266,6 +338,7 @@ fn load(
     paths: CheckpointPaths,
     device: Device,
     chunked_decode: Option<ChunkedDecode>,
+    precision: WeightPrecision,
 ) -> Result<Components> {
     let started = Instant::now();
     let config = match &paths.config {
@@ -314,6 +387,9 @@ fn load(
         ..Default::default()
     };
     let ckpt = |prefix| WeightSource::with_prefix(&checkpoint, prefix);
+    // The conditioners' matmul weights (T5, CLIP and the video conditioner, MAF) are held in
+    // bf16 under either reduced precision; int8 is for the diffusion transformer only.
+    let conditioners = precision.conditioners();
 
     // Every component loads the same way: `X::load(&config, &sources, &device)`. Where a
     // component has a file of its own, it comes first and the checkpoint's copy overrides it
@@ -321,14 +397,21 @@ fn load(
     let text = {
         let t5 = StateDict::open(audiox_encoders::hf_weights_file(&t5_dir, "T5")?)?;
         loaded(
-            TextConditioner::load(&parts.text, &[WeightSource::new(&t5)], &device),
+            TextConditioner::load(
+                &parts.text,
+                &[WeightSource::new(&t5).with_precision(conditioners)],
+                &device,
+            ),
             &mut report,
         )?
     };
     let video = {
         let clip = VideoConditioner::clip_weights(&clip_dir)?;
-        let mut sources: Vec<WeightSource<'_>> = clip.iter().map(WeightSource::new).collect();
-        sources.push(ckpt(prefixes::VIDEO));
+        let mut sources: Vec<WeightSource<'_>> = clip
+            .iter()
+            .map(|d| WeightSource::new(d).with_precision(conditioners))
+            .collect();
+        sources.push(ckpt(prefixes::VIDEO).with_precision(conditioners));
         loaded(
             VideoConditioner::load(&parts.video, &sources, &device),
             &mut report,
@@ -346,13 +429,21 @@ fn load(
         )?
     };
     let maf = loaded(
-        MafBlock::load(&parts.maf, &[ckpt(prefixes::MAF)], &device),
+        MafBlock::load(
+            &parts.maf,
+            &[ckpt(prefixes::MAF).with_precision(conditioners)],
+            &device,
+        ),
         &mut report,
     )?;
     // Loaded (and checked against the official key set), then what never reaches the
     // output is freed (0.47 GB at full size).
     let dit = loaded(
-        Dit::load(&parts.dit, &[ckpt(prefixes::DIT)], &device),
+        Dit::load(
+            &parts.dit,
+            &[ckpt(prefixes::DIT).with_precision(precision)],
+            &device,
+        ),
         &mut report,
     )?
     .without_dead_weights();
@@ -405,6 +496,7 @@ fn load(
         report,
         paths,
         limits: Limits::default(),
+        precision,
     })
 }
 

@@ -4,12 +4,13 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
 
 use burn::module::{Module, ModuleMapper, Param};
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::{Device, Tensor};
 
 use super::layout::{Layout, Source, Transform};
 use super::params::param_specs;
 use super::state_dict::StateDict;
 use crate::error::{Error, Result};
+use crate::precision::{WeightPrecision, hold, is_matmul_weight};
 
 /// The loading contract every model component follows: built from its own config type, its
 /// weights read from `sources` in the component's official names (each source looked up under
@@ -41,17 +42,32 @@ pub struct WeightSource<'a> {
     pub dict: &'a StateDict,
     /// Prepended to every official name (`"model.model."`, or `""`).
     pub prefix: &'a str,
+    /// How the matmul weights read from this source are held (default f32; see
+    /// [`WeightSource::with_precision`]).
+    pub precision: WeightPrecision,
 }
 
 impl<'a> WeightSource<'a> {
     /// The whole file, no prefix.
     pub fn new(dict: &'a StateDict) -> Self {
-        WeightSource { dict, prefix: "" }
+        Self::with_prefix(dict, "")
     }
 
     /// The tensors under `prefix`.
     pub fn with_prefix(dict: &'a StateDict, prefix: &'a str) -> Self {
-        WeightSource { dict, prefix }
+        WeightSource {
+            dict,
+            prefix,
+            precision: WeightPrecision::F32,
+        }
+    }
+
+    /// The same source with its matmul weights (the `weight` of every module listed in
+    /// [`crate::precision::MATMUL_WEIGHT_MODULES`]) held in `precision`. Each one is converted as
+    /// it is read: loading never holds more than the converted model plus one tensor in f32.
+    pub fn with_precision(mut self, precision: WeightPrecision) -> Self {
+        self.precision = precision;
+        self
     }
 }
 
@@ -117,6 +133,8 @@ struct Found<'a> {
     source: Source,
     dict: &'a StateDict,
     keys: Vec<String>,
+    /// How the parameter is held once computed.
+    precision: WeightPrecision,
 }
 
 /// Loads `module`'s parameters from `sources` (later sources override earlier ones, per
@@ -142,7 +160,7 @@ pub fn load_module<M: Module>(
                 .map(|k| format!("{}{k}", s.prefix))
                 .collect();
             if keys.iter().all(|k| s.dict.get(k).is_some()) {
-                return Some((s.dict, keys, official.clone()));
+                return Some((s.dict, keys, official.clone(), s.precision));
             }
             let fused = fused_weight_norm_key(&official)?;
             let key = format!("{}{fused}", s.prefix);
@@ -151,16 +169,16 @@ pub fn load_module<M: Module>(
                     keys: vec![fused],
                     transform: Transform::Identity,
                 };
-                (s.dict, vec![key], source)
+                (s.dict, vec![key], source, s.precision)
             })
         });
         let mut found = candidates.next();
         for later in candidates {
-            if let Some((dict, keys, _)) = found.replace(later) {
+            if let Some((dict, keys, _, _)) = found.replace(later) {
                 shadowed.extend(keys.into_iter().map(|k| (dict.path().to_path_buf(), k)));
             }
         }
-        let Some((dict, keys, source)) = found else {
+        let Some((dict, keys, source, precision)) = found else {
             let missing_key = official.keys.first().cloned().unwrap_or_default();
             return Err(Error::MissingWeight {
                 key: missing_key,
@@ -187,7 +205,21 @@ pub fn load_module<M: Module>(
         for k in &keys {
             consumed.insert((dict.path().to_path_buf(), k.clone()));
         }
-        plan.insert(spec.path.clone(), Found { source, dict, keys });
+        // Only matmul weights are held in a reduced precision.
+        let precision = if is_matmul_weight(&spec.module, &spec.path, spec.shape.len()) {
+            precision
+        } else {
+            WeightPrecision::F32
+        };
+        plan.insert(
+            spec.path.clone(),
+            Found {
+                source,
+                dict,
+                keys,
+                precision,
+            },
+        );
     }
 
     let mut applier = Applier {
@@ -294,7 +326,9 @@ impl ModuleMapper for Applier<'_> {
         match compute(&found, &shape) {
             Ok(values) => {
                 let device = param.lazy_device();
-                let tensor = Tensor::<D>::from_data(TensorData::new(values, shape), &device);
+                // Converted here, one tensor at a time: the f32 `values` are this one
+                // parameter's reading buffer, dropped before the next is read.
+                let tensor = hold::<D>(values, shape, found.precision, &device);
                 self.applied.push(AppliedWeight {
                     param: path,
                     keys: found.keys.clone(),

@@ -12,6 +12,7 @@
 //! [`TemporalTransformer::layout_rules`] maps ours to them.
 
 use audiox_core::nn::{heads, merge_heads, sdpa};
+use audiox_core::precision::linear;
 use audiox_core::weights::Layout;
 use burn::config::Config;
 use burn::module::Module;
@@ -112,19 +113,19 @@ pub struct TemporalTransformer {
 impl TemporalLayer {
     /// `[S, T, D]` -> `[S, T, D]`.
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
-        let qkv = self.to_qkv.forward(self.attn_norm.forward(x.clone()));
+        let qkv = linear(&self.to_qkv, self.attn_norm.forward(x.clone()));
         let inner = qkv.dims()[2] / 3;
         let q = heads(qkv.clone().narrow(2, 0, inner), self.heads);
         let k = heads(qkv.clone().narrow(2, inner, inner), self.heads);
         let v = heads(qkv.narrow(2, 2 * inner, inner), self.heads);
         let attended = merge_heads(sdpa(q, k, v, Some(self.scale)));
         let attended = match &self.to_out {
-            Some(to_out) => to_out.forward(attended),
+            Some(to_out) => linear(to_out, attended),
             None => attended,
         };
         let x = x + attended;
-        let hidden = gelu(self.ff_in.forward(self.ff_norm.forward(x.clone())));
-        x + self.ff_out.forward(hidden)
+        let hidden = gelu(linear(&self.ff_in, self.ff_norm.forward(x.clone())));
+        x + linear(&self.ff_out, hidden)
     }
 }
 

@@ -21,6 +21,7 @@
 
 use std::path::Path;
 
+use audiox_core::precision::linear;
 use audiox_core::weights::{Component, Layout, LoadReport, StateDict, WeightSource, load_module};
 use audiox_core::{Error, Result};
 use burn::module::{Module, Param};
@@ -313,14 +314,14 @@ impl VideoConditioner {
         let x = temporal.reshape([b, q, t, d]).swap_dims(1, 2);
         // upstream: the [B, T·Q, D] buffer is re-read as B·D rows of T·Q values (a memory
         // reinterpretation, not a transpose); the weights were trained on this layout.
-        self.proj.forward(x.reshape([b * d, t * q]))
+        linear(&self.proj, x.reshape([b * d, t * q]))
     }
 
     /// `proj_sync` on sync features `[B, R, D]`: `[B·D, Nv]`.
     pub fn project_sync(&self, sync: Tensor<3>) -> Tensor<2> {
         let [b, rows, d] = sync.dims();
         // upstream: the same memory reinterpretation, [B, R, D] read as B·D rows of R.
-        self.proj_sync.forward(sync.reshape([b * d, rows]))
+        linear(&self.proj_sync, sync.reshape([b * d, rows]))
     }
 
     /// `proj(...) + sync_weight · proj_sync(...)`, each `[B·D, Nv]` re-read as `[B, Nv, D]`.

@@ -1,0 +1,592 @@
+//! How the large matmul weights are held in memory: f32 (the default, bit-identical to the
+//! reference), bf16, or int8 with per-output-channel block scales.
+//!
+//! A reduced weight is multiplied by `audiox_kernels::bf16` / `audiox_kernels::int8`
+//! ([`linear`], [`matmul_weight`]): native AVX512-BF16 / AVX512-VNNI dot products where the CPU
+//! has them, else the weight widened to f32 just before its product (one transient f32 copy of
+//! one weight at a time, [`widen`]). Resident memory of a converted weight is half (bf16) or
+//! about a quarter (int8) of f32.
+//!
+//! Which parameters are converted: the `weight` of every module whose type is listed in
+//! [`MATMUL_WEIGHT_MODULES`] (burn's `Linear` and the DiT's `TokenConv`) with at least two
+//! axes, in the components the caller asks for (see [`crate::weights::WeightSource::with_precision`]).
+//! Biases, norms, embeddings and convolution kernels stay f32.
+//!
+//! ```
+//! use audiox_core::precision::{WeightPrecision, reduce, widen};
+//! use burn::tensor::{DType, Device, Tensor};
+//!
+//! let device = Device::flex();
+//! let w = Tensor::<2>::from_floats([[0.5, -1.25], [2.0, 0.125]], &device);
+//! let held = reduce(w.clone(), WeightPrecision::Bf16);
+//! assert_eq!(held.dtype(), DType::BF16);
+//! // These values are exact in bf16, so widening gives them back.
+//! assert_eq!(widen(held).into_data(), w.into_data());
+//! assert_eq!("int8".parse::<WeightPrecision>()?, WeightPrecision::Int8);
+//! # Ok::<(), audiox_core::Error>(())
+//! ```
+
+use std::fmt;
+use std::str::FromStr;
+
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use burn::nn::Linear;
+use burn::tensor::quantization::{QuantScheme, QuantStore, QuantValue, QuantizedBytes, ScaleDtype};
+use burn::tensor::{
+    Bool, DType, Device, FloatDType, Int, Tensor, TensorCreationOptions, TensorData,
+};
+use half::bf16;
+use half::slice::HalfFloatSliceExt;
+use rayon::prelude::*;
+
+use crate::error::{Error, Result};
+
+/// How a model's large matmul weights are held in memory.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub enum WeightPrecision {
+    /// 32-bit float: the reference precision, bit-identical to the parity fixtures.
+    #[default]
+    F32,
+    /// bfloat16 weights (half the memory), widened to f32 for each product.
+    Bf16,
+    /// Symmetric int8 weights with one f32 scale per output channel and block of at most 255
+    /// input rows, dequantised to f32 for each product.
+    Int8,
+}
+
+impl WeightPrecision {
+    /// Every precision, f32 first.
+    pub const ALL: [WeightPrecision; 3] = [
+        WeightPrecision::F32,
+        WeightPrecision::Bf16,
+        WeightPrecision::Int8,
+    ];
+
+    /// The names [`FromStr`] accepts, for messages.
+    pub const NAMES: &'static str = "f32, bf16 or int8";
+
+    /// How the conditioners' matmul weights (T5, CLIP and the video conditioner, MAF) are held
+    /// when the model's precision is `self`: bf16 under either reduced precision (int8 is for
+    /// the diffusion transformer only), f32 under f32.
+    pub fn conditioners(self) -> WeightPrecision {
+        match self {
+            WeightPrecision::F32 => WeightPrecision::F32,
+            WeightPrecision::Bf16 | WeightPrecision::Int8 => WeightPrecision::Bf16,
+        }
+    }
+}
+
+impl fmt::Display for WeightPrecision {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            WeightPrecision::F32 => "f32",
+            WeightPrecision::Bf16 => "bf16",
+            WeightPrecision::Int8 => "int8",
+        })
+    }
+}
+
+impl FromStr for WeightPrecision {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "f32" | "fp32" | "float32" => Ok(WeightPrecision::F32),
+            "bf16" | "bfloat16" => Ok(WeightPrecision::Bf16),
+            "int8" | "i8" | "q8" => Ok(WeightPrecision::Int8),
+            other => Err(Error::InvalidRequest(format!(
+                "weight precision `{other}`: expected {}",
+                WeightPrecision::NAMES
+            ))),
+        }
+    }
+}
+
+/// Module types whose `weight` is a matmul weight that a reduced precision converts.
+pub const MATMUL_WEIGHT_MODULES: [&str; 2] = ["Linear", "TokenConv"];
+
+/// Whether the parameter at `path` (dotted), owned by a module of type `module`, with `rank`
+/// axes, is a matmul weight that a reduced precision converts.
+pub fn is_matmul_weight(module: &str, path: &str, rank: usize) -> bool {
+    let name = path.rsplit('.').next().unwrap_or(path);
+    rank >= 2 && name == "weight" && MATMUL_WEIGHT_MODULES.contains(&module)
+}
+
+/// The precision a tensor is held in (`F32` for any other float type).
+pub fn held_precision<const D: usize>(t: &Tensor<D>) -> WeightPrecision {
+    match t.dtype() {
+        DType::BF16 => WeightPrecision::Bf16,
+        DType::QFloat(_) => WeightPrecision::Int8,
+        _ => WeightPrecision::F32,
+    }
+}
+
+/// The weight `w` as an f32 tensor for a product: returned as it is when it already is f32 (no
+/// copy, so f32 models compute exactly as before), widened from bf16, or dequantised from int8.
+pub fn widen<const D: usize>(w: Tensor<D>) -> Tensor<D> {
+    match w.dtype() {
+        DType::F32 => w,
+        DType::QFloat(scheme) => dequantize_int8(w, scheme),
+        DType::BF16 => widen_bf16(w),
+        _ => w.cast(FloatDType::F32),
+    }
+}
+
+/// bf16 -> f32 on all cores, reading the CPU backend's buffer in place (burn's cast converts
+/// one element at a time on one thread); burn's cast on other backends or layouts.
+fn widen_bf16<const D: usize>(w: Tensor<D>) -> Tensor<D> {
+    const CHUNK: usize = 1 << 16;
+    if let Ok(flex) = w.clone().try_into_primitive::<burn::backend::Flex>()
+        && let Some(src) = flex.as_slice::<bf16>()
+    {
+        let mut out = vec![0.0f32; src.len()];
+        out.par_chunks_mut(CHUNK)
+            .zip(src.par_chunks(CHUNK))
+            .for_each(|(o, s)| s.convert_to_f32_slice(o));
+        return Tensor::from_data(TensorData::new(out, w.dims().to_vec()), &w.device());
+    }
+    w.cast(FloatDType::F32)
+}
+
+/// `x W + b` for a burn `Linear` whose weight may be held in any [`WeightPrecision`] (burn's
+/// own `Linear::forward` needs the weight in the input's float type). See [`matmul_weight`].
+pub fn linear<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> {
+    matmul_weight(x, layer.weight.val(), layer.bias.as_ref().map(|b| b.val()))
+}
+
+/// `x W + b` for a matmul weight `W` of any rank read as `[rows, n]` (a `Linear` weight
+/// `[k, n]`, a `TokenConv` kernel `[taps, c_in, c_out]`), `x` `[.., rows]`, `b` `[n]`:
+///
+/// * f32 weight: burn's `linear` on the weight as it is (exactly what the model computed
+///   before weight precisions existed);
+/// * bf16 weight: `audiox_kernels::bf16` (native AVX512-BF16 dot products where the CPU has
+///   them: the activations are rounded to bf16 too, sums in f32; elsewhere the weight widened
+///   to f32 and the f32 GEMM);
+/// * int8 weight: `audiox_kernels::int8` (AVX512-VNNI integer dot products with the activations
+///   quantised per token where the CPU has them; elsewhere the weight dequantised to f32 and the
+///   f32 GEMM);
+///
+/// and, where a kernel does not apply (another backend, a strided input), the weight widened to
+/// f32 ([`widen`]) and burn's `linear`.
+pub fn matmul_weight<const D: usize, const W: usize>(
+    x: Tensor<D>,
+    w: Tensor<W>,
+    bias: Option<Tensor<1>>,
+) -> Tensor<D> {
+    let dims = w.dims();
+    let n = dims[W - 1];
+    let k: usize = dims[..W - 1].iter().product();
+    match w.dtype() {
+        DType::BF16 => {
+            let w: Tensor<2> = w.reshape([k, n]);
+            if let Some(out) = audiox_kernels::bf16::linear(&x, &w, bias.as_ref()) {
+                return out;
+            }
+            burn::tensor::module::linear(x, widen(w), bias.map(widen))
+        }
+        DType::QFloat(scheme) => {
+            let Some(q) = quantized_weight(w.clone(), scheme, k, n) else {
+                return burn::tensor::module::linear(x, widen(w).reshape([k, n]), bias.map(widen));
+            };
+            let bias_values = bias.clone().map(|b| crate::tensor::to_vec(widen(b)));
+            if let Some(out) = audiox_kernels::int8::linear(&x, &q, bias_values.as_deref()) {
+                return out;
+            }
+            let w = Tensor::<2>::from_data(TensorData::new(q.to_f32(), vec![k, n]), &w.device());
+            burn::tensor::module::linear(x, w, bias.map(widen))
+        }
+        // f32 (widen is then the identity) and any other float type.
+        _ => burn::tensor::module::linear(x, widen(w).reshape([k, n]), bias.map(widen)),
+    }
+}
+
+/// The stored values and block scales of an int8 weight made by [`quantize_int8`], as the
+/// kernel's `[rows, n]` weight (`None` for a layout it cannot take).
+fn quantized_weight<const W: usize>(
+    w: Tensor<W>,
+    scheme: QuantScheme,
+    k: usize,
+    n: usize,
+) -> Option<audiox_kernels::int8::QuantizedWeight> {
+    let shape = w.dims().to_vec();
+    let (values, scales) = QuantizedBytes {
+        bytes: w.into_data().into_bytes(),
+        scheme,
+        shape: shape.into(),
+    }
+    .into_vec_i8();
+    let block = match scheme.block_size() {
+        Some(b) if W >= 2 => b.to_dim_vec(W)[W - 2].max(1) as usize,
+        _ => return None,
+    };
+    audiox_kernels::int8::QuantizedWeight::from_parts(k, n, block, values, scales.block)
+}
+
+/// The f32 tensor `t` held in `precision` (`F32`, or a tensor with no element: `t` itself).
+pub fn reduce<const D: usize>(t: Tensor<D>, precision: WeightPrecision) -> Tensor<D> {
+    if t.shape().num_elements() == 0 {
+        return t;
+    }
+    match precision {
+        WeightPrecision::F32 => t,
+        WeightPrecision::Bf16 => t.cast(FloatDType::BF16),
+        WeightPrecision::Int8 => {
+            let device = t.device();
+            let shape = t.dims().to_vec();
+            let values = crate::tensor::to_vec(widen(t));
+            Tensor::from_data(quantize_int8(&values, &shape), &device)
+        }
+    }
+}
+
+/// A tensor of `shape` from f32 `values`, held in `precision` (a tensor with no element stays
+/// f32). Nothing larger than the final tensor is allocated besides `values` itself (the
+/// loader's per-tensor reading buffer).
+pub fn hold<const D: usize>(
+    values: Vec<f32>,
+    shape: Vec<usize>,
+    precision: WeightPrecision,
+    device: &Device,
+) -> Tensor<D> {
+    let precision = if values.is_empty() {
+        WeightPrecision::F32
+    } else {
+        precision
+    };
+    match precision {
+        WeightPrecision::F32 => Tensor::from_data(TensorData::new(values, shape), device),
+        WeightPrecision::Bf16 => {
+            let halves: Vec<bf16> = values.par_iter().map(|&v| bf16::from_f32(v)).collect();
+            drop(values);
+            Tensor::from_data(
+                TensorData::new(halves, shape),
+                TensorCreationOptions::new(device.clone()).with_dtype(DType::BF16),
+            )
+        }
+        WeightPrecision::Int8 => {
+            let data = quantize_int8(&values, &shape);
+            drop(values);
+            Tensor::from_data(data, device)
+        }
+    }
+}
+
+/// Rows per scale block of an int8 weight with `rows` input rows: the largest divisor of
+/// `rows` that burn's block size (one byte per axis) can express, so each output channel gets
+/// as few scales as possible (one per 192 rows at width 1536, one per 128 at 4096).
+fn block_rows(rows: usize) -> usize {
+    (1..=rows.min(255))
+        .rev()
+        .find(|b| rows.is_multiple_of(*b))
+        .unwrap_or(1)
+}
+
+/// Symmetric int8 quantisation of a matmul weight laid out `[.., in, out]` (burn `Linear`
+/// `[in, out]`, `TokenConv` `[k, in, out]`): one f32 scale per output channel and block of
+/// rows (`max |w| / 127` over the block), values rounded to nearest in `-127..=127`.
+pub fn quantize_int8(values: &[f32], shape: &[usize]) -> TensorData {
+    let rank = shape.len();
+    let cols = shape.last().copied().unwrap_or(1).max(1);
+    let inner_rows = if rank >= 2 { shape[rank - 2] } else { 1 };
+    let b = block_rows(inner_rows.max(1));
+    let rows = values.len() / cols;
+    let row_blocks = rows / b;
+    // One scale per (row block, column), row-major: the layout burn's block grid uses.
+    let scales: Vec<f32> = (0..row_blocks)
+        .into_par_iter()
+        .flat_map_iter(|rb| {
+            let mut peak = vec![0.0f32; cols];
+            for row in values[rb * b * cols..(rb + 1) * b * cols].chunks_exact(cols) {
+                for (p, &v) in peak.iter_mut().zip(row) {
+                    *p = p.max(v.abs());
+                }
+            }
+            peak.into_iter().map(|p| p / 127.0)
+        })
+        .collect();
+    let quantized: Vec<i8> = values
+        .par_chunks(cols)
+        .enumerate()
+        .flat_map_iter(|(r, row)| {
+            let s = &scales[(r / b) * cols..(r / b + 1) * cols];
+            row.iter().zip(s).map(|(&v, &s)| {
+                if s > 0.0 {
+                    (v / s).round().clamp(-127.0, 127.0) as i8
+                } else {
+                    0
+                }
+            })
+        })
+        .collect();
+    let mut block = vec![1u8; rank.max(1)];
+    if rank >= 2 {
+        block[rank - 2] = b as u8;
+    }
+    let scheme = int8_scheme(&block);
+    TensorData::quantized(quantized, shape.to_vec(), scheme, &scales, None)
+}
+
+fn int8_scheme(block: &[u8]) -> QuantScheme {
+    QuantScheme::default()
+        .with_value(QuantValue::Q8S)
+        .with_store(QuantStore::Native)
+        .per_block(block, ScaleDtype::F32)
+}
+
+/// f32 values of an int8 weight made by [`quantize_int8`], on all cores (burn's own
+/// `dequantize` on the CPU backend locates each element's block with several integer
+/// divisions, on one thread).
+fn dequantize_int8<const D: usize>(w: Tensor<D>, scheme: QuantScheme) -> Tensor<D> {
+    let device = w.device();
+    let shape = w.dims().to_vec();
+    let data = w.into_data();
+    let (values, scales) = QuantizedBytes {
+        bytes: data.into_bytes(),
+        scheme,
+        shape: shape.clone().into(),
+    }
+    .into_vec_i8();
+    let cols = shape.last().copied().unwrap_or(1).max(1);
+    let rank = shape.len();
+    let b = match scheme.block_size() {
+        Some(block) if rank >= 2 => block.to_dim_vec(rank)[rank - 2].max(1) as usize,
+        _ => 0,
+    };
+    let block = scales.block;
+    let out: Vec<f32> = if b == 0 {
+        // One scale for the whole tensor.
+        let s = block.first().copied().unwrap_or(0.0);
+        values.par_iter().map(|&q| q as f32 * s).collect()
+    } else {
+        values
+            .par_chunks(cols)
+            .enumerate()
+            .flat_map_iter(|(r, row)| {
+                let s = &block[(r / b) * cols..(r / b + 1) * cols];
+                row.iter().zip(s).map(|(&q, &s)| q as f32 * s)
+            })
+            .collect()
+    };
+    Tensor::from_data(TensorData::new(out, shape), &device)
+}
+
+/// Converts the matmul weights of an in-memory `module` (see [`is_matmul_weight`]) to
+/// `precision`. Loading with [`crate::weights::WeightSource::with_precision`] does the same
+/// one tensor at a time; this is for models built in memory (random weights, tests), and
+/// briefly holds both copies of one weight.
+pub fn convert_module<M: Module>(module: M, precision: WeightPrecision) -> M {
+    if precision == WeightPrecision::F32 {
+        return module;
+    }
+    let mut mapper = Converter {
+        precision,
+        path: Vec::new(),
+        owners: Vec::new(),
+    };
+    module.map(&mut mapper)
+}
+
+struct Converter {
+    precision: WeightPrecision,
+    path: Vec<String>,
+    owners: Vec<String>,
+}
+
+fn owner_type(owners: &[String]) -> &str {
+    owners
+        .iter()
+        .rev()
+        .find_map(|c| {
+            c.strip_prefix("Struct:")
+                .or_else(|| c.strip_prefix("Enum:"))
+        })
+        .unwrap_or("")
+}
+
+impl ModuleMapper for Converter {
+    fn enter_module(&mut self, name: &str, container_type: &str) {
+        self.path.push(name.to_string());
+        self.owners.push(container_type.to_string());
+    }
+
+    fn exit_module(&mut self, _name: &str, _container_type: &str) {
+        self.path.pop();
+        self.owners.pop();
+    }
+
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        if !is_matmul_weight(owner_type(&self.owners), &self.path.join("."), D) {
+            return param;
+        }
+        let precision = self.precision;
+        param.map(|t| reduce(widen(t), precision))
+    }
+}
+
+/// Bytes of a module's float parameters, by the type they are held in.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct HeldBytes {
+    /// f32 parameters.
+    pub f32: u64,
+    /// bf16 parameters.
+    pub bf16: u64,
+    /// int8 parameters, their scales included.
+    pub int8: u64,
+    /// Parameters in any other float type.
+    pub other: u64,
+}
+
+impl HeldBytes {
+    /// All of them.
+    pub fn total(&self) -> u64 {
+        self.f32 + self.bf16 + self.int8 + self.other
+    }
+
+    /// Adds another count to this one.
+    pub fn add(&mut self, other: HeldBytes) {
+        self.f32 += other.f32;
+        self.bf16 += other.bf16;
+        self.int8 += other.int8;
+        self.other += other.other;
+    }
+}
+
+/// The bytes `module`'s float parameters take, by held type (read from each tensor's dtype, so
+/// a conversion that silently fell back to f32 shows here).
+pub fn held_bytes<M: Module>(module: &M) -> HeldBytes {
+    let mut counter = Counter(HeldBytes::default());
+    module.visit(&mut counter);
+    counter.0
+}
+
+struct Counter(HeldBytes);
+
+impl ModuleVisitor for Counter {
+    fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+        let t = param.val();
+        let n = t.shape().num_elements() as u64;
+        match t.dtype() {
+            DType::F32 => self.0.f32 += 4 * n,
+            DType::BF16 => self.0.bf16 += 2 * n,
+            DType::QFloat(scheme) => {
+                let per_scale = scheme
+                    .block_size()
+                    .map(|b| b.to_dim_vec(D).iter().map(|&x| x as u64).product::<u64>())
+                    .unwrap_or(n)
+                    .max(1);
+                self.0.int8 += n + 4 * n.div_ceil(per_scale);
+            }
+            other => self.0.other += (other.size() as u64) * n,
+        }
+    }
+
+    fn visit_int<const D: usize>(&mut self, _param: &Param<Tensor<D, Int>>) {}
+
+    fn visit_bool<const D: usize>(&mut self, _param: &Param<Tensor<D, Bool>>) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use burn::nn::LinearConfig;
+    use burn::tensor::Distribution;
+
+    fn max_rel(a: &[f32], b: &[f32]) -> f32 {
+        let scale = b.iter().fold(0.0f32, |m, x| m.max(x.abs()));
+        a.iter()
+            .zip(b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, f32::max)
+            / scale
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for p in WeightPrecision::ALL {
+            assert_eq!(p.to_string().parse::<WeightPrecision>().unwrap(), p);
+        }
+        assert!("f16".parse::<WeightPrecision>().is_err());
+    }
+
+    #[test]
+    fn empty_weights_stay_f32() {
+        let device = Device::flex();
+        for p in WeightPrecision::ALL {
+            let t = reduce(Tensor::<2>::zeros([0, 0], &device), p);
+            assert_eq!(t.dtype(), DType::F32);
+            let t: Tensor<2> = hold(Vec::new(), vec![0, 4], p, &device);
+            assert_eq!(t.dtype(), DType::F32);
+        }
+    }
+
+    #[test]
+    fn bf16_widening_matches_burns_cast() {
+        let device = Device::flex();
+        // Larger than one conversion chunk, so several threads take part.
+        let t = Tensor::<2>::random([300, 500], Distribution::Normal(0.0, 3.0), &device)
+            .cast(FloatDType::BF16);
+        let ours = widen(t.clone());
+        assert_eq!(ours.dtype(), DType::F32);
+        assert_eq!(
+            crate::tensor::to_vec(ours),
+            crate::tensor::to_vec(t.cast(FloatDType::F32))
+        );
+    }
+
+    #[test]
+    fn int8_round_trip_is_within_half_a_step_per_channel() {
+        let device = Device::flex();
+        // [k, in, out] with an in-axis (300) that 255 does not divide.
+        let shape = [3usize, 300, 7];
+        let w = Tensor::<3>::random(shape, Distribution::Normal(0.0, 1.0), &device);
+        let values = crate::tensor::to_vec(w.clone());
+        let held: Tensor<3> = hold(
+            values.clone(),
+            shape.to_vec(),
+            WeightPrecision::Int8,
+            &device,
+        );
+        assert!(matches!(held.dtype(), DType::QFloat(_)));
+        let back = crate::tensor::to_vec(widen(held));
+        // Per (block, column) the error is at most half a step of that block's scale.
+        let b = block_rows(300);
+        assert_eq!(b, 150);
+        let cols = 7;
+        for (i, (x, y)) in values.iter().zip(&back).enumerate() {
+            let (r, c) = (i / cols, i % cols);
+            let peak = (0..b)
+                .map(|j| values[((r / b) * b + j) * cols + c].abs())
+                .fold(0.0f32, f32::max);
+            assert!((x - y).abs() <= peak / 127.0 * 0.5 + 1e-6, "{i}: {x} {y}");
+        }
+        // burn's own dequantisation of the same tensor agrees.
+        let held: Tensor<3> = hold(values, shape.to_vec(), WeightPrecision::Int8, &device);
+        let burns = crate::tensor::to_vec(held.dequantize());
+        assert_eq!(burns, back);
+    }
+
+    #[test]
+    fn reduced_linear_is_close_and_f32_is_untouched() {
+        let device = Device::flex();
+        let layer = LinearConfig::new(64, 48).init(&device);
+        let x = Tensor::<3>::random([2, 5, 64], Distribution::Default, &device);
+        let want = crate::tensor::to_vec(layer.forward(x.clone()));
+        let same = convert_module(layer.clone(), WeightPrecision::F32);
+        assert_eq!(crate::tensor::to_vec(linear(&same, x.clone())), want);
+        for (p, tol) in [(WeightPrecision::Bf16, 1e-2), (WeightPrecision::Int8, 2e-2)] {
+            let reduced = convert_module(layer.clone(), p);
+            assert_eq!(held_precision(&reduced.weight.val()), p);
+            // The bias is not a matmul weight: it stays f32.
+            assert_eq!(reduced.bias.as_ref().unwrap().val().dtype(), DType::F32);
+            let got = crate::tensor::to_vec(linear(&reduced, x.clone()));
+            let err = max_rel(&got, &want);
+            assert!(err < tol && err > 0.0, "{p}: {err}");
+            let bytes = held_bytes(&reduced);
+            assert_eq!(bytes.f32, 4 * 48);
+            match p {
+                WeightPrecision::Bf16 => assert_eq!(bytes.bf16, 2 * 64 * 48),
+                _ => assert_eq!(bytes.int8, 64 * 48 + 4 * 48),
+            }
+        }
+    }
+}

@@ -1,0 +1,80 @@
+//! Loading into a reduced precision: only matmul weights are converted, each one as it is read,
+//! to exactly what converting the f32 module would give.
+
+use std::collections::BTreeMap;
+
+use audiox_core::nn::{TorchEncoderLayer, TorchEncoderLayerConfig, with_torch_mha_names};
+use audiox_core::precision::{WeightPrecision, convert_module, held_precision};
+use audiox_core::tensor::to_vec;
+use audiox_core::weights::{Layout, StateDict, WeightSource, load_module, official_names};
+use burn::module::Module;
+use burn::tensor::{DType, Device, Distribution, Tensor};
+
+/// Deterministic values for every official tensor of the layer.
+fn checkpoint(layer: &TorchEncoderLayer, layout: &Layout) -> StateDict {
+    let names: BTreeMap<String, Vec<usize>> = official_names(layer, layout);
+    let tensors = names
+        .into_iter()
+        .enumerate()
+        .map(|(i, (name, shape))| {
+            let n: usize = shape.iter().product();
+            let values = (0..n)
+                .map(|j| {
+                    let x = ((i * 7919 + j) as u32).wrapping_mul(2_654_435_761);
+                    ((x >> 8) as f32 / (1u32 << 24) as f32 - 0.5) * 0.4
+                })
+                .collect();
+            (name, shape, values)
+        })
+        .collect();
+    StateDict::from_f32("memory", tensors).unwrap()
+}
+
+fn load(dict: &StateDict, layout: &Layout, p: WeightPrecision) -> TorchEncoderLayer {
+    let device = Device::flex();
+    // Sizes from the layer config; the heads divide the width.
+    let fresh = TorchEncoderLayerConfig::new(32, 4, 64).init(&device);
+    load_module(fresh, layout, &[WeightSource::new(dict).with_precision(p)])
+        .unwrap()
+        .0
+}
+
+#[test]
+fn only_matmul_weights_are_converted_and_match_an_in_memory_conversion() {
+    let device = Device::flex();
+    let layout = with_torch_mha_names(Layout::new());
+    let template = TorchEncoderLayerConfig::new(32, 4, 64).init(&device);
+    let dict = checkpoint(&template, &layout);
+    let reference = load(&dict, &layout, WeightPrecision::F32);
+    let x = Tensor::<3>::random([2, 5, 32], Distribution::Default, &device);
+    let want = to_vec(reference.forward(x.clone()));
+    for p in [WeightPrecision::Bf16, WeightPrecision::Int8] {
+        let layer = load(&dict, &layout, p);
+        for w in [
+            layer.linear1.weight.val(),
+            layer.linear2.weight.val(),
+            layer.self_attn.in_proj.weight.val(),
+            layer.self_attn.out_proj.weight.val(),
+        ] {
+            assert_eq!(held_precision(&w), p);
+        }
+        // Biases and norms stay f32.
+        assert_eq!(
+            layer.linear1.bias.as_ref().unwrap().val().dtype(),
+            DType::F32
+        );
+        assert_eq!(layer.norm1.gamma.val().dtype(), DType::F32);
+        // The loader's conversion is the in-memory one, value for value.
+        let converted = convert_module(reference.clone(), p);
+        let got = to_vec(layer.forward(x.clone()));
+        assert_eq!(got, to_vec(converted.forward(x.clone())), "{p}");
+        let (mut e, mut n) = (0.0f64, 0.0f64);
+        for (a, b) in got.iter().zip(&want) {
+            e += ((a - b) as f64).powi(2);
+            n += (*b as f64).powi(2);
+        }
+        let rel = (e / n).sqrt();
+        assert!(rel > 0.0 && rel < 2e-2, "{p}: {rel}");
+        assert_eq!(layer.num_params(), reference.num_params());
+    }
+}
