@@ -91,35 +91,7 @@ pub fn matmul_widened(x: &[f32], m: usize, w: &[bf16], k: usize, n: usize, out: 
     wide.par_chunks_mut(1 << 16)
         .zip(w.par_chunks(1 << 16))
         .for_each(|(o, i)| i.convert_to_f32_slice(o));
-    let threads = rayon::current_num_threads();
-    // SAFETY: row-major [m, k] x [k, n] -> [m, n], strides within the three buffers.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            out.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            x.as_ptr(),
-            1,
-            k as isize,
-            wide.as_ptr(),
-            1,
-            n as isize,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            if threads > 1 {
-                gemm::Parallelism::Rayon(threads)
-            } else {
-                gemm::Parallelism::None
-            },
-        );
-    }
+    crate::gemm_f32(m, n, k, x, &wide, out);
 }
 
 /// The native path: the activations rounded to bf16 pairs once; then per panel of 32 output

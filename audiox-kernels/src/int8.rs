@@ -200,35 +200,7 @@ pub fn matmul_dequantized(x: &[f32], m: usize, w: &QuantizedWeight, out: &mut [f
     }
     let wide = w.to_f32();
     let (k, n) = (w.k, w.n);
-    let threads = rayon::current_num_threads();
-    // SAFETY: row-major [m, k] x [k, n] -> [m, n], strides within the three buffers.
-    unsafe {
-        gemm::gemm(
-            m,
-            n,
-            k,
-            out.as_mut_ptr(),
-            1,
-            n as isize,
-            false,
-            x.as_ptr(),
-            1,
-            k as isize,
-            wide.as_ptr(),
-            1,
-            n as isize,
-            0.0,
-            1.0,
-            false,
-            false,
-            false,
-            if threads > 1 {
-                gemm::Parallelism::Rayon(threads)
-            } else {
-                gemm::Parallelism::None
-            },
-        );
-    }
+    crate::gemm_f32(m, n, k, x, &wide, out);
 }
 
 /// One row of activations quantised symmetrically: `(a + 128)` as u8, four per u32 word (the

@@ -97,3 +97,38 @@ pub(crate) fn flex_f32_strided<const D: usize>(t: &Tensor<D>) -> Option<StridedF
 pub(crate) fn values(t: &FlexTensor) -> &[f32] {
     t.as_slice::<f32>().expect("checked by flex_f32")
 }
+
+/// `out[m, n] = x[m, k] · w[k, n]` in f32, all row-major, through the `gemm` crate on the
+/// global rayon pool (the portable path of the reduced-precision products).
+pub(crate) fn gemm_f32(m: usize, n: usize, k: usize, x: &[f32], w: &[f32], out: &mut [f32]) {
+    debug_assert!(x.len() >= m * k && w.len() >= k * n && out.len() >= m * n);
+    let threads = rayon::current_num_threads();
+    // SAFETY: row-major [m, k] x [k, n] -> [m, n], strides within the three buffers.
+    unsafe {
+        gemm::gemm(
+            m,
+            n,
+            k,
+            out.as_mut_ptr(),
+            1,
+            n as isize,
+            false,
+            x.as_ptr(),
+            1,
+            k as isize,
+            w.as_ptr(),
+            1,
+            n as isize,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            if threads > 1 {
+                gemm::Parallelism::Rayon(threads)
+            } else {
+                gemm::Parallelism::None
+            },
+        );
+    }
+}
