@@ -149,14 +149,14 @@ impl RunConfig {
                 .expect("the built-in demo config is JSON"),
             vae: VaeStageConfig {
                 optim: LoopSettings {
-                    steps: 5_000,
+                    steps: 3_000,
                     batch: 8,
                     lr: 3e-4,
                     warmup: 100,
                     checkpoint_every: 100,
                     keep_checkpoints: 2,
                 },
-                crop: 16_384,
+                crop: 16_000,
                 stft_sizes: vec![2048, 1024, 512, 256, 128],
                 stft_weight: 1.0,
                 l1_weight: 1.0,
