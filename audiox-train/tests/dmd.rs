@@ -9,7 +9,7 @@ use audiox::sampler::{Dmd, Sampler, StepControl};
 use audiox_core::noise::{ReplayNoise, labels};
 use audiox_mmdit::Dit;
 use audiox_train::train::dmd::{
-    Denoiser, DmdNoise, PAIRS_FILE, Prompts, distribution_matching_gradient, dmd_gradient,
+    Denoiser, DmdNoise, PAIRS_FILE, Prompts, Scores, distribution_matching_gradient, dmd_gradient,
     dmd_surrogate, fake_score_loss, fresh_copy, generator_dmd_loss, student_input,
     student_prediction, student_times,
 };
@@ -169,10 +169,12 @@ fn each_loss_reaches_only_its_own_model() {
 
     // The generator loss: gradients for the student only.
     let z = latent(&teacher, 2, 1, &device);
-    let (loss, x0) = generator_dmd_loss(
-        &student, &teacher, &fake, z, 0.75, &context, &noise, &mut rng,
-    )
-    .unwrap();
+    let scores = Scores {
+        teacher: &teacher,
+        fake: &fake,
+    };
+    let (loss, x0) =
+        generator_dmd_loss(&student, scores, z, 0.75, &context, &noise, &mut rng).unwrap();
     let mut grads = loss.backward();
     assert_eq!(
         count_grads(&mut grads, &fake),
@@ -249,8 +251,17 @@ fn the_gradient_vanishes_when_the_fake_score_is_the_teacher() {
         };
         let mut rng = ChaCha8Rng::seed_from_u64(9);
         values(
-            distribution_matching_gradient(x0.clone(), &teacher, fake, &context, &noise, &mut rng)
-                .unwrap(),
+            distribution_matching_gradient(
+                x0.clone(),
+                Scores {
+                    teacher: &teacher,
+                    fake,
+                },
+                &context,
+                &noise,
+                &mut rng,
+            )
+            .unwrap(),
         )
     };
     let same = grad(&fake, 1.0);

@@ -177,7 +177,8 @@ pub fn fresh_copy<M: Module>(module: &M, device: &Device) -> M {
         fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
             let device = self.0.clone();
             param.map(move |old| {
-                let require_grad = old.is_require_grad();
+                // Without autodiff there is no gradient to require (and asking would panic).
+                let require_grad = old.is_require_grad() && device.is_autodiff();
                 Tensor::from_data(old.into_data(), &device).set_require_grad(require_grad)
             })
         }
@@ -259,6 +260,15 @@ impl DmdNoise {
     }
 }
 
+/// The two score models of the distribution-matching gradient.
+#[derive(Clone, Copy, Debug)]
+pub struct Scores<'a, M> {
+    /// The frozen teacher (the "real" score).
+    pub teacher: &'a M,
+    /// The fake-score model (tracks the student's distribution).
+    pub fake: &'a M,
+}
+
 /// `x_t = (1 - t) x0 + t eps` for per-row times; returns `(x_t, t, eps)`.
 fn noised(
     x0: Tensor<3>,
@@ -281,8 +291,7 @@ fn noised(
 /// the module docs). Neither model records a gradient.
 pub fn distribution_matching_gradient<M: Denoiser>(
     x0: Tensor<3>,
-    teacher: &M,
-    fake: &M,
+    scores: Scores<'_, M>,
     context: &M::Context,
     noise: &DmdNoise,
     rng: &mut ChaCha8Rng,
@@ -293,13 +302,13 @@ pub fn distribution_matching_gradient<M: Denoiser>(
     let (x_t, t, _) = noised(x0.clone(), times, rng);
     let t3 = t.clone().reshape([b, 1, 1]);
     let v_real = guided_velocity(
-        &frozen(teacher),
+        &frozen(scores.teacher),
         x_t.clone(),
         t.clone(),
         context,
         noise.guidance_scale,
     )?;
-    let v_fake = frozen(fake).velocity(x_t.clone(), t, context)?;
+    let v_fake = frozen(scores.fake).velocity(x_t.clone(), t, context)?;
     let real_x0 = (x_t.clone() - v_real * t3.clone()).detach();
     let fake_x0 = (x_t - v_fake * t3).detach();
     Ok(dmd_gradient(x0, real_x0, fake_x0).detach())
@@ -349,8 +358,7 @@ pub fn student_prediction<M: Denoiser>(
 /// surrogate. Returns `(loss, x0 detached)`.
 pub fn generator_dmd_loss<M: Denoiser>(
     student: &M,
-    teacher: &M,
-    fake: &M,
+    scores: Scores<'_, M>,
     z: Tensor<3>,
     t: f32,
     context: &M::Context,
@@ -358,7 +366,7 @@ pub fn generator_dmd_loss<M: Denoiser>(
     rng: &mut ChaCha8Rng,
 ) -> TrainResult<(Tensor<1>, Tensor<3>)> {
     let x0 = student_prediction(student, z, context, t)?;
-    let grad = distribution_matching_gradient(x0.clone(), teacher, fake, context, noise, rng)?;
+    let grad = distribution_matching_gradient(x0.clone(), scores, context, noise, rng)?;
     let loss = dmd_surrogate(x0.clone(), grad);
     Ok((loss, x0.detach()))
 }
@@ -646,6 +654,8 @@ pub struct StudentStage<M: Denoiser, P> {
     settings: StudentStageConfig,
     corpus: Corpus,
     teacher: M,
+    /// The teacher as given (its gradient settings say which parameters are trained).
+    template: M,
     prompts: P,
     times: Vec<f32>,
     pairs: Option<TeacherPairs>,
@@ -653,9 +663,11 @@ pub struct StudentStage<M: Denoiser, P> {
 }
 
 impl<M: Denoiser, P: Prompts<M::Context>> StudentStage<M, P> {
-    /// The stage of `run` with `settings`, distilling `teacher` (its trainable parameters
-    /// requiring gradients: the student and the fake-score model are copies of it; the stage
-    /// keeps a frozen copy as the real score) with captions turned into contexts by `prompts`.
+    /// The stage of `run` with `settings`, distilling `teacher` with captions turned into
+    /// contexts by `prompts`. The student and the fake-score model are copies of `teacher` as
+    /// given: the parameters that require gradients there are the ones trained (a part frozen
+    /// in the teacher, e.g. a text encoder, stays frozen); the stage keeps a frozen copy as the
+    /// real score. The device must be an autodiff device.
     ///
     /// With a regression term, loads the cached teacher pairs from the stage folder or
     /// computes and caches them (`regression_pairs` Euler runs of the teacher: the first start
@@ -688,6 +700,7 @@ impl<M: Denoiser, P: Prompts<M::Context>> StudentStage<M, P> {
             corpus: Corpus::new((&run.config().corpus).into())?,
             settings,
             teacher: frozen(&teacher),
+            template: teacher,
             prompts,
             times,
             pairs: None,
@@ -868,14 +881,12 @@ impl<M: Denoiser, P: Prompts<M::Context>> MultiStage for StudentStage<M, P> {
     }
 
     fn init_parts(&self, device: &Device) -> TrainResult<Vec<Part<M>>> {
-        // The stage's teacher is frozen; the copies get the gradient settings of a trainable
-        // module (every float parameter).
-        let trainable = self.teacher.clone().set_require_grad(true);
+        // Copies of the teacher as given: its parameters that require gradients are trained.
         Ok(PARTS
             .iter()
             .map(|name| Part {
                 name: name.to_string(),
-                model: fresh_copy(&trainable, device),
+                model: fresh_copy(&self.template, device),
                 optim: AdamConfig::new().init(),
             })
             .collect())
@@ -903,8 +914,10 @@ impl<M: Denoiser, P: Prompts<M::Context>> MultiStage for StudentStage<M, P> {
         let (k, z) = self.random_input(&student.model, &context, &mut rng)?;
         let (dmd, x0) = generator_dmd_loss(
             &student.model,
-            &self.teacher,
-            &fake.model,
+            Scores {
+                teacher: &self.teacher,
+                fake: &fake.model,
+            },
             z,
             self.times[k],
             &context,

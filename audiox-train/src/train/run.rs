@@ -163,7 +163,7 @@ impl StudentStageConfig {
             optim: LoopSettings {
                 steps: 2_000,
                 batch: 8,
-                lr: 1e-5,
+                lr: 5e-5,
                 warmup: 50,
                 checkpoint_every: 100,
                 keep_checkpoints: 2,
@@ -175,7 +175,7 @@ impl StudentStageConfig {
             t_min: 0.02,
             t_max: 0.98,
             regression_weight: 0.25,
-            regression_pairs: 256,
+            regression_pairs: 128,
             regression_batch: 4,
             teacher_steps: 50,
         }
