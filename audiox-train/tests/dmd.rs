@@ -20,6 +20,7 @@ use audiox_train::train::{
     LossLog, MultiStage, RunConfig, RunDir, StageName, Stop, StudentStage, StudentStageConfig,
     TrainError, TrainResult, train_multi_stage,
 };
+use burn::module::Module;
 use burn::optim::{AdamConfig, GradientsParams};
 use burn::tensor::{Device, Tensor, TensorData};
 use rand_chacha::ChaCha8Rng;
@@ -399,16 +400,26 @@ fn a_resumed_student_run_equals_an_uninterrupted_one() {
     let (resumed, step, from) = train(&b_dir, &settings, None).unwrap();
     assert_eq!((step, from), (steps, half));
 
+    // A crash after step `half + 1`, before its checkpoint: the resumed run redoes the step.
+    let c_dir = tmp.path().join("c");
+    train(&c_dir, &settings, Some(half + 1)).unwrap();
+    std::fs::remove_dir_all(checkpoint_dir(&c_dir, half + 1)).unwrap();
+    let (crashed, step, from) = train(&c_dir, &settings, None).unwrap();
+    assert_eq!((step, from), (steps, half));
+
     let initial = parameters(&teacher(8));
-    for (part, (a, b)) in ["student", "fake_score"]
+    for (part, ((a, b), c)) in ["student", "fake_score"]
         .iter()
-        .zip(whole.iter().zip(&resumed))
+        .zip(whole.iter().zip(&resumed).zip(&crashed))
     {
-        let (pa, pb) = (parameters(a), parameters(b));
+        let (pa, pb, pc) = (parameters(a), parameters(b), parameters(c));
         assert_eq!(pa.len(), pb.len());
         let mut changed = 0;
-        for (((name, _, x), (_, _, y)), (_, _, init)) in pa.iter().zip(&pb).zip(&initial) {
+        for ((((name, _, x), (_, _, y)), (_, _, z)), (_, _, init)) in
+            pa.iter().zip(&pb).zip(&pc).zip(&initial)
+        {
             assert_eq!(x, y, "{part}: parameter {name} differs after the resume");
+            assert_eq!(x, z, "{part}: parameter {name} differs after the crash");
             changed += usize::from(x != init);
         }
         assert!(
@@ -440,18 +451,60 @@ fn a_resumed_student_run_equals_an_uninterrupted_one() {
         }
     }
 
-    // Both checkpoints hold both parts' weights and optimiser states.
-    let ckpt = b_dir
-        .join("student")
-        .join("checkpoints")
-        .join(format!("step-{steps:08}"));
+    // The checkpoint holds both parts' weights and optimiser states; a damaged file is an
+    // error naming it.
+    let ckpt = checkpoint_dir(&b_dir, steps);
     for file in [
         "student.model.bpk",
         "student.optim.bpk",
         "fake_score.model.bpk",
         "fake_score.optim.bpk",
     ] {
-        assert!(ckpt.join(file).exists(), "{file} missing");
+        let path = ckpt.join(file);
+        let pristine = std::fs::read(&path).unwrap();
+        let mut bytes = pristine.clone();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0x10;
+        std::fs::write(&path, &bytes).unwrap();
+        match train(&b_dir, &settings, None) {
+            Err(TrainError::Checkpoint { path: p, reason }) => {
+                assert_eq!(p, path, "{reason}");
+                assert!(reason.contains("corrupt"), "{reason}");
+            }
+            other => panic!("{file}: expected a checkpoint error, got {:?}", other.err()),
+        }
+        std::fs::write(&path, &pristine).unwrap();
+    }
+}
+
+fn checkpoint_dir(root: &Path, step: u64) -> std::path::PathBuf {
+    root.join(StageName::Student.as_str())
+        .join("checkpoints")
+        .join(format!("step-{step:08}"))
+}
+
+#[test]
+fn parameters_frozen_in_the_teacher_stay_frozen() {
+    one_thread();
+    let mut settings = tiny_settings();
+    settings.optim.steps = 2;
+    let tmp = tempfile::tempdir().unwrap();
+    let device = device();
+    let run = RunDir::open(tmp.path(), tiny_run()).unwrap();
+    let mut teacher = teacher(8);
+    teacher.time_embed = teacher.time_embed.no_grad();
+    let frozen = parameters(&teacher.time_embed);
+    let prompts = HashedPrompts::for_dit(&teacher);
+    let stage = StudentStage::new(&run, settings, teacher, prompts, &device).unwrap();
+    let out = train_multi_stage(&stage, &run, &device, Stop::never(), &mut |_| {}).unwrap();
+    for part in &out.model {
+        assert_eq!(parameters(&part.model.time_embed), frozen, "{}", part.name);
+        assert_ne!(
+            parameters(&part.model.project_in),
+            parameters(&stage.teacher().project_in),
+            "{}",
+            part.name
+        );
     }
 }
 
