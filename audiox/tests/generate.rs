@@ -626,7 +626,7 @@ fn a_repeated_prompt_gives_the_same_audio_from_the_text_cache() {
         let text = out.intermediates.as_ref().unwrap().text_tokens.clone();
         (
             samples(&out.audio[0]),
-            text.into_data().to_vec::<f32>().unwrap(),
+            text.into_data().try_to_vec::<f32>().unwrap(),
         )
     };
     let first = run("a wooden door creaks");
