@@ -10,8 +10,10 @@
 //! * [`vae`]: the Oobleck VAE stage and its export to the layout the model builder loads;
 //! * [`eval`]: reconstruction quality of a trained VAE on held-out clips (SNR and the
 //!   instruction-following metric);
-//! * [`flow`]: the rectified-flow objective with condition dropout (the core of the teacher
-//!   stage, which is not assembled yet).
+//! * [`flow`]: the rectified-flow objective with condition dropout;
+//! * [`teacher`]: the DiT + MAF teacher stage (with the small T5 and the conditioners'
+//!   trainable parts) and its export to the layout the model builder loads;
+//! * [`export`]: trained modules written under their official tensor names.
 //!
 //! Batches and noise of step `s` are drawn from a random stream seeded by `(run seed, stage,
 //! s)`, so the step number is the whole data position: a run interrupted and resumed from a
@@ -31,16 +33,19 @@
 pub mod checkpoint;
 pub mod error;
 pub mod eval;
+pub mod export;
 pub mod flow;
 pub mod init;
 pub mod log;
 pub mod run;
 pub mod stage;
 pub mod stft;
+pub mod teacher;
 pub mod vae;
 
 pub use error::{TrainError, TrainResult};
 pub use log::{LogRecord, LossLog};
 pub use run::{RunConfig, RunDir, StageName};
 pub use stage::{Stage, StageOutcome, Stop, train_stage};
+pub use teacher::{TeacherModel, TeacherStage, export_teacher};
 pub use vae::{VaeStage, export_vae};

@@ -11,11 +11,13 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::error::{TrainError, TrainResult};
+use super::flow::TimeSampler;
+pub use super::teacher::TeacherStageConfig;
 use crate::corpus::CorpusConfig;
 
 /// The official-schema model configuration of the embedded demo model (16 kHz stereo, Oobleck
-/// VAE with 16 base channels, strides 2/4/4/8 and 16 latent channels; DiT width 128, depth 4).
-/// Only the sections of the stages trained so far are final (the VAE); see `docs/training.md`.
+/// VAE with 16 base channels, strides 2/4/8/10 and 16 latent channels; condition width 64; DiT
+/// width 128, depth 4, 4 heads of 32); sizes per component in `docs/training.md`.
 pub const DEMO_MODEL_CONFIG: &str = include_str!("../../assets/demo_config.json");
 
 /// The corpus part of a [`RunConfig`] (see [`CorpusConfig`]).
@@ -71,7 +73,7 @@ impl LoopSettings {
         }
     }
 
-    fn check(&self, stage: &str) -> TrainResult<()> {
+    pub(crate) fn check(&self, stage: &str) -> TrainResult<()> {
         let field = |f: &str| format!("{stage}.{f}");
         if self.batch == 0 {
             return Err(TrainError::config(field("batch"), "must be at least 1"));
@@ -131,6 +133,8 @@ pub struct RunConfig {
     pub model: serde_json::Value,
     /// The VAE stage.
     pub vae: VaeStageConfig,
+    /// The DiT + MAF teacher stage (with the small T5 and the conditioners' trainable parts).
+    pub teacher: TeacherStageConfig,
 }
 
 impl RunConfig {
@@ -161,6 +165,23 @@ impl RunConfig {
                 stft_weight: 1.0,
                 l1_weight: 1.0,
                 kl_weight: 1e-4,
+            },
+            teacher: TeacherStageConfig {
+                optim: LoopSettings {
+                    steps: 4_000,
+                    batch: 16,
+                    lr: 5e-4,
+                    warmup: 200,
+                    checkpoint_every: 100,
+                    keep_checkpoints: 2,
+                },
+                cond_dropout: 0.1,
+                time_sampler: TimeSampler::LogitNormal,
+                clip_pool: 4_096,
+                t5: serde_json::from_str(crate::tokenizer::DEMO_T5_CONFIG_JSON)
+                    .expect("the built-in T5 config is JSON"),
+                clip: serde_json::from_str(crate::tokenizer::DEMO_CLIP_CONFIG_JSON)
+                    .expect("the built-in CLIP config is JSON"),
             },
         }
     }
@@ -231,6 +252,7 @@ impl RunConfig {
                 return Err(TrainError::config(field, format!("{w} is not >= 0")));
             }
         }
+        self.teacher.check(&model, clip)?;
         Ok(())
     }
 
@@ -248,6 +270,8 @@ impl RunConfig {
 pub enum StageName {
     /// The Oobleck VAE.
     Vae,
+    /// The DiT + MAF teacher (rectified flow), with the T5 encoder.
+    Teacher,
 }
 
 impl StageName {
@@ -255,6 +279,7 @@ impl StageName {
     pub fn as_str(self) -> &'static str {
         match self {
             StageName::Vae => "vae",
+            StageName::Teacher => "teacher",
         }
     }
 
@@ -262,6 +287,7 @@ impl StageName {
     pub(crate) fn stream(self) -> u64 {
         match self {
             StageName::Vae => 1,
+            StageName::Teacher => 2,
         }
     }
 }
