@@ -286,5 +286,52 @@ fn teacher_settings_that_contradict_the_model_are_refused() {
     let mut run = tiny_run();
     run.teacher.cond_dropout = 1.5;
     assert!(run.validate().is_err());
-    let _: Value = serde_json::to_value(&tiny_run()).unwrap();
+    // The section round-trips and is required.
+    let mut json = serde_json::to_value(tiny_run()).unwrap();
+    let back: RunConfig = serde_json::from_value(json.clone()).unwrap();
+    assert_eq!(back, tiny_run());
+    json.as_object_mut().unwrap().remove("teacher");
+    let err = serde_json::from_value::<RunConfig>(json)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("teacher"), "{err}");
+}
+
+#[test]
+fn a_run_started_before_the_teacher_stage_is_extended_until_the_teacher_starts() {
+    let run = tiny_run();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let path = dir.join("run.json");
+    RunDir::open(dir, run.clone()).unwrap();
+    let current: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    // What a run started with the placeholder sizes and no teacher section stored.
+    let mut old = current.clone();
+    old.as_object_mut().unwrap().remove("teacher");
+    old["model"]["model"]["conditioning"]["cond_dim"] = json!(32);
+    old["model"]["model"]["diffusion"]["config"]["num_heads"] = json!(4);
+    let write = |v: &Value| std::fs::write(&path, serde_json::to_string(v).unwrap()).unwrap();
+
+    write(&old);
+    RunDir::open(dir, run.clone()).unwrap();
+    let now: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert_eq!(
+        now, current,
+        "run.json is extended to the new configuration"
+    );
+
+    // Anything the VAE stage reads must still match.
+    let mut vae_changed = old.clone();
+    vae_changed["model"]["model"]["conditioning"] =
+        current["model"]["model"]["conditioning"].clone();
+    vae_changed["vae"]["crop"] = json!(run.vae.crop * 2);
+    write(&vae_changed);
+    let err = RunDir::open(dir, run.clone()).unwrap_err().to_string();
+    assert!(err.contains("vae.crop"), "{err}");
+
+    // Once the teacher has a checkpoint, its settings are fixed too.
+    std::fs::create_dir_all(dir.join("teacher/checkpoints/step-00000002")).unwrap();
+    write(&old);
+    let err = RunDir::open(dir, run).unwrap_err().to_string();
+    assert!(err.contains("another configuration"), "{err}");
 }

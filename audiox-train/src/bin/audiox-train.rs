@@ -85,7 +85,19 @@ fn run(args: Args) -> Result<(), TrainError> {
         .autodiff();
     let run = match (&args.config, out.join("run.json").exists()) {
         (Some(path), _) => RunDir::open(&out, RunConfig::from_file(path)?)?,
-        (None, true) => RunDir::resume(&out)?,
+        (None, true) => RunDir::resume(&out).map_err(|e| match e {
+            TrainError::Config { field, reason } if reason.contains("missing field") => {
+                TrainError::Config {
+                    field,
+                    reason: format!(
+                        "{reason}; a run started before that section existed continues with \
+                         `--config FILE`, FILE holding the current demo configuration \
+                         (`audiox-train --print-config > FILE`)"
+                    ),
+                }
+            }
+            other => other,
+        })?,
         (None, false) => RunDir::open(&out, RunConfig::demo())?,
     };
     let stages: &[&str] = match args.stage.as_str() {

@@ -17,7 +17,7 @@ use crate::corpus::CorpusConfig;
 
 /// The official-schema model configuration of the embedded demo model (16 kHz stereo, Oobleck
 /// VAE with 16 base channels, strides 2/4/8/10 and 16 latent channels; condition width 64; DiT
-/// width 128, depth 4, 4 heads of 32); sizes per component in `docs/training.md`.
+/// width 96, depth 4, 4 heads of 24); sizes per component in `docs/training.md`.
 pub const DEMO_MODEL_CONFIG: &str = include_str!("../../assets/demo_config.json");
 
 /// The corpus part of a [`RunConfig`] (see [`CorpusConfig`]).
@@ -301,7 +301,11 @@ pub struct RunDir {
 
 impl RunDir {
     /// Opens `root` for `config`: creates it and writes `run.json` on a new run; on an existing
-    /// run checks that `run.json` holds the same configuration.
+    /// run checks that `run.json` holds the same configuration. One exception: a stored
+    /// configuration that differs only in what the VAE stage does not read (the `teacher`
+    /// section, the model's conditioning and diffusion sections) is replaced by `config` as
+    /// long as the teacher stage has no checkpoint (a run started before the teacher stage
+    /// existed continues with its trained VAE).
     pub fn open(root: impl Into<PathBuf>, config: RunConfig) -> TrainResult<Self> {
         let root = root.into();
         config.validate()?;
@@ -317,7 +321,14 @@ impl RunDir {
                     reason: format!("unreadable: {e}"),
                 })?;
             if let Some(diff) = first_difference(&stored, &ours, String::new()) {
-                return Err(TrainError::ConfigMismatch { path, reason: diff });
+                if let Some(reason) = refuses_extension(&stored, &ours, &root, diff)? {
+                    return Err(TrainError::ConfigMismatch { path, reason });
+                }
+                // Only what no started stage depends on changed: the stored configuration is
+                // extended (see `refuses_extension`).
+                let text = serde_json::to_string_pretty(&ours)
+                    .map_err(|e| TrainError::config("run", e.to_string()))?;
+                super::checkpoint::write_atomic(&path, text.as_bytes())?;
             }
         } else {
             let text = serde_json::to_string_pretty(&ours)
@@ -348,6 +359,41 @@ impl RunDir {
     pub fn stage_dir(&self, stage: StageName) -> PathBuf {
         self.root.join(stage.as_str())
     }
+}
+
+/// Why a stored run configuration may not be replaced by `ours` (`None`: it may). It may when
+/// the two differ only in what
+/// the VAE stage does not read (the teacher section, and the model's conditioning, diffusion,
+/// `_tiny_hardcoded_sizes` and `training` sections), and the teacher stage has not started (no
+/// checkpoint). This lets a run started before the teacher stage existed (whose `run.json` has
+/// no `teacher` section and placeholder conditioning sizes) continue with the teacher stage,
+/// keeping its trained VAE; anything the VAE stage depends on must still be identical.
+fn refuses_extension(
+    stored: &serde_json::Value,
+    ours: &serde_json::Value,
+    root: &Path,
+    diff: String,
+) -> TrainResult<Option<String>> {
+    let vae_view = |v: &serde_json::Value| {
+        let mut v = v.clone();
+        if let Some(o) = v.as_object_mut() {
+            o.remove("teacher");
+        }
+        if let Some(m) = v.get_mut("model").and_then(|m| m.as_object_mut()) {
+            m.remove("_tiny_hardcoded_sizes");
+            m.remove("training");
+            if let Some(inner) = m.get_mut("model").and_then(|m| m.as_object_mut()) {
+                inner.remove("conditioning");
+                inner.remove("diffusion");
+            }
+        }
+        v
+    };
+    if let Some(vae_diff) = first_difference(&vae_view(stored), &vae_view(ours), String::new()) {
+        return Ok(Some(vae_diff));
+    }
+    let teacher = super::checkpoint::Checkpoints::new(&root.join(StageName::Teacher.as_str()));
+    Ok((!teacher.steps()?.is_empty()).then_some(diff))
 }
 
 /// The first JSON path at which `a` and `b` differ, with both values.

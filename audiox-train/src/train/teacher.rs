@@ -242,7 +242,7 @@ impl SilentPrompt {
     /// values), as the conditioner's posterior sample.
     pub fn latents(&self, eps: &[f32], device: &Device) -> TrainResult<Tensor<3>> {
         let n = self.mean.len();
-        if n == 0 || eps.len() % n != 0 {
+        if n == 0 || !eps.len().is_multiple_of(n) {
             return Err(TrainError::config(
                 "teacher",
                 format!("{} prompt noise values for latents of {n}", eps.len()),
