@@ -176,6 +176,17 @@ mod tests {
     }
 
     #[test]
+    fn a_safetensors_teacher_is_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let teacher = dir.path().join("pretrained_ckpt");
+        std::fs::create_dir_all(&teacher).unwrap();
+        std::fs::write(teacher.join("pretrained_ckpt.safetensors"), b"x").unwrap();
+        let p = CheckpointPaths::from_dir(dir.path()).unwrap();
+        assert_eq!(p.teacher, Some(teacher.join("pretrained_ckpt.safetensors")));
+        assert!(p.student.is_none());
+    }
+
+    #[test]
     fn explicit_paths_override_the_directory() {
         let base = CheckpointPaths {
             student: Some("a".into()),

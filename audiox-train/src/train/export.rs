@@ -1,7 +1,7 @@
 //! Writing trained modules under their official tensor names: the inverse of what the loader
 //! (`audiox_core::weights::load_module`) does with a [`Layout`].
 //!
-//! Each parameter's [`Source`] says which official tensor(s) the loader reads and how it turns
+//! Each parameter's [`Source`](audiox_core::weights::Source) says which official tensor(s) the loader reads and how it turns
 //! them into our layout ([`Transform`]); [`official_tensors_of`] applies the inverse, so that
 //! loading the written tensors with the same layout gives back every parameter bit for bit.
 
