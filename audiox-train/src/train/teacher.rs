@@ -543,6 +543,10 @@ impl Stage for TeacherStage {
             .map(|_| rng.next_u64() % settings.clip_pool)
             .collect();
         let (x0, captions) = self.clean_latents(&indices, device)?;
+        // The clean latents' RMS, for the log: the flow's noise has unit variance, so latents
+        // far from unit scale skew its signal-to-noise schedule (the schema has no latent
+        // scaling to correct it).
+        let rms = x0.clone().powi_scalar(2).mean().sqrt().into_scalar::<f32>() as f64;
         let eps = normals(&mut rng, b * self.silent.mean.len());
         let captions: Vec<&str> = captions.iter().map(String::as_str).collect();
         let context =
@@ -564,6 +568,7 @@ impl Stage for TeacherStage {
             terms: BTreeMap::from([
                 ("flow_mse".to_string(), value),
                 ("dropped".to_string(), dropped),
+                ("x0_rms".to_string(), rms),
             ]),
         })
     }
