@@ -27,6 +27,11 @@ struct Args {
     /// audiox crate. Every device is held to the fixtures' f32 tolerances (docs/gpu.md).
     #[arg(long, default_value = "cpu")]
     device: String,
+    /// Compute precision of a GPU device: `f32` (default), `f16` or `bf16`. The fixtures'
+    /// tolerances are f32 ones, so a half-precision run is expected to FAIL; its per-fixture
+    /// worst errors show where half precision loses accuracy or leaves its range (NaN, inf).
+    #[arg(long, default_value = "f32")]
+    precision: String,
 }
 
 fn main() -> ExitCode {
@@ -39,7 +44,14 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let device = match audiox::select_device(&args.device, audiox::Precision::F32) {
+    let precision = match args.precision.parse::<audiox::Precision>() {
+        Ok(p) => p,
+        Err(e) => {
+            eprintln!("error: --precision: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    let device = match audiox::select_device(&args.device, precision) {
         Ok(d) => d,
         Err(e) => {
             eprintln!("error: {e}");

@@ -2,8 +2,11 @@
 //! corpus clips: median SNR and the instruction-following metric on the reconstructions.
 //!
 //! ```text
-//! cargo run --release -p audiox-train --features train --example vae_eval -- runs/demo/export [COUNT]
+//! cargo run --release -p audiox-train --features train --example vae_eval -- runs/demo/export [COUNT] [WAV_DIR]
 //! ```
+//!
+//! With `WAV_DIR`, each held-out clip and its reconstruction are also written there
+//! (`NN-original.wav`, `NN-reconstruction.wav`, mono 32-bit float) for listening.
 
 use std::path::PathBuf;
 
@@ -17,7 +20,7 @@ use burn::tensor::Device;
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(dir) = args.first().map(PathBuf::from) else {
-        return Err("usage: vae_eval EXPORT_DIR [COUNT]".into());
+        return Err("usage: vae_eval EXPORT_DIR [COUNT] [WAV_DIR]".into());
     };
     let count: usize = match args.get(1) {
         Some(n) => n.parse().map_err(|e| format!("COUNT {n:?}: {e}"))?,
@@ -31,7 +34,29 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         sample_rate: config.sample_rate,
         ..CorpusConfig::default()
     })?;
-    let report = reconstruction_report(&corpus, count, &mut vae_reconstructor(&vae, &device))?;
+    let wav_dir = args.get(2).map(PathBuf::from);
+    if let Some(d) = &wav_dir {
+        std::fs::create_dir_all(d).map_err(|e| format!("{}: {e}", d.display()))?;
+    }
+    let mut reconstruct = vae_reconstructor(&vae, &device);
+    let mut index = 0usize;
+    let mut reconstruct_and_write = |samples: &[f32]| {
+        let out = reconstruct(samples)?;
+        if let Some(d) = &wav_dir {
+            for (name, audio) in [("original", samples), ("reconstruction", &out[..])] {
+                let path = d.join(format!("{index:02}-{name}.wav"));
+                write_mono(&path, config.sample_rate, audio).map_err(|e| {
+                    audiox_train::train::TrainError::config(
+                        "WAV_DIR",
+                        format!("{}: {e}", path.display()),
+                    )
+                })?;
+            }
+        }
+        index += 1;
+        Ok(out)
+    };
+    let report = reconstruction_report(&corpus, count, &mut reconstruct_and_write)?;
     println!(
         "{} held-out clips, median SNR {:.1} dB",
         report.clips, report.median_snr_db
@@ -44,4 +69,19 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         report.reconstructed.markdown_row("VAE reconstruction")
     );
     Ok(())
+}
+
+/// Writes mono 32-bit float WAV.
+fn write_mono(path: &std::path::Path, rate: u32, samples: &[f32]) -> Result<(), hound::Error> {
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate: rate,
+        bits_per_sample: 32,
+        sample_format: hound::SampleFormat::Float,
+    };
+    let mut w = hound::WavWriter::create(path, spec)?;
+    for &s in samples {
+        w.write_sample(s)?;
+    }
+    w.finalize()
 }

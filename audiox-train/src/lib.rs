@@ -12,9 +12,11 @@
 //! * [`metric`]: the instruction-following metric: events detected in generated audio (onsets
 //!   from the energy envelope, a pitch estimate and a tonal/noisy class per event) and scored
 //!   against the caption's scene (event-count accuracy, order accuracy, onset-time error, pitch
-//!   accuracy).
+//!   accuracy);
+//! * [`tokenizer`]: the demo model's small T5 (SentencePiece) vocabulary, one piece per
+//!   caption word.
 //!
-//! With the feature `train`, the module `train` holds the resumable trainer (the VAE stage so far)
+//! With the feature `train`, the module `train` holds the resumable trainer (the VAE and teacher stages so far)
 //! and the `audiox-train` command runs it.
 //!
 //! ```
@@ -32,6 +34,7 @@
 
 pub mod corpus;
 pub mod metric;
+pub mod tokenizer;
 #[cfg(feature = "train")]
 pub mod train;
 

@@ -23,8 +23,8 @@ pub struct CheckpointPaths {
     /// The Hugging Face `clip-vit-base-patch32` folder (`config.json`; its weights are used
     /// unless the student file carries its own copy, as the official one does).
     pub clip_dir: Option<PathBuf>,
-    /// The teacher (AudioX base) weights: `pretrained_ckpt/pretrained_ckpt.ckpt`; when set, the
-    /// teacher replaces the student as the denoiser.
+    /// The teacher (AudioX base) weights: `pretrained_ckpt/pretrained_ckpt.ckpt` (or
+    /// `.safetensors`); when set, the teacher replaces the student as the denoiser.
     pub teacher: Option<PathBuf>,
 }
 
@@ -80,7 +80,13 @@ impl CheckpointPaths {
                 .iter()
                 .map(|n| dir.join(n))
                 .find(|p| p.is_dir()),
-            teacher: first_existing(dir, &["pretrained_ckpt/pretrained_ckpt.ckpt"]),
+            teacher: first_existing(
+                dir,
+                &[
+                    "pretrained_ckpt/pretrained_ckpt.ckpt",
+                    "pretrained_ckpt/pretrained_ckpt.safetensors",
+                ],
+            ),
         })
     }
 
@@ -167,6 +173,17 @@ mod tests {
             err.to_string().contains("audiox_turbo/audiox_turbo.ckpt"),
             "{err}"
         );
+    }
+
+    #[test]
+    fn a_safetensors_teacher_is_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let teacher = dir.path().join("pretrained_ckpt");
+        std::fs::create_dir_all(&teacher).unwrap();
+        std::fs::write(teacher.join("pretrained_ckpt.safetensors"), b"x").unwrap();
+        let p = CheckpointPaths::from_dir(dir.path()).unwrap();
+        assert_eq!(p.teacher, Some(teacher.join("pretrained_ckpt.safetensors")));
+        assert!(p.student.is_none());
     }
 
     #[test]

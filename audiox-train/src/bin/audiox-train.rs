@@ -17,7 +17,8 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use audiox_train::train::{
-    LogRecord, RunConfig, RunDir, Stop, TrainError, VaeStage, export_vae, train_stage,
+    LogRecord, RunConfig, RunDir, Stop, TeacherStage, TrainError, VaeStage, export_teacher,
+    export_vae, train_stage,
 };
 
 #[derive(Parser, Debug)]
@@ -29,7 +30,8 @@ struct Args {
     /// The run configuration (JSON); default: the one stored in --out, else the demo run.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Which stage to run: vae, t5, teacher, student or all.
+    /// Which stage to run: vae, teacher, or all (vae then teacher). The T5 encoder is trained
+    /// with the teacher; the DMD student is not implemented yet.
     #[arg(long, default_value = "all")]
     stage: String,
     /// Stop each stage after this many steps in all (a checkpoint is written there).
@@ -83,19 +85,31 @@ fn run(args: Args) -> Result<(), TrainError> {
         .autodiff();
     let run = match (&args.config, out.join("run.json").exists()) {
         (Some(path), _) => RunDir::open(&out, RunConfig::from_file(path)?)?,
-        (None, true) => RunDir::resume(&out)?,
+        (None, true) => RunDir::resume(&out).map_err(|e| match e {
+            TrainError::Config { field, reason } if reason.contains("missing field") => {
+                TrainError::Config {
+                    field,
+                    reason: format!(
+                        "{reason}; a run started before that section existed continues with \
+                         `--config FILE`, FILE holding the current demo configuration \
+                         (`audiox-train --print-config > FILE`)"
+                    ),
+                }
+            }
+            other => other,
+        })?,
         (None, false) => RunDir::open(&out, RunConfig::demo())?,
     };
     let stages: &[&str] = match args.stage.as_str() {
-        "all" => &["vae", "t5", "teacher", "student"],
+        "all" => &["vae", "teacher"],
         "vae" => &["vae"],
-        "t5" => &["t5"],
         "teacher" => &["teacher"],
-        "student" => &["student"],
         other => {
             return Err(TrainError::config(
                 "--stage",
-                format!("`{other}`: expected vae, t5, teacher, student or all"),
+                format!(
+                    "`{other}`: expected vae, teacher or all (the student stage is not implemented yet)"
+                ),
             ));
         }
     };
@@ -115,26 +129,29 @@ fn run(args: Args) -> Result<(), TrainError> {
         after_steps: args.max_steps,
         deadline,
     };
+    let every = args.log_every.max(1);
+    let progress_line = |stage: &'static str, total: u64| {
+        move |r: &LogRecord| {
+            if r.step.is_multiple_of(every) || r.step == total {
+                let terms: Vec<String> =
+                    r.terms.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
+                println!(
+                    "{stage} step {}/{total}: loss {:.4} ({}), lr {:.2e}, {:.2} s/step",
+                    r.step,
+                    r.loss,
+                    terms.join(", "),
+                    r.lr,
+                    r.seconds
+                );
+            }
+        }
+    };
     for &stage in stages {
         match stage {
             "vae" => {
                 let vae = VaeStage::new(run.config(), &device)?;
                 let total = run.config().vae.optim.steps;
-                let every = args.log_every.max(1);
-                let mut progress = |r: &LogRecord| {
-                    if r.step.is_multiple_of(every) || r.step == total {
-                        let terms: Vec<String> =
-                            r.terms.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
-                        println!(
-                            "vae step {}/{total}: loss {:.4} ({}), lr {:.2e}, {:.2} s/step",
-                            r.step,
-                            r.loss,
-                            terms.join(", "),
-                            r.lr,
-                            r.seconds
-                        );
-                    }
-                };
+                let mut progress = progress_line("vae", total);
                 let outcome = train_stage(&vae, &run, &device, stop, &mut progress)?;
                 let export = run.root().join("export");
                 let file = export_vae(&outcome.model, run.config(), &export)?;
@@ -149,12 +166,29 @@ fn run(args: Args) -> Result<(), TrainError> {
                     return Ok(());
                 }
             }
+            "teacher" => {
+                let teacher = TeacherStage::new(&run, &device)?;
+                let total = run.config().teacher.optim.steps;
+                let mut progress = progress_line("teacher", total);
+                let outcome = train_stage(&teacher, &run, &device, stop, &mut progress)?;
+                let export =
+                    export_teacher(&outcome.model, run.config(), &run.root().join("export"))?;
+                println!(
+                    "teacher: step {}/{total} (resumed from {}); model folder written to {} (teacher in {})",
+                    outcome.step,
+                    outcome.resumed_from,
+                    export.dir.display(),
+                    export.teacher.display()
+                );
+                if !outcome.finished {
+                    println!("teacher: not finished; run the same command again to continue");
+                    return Ok(());
+                }
+            }
             other => {
                 return Err(TrainError::config(
                     "--stage",
-                    format!(
-                        "the `{other}` stage is not implemented yet (see docs/training.md); run --stage vae"
-                    ),
+                    format!("the `{other}` stage is not implemented yet (see docs/training.md)"),
                 ));
             }
         }

@@ -10,8 +10,10 @@
 //! * [`vae`]: the Oobleck VAE stage and its export to the layout the model builder loads;
 //! * [`eval`]: reconstruction quality of a trained VAE on held-out clips (SNR and the
 //!   instruction-following metric);
-//! * [`flow`]: the rectified-flow objective with condition dropout (the core of the teacher
-//!   stage, which is not assembled yet);
+//! * [`flow`]: the rectified-flow objective with condition dropout;
+//! * [`teacher`]: the DiT + MAF teacher stage (with the small T5 and the conditioners'
+//!   trainable parts) and its export to the layout the model builder loads;
+//! * [`export`]: trained modules written under their official tensor names;
 //! * [`dmd`]: the DMD student stage (distribution matching with a fake-score model trained
 //!   online, a regression term on cached teacher trajectories), run by
 //!   [`train_multi_stage`] (two models, two optimisers).
@@ -35,12 +37,14 @@ pub mod checkpoint;
 pub mod dmd;
 pub mod error;
 pub mod eval;
+pub mod export;
 pub mod flow;
 pub mod init;
 pub mod log;
 pub mod run;
 pub mod stage;
 pub mod stft;
+pub mod teacher;
 pub mod vae;
 
 pub use dmd::StudentStage;
@@ -48,4 +52,5 @@ pub use error::{TrainError, TrainResult};
 pub use log::{LogRecord, LossLog};
 pub use run::{RunConfig, RunDir, StageName, StudentStageConfig};
 pub use stage::{MultiStage, Stage, StageOutcome, Stop, train_multi_stage, train_stage};
+pub use teacher::{TeacherModel, TeacherStage, export_teacher};
 pub use vae::{VaeStage, export_vae};

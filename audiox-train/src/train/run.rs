@@ -11,11 +11,13 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::error::{TrainError, TrainResult};
+use super::flow::TimeSampler;
+pub use super::teacher::TeacherStageConfig;
 use crate::corpus::CorpusConfig;
 
 /// The official-schema model configuration of the embedded demo model (16 kHz stereo, Oobleck
-/// VAE with 16 base channels, strides 2/4/4/8 and 16 latent channels; DiT width 128, depth 4).
-/// Only the sections of the stages trained so far are final (the VAE); see `docs/training.md`.
+/// VAE with 16 base channels, strides 2/4/8/10 and 16 latent channels; condition width 64; DiT
+/// width 96, depth 4, 4 heads of 24); sizes per component in `docs/training.md`.
 pub const DEMO_MODEL_CONFIG: &str = include_str!("../../assets/demo_config.json");
 
 /// The corpus part of a [`RunConfig`] (see [`CorpusConfig`]).
@@ -71,7 +73,7 @@ impl LoopSettings {
         }
     }
 
-    fn check(&self, stage: &str) -> TrainResult<()> {
+    pub(crate) fn check(&self, stage: &str) -> TrainResult<()> {
         let field = |f: &str| format!("{stage}.{f}");
         if self.batch == 0 {
             return Err(TrainError::config(field("batch"), "must be at least 1"));
@@ -252,6 +254,8 @@ pub struct RunConfig {
     pub model: serde_json::Value,
     /// The VAE stage.
     pub vae: VaeStageConfig,
+    /// The DiT + MAF teacher stage (with the small T5 and the conditioners' trainable parts).
+    pub teacher: TeacherStageConfig,
 }
 
 impl RunConfig {
@@ -282,6 +286,23 @@ impl RunConfig {
                 stft_weight: 1.0,
                 l1_weight: 1.0,
                 kl_weight: 1e-4,
+            },
+            teacher: TeacherStageConfig {
+                optim: LoopSettings {
+                    steps: 4_000,
+                    batch: 16,
+                    lr: 5e-4,
+                    warmup: 200,
+                    checkpoint_every: 100,
+                    keep_checkpoints: 2,
+                },
+                cond_dropout: 0.1,
+                time_sampler: TimeSampler::LogitNormal,
+                clip_pool: 4_096,
+                t5: serde_json::from_str(crate::tokenizer::DEMO_T5_CONFIG_JSON)
+                    .expect("the built-in T5 config is JSON"),
+                clip: serde_json::from_str(crate::tokenizer::DEMO_CLIP_CONFIG_JSON)
+                    .expect("the built-in CLIP config is JSON"),
             },
         }
     }
@@ -352,6 +373,7 @@ impl RunConfig {
                 return Err(TrainError::config(field, format!("{w} is not >= 0")));
             }
         }
+        self.teacher.check(&model, clip)?;
         Ok(())
     }
 
@@ -369,6 +391,8 @@ impl RunConfig {
 pub enum StageName {
     /// The Oobleck VAE.
     Vae,
+    /// The DiT + MAF teacher (rectified flow), with the T5 encoder.
+    Teacher,
     /// The DMD student (distilled from the teacher).
     Student,
 }
@@ -378,6 +402,7 @@ impl StageName {
     pub fn as_str(self) -> &'static str {
         match self {
             StageName::Vae => "vae",
+            StageName::Teacher => "teacher",
             StageName::Student => "student",
         }
     }
@@ -386,7 +411,8 @@ impl StageName {
     pub(crate) fn stream(self) -> u64 {
         match self {
             StageName::Vae => 1,
-            // 2 and 3 are left for the text encoder and the teacher.
+            // The teacher stage trains the text encoder too; 3 stays unused.
+            StageName::Teacher => 2,
             StageName::Student => 4,
         }
     }
@@ -401,7 +427,11 @@ pub struct RunDir {
 
 impl RunDir {
     /// Opens `root` for `config`: creates it and writes `run.json` on a new run; on an existing
-    /// run checks that `run.json` holds the same configuration.
+    /// run checks that `run.json` holds the same configuration. One exception: a stored
+    /// configuration that differs only in what the VAE stage does not read (the `teacher`
+    /// section, the model's conditioning and diffusion sections) is replaced by `config` as
+    /// long as the teacher stage has no checkpoint (a run started before the teacher stage
+    /// existed continues with its trained VAE).
     pub fn open(root: impl Into<PathBuf>, config: RunConfig) -> TrainResult<Self> {
         let root = root.into();
         config.validate()?;
@@ -417,7 +447,14 @@ impl RunDir {
                     reason: format!("unreadable: {e}"),
                 })?;
             if let Some(diff) = first_difference(&stored, &ours, String::new()) {
-                return Err(TrainError::ConfigMismatch { path, reason: diff });
+                if let Some(reason) = refuses_extension(&stored, &ours, &root, diff)? {
+                    return Err(TrainError::ConfigMismatch { path, reason });
+                }
+                // Only what no started stage depends on changed: the stored configuration is
+                // extended (see `refuses_extension`).
+                let text = serde_json::to_string_pretty(&ours)
+                    .map_err(|e| TrainError::config("run", e.to_string()))?;
+                super::checkpoint::write_atomic(&path, text.as_bytes())?;
             }
         } else {
             let text = serde_json::to_string_pretty(&ours)
@@ -448,6 +485,41 @@ impl RunDir {
     pub fn stage_dir(&self, stage: StageName) -> PathBuf {
         self.root.join(stage.as_str())
     }
+}
+
+/// Why a stored run configuration may not be replaced by `ours` (`None`: it may). It may when
+/// the two differ only in what
+/// the VAE stage does not read (the teacher section, and the model's conditioning, diffusion,
+/// `_tiny_hardcoded_sizes` and `training` sections), and the teacher stage has not started (no
+/// checkpoint). This lets a run started before the teacher stage existed (whose `run.json` has
+/// no `teacher` section and placeholder conditioning sizes) continue with the teacher stage,
+/// keeping its trained VAE; anything the VAE stage depends on must still be identical.
+fn refuses_extension(
+    stored: &serde_json::Value,
+    ours: &serde_json::Value,
+    root: &Path,
+    diff: String,
+) -> TrainResult<Option<String>> {
+    let vae_view = |v: &serde_json::Value| {
+        let mut v = v.clone();
+        if let Some(o) = v.as_object_mut() {
+            o.remove("teacher");
+        }
+        if let Some(m) = v.get_mut("model").and_then(|m| m.as_object_mut()) {
+            m.remove("_tiny_hardcoded_sizes");
+            m.remove("training");
+            if let Some(inner) = m.get_mut("model").and_then(|m| m.as_object_mut()) {
+                inner.remove("conditioning");
+                inner.remove("diffusion");
+            }
+        }
+        v
+    };
+    if let Some(vae_diff) = first_difference(&vae_view(stored), &vae_view(ours), String::new()) {
+        return Ok(Some(vae_diff));
+    }
+    let teacher = super::checkpoint::Checkpoints::new(&root.join(StageName::Teacher.as_str()));
+    Ok((!teacher.steps()?.is_empty()).then_some(diff))
 }
 
 /// The first JSON path at which `a` and `b` differ, with both values.

@@ -1,0 +1,683 @@
+//! The teacher stage: the DiT, the MAF block, the small T5 and the conditioners' trainable
+//! parts, trained jointly by rectified flow with condition dropout ([`super::flow`]) on latents
+//! of the trained (frozen) VAE.
+//!
+//! **The context** is computed as `audiox`'s `generate` computes it for a text-only request:
+//!
+//! * text: the T5 tokenizer (the demo vocabulary, padded to the config's `max_length`) and the
+//!   T5 encoder, padded positions zeroed ([`TeacherModel::text_tokens`]);
+//! * video: all-zero frames and sync features through the video conditioner, which returns its
+//!   learned `empty_visual_feat` (the CLIP tower, the temporal transformer and the projections
+//!   never run, so they keep their seeded initial weights: the demo model does not follow
+//!   video);
+//! * audio prompt: the silent prompt through the prompt VAE (the trained VAE's encoder, frozen:
+//!   its output for silence is computed once, [`SilentPrompt`]), a posterior sample with fresh
+//!   noise per row, then the trainable `proj_features_128` and `proj_out`;
+//! * the MAF block fuses the three streams (upstream call order, see `audiox_mmdit::MafBlock`).
+//!
+//! The T5 encoder is trained here, jointly with the DiT through the flow loss (no separate
+//! text objective). Condition dropout zeroes a row's whole fused context, the null condition
+//! the samplers' classifier-free guidance uses.
+//!
+//! **The data**: each batch row is a training clip drawn uniformly from the first
+//! `clip_pool` clips of the corpus's training stream (by the step's random stream); its clean
+//! latent is the **posterior mean** of the frozen VAE encoder: deterministic (so it can be
+//! cached, and a resumed run sees the same latents), and free of the posterior noise the
+//! decoder was trained to tolerate anyway. Latents are cached in memory per clip index, so the
+//! encoder runs once per clip and process (a resumed run encodes again as clips come up).
+//!
+//! Every frozen computation (VAE encoder) runs on the device without autodiff, where
+//! `audiox_kernels`' fast CPU paths apply; everything trained runs on the autodiff device,
+//! where those kernels step aside for burn's own (differentiable) operations.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::Mutex;
+
+use burn::module::Module;
+use burn::nn::{Linear, LinearConfig};
+use burn::tensor::{Device, Int, Tensor, TensorData};
+use rand_chacha::ChaCha8Rng;
+use rand_core::{Rng, SeedableRng};
+use serde::{Deserialize, Serialize};
+
+use audiox_core::weights::{Component, Layout, StateDict, WeightSource};
+use audiox_encoders::clip::ClipVisionConfig;
+use audiox_encoders::conditioners::{VideoConditioner, VideoConditionerConfig};
+use audiox_encoders::t5::{T5Config, T5Encoder};
+use audiox_encoders::tokenizer::T5Tokenizer;
+use audiox_mmdit::{Dit, MafBlock};
+use audiox_vae::{OobleckEncoder, Posterior, Vae};
+
+use super::checkpoint::{Checkpoints, write_atomic};
+use super::error::{TrainError, TrainResult};
+use super::export::{official_tensors_of, write_safetensors};
+use super::flow::{TimeSampler, drop_condition, flow_batch, normals};
+use super::init::random_init;
+use super::run::{LoopSettings, RunConfig, RunDir, StageName};
+use super::stage::{Stage, StepLoss};
+use crate::corpus::Corpus;
+use crate::tokenizer::DEMO_TOKENIZER_JSON;
+
+/// Official key prefixes of the model object (as `audiox` loads them).
+mod prefixes {
+    pub const DIT: &str = "model.model.";
+    pub const MAF: &str = "maf_block.";
+    pub const VIDEO: &str = "conditioner.conditioners.video_prompt.";
+    pub const AUDIO: &str = "conditioner.conditioners.audio_prompt.";
+    /// The CLIP tower inside the video conditioner (written to the CLIP folder instead).
+    pub const CLIP_IN_VIDEO: &str = "visual_encoder_model.";
+}
+
+/// The teacher stage's settings (`RunConfig::teacher`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TeacherStageConfig {
+    /// The optimisation loop.
+    #[serde(flatten)]
+    pub optim: LoopSettings,
+    /// Probability that a row's condition is dropped (its fused context zeroed), for
+    /// classifier-free guidance.
+    pub cond_dropout: f64,
+    /// How training times are drawn.
+    pub time_sampler: TimeSampler,
+    /// Batch rows are drawn from the first this many training clips (their latents are
+    /// cached in memory).
+    pub clip_pool: u64,
+    /// The T5 encoder's Hugging Face `config.json` (its `d_model` must equal the model's
+    /// `cond_dim`, its `vocab_size` cover the demo tokenizer).
+    pub t5: serde_json::Value,
+    /// The CLIP vision tower's Hugging Face `config.json` (its `hidden_size` must equal the
+    /// model's `cond_dim`; never run by a text-only request).
+    pub clip: serde_json::Value,
+}
+
+impl TeacherStageConfig {
+    /// The T5 sizes.
+    pub fn t5_config(&self) -> TrainResult<T5Config> {
+        Ok(T5Config::from_hf_json(&self.t5)?)
+    }
+
+    /// The CLIP sizes.
+    pub fn clip_config(&self) -> TrainResult<ClipVisionConfig> {
+        Ok(ClipVisionConfig::from_hf_json(&self.clip)?)
+    }
+
+    /// Checks the settings against the model config.
+    pub(crate) fn check(
+        &self,
+        model: &audiox::ModelConfig,
+        clip_samples: usize,
+    ) -> TrainResult<()> {
+        self.optim.check("teacher")?;
+        if !(0.0..=1.0).contains(&self.cond_dropout) {
+            return Err(TrainError::config(
+                "teacher.cond_dropout",
+                format!("{} is not a probability", self.cond_dropout),
+            ));
+        }
+        if self.clip_pool == 0 {
+            return Err(TrainError::config(
+                "teacher.clip_pool",
+                "must be at least 1",
+            ));
+        }
+        let cond_dim = model.model.conditioning.cond_dim;
+        let t5 = self.t5_config()?;
+        if t5.d_model != cond_dim {
+            return Err(TrainError::config(
+                "teacher.t5.d_model",
+                format!(
+                    "{} differs from the model's cond_dim {cond_dim}",
+                    t5.d_model
+                ),
+            ));
+        }
+        let vocab = crate::tokenizer::vocab_size(
+            &serde_json::from_str(DEMO_TOKENIZER_JSON)
+                .map_err(|e| TrainError::config("tokenizer", e.to_string()))?,
+        );
+        if t5.vocab_size < vocab {
+            return Err(TrainError::config(
+                "teacher.t5.vocab_size",
+                format!(
+                    "{} is smaller than the demo tokenizer's {vocab} pieces",
+                    t5.vocab_size
+                ),
+            ));
+        }
+        let clip = self.clip_config()?;
+        if clip.hidden_size != cond_dim {
+            return Err(TrainError::config(
+                "teacher.clip.hidden_size",
+                format!(
+                    "{} differs from the model's cond_dim {cond_dim}",
+                    clip.hidden_size
+                ),
+            ));
+        }
+        let latents = model.latent_length() * model.vae().downsampling_ratio;
+        if clip_samples != model.sample_size || latents != model.sample_size {
+            return Err(TrainError::config(
+                "sample_size",
+                format!(
+                    "{} must equal a corpus clip ({clip_samples} samples) and a whole number of latent frames",
+                    model.sample_size
+                ),
+            ));
+        }
+        Ok(())
+    }
+}
+
+/// The audio-prompt conditioner's trainable projections (official
+/// `conditioner.conditioners.audio_prompt.{proj_features_128,proj_out}`).
+#[derive(Module, Debug)]
+pub struct PromptProjections {
+    /// Along time, `La -> Na`.
+    pub proj_features_128: Linear,
+    /// Per token, `C -> D`.
+    pub proj_out: Linear,
+}
+
+/// Everything the teacher trains: the denoiser (DiT), the fusion block, the text encoder and
+/// the conditioners' parameters (see the module docs for which of them a text-only request
+/// uses).
+#[derive(Module, Debug)]
+pub struct TeacherModel {
+    /// The diffusion transformer.
+    pub dit: Dit,
+    /// The MAF fusion block.
+    pub maf: MafBlock,
+    /// The T5 encoder.
+    pub t5: T5Encoder,
+    /// The video conditioner (CLIP included); only `empty_visual_feat` is trained.
+    pub video: VideoConditioner,
+    /// The audio-prompt projections.
+    pub audio: PromptProjections,
+}
+
+/// Token ids `[B, Nt]` and attention mask `[B, Nt]` of a batch of captions.
+#[derive(Debug, Clone)]
+pub struct TextBatch {
+    /// Token ids.
+    pub ids: Tensor<2, Int>,
+    /// Attention mask (float 0/1).
+    pub mask: Tensor<2>,
+}
+
+/// The frozen prompt VAE's posterior for a silent audio prompt: mean and standard deviation,
+/// `[C, La]` each.
+#[derive(Debug, Clone)]
+pub struct SilentPrompt {
+    /// Posterior mean, `C x La` values.
+    pub mean: Vec<f32>,
+    /// Posterior standard deviation, `C x La` values.
+    pub stdev: Vec<f32>,
+    /// `[C, La]`.
+    pub dims: [usize; 2],
+}
+
+impl SilentPrompt {
+    /// The posterior of an all-zero prompt of `samples` samples through `encoder`, computed
+    /// as the audio-prompt conditioner computes it.
+    pub fn new(encoder: &OobleckEncoder, samples: usize, device: &Device) -> Self {
+        let moments = encoder.forward_zeros(samples, device);
+        let posterior = Posterior::from_encoder_output(moments);
+        let [_, c, la] = posterior.mean.dims();
+        let values = |t: Tensor<3>| {
+            t.into_data()
+                .convert::<f32>()
+                .try_into_vec::<f32>()
+                .unwrap_or_default()
+        };
+        SilentPrompt {
+            stdev: values(posterior.stdev()),
+            mean: values(posterior.mean),
+            dims: [c, la],
+        }
+    }
+
+    /// Prompt latents `[B, C, La]`: `mean + eps * stdev` for the given `eps` (`B x C x La`
+    /// values), as the conditioner's posterior sample.
+    pub fn latents(&self, eps: &[f32], device: &Device) -> TrainResult<Tensor<3>> {
+        let n = self.mean.len();
+        if n == 0 || !eps.len().is_multiple_of(n) {
+            return Err(TrainError::config(
+                "teacher",
+                format!("{} prompt noise values for latents of {n}", eps.len()),
+            ));
+        }
+        let values: Vec<f32> = eps
+            .iter()
+            .enumerate()
+            .map(|(i, e)| self.mean[i % n] + e * self.stdev[i % n])
+            .collect();
+        let [c, la] = self.dims;
+        Ok(Tensor::from_data(
+            TensorData::new(values, [eps.len() / n, c, la]),
+            device,
+        ))
+    }
+}
+
+impl TeacherModel {
+    /// Builds the model from the run's configuration (parameters lazy until initialised or
+    /// loaded).
+    pub fn init(run: &RunConfig, device: &Device) -> TrainResult<Self> {
+        let model = run.model_config()?;
+        let video: VideoConditionerConfig = model
+            .video_conditioner()
+            .ok_or_else(|| TrainError::config("model", "no video conditioner"))?
+            .clone()
+            .with_clip(run.teacher.clip_config()?);
+        let audio = model
+            .audio_conditioner()
+            .ok_or_else(|| TrainError::config("model", "no audio_autoencoder conditioner"))?;
+        let c = audio.latent_dim();
+        Ok(TeacherModel {
+            dit: model.dit().init(device)?,
+            maf: model.maf().init(device),
+            t5: run.teacher.t5_config()?.init(device),
+            video: video.init(device),
+            audio: PromptProjections {
+                proj_features_128: LinearConfig::new(audio.latent_frames, audio.tokens)
+                    .init(device),
+                proj_out: LinearConfig::new(c, audio.cond_dim).init(device),
+            },
+        })
+    }
+
+    /// Text condition tokens `[B, Nt, D]`: the T5 encoder's output with padded positions
+    /// zeroed (the text conditioner's computation).
+    pub fn text_tokens(&self, text: &TextBatch) -> TrainResult<Tensor<3>> {
+        Ok(self
+            .t5
+            .forward_masked(text.ids.clone(), text.mask.clone())?)
+    }
+
+    /// The fused context `[B, Nctx, D]` of a text-only request: text tokens, the video
+    /// conditioner on all-zero frames and sync features (its empty feature), and prompt
+    /// latents `[B, C, La]` (a silent prompt's posterior sample, [`SilentPrompt::latents`])
+    /// through the audio projections, fused by the MAF block.
+    pub fn context(&self, text: &TextBatch, prompt_latents: Tensor<3>) -> TrainResult<Tensor<3>> {
+        let text = self.text_tokens(text)?;
+        let device = text.device();
+        let [b, ..] = text.dims();
+        let frames = self.video.frames();
+        let size = self.video.image_size();
+        let channels = self.video.visual_encoder_model.channels();
+        let zeros = Tensor::<5>::zeros([b, frames, channels, size, size], &device);
+        let [_, _, d] = text.dims();
+        let sync = Tensor::<3>::zeros([b, self.video.sync_rows(), d], &device);
+        let video = self.video.forward(zeros, sync)?.tokens;
+        let features = self.audio.proj_features_128.forward(prompt_latents); // [B, C, Na]
+        let audio = self.audio.proj_out.forward(features.swap_dims(1, 2)); // [B, Na, D]
+        Ok(self.maf.forward(text, video, audio)?)
+    }
+
+    /// [`TeacherModel::context`] from captions: tokenized with `tokenizer`, the prompt latents
+    /// drawn from `silent` with `eps`.
+    pub fn context_from_captions(
+        &self,
+        tokenizer: &T5Tokenizer,
+        captions: &[&str],
+        silent: &SilentPrompt,
+        eps: &[f32],
+        device: &Device,
+    ) -> TrainResult<Tensor<3>> {
+        let tokens = tokenizer.encode_batch(captions)?;
+        let text = TextBatch {
+            ids: tokens.ids_tensor(device),
+            mask: tokens.mask_tensor(device),
+        };
+        self.context(&text, silent.latents(eps, device)?)
+    }
+
+    /// The velocity `[B, C, L]` the DiT predicts for noisy latents `z_t` `[B, C, L]` at times
+    /// `t` `[B]` (1 = pure noise) with the fused context `[B, Nctx, D]` (all zeros: the null
+    /// condition of classifier-free guidance).
+    pub fn velocity(
+        &self,
+        z_t: Tensor<3>,
+        t: Tensor<1>,
+        context: Tensor<3>,
+    ) -> TrainResult<Tensor<3>> {
+        Ok(self.dit.forward_with_context(z_t, t, context)?)
+    }
+}
+
+/// The demo tokenizer padded to the run's text length.
+pub fn tokenizer(run: &RunConfig) -> TrainResult<T5Tokenizer> {
+    let model = run.model_config()?;
+    let text = model
+        .text_conditioner()
+        .ok_or_else(|| TrainError::config("model", "no t5 text conditioner"))?;
+    Ok(T5Tokenizer::from_bytes(
+        DEMO_TOKENIZER_JSON.as_bytes(),
+        text.max_length,
+    )?)
+}
+
+/// The VAE export of a run (`export/pretransform/vae.safetensors`), loaded on `device`.
+pub fn load_trained_vae(run: &RunDir, device: &Device) -> TrainResult<Vae> {
+    let path = vae_export_path(run.root());
+    if !path.exists() {
+        return Err(TrainError::config(
+            "teacher",
+            format!(
+                "the trained VAE {} does not exist: run the vae stage first",
+                path.display()
+            ),
+        ));
+    }
+    let dict = StateDict::open(&path)?;
+    let config = super::vae::vae_config(&run.config().model_config()?);
+    Ok(Vae::load(&config, &[WeightSource::new(&dict)], device)?.0)
+}
+
+fn vae_export_path(root: &Path) -> PathBuf {
+    root.join("export")
+        .join("pretransform")
+        .join("vae.safetensors")
+}
+
+/// The device `device` wraps when it has autodiff (itself otherwise): where frozen modules
+/// run.
+pub fn inner_device(device: &Device) -> Device {
+    Tensor::<1>::zeros([1], device).inner().device()
+}
+
+/// The teacher stage of a run.
+pub struct TeacherStage {
+    seed: u64,
+    run: RunConfig,
+    corpus: Corpus,
+    tokenizer: T5Tokenizer,
+    encoder: OobleckEncoder,
+    silent: SilentPrompt,
+    frozen_device: Device,
+    latents: Mutex<HashMap<u64, Vec<f32>>>,
+    latent_dims: [usize; 2],
+}
+
+impl TeacherStage {
+    /// The stage of `run`: needs the run's finished VAE stage (its export is the frozen VAE).
+    pub fn new(run: &RunDir, device: &Device) -> TrainResult<Self> {
+        let config = run.config().clone();
+        config.validate()?;
+        let vae_steps = Checkpoints::new(&run.stage_dir(StageName::Vae))
+            .steps()?
+            .last()
+            .copied()
+            .unwrap_or(0);
+        if vae_steps < config.vae.optim.steps {
+            return Err(TrainError::config(
+                "teacher",
+                format!(
+                    "the vae stage is at step {vae_steps} of {}: finish it first (--stage vae)",
+                    config.vae.optim.steps
+                ),
+            ));
+        }
+        let frozen_device = inner_device(device);
+        let vae = load_trained_vae(run, &frozen_device)?;
+        let model = config.model_config()?;
+        let silent = SilentPrompt::new(&vae.encoder, model.prompt_samples(), &frozen_device);
+        Ok(TeacherStage {
+            seed: config.seed,
+            corpus: Corpus::new((&config.corpus).into())?,
+            tokenizer: tokenizer(&config)?,
+            encoder: vae.encoder,
+            silent,
+            frozen_device,
+            latents: Mutex::new(HashMap::new()),
+            latent_dims: [model.model.io_channels, model.latent_length()],
+            run: config,
+        })
+    }
+
+    /// The demo tokenizer at the run's text length.
+    pub fn tokenizer(&self) -> &T5Tokenizer {
+        &self.tokenizer
+    }
+
+    /// The silent audio prompt's posterior.
+    pub fn silent_prompt(&self) -> &SilentPrompt {
+        &self.silent
+    }
+
+    /// The random stream of step `step`.
+    fn rng(&self, step: u64) -> ChaCha8Rng {
+        let mut seed = [0u8; 32];
+        seed[..8].copy_from_slice(&self.seed.to_le_bytes());
+        seed[8..16].copy_from_slice(&StageName::Teacher.stream().to_le_bytes());
+        seed[16..24].copy_from_slice(&step.to_le_bytes());
+        ChaCha8Rng::from_seed(seed)
+    }
+
+    /// Clean latents `[B, C, L]` (posterior means of the frozen VAE) of training clips
+    /// `indices`, and their captions. Encodes the clips not cached yet, in one batch.
+    pub fn clean_latents(
+        &self,
+        indices: &[u64],
+        device: &Device,
+    ) -> TrainResult<(Tensor<3>, Vec<String>)> {
+        let clips: Vec<_> = indices
+            .iter()
+            .map(|&i| self.corpus.training_clip(i))
+            .collect();
+        let captions = clips.iter().map(|c| c.caption.clone()).collect();
+        let mut cache = self
+            .latents
+            .lock()
+            .map_err(|_| TrainError::config("teacher", "the latent cache was poisoned"))?;
+        let mut missing: Vec<usize> = Vec::new();
+        for (j, i) in indices.iter().enumerate() {
+            if !cache.contains_key(i) && !missing.iter().any(|&m| indices[m] == *i) {
+                missing.push(j);
+            }
+        }
+        if !missing.is_empty() {
+            let channels = self.encoder.channels_in();
+            let samples = self.run.model_config()?.sample_size;
+            let mut audio = Vec::with_capacity(missing.len() * channels * samples);
+            for &j in &missing {
+                let s = &clips[j].samples;
+                for _ in 0..channels {
+                    audio.extend(s.iter().take(samples));
+                    audio.extend(std::iter::repeat_n(0.0, samples.saturating_sub(s.len())));
+                }
+            }
+            let x = Tensor::<3>::from_data(
+                TensorData::new(audio, [missing.len(), channels, samples]),
+                &self.frozen_device,
+            );
+            let mean = Posterior::from_encoder_output(self.encoder.forward(x)).mean;
+            let per = self.latent_dims[0] * self.latent_dims[1];
+            let values = mean
+                .into_data()
+                .convert::<f32>()
+                .try_into_vec::<f32>()
+                .map_err(|e| TrainError::config("teacher", format!("{e:?}")))?;
+            for (k, &j) in missing.iter().enumerate() {
+                cache.insert(indices[j], values[k * per..(k + 1) * per].to_vec());
+            }
+        }
+        let mut values =
+            Vec::with_capacity(indices.len() * self.latent_dims[0] * self.latent_dims[1]);
+        for i in indices {
+            values.extend_from_slice(&cache[i]);
+        }
+        let [c, l] = self.latent_dims;
+        Ok((
+            Tensor::from_data(TensorData::new(values, [indices.len(), c, l]), device),
+            captions,
+        ))
+    }
+}
+
+impl Stage for TeacherStage {
+    type Model = TeacherModel;
+
+    fn name(&self) -> StageName {
+        StageName::Teacher
+    }
+
+    fn settings(&self) -> &LoopSettings {
+        &self.run.teacher.optim
+    }
+
+    fn init_model(&self, device: &Device) -> TrainResult<TeacherModel> {
+        let seed = self.seed ^ (StageName::Teacher.stream() << 56);
+        Ok(random_init(TeacherModel::init(&self.run, device)?, seed))
+    }
+
+    /// Draws, in order from the step's stream: the clip of each row, the prompt noise, then
+    /// the flow batch (times, noise, dropped rows).
+    fn loss(&self, model: &TeacherModel, step: u64, device: &Device) -> TrainResult<StepLoss> {
+        let settings = &self.run.teacher;
+        let mut rng = self.rng(step);
+        let b = settings.optim.batch;
+        let indices: Vec<u64> = (0..b)
+            .map(|_| rng.next_u64() % settings.clip_pool)
+            .collect();
+        let (x0, captions) = self.clean_latents(&indices, device)?;
+        // The clean latents' RMS, for the log: the flow's noise has unit variance, so latents
+        // far from unit scale skew its signal-to-noise schedule (the schema has no latent
+        // scaling to correct it).
+        let rms = x0.clone().powi_scalar(2).mean().sqrt().into_scalar::<f32>() as f64;
+        let eps = normals(&mut rng, b * self.silent.mean.len());
+        let captions: Vec<&str> = captions.iter().map(String::as_str).collect();
+        let context =
+            model.context_from_captions(&self.tokenizer, &captions, &self.silent, &eps, device)?;
+        let batch = flow_batch(
+            x0,
+            settings.time_sampler,
+            settings.cond_dropout,
+            &mut rng,
+            device,
+        );
+        let context = drop_condition(context, &batch.dropped);
+        let v = model.velocity(batch.z_t, batch.t, context)?;
+        let loss = (v - batch.target).powi_scalar(2).mean();
+        let value = loss.clone().into_scalar::<f32>() as f64;
+        let dropped = batch.dropped.iter().filter(|&&d| d).count() as f64;
+        Ok(StepLoss {
+            loss,
+            terms: BTreeMap::from([
+                ("flow_mse".to_string(), value),
+                ("dropped".to_string(), dropped),
+                ("x0_rms".to_string(), rms),
+            ]),
+        })
+    }
+}
+
+/// What [`export_teacher`] wrote.
+#[derive(Debug, Clone)]
+pub struct TeacherExport {
+    /// The folder (`AudioX::builder().checkpoint_dir(...)` loads it).
+    pub dir: PathBuf,
+    /// The teacher checkpoint (`pretrained_ckpt/pretrained_ckpt.safetensors`).
+    pub teacher: PathBuf,
+    /// Float parameters written, per file.
+    pub parameters: BTreeMap<String, usize>,
+}
+
+/// Writes the trained teacher and everything else a model folder needs to `out` (the run's
+/// `export/`, which already holds the VAE):
+///
+/// * `pretrained_ckpt/pretrained_ckpt.safetensors`: DiT, MAF block, the video conditioner
+///   without its CLIP tower, the audio-prompt projections, under the official names (the
+///   teacher slot; the builder needs no student when a teacher is there, so none is written
+///   until the DMD student exists);
+/// * `t5-base/`: `config.json`, `tokenizer.json` (the demo vocabulary), `model.safetensors`;
+/// * `clip-vit-base-patch32/`: `config.json`, `model.safetensors` (seeded, never trained);
+/// * `config.json`: the run's model config.
+///
+/// No Synchformer is written: without it the model refuses video and image requests, which
+/// the demo model does not follow. All files are f32 (`audiox convert` or the shipping step
+/// stores them in bf16). The VAE (`pretransform/vae.safetensors`) must be there already.
+pub fn export_teacher(
+    model: &TeacherModel,
+    run: &RunConfig,
+    out: &Path,
+) -> TrainResult<TeacherExport> {
+    if !out.join("pretransform").join("vae.safetensors").exists() {
+        return Err(TrainError::config(
+            "export",
+            format!("{} has no pretransform/vae.safetensors", out.display()),
+        ));
+    }
+    let meta = [("format", "pt"), ("audiox_precision", "f32")];
+    let mut parameters = BTreeMap::new();
+
+    let mut tensors = official_tensors_of(&model.dit, &Dit::layout(), prefixes::DIT)?;
+    tensors.extend(official_tensors_of(
+        &model.maf,
+        &MafBlock::layout(),
+        prefixes::MAF,
+    )?);
+    let video = official_tensors_of(&model.video, &VideoConditioner::layout(), "")?;
+    let (clip, video): (Vec<_>, Vec<_>) = video
+        .into_iter()
+        .partition(|(name, _, _)| name.starts_with(prefixes::CLIP_IN_VIDEO));
+    tensors.extend(
+        video
+            .into_iter()
+            .map(|(n, s, v)| (format!("{}{n}", prefixes::VIDEO), s, v)),
+    );
+    tensors.extend(official_tensors_of(
+        &model.audio,
+        &Layout::new(),
+        prefixes::AUDIO,
+    )?);
+    let teacher = out
+        .join("pretrained_ckpt")
+        .join("pretrained_ckpt.safetensors");
+    parameters.insert("teacher".into(), count(&tensors));
+    write_safetensors(&teacher, &tensors, &meta)?;
+
+    let t5_dir = out.join("t5-base");
+    let t5 = official_tensors_of(&model.t5, &T5Encoder::layout(), "")?;
+    parameters.insert("t5".into(), count(&t5));
+    write_safetensors(&t5_dir.join("model.safetensors"), &t5, &meta)?;
+    write_json(&t5_dir.join("config.json"), &run.teacher.t5)?;
+    write_atomic(
+        &t5_dir.join("tokenizer.json"),
+        DEMO_TOKENIZER_JSON.as_bytes(),
+    )?;
+
+    let clip_dir = out.join("clip-vit-base-patch32");
+    let clip: Vec<_> = clip
+        .into_iter()
+        .map(|(n, s, v)| (n[prefixes::CLIP_IN_VIDEO.len()..].to_string(), s, v))
+        .collect();
+    parameters.insert("clip".into(), count(&clip));
+    write_safetensors(&clip_dir.join("model.safetensors"), &clip, &meta)?;
+    write_json(&clip_dir.join("config.json"), &run.teacher.clip)?;
+
+    write_json(&out.join("config.json"), &run.model)?;
+    Ok(TeacherExport {
+        dir: out.to_path_buf(),
+        teacher,
+        parameters,
+    })
+}
+
+fn count(tensors: &[super::vae::NamedTensor]) -> usize {
+    tensors.iter().map(|(_, _, v)| v.len()).sum()
+}
+
+fn write_json(path: &Path, value: &serde_json::Value) -> TrainResult<()> {
+    let text = serde_json::to_string_pretty(value)
+        .map_err(|e| TrainError::config(path.display().to_string(), e.to_string()))?;
+    write_atomic(path, text.as_bytes())
+}
+
+/// `n` standard normal values from a fresh stream seeded by `seed` (for tests and examples
+/// that need prompt noise outside a training step).
+pub fn noise(seed: u64, n: usize) -> Vec<f32> {
+    normals(&mut ChaCha8Rng::seed_from_u64(seed), n)
+}

@@ -1,0 +1,337 @@
+//! The teacher stage at a tiny size: an interrupted and resumed run equals an uninterrupted
+//! one bit for bit, and the export loads through `AudioX::builder().checkpoint_dir(...)` as
+//! the teacher and generates what the trained module computes.
+
+use std::path::Path;
+use std::sync::Arc;
+
+use audiox::sampler::{Euler, Sampler};
+use audiox::{AudioX, DenoiserKind, ReplayNoise, Request};
+use audiox_core::noise::labels;
+use audiox_train::train::teacher::{TeacherModel, noise, tokenizer};
+use audiox_train::train::vae::parameters;
+use audiox_train::train::{
+    RunConfig, RunDir, Stop, TeacherStage, VaeStage, export_teacher, export_vae, train_stage,
+};
+use burn::module::Module;
+use burn::tensor::{Device, Tensor, TensorData};
+use serde_json::{Value, json};
+
+fn one_thread() {
+    // Bit-exact comparisons need a fixed reduction order (see tests/trainer.rs).
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build_global();
+}
+
+/// The demo run at 8 kHz with a 2-channel VAE (strides 2/4/8/10: 125 latent frames of 10 s),
+/// condition width 16, a one-block DiT of width 32, a one-layer T5 and CLIP, and tiny loops.
+fn tiny_run() -> RunConfig {
+    let mut run = RunConfig::demo();
+    run.seed = 11;
+    run.corpus.sample_rate = 8_000;
+    let m = &mut run.model;
+    let (rate, seconds) = (8_000u64, 10u64);
+    let strides = [2usize, 4, 8, 10];
+    let ratio: usize = strides.iter().product();
+    let sample_size = (rate * seconds) as usize;
+    let frames = sample_size / ratio;
+    let (channels, latent, cond) = (2, 4, 16);
+    let vae = json!({
+        "encoder": {"type": "oobleck", "requires_grad": false, "config": {
+            "in_channels": 2, "channels": channels, "c_mults": [1, 2, 4, 8], "strides": strides,
+            "latent_dim": 2 * latent, "use_snake": true}},
+        "decoder": {"type": "oobleck", "config": {
+            "out_channels": 2, "channels": channels, "c_mults": [1, 2, 4, 8], "strides": strides,
+            "latent_dim": latent, "use_snake": true, "final_tanh": false}},
+        "bottleneck": {"type": "vae"},
+        "latent_dim": latent, "downsampling_ratio": ratio, "io_channels": 2
+    });
+    m["sample_rate"] = json!(rate);
+    m["sample_size"] = json!(sample_size);
+    m["model"]["pretransform"]["config"] = vae.clone();
+    m["model"]["io_channels"] = json!(latent);
+    m["model"]["conditioning"]["cond_dim"] = json!(cond);
+    for c in m["model"]["conditioning"]["configs"]
+        .as_array_mut()
+        .unwrap()
+    {
+        if c["id"] == "audio_prompt" {
+            c["config"]["sample_rate"] = json!(rate);
+            c["config"]["pretransform_config"]["config"] = vae.clone();
+            c["config"]["latent_seq_len"] = json!(frames);
+        }
+    }
+    let d = &mut m["model"]["diffusion"];
+    d["gate_type_config"] =
+        json!({"num_experts_per_modality": 2, "num_heads": 2, "num_fusion_layers": 1});
+    let dc = &mut d["config"];
+    dc["io_channels"] = json!(latent);
+    dc["embed_dim"] = json!(32);
+    dc["depth"] = json!(1);
+    dc["num_heads"] = json!(16);
+    dc["cond_token_dim"] = json!(cond);
+    dc["global_cond_dim"] = json!(cond);
+    dc["_latent_seq_len"] = json!(frames + 1);
+    m["_tiny_hardcoded_sizes"]["audio_prompt.proj_features_128"] = json!([[frames, 4], [215, 128]]);
+    m["_tiny_hardcoded_sizes"]["video_prompt.proj"] = json!([[250, 4], [2500, 128]]);
+
+    run.vae.optim.steps = 1;
+    run.vae.optim.batch = 1;
+    run.vae.optim.warmup = 0;
+    run.vae.crop = 2 * ratio;
+    run.vae.stft_sizes = vec![64, 32];
+
+    let t = &mut run.teacher;
+    t.optim.steps = 4;
+    t.optim.batch = 2;
+    t.optim.lr = 1e-3;
+    t.optim.warmup = 0;
+    t.optim.checkpoint_every = 2;
+    t.optim.keep_checkpoints = 2;
+    t.clip_pool = 3;
+    t.cond_dropout = 0.5;
+    for (k, v) in [
+        ("d_model", 16),
+        ("d_kv", 8),
+        ("num_heads", 2),
+        ("num_layers", 1),
+        ("d_ff", 32),
+    ] {
+        t.t5[k] = json!(v);
+    }
+    for (k, v) in [
+        ("hidden_size", 16),
+        ("intermediate_size", 16),
+        ("num_attention_heads", 2),
+    ] {
+        t.clip[k] = json!(v);
+    }
+    run
+}
+
+fn device() -> Device {
+    Device::flex().autodiff()
+}
+
+/// Trains the VAE stage (1 step) and exports it, then the teacher until `stop_after`.
+fn train(dir: &Path, run: &RunConfig, stop_after: Option<u64>) -> (TeacherModel, u64, u64) {
+    let device = device();
+    let run_dir = RunDir::open(dir, run.clone()).unwrap();
+    let vae = VaeStage::new(run_dir.config(), &device).unwrap();
+    let out = train_stage(&vae, &run_dir, &device, Stop::never(), &mut |_| {}).unwrap();
+    export_vae(&out.model, run, &dir.join("export")).unwrap();
+    let stage = TeacherStage::new(&run_dir, &device).unwrap();
+    let stop = Stop {
+        after_steps: stop_after,
+        deadline: None,
+    };
+    let out = train_stage(&stage, &run_dir, &device, stop, &mut |_| {}).unwrap();
+    (out.model, out.step, out.resumed_from)
+}
+
+fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data()
+        .convert::<f32>()
+        .try_into_vec::<f32>()
+        .unwrap()
+}
+
+fn max_error(a: &[f32], b: &[f32]) -> (f32, f32) {
+    assert_eq!(a.len(), b.len());
+    let err = a
+        .iter()
+        .zip(b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max);
+    let scale = b.iter().map(|x| x.abs()).fold(0.0, f32::max);
+    (err, scale)
+}
+
+#[test]
+fn the_teacher_resumes_exactly_and_its_export_loads_as_the_teacher() {
+    one_thread();
+    let run = tiny_run();
+    run.validate().unwrap();
+    let steps = run.teacher.optim.steps;
+    let tmp = tempfile::tempdir().unwrap();
+    let (a_dir, b_dir) = (tmp.path().join("a"), tmp.path().join("b"));
+
+    let (whole, step, from) = train(&a_dir, &run, None);
+    assert_eq!((step, from), (steps, 0));
+    let (_, step, _) = train(&b_dir, &run, Some(steps / 2));
+    assert_eq!(step, steps / 2);
+    let (resumed, step, from) = train(&b_dir, &run, None);
+    assert_eq!((step, from), (steps, steps / 2));
+
+    let initial = {
+        use audiox_train::train::Stage;
+        let device = device();
+        let run_dir = RunDir::open(&a_dir, run.clone()).unwrap();
+        let stage = TeacherStage::new(&run_dir, &device).unwrap();
+        parameters(&stage.init_model(&device).unwrap())
+    };
+    let (pa, pb) = (parameters(&whole), parameters(&resumed));
+    assert_eq!(pa.len(), pb.len());
+    let mut changed = 0;
+    for (((name, _, a), (_, _, b)), (_, _, init)) in pa.iter().zip(&pb).zip(&initial) {
+        assert_eq!(
+            a, b,
+            "`{name}` differs between the whole and the resumed run"
+        );
+        changed += usize::from(a != init);
+    }
+    // The DiT, MAF, T5, the empty video feature and the prompt projections train; the CLIP
+    // tower, the temporal transformer, the video projections and the DiT's dead weights do
+    // not (a text-only request never runs them).
+    assert!(
+        changed > pa.len() / 3,
+        "{changed} of {} parameters changed",
+        pa.len()
+    );
+    let empty = pa
+        .iter()
+        .zip(&initial)
+        .find(|((n, _, _), _)| n.ends_with("empty_visual_feat"))
+        .unwrap();
+    assert_ne!(empty.0.2, empty.1.2, "the empty video feature trains");
+    let log = std::fs::read_to_string(b_dir.join("teacher").join("loss.jsonl")).unwrap();
+    assert_eq!(log.lines().count() as u64, steps, "each step logged once");
+
+    // The export loads through the builder as the teacher (no student file is written).
+    let export = a_dir.join("export");
+    let written = export_teacher(&whole, &run, &export).unwrap();
+    assert!(written.teacher.exists());
+    assert!(!export.join("audiox_turbo").exists());
+    let loaded = AudioX::builder().checkpoint_dir(&export).build().unwrap();
+    assert_eq!(loaded.kind(), DenoiserKind::Teacher);
+    assert!(!loaded.supports_video(), "no Synchformer: video is refused");
+
+    // One Euler step from t = 1 gives z - v(z, 1): with replayed noise, the loaded model's
+    // context and latent must equal the trained module's own.
+    let config = run.model_config().unwrap();
+    let (c, l) = (config.model.io_channels, config.latent_length());
+    let la = config.audio_conditioner().unwrap().latent_frames;
+    let z = noise(1, c * l);
+    let eps = noise(2, c * la);
+    let samples = config.prompt_samples() as i64;
+    let len = (samples as f32 * 0.5) as i64;
+    let replay = ReplayNoise::new()
+        .with_normal(labels::INITIAL_NOISE, &[1, c, l], z.clone())
+        .with_uniform(labels::AUDIO_MASK_RATIO, &[1], vec![0.5])
+        .with_integers(labels::AUDIO_MASK_START, vec![(samples - len) / 2])
+        .with_normal(labels::VAE_NOISE, &[1, c, la], eps.clone());
+    let caption = "two knocks, then a low thud";
+    let sampler: Arc<dyn Sampler> = Arc::new(Euler::new(1));
+    let generated = loaded
+        .generate(
+            Request::text(caption)
+                .sampler(sampler)
+                .noise_source(replay)
+                .keep_intermediates(true),
+        )
+        .unwrap();
+    let inter = generated.intermediates.unwrap();
+
+    let plain = Device::flex();
+    let trained = whole.valid();
+    let run_dir = RunDir::open(&a_dir, run.clone()).unwrap();
+    let stage = TeacherStage::new(&run_dir, &plain).unwrap();
+    let context = trained
+        .context_from_captions(
+            &tokenizer(&run).unwrap(),
+            &[caption],
+            stage.silent_prompt(),
+            &eps,
+            &plain,
+        )
+        .unwrap();
+    let (err, scale) = max_error(&values(inter.context.clone()), &values(context.clone()));
+    assert!(
+        scale > 0.0 && err <= 1e-4 * scale.max(1.0),
+        "context: {err} of {scale}"
+    );
+
+    let zt = Tensor::<3>::from_data(TensorData::new(z.clone(), [1, c, l]), &plain);
+    let t = Tensor::<1>::from_data(TensorData::new(vec![1.0f32], [1]), &plain);
+    let v = trained.velocity(zt.clone(), t, context).unwrap();
+    let expected = values(zt - v);
+    let (err, scale) = max_error(&values(inter.latent), &expected);
+    assert!(
+        scale > 0.0 && err <= 1e-4 * scale.max(1.0),
+        "latent: {err} of {scale}"
+    );
+}
+
+#[test]
+fn the_teacher_refuses_to_start_before_the_vae_is_trained() {
+    one_thread();
+    let run = tiny_run();
+    let tmp = tempfile::tempdir().unwrap();
+    let run_dir = RunDir::open(tmp.path(), run).unwrap();
+    let err = TeacherStage::new(&run_dir, &device()).err().unwrap();
+    assert!(err.to_string().contains("vae stage"), "{err}");
+}
+
+#[test]
+fn teacher_settings_that_contradict_the_model_are_refused() {
+    let mut run = tiny_run();
+    run.teacher.t5["d_model"] = json!(8);
+    let err = run.validate().unwrap_err().to_string();
+    assert!(err.contains("teacher.t5.d_model"), "{err}");
+    let mut run = tiny_run();
+    run.teacher.t5["vocab_size"] = json!(10);
+    let err = run.validate().unwrap_err().to_string();
+    assert!(err.contains("vocab_size"), "{err}");
+    let mut run = tiny_run();
+    run.teacher.cond_dropout = 1.5;
+    assert!(run.validate().is_err());
+    // The section round-trips and is required.
+    let mut json = serde_json::to_value(tiny_run()).unwrap();
+    let back: RunConfig = serde_json::from_value(json.clone()).unwrap();
+    assert_eq!(back, tiny_run());
+    json.as_object_mut().unwrap().remove("teacher");
+    let err = serde_json::from_value::<RunConfig>(json)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("teacher"), "{err}");
+}
+
+#[test]
+fn a_run_started_before_the_teacher_stage_is_extended_until_the_teacher_starts() {
+    let run = tiny_run();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path();
+    let path = dir.join("run.json");
+    RunDir::open(dir, run.clone()).unwrap();
+    let current: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    // What a run started with the placeholder sizes and no teacher section stored.
+    let mut old = current.clone();
+    old.as_object_mut().unwrap().remove("teacher");
+    old["model"]["model"]["conditioning"]["cond_dim"] = json!(32);
+    old["model"]["model"]["diffusion"]["config"]["num_heads"] = json!(4);
+    let write = |v: &Value| std::fs::write(&path, serde_json::to_string(v).unwrap()).unwrap();
+
+    write(&old);
+    RunDir::open(dir, run.clone()).unwrap();
+    let now: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert_eq!(
+        now, current,
+        "run.json is extended to the new configuration"
+    );
+
+    // Anything the VAE stage reads must still match.
+    let mut vae_changed = old.clone();
+    vae_changed["model"]["model"]["conditioning"] =
+        current["model"]["model"]["conditioning"].clone();
+    vae_changed["vae"]["crop"] = json!(run.vae.crop * 2);
+    write(&vae_changed);
+    let err = RunDir::open(dir, run.clone()).unwrap_err().to_string();
+    assert!(err.contains("vae.crop"), "{err}");
+
+    // Once the teacher has a checkpoint, its settings are fixed too.
+    std::fs::create_dir_all(dir.join("teacher/checkpoints/step-00000002")).unwrap();
+    write(&old);
+    let err = RunDir::open(dir, run).unwrap_err().to_string();
+    assert!(err.contains("another configuration"), "{err}");
+}

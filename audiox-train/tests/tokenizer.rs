@@ -1,0 +1,72 @@
+//! The demo T5 tokenizer: built from the fixture's T5 tokenizer by `tokenizer::demo_tokenizer`,
+//! one known piece per caption word, no `<unk>` in any caption of the grammar.
+
+use audiox_encoders::tokenizer::T5Tokenizer;
+use audiox_train::corpus::{Corpus, CorpusConfig};
+use audiox_train::tokenizer::{DEMO_TOKENIZER_JSON, caption_words, demo_tokenizer, vocab_size};
+use serde_json::Value;
+
+const UNK: i64 = 2;
+
+fn committed() -> Value {
+    serde_json::from_str(DEMO_TOKENIZER_JSON).unwrap()
+}
+
+#[test]
+fn the_committed_tokenizer_is_what_the_builder_makes_from_the_fixture() {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../fixtures/tiny/bundle/t5-base/tokenizer.json"
+    );
+    let base: Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+    let built = demo_tokenizer(&base).unwrap();
+    assert_eq!(built, committed());
+    // The fixture's own vocabulary has no digits: times would be lost.
+    let fixture = T5Tokenizer::from_file(path, 24).unwrap();
+    let a = fixture.encode_batch(&["a bell at 4 seconds"]).unwrap();
+    assert!(a.ids.contains(&UNK), "{:?}", a.ids);
+    assert!(demo_tokenizer(&serde_json::json!({"model": {"type": "BPE"}})).is_err());
+}
+
+#[test]
+fn every_caption_word_is_one_known_piece_and_no_caption_has_unknowns() {
+    let max_length = 24;
+    let tokenizer = T5Tokenizer::from_bytes(DEMO_TOKENIZER_JSON.as_bytes(), max_length).unwrap();
+    let config: Value = serde_json::from_str(audiox_train::tokenizer::DEMO_T5_CONFIG_JSON).unwrap();
+    assert!(config["vocab_size"].as_u64().unwrap() as usize >= vocab_size(&committed()));
+    for word in caption_words() {
+        let t = tokenizer.encode_batch(&[word.as_str()]).unwrap();
+        let real: Vec<i64> = t
+            .ids
+            .iter()
+            .zip(&t.mask)
+            .filter(|(_, m)| **m)
+            .map(|(i, _)| *i)
+            .collect();
+        // The word's piece and `</s>`.
+        assert_eq!(real.len(), 2, "`{word}` -> {real:?}");
+        assert_ne!(real[0], UNK, "`{word}` is unknown");
+    }
+    let corpus = Corpus::new(CorpusConfig::default()).unwrap();
+    let mut captions: Vec<String> = (0..2_000)
+        .map(|i| corpus.training_scene(i).caption())
+        .collect();
+    captions.extend(corpus.held_out_scenes(200).iter().map(|s| s.caption()));
+    let refs: Vec<&str> = captions.iter().map(String::as_str).collect();
+    let t = tokenizer.encode_batch(&refs).unwrap();
+    assert!(
+        !t.truncated(),
+        "a caption is longer than {max_length} tokens"
+    );
+    assert!(!t.ids.contains(&UNK), "a caption has an unknown piece");
+    let longest = (0..t.batch)
+        .map(|i| t.mask_of(i).iter().filter(|m| **m).count())
+        .max()
+        .unwrap();
+    assert!(longest <= 16, "{longest} tokens");
+    // Numbers survive: two times give two different token sequences.
+    let times = tokenizer
+        .encode_batch(&["a bell at 4 seconds", "a bell at 5 seconds"])
+        .unwrap();
+    assert_ne!(times.ids_of(0), times.ids_of(1));
+}
