@@ -62,7 +62,10 @@ struct Args {
     /// Use the teacher checkpoint (`pretrained_ckpt/pretrained_ckpt.ckpt` of the folder, the
     /// embedded demo model's teacher without --checkpoint-dir, or this
     /// file) as the denoiser.
-    #[arg(long, num_args = 0..=1, default_missing_value = "")]
+    // An OsString parser: clap's PathBuf parser refuses the empty value that marks a bare
+    // `--teacher`.
+    #[arg(long, num_args = 0..=1, default_missing_value = "",
+          value_parser = clap::builder::TypedValueParser::map(clap::builder::OsStringValueParser::new(), PathBuf::from))]
     teacher: Option<PathBuf>,
     /// A video to condition on (video-to-audio); needs ffmpeg.
     #[arg(long)]

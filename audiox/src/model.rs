@@ -657,7 +657,7 @@ impl Files {
             Files::Memory(m) => {
                 let kind = asked.unwrap_or(DenoiserKind::Student);
                 let name = Self::memory_denoiser(kind);
-                m.require(name, "denoiser weights")?;
+                m.require(name, Self::memory_denoiser_what(kind))?;
                 for (file, what) in [
                     (names::VAE, "VAE weights"),
                     (names::T5_WEIGHTS, "T5 weights"),
@@ -667,6 +667,13 @@ impl Files {
                 }
                 Ok((kind, m.display_path(name)))
             }
+        }
+    }
+
+    fn memory_denoiser_what(kind: DenoiserKind) -> &'static str {
+        match kind {
+            DenoiserKind::Student => "student weights",
+            DenoiserKind::Teacher => "teacher weights",
         }
     }
 
@@ -776,7 +783,10 @@ impl Files {
                 };
                 StateDict::open(paths.require(path, "denoiser checkpoint", "")?)
             }
-            Files::Memory(m) => m.require_weights(Self::memory_denoiser(kind), "denoiser weights"),
+            Files::Memory(m) => m.require_weights(
+                Self::memory_denoiser(kind),
+                Self::memory_denoiser_what(kind),
+            ),
         }
     }
 

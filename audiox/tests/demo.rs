@@ -114,6 +114,15 @@ fn the_teacher_of_a_model_in_memory_is_chosen_with_denoiser() {
         .channels()
         .to_vec();
     assert_eq!(a, b);
+    // On disk, `denoiser(Student)` ignores a teacher that is set.
+    let student_on_disk = AudioX::builder()
+        .checkpoint_dir(dir.path())
+        .teacher_checkpoint(dir.path().join(STUDENT))
+        .denoiser(DenoiserKind::Student)
+        .build()
+        .unwrap();
+    assert_eq!(student_on_disk.kind(), DenoiserKind::Student);
+    assert!(student_on_disk.paths().teacher.is_none());
     // Without `denoiser`, memory loads the student even when a teacher is there.
     let default = AudioX::builder().checkpoint_memory(files).build().unwrap();
     assert_eq!(default.kind(), DenoiserKind::Student);
