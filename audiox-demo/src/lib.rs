@@ -32,10 +32,11 @@ pub const SIZE_BUDGET: usize = 9_000_000;
 
 /// What to do when the demo model is missing (the text of `audiox`'s
 /// `Error::DemoModelMissing`).
-pub const HOW_TO_PRODUCE: &str = "the audiox-demo crate was built without its assets; train and \
-    export the demo model with `cargo run --release -p audiox-train --features train -- \
-    --stage export-demo` (docs/training.md), which writes audiox-demo/assets/, or point the \
-    environment variable AUDIOX_DEMO_ASSETS at such a folder when building";
+pub const HOW_TO_PRODUCE: &str = "the audiox-demo crate was built without its assets: train the \
+    demo model with audiox-train (docs/training.md), convert its exported checkpoint folder with \
+    `cargo run --release -p audiox --example demo_assets -- <export> audiox-demo/assets` and \
+    rebuild, or point the environment variable AUDIOX_DEMO_ASSETS at such a folder when \
+    building (docs/weights.md, \"The embedded demo model\")";
 
 /// Whether the demo model is embedded (the assets held a `config.json` at build time).
 pub fn is_available() -> bool {
