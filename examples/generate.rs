@@ -398,7 +398,14 @@ fn dir_builder(args: &Args) -> audiox::AudioXBuilder {
     let mut builder = AudioX::builder().checkpoint_dir(&dir);
     if let Some(teacher) = &args.teacher {
         let path = if teacher.as_os_str().is_empty() {
-            dir.join("pretrained_ckpt/pretrained_ckpt.ckpt")
+            // The official file, else its converted form (examples/convert.rs --teacher).
+            let official = dir.join("pretrained_ckpt/pretrained_ckpt.ckpt");
+            let converted = dir.join("pretrained_ckpt/pretrained_ckpt.safetensors");
+            if !official.exists() && converted.exists() {
+                converted
+            } else {
+                official
+            }
         } else {
             teacher.clone()
         };
