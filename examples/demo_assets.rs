@@ -2,7 +2,8 @@
 //! exports it) into the files the `audiox-demo` crate embeds: bf16 safetensors of only the
 //! weights the model uses, the configs and the tokenizer. Then loads the result from memory
 //! the way `AudioX::demo()` will, generates one clip with the student (and the teacher when
-//! there is one), and checks the total against the 9 MB budget.
+//! there is one), and checks the total against the 9 MB budget and the sample rate (16 kHz or
+//! more).
 //!
 //! ```text
 //! cargo run --release -p audiox --example demo_assets -- runs/demo/export audiox-demo/assets
@@ -68,6 +69,16 @@ fn run(from: PathBuf, to: PathBuf) -> audiox::Result<()> {
     }
 
     let mut kinds = vec![DenoiserKind::Student];
+    // Issue 16: the shipped demo model runs at 16 kHz or more.
+    let rate = AudioX::builder()
+        .checkpoint_memory(files.clone())
+        .build()?
+        .sample_rate();
+    if rate < 16_000 {
+        return Err(audiox::Error::InvalidRequest(format!(
+            "the demo model runs at {rate} Hz; the shipped demo model must run at 16 kHz or more"
+        )));
+    }
     if paths.teacher.is_some() {
         kinds.push(DenoiserKind::Teacher);
     }
