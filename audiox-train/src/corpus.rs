@@ -371,19 +371,42 @@ impl Corpus {
         self.render(&scene, &mut self.rng(STREAM_TRAIN_RENDER, index))
     }
 
-    /// The first `n` distinct held-out scenes (a fixed list for a given configuration).
+    /// The first `n` distinct held-out scenes (a fixed list for a given configuration), or
+    /// fewer when the grammar runs out of distinct held-out captions (the search stops after a
+    /// bounded number of draws; [`Corpus::try_held_out_scenes`] makes that an error).
     pub fn held_out_scenes(&self, n: usize) -> Vec<Scene> {
         let mut rng = self.rng(STREAM_HELD_SCENE, 0);
         let mut seen = std::collections::HashSet::new();
         let mut out = Vec::with_capacity(n);
-        while out.len() < n {
+        // The search ends after this many draws in a row without a new held-out caption: far
+        // more than the rarest caption of the grammar needs, so it only ends a search for more
+        // captions than the grammar has.
+        const STALE_DRAWS: u32 = 200_000;
+        let mut stale = 0;
+        while out.len() < n && stale < STALE_DRAWS {
+            stale += 1;
             let scene = random_scene(&mut rng);
             let caption = scene.caption();
             if self.is_held_out(&caption) && seen.insert(caption) {
                 out.push(scene);
+                stale = 0;
             }
         }
         out
+    }
+
+    /// [`Corpus::held_out_scenes`], failing when fewer than `n` distinct held-out captions
+    /// exist.
+    pub fn try_held_out_scenes(&self, n: usize) -> Result<Vec<Scene>> {
+        let scenes = self.held_out_scenes(n);
+        if scenes.len() < n {
+            return Err(Error::InvalidConfig {
+                field: "held-out clip count",
+                value: n.to_string(),
+                reason: "more than the distinct held-out captions of the grammar",
+            });
+        }
+        Ok(scenes)
     }
 
     /// The reference rendering of the `index`-th held-out scene.

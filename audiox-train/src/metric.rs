@@ -299,3 +299,45 @@ impl Report {
         )
     }
 }
+
+/// The metric for a generator on the first `n` held-out captions of `corpus`.
+///
+/// `generate` gets each caption and its index (use the index to derive the seed) and returns
+/// mono audio at `sample_rate` (average the channels of a stereo result); every clip is
+/// scored against the caption's scene with the default [`DetectorConfig`]. Fails (instead of
+/// looping) when the corpus has fewer than `n` distinct held-out captions.
+pub fn evaluate_generator<E, G>(
+    corpus: &crate::corpus::Corpus,
+    n: usize,
+    sample_rate: u32,
+    generate: &mut G,
+) -> Result<Report, EvaluateError<E>>
+where
+    G: FnMut(&str, u64) -> Result<Vec<f32>, E> + ?Sized,
+{
+    let cfg = DetectorConfig::default();
+    let scenes = corpus
+        .try_held_out_scenes(n)
+        .map_err(EvaluateError::Corpus)?;
+    let mut scores = Vec::with_capacity(n);
+    for (i, scene) in scenes.iter().enumerate() {
+        let audio = generate(&scene.caption(), i as u64).map_err(EvaluateError::Generate)?;
+        scores.push(score_clip(
+            scene,
+            &detect_events(&audio, sample_rate, &cfg),
+            &cfg,
+        ));
+    }
+    Ok(Report::from_scores(&scores))
+}
+
+/// Why [`evaluate_generator`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum EvaluateError<E> {
+    /// The corpus could not supply the captions.
+    #[error("corpus: {0}")]
+    Corpus(crate::Error),
+    /// The generator failed.
+    #[error("generation failed: {0}")]
+    Generate(E),
+}

@@ -230,3 +230,44 @@ fn bad_configs_are_errors() {
         assert!(Corpus::new(cfg).is_err());
     }
 }
+
+#[test]
+fn asking_for_more_held_out_captions_than_exist_ends() {
+    let c = corpus();
+    // The whole held-out set, whatever its size: asking for more returns it, not a hang.
+    let all = c.held_out_scenes(1_000_000);
+    eprintln!("{} held-out captions", all.len());
+    assert!(all.len() > 80, "only {} held-out captions", all.len());
+    assert!(c.try_held_out_scenes(all.len()).is_ok());
+    assert!(c.try_held_out_scenes(all.len() + 1).is_err());
+}
+
+#[test]
+fn a_generator_is_scored_on_held_out_captions() {
+    use audiox_train::metric::evaluate_generator;
+    let c = corpus();
+    let held = c.held_out_scenes(12);
+    let rate = c.config().sample_rate;
+    // The reference renderings of each caption score like the metric's ceiling ...
+    let mut reference = |caption: &str, i: u64| -> Result<Vec<f32>, String> {
+        let scene = &held[i as usize];
+        assert_eq!(scene.caption(), caption);
+        Ok(c.held_out_clip(scene, i).samples)
+    };
+    let good = evaluate_generator(&c, 12, rate, &mut reference).unwrap();
+    assert_eq!(good.clips, 12);
+    assert!(good.event_count_accuracy >= 0.9, "{good:?}");
+    // ... another caption's rendering does not ...
+    let mut shifted = |_: &str, i: u64| -> Result<Vec<f32>, String> {
+        let j = (i as usize + 1) % held.len();
+        Ok(c.held_out_clip(&held[j], j as u64).samples)
+    };
+    let bad = evaluate_generator(&c, 12, rate, &mut shifted).unwrap();
+    assert!(
+        bad.event_count_accuracy < good.event_count_accuracy,
+        "{bad:?}"
+    );
+    // ... and a failing generator's error comes back.
+    let mut failing = |_: &str, _: u64| -> Result<Vec<f32>, String> { Err("boom".into()) };
+    assert!(evaluate_generator(&c, 3, rate, &mut failing).is_err());
+}

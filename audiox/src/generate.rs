@@ -472,9 +472,17 @@ fn video_condition(
     Ok((m.video.forward(clip_frames, sync.clone())?, sync))
 }
 
-/// Text tokens for `b` samples of one prompt (T5 runs once).
+/// Text tokens for `b` samples of one prompt (T5 runs once, and not at all when the prompt is
+/// among the last few the model conditioned on: `crate::text_cache`).
 fn text_condition(m: &Components, prompt: &str, b: usize) -> Result<(Condition, Tokens)> {
-    let (condition, tokens) = m.text.forward(&[prompt], &m.device)?;
+    let (condition, tokens) = match m.text_cache.get(prompt) {
+        Some(hit) => hit,
+        None => {
+            let (condition, tokens) = m.text.forward(&[prompt], &m.device)?;
+            m.text_cache.put(prompt, &condition, &tokens);
+            (condition, tokens)
+        }
+    };
     let [_, n, d] = condition.tokens.dims();
     let [_, nm] = condition.mask.dims();
     Ok((

@@ -37,6 +37,7 @@ mod model;
 #[cfg(feature = "parity")]
 pub mod parity;
 mod request;
+mod text_cache;
 
 // Game-engine features (issue 18): asynchronous jobs, sound-effect output options, spectrograms.
 pub mod jobs;

@@ -67,6 +67,8 @@ pub(crate) struct Components {
     pub limits: Limits,
     /// How the matmul weights are held.
     pub precision: WeightPrecision,
+    /// The text conditions of the last prompts (T5 runs once per repeated prompt).
+    pub text_cache: crate::text_cache::TextCache,
 }
 
 /// A loaded AudioX-Turbo model. Cheap to clone (shared), `Send + Sync`: several threads may
@@ -576,6 +578,7 @@ fn load(
         paths,
         limits: Limits::default(),
         precision,
+        text_cache: Default::default(),
     })
 }
 

@@ -612,3 +612,38 @@ fn a_cancel_while_the_video_file_is_read_stops_the_request() {
         started.elapsed()
     );
 }
+
+#[test]
+fn a_repeated_prompt_gives_the_same_audio_from_the_text_cache() {
+    // The model keeps the text condition of its last prompts; a prompt seen before must give
+    // exactly what it gave the first time, whatever came in between (other prompts, and
+    // enough of them to evict it).
+    let m = model();
+    let run = |prompt: &str| {
+        let out = m
+            .generate(Request::text(prompt).seed(11).keep_intermediates(true))
+            .unwrap();
+        let text = out.intermediates.as_ref().unwrap().text_tokens.clone();
+        (
+            samples(&out.audio[0]),
+            text.into_data().try_to_vec::<f32>().unwrap(),
+        )
+    };
+    let first = run("a wooden door creaks");
+    let other = run("rain on a tin roof");
+    assert_ne!(first.1, other.1, "different prompts, different text tokens");
+    assert_eq!(
+        run("a wooden door creaks"),
+        first,
+        "cached right after another prompt"
+    );
+    for p in ["one", "two", "three", "four"] {
+        run(p);
+    }
+    assert_eq!(
+        run("a wooden door creaks"),
+        first,
+        "recomputed after eviction"
+    );
+    assert_eq!(run("rain on a tin roof"), other);
+}

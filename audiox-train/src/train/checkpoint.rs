@@ -73,6 +73,25 @@ struct State {
     optim: FileEntry,
 }
 
+/// `state.json` of a checkpoint of several parts (see [`Checkpoints::save_parts`]).
+#[derive(Serialize, Deserialize)]
+struct PartsState {
+    format: u32,
+    step: u64,
+    /// File name -> length and hash, for every part's model and optimiser file.
+    parts: std::collections::BTreeMap<String, FileEntry>,
+}
+
+/// One trained part of a checkpoint of several parts: a model with its own optimiser.
+pub struct Part<M> {
+    /// The part's name (file names `<name>.model.bpk`, `<name>.optim.bpk`).
+    pub name: String,
+    /// The module.
+    pub model: M,
+    /// Its optimiser.
+    pub optim: ModuleOptimizer,
+}
+
 /// A loaded checkpoint.
 pub struct Loaded<M> {
     /// The module, its parameters (and their ids) from the checkpoint.
@@ -255,6 +274,163 @@ impl Checkpoints {
             dir,
         })
     }
+}
+
+impl Checkpoints {
+    /// Writes the checkpoint of a stage that trains several parts, each a model with its own
+    /// optimiser (the DMD stage: the student and the fake-score model), atomically, then keeps
+    /// only the newest `keep`. The folder holds `<name>.model.bpk` and `<name>.optim.bpk` per
+    /// part and a `state.json` listing every file's length and SHA-256.
+    pub fn save_parts<M: Module>(
+        &self,
+        parts: &[Part<M>],
+        step: u64,
+        keep: usize,
+    ) -> TrainResult<PathBuf> {
+        let final_dir = self.path(step);
+        let partial = self.dir.join(format!(".partial-step-{step:08}"));
+        if partial.exists() {
+            fs::remove_dir_all(&partial).map_err(|e| TrainError::io(&partial, e))?;
+        }
+        fs::create_dir_all(&partial).map_err(|e| TrainError::io(&partial, e))?;
+        let mut entries = std::collections::BTreeMap::new();
+        for part in parts {
+            check_part_name(&part.name, &partial)?;
+            let model_name = format!("{}.model.bpk", part.name);
+            let optim_name = format!("{}.optim.bpk", part.name);
+            let mut store = BurnpackStore::from_bytes(None);
+            part.model
+                .save_into(&mut store)
+                .map_err(|e| TrainError::checkpoint(partial.join(&model_name), e.to_string()))?;
+            let model_bytes = store
+                .get_bytes()
+                .map_err(|e| TrainError::checkpoint(partial.join(&model_name), e.to_string()))?;
+            let optim_bytes = part
+                .optim
+                .into_bytes()
+                .map_err(|e| TrainError::checkpoint(partial.join(&optim_name), e.to_string()))?;
+            for (name, bytes) in [
+                (model_name, &model_bytes[..]),
+                (optim_name, &optim_bytes[..]),
+            ] {
+                write_synced(&partial.join(&name), bytes)?;
+                let entry = FileEntry {
+                    bytes: bytes.len() as u64,
+                    sha256: sha256(bytes),
+                };
+                if entries.insert(name.clone(), entry).is_some() {
+                    return Err(TrainError::checkpoint(
+                        partial.join(&name),
+                        "two parts of the checkpoint have the same name",
+                    ));
+                }
+            }
+        }
+        let state = PartsState {
+            format: FORMAT,
+            step,
+            parts: entries,
+        };
+        let text = serde_json::to_string_pretty(&state)
+            .map_err(|e| TrainError::checkpoint(partial.join(STATE_FILE), e.to_string()))?;
+        write_synced(&partial.join(STATE_FILE), text.as_bytes())?;
+        if final_dir.exists() {
+            fs::remove_dir_all(&final_dir).map_err(|e| TrainError::io(&final_dir, e))?;
+        }
+        fs::rename(&partial, &final_dir).map_err(|e| TrainError::io(&final_dir, e))?;
+        if let Ok(d) = fs::File::open(&self.dir) {
+            let _ = d.sync_all();
+        }
+        let steps = self.steps()?;
+        for old in steps.iter().rev().skip(keep.max(1)) {
+            let p = self.path(*old);
+            fs::remove_dir_all(&p).map_err(|e| TrainError::io(&p, e))?;
+        }
+        Ok(final_dir)
+    }
+
+    /// Loads the checkpoint of several parts at `step` into `parts` (freshly built modules and
+    /// optimisers of the same architecture and configuration, in any order). Every file is
+    /// checked against `state.json` before it is parsed; a part missing from the checkpoint is
+    /// an error naming its file.
+    pub fn load_parts<M: Module>(
+        &self,
+        step: u64,
+        parts: Vec<Part<M>>,
+    ) -> TrainResult<Vec<Part<M>>> {
+        let dir = self.path(step);
+        let state_path = dir.join(STATE_FILE);
+        let text = fs::read_to_string(&state_path).map_err(|e| TrainError::io(&state_path, e))?;
+        let state: PartsState = serde_json::from_str(&text)
+            .map_err(|e| TrainError::checkpoint(&state_path, format!("unreadable: {e}")))?;
+        if state.format != FORMAT {
+            return Err(TrainError::checkpoint(
+                &state_path,
+                format!("format {} (this build reads {FORMAT})", state.format),
+            ));
+        }
+        if state.step != step {
+            return Err(TrainError::checkpoint(
+                &state_path,
+                format!("records step {} in the folder of step {step}", state.step),
+            ));
+        }
+        let entry = |name: &str| {
+            state.parts.get(name).ok_or_else(|| {
+                TrainError::checkpoint(dir.join(name), "not listed in state.json (missing part)")
+            })
+        };
+        let mut loaded = Vec::with_capacity(parts.len());
+        for Part {
+            name,
+            mut model,
+            optim,
+        } in parts
+        {
+            let model_path = dir.join(format!("{name}.model.bpk"));
+            let optim_path = dir.join(format!("{name}.optim.bpk"));
+            let model_bytes = read_checked(&model_path, entry(&format!("{name}.model.bpk"))?)?;
+            let optim_bytes = read_checked(&optim_path, entry(&format!("{name}.optim.bpk"))?)?;
+            let mut store = BurnpackStore::from_bytes(Some(Bytes::from_bytes_vec(model_bytes)));
+            let applied = model
+                .load_from(&mut store)
+                .map_err(|e| TrainError::checkpoint(&model_path, e.to_string()))?;
+            if !applied.errors.is_empty()
+                || !applied.missing.is_empty()
+                || !applied.unused.is_empty()
+            {
+                return Err(TrainError::checkpoint(
+                    &model_path,
+                    format!(
+                        "does not fit the model: {} errors, missing {:?}, unused {:?}",
+                        applied.errors.len(),
+                        applied.missing.iter().map(|m| &m.0).collect::<Vec<_>>(),
+                        applied.unused
+                    ),
+                ));
+            }
+            let optim = optim
+                .from_bytes(Bytes::from_bytes_vec(optim_bytes))
+                .map_err(|e| TrainError::checkpoint(&optim_path, e.to_string()))?;
+            loaded.push(Part { name, model, optim });
+        }
+        Ok(loaded)
+    }
+}
+
+/// A part name must be a plain file-name stem.
+fn check_part_name(name: &str, dir: &Path) -> TrainResult<()> {
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    {
+        return Err(TrainError::checkpoint(
+            dir,
+            format!("part name {name:?}: use letters, digits, `_` or `-`"),
+        ));
+    }
+    Ok(())
 }
 
 fn read_checked(path: &Path, entry: &FileEntry) -> TrainResult<Vec<u8>> {

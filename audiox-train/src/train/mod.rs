@@ -11,7 +11,10 @@
 //! * [`eval`]: reconstruction quality of a trained VAE on held-out clips (SNR and the
 //!   instruction-following metric);
 //! * [`flow`]: the rectified-flow objective with condition dropout (the core of the teacher
-//!   stage, which is not assembled yet).
+//!   stage, which is not assembled yet);
+//! * [`dmd`]: the DMD student stage (distribution matching with a fake-score model trained
+//!   online, a regression term on cached teacher trajectories), run by
+//!   [`train_multi_stage`] (two models, two optimisers).
 //!
 //! Batches and noise of step `s` are drawn from a random stream seeded by `(run seed, stage,
 //! s)`, so the step number is the whole data position: a run interrupted and resumed from a
@@ -29,6 +32,7 @@
 //! ```
 
 pub mod checkpoint;
+pub mod dmd;
 pub mod error;
 pub mod eval;
 pub mod flow;
@@ -39,8 +43,9 @@ pub mod stage;
 pub mod stft;
 pub mod vae;
 
+pub use dmd::StudentStage;
 pub use error::{TrainError, TrainResult};
 pub use log::{LogRecord, LossLog};
-pub use run::{RunConfig, RunDir, StageName};
-pub use stage::{Stage, StageOutcome, Stop, train_stage};
+pub use run::{RunConfig, RunDir, StageName, StudentStageConfig};
+pub use stage::{MultiStage, Stage, StageOutcome, Stop, train_multi_stage, train_stage};
 pub use vae::{VaeStage, export_vae};

@@ -118,6 +118,127 @@ pub struct VaeStageConfig {
     pub kl_weight: f64,
 }
 
+/// The DMD student stage (see [`super::dmd`]): the 4-step student distilled from the teacher
+/// by distribution matching, with a fake-score model trained online and a regression term on
+/// cached teacher trajectories. Not part of [`RunConfig`] yet: it is added there next to the
+/// teacher stage (see `docs/training.md`).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StudentStageConfig {
+    /// The optimisation loop (both optimisers follow its learning-rate schedule; `steps` counts
+    /// generator updates).
+    #[serde(flatten)]
+    pub optim: LoopSettings,
+    /// Student sampling steps: the student is trained for the times of
+    /// `audiox_sampler::Dmd::new(student_steps)` (the reference student: 4, linear from 1).
+    pub student_steps: usize,
+    /// Classifier-free guidance scale of the teacher's ("real") score in the
+    /// distribution-matching gradient (1 = no guidance).
+    pub guidance_scale: f32,
+    /// Updates of the fake-score model per generator update (at least 1).
+    pub fake_updates: usize,
+    /// The fake-score model's learning rate, as a multiple of the loop's.
+    pub fake_lr_ratio: f64,
+    /// The distribution-matching gradient noises the student's output to a time uniform in
+    /// `[t_min, t_max]` (the fake-score model is trained on the same range).
+    pub t_min: f32,
+    /// See `t_min`.
+    pub t_max: f32,
+    /// Weight of the regression term (latent MSE between the student's one-step output from a
+    /// cached noise and the teacher's multi-step result from the same noise); 0 disables it.
+    pub regression_weight: f64,
+    /// Teacher trajectories computed once and cached in the run folder.
+    pub regression_pairs: usize,
+    /// Pairs per step in the regression term.
+    pub regression_batch: usize,
+    /// Euler steps of the teacher trajectories (with `guidance_scale`).
+    pub teacher_steps: usize,
+}
+
+impl StudentStageConfig {
+    /// The demo run's settings (sized for about half an hour of CPU at the demo DiT width; see
+    /// `docs/training.md`).
+    pub fn demo() -> Self {
+        StudentStageConfig {
+            optim: LoopSettings {
+                steps: 2_000,
+                batch: 8,
+                lr: 5e-5,
+                warmup: 50,
+                checkpoint_every: 100,
+                keep_checkpoints: 2,
+            },
+            student_steps: 4,
+            guidance_scale: 6.0,
+            fake_updates: 1,
+            fake_lr_ratio: 1.0,
+            t_min: 0.02,
+            t_max: 0.98,
+            regression_weight: 0.25,
+            regression_pairs: 128,
+            regression_batch: 4,
+            teacher_steps: 50,
+        }
+    }
+
+    /// Checks every value; `stage` prefixes the field names of errors (`student`).
+    pub fn check(&self, stage: &str) -> TrainResult<()> {
+        self.optim.check(stage)?;
+        let field = |f: &str| format!("{stage}.{f}");
+        let at_least_one = [
+            ("student_steps", self.student_steps),
+            ("fake_updates", self.fake_updates),
+            ("teacher_steps", self.teacher_steps),
+        ];
+        for (name, v) in at_least_one {
+            if v == 0 {
+                return Err(TrainError::config(field(name), "must be at least 1"));
+            }
+        }
+        if !self.guidance_scale.is_finite() {
+            return Err(TrainError::config(
+                field("guidance_scale"),
+                format!("{} is not finite", self.guidance_scale),
+            ));
+        }
+        if !(self.fake_lr_ratio.is_finite() && self.fake_lr_ratio > 0.0) {
+            return Err(TrainError::config(
+                field("fake_lr_ratio"),
+                format!("{} is not a positive number", self.fake_lr_ratio),
+            ));
+        }
+        if !(self.t_min.is_finite()
+            && self.t_max.is_finite()
+            && 0.0 < self.t_min
+            && self.t_min <= self.t_max
+            && self.t_max < 1.0)
+        {
+            return Err(TrainError::config(
+                field("t_min"),
+                format!(
+                    "[{}, {}] must satisfy 0 < t_min <= t_max < 1",
+                    self.t_min, self.t_max
+                ),
+            ));
+        }
+        if !(self.regression_weight.is_finite() && self.regression_weight >= 0.0) {
+            return Err(TrainError::config(
+                field("regression_weight"),
+                format!("{} is not >= 0", self.regression_weight),
+            ));
+        }
+        if self.regression_weight > 0.0
+            && (self.regression_pairs == 0 || self.regression_batch == 0)
+        {
+            return Err(TrainError::config(
+                field("regression_pairs"),
+                "a regression term needs at least one pair and a batch of at least 1",
+            ));
+        }
+        Ok(())
+    }
+}
+
 /// Everything that determines a run: seeds, corpus, model (official schema) and stages.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -248,6 +369,8 @@ impl RunConfig {
 pub enum StageName {
     /// The Oobleck VAE.
     Vae,
+    /// The DMD student (distilled from the teacher).
+    Student,
 }
 
 impl StageName {
@@ -255,6 +378,7 @@ impl StageName {
     pub fn as_str(self) -> &'static str {
         match self {
             StageName::Vae => "vae",
+            StageName::Student => "student",
         }
     }
 
@@ -262,6 +386,8 @@ impl StageName {
     pub(crate) fn stream(self) -> u64 {
         match self {
             StageName::Vae => 1,
+            // 2 and 3 are left for the text encoder and the teacher.
+            StageName::Student => 4,
         }
     }
 }

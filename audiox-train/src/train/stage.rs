@@ -8,7 +8,7 @@ use burn::module::Module;
 use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Tensor};
 
-use super::checkpoint::Checkpoints;
+use super::checkpoint::{Checkpoints, Part};
 use super::error::{TrainError, TrainResult};
 use super::log::{LogRecord, LossLog};
 use super::run::{LoopSettings, RunDir, StageName};
@@ -146,6 +146,115 @@ pub fn train_stage<S: Stage>(
     }
     Ok(StageOutcome {
         model,
+        step,
+        resumed_from: start,
+        finished: step >= settings.steps,
+    })
+}
+
+/// A stage that trains several parts, each a model with its own optimiser, and runs its own
+/// optimiser updates within a step (the DMD stage: a generator update of the student, then
+/// one or more updates of the fake-score model). [`train_multi_stage`] runs it with the same
+/// resume, log and checkpoint rules as [`train_stage`]; its checkpoints hold every part's
+/// model and optimiser state ([`Checkpoints::save_parts`]).
+pub trait MultiStage {
+    /// The module type of every part.
+    type Model: Module;
+
+    /// Which stage this is.
+    fn name(&self) -> StageName;
+
+    /// The optimisation loop settings.
+    fn settings(&self) -> &LoopSettings;
+
+    /// The parts with their initial weights on `device` (parameters requiring gradients), each
+    /// with a fresh optimiser. Names are file-name stems (`student`, `fake_score`).
+    fn init_parts(&self, device: &Device) -> TrainResult<Vec<Part<Self::Model>>>;
+
+    /// Runs optimiser step `step` (0-based) at learning rate `lr` on `parts` (as returned by
+    /// [`MultiStage::init_parts`] or a checkpoint, in that order), updating them in place, and
+    /// returns the step's loss for the log. Everything random must be a pure function of the
+    /// run seed and `step`.
+    fn step(
+        &self,
+        parts: &mut [Part<Self::Model>],
+        step: u64,
+        lr: f64,
+        device: &Device,
+    ) -> TrainResult<StepRecord>;
+}
+
+/// What one step of a [`MultiStage`] reports.
+pub struct StepRecord {
+    /// The value logged as the step's loss.
+    pub loss: f64,
+    /// Named terms, for the log.
+    pub terms: BTreeMap<String, f64>,
+}
+
+/// Runs (or resumes) a [`MultiStage`] exactly as [`train_stage`] runs a [`Stage`]: resume
+/// from the newest checkpoint, step until the configured count or `stop`, append to
+/// `loss.jsonl`, checkpoint every `checkpoint_every` steps and where it stops. A non-finite
+/// loss or term is a [`TrainError::Config`] naming the step.
+pub fn train_multi_stage<S: MultiStage>(
+    stage: &S,
+    run: &RunDir,
+    device: &Device,
+    stop: Stop,
+    progress: &mut dyn FnMut(&LogRecord),
+) -> TrainResult<StageOutcome<Vec<Part<S::Model>>>> {
+    let settings = stage.settings().clone();
+    let dir = run.stage_dir(stage.name());
+    let checkpoints = Checkpoints::new(&dir);
+    checkpoints.remove_partial()?;
+    let (mut parts, start) = match checkpoints.steps()?.last() {
+        Some(&step) => (
+            checkpoints.load_parts(step, stage.init_parts(device)?)?,
+            step,
+        ),
+        None => (stage.init_parts(device)?, 0),
+    };
+    let mut log = LossLog::open(&dir.join("loss.jsonl"), start)?;
+    let end = stop
+        .after_steps
+        .map_or(settings.steps, |s| s.min(settings.steps));
+    let mut step = start;
+    while step < end {
+        let t0 = Instant::now();
+        let lr = settings.lr_at(step);
+        let StepRecord { loss, terms } = stage.step(&mut parts, step, lr, device)?;
+        if let Some((name, value)) = std::iter::once(("loss", &loss))
+            .chain(terms.iter().map(|(k, v)| (k.as_str(), v)))
+            .find(|(_, v)| !v.is_finite())
+        {
+            return Err(TrainError::config(
+                format!("{}.lr", stage.name().as_str()),
+                format!(
+                    "`{name}` became {value} at step {} (diverged); lower the learning rate or resume from an earlier checkpoint",
+                    step + 1
+                ),
+            ));
+        }
+        step += 1;
+        let record = LogRecord {
+            step,
+            loss,
+            terms,
+            lr,
+            seconds: t0.elapsed().as_secs_f64(),
+        };
+        log.append(&record)?;
+        progress(&record);
+        let out_of_time = stop.deadline.is_some_and(|d| Instant::now() >= d);
+        if step.is_multiple_of(settings.checkpoint_every) || step == end || out_of_time {
+            checkpoints.save_parts(&parts, step, settings.keep_checkpoints)?;
+        }
+        if out_of_time {
+            break;
+        }
+    }
+    Ok(StageOutcome {
+        model: parts,
         step,
         resumed_from: start,
         finished: step >= settings.steps,

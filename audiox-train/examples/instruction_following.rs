@@ -1,0 +1,162 @@
+//! The instruction-following table of a trained demo model (an `audiox-train` export folder):
+//! the student with its 4 DMD steps, the teacher with Euler + classifier-free guidance at
+//! several step counts, and the teacher with the other built-in samplers, each scored by the
+//! metric of `audiox_train::metric` on the held-out captions of the training corpus.
+//!
+//! ```text
+//! cargo run --release -p audiox-train --features train --example instruction_following -- \
+//!     runs/demo/export [--count 40] [--guidance 6] [--teacher FILE]
+//! ```
+//!
+//! The teacher file defaults to `pretrained_ckpt/pretrained_ckpt.safetensors` under the export
+//! folder; rows whose model is missing are skipped with a note. Clip `i` uses seed `i`, so the
+//! table is reproducible. Prints a markdown table (the one in `docs/training.md`).
+
+use std::path::PathBuf;
+use std::time::Instant;
+
+use audiox::sampler::SamplerKind;
+use audiox::{AudioX, Request};
+use audiox_train::corpus::{Corpus, CorpusConfig};
+use audiox_train::metric::{Report, evaluate_generator};
+
+struct Args {
+    dir: PathBuf,
+    count: usize,
+    guidance: f32,
+    teacher: Option<PathBuf>,
+}
+
+fn parse() -> Result<Args, String> {
+    let mut it = std::env::args().skip(1);
+    let mut dir = None;
+    let (mut count, mut guidance, mut teacher) = (40, 6.0, None);
+    while let Some(a) = it.next() {
+        let mut value = |name: &str| it.next().ok_or(format!("{name} needs a value"));
+        match a.as_str() {
+            "--count" => {
+                let v = value("--count")?;
+                count = v.parse().map_err(|e| format!("--count {v:?}: {e}"))?;
+            }
+            "--guidance" => {
+                let v = value("--guidance")?;
+                guidance = v.parse().map_err(|e| format!("--guidance {v:?}: {e}"))?;
+            }
+            "--teacher" => teacher = Some(PathBuf::from(value("--teacher")?)),
+            _ if a.starts_with("--") => return Err(format!("unknown option {a}")),
+            _ if dir.is_none() => dir = Some(PathBuf::from(a)),
+            _ => return Err(format!("unexpected argument {a}")),
+        }
+    }
+    let dir = dir.ok_or(
+        "usage: instruction_following EXPORT_DIR [--count N] [--guidance G] [--teacher FILE]",
+    )?;
+    if count == 0 {
+        return Err("--count must be at least 1".into());
+    }
+    Ok(Args {
+        dir,
+        count,
+        guidance,
+        teacher,
+    })
+}
+
+/// Scores `model` with requests shaped by `shape`; returns the report and seconds per clip.
+fn score(
+    model: &AudioX,
+    corpus: &Corpus,
+    count: usize,
+    shape: &dyn Fn(Request) -> Request,
+) -> Result<(Report, f64), Box<dyn std::error::Error>> {
+    let rate = model.config().sample_rate;
+    let start = Instant::now();
+    let mut generate = |caption: &str, i: u64| -> Result<Vec<f32>, audiox::Error> {
+        let generation = model.generate(shape(Request::text(caption).seed(i)))?;
+        let audio = &generation.audio[0];
+        let channels = audio.channels();
+        let n = audio.num_frames();
+        Ok((0..n)
+            .map(|f| channels.iter().map(|c| c[f]).sum::<f32>() / channels.len() as f32)
+            .collect())
+    };
+    let report = evaluate_generator(corpus, count, rate, &mut generate)?;
+    Ok((report, start.elapsed().as_secs_f64() / count as f64))
+}
+
+fn main() -> std::process::ExitCode {
+    match run() {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn run() -> Result<(), Box<dyn std::error::Error>> {
+    let args = parse()?;
+    let config = audiox::ModelConfig::from_file(args.dir.join("config.json"))?;
+    let corpus = Corpus::new(CorpusConfig {
+        sample_rate: config.sample_rate,
+        ..CorpusConfig::default()
+    })?;
+    println!(
+        "{} held-out captions, seeds 0..{}, guidance {} for the teacher",
+        args.count, args.count, args.guidance
+    );
+    println!("| model, sampler | clips | count | order | onset | pitch | s/clip |");
+    println!("|---|---|---|---|---|---|---|");
+    let row = |label: &str, (report, secs): (Report, f64)| {
+        println!("{} {secs:.2} |", report.markdown_row(label));
+    };
+
+    match AudioX::builder().checkpoint_dir(&args.dir).build() {
+        Ok(student) => row(
+            "student, dmd 4 steps",
+            score(&student, &corpus, args.count, &|r| r)?,
+        ),
+        Err(e) => eprintln!("note: no student row ({e})"),
+    }
+
+    let teacher_file = args.teacher.clone().unwrap_or_else(|| {
+        args.dir
+            .join("pretrained_ckpt")
+            .join("pretrained_ckpt.safetensors")
+    });
+    if !teacher_file.exists() {
+        eprintln!(
+            "note: no teacher rows ({} not found; --teacher FILE)",
+            teacher_file.display()
+        );
+        return Ok(());
+    }
+    let teacher = AudioX::builder()
+        .checkpoint_dir(&args.dir)
+        .teacher_checkpoint(&teacher_file)
+        .build()?;
+    let g = args.guidance;
+    for steps in [8, 25, 50] {
+        row(
+            &format!("teacher, euler {steps} steps, cfg {g}"),
+            score(&teacher, &corpus, args.count, &|r| {
+                r.sampler(SamplerKind::Euler).steps(steps).guidance(g)
+            })?,
+        );
+    }
+    for kind in [SamplerKind::Heun, SamplerKind::DpmPp2M] {
+        row(
+            &format!("teacher, {} 25 steps, cfg {g}", kind.name()),
+            score(&teacher, &corpus, args.count, &|r| {
+                r.sampler(kind).steps(25).guidance(g)
+            })?,
+        );
+    }
+    row(
+        "teacher, dmd 4 steps (no distillation)",
+        score(&teacher, &corpus, args.count, &|r| {
+            r.sampler(SamplerKind::Dmd).steps(4)
+        })?,
+    );
+    Ok(())
+}

@@ -1,0 +1,588 @@
+//! The DMD student stage on the test model's DiT: the surrogate's gradient is the DMD gradient,
+//! gradients reach only the model they belong to, the gradient vanishes when the fake score is
+//! the teacher, the student runs the inference sampler's schedule, a short run reduces the
+//! regression loss, and a resumed run equals an uninterrupted one bit for bit.
+
+use std::path::Path;
+
+use audiox::sampler::{Dmd, Sampler, StepControl};
+use audiox_core::noise::{ReplayNoise, labels};
+use audiox_mmdit::Dit;
+use audiox_train::train::dmd::{
+    Denoiser, DmdNoise, PAIRS_FILE, Prompts, Scores, distribution_matching_gradient, dmd_gradient,
+    dmd_surrogate, fake_score_loss, fresh_copy, generator_dmd_loss, student_input,
+    student_prediction, student_times,
+};
+use audiox_train::train::flow::normals;
+use audiox_train::train::init::random_init;
+use audiox_train::train::vae::parameters;
+use audiox_train::train::{
+    LossLog, MultiStage, RunConfig, RunDir, StageName, Stop, StudentStage, StudentStageConfig,
+    TrainError, TrainResult, train_multi_stage,
+};
+use burn::module::Module;
+use burn::optim::{AdamConfig, GradientsParams};
+use burn::tensor::{Device, Tensor, TensorData};
+use rand_chacha::ChaCha8Rng;
+use rand_core::SeedableRng;
+
+fn one_thread() {
+    // Bit-exact comparisons need a fixed reduction order (see tests/trainer.rs).
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build_global();
+}
+
+fn device() -> Device {
+    Device::flex().autodiff()
+}
+
+fn values<const D: usize>(t: Tensor<D>) -> Vec<f32> {
+    t.into_data().try_into_vec::<f32>().unwrap()
+}
+
+fn tensor3(values: Vec<f32>, dims: [usize; 3], device: &Device) -> Tensor<3> {
+    Tensor::from_data(TensorData::new(values, dims), device)
+}
+
+/// The test model's DiT (sizes from the tiny fixture's config), randomly initialised.
+fn teacher(seed: u64) -> Dit {
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/../fixtures/tiny/bundle/config.json"
+    );
+    let config = audiox::ModelConfig::from_file(path).unwrap();
+    random_init(config.dit().clone().init(&device()).unwrap(), seed)
+}
+
+/// A stand-in text side: each caption's context is a fixed function of its text.
+struct HashedPrompts {
+    shape: [usize; 2],
+}
+
+impl HashedPrompts {
+    fn for_dit(dit: &Dit) -> Self {
+        HashedPrompts {
+            shape: dit.context_shape(),
+        }
+    }
+}
+
+impl Prompts<Tensor<3>> for HashedPrompts {
+    fn context(&self, captions: &[String], device: &Device) -> TrainResult<Tensor<3>> {
+        let [n, d] = self.shape;
+        let mut out = Vec::with_capacity(captions.len() * n * d);
+        for c in captions {
+            let hash = c.bytes().fold(0xcbf2_9ce4_8422_2325u64, |h, b| {
+                (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+            });
+            out.extend(normals(&mut ChaCha8Rng::seed_from_u64(hash), n * d));
+        }
+        Ok(tensor3(out, [captions.len(), n, d], device))
+    }
+}
+
+fn context_for(dit: &Dit, batch: usize, device: &Device) -> Tensor<3> {
+    let captions: Vec<String> = (0..batch).map(|i| format!("caption {i}")).collect();
+    HashedPrompts::for_dit(dit)
+        .context(&captions, device)
+        .unwrap()
+}
+
+fn latent(dit: &Dit, batch: usize, seed: u64, device: &Device) -> Tensor<3> {
+    let [c, l] = dit.latent_shape();
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    tensor3(normals(&mut rng, batch * c * l), [batch, c, l], device)
+}
+
+fn max_abs(v: &[f32]) -> f32 {
+    v.iter().fold(0.0f32, |m, x| m.max(x.abs()))
+}
+
+#[test]
+fn the_surrogate_gradient_is_the_dmd_gradient() {
+    one_thread();
+    let device = device();
+    let dims = [3, 4, 5];
+    let (b, per) = (dims[0], dims[1] * dims[2]);
+    let n = b * per;
+    let mut rng = ChaCha8Rng::seed_from_u64(11);
+    let (x0v, realv, fakev) = (
+        normals(&mut rng, n),
+        normals(&mut rng, n),
+        normals(&mut rng, n),
+    );
+    let x0 = tensor3(x0v.clone(), dims, &device).require_grad();
+    let real = tensor3(realv.clone(), dims, &device);
+    let fake = tensor3(fakev.clone(), dims, &device);
+    let grad = dmd_gradient(x0.clone(), real, fake);
+    let loss = dmd_surrogate(x0.clone(), grad);
+    let loss_value = loss.clone().into_scalar::<f32>() as f64;
+    let grads = loss.backward();
+    let got = values(x0.grad(&grads).expect("x0 has a gradient"));
+
+    // The closed form, computed independently: g = (fake - real) / mean|x0 - real| per row;
+    // the surrogate's gradient is g / n and its value 0.5 mean(g^2).
+    let mut half_mean_sq = 0.0f64;
+    for row in 0..b {
+        let r = row * per..(row + 1) * per;
+        let scale = r
+            .clone()
+            .map(|i| (x0v[i] as f64 - realv[i] as f64).abs())
+            .sum::<f64>()
+            / per as f64;
+        for i in r {
+            let g = (fakev[i] as f64 - realv[i] as f64) / scale;
+            half_mean_sq += 0.5 * g * g / n as f64;
+            let want = g / n as f64;
+            assert!(
+                (got[i] as f64 - want).abs() <= 1e-5 * want.abs().max(1e-3),
+                "element {i}: autodiff {} vs closed form {want}",
+                got[i]
+            );
+        }
+    }
+    assert!(
+        (loss_value - half_mean_sq).abs() <= 1e-4 * half_mean_sq,
+        "{loss_value} vs {half_mean_sq}"
+    );
+}
+
+fn count_grads(grads: &mut burn::tensor::Gradients, module: &Dit) -> usize {
+    GradientsParams::from_module(grads, module).len()
+}
+
+#[test]
+fn each_loss_reaches_only_its_own_model() {
+    one_thread();
+    let device = device();
+    let teacher = teacher(3);
+    let student = fresh_copy(&teacher, &device);
+    let fake = fresh_copy(&teacher, &device);
+    let n_params = parameters(&teacher).len();
+    let context = context_for(&teacher, 2, &device);
+    let noise = DmdNoise {
+        t_min: 0.02,
+        t_max: 0.98,
+        guidance_scale: 3.0,
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+
+    // The generator loss: gradients for the student only.
+    let z = latent(&teacher, 2, 1, &device);
+    let scores = Scores {
+        teacher: &teacher,
+        fake: &fake,
+    };
+    let (loss, x0) =
+        generator_dmd_loss(&student, scores, z, 0.75, &context, &noise, &mut rng).unwrap();
+    let mut grads = loss.backward();
+    assert_eq!(
+        count_grads(&mut grads, &fake),
+        0,
+        "the fake model got a gradient"
+    );
+    assert_eq!(
+        count_grads(&mut grads, &teacher),
+        0,
+        "the teacher got a gradient"
+    );
+    let mut grads_for_fake = GradientsParams::from_module(&mut grads, &fake);
+    let student_grads = GradientsParams::from_module(&mut grads, &student);
+    assert!(
+        student_grads.len() > n_params / 2,
+        "{} of {n_params} student parameters got a gradient",
+        student_grads.len()
+    );
+    // An optimiser step with what the generator's backward holds for the fake model leaves it
+    // unchanged, while the student's moves.
+    let before = parameters(&fake);
+    let fake_after =
+        AdamConfig::new()
+            .init()
+            .step(1e-2, fake.clone(), std::mem::take(&mut grads_for_fake));
+    assert_eq!(parameters(&fake_after), before);
+    let student_after = AdamConfig::new()
+        .init()
+        .step(1e-2, student.clone(), student_grads);
+    assert_ne!(parameters(&student_after), parameters(&student));
+
+    // The fake loss, even on a student output that still carries its graph: gradients for the
+    // fake model only.
+    let x0_tracked =
+        student_prediction(&student, latent(&teacher, 2, 2, &device), &context, 0.5).unwrap();
+    assert!(!x0.is_require_grad());
+    let fake_loss = fake_score_loss(&fake, x0_tracked, &context, &noise, &mut rng).unwrap();
+    let mut grads = fake_loss.backward();
+    assert_eq!(
+        count_grads(&mut grads, &student),
+        0,
+        "the student got a gradient"
+    );
+    assert_eq!(
+        count_grads(&mut grads, &teacher),
+        0,
+        "the teacher got a gradient"
+    );
+    let mut grads_for_student = GradientsParams::from_module(&mut grads, &student);
+    let fake_grads = GradientsParams::from_module(&mut grads, &fake);
+    assert!(fake_grads.len() > n_params / 2);
+    let before = parameters(&student);
+    let student_after = AdamConfig::new().init().step(
+        1e-2,
+        student.clone(),
+        std::mem::take(&mut grads_for_student),
+    );
+    assert_eq!(parameters(&student_after), before);
+}
+
+#[test]
+fn the_gradient_vanishes_when_the_fake_score_is_the_teacher() {
+    one_thread();
+    let device = device();
+    let teacher = teacher(4);
+    let fake = fresh_copy(&teacher, &device);
+    let context = context_for(&teacher, 2, &device);
+    let x0 = latent(&teacher, 2, 7, &device);
+    let grad = |fake: &Dit, scale: f32| {
+        let noise = DmdNoise {
+            t_min: 0.02,
+            t_max: 0.98,
+            guidance_scale: scale,
+        };
+        let mut rng = ChaCha8Rng::seed_from_u64(9);
+        values(
+            distribution_matching_gradient(
+                x0.clone(),
+                Scores {
+                    teacher: &teacher,
+                    fake,
+                },
+                &context,
+                &noise,
+                &mut rng,
+            )
+            .unwrap(),
+        )
+    };
+    let same = grad(&fake, 1.0);
+    assert!(
+        same.iter().all(|&g| g == 0.0),
+        "max |g| = {}",
+        max_abs(&same)
+    );
+
+    // The test can fail: guidance moves the real score away from the fake one, and so does a
+    // fake model that has learnt something.
+    assert!(max_abs(&grad(&fake, 4.0)) > 1e-3);
+    let noise = DmdNoise {
+        t_min: 0.02,
+        t_max: 0.98,
+        guidance_scale: 1.0,
+    };
+    let mut rng = ChaCha8Rng::seed_from_u64(10);
+    let loss = fake_score_loss(&fake, x0.clone(), &context, &noise, &mut rng).unwrap();
+    let grads = GradientsParams::from_grads(loss.backward(), &fake);
+    let moved = AdamConfig::new().init().step(1e-2, fake, grads);
+    assert!(max_abs(&grad(&moved, 1.0)) > 1e-3);
+}
+
+#[test]
+fn the_student_runs_the_inference_samplers_schedule() {
+    one_thread();
+    let device = device();
+    let student = teacher(6);
+    let times = student_times(Dmd::DEFAULT_STEPS).unwrap();
+    assert_eq!(times, Dmd::default().schedule().times().unwrap());
+    let last = times.len() - 2;
+    let context = context_for(&student, 1, &device);
+    let noise = latent(&student, 1, 3, &device);
+    let dims = noise.dims();
+
+    // The training roll-out to the last step, then the prediction there ...
+    let mut rng = ChaCha8Rng::seed_from_u64(21);
+    let z = student_input(&student, noise.clone(), &context, &times, last, &mut rng).unwrap();
+    let ours = values(student_prediction(&student, z, &context, times[last]).unwrap());
+
+    // ... is what the inference sampler returns with the same re-noise draws.
+    let mut rng = ChaCha8Rng::seed_from_u64(21);
+    let mut replay = ReplayNoise::new();
+    for _ in 0..last {
+        replay = replay.with_normal(
+            labels::STEP_NOISE,
+            &dims,
+            normals(&mut rng, dims.iter().product()),
+        );
+    }
+    struct Fixed<'a>(&'a Dit, &'a Tensor<3>);
+    impl audiox::sampler::Denoiser for Fixed<'_> {
+        fn velocity(&self, x: Tensor<3>, t: Tensor<1>) -> audiox::Result<Tensor<3>> {
+            self.0.velocity(x, t, self.1)
+        }
+    }
+    let reference = Dmd::default()
+        .sample(
+            &Fixed(&student, &context),
+            noise,
+            &mut replay,
+            &mut StepControl::new(),
+        )
+        .unwrap();
+    replay.finish().unwrap();
+    let reference = values(reference);
+    for (a, b) in ours.iter().zip(&reference) {
+        assert!((a - b).abs() <= 1e-5 * b.abs().max(1.0), "{a} vs {b}");
+    }
+}
+
+/// A tiny student stage: the demo run's corpus, the tiny DiT as the teacher.
+fn tiny_settings() -> StudentStageConfig {
+    let mut s = StudentStageConfig::demo();
+    s.optim.steps = 4;
+    s.optim.batch = 2;
+    s.optim.lr = 1e-3;
+    s.optim.warmup = 0;
+    s.optim.checkpoint_every = 2;
+    s.optim.keep_checkpoints = 2;
+    s.guidance_scale = 2.0;
+    s.fake_updates = 2;
+    s.regression_weight = 1.0;
+    s.regression_pairs = 3;
+    s.regression_batch = 2;
+    s.teacher_steps = 4;
+    s
+}
+
+fn tiny_run() -> RunConfig {
+    let mut run = RunConfig::demo();
+    run.seed = 5;
+    run
+}
+
+type Trained = (Vec<Dit>, u64, u64);
+
+fn train(
+    dir: &Path,
+    settings: &StudentStageConfig,
+    stop_after: Option<u64>,
+) -> TrainResult<Trained> {
+    let device = device();
+    let run = RunDir::open(dir, tiny_run())?;
+    let teacher = teacher(8);
+    let prompts = HashedPrompts::for_dit(&teacher);
+    let stage = StudentStage::new(&run, settings.clone(), teacher, prompts, &device)?;
+    let stop = Stop {
+        after_steps: stop_after,
+        deadline: None,
+    };
+    let out = train_multi_stage(&stage, &run, &device, stop, &mut |_| {})?;
+    Ok((
+        out.model.into_iter().map(|p| p.model).collect(),
+        out.step,
+        out.resumed_from,
+    ))
+}
+
+#[test]
+fn a_resumed_student_run_equals_an_uninterrupted_one() {
+    one_thread();
+    let settings = tiny_settings();
+    let steps = settings.optim.steps;
+    let half = steps / 2;
+    let tmp = tempfile::tempdir().unwrap();
+    let (a_dir, b_dir) = (tmp.path().join("a"), tmp.path().join("b"));
+
+    let (whole, step, from) = train(&a_dir, &settings, None).unwrap();
+    assert_eq!((step, from), (steps, 0));
+    let (_, step, from) = train(&b_dir, &settings, Some(half)).unwrap();
+    assert_eq!((step, from), (half, 0));
+    // The second call reads the cached teacher pairs instead of computing them.
+    let (resumed, step, from) = train(&b_dir, &settings, None).unwrap();
+    assert_eq!((step, from), (steps, half));
+
+    // A crash after step `half + 1`, before its checkpoint: the resumed run redoes the step.
+    let c_dir = tmp.path().join("c");
+    train(&c_dir, &settings, Some(half + 1)).unwrap();
+    std::fs::remove_dir_all(checkpoint_dir(&c_dir, half + 1)).unwrap();
+    let (crashed, step, from) = train(&c_dir, &settings, None).unwrap();
+    assert_eq!((step, from), (steps, half));
+
+    let initial = parameters(&teacher(8));
+    for (part, ((a, b), c)) in ["student", "fake_score"]
+        .iter()
+        .zip(whole.iter().zip(&resumed).zip(&crashed))
+    {
+        let (pa, pb, pc) = (parameters(a), parameters(b), parameters(c));
+        assert_eq!(pa.len(), pb.len());
+        let mut changed = 0;
+        for ((((name, _, x), (_, _, y)), (_, _, z)), (_, _, init)) in
+            pa.iter().zip(&pb).zip(&pc).zip(&initial)
+        {
+            assert_eq!(x, y, "{part}: parameter {name} differs after the resume");
+            assert_eq!(x, z, "{part}: parameter {name} differs after the crash");
+            changed += usize::from(x != init);
+        }
+        assert!(
+            changed > pa.len() / 2,
+            "{part}: training moved only {changed} of {} parameters",
+            pa.len()
+        );
+    }
+    assert_ne!(parameters(&whole[0]), parameters(&whole[1]));
+
+    let log =
+        |d: &Path| LossLog::read(&d.join(StageName::Student.as_str()).join("loss.jsonl")).unwrap();
+    let (la, lb) = (log(&a_dir), log(&b_dir));
+    assert_eq!(
+        la.iter().map(|r| r.step).collect::<Vec<_>>(),
+        (1..=steps).collect::<Vec<_>>()
+    );
+    assert_eq!(
+        la.iter()
+            .map(|r| (r.loss, r.terms.clone()))
+            .collect::<Vec<_>>(),
+        lb.iter()
+            .map(|r| (r.loss, r.terms.clone()))
+            .collect::<Vec<_>>()
+    );
+    for r in &la {
+        for term in ["dmd", "regression", "fake_flow", "student_step"] {
+            assert!(r.terms.contains_key(term), "step {}: no `{term}`", r.step);
+        }
+    }
+
+    // The checkpoint holds both parts' weights and optimiser states; a damaged file is an
+    // error naming it.
+    let ckpt = checkpoint_dir(&b_dir, steps);
+    for file in [
+        "student.model.bpk",
+        "student.optim.bpk",
+        "fake_score.model.bpk",
+        "fake_score.optim.bpk",
+    ] {
+        let path = ckpt.join(file);
+        let pristine = std::fs::read(&path).unwrap();
+        let mut bytes = pristine.clone();
+        let mid = bytes.len() / 2;
+        bytes[mid] ^= 0x10;
+        std::fs::write(&path, &bytes).unwrap();
+        match train(&b_dir, &settings, None) {
+            Err(TrainError::Checkpoint { path: p, reason }) => {
+                assert_eq!(p, path, "{reason}");
+                assert!(reason.contains("corrupt"), "{reason}");
+            }
+            other => panic!("{file}: expected a checkpoint error, got {:?}", other.err()),
+        }
+        std::fs::write(&path, &pristine).unwrap();
+    }
+}
+
+fn checkpoint_dir(root: &Path, step: u64) -> std::path::PathBuf {
+    root.join(StageName::Student.as_str())
+        .join("checkpoints")
+        .join(format!("step-{step:08}"))
+}
+
+#[test]
+fn parameters_frozen_in_the_teacher_stay_frozen() {
+    one_thread();
+    let mut settings = tiny_settings();
+    settings.optim.steps = 2;
+    let tmp = tempfile::tempdir().unwrap();
+    let device = device();
+    let run = RunDir::open(tmp.path(), tiny_run()).unwrap();
+    let mut teacher = teacher(8);
+    teacher.time_embed = teacher.time_embed.no_grad();
+    let frozen = parameters(&teacher.time_embed);
+    let prompts = HashedPrompts::for_dit(&teacher);
+    let stage = StudentStage::new(&run, settings, teacher, prompts, &device).unwrap();
+    let out = train_multi_stage(&stage, &run, &device, Stop::never(), &mut |_| {}).unwrap();
+    for part in &out.model {
+        assert_eq!(parameters(&part.model.time_embed), frozen, "{}", part.name);
+        assert_ne!(
+            parameters(&part.model.project_in),
+            parameters(&stage.teacher().project_in),
+            "{}",
+            part.name
+        );
+    }
+}
+
+#[test]
+fn a_short_run_reduces_the_regression_loss() {
+    one_thread();
+    let mut settings = tiny_settings();
+    settings.optim.steps = 12;
+    settings.optim.checkpoint_every = 100;
+    settings.fake_updates = 1;
+    settings.regression_weight = 10.0;
+    settings.regression_batch = settings.regression_pairs;
+    let tmp = tempfile::tempdir().unwrap();
+    let device = device();
+    let run = RunDir::open(tmp.path(), tiny_run()).unwrap();
+    let teacher = teacher(8);
+    let prompts = HashedPrompts::for_dit(&teacher);
+    let stage = StudentStage::new(&run, settings, teacher, prompts, &device).unwrap();
+    let initial = &stage.init_parts(&device).unwrap()[0].model;
+    let before = stage.regression_mse(initial).unwrap().unwrap();
+    let out = train_multi_stage(&stage, &run, &device, Stop::never(), &mut |_| {}).unwrap();
+    let after = stage.regression_mse(&out.model[0].model).unwrap().unwrap();
+    assert!(
+        after < 0.5 * before,
+        "regression MSE {before} -> {after} after {} steps",
+        out.step
+    );
+}
+
+#[test]
+fn a_cache_of_other_pairs_or_a_broken_one_is_refused_naming_it() {
+    one_thread();
+    let mut settings = tiny_settings();
+    settings.regression_pairs = 2;
+    let tmp = tempfile::tempdir().unwrap();
+    let device = device();
+    let run = RunDir::open(tmp.path(), tiny_run()).unwrap();
+    let make = |s: &StudentStageConfig| {
+        let teacher = teacher(8);
+        let prompts = HashedPrompts::for_dit(&teacher);
+        StudentStage::new(&run, s.clone(), teacher, prompts, &device)
+    };
+    let stage = make(&settings).unwrap();
+    let path = stage.pairs_path(&run);
+    assert_eq!(path.file_name().unwrap(), PAIRS_FILE);
+    assert_eq!(stage.pairs().unwrap().len(), 2);
+    // Read back, the cache is what was computed.
+    assert_eq!(make(&settings).unwrap().pairs(), stage.pairs());
+
+    let mut other = settings.clone();
+    other.guidance_scale += 1.0;
+    match make(&other) {
+        Err(TrainError::Checkpoint { path: p, reason }) => {
+            assert_eq!(p, path);
+            assert!(reason.contains("delete it"), "{reason}");
+        }
+        r => panic!("expected a checkpoint error, got {:?}", r.err()),
+    }
+    std::fs::write(&path, b"not a safetensors file").unwrap();
+    match make(&settings) {
+        Err(TrainError::Checkpoint { path: p, .. }) => assert_eq!(p, path),
+        r => panic!("expected a checkpoint error, got {:?}", r.err()),
+    }
+    // Deleted, it is recomputed identically.
+    std::fs::remove_file(&path).unwrap();
+    assert_eq!(make(&settings).unwrap().pairs(), stage.pairs());
+
+    let mut bad = settings;
+    bad.t_min = 0.0;
+    assert!(matches!(make(&bad), Err(TrainError::Config { .. })));
+    assert!(matches!(
+        StudentStage::new(
+            &run,
+            tiny_settings(),
+            teacher(8),
+            HashedPrompts::for_dit(&teacher(8)),
+            &Device::flex()
+        ),
+        Err(TrainError::Config { .. })
+    ));
+}
