@@ -22,9 +22,12 @@
 //! one) the audio is generated window by window and each finished span is written to the WAV
 //! file as soon as it is final.
 //!
-//! Without `--model` or `--checkpoint-dir` the program runs the small random-weight model shipped in the
-//! repository (`fixtures/tiny/bundle`): it exercises the whole pipeline, but its sound is not
-//! meaningful. `docs/weights.md` explains how to get the official weights.
+//! Without `--model` or `--checkpoint-dir` the program runs the small demo model embedded in the
+//! `audiox` crate (`AudioX::demo()`: trained by the project on procedural sound events, not
+//! AudioX-Turbo) when this build carries it, else the small random-weight model of the
+//! repository (`fixtures/tiny/bundle`: it exercises the whole pipeline, but its sound is not
+//! meaningful). Either way it says so on stderr. `docs/weights.md` explains how to get the
+//! official weights.
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -44,8 +47,9 @@ struct Args {
     /// Text prompt.
     #[arg(long, default_value = "")]
     prompt: String,
-    /// Checkpoint folder in the official layout (see docs/weights.md). Without it, the small
-    /// random-weight model of the repository is used.
+    /// Checkpoint folder in the official layout (see docs/weights.md). Without it (and without
+    /// --model), the embedded demo model is used when this build has it, else the small
+    /// random-weight model of the repository.
     #[arg(long, conflicts_with = "model")]
     checkpoint_dir: Option<PathBuf>,
     /// A model repository on the Hugging Face Hub (`HKUSTAudio/AudioX-Turbo`), downloaded into
@@ -55,9 +59,13 @@ struct Args {
     /// Branch, tag or commit of --model.
     #[arg(long, requires = "model", default_value = "main")]
     revision: String,
-    /// Use the teacher checkpoint (`pretrained_ckpt/pretrained_ckpt.ckpt` of the folder, or this
+    /// Use the teacher checkpoint (`pretrained_ckpt/pretrained_ckpt.ckpt` of the folder, the
+    /// embedded demo model's teacher without --checkpoint-dir, or this
     /// file) as the denoiser.
-    #[arg(long, num_args = 0..=1, default_missing_value = "")]
+    // An OsString parser: clap's PathBuf parser refuses the empty value that marks a bare
+    // `--teacher`.
+    #[arg(long, num_args = 0..=1, default_missing_value = "",
+          value_parser = clap::builder::TypedValueParser::map(clap::builder::OsStringValueParser::new(), PathBuf::from))]
     teacher: Option<PathBuf>,
     /// A video to condition on (video-to-audio); needs ffmpeg.
     #[arg(long)]
@@ -354,10 +362,30 @@ fn run(args: Args) -> audiox::Result<()> {
     Ok(())
 }
 
-/// The builder for a checkpoint folder (or the shipped tiny model).
+/// The builder for a checkpoint folder, else the embedded demo model, else the repository's
+/// tiny random-weight model.
 fn dir_builder(args: &Args) -> audiox::AudioXBuilder {
     let dir = match &args.checkpoint_dir {
         Some(dir) => dir.clone(),
+        None if audiox::demo::is_available() => {
+            eprintln!("==================================================================");
+            eprintln!(" No --model or --checkpoint-dir: running the small DEMO model");
+            eprintln!(" embedded in audiox (AudioX::demo()), trained by this project on");
+            eprintln!(" procedural sound events (beeps, clicks, knocks, chirps, thuds,");
+            eprintln!(" bells, whooshes, buzzes). It is NOT AudioX-Turbo. For the official");
+            eprintln!(" model: --model HKUSTAudio/AudioX-Turbo (docs/weights.md).");
+            eprintln!("==================================================================");
+            let builder = AudioX::builder().demo();
+            return match &args.teacher {
+                None => builder,
+                // `--teacher` alone: the demo's own teacher.
+                Some(t) if t.as_os_str().is_empty() => {
+                    builder.denoiser(audiox::DenoiserKind::Teacher)
+                }
+                // A teacher file cannot be mixed with the embedded model: the build says so.
+                Some(t) => builder.teacher_checkpoint(t),
+            };
+        }
         None => {
             eprintln!("==================================================================");
             eprintln!(" No --model or --checkpoint-dir: running the small model shipped in");
@@ -370,7 +398,14 @@ fn dir_builder(args: &Args) -> audiox::AudioXBuilder {
     let mut builder = AudioX::builder().checkpoint_dir(&dir);
     if let Some(teacher) = &args.teacher {
         let path = if teacher.as_os_str().is_empty() {
-            dir.join("pretrained_ckpt/pretrained_ckpt.ckpt")
+            // The official file, else its converted form (examples/convert.rs --teacher).
+            let official = dir.join("pretrained_ckpt/pretrained_ckpt.ckpt");
+            let converted = dir.join("pretrained_ckpt/pretrained_ckpt.safetensors");
+            if !official.exists() && converted.exists() {
+                converted
+            } else {
+                official
+            }
         } else {
             teacher.clone()
         };

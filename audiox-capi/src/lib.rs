@@ -264,7 +264,8 @@ impl From<Error> for Failure {
             | Error::UnsupportedDType { .. }
             | Error::MissingWeight { .. }
             | Error::ShapeMismatch { .. }
-            | Error::Tokenizer { .. } => AudioxStatus::Model,
+            | Error::Tokenizer { .. }
+            | Error::DemoModelMissing { .. } => AudioxStatus::Model,
             Error::InvalidRequest(_) | Error::InputShape { .. } => AudioxStatus::InvalidRequest,
             Error::Audio { .. } | Error::Image { .. } | Error::ExternalTool { .. } => {
                 AudioxStatus::Media

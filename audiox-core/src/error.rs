@@ -198,6 +198,15 @@ pub enum Error {
         found: String,
     },
 
+    /// The embedded demo model was asked for (`AudioX::demo()`) but this build carries none:
+    /// the `demo` feature of `audiox` is off, or the `audiox-demo` crate was built without its
+    /// assets (the trained files are produced by `audiox-train`; see `docs/weights.md`).
+    #[error("no embedded demo model: {reason}")]
+    DemoModelMissing {
+        /// Why there is none and how to produce it.
+        reason: String,
+    },
+
     /// The caller cancelled the work through its cancellation token.
     #[error("cancelled after {completed_steps} of {total_steps} steps")]
     Cancelled {

@@ -388,3 +388,40 @@ fn a_fused_weight_norm_kernel_loads_like_its_pair() {
         "dropped: {dropped:?}"
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// Safetensors from memory (the embedded demo model's path)
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn safetensors_bytes_read_like_the_file_and_bad_bytes_are_typed_errors() {
+    let set = FixtureSet::open_default().unwrap();
+    let path = set.dir().join("vae_decoder.safetensors");
+    let bytes = std::fs::read(&path).unwrap();
+    let file = StateDict::open(&path).unwrap();
+    let memory =
+        StateDict::from_safetensors_bytes("in-memory/vae.safetensors", bytes.clone()).unwrap();
+    assert_eq!(memory.path(), Path::new("in-memory/vae.safetensors"));
+    assert_eq!(
+        file.keys().collect::<Vec<_>>(),
+        memory.keys().collect::<Vec<_>>()
+    );
+    for key in file.keys() {
+        assert_eq!(
+            file.read_f32(key).unwrap(),
+            memory.read_f32(key).unwrap(),
+            "{key}"
+        );
+    }
+    // A 'static slice (as include_bytes! gives) is read without a copy.
+    let leaked: &'static [u8] = Box::leak(bytes.clone().into_boxed_slice());
+    let borrowed = StateDict::from_safetensors_bytes("static", leaked).unwrap();
+    assert_eq!(borrowed.len(), file.len());
+
+    for bad in [&bytes[..bytes.len() / 2], &bytes[..20], &b""[..]] {
+        match StateDict::from_safetensors_bytes("bad", bad.to_vec()) {
+            Err(Error::WeightFile { path, .. }) => assert_eq!(path, Path::new("bad")),
+            other => panic!("expected WeightFile, got {other:?}"),
+        }
+    }
+}

@@ -25,12 +25,14 @@
 mod checkpoint;
 pub mod config;
 pub mod convert;
+pub mod demo;
 mod device;
 mod generate;
 #[cfg(feature = "hub")]
 pub mod hub;
 mod limits;
 pub mod long_form;
+mod memory;
 mod model;
 #[cfg(feature = "parity")]
 pub mod parity;
@@ -49,6 +51,7 @@ pub use generate::{Generation, Intermediates, StageTimings};
 #[cfg(feature = "hub")]
 pub use hub::{Hub, HubConfig, Pretrained};
 pub use long_form::{LongFormOptions, LongFormProgress, LongFormStream, Span, WavStream};
+pub use memory::MemoryCheckpoint;
 pub use model::{AudioX, AudioXBuilder, DenoiserKind};
 pub use request::{AudioPrompt, AudioPromptMask, Request, SamplerChoice, VideoInput};
 // Issue 18 re-exports.

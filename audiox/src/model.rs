@@ -21,11 +21,14 @@ use audiox_encoders::conditioners::{
 use audiox_encoders::synchformer::{
     Synchformer, SynchformerConfig, WEIGHT_PREFIX as SYNCHFORMER_PREFIX,
 };
+use audiox_encoders::t5::{T5Config, T5Encoder};
+use audiox_encoders::tokenizer::T5Tokenizer;
 use audiox_mmdit::{Dit, DitConfig, MafBlock, MafBlockConfig};
 use audiox_vae::{ChunkedDecode, OobleckDecoder, VaeConfig};
 
 use crate::checkpoint::CheckpointPaths;
 use crate::config::ModelConfig;
+use crate::memory::{MemoryCheckpoint, names};
 
 /// Key prefixes of the official model object (`ConditionedDiffusionModelWrapper.state_dict()`).
 pub(crate) mod prefixes {
@@ -100,6 +103,26 @@ impl AudioX {
         AudioXBuilder::default()
     }
 
+    /// The small demo model embedded in the binary (the `audiox-demo` crate, feature `demo`,
+    /// on by default), on the CPU: loaded from memory, no file system and no network. It was
+    /// trained by the project on procedural sound events ([`crate::demo`]); it is **not**
+    /// AudioX-Turbo. Same as `AudioX::builder().demo().build()`; the builder also chooses the
+    /// device, precision or the demo's teacher ([`AudioXBuilder::denoiser`]).
+    ///
+    /// Errors with [`Error::DemoModelMissing`] when this build carries no demo model (the
+    /// message says how to produce it).
+    ///
+    /// ```no_run
+    /// use audiox::{AudioX, Request};
+    /// let model = AudioX::demo()?;
+    /// let out = model.generate(Request::text("two knocks, then a low thud").seed(3))?;
+    /// out.audio[0].write_wav("knocks.wav")?;
+    /// # Ok::<(), audiox::Error>(())
+    /// ```
+    pub fn demo() -> Result<AudioX> {
+        AudioX::builder().demo().build()
+    }
+
     /// The model config.
     pub fn config(&self) -> &ModelConfig {
         &self.inner.config
@@ -136,7 +159,9 @@ impl AudioX {
         &self.inner.device
     }
 
-    /// The files the model was built from.
+    /// The files the model was built from. For a model loaded from memory
+    /// ([`AudioXBuilder::checkpoint_memory`], [`AudioX::demo`]) these are labels
+    /// (`<label>/audiox_turbo/audiox_turbo.safetensors`), not files on disk.
     pub fn paths(&self) -> &CheckpointPaths {
         &self.inner.paths
     }
@@ -190,10 +215,21 @@ impl AudioX {
 pub struct AudioXBuilder {
     dir: Option<PathBuf>,
     files: CheckpointPaths,
+    memory: Option<MemorySource>,
+    denoiser: Option<DenoiserKind>,
     device: Device,
     chunked_decode: Option<ChunkedDecode>,
     limits: Limits,
     precision: WeightPrecision,
+}
+
+/// Files held in memory instead of a folder.
+#[derive(Debug, Clone)]
+enum MemorySource {
+    /// The caller's files.
+    Files(MemoryCheckpoint),
+    /// The embedded demo model (looked up when the model is built).
+    Demo,
 }
 
 impl Default for AudioXBuilder {
@@ -201,6 +237,8 @@ impl Default for AudioXBuilder {
         AudioXBuilder {
             dir: None,
             files: CheckpointPaths::default(),
+            memory: None,
+            denoiser: None,
             device: Device::flex(),
             chunked_decode: None,
             limits: Limits::default(),
@@ -214,6 +252,47 @@ impl AudioXBuilder {
     /// `t5-base/`, `clip-vit-base-patch32/`, optional `config.json` and `pretrained_ckpt/`).
     pub fn checkpoint_dir(mut self, dir: impl Into<PathBuf>) -> Self {
         self.dir = Some(dir.into());
+        self
+    }
+
+    /// The files of a checkpoint folder in the official layout, held in memory (safetensors
+    /// weights; see [`MemoryCheckpoint`] for the paths read). Nothing is read from disk; it
+    /// cannot be combined with [`AudioXBuilder::checkpoint_dir`] or the single-file setters.
+    ///
+    /// ```no_run
+    /// use audiox::{AudioX, MemoryCheckpoint};
+    /// let files = MemoryCheckpoint::read_dir("converted")?; // or bytes from anywhere
+    /// let model = AudioX::builder().checkpoint_memory(files).build()?;
+    /// # Ok::<(), audiox::Error>(())
+    /// ```
+    pub fn checkpoint_memory(mut self, files: MemoryCheckpoint) -> Self {
+        self.memory = Some(MemorySource::Files(files));
+        self
+    }
+
+    /// The small demo model embedded in the binary ([`AudioX::demo`], [`crate::demo`]): its
+    /// student by default, its teacher with [`AudioXBuilder::denoiser`]. [`AudioXBuilder::build`]
+    /// returns [`Error::DemoModelMissing`] when this build carries none.
+    ///
+    /// ```no_run
+    /// use audiox::{AudioX, DenoiserKind, WeightPrecision};
+    /// let teacher = AudioX::builder()
+    ///     .demo()
+    ///     .denoiser(DenoiserKind::Teacher)
+    ///     .weights_precision(WeightPrecision::Bf16)
+    ///     .build()?;
+    /// # Ok::<(), audiox::Error>(())
+    /// ```
+    pub fn demo(mut self) -> Self {
+        self.memory = Some(MemorySource::Demo);
+        self
+    }
+
+    /// Which denoiser to load. Default: from a folder, the teacher when one is set or found
+    /// (`pretrained_ckpt/`), else the student; from memory (and the demo model), the student.
+    /// `Student` ignores a teacher file; `Teacher` requires one.
+    pub fn denoiser(mut self, kind: DenoiserKind) -> Self {
+        self.denoiser = Some(kind);
         self
     }
 
@@ -324,11 +403,32 @@ impl AudioXBuilder {
 
     /// Loads every file and builds the model.
     pub fn build(self) -> Result<AudioX> {
-        let paths = match &self.dir {
-            Some(dir) => CheckpointPaths::from_dir(dir)?.overridden_by(&self.files),
-            None => self.files.clone(),
+        let files = match self.memory {
+            Some(memory) => {
+                if self.dir.is_some() || self.files != CheckpointPaths::default() {
+                    return Err(Error::InvalidRequest(
+                        "the builder was given both files in memory (checkpoint_memory or demo) \
+                         and files on disk; choose one"
+                            .into(),
+                    ));
+                }
+                Files::Memory(match memory {
+                    MemorySource::Files(files) => files,
+                    MemorySource::Demo => crate::demo::checkpoint()?,
+                })
+            }
+            None => Files::Disk(match &self.dir {
+                Some(dir) => CheckpointPaths::from_dir(dir)?.overridden_by(&self.files),
+                None => self.files.clone(),
+            }),
         };
-        let mut components = load(paths, self.device, self.chunked_decode, self.precision)?;
+        let mut components = load(
+            files,
+            self.denoiser,
+            self.device,
+            self.chunked_decode,
+            self.precision,
+        )?;
         components.limits = self.limits;
         Ok(AudioX {
             inner: Arc::new(components),
@@ -337,54 +437,34 @@ impl AudioXBuilder {
 }
 
 fn load(
-    paths: CheckpointPaths,
+    files: Files,
+    denoiser: Option<DenoiserKind>,
     device: Device,
     chunked_decode: Option<ChunkedDecode>,
     precision: WeightPrecision,
 ) -> Result<Components> {
     let started = Instant::now();
-    let config = match &paths.config {
-        Some(p) => ModelConfig::from_file(p)?,
-        None => ModelConfig::official(),
-    };
-    let (kind, main) = match &paths.teacher {
-        Some(_) => (
-            DenoiserKind::Teacher,
-            paths.require(
-                &paths.teacher,
-                "teacher checkpoint",
-                "pretrained_ckpt/pretrained_ckpt.ckpt",
-            )?,
-        ),
-        None => (
-            DenoiserKind::Student,
-            paths.require(
-                &paths.student,
-                "student checkpoint",
-                "audiox_turbo/audiox_turbo.ckpt",
-            )?,
-        ),
-    };
-    let vae_path = paths.require(&paths.vae, "VAE checkpoint", "pretransform/vae.ckpt")?;
-    let t5_dir = paths
-        .require(&paths.t5_dir, "T5 folder", "t5-base/")?
-        .to_path_buf();
-    let clip_dir = paths
-        .require(&paths.clip_dir, "CLIP folder", "clip-vit-base-patch32/")?
-        .to_path_buf();
+    let config = files.config()?;
+    let (kind, main_label) = files.denoiser(denoiser)?;
+    let paths = files.paths(kind);
 
     // Every component's config, built once; the official key rule needs the model's whole
     // key space with shapes.
-    let parts = PartConfigs::new(&config, &clip_dir, &t5_dir)?;
+    let parts = PartConfigs::from_configs(
+        &config,
+        files.clip_config()?,
+        files.t5_config()?,
+        files.tokenizer_label(),
+    )?;
     let model_keys = model_key_space(&parts, &device)?;
-    let stored = StateDict::open(main)?;
+    let stored = files.open_main(kind)?;
     let (checkpoint, dropped) = resolve_official_keys(&stored, &model_keys);
-    let vae = StateDict::open(vae_path)?;
+    let vae = files.open_vae()?;
 
     let mut report = LoadReport {
         dropped: dropped
             .into_iter()
-            .map(|k| (main.to_path_buf(), k))
+            .map(|k| (main_label.clone(), k))
             .collect(),
         ..Default::default()
     };
@@ -397,18 +477,20 @@ fn load(
     // component has a file of its own, it comes first and the checkpoint's copy overrides it
     // (official order); each such file is released once its component is loaded.
     let text = {
-        let t5 = StateDict::open(audiox_encoders::hf_weights_file(&t5_dir, "T5")?)?;
-        loaded(
-            TextConditioner::load(
-                &parts.text,
+        let tokenizer = files.tokenizer(parts.text.max_length)?;
+        let t5 = files.open_t5()?;
+        let encoder = loaded(
+            T5Encoder::load(
+                &parts.text.t5,
                 &[WeightSource::new(&t5).with_precision(conditioners)],
                 &device,
             ),
             &mut report,
-        )?
+        )?;
+        TextConditioner::new(tokenizer, encoder, parts.text.cond_dim)?
     };
     let video = {
-        let clip = VideoConditioner::clip_weights(&clip_dir)?;
+        let clip = files.open_clip()?;
         let mut sources: Vec<WeightSource<'_>> = clip
             .iter()
             .map(|d| WeightSource::new(d).with_precision(conditioners))
@@ -466,20 +548,17 @@ fn load(
         .keys()
         .filter(|k| k.starts_with("pretransform.model.encoder."))
     {
-        report.ignored.push((main.to_path_buf(), key.to_string()));
+        report.ignored.push((main_label.clone(), key.to_string()));
     }
-    let synchformer = match &paths.synchformer {
-        Some(path) => {
-            let dict = StateDict::open(path)?;
-            Some(loaded(
-                Synchformer::load(
-                    &parts.synchformer,
-                    &[WeightSource::with_prefix(&dict, SYNCHFORMER_PREFIX)],
-                    &device,
-                ),
-                &mut report,
-            )?)
-        }
+    let synchformer = match files.open_synchformer()? {
+        Some(dict) => Some(loaded(
+            Synchformer::load(
+                &parts.synchformer,
+                &[WeightSource::with_prefix(&dict, SYNCHFORMER_PREFIX)],
+                &device,
+            ),
+            &mut report,
+        )?),
         None => None,
     };
     log_load(&report, started.elapsed().as_secs_f64());
@@ -501,6 +580,260 @@ fn load(
         precision,
         text_cache: Default::default(),
     })
+}
+
+/// Where a model's files come from: a folder (or single files) on disk, or memory.
+enum Files {
+    Disk(CheckpointPaths),
+    Memory(MemoryCheckpoint),
+}
+
+/// `e` with `path` as its config file when it names none.
+fn config_at(e: Error, path: &Path) -> Error {
+    match e {
+        Error::Config {
+            path: None,
+            field,
+            message,
+        } => Error::Config {
+            path: Some(path.to_path_buf()),
+            field,
+            message,
+        },
+        other => other,
+    }
+}
+
+/// Parses the JSON text of `path` in `files`.
+fn json_in(files: &MemoryCheckpoint, path: &str, what: &str) -> Result<serde_json::Value> {
+    let text = files.require_text(path, what)?;
+    serde_json::from_str(text).map_err(|e| Error::Config {
+        path: Some(files.display_path(path)),
+        field: String::new(),
+        message: format!("not JSON: {e}"),
+    })
+}
+
+impl Files {
+    /// The model config: the given file, else the built-in official one (on disk); the
+    /// required `config.json` (in memory).
+    fn config(&self) -> Result<ModelConfig> {
+        match self {
+            Files::Disk(paths) => match &paths.config {
+                Some(p) => ModelConfig::from_file(p),
+                None => Ok(ModelConfig::official()),
+            },
+            Files::Memory(m) => {
+                let text = m.require_text(names::CONFIG, "model config")?;
+                ModelConfig::from_json_str(text)
+                    .map_err(|e| config_at(e, &m.display_path(names::CONFIG)))
+            }
+        }
+    }
+
+    /// Which denoiser is loaded and the label of its file; errors if that file is missing.
+    fn denoiser(&self, asked: Option<DenoiserKind>) -> Result<(DenoiserKind, PathBuf)> {
+        match self {
+            Files::Disk(paths) => {
+                let kind = asked.unwrap_or(match paths.teacher {
+                    Some(_) => DenoiserKind::Teacher,
+                    None => DenoiserKind::Student,
+                });
+                let path = match kind {
+                    DenoiserKind::Teacher => paths.require(
+                        &paths.teacher,
+                        "teacher checkpoint",
+                        "pretrained_ckpt/pretrained_ckpt.ckpt",
+                    )?,
+                    DenoiserKind::Student => paths.require(
+                        &paths.student,
+                        "student checkpoint",
+                        "audiox_turbo/audiox_turbo.ckpt",
+                    )?,
+                };
+                // Every other required file is checked before any is read.
+                paths.require(&paths.vae, "VAE checkpoint", "pretransform/vae.ckpt")?;
+                paths.require(&paths.t5_dir, "T5 folder", "t5-base/")?;
+                paths.require(&paths.clip_dir, "CLIP folder", "clip-vit-base-patch32/")?;
+                Ok((kind, path.to_path_buf()))
+            }
+            Files::Memory(m) => {
+                let kind = asked.unwrap_or(DenoiserKind::Student);
+                let name = Self::memory_denoiser(kind);
+                m.require(name, Self::memory_denoiser_what(kind))?;
+                for (file, what) in [
+                    (names::VAE, "VAE weights"),
+                    (names::T5_WEIGHTS, "T5 weights"),
+                    (names::T5_TOKENIZER, "T5 tokenizer"),
+                ] {
+                    m.require(file, what)?;
+                }
+                Ok((kind, m.display_path(name)))
+            }
+        }
+    }
+
+    fn memory_denoiser_what(kind: DenoiserKind) -> &'static str {
+        match kind {
+            DenoiserKind::Student => "student weights",
+            DenoiserKind::Teacher => "teacher weights",
+        }
+    }
+
+    fn memory_denoiser(kind: DenoiserKind) -> &'static str {
+        match kind {
+            DenoiserKind::Student => names::STUDENT,
+            DenoiserKind::Teacher => names::TEACHER,
+        }
+    }
+
+    /// The files the model is built from (labels for memory), as [`AudioX::paths`] reports.
+    fn paths(&self, kind: DenoiserKind) -> CheckpointPaths {
+        match self {
+            Files::Disk(paths) => CheckpointPaths {
+                teacher: match kind {
+                    DenoiserKind::Teacher => paths.teacher.clone(),
+                    DenoiserKind::Student => None,
+                },
+                ..paths.clone()
+            },
+            Files::Memory(m) => {
+                let label = |name: &str| Some(m.display_path(name)).filter(|_| m.contains(name));
+                CheckpointPaths {
+                    config: label(names::CONFIG),
+                    student: label(names::STUDENT).filter(|_| kind == DenoiserKind::Student),
+                    vae: label(names::VAE),
+                    synchformer: label(names::SYNCHFORMER),
+                    t5_dir: Some(m.display_path("t5-base")),
+                    clip_dir: Some(m.display_path("clip-vit-base-patch32")),
+                    teacher: label(names::TEACHER).filter(|_| kind == DenoiserKind::Teacher),
+                }
+            }
+        }
+    }
+
+    fn t5_dir(paths: &CheckpointPaths) -> Result<&Path> {
+        paths.require(&paths.t5_dir, "T5 folder", "t5-base/")
+    }
+
+    fn clip_dir(paths: &CheckpointPaths) -> Result<&Path> {
+        paths.require(&paths.clip_dir, "CLIP folder", "clip-vit-base-patch32/")
+    }
+
+    fn clip_config(&self) -> Result<ClipVisionConfig> {
+        match self {
+            Files::Disk(paths) => {
+                ClipVisionConfig::from_hf_file(Self::clip_dir(paths)?.join("config.json"))
+            }
+            Files::Memory(m) => {
+                let value = json_in(m, names::CLIP_CONFIG, "CLIP config")?;
+                ClipVisionConfig::from_hf_json(&value)
+                    .map_err(|e| config_at(e, &m.display_path(names::CLIP_CONFIG)))
+            }
+        }
+    }
+
+    fn t5_config(&self) -> Result<T5Config> {
+        match self {
+            Files::Disk(paths) => T5Config::from_hf_file(Self::t5_dir(paths)?.join("config.json")),
+            Files::Memory(m) => {
+                let value = json_in(m, names::T5_CONFIG, "T5 config")?;
+                T5Config::from_hf_json(&value)
+                    .map_err(|e| config_at(e, &m.display_path(names::T5_CONFIG)))
+            }
+        }
+    }
+
+    /// Names the tokenizer in the text conditioner's config.
+    fn tokenizer_label(&self) -> PathBuf {
+        match self {
+            Files::Disk(paths) => paths
+                .t5_dir
+                .as_deref()
+                .map(|d| d.join("tokenizer.json"))
+                .unwrap_or_default(),
+            Files::Memory(m) => m.display_path(names::T5_TOKENIZER),
+        }
+    }
+
+    fn tokenizer(&self, max_length: usize) -> Result<T5Tokenizer> {
+        match self {
+            Files::Disk(paths) => {
+                T5Tokenizer::from_file(Self::t5_dir(paths)?.join("tokenizer.json"), max_length)
+            }
+            Files::Memory(m) => {
+                let bytes = m.require(names::T5_TOKENIZER, "T5 tokenizer")?;
+                T5Tokenizer::from_bytes(bytes.as_slice(), max_length).map_err(|e| match e {
+                    Error::Tokenizer {
+                        path: None,
+                        message,
+                    } => Error::Tokenizer {
+                        path: Some(m.display_path(names::T5_TOKENIZER)),
+                        message,
+                    },
+                    other => other,
+                })
+            }
+        }
+    }
+
+    fn open_main(&self, kind: DenoiserKind) -> Result<StateDict> {
+        match self {
+            Files::Disk(paths) => {
+                let path = match kind {
+                    DenoiserKind::Teacher => &paths.teacher,
+                    DenoiserKind::Student => &paths.student,
+                };
+                StateDict::open(paths.require(path, "denoiser checkpoint", "")?)
+            }
+            Files::Memory(m) => m.require_weights(
+                Self::memory_denoiser(kind),
+                Self::memory_denoiser_what(kind),
+            ),
+        }
+    }
+
+    fn open_vae(&self) -> Result<StateDict> {
+        match self {
+            Files::Disk(paths) => StateDict::open(paths.require(
+                &paths.vae,
+                "VAE checkpoint",
+                "pretransform/vae.ckpt",
+            )?),
+            Files::Memory(m) => m.require_weights(names::VAE, "VAE weights"),
+        }
+    }
+
+    fn open_t5(&self) -> Result<StateDict> {
+        match self {
+            Files::Disk(paths) => StateDict::open(audiox_encoders::hf_weights_file(
+                Self::t5_dir(paths)?,
+                "T5",
+            )?),
+            Files::Memory(m) => m.require_weights(names::T5_WEIGHTS, "T5 weights"),
+        }
+    }
+
+    /// The CLIP folder's weights in the video conditioner's names, if it has any.
+    fn open_clip(&self) -> Result<Option<StateDict>> {
+        match self {
+            Files::Disk(paths) => VideoConditioner::clip_weights(Self::clip_dir(paths)?),
+            Files::Memory(m) => Ok(m
+                .optional_weights(names::CLIP_WEIGHTS)?
+                .map(|d| VideoConditioner::clip_weights_of(&d))),
+        }
+    }
+
+    fn open_synchformer(&self) -> Result<Option<StateDict>> {
+        match self {
+            Files::Disk(paths) => paths
+                .synchformer
+                .as_deref()
+                .map(StateDict::open)
+                .transpose(),
+            Files::Memory(m) => m.optional_weights(names::SYNCHFORMER),
+        }
+    }
 }
 
 /// The component of a [`Component::load`] result, its report merged into `report`.
@@ -527,6 +860,19 @@ pub(crate) struct PartConfigs {
 
 impl PartConfigs {
     pub fn new(config: &ModelConfig, clip_dir: &Path, t5_dir: &Path) -> Result<Self> {
+        let clip = ClipVisionConfig::from_hf_file(clip_dir.join("config.json"))?;
+        let t5 = T5Config::from_hf_file(t5_dir.join("config.json"))?;
+        Self::from_configs(config, clip, t5, t5_dir.join("tokenizer.json"))
+    }
+
+    /// The same from the CLIP and T5 sizes already read (`tokenizer` only names the
+    /// tokenizer file).
+    pub fn from_configs(
+        config: &ModelConfig,
+        clip: ClipVisionConfig,
+        t5: T5Config,
+        tokenizer: PathBuf,
+    ) -> Result<Self> {
         let missing =
             |what: &str| Error::config("model.conditioning.configs", format!("no {what}"));
         let text = config
@@ -538,9 +884,11 @@ impl PartConfigs {
         let audio = config
             .audio_conditioner()
             .ok_or_else(|| missing("audio_autoencoder conditioner"))?;
-        let clip = ClipVisionConfig::from_hf_file(clip_dir.join("config.json"))?;
+        let mut text = text.clone();
+        text.t5 = t5;
+        text.tokenizer = tokenizer;
         Ok(PartConfigs {
-            text: text.clone().with_hf_dir(t5_dir)?,
+            text,
             video: video.clone().with_clip(clip),
             audio: audio.clone(),
             maf: config.maf().clone(),

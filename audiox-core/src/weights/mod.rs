@@ -14,6 +14,6 @@ pub use load::{
 };
 pub use params::{ParamSpec, param_specs};
 pub use state_dict::{
-    NESTED_STATE_DICT_KEYS, StateDict, StoredDType, StoredTensor, WeightFormat,
+    NESTED_STATE_DICT_KEYS, StateDict, StoredDType, StoredTensor, WeightBytes, WeightFormat,
     resolve_official_keys,
 };

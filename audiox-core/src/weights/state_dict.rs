@@ -69,6 +69,50 @@ enum Data {
         /// the page cache), not anonymous memory holding the only copy.
         file_backed: bool,
     },
+    /// A slice of bytes held in memory (a safetensors file embedded with `include_bytes!`, or
+    /// read by the caller).
+    Memory {
+        bytes: WeightBytes,
+        start: usize,
+        end: usize,
+    },
+}
+
+/// The bytes of a weight file held in memory: `&'static [u8]` (a file embedded in the binary
+/// with `include_bytes!`, not copied) or an owned buffer. Cheap to clone (shared).
+///
+/// ```
+/// use audiox_core::weights::WeightBytes;
+/// static EMBEDDED: &[u8] = b"not really a safetensors file";
+/// let bytes = WeightBytes::from(EMBEDDED);
+/// assert_eq!(bytes.as_slice().len(), EMBEDDED.len());
+/// ```
+#[derive(Clone)]
+pub struct WeightBytes(Arc<dyn AsRef<[u8]> + Send + Sync>);
+
+impl WeightBytes {
+    /// The bytes.
+    pub fn as_slice(&self) -> &[u8] {
+        (*self.0).as_ref()
+    }
+}
+
+impl fmt::Debug for WeightBytes {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "WeightBytes({} bytes)", self.as_slice().len())
+    }
+}
+
+impl From<&'static [u8]> for WeightBytes {
+    fn from(bytes: &'static [u8]) -> Self {
+        WeightBytes(Arc::new(bytes))
+    }
+}
+
+impl From<Vec<u8>> for WeightBytes {
+    fn from(bytes: Vec<u8>) -> Self {
+        WeightBytes(Arc::new(bytes))
+    }
 }
 
 /// One stored tensor: metadata now, bytes on demand.
@@ -117,6 +161,7 @@ impl StoredTensor {
             Data::Mapped {
                 map, start, end, ..
             } => &map[*start..*end],
+            Data::Memory { bytes, start, end } => &bytes.as_slice()[*start..*end],
         };
         if bytes.len() != n * size {
             return Err(Error::weight_file(
@@ -174,6 +219,52 @@ impl StoredTensor {
             };
         }
     }
+}
+
+/// The tensors of a safetensors file in `bytes` (header checked: every tensor's bytes lie
+/// inside the file), each one's data made by `data(start, end)`.
+fn safetensors_index(
+    path: &Path,
+    bytes: &[u8],
+    data: impl Fn(usize, usize) -> Data,
+) -> Result<BTreeMap<String, StoredTensor>> {
+    let (header_len, metadata) = safetensors::SafeTensors::read_metadata(bytes)
+        .map_err(|e| Error::weight_file(path, format!("not a valid safetensors file: {e}")))?;
+    let data_start = 8 + header_len;
+    let mut tensors = BTreeMap::new();
+    for (name, info) in metadata.tensors() {
+        use safetensors::Dtype;
+        let dtype = match info.dtype {
+            Dtype::F64 => StoredDType::F64,
+            Dtype::F32 => StoredDType::F32,
+            Dtype::F16 => StoredDType::F16,
+            Dtype::BF16 => StoredDType::BF16,
+            Dtype::I64 => StoredDType::Other("int64"),
+            Dtype::I32 => StoredDType::Other("int32"),
+            Dtype::I16 => StoredDType::Other("int16"),
+            Dtype::I8 => StoredDType::Other("int8"),
+            Dtype::U8 => StoredDType::Other("uint8"),
+            Dtype::BOOL => StoredDType::Other("bool"),
+            _ => StoredDType::Other("an unsupported safetensors dtype"),
+        };
+        let (a, b) = info.data_offsets;
+        let (start, end) = (data_start + a, data_start + b);
+        if start > end || end > bytes.len() {
+            return Err(Error::weight_file(
+                path,
+                format!("`{name}`: its bytes lie outside the file"),
+            ));
+        }
+        tensors.insert(
+            name,
+            StoredTensor {
+                shape: info.shape.clone(),
+                dtype,
+                data: data(start, end),
+            },
+        );
+    }
+    Ok(tensors)
 }
 
 /// The keys under which the official loader looks for a nested state dict, in its order.
@@ -244,42 +335,39 @@ impl StateDict {
         // changed under a running process is outside what we can defend against).
         let map = unsafe { memmap2::Mmap::map(&file) }.map_err(|e| Error::io(path, e))?;
         let map = Arc::new(map);
-        let (header_len, metadata) = safetensors::SafeTensors::read_metadata(&map)
-            .map_err(|e| Error::weight_file(path, format!("not a valid safetensors file: {e}")))?;
-        let data_start = 8 + header_len;
-        let mut tensors = BTreeMap::new();
-        for (name, info) in metadata.tensors() {
-            use safetensors::Dtype;
-            let dtype = match info.dtype {
-                Dtype::F64 => StoredDType::F64,
-                Dtype::F32 => StoredDType::F32,
-                Dtype::F16 => StoredDType::F16,
-                Dtype::BF16 => StoredDType::BF16,
-                Dtype::I64 => StoredDType::Other("int64"),
-                Dtype::I32 => StoredDType::Other("int32"),
-                Dtype::I16 => StoredDType::Other("int16"),
-                Dtype::I8 => StoredDType::Other("int8"),
-                Dtype::U8 => StoredDType::Other("uint8"),
-                Dtype::BOOL => StoredDType::Other("bool"),
-                _ => StoredDType::Other("an unsupported safetensors dtype"),
-            };
-            let (a, b) = info.data_offsets;
-            tensors.insert(
-                name,
-                StoredTensor {
-                    shape: info.shape.clone(),
-                    dtype,
-                    data: Data::Mapped {
-                        map: map.clone(),
-                        start: data_start + a,
-                        end: data_start + b,
-                        file_backed: true,
-                    },
-                },
-            );
-        }
+        let tensors = safetensors_index(path, &map, |start, end| Data::Mapped {
+            map: map.clone(),
+            start,
+            end,
+            file_backed: true,
+        })?;
         Ok(StateDict {
             path: path.to_path_buf(),
+            format: WeightFormat::Safetensors,
+            nested_under: None,
+            tensors,
+        })
+    }
+
+    /// Reads a safetensors file held in memory (for instance embedded in the binary with
+    /// `include_bytes!`): nothing is copied, tensors are converted on demand as with
+    /// [`StateDict::open_safetensors`]. `label` names the file in errors and load reports.
+    ///
+    /// Torch checkpoints are not read from memory (their reader needs a file): convert them
+    /// to safetensors first (`examples/convert.rs` of `audiox`).
+    pub fn from_safetensors_bytes(
+        label: impl Into<PathBuf>,
+        bytes: impl Into<WeightBytes>,
+    ) -> Result<Self> {
+        let path = label.into();
+        let bytes = bytes.into();
+        let tensors = safetensors_index(&path, bytes.as_slice(), |start, end| Data::Memory {
+            bytes: bytes.clone(),
+            start,
+            end,
+        })?;
+        Ok(StateDict {
+            path,
             format: WeightFormat::Safetensors,
             nested_under: None,
             tensors,

@@ -246,11 +246,16 @@ impl VideoConditioner {
     /// override them: pass them as the first source of [`VideoConditioner::load`].
     pub fn clip_weights(clip_dir: &Path) -> Result<Option<StateDict>> {
         match crate::hf_weights_file_if_any(clip_dir) {
-            Some(path) => Ok(Some(
-                StateDict::open(path)?.rename(|k, _| Some(format!("{CLIP_FIELD}.{k}"))),
-            )),
+            Some(path) => Ok(Some(Self::clip_weights_of(&StateDict::open(path)?))),
             None => Ok(None),
         }
+    }
+
+    /// The tensors of a Hugging Face CLIP weight file already opened (for instance from
+    /// memory, [`StateDict::from_safetensors_bytes`]) in the conditioner's names, as
+    /// [`VideoConditioner::clip_weights`] gives them.
+    pub fn clip_weights_of(dict: &StateDict) -> StateDict {
+        dict.rename(|k, _| Some(format!("{CLIP_FIELD}.{k}")))
     }
 
     /// Checks frames `[B, T, C, H, W]` and sync features `[B, R, D]`.
