@@ -379,3 +379,49 @@ fn the_reconstruction_report_scores_identity_and_silence_apart() {
     assert_eq!(out.len(), clip.samples.len());
     assert!(out.iter().all(|v| v.is_finite()));
 }
+
+#[test]
+fn the_log_floor_ignores_differences_far_below_the_target() {
+    use audiox_train::train::stft::multi_resolution_stft_loss;
+    one_thread();
+    let device = Device::flex();
+    let len = 512;
+    // A tone with exact silence after it, and a prediction equal to it plus faint noise in
+    // the silence (about -70 dB under the tone).
+    let target: Vec<f32> = (0..len)
+        .map(|i| {
+            if i < len / 2 {
+                (i as f32 * 0.3).sin() * 0.5
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    let faint: Vec<f32> = target
+        .iter()
+        .enumerate()
+        .map(|(i, &x)| {
+            if i < len / 2 {
+                x
+            } else {
+                1e-4 * ((i * 7919 % 13) as f32 - 6.0)
+            }
+        })
+        .collect();
+    let t = |v: &Vec<f32>| Tensor::<3>::from_data(TensorData::new(v.clone(), [1, 1, len]), &device);
+    let bases = [StftBasis::new(64, &device), StftBasis::new(128, &device)];
+    let loss = |pred: &Vec<f32>, floor| {
+        multi_resolution_stft_loss(&bases, t(pred), t(&target), floor).into_scalar::<f32>()
+    };
+    // Without a floor the faint noise costs far more than its energy (log of near-zero bins);
+    // with a -60 dB floor it costs almost nothing, while a real error still counts.
+    let unfloored = loss(&faint, None);
+    let floored = loss(&faint, Some(1e-3));
+    assert!(unfloored > 0.5, "{unfloored}");
+    assert!(floored < 0.05 * unfloored, "{floored} vs {unfloored}");
+    let half: Vec<f32> = target.iter().map(|x| x * 0.5).collect();
+    assert!(
+        loss(&half, Some(1e-3)) > 0.3,
+        "a 6 dB error must still count"
+    );
+}

@@ -118,6 +118,11 @@ pub struct VaeStageConfig {
     pub l1_weight: f64,
     /// Weight of the KL divergence of the posterior from N(0, 1) (mean over latent elements).
     pub kl_weight: f64,
+    /// The floor of the STFT loss's log magnitudes, in dB below the target's loudest bin
+    /// (`None`: an absolute floor of 1e-4, what the first demo run started with). See
+    /// `stft::multi_resolution_stft_loss`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub log_floor_db: Option<f64>,
 }
 
 /// The DMD student stage (see [`super::dmd`]): the 4-step student distilled from the teacher
@@ -286,6 +291,7 @@ impl RunConfig {
                 stft_weight: 1.0,
                 l1_weight: 1.0,
                 kl_weight: 1e-4,
+                log_floor_db: Some(-60.0),
             },
             teacher: TeacherStageConfig {
                 optim: LoopSettings {
@@ -372,6 +378,14 @@ impl RunConfig {
             if !(w.is_finite() && w >= 0.0) {
                 return Err(TrainError::config(field, format!("{w} is not >= 0")));
             }
+        }
+        if let Some(db) = self.vae.log_floor_db
+            && !(db.is_finite() && db < 0.0)
+        {
+            return Err(TrainError::config(
+                "vae.log_floor_db",
+                format!("{db} is not a level below 0 dB"),
+            ));
         }
         self.teacher.check(&model, clip)?;
         Ok(())

@@ -56,7 +56,18 @@ impl StftBasis {
 /// `||S_y - S_x||_F / ||S_y||_F` plus the mean absolute difference of log magnitudes; averaged
 /// over resolutions. `x` (prediction) and `y` (target) are `[B, C, T]`; channels are treated
 /// as separate signals.
-pub fn multi_resolution_stft_loss(bases: &[StftBasis], x: Tensor<3>, y: Tensor<3>) -> Tensor<1> {
+///
+/// With `log_floor` (an amplitude ratio, e.g. `1e-3` for -60 dB), both magnitudes are raised
+/// to at least `log_floor` times the target's loudest bin (per signal and resolution) before
+/// the logarithm. Without it, bins where the target is digital silence (the procedural corpus
+/// has exact zeros between events) weigh as much as the events: any leakage there costs
+/// several nepers, and the cheapest fit is to output near-silence everywhere.
+pub fn multi_resolution_stft_loss(
+    bases: &[StftBasis],
+    x: Tensor<3>,
+    y: Tensor<3>,
+    log_floor: Option<f32>,
+) -> Tensor<1> {
     let [b, c, t] = x.dims();
     let x = x.reshape([b * c, t]);
     let y = y.reshape([b * c, t]);
@@ -66,6 +77,20 @@ pub fn multi_resolution_stft_loss(bases: &[StftBasis], x: Tensor<3>, y: Tensor<3
         let sy = basis.magnitude(y.clone());
         let sc = (sy.clone() - sx.clone()).powi_scalar(2).sum().sqrt()
             / (sy.clone().powi_scalar(2).sum().sqrt() + 1e-7);
+        let (sx, sy) = match log_floor {
+            Some(ratio) => {
+                let dims = sy.dims();
+                let floor = sy
+                    .clone()
+                    .max_dim(1)
+                    .max_dim(2)
+                    .mul_scalar(ratio)
+                    .detach()
+                    .expand(dims);
+                (sx.max_pair(floor.clone()), sy.max_pair(floor))
+            }
+            None => (sx, sy),
+        };
         let log_mag = (sy.log() - sx.log()).abs().mean();
         let term = sc + log_mag;
         total = Some(match total {

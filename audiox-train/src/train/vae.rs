@@ -142,7 +142,8 @@ impl Stage for VaeStage {
         let y = model.decode(latent)?;
 
         let l1 = (y.clone() - x.clone()).abs().mean();
-        let stft = multi_resolution_stft_loss(&self.bases, y, x);
+        let log_floor = s_log_floor(self.settings.log_floor_db);
+        let stft = multi_resolution_stft_loss(&self.bases, y, x, log_floor);
         let var = stdev.clone() * stdev.clone();
         let kl = ((posterior.mean.clone() * posterior.mean + var.clone() - var.log() - 1.0).mean())
             * 0.5;
@@ -248,4 +249,9 @@ pub fn export_vae(vae: &Vae, run: &RunConfig, out: &Path) -> TrainResult<PathBuf
         .map_err(|e| TrainError::config("model", e.to_string()))?;
     super::checkpoint::write_atomic(&out.join("config.json"), config.as_bytes())?;
     Ok(path)
+}
+
+/// The STFT loss's log-magnitude floor as an amplitude ratio (`-60` dB -> `1e-3`).
+fn s_log_floor(db: Option<f64>) -> Option<f32> {
+    db.map(|db| 10f64.powf(db / 20.0) as f32)
 }
