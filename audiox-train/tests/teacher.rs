@@ -335,3 +335,117 @@ fn a_run_started_before_the_teacher_stage_is_extended_until_the_teacher_starts()
     let err = RunDir::open(dir, run).unwrap_err().to_string();
     assert!(err.contains("another configuration"), "{err}");
 }
+
+#[test]
+fn the_student_distils_the_teachers_dit_and_its_export_loads_as_the_student() {
+    use audiox_train::train::dmd::StudentStage;
+    use audiox_train::train::teacher::{TeacherPrompts, export_student};
+    use audiox_train::train::train_multi_stage;
+    one_thread();
+    let mut run = tiny_run();
+    let s = &mut run.student;
+    s.optim.steps = 2;
+    s.optim.batch = 1;
+    s.optim.warmup = 0;
+    s.optim.lr = 1e-3;
+    s.regression_pairs = 2;
+    s.regression_batch = 1;
+    s.teacher_steps = 2;
+    run.validate().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    let (teacher, ..) = train(&dir, &run, None);
+
+    let device = device();
+    let run_dir = RunDir::open(&dir, run.clone()).unwrap();
+    let stage = TeacherStage::new(&run_dir, &device).unwrap();
+    let prompts = TeacherPrompts::new(
+        teacher.clone(),
+        stage.tokenizer().clone(),
+        stage.silent_prompt().clone(),
+    );
+    let student = StudentStage::new(
+        &run_dir,
+        run.student.clone(),
+        teacher.dit.clone(),
+        prompts,
+        &device,
+    )
+    .unwrap();
+    let out = train_multi_stage(&student, &run_dir, &device, Stop::never(), &mut |_| {}).unwrap();
+    assert!(out.finished);
+    let student_dit = out.model[0].model.clone();
+    let (pt, ps) = (parameters(&teacher.dit), parameters(&student_dit));
+    assert!(
+        pt.iter().zip(&ps).any(|(a, b)| a.2 != b.2),
+        "DMD changed the student's DiT"
+    );
+
+    let export = dir.join("export");
+    export_teacher(&teacher, &run, &export).unwrap();
+    let file = export_student(&teacher, &student_dit, &export).unwrap();
+    assert!(file.exists());
+    let loaded = AudioX::builder()
+        .checkpoint_dir(&export)
+        .denoiser(DenoiserKind::Student)
+        .build()
+        .unwrap();
+    assert_eq!(loaded.kind(), DenoiserKind::Student);
+
+    // One Euler step from t = 1 through the loaded student equals z - v(z, 1) of the trained
+    // student's DiT on the teacher's context (the student keeps the teacher's text side).
+    let config = run.model_config().unwrap();
+    let (c, l) = (config.model.io_channels, config.latent_length());
+    let la = config.audio_conditioner().unwrap().latent_frames;
+    let z = noise(3, c * l);
+    let eps = noise(4, c * la);
+    let samples = config.prompt_samples() as i64;
+    let len = (samples as f32 * 0.5) as i64;
+    let replay = ReplayNoise::new()
+        .with_normal(labels::INITIAL_NOISE, &[1, c, l], z.clone())
+        .with_uniform(labels::AUDIO_MASK_RATIO, &[1], vec![0.5])
+        .with_integers(labels::AUDIO_MASK_START, vec![(samples - len) / 2])
+        .with_normal(labels::VAE_NOISE, &[1, c, la], eps.clone());
+    let caption = "three high beeps";
+    let sampler: Arc<dyn Sampler> = Arc::new(Euler::new(1));
+    let generated = loaded
+        .generate(
+            Request::text(caption)
+                .sampler(sampler)
+                .noise_source(replay)
+                .keep_intermediates(true),
+        )
+        .unwrap();
+    let inter = generated.intermediates.unwrap();
+    let plain = Device::flex();
+    let stage = TeacherStage::new(&run_dir, &plain).unwrap();
+    let context = teacher
+        .valid()
+        .context_from_captions(
+            &tokenizer(&run).unwrap(),
+            &[caption],
+            stage.silent_prompt(),
+            &eps,
+            &plain,
+        )
+        .unwrap();
+    let zt = Tensor::<3>::from_data(TensorData::new(z, [1, c, l]), &plain);
+    let t = Tensor::<1>::from_data(TensorData::new(vec![1.0f32], [1]), &plain);
+    let v = student_dit
+        .valid()
+        .forward_with_context(zt.clone(), t.clone(), context.clone())
+        .unwrap();
+    let latent = values(inter.latent);
+    let (err, scale) = max_error(&latent, &values(zt.clone() - v));
+    assert!(
+        scale > 0.0 && err <= 1e-4 * scale.max(1.0),
+        "student latent: {err} of {scale}"
+    );
+    // ... and not what the teacher's DiT gives.
+    let vt = teacher.valid().velocity(zt.clone(), t, context).unwrap();
+    let (diff, _) = max_error(&latent, &values(zt - vt));
+    assert!(
+        diff > 1e-3 * scale,
+        "the loaded model is not the teacher: {diff}"
+    );
+}

@@ -16,9 +16,11 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
+use audiox_train::train::dmd::StudentStage;
+use audiox_train::train::teacher::{TeacherPrompts, export_student};
 use audiox_train::train::{
     LogRecord, RunConfig, RunDir, Stop, TeacherStage, TrainError, VaeStage, export_teacher,
-    export_vae, train_stage,
+    export_vae, train_multi_stage, train_stage,
 };
 
 #[derive(Parser, Debug)]
@@ -101,15 +103,14 @@ fn run(args: Args) -> Result<(), TrainError> {
         (None, false) => RunDir::open(&out, RunConfig::demo())?,
     };
     let stages: &[&str] = match args.stage.as_str() {
-        "all" => &["vae", "teacher"],
+        "all" => &["vae", "teacher", "student"],
         "vae" => &["vae"],
         "teacher" => &["teacher"],
+        "student" => &["student"],
         other => {
             return Err(TrainError::config(
                 "--stage",
-                format!(
-                    "`{other}`: expected vae, teacher or all (the student stage is not implemented yet)"
-                ),
+                format!("`{other}`: expected vae, teacher, student or all"),
             ));
         }
     };
@@ -185,10 +186,60 @@ fn run(args: Args) -> Result<(), TrainError> {
                     return Ok(());
                 }
             }
+            "student" => {
+                // The trained teacher, loaded from its newest checkpoint (no teacher step runs).
+                let teacher_stage = TeacherStage::new(&run, &device)?;
+                let teacher_total = run.config().teacher.optim.steps;
+                let loaded = train_stage(
+                    &teacher_stage,
+                    &run,
+                    &device,
+                    Stop::after_steps(0),
+                    &mut |_: &LogRecord| {},
+                )?;
+                if loaded.step < teacher_total {
+                    return Err(TrainError::config(
+                        "--stage student",
+                        format!(
+                            "the teacher is at step {}/{teacher_total}: finish it first (--stage teacher)",
+                            loaded.step
+                        ),
+                    ));
+                }
+                let teacher = loaded.model;
+                let prompts = TeacherPrompts::new(
+                    teacher.clone(),
+                    teacher_stage.tokenizer().clone(),
+                    teacher_stage.silent_prompt().clone(),
+                );
+                let student = StudentStage::new(
+                    &run,
+                    run.config().student.clone(),
+                    teacher.dit.clone(),
+                    prompts,
+                    &device,
+                )?;
+                let total = run.config().student.optim.steps;
+                let mut progress = progress_line("student", total);
+                let outcome = train_multi_stage(&student, &run, &device, stop, &mut progress)?;
+                let export = run.root().join("export");
+                export_teacher(&teacher, run.config(), &export)?;
+                let file = export_student(&teacher, &outcome.model[0].model, &export)?;
+                println!(
+                    "student: step {}/{total} (resumed from {}); student written to {}",
+                    outcome.step,
+                    outcome.resumed_from,
+                    file.display()
+                );
+                if !outcome.finished {
+                    println!("student: not finished; run the same command again to continue");
+                    return Ok(());
+                }
+            }
             other => {
                 return Err(TrainError::config(
                     "--stage",
-                    format!("the `{other}` stage is not implemented yet (see docs/training.md)"),
+                    format!("unknown stage `{other}`"),
                 ));
             }
         }

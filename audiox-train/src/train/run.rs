@@ -127,8 +127,7 @@ pub struct VaeStageConfig {
 
 /// The DMD student stage (see [`super::dmd`]): the 4-step student distilled from the teacher
 /// by distribution matching, with a fake-score model trained online and a regression term on
-/// cached teacher trajectories. Not part of [`RunConfig`] yet: it is added there next to the
-/// teacher stage (see `docs/training.md`).
+/// cached teacher trajectories.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StudentStageConfig {
@@ -168,8 +167,8 @@ impl StudentStageConfig {
     pub fn demo() -> Self {
         StudentStageConfig {
             optim: LoopSettings {
-                steps: 2_000,
-                batch: 8,
+                steps: 1_000,
+                batch: 4,
                 lr: 5e-5,
                 warmup: 50,
                 checkpoint_every: 100,
@@ -182,9 +181,9 @@ impl StudentStageConfig {
             t_min: 0.02,
             t_max: 0.98,
             regression_weight: 0.25,
-            regression_pairs: 128,
+            regression_pairs: 64,
             regression_batch: 4,
-            teacher_steps: 50,
+            teacher_steps: 25,
         }
     }
 
@@ -261,6 +260,8 @@ pub struct RunConfig {
     pub vae: VaeStageConfig,
     /// The DiT + MAF teacher stage (with the small T5 and the conditioners' trainable parts).
     pub teacher: TeacherStageConfig,
+    /// The DMD student stage (distils the teacher's DiT; the text side stays the teacher's).
+    pub student: StudentStageConfig,
 }
 
 impl RunConfig {
@@ -310,6 +311,7 @@ impl RunConfig {
                 clip: serde_json::from_str(crate::tokenizer::DEMO_CLIP_CONFIG_JSON)
                     .expect("the built-in CLIP config is JSON"),
             },
+            student: StudentStageConfig::demo(),
         }
     }
 
@@ -388,6 +390,7 @@ impl RunConfig {
             ));
         }
         self.teacher.check(&model, clip)?;
+        self.student.check(StageName::Student.as_str())?;
         Ok(())
     }
 
@@ -442,10 +445,11 @@ pub struct RunDir {
 impl RunDir {
     /// Opens `root` for `config`: creates it and writes `run.json` on a new run; on an existing
     /// run checks that `run.json` holds the same configuration. One exception: a stored
-    /// configuration that differs only in what the VAE stage does not read (the `teacher`
-    /// section, the model's conditioning and diffusion sections) is replaced by `config` as
-    /// long as the teacher stage has no checkpoint (a run started before the teacher stage
-    /// existed continues with its trained VAE).
+    /// configuration that differs only in what no started stage reads is replaced by `config`:
+    /// what the VAE stage does not read (the `teacher` and `student` sections, the model's
+    /// conditioning and diffusion sections) while the teacher stage has no checkpoint, and the
+    /// `student` section while the student stage has none (a run started before a stage
+    /// existed continues with the stages it trained).
     pub fn open(root: impl Into<PathBuf>, config: RunConfig) -> TrainResult<Self> {
         let root = root.into();
         config.validate()?;
@@ -502,12 +506,12 @@ impl RunDir {
 }
 
 /// Why a stored run configuration may not be replaced by `ours` (`None`: it may). It may when
-/// the two differ only in what
-/// the VAE stage does not read (the teacher section, and the model's conditioning, diffusion,
-/// `_tiny_hardcoded_sizes` and `training` sections), and the teacher stage has not started (no
-/// checkpoint). This lets a run started before the teacher stage existed (whose `run.json` has
-/// no `teacher` section and placeholder conditioning sizes) continue with the teacher stage,
-/// keeping its trained VAE; anything the VAE stage depends on must still be identical.
+/// the two differ only in what the VAE stage does not read (the teacher and student sections,
+/// and the model's conditioning, diffusion, `_tiny_hardcoded_sizes` and `training` sections)
+/// and the teacher stage has not started (no checkpoint), or only in the student section and
+/// the student stage has not started. This lets a run started before a stage existed (whose
+/// `run.json` lacks that stage's section) continue with it, keeping what it trained; anything
+/// a started stage depends on must still be identical.
 fn refuses_extension(
     stored: &serde_json::Value,
     ours: &serde_json::Value,
@@ -518,6 +522,7 @@ fn refuses_extension(
         let mut v = v.clone();
         if let Some(o) = v.as_object_mut() {
             o.remove("teacher");
+            o.remove("student");
         }
         if let Some(m) = v.get_mut("model").and_then(|m| m.as_object_mut()) {
             m.remove("_tiny_hardcoded_sizes");
@@ -532,8 +537,26 @@ fn refuses_extension(
     if let Some(vae_diff) = first_difference(&vae_view(stored), &vae_view(ours), String::new()) {
         return Ok(Some(vae_diff));
     }
-    let teacher = super::checkpoint::Checkpoints::new(&root.join(StageName::Teacher.as_str()));
-    Ok((!teacher.steps()?.is_empty()).then_some(diff))
+    let started = |stage: StageName| -> TrainResult<bool> {
+        let checkpoints = super::checkpoint::Checkpoints::new(&root.join(stage.as_str()));
+        Ok(!checkpoints.steps()?.is_empty())
+    };
+    let without_student = |v: &serde_json::Value| {
+        let mut v = v.clone();
+        if let Some(o) = v.as_object_mut() {
+            o.remove("student");
+        }
+        v
+    };
+    if let Some(teacher_diff) = first_difference(
+        &without_student(stored),
+        &without_student(ours),
+        String::new(),
+    ) && started(StageName::Teacher)?
+    {
+        return Ok(Some(teacher_diff));
+    }
+    Ok(started(StageName::Student)?.then_some(diff))
 }
 
 /// The first JSON path at which `a` and `b` differ, with both values.
@@ -560,6 +583,15 @@ fn first_difference(a: &serde_json::Value, b: &serde_json::Value, at: String) ->
             .enumerate()
             .find_map(|(i, (p, q))| first_difference(p, q, format!("{at}[{i}]"))),
         _ if a == b => None,
+        // serde_json's default float parser may read a number back one unit in the last
+        // place off what it wrote (no `float_roundtrip` feature): equal within that.
+        (Value::Number(x), Value::Number(y))
+            if x.as_f64().zip(y.as_f64()).is_some_and(|(p, q)| {
+                (p - q).abs() <= 4.0 * f64::EPSILON * p.abs().max(q.abs())
+            }) =>
+        {
+            None
+        }
         _ => Some(format!("{at}: stored {a}, now {b}")),
     }
 }

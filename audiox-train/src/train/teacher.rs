@@ -612,7 +612,73 @@ pub fn export_teacher(
     }
     let meta = [("format", "pt"), ("audiox_precision", "f32")];
     let mut parameters = BTreeMap::new();
+    let (tensors, clip) = denoiser_tensors(model)?;
+    let teacher = out
+        .join("pretrained_ckpt")
+        .join("pretrained_ckpt.safetensors");
+    parameters.insert("teacher".into(), count(&tensors));
+    write_safetensors(&teacher, &tensors, &meta)?;
 
+    let t5_dir = out.join("t5-base");
+    let t5 = official_tensors_of(&model.t5, &T5Encoder::layout(), "")?;
+    parameters.insert("t5".into(), count(&t5));
+    write_safetensors(&t5_dir.join("model.safetensors"), &t5, &meta)?;
+    write_json(&t5_dir.join("config.json"), &run.teacher.t5)?;
+    write_atomic(
+        &t5_dir.join("tokenizer.json"),
+        DEMO_TOKENIZER_JSON.as_bytes(),
+    )?;
+
+    let clip_dir = out.join("clip-vit-base-patch32");
+    parameters.insert("clip".into(), count(&clip));
+    write_safetensors(&clip_dir.join("model.safetensors"), &clip, &meta)?;
+    write_json(&clip_dir.join("config.json"), &run.teacher.clip)?;
+
+    write_json(&out.join("config.json"), &run.model)?;
+    Ok(TeacherExport {
+        dir: out.to_path_buf(),
+        teacher,
+        parameters,
+    })
+}
+
+/// Writes the DMD student into the model folder `out` that [`export_teacher`] wrote:
+/// `audiox_turbo/audiox_turbo.safetensors` (the student slot), holding the student's DiT and
+/// the teacher's MAF block, video conditioner and audio-prompt projections (the student is
+/// distilled on the teacher's context, so its conditioning path is the teacher's). The T5
+/// and CLIP folders, the VAE and `config.json` are shared with the teacher. Returns the file.
+pub fn export_student(teacher: &TeacherModel, student: &Dit, out: &Path) -> TrainResult<PathBuf> {
+    if !out
+        .join("pretrained_ckpt")
+        .join("pretrained_ckpt.safetensors")
+        .exists()
+    {
+        return Err(TrainError::config(
+            "export",
+            format!(
+                "{} has no teacher export (pretrained_ckpt/pretrained_ckpt.safetensors)",
+                out.display()
+            ),
+        ));
+    }
+    let meta = [("format", "pt"), ("audiox_precision", "f32")];
+    let mut tensors = official_tensors_of(student, &Dit::layout(), prefixes::DIT)?;
+    let (rest, _) = denoiser_tensors(teacher)?;
+    tensors.extend(
+        rest.into_iter()
+            .filter(|(name, _, _)| !name.starts_with(prefixes::DIT)),
+    );
+    let file = out.join("audiox_turbo").join("audiox_turbo.safetensors");
+    write_safetensors(&file, &tensors, &meta)?;
+    Ok(file)
+}
+
+/// The denoiser checkpoint's tensors of `model` under their official names (DiT, MAF block,
+/// video conditioner without its CLIP tower, audio-prompt projections), and the CLIP tower's
+/// tensors under the Hugging Face names.
+fn denoiser_tensors(
+    model: &TeacherModel,
+) -> TrainResult<(Vec<super::vae::NamedTensor>, Vec<super::vae::NamedTensor>)> {
     let mut tensors = official_tensors_of(&model.dit, &Dit::layout(), prefixes::DIT)?;
     tensors.extend(official_tensors_of(
         &model.maf,
@@ -633,37 +699,45 @@ pub fn export_teacher(
         &Layout::new(),
         prefixes::AUDIO,
     )?);
-    let teacher = out
-        .join("pretrained_ckpt")
-        .join("pretrained_ckpt.safetensors");
-    parameters.insert("teacher".into(), count(&tensors));
-    write_safetensors(&teacher, &tensors, &meta)?;
-
-    let t5_dir = out.join("t5-base");
-    let t5 = official_tensors_of(&model.t5, &T5Encoder::layout(), "")?;
-    parameters.insert("t5".into(), count(&t5));
-    write_safetensors(&t5_dir.join("model.safetensors"), &t5, &meta)?;
-    write_json(&t5_dir.join("config.json"), &run.teacher.t5)?;
-    write_atomic(
-        &t5_dir.join("tokenizer.json"),
-        DEMO_TOKENIZER_JSON.as_bytes(),
-    )?;
-
-    let clip_dir = out.join("clip-vit-base-patch32");
-    let clip: Vec<_> = clip
+    let clip = clip
         .into_iter()
         .map(|(n, s, v)| (n[prefixes::CLIP_IN_VIDEO.len()..].to_string(), s, v))
         .collect();
-    parameters.insert("clip".into(), count(&clip));
-    write_safetensors(&clip_dir.join("model.safetensors"), &clip, &meta)?;
-    write_json(&clip_dir.join("config.json"), &run.teacher.clip)?;
+    Ok((tensors, clip))
+}
 
-    write_json(&out.join("config.json"), &run.model)?;
-    Ok(TeacherExport {
-        dir: out.to_path_buf(),
-        teacher,
-        parameters,
-    })
+/// The teacher's text side as the DMD stage's prompts ([`super::dmd::Prompts`]): captions to
+/// the post-MAF context of a text-only request, through the trained teacher's T5, conditioners
+/// and MAF block, detached (the student is distilled on the teacher's context and does not
+/// train it). The silent audio prompt enters as its posterior mean (its posterior standard
+/// deviation is ~1e-3 of the mean's scale for the demo VAE).
+pub struct TeacherPrompts {
+    model: TeacherModel,
+    tokenizer: T5Tokenizer,
+    silent: SilentPrompt,
+}
+
+impl TeacherPrompts {
+    /// Prompts computed by `model` with `tokenizer` and the silent prompt `silent` (both from
+    /// the teacher stage: [`TeacherStage::tokenizer`], [`TeacherStage::silent_prompt`]).
+    pub fn new(model: TeacherModel, tokenizer: T5Tokenizer, silent: SilentPrompt) -> Self {
+        TeacherPrompts {
+            model,
+            tokenizer,
+            silent,
+        }
+    }
+}
+
+impl super::dmd::Prompts<Tensor<3>> for TeacherPrompts {
+    fn context(&self, captions: &[String], device: &Device) -> TrainResult<Tensor<3>> {
+        let refs: Vec<&str> = captions.iter().map(String::as_str).collect();
+        let eps = vec![0.0; captions.len() * self.silent.mean.len()];
+        Ok(self
+            .model
+            .context_from_captions(&self.tokenizer, &refs, &self.silent, &eps, device)?
+            .detach())
+    }
 }
 
 fn count(tensors: &[super::vae::NamedTensor]) -> usize {
