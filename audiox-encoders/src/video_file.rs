@@ -5,8 +5,10 @@
 //! ffmpeg `select` filter on the frame number) and each is resized as it arrives, so a long or
 //! large video never sits in memory whole. The selection is the reference's
 //! ([`FrameSampling`]); frame numbers count decoded frames from the start of the stream, and
-//! rotation metadata is ignored, as the reference's decoder (decord) does. [`mux`] puts
-//! generated audio under a video.
+//! rotation metadata is ignored, as the reference's decoder (decord) does.
+//! [`Ffmpeg::sample_windows`] reads the frames of many overlapping windows (a long-form
+//! soundtrack) with one decoder, so the file is decoded once. [`mux`] puts generated audio
+//! under a video.
 //!
 //! Errors: a missing input file is [`Error::Io`]; a missing program, a file ffmpeg cannot read
 //! or one without a video stream is [`Error::ExternalTool`] with ffmpeg's own message.

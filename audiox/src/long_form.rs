@@ -17,7 +17,9 @@
 //!   the prompt blank ([`AudioPromptMask::Blank`]), the masked-prompt form the model was trained
 //!   with (the prompt lines up in time with the window it conditions);
 //! - every window gets the request's text and its own span of the video (CLIP and Synchformer
-//!   frames read from `video_start + k * (window - overlap)` seconds);
+//!   frames read from `video_start + k * (window - overlap)` seconds); a video file is decoded
+//!   once for all the windows, by one ffmpeg process
+//!   (`audiox_encoders::video_file::WindowedFrames`, feature `video`);
 //! - consecutive windows are joined with an equal-power crossfade (`cos`/`sin` gains) over the
 //!   last `crossfade` seconds of their overlap;
 //! - window `k` runs with the seed [`window_seed`]`(seed, k)` (window 0 with the request's seed
