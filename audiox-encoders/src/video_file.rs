@@ -1349,7 +1349,7 @@ mod tests {
     fn merged_progressions_select_the_same_frames() {
         let select = |ps: &[Progression], n: usize| {
             ps.iter()
-                .any(|&(f, l, s)| (f..=l).contains(&n) && (n - f) % s == 0)
+                .any(|&(f, l, s)| (f..=l).contains(&n) && (n - f).is_multiple_of(s))
         };
         let inputs: Vec<Progression> = vec![
             (0, 45, 5),

@@ -210,7 +210,7 @@ impl Layout {
 enum Video {
     None,
     Frames(VideoFrames),
-    File(std::path::PathBuf, Option<FileFrames>),
+    File(std::path::PathBuf, Option<Box<FileFrames>>),
     Image(audiox_encoders::frames::StillImage),
 }
 
@@ -640,7 +640,7 @@ impl<'a> LongFormStream<'a> {
             .with_limits(&self.model.inner.limits)
             .sample_windows(path, windows)?;
         if let Video::File(_, slot) = &mut self.video {
-            *slot = Some(frames);
+            *slot = Some(Box::new(frames));
         }
         self.next_file_frames(k, cancel)
     }

@@ -513,7 +513,7 @@ fn a_video_file_decoded_once_gives_the_audio_of_per_window_decoding() {
     let frames = (seconds * info.fps).round() as usize;
     let last = windows.last().unwrap()[1];
     assert!(
-        last.candidate_ids(info.fps).unwrap().last().unwrap() >= frames,
+        last.candidate_ids(info.fps).unwrap().next_back().unwrap() >= frames,
         "the last window runs past the video's end"
     );
     let shared = Ffmpeg::new()
