@@ -694,7 +694,10 @@ impl<'a> LongFormStream<'a> {
         let request = self.window_request(k)?;
         let read = std::time::Instant::now();
         let frames = self.file_frames(k, token.cloned())?;
+        // A file's frames are read here, outside the window's own generation: counted as
+        // video conditioning time, and in the total.
         self.timings.video += read.elapsed();
+        self.timings.total += read.elapsed();
         let windows = self.layout.windows;
         let steps_seen = &mut self.steps_per_window;
         let out = match external {
