@@ -1345,6 +1345,51 @@ mod tests {
         }
     }
 
+    /// The time limit counts the time spent waiting for frames, not the time between windows;
+    /// past it the decoder is stopped with a time-limit error.
+    #[test]
+    fn the_time_limit_counts_only_the_wait_for_frames() {
+        let ffmpeg = Ffmpeg::new();
+        if ffmpeg.check().is_err() {
+            eprintln!("NOTICE: ffmpeg not found on the PATH; test skipped");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let clip = dir.path().join("c.mkv");
+        let made = Command::new("ffmpeg")
+            .args(["-v", "error", "-y", "-f", "lavfi", "-i"])
+            .arg("testsrc=size=40x30:rate=30:duration=4")
+            .args(["-c:v", "ffv1"])
+            .arg(&clip)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let windows: Vec<[FrameSampling; 1]> = (0..3)
+            .map(|k| [FrameSampling::new(25.0, 1.5, 8).with_seek(k as f64)])
+            .collect();
+        let limit = Duration::from_secs(5);
+        let mut stream = ffmpeg
+            .clone()
+            .with_timeout(limit)
+            .sample_windows(&clip, windows.clone())
+            .unwrap();
+        stream.next().unwrap().unwrap();
+        // Longer than the limit between two windows: not counted.
+        std::thread::sleep(limit + Duration::from_millis(500));
+        stream.next().unwrap().unwrap();
+
+        let mut stream = ffmpeg.sample_windows(&clip, windows).unwrap();
+        stream.ffmpeg.limits.ffmpeg_timeout = Duration::ZERO;
+        match stream.next() {
+            Some(Err(Error::ExternalTool { message, .. })) => {
+                assert!(message.contains("time limit"), "{message}")
+            }
+            other => panic!("expected a time-limit error, got {other:?}"),
+        }
+        assert!(stream.decoder.is_none(), "the decoder is stopped");
+        assert!(stream.next().is_none());
+    }
+
     #[test]
     fn merged_progressions_select_the_same_frames() {
         let select = |ps: &[Progression], n: usize| {
