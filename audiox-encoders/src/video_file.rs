@@ -5,8 +5,10 @@
 //! ffmpeg `select` filter on the frame number) and each is resized as it arrives, so a long or
 //! large video never sits in memory whole. The selection is the reference's
 //! ([`FrameSampling`]); frame numbers count decoded frames from the start of the stream, and
-//! rotation metadata is ignored, as the reference's decoder (decord) does. [`mux`] puts
-//! generated audio under a video.
+//! rotation metadata is ignored, as the reference's decoder (decord) does.
+//! [`Ffmpeg::sample_windows`] reads the frames of many overlapping windows (a long-form
+//! soundtrack) with one decoder, so the file is decoded once. [`mux`] puts generated audio
+//! under a video.
 //!
 //! Errors: a missing input file is [`Error::Io`]; a missing program, a file ffmpeg cannot read
 //! or one without a video stream is [`Error::ExternalTool`] with ffmpeg's own message.
@@ -486,7 +488,9 @@ impl Ffmpeg {
             candidates.push(ids);
         }
         let wanted: Vec<usize> = wanted.into_iter().collect();
-        let select = select_filter(&samplings, &candidates);
+        let select = select_filter(&merge_progressions(
+            candidates.iter().filter_map(|ids| progression(ids)),
+        ));
         let resizers = samplings
             .iter()
             .map(|s| Resizer::new(info.height, info.width, s.size))
@@ -736,6 +740,380 @@ impl Ffmpeg {
     }
 }
 
+/// Longest `select` expression given to one decoder. Windows past it are read by a further
+/// decoder (from the start of the file again): far above what a long-form request needs (about
+/// 50 bytes per window and stream), it only keeps a command line of bounded size.
+const MAX_SELECT_BYTES: usize = 64 * 1024;
+
+/// The frames of a sequence of windows of one video file ([`Ffmpeg::sample_windows`]): one
+/// ffmpeg process decodes the file once and sends the frames any window selects, in order;
+/// each window takes its frames as they arrive and the frames a later window still needs
+/// (windows overlap) are kept, resized, until that window is read. The frames held are about
+/// one window's, whatever the number of windows.
+///
+/// Each window is exactly what [`Ffmpeg::sample`] returns for its samplings (same frame
+/// numbers, same padding when the video ends inside it, same error when it starts past the
+/// end). The decoder has the bounds of [`Ffmpeg`]: its time limit counts only the time spent
+/// waiting for its frames (not the time between windows), the cancellation check
+/// ([`WindowedFrames::set_cancel`]) is polled while frames are awaited, and the child is
+/// killed and waited for when an error occurs or the value is dropped.
+///
+/// ```no_run
+/// use audiox_encoders::frames::FrameSampling;
+/// use audiox_encoders::video_file::Ffmpeg;
+/// // Three overlapping 10 s windows, 7.5 s apart, each read at 5 and 25 fps.
+/// let windows: Vec<[FrameSampling; 2]> = (0..3)
+///     .map(|k| {
+///         let start = 7.5 * k as f64;
+///         [
+///             FrameSampling::new(5.0, 10.0, 224).with_seek(start),
+///             FrameSampling::new(25.0, 10.0, 224).with_seek(start),
+///         ]
+///     })
+///     .collect();
+/// for window in Ffmpeg::new().sample_windows("clip.mp4", windows)? {
+///     let [clip, sync] = window?;
+///     println!("{} and {} frames", clip.len(), sync.len());
+/// }
+/// # Ok::<(), audiox_core::Error>(())
+/// ```
+pub struct WindowedFrames<const K: usize> {
+    ffmpeg: Ffmpeg,
+    path: PathBuf,
+    info: VideoInfo,
+    demuxer: String,
+    windows: Vec<[FrameSampling; K]>,
+    /// Candidate ids of every window and sampling (sorted).
+    candidates: Vec<[Vec<usize>; K]>,
+    /// Smallest and largest candidate id of every window.
+    spans: Vec<(usize, usize)>,
+    /// The windows each decoder serves, in order.
+    groups: Vec<std::ops::Range<usize>>,
+    /// Next window to return.
+    next: usize,
+    /// The decoder of `groups[group]`, while it runs.
+    decoder: Option<Decoder>,
+    group: Option<usize>,
+    /// Ids the current decoder selects, in order, and how many have arrived.
+    wanted: Vec<usize>,
+    received: usize,
+    /// The current decoder has sent its last frame.
+    ended: bool,
+    /// Time the current decoder may still be waited for.
+    budget: Duration,
+    resized: ResizedFrames,
+    resizers: HashMap<usize, Resizer>,
+    failed: bool,
+}
+
+impl<const K: usize> std::fmt::Debug for WindowedFrames<K> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WindowedFrames")
+            .field("path", &self.path)
+            .field("windows", &self.windows.len())
+            .field("next", &self.next)
+            .field("held_frames", &self.resized.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Ffmpeg {
+    /// Reads the frames of consecutive windows of `path` (each window one set of samplings, as
+    /// [`Ffmpeg::sample`] takes) with one decoder: see [`WindowedFrames`]. The windows must
+    /// advance: neither the first nor the last frame a window may select comes before the
+    /// previous window's. Nothing is decoded until the first window is asked for.
+    pub fn sample_windows<const K: usize>(
+        &self,
+        path: impl AsRef<Path>,
+        windows: Vec<[FrameSampling; K]>,
+    ) -> Result<WindowedFrames<K>> {
+        self.sample_windows_within(path.as_ref(), windows, MAX_SELECT_BYTES)
+    }
+
+    /// [`Ffmpeg::sample_windows`] with at most `max_select` bytes of `select` expression per
+    /// decoder.
+    fn sample_windows_within<const K: usize>(
+        &self,
+        path: &Path,
+        windows: Vec<[FrameSampling; K]>,
+        max_select: usize,
+    ) -> Result<WindowedFrames<K>> {
+        let (info, demuxer) = self.probe_format(path)?;
+        let mut candidates = Vec::with_capacity(windows.len());
+        let mut spans: Vec<(usize, usize)> = Vec::with_capacity(windows.len());
+        let mut resizers = HashMap::new();
+        for (k, samplings) in windows.iter().enumerate() {
+            let ids: [Vec<usize>; K] = samplings
+                .iter()
+                .map(|s| Ok(s.candidate_ids(info.fps)?.collect()))
+                .collect::<Result<Vec<Vec<usize>>>>()?
+                .try_into()
+                .unwrap_or_else(|_| unreachable!("one list per sampling"));
+            let first = ids.iter().filter_map(|i| i.first()).min().copied();
+            let last = ids.iter().filter_map(|i| i.last()).max().copied();
+            let (Some(first), Some(last)) = (first, last) else {
+                return Err(Error::InvalidRequest(format!(
+                    "window {k} of {} selects no frame",
+                    path.display()
+                )));
+            };
+            if let Some(&(prev_first, prev_last)) = spans.last()
+                && (first < prev_first || last < prev_last)
+            {
+                return Err(Error::InvalidRequest(format!(
+                    "window {k} of {} reads frames {first}..={last}, before window {}'s \
+                     {prev_first}..={prev_last}: the windows must advance",
+                    path.display(),
+                    k - 1
+                )));
+            }
+            for s in samplings {
+                if let std::collections::hash_map::Entry::Vacant(e) = resizers.entry(s.size) {
+                    e.insert(Resizer::new(info.height, info.width, s.size)?);
+                }
+            }
+            spans.push((first, last));
+            candidates.push(ids);
+        }
+        // Windows per decoder: as many as fit in one `select` expression.
+        let mut groups: Vec<std::ops::Range<usize>> = Vec::new();
+        let mut bytes = 0;
+        for (k, ids) in candidates.iter().enumerate() {
+            let window_bytes: usize = ids
+                .iter()
+                .filter_map(|i| progression(i))
+                .map(|p| select_term(p).len() + 1)
+                .sum();
+            match groups.last_mut() {
+                Some(g) if bytes + window_bytes <= max_select => {
+                    g.end = k + 1;
+                    bytes += window_bytes;
+                }
+                _ => {
+                    groups.push(k..k + 1);
+                    bytes = window_bytes;
+                }
+            }
+        }
+        Ok(WindowedFrames {
+            ffmpeg: self.clone(),
+            path: path.to_path_buf(),
+            info,
+            demuxer,
+            windows,
+            candidates,
+            spans,
+            groups,
+            next: 0,
+            decoder: None,
+            group: None,
+            wanted: Vec::new(),
+            received: 0,
+            ended: false,
+            budget: self.limits.ffmpeg_timeout,
+            resized: ResizedFrames::default(),
+            resizers,
+            failed: false,
+        })
+    }
+}
+
+impl<const K: usize> WindowedFrames<K> {
+    /// Number of windows.
+    pub fn windows(&self) -> usize {
+        self.windows.len()
+    }
+
+    /// What ffprobe reports about the video.
+    pub fn info(&self) -> &VideoInfo {
+        &self.info
+    }
+
+    /// Replaces the cancellation check polled while frames are awaited (`None`: no check);
+    /// when it returns true the child is killed and the read returns [`Error::Cancelled`].
+    pub fn set_cancel(&mut self, cancel: Option<CancelCheck>) {
+        self.ffmpeg.cancel = cancel.clone();
+        if let Some(decoder) = self.decoder.as_mut() {
+            decoder.cancel = cancel;
+        }
+    }
+
+    /// Resized frames held for the next windows (one per frame and size): at most about one
+    /// window's, whatever the number of windows.
+    pub fn held_frames(&self) -> usize {
+        self.resized.len()
+    }
+
+    /// The frames of the next window; `None` after the last one, or after an error (the
+    /// decoder is stopped then).
+    pub fn next_window(&mut self) -> Option<Result<[SampledFrames; K]>> {
+        if self.failed || self.next >= self.windows.len() {
+            return None;
+        }
+        let result = self.read_window();
+        if result.is_err() {
+            self.failed = true;
+            // Killed and waited for.
+            self.decoder = None;
+            self.resized = ResizedFrames::default();
+        }
+        Some(result)
+    }
+
+    fn read_window(&mut self) -> Result<[SampledFrames; K]> {
+        let k = self.next;
+        let group = self
+            .groups
+            .iter()
+            .position(|g| g.contains(&k))
+            .expect("every window is in a group");
+        if self.group != Some(group) {
+            self.start_group(group)?;
+        }
+        let (_, need) = self.spans[k];
+        if let Some(decoder) = self.decoder.as_mut() {
+            decoder.deadline = Instant::now() + self.budget;
+        }
+        let mut batch: Vec<(usize, Vec<u8>)> = Vec::with_capacity(DECODE_BATCH);
+        while !self.ended && self.received < self.wanted.len() && self.wanted[self.received] <= need
+        {
+            let decoder = self.decoder.as_mut().expect("a running decoder");
+            match decoder.next(&self.path)? {
+                Some(frame) => {
+                    batch.push((self.wanted[self.received], frame));
+                    self.received += 1;
+                    if batch.len() == DECODE_BATCH {
+                        self.resize(k, &mut batch)?;
+                    }
+                }
+                None => self.ended = true,
+            }
+        }
+        self.resize(k, &mut batch)?;
+        if self.ended || self.received == self.wanted.len() {
+            if let Some(decoder) = self.decoder.take() {
+                self.ffmpeg.finish(decoder, &self.path)?;
+            }
+        } else if let Some(decoder) = &self.decoder {
+            self.budget = decoder.deadline.saturating_duration_since(Instant::now());
+        }
+
+        // The frames up to the last one received exist; past it, when the decoder has ended,
+        // none do.
+        let present = match self.received.checked_sub(1).map(|i| self.wanted[i]) {
+            Some(last) if self.ended => last + 1,
+            Some(last) => (last + 1).max(need + 1),
+            None => 0,
+        };
+        if present <= self.spans[k].0 {
+            return Err(Error::InvalidRequest(format!(
+                "{}: no frame to read (the video ends before the requested start)",
+                self.path.display()
+            )));
+        }
+        let streams = self.windows[k]
+            .iter()
+            .map(|s| {
+                let selected = s.selected_ids(self.info.fps, present)?;
+                Ok(self.resized.assemble(s, &selected))
+            })
+            .collect::<Result<Vec<_>>>()?;
+        self.next += 1;
+        // Only what a later window reads stays.
+        let (candidates, spans, windows, next) =
+            (&self.candidates, &self.spans, &self.windows, self.next);
+        self.resized
+            .retain(|id, size| needed_later(candidates, spans, windows, next, id, size));
+        Ok(streams
+            .try_into()
+            .unwrap_or_else(|_| unreachable!("one stream per sampling")))
+    }
+
+    /// Starts the decoder of `groups[group]` (stopping the previous one).
+    fn start_group(&mut self, group: usize) -> Result<()> {
+        self.decoder = None;
+        let windows = self.groups[group].clone();
+        let mut wanted = BTreeSet::new();
+        for ids in &self.candidates[windows.clone()] {
+            for list in ids {
+                wanted.extend(list.iter().copied());
+            }
+        }
+        self.wanted = wanted.into_iter().collect();
+        let select = select_filter(&merge_progressions(
+            self.candidates[windows]
+                .iter()
+                .flat_map(|ids| ids.iter().filter_map(|i| progression(i))),
+        ));
+        let frame_bytes = self.info.width * self.info.height * CHANNELS;
+        self.received = 0;
+        self.ended = false;
+        self.budget = self.ffmpeg.limits.ffmpeg_timeout;
+        self.group = Some(group);
+        self.decoder = Some(self.ffmpeg.spawn_decoder(
+            &self.path,
+            &self.demuxer,
+            frame_bytes,
+            Some((&select, self.wanted.len())),
+        )?);
+        Ok(())
+    }
+
+    /// Resizes the frames of `batch` (ids and full-size frames) to every size a window from
+    /// `k` on reads them at, once per size, and empties it.
+    fn resize(&mut self, k: usize, batch: &mut Vec<(usize, Vec<u8>)>) -> Result<()> {
+        let mut sizes: Vec<usize> = self.resizers.keys().copied().collect();
+        sizes.sort_unstable();
+        for size in sizes {
+            let (ids, views): (Vec<usize>, Vec<&[u8]>) = batch
+                .iter()
+                .filter(|(id, _)| {
+                    !self.resized.contains(*id, size)
+                        && needed_later(&self.candidates, &self.spans, &self.windows, k, *id, size)
+                })
+                .map(|(id, frame)| (*id, frame.as_slice()))
+                .unzip();
+            if ids.is_empty() {
+                continue;
+            }
+            let out = self.resizers[&size].resize_many_u8(&views)?;
+            for (id, frame) in ids.into_iter().zip(out) {
+                self.resized.insert(id, size, frame);
+            }
+        }
+        batch.clear();
+        Ok(())
+    }
+}
+
+/// Whether a window from `from` on reads frame `id` at `size` (windows advance, so the search
+/// stops at the first window starting after `id`).
+fn needed_later<const K: usize>(
+    candidates: &[[Vec<usize>; K]],
+    spans: &[(usize, usize)],
+    windows: &[[FrameSampling; K]],
+    from: usize,
+    id: usize,
+    size: usize,
+) -> bool {
+    (from..windows.len())
+        .take_while(|&j| spans[j].0 <= id)
+        .any(|j| {
+            windows[j]
+                .iter()
+                .zip(&candidates[j])
+                .any(|(s, ids)| s.size == size && ids.binary_search(&id).is_ok())
+        })
+}
+
+impl<const K: usize> Iterator for WindowedFrames<K> {
+    type Item = Result<[SampledFrames; K]>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        self.next_window()
+    }
+}
+
 /// Checks a mux target before ffmpeg runs: a file name (not an option: no leading `-`), in an
 /// existing folder, and none of `inputs` (compared as canonical paths, so `./a.mp4`, `a.mp4`,
 /// a symbolic link or a hard link to an input are all refused).
@@ -835,20 +1213,45 @@ fn read_frame(r: &mut impl Read, frame: &mut [u8]) -> std::io::Result<bool> {
     Ok(true)
 }
 
-/// An ffmpeg `select` filter passing the candidate frames of every sampling (each an
-/// arithmetic progression of frame numbers `n`).
-fn select_filter(samplings: &[FrameSampling], candidates: &[Vec<usize>]) -> String {
-    let terms: Vec<String> = samplings
-        .iter()
-        .zip(candidates)
-        .filter_map(|(_, ids)| {
-            let (first, last) = (*ids.first()?, *ids.last()?);
-            let step = ids.get(1).map_or(1, |second| second - first);
-            Some(format!(
-                "between(n,{first},{last})*not(mod(n-{first},{step}))"
-            ))
-        })
-        .collect();
+/// An arithmetic progression of frame numbers: first, last, step.
+type Progression = (usize, usize, usize);
+
+/// The progression of a sampling's candidate ids (`None` when there are none).
+fn progression(ids: &[usize]) -> Option<Progression> {
+    let (first, last) = (*ids.first()?, *ids.last()?);
+    let step = ids.get(1).map_or(1, |second| second - first);
+    Some((first, last, step))
+}
+
+/// Joins progressions with the same step and residue that overlap or touch (the samplings of
+/// overlapping windows), keeping the order of the others: the union of the frames is the same.
+fn merge_progressions(progressions: impl IntoIterator<Item = Progression>) -> Vec<Progression> {
+    let mut out: Vec<Progression> = Vec::new();
+    let mut latest: HashMap<(usize, usize), usize> = HashMap::new();
+    for (first, last, step) in progressions {
+        let key = (step, first % step);
+        if let Some(&i) = latest.get(&key) {
+            let term = &mut out[i];
+            if first <= term.1 + step && last + step >= term.0 {
+                term.0 = term.0.min(first);
+                term.1 = term.1.max(last);
+                continue;
+            }
+        }
+        latest.insert(key, out.len());
+        out.push((first, last, step));
+    }
+    out
+}
+
+/// The `select` expression term of one progression.
+fn select_term((first, last, step): Progression) -> String {
+    format!("between(n,{first},{last})*not(mod(n-{first},{step}))")
+}
+
+/// An ffmpeg `select` filter passing the frames of every progression.
+fn select_filter(progressions: &[Progression]) -> String {
+    let terms: Vec<String> = progressions.iter().map(|&p| select_term(p)).collect();
     format!("select='{}'", terms.join("+"))
 }
 
@@ -894,9 +1297,122 @@ mod tests {
         let b = FrameSampling::new(25.0, 1.0, 8).with_seek(0.5);
         let ca: Vec<usize> = a.candidate_ids(30.0).unwrap().collect();
         let cb: Vec<usize> = b.candidate_ids(30.0).unwrap().collect();
+        let progressions = merge_progressions([&ca, &cb].map(|ids| progression(ids).unwrap()));
         assert_eq!(
-            select_filter(&[a, b], &[ca, cb]),
+            select_filter(&progressions),
             "select='between(n,0,24)*not(mod(n-0,6))+between(n,15,63)*not(mod(n-15,2))'"
         );
+    }
+
+    /// Windows split over several decoders (a `select` expression limit of one window) give
+    /// what one decoder per window gives.
+    #[test]
+    fn windows_split_over_decoders_are_the_same_windows() {
+        let ffmpeg = Ffmpeg::new();
+        if ffmpeg.check().is_err() {
+            eprintln!("NOTICE: ffmpeg not found on the PATH; test skipped");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let clip = dir.path().join("c.mkv");
+        let made = Command::new("ffmpeg")
+            .args(["-v", "error", "-y", "-f", "lavfi", "-i"])
+            .arg("testsrc=size=40x30:rate=30:duration=4")
+            .args(["-c:v", "ffv1"])
+            .arg(&clip)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let windows: Vec<[FrameSampling; 2]> = (0..4)
+            .map(|k| {
+                let start = k as f64 * 0.9;
+                [
+                    FrameSampling::new(5.0, 1.5, 16).with_seek(start),
+                    FrameSampling::new(25.0, 1.5, 8).with_seek(start),
+                ]
+            })
+            .collect();
+        let split = ffmpeg
+            .sample_windows_within(&clip, windows.clone(), 1)
+            .unwrap();
+        assert_eq!(split.groups.len(), windows.len());
+        let whole = ffmpeg.sample_windows(&clip, windows.clone()).unwrap();
+        assert_eq!(whole.groups.len(), 1);
+        for ((a, b), samplings) in split.zip(whole).zip(&windows) {
+            let one = ffmpeg.sample(&clip, *samplings).unwrap();
+            assert_eq!(a.unwrap(), one);
+            assert_eq!(b.unwrap(), one);
+        }
+    }
+
+    /// The time limit counts the time spent waiting for frames, not the time between windows;
+    /// past it the decoder is stopped with a time-limit error.
+    #[test]
+    fn the_time_limit_counts_only_the_wait_for_frames() {
+        let ffmpeg = Ffmpeg::new();
+        if ffmpeg.check().is_err() {
+            eprintln!("NOTICE: ffmpeg not found on the PATH; test skipped");
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let clip = dir.path().join("c.mkv");
+        let made = Command::new("ffmpeg")
+            .args(["-v", "error", "-y", "-f", "lavfi", "-i"])
+            .arg("testsrc=size=40x30:rate=30:duration=4")
+            .args(["-c:v", "ffv1"])
+            .arg(&clip)
+            .status()
+            .unwrap();
+        assert!(made.success());
+        let windows: Vec<[FrameSampling; 1]> = (0..3)
+            .map(|k| [FrameSampling::new(25.0, 1.5, 8).with_seek(k as f64)])
+            .collect();
+        let limit = Duration::from_secs(5);
+        let mut stream = ffmpeg
+            .clone()
+            .with_timeout(limit)
+            .sample_windows(&clip, windows.clone())
+            .unwrap();
+        stream.next().unwrap().unwrap();
+        // Longer than the limit between two windows: not counted.
+        std::thread::sleep(limit + Duration::from_millis(500));
+        stream.next().unwrap().unwrap();
+
+        let mut stream = ffmpeg.sample_windows(&clip, windows).unwrap();
+        stream.ffmpeg.limits.ffmpeg_timeout = Duration::ZERO;
+        match stream.next() {
+            Some(Err(Error::ExternalTool { message, .. })) => {
+                assert!(message.contains("time limit"), "{message}")
+            }
+            other => panic!("expected a time-limit error, got {other:?}"),
+        }
+        assert!(stream.decoder.is_none(), "the decoder is stopped");
+        assert!(stream.next().is_none());
+    }
+
+    #[test]
+    fn merged_progressions_select_the_same_frames() {
+        let select = |ps: &[Progression], n: usize| {
+            ps.iter()
+                .any(|&(f, l, s)| (f..=l).contains(&n) && (n - f).is_multiple_of(s))
+        };
+        let inputs: Vec<Progression> = vec![
+            (0, 45, 5),
+            (37, 82, 5),   // another residue: kept apart
+            (40, 85, 5),   // overlaps the first: joined
+            (90, 135, 5),  // touches it (85 + 5): joined
+            (150, 160, 5), // a gap: apart
+            (0, 249, 1),
+            (187, 436, 1), // step 1 overlapping: joined
+            (7, 7, 1),     // inside: joined
+        ];
+        let merged = merge_progressions(inputs.clone());
+        assert_eq!(
+            merged,
+            vec![(0, 135, 5), (37, 82, 5), (150, 160, 5), (0, 436, 1)]
+        );
+        for n in 0..500 {
+            assert_eq!(select(&inputs, n), select(&merged, n), "frame {n}");
+        }
     }
 }

@@ -459,3 +459,145 @@ fn mux_targets_are_validated_on_canonical_paths() {
     std::fs::write(&other, b"o").unwrap();
     assert!(audiox_encoders::video_file::check_mux_target(&inputs, &other).is_ok());
 }
+
+/// `count` windows of `seconds`, `hop` seconds apart, each read at 5 fps (size 16) and 25 fps
+/// (size 8), as a long-form request reads them.
+fn overlapping_windows(count: usize, seconds: f64, hop: f64) -> Vec<[FrameSampling; 2]> {
+    (0..count)
+        .map(|k| {
+            let start = k as f64 * hop;
+            [
+                FrameSampling::new(5.0, seconds, 16).with_seek(start),
+                FrameSampling::new(25.0, seconds, 8).with_seek(start),
+            ]
+        })
+        .collect()
+}
+
+/// One decoder for every window gives each window exactly what a decoder of its own gives,
+/// including the padded window that runs past the video's end, and holds no more than about
+/// one window of frames.
+#[test]
+fn one_decoder_serves_every_window_as_a_decoder_per_window() {
+    if !ffmpeg_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // 30 fps: 5 fps reads every 6th frame and 25 fps every 2nd, from seeks that do not fall on
+    // a multiple of either step.
+    let clip = counter_clip(dir.path(), "c.mkv", "40x30", "30", 5.0);
+    let windows = overlapping_windows(4, 2.0, 1.3);
+    let most: usize = windows[0].iter().map(|s| s.output_len()).sum();
+    let mut stream = Ffmpeg::new()
+        .sample_windows(&clip, windows.clone())
+        .unwrap();
+    assert_eq!(stream.windows(), windows.len());
+    for (k, samplings) in windows.iter().enumerate() {
+        let got = stream.next().unwrap().unwrap();
+        let expect = sample(&clip, *samplings).unwrap();
+        assert_eq!(got, expect, "window {k}");
+        for (frames, s) in got.iter().zip(samplings) {
+            for (j, &id) in frames.source_index().iter().enumerate() {
+                // The clip's colour counts frames up to 63, then stays.
+                assert_eq!(frame_number(frames, j), id.min(63), "window {k}");
+            }
+            assert_eq!(frames.len(), s.output_len());
+        }
+        assert!(
+            stream.held_frames() <= most,
+            "window {k}: {} frames held, one window reads {most}",
+            stream.held_frames()
+        );
+    }
+    // The last window (3.9 s + 2 s) ran past the 5 s video: padded with its last frame.
+    let last = sample(&clip, windows[3]).unwrap();
+    assert_eq!(*last[1].source_index().last().unwrap(), 149);
+    assert!(stream.next().is_none());
+    assert_eq!(stream.held_frames(), 0);
+
+    // A window starting past the end: the error a decoder of its own gives.
+    let mut past = overlapping_windows(2, 2.0, 1.0);
+    past.push(overlapping_windows(1, 2.0, 0.0)[0].map(|s| s.with_seek(6.0)));
+    let mut stream = Ffmpeg::new().sample_windows(&clip, past.clone()).unwrap();
+    assert!(stream.next().unwrap().is_ok() && stream.next().unwrap().is_ok());
+    let alone = sample(&clip, past[2]).unwrap_err().to_string();
+    match stream.next() {
+        Some(Err(e @ Error::InvalidRequest(_))) => assert_eq!(e.to_string(), alone),
+        other => panic!("expected InvalidRequest, got {other:?}"),
+    }
+    assert!(stream.next().is_none(), "the stream ends after an error");
+
+    // Windows going back are refused before anything is decoded.
+    let mut back = overlapping_windows(2, 2.0, 1.0);
+    back.reverse();
+    assert!(matches!(
+        Ffmpeg::new().sample_windows(&clip, back),
+        Err(Error::InvalidRequest(_))
+    ));
+}
+
+/// The ffmpeg children of this process whose command line names `path`.
+#[cfg(target_os = "linux")]
+fn ffmpeg_children_reading(path: &Path) -> Vec<u32> {
+    let me = std::process::id();
+    let needle = path.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            ppid == Some(me) && String::from_utf8_lossy(&cmdline).contains(&needle)
+        })
+        .collect()
+}
+
+/// Dropping the windows half-way, or cancelling, stops ffmpeg: no child is left running or
+/// unreaped.
+#[cfg(target_os = "linux")]
+#[test]
+fn dropping_or_cancelling_the_windows_stops_the_decoder() {
+    if !ffmpeg_available() {
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    // Enough frames after the first window that ffmpeg is still writing when it is dropped.
+    let clip = counter_clip(dir.path(), "dropped.mkv", "160x120", "30", 8.0);
+    let mut stream = Ffmpeg::new()
+        .sample_windows(&clip, overlapping_windows(5, 2.0, 1.5))
+        .unwrap();
+    assert!(
+        ffmpeg_children_reading(&clip).is_empty(),
+        "nothing runs before the first window"
+    );
+    stream.next().unwrap().unwrap();
+    let running = ffmpeg_children_reading(&clip);
+    assert_eq!(running.len(), 1, "one decoder for all the windows");
+    drop(stream);
+    for pid in running {
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "ffmpeg {pid} is left behind"
+        );
+    }
+
+    let clip = counter_clip(dir.path(), "cancelled.mkv", "160x120", "30", 8.0);
+    let mut stream = Ffmpeg::new()
+        .sample_windows(&clip, overlapping_windows(5, 2.0, 1.5))
+        .unwrap();
+    stream.next().unwrap().unwrap();
+    let running = ffmpeg_children_reading(&clip);
+    assert_eq!(running.len(), 1);
+    stream.set_cancel(Some(std::sync::Arc::new(|| true)));
+    assert!(matches!(stream.next(), Some(Err(Error::Cancelled { .. }))));
+    for pid in running {
+        assert!(
+            !Path::new(&format!("/proc/{pid}")).exists(),
+            "ffmpeg {pid} is left behind"
+        );
+    }
+    assert!(stream.next().is_none());
+}

@@ -113,8 +113,20 @@ impl AudioX {
     /// stopped before sampling and the sampler's step count after it.
     pub fn generate_with(
         &self,
+        request: Request,
+        control: &mut StepControl<'_>,
+    ) -> Result<Generation> {
+        self.generate_sampled(request, control, None)
+    }
+
+    /// [`AudioX::generate_with`] with the CLIP and Synchformer frames of a video file request
+    /// already read (`frames`, for the samplings the request's video start gives): the
+    /// long-form stream decodes a file once for all its windows.
+    pub(crate) fn generate_sampled(
+        &self,
         mut request: Request,
         control: &mut StepControl<'_>,
+        frames: Option<[SampledFrames; 2]>,
     ) -> Result<Generation> {
         // Limits first: nothing below is sized by a request value before they are checked.
         let max_seconds = self.inner.config.conditioning_seconds as f64;
@@ -156,7 +168,7 @@ impl AudioX {
         // 2. Conditioners, in the config order video, text, audio.
         let t = Instant::now();
         let cancel = control.cancel_token().cloned();
-        let (video, sync) = video_condition(m, &request, b, cancel, &|| stop(control, 0))?;
+        let (video, sync) = video_condition(m, &request, b, frames, cancel, &|| stop(control, 0))?;
         timings.video = t.elapsed();
         stop(control, 0)?;
 
@@ -400,11 +412,13 @@ pub(crate) fn random_seed() -> u64 {
 
 /// Video tokens and Synchformer features for `b` samples; `stop` (the cancellation check) runs
 /// after the frames are read and after Synchformer, and `cancel` is polled while ffmpeg decodes
-/// a video file (a cancel kills it within milliseconds).
+/// a video file (a cancel kills it within milliseconds). `sampled`: a file's frames already
+/// read for the request's samplings (nothing is decoded here then).
 fn video_condition(
     m: &Components,
     r: &Request,
     b: usize,
+    sampled: Option<[SampledFrames; 2]>,
     #[cfg_attr(not(feature = "video"), allow(unused_variables))] cancel: Option<CancelToken>,
     stop: &dyn Fn() -> Result<()>,
 ) -> Result<(Condition, Tensor<3>)> {
@@ -431,6 +445,12 @@ fn video_condition(
     )
     .with_seek(r.video_start_seconds);
     let (clip, sync_frames, still): (SampledFrames, SampledFrames, bool) = match input {
+        // Read by the caller for these samplings (a video file, decoded once per long-form
+        // request).
+        VideoInput::File(_) if sampled.is_some() => {
+            let [c, s] = sampled.expect("matched as present");
+            (c, s, false)
+        }
         VideoInput::Frames(v) => {
             let [c, s] = v.sample_streams([clip_sampling, sync_sampling])?;
             (c, s, false)

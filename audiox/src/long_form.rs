@@ -17,7 +17,9 @@
 //!   the prompt blank ([`AudioPromptMask::Blank`]), the masked-prompt form the model was trained
 //!   with (the prompt lines up in time with the window it conditions);
 //! - every window gets the request's text and its own span of the video (CLIP and Synchformer
-//!   frames read from `video_start + k * (window - overlap)` seconds);
+//!   frames read from `video_start + k * (window - overlap)` seconds); a video file is decoded
+//!   once for all the windows, by one ffmpeg process
+//!   (`audiox_encoders::video_file::WindowedFrames`, feature `video`);
 //! - consecutive windows are joined with an equal-power crossfade (`cos`/`sin` gains) over the
 //!   last `crossfade` seconds of their overlap;
 //! - window `k` runs with the seed [`window_seed`]`(seed, k)` (window 0 with the request's seed
@@ -203,14 +205,21 @@ impl Layout {
     }
 }
 
-/// The request's video, held by the stream (a file is re-read per window, decoded frames are
-/// sliced per window).
+/// The request's video, held by the stream (a file is decoded once for all the windows, by
+/// one ffmpeg process started at the first window; decoded frames are sliced per window).
 enum Video {
     None,
     Frames(VideoFrames),
-    File(std::path::PathBuf),
+    File(std::path::PathBuf, Option<Box<FileFrames>>),
     Image(audiox_encoders::frames::StillImage),
 }
+
+/// The running decoder of a video file: every window's CLIP and Synchformer frames, in order.
+#[cfg(feature = "video")]
+type FileFrames = audiox_encoders::video_file::WindowedFrames<2>;
+/// Without the `video` feature a file is refused before anything is decoded.
+#[cfg(not(feature = "video"))]
+type FileFrames = std::convert::Infallible;
 
 /// The progress callback of a stream.
 type ProgressFn<'a> = Box<dyn FnMut(&LongFormProgress) + Send + 'a>;
@@ -343,7 +352,7 @@ impl AudioX {
         let video = match request.video.take() {
             None => Video::None,
             Some(VideoInput::Frames(f)) => Video::Frames(f),
-            Some(VideoInput::File(p)) => Video::File(p),
+            Some(VideoInput::File(p)) => Video::File(p, None),
             Some(VideoInput::Image(i)) => Video::Image(i),
         };
         let channels = m.config.audio_channels;
@@ -518,7 +527,7 @@ impl<'a> LongFormStream<'a> {
         let video = match &self.video {
             Video::None => None,
             Video::Image(i) => Some(VideoInput::Image(i.clone())),
-            Video::File(p) => Some(VideoInput::File(p.clone())),
+            Video::File(p, _) => Some(VideoInput::File(p.clone())),
             Video::Frames(f) => Some(VideoInput::Frames(window_frames(f, &plan)?.0)),
         };
         let video_start = match &self.video {
@@ -598,8 +607,75 @@ impl<'a> LongFormStream<'a> {
         if result.is_err() {
             self.done = true;
             self.tail = None;
+            // Stops (kills and waits for) a file's decoder.
+            if let Video::File(_, frames) = &mut self.video {
+                *frames = None;
+            }
         }
         Some(result)
+    }
+
+    /// Window `k`'s frames of a video file, from the stream's decoder (started at the first
+    /// window; `cancel` is polled while frames are awaited). `None` for other inputs, and
+    /// when no frames can be served (a model without Synchformer refuses the video itself).
+    #[cfg(feature = "video")]
+    fn file_frames(
+        &mut self,
+        k: usize,
+        cancel: Option<CancelToken>,
+    ) -> Result<Option<[audiox_encoders::frames::SampledFrames; 2]>> {
+        if self.model.inner.synchformer.is_none() {
+            return Ok(None);
+        }
+        let Video::File(path, None) = &self.video else {
+            return self.next_file_frames(k, cancel);
+        };
+        let windows = (0..self.layout.windows)
+            .map(|j| {
+                let plan = self.window_plan(j)?;
+                Ok([plan.clip_sampling, plan.sync_sampling])
+            })
+            .collect::<Result<Vec<_>>>()?;
+        let frames = audiox_encoders::video_file::Ffmpeg::new()
+            .with_limits(&self.model.inner.limits)
+            .sample_windows(path, windows)?;
+        if let Video::File(_, slot) = &mut self.video {
+            *slot = Some(Box::new(frames));
+        }
+        self.next_file_frames(k, cancel)
+    }
+
+    /// The next window's frames from a started decoder (it serves the windows in order).
+    #[cfg(feature = "video")]
+    fn next_file_frames(
+        &mut self,
+        k: usize,
+        cancel: Option<CancelToken>,
+    ) -> Result<Option<[audiox_encoders::frames::SampledFrames; 2]>> {
+        let Video::File(_, Some(frames)) = &mut self.video else {
+            return Ok(None);
+        };
+        frames.set_cancel(cancel.map(|t| std::sync::Arc::new(move || t.is_cancelled()) as _));
+        match frames.next_window() {
+            Some(Ok(f)) => Ok(Some(f)),
+            Some(Err(Error::Cancelled { .. })) => Err(Error::Cancelled {
+                completed_steps: 0,
+                total_steps: self.steps_per_window,
+            }),
+            Some(Err(e)) => Err(e),
+            None => Err(Error::InvalidRequest(format!(
+                "window {k}: the video decoder has no window left"
+            ))),
+        }
+    }
+
+    #[cfg(not(feature = "video"))]
+    fn file_frames(
+        &mut self,
+        _k: usize,
+        _cancel: Option<CancelToken>,
+    ) -> Result<Option<[audiox_encoders::frames::SampledFrames; 2]>> {
+        Ok(None)
     }
 
     /// Samples window `k` and returns its finished span.
@@ -616,10 +692,16 @@ impl<'a> LongFormStream<'a> {
             });
         }
         let request = self.window_request(k)?;
+        let read = std::time::Instant::now();
+        let frames = self.file_frames(k, token.cloned())?;
+        // A file's frames are read here, outside the window's own generation: counted as
+        // video conditioning time, and in the total.
+        self.timings.video += read.elapsed();
+        self.timings.total += read.elapsed();
         let windows = self.layout.windows;
         let steps_seen = &mut self.steps_per_window;
         let out = match external {
-            Some(control) => self.model.generate_with(request, control)?,
+            Some(control) => self.model.generate_sampled(request, control, frames)?,
             None => {
                 let mut control = StepControl::new();
                 if let Some(token) = &self.cancel {
@@ -638,7 +720,7 @@ impl<'a> LongFormStream<'a> {
                         })
                     });
                 }
-                self.model.generate_with(request, &mut control)?
+                self.model.generate_sampled(request, &mut control, frames)?
             }
         };
         add_timings(&mut self.timings, &out.timings);

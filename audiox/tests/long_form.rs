@@ -449,3 +449,154 @@ fn a_whole_video_file_gets_a_soundtrack_of_its_length_and_is_muxed() {
         .unwrap();
     assert!((duration - seconds).abs() < 0.5, "muxed {duration} s");
 }
+
+/// A test video for the model: the Synchformer's frame rate (both encoders' frame times fall
+/// on frames), frames larger than the CLIP size, `seconds` long, lossless.
+#[cfg(feature = "video")]
+fn model_test_video(dir: &std::path::Path, name: &str, seconds: f64) -> Option<std::path::PathBuf> {
+    use std::process::Command;
+    if Command::new("ffmpeg").arg("-version").output().is_err() {
+        eprintln!("NOTICE: ffmpeg not found on the PATH; video file test skipped");
+        return None;
+    }
+    let m = model();
+    let plan = m
+        .stream(Request::text("x").seed(1), LongFormOptions::default())
+        .unwrap()
+        .window_plan(0)
+        .unwrap();
+    let side = plan.clip_sampling.size;
+    let fps = plan.sync_sampling.target_fps;
+    let video = dir.join(name);
+    let status = Command::new("ffmpeg")
+        .args(["-v", "error", "-y", "-f", "lavfi", "-i"])
+        .arg(format!(
+            "testsrc=duration={seconds}:size={}x{}:rate={fps}",
+            2 * side,
+            side + side / 2
+        ))
+        .args(["-c:v", "ffv1"])
+        .arg(&video)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    Some(video)
+}
+
+/// A video file is decoded once for all the windows (one ffmpeg process): every window gets
+/// the frames a decoder of its own reads, so the audio is the audio of the same frames given
+/// in memory, bit for bit, including the last window, which runs past the video's end.
+#[cfg(feature = "video")]
+#[test]
+fn a_video_file_decoded_once_gives_the_audio_of_per_window_decoding() {
+    use audiox_encoders::video_file::Ffmpeg;
+    let m = model();
+    let dir = tempfile::tempdir().unwrap();
+    let seconds = 2.3 * m.max_duration();
+    let Some(video) = model_test_video(dir.path(), "clip.mkv", seconds) else {
+        return;
+    };
+    let request = || Request::text("rain").video_file(&video).seed(5);
+
+    // The windows' frames: the shared decoder gives what one decoder per window gives.
+    let stream = m
+        .stream(request().duration(seconds), LongFormOptions::default())
+        .unwrap();
+    assert!(stream.windows() >= 3);
+    let windows: Vec<_> = (0..stream.windows())
+        .map(|k| {
+            let p = stream.window_plan(k).unwrap();
+            [p.clip_sampling, p.sync_sampling]
+        })
+        .collect();
+    let info = Ffmpeg::new().probe(&video).unwrap();
+    let frames = (seconds * info.fps).round() as usize;
+    let last = windows.last().unwrap()[1];
+    assert!(
+        last.candidate_ids(info.fps).unwrap().next_back().unwrap() >= frames,
+        "the last window runs past the video's end"
+    );
+    let shared = Ffmpeg::new()
+        .sample_windows(&video, windows.clone())
+        .unwrap();
+    for (k, got) in shared.enumerate() {
+        let own = Ffmpeg::new().sample(&video, windows[k]).unwrap();
+        assert_eq!(got.unwrap(), own, "window {k}");
+    }
+
+    // The audio: the same frames decoded in memory give the same bits.
+    let file = m
+        .generate_long(request().duration(seconds), LongFormOptions::default())
+        .unwrap();
+    let decoded = audiox_encoders::video_file::decode(&video).unwrap();
+    assert_eq!(decoded.len(), frames);
+    let memory = m
+        .generate_long(
+            Request::text("rain")
+                .video_frames(decoded)
+                .seed(5)
+                .duration(seconds),
+            LongFormOptions::default(),
+        )
+        .unwrap();
+    assert_eq!(file.audio[0].channels(), memory.audio[0].channels());
+    // And window 0 is the plain request, which reads the file with a decoder of its own.
+    let plain = m.generate(request()).unwrap();
+    let (window, overlap, _) = default_layout(m);
+    for (a, b) in file.audio[0]
+        .channels()
+        .iter()
+        .zip(plain.audio[0].channels())
+    {
+        assert_eq!(a[..window - overlap], b[..window - overlap]);
+    }
+}
+
+/// The ffmpeg children of this process whose command line names `path`.
+#[cfg(all(feature = "video", target_os = "linux"))]
+fn ffmpeg_children_reading(path: &std::path::Path) -> Vec<u32> {
+    let me = std::process::id();
+    let needle = path.to_string_lossy().into_owned();
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+            let ppid = stat
+                .rsplit_once(')')
+                .and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            ppid == Some(me) && String::from_utf8_lossy(&cmdline).contains(&needle)
+        })
+        .collect()
+}
+
+/// A stream dropped after its first window stops its ffmpeg decoder: no child is left running
+/// or unreaped.
+#[cfg(all(feature = "video", target_os = "linux"))]
+#[test]
+fn dropping_a_video_file_stream_stops_its_decoder() {
+    let m = model();
+    let dir = tempfile::tempdir().unwrap();
+    let seconds = 2.5 * m.max_duration();
+    let Some(video) = model_test_video(dir.path(), "dropped.mkv", seconds) else {
+        return;
+    };
+    let mut stream = m
+        .stream(
+            Request::text("x").video_file(&video).seed(1),
+            LongFormOptions::default(),
+        )
+        .unwrap();
+    assert!(ffmpeg_children_reading(&video).is_empty());
+    stream.next().unwrap().unwrap();
+    let running = ffmpeg_children_reading(&video);
+    assert_eq!(running.len(), 1, "one decoder for all the windows");
+    drop(stream);
+    for pid in running {
+        assert!(
+            !std::path::Path::new(&format!("/proc/{pid}")).exists(),
+            "ffmpeg {pid} is left behind"
+        );
+    }
+}

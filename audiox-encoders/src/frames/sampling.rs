@@ -148,6 +148,18 @@ impl ResizedFrames {
         self.frames.insert((id, size), frame);
     }
 
+    /// Keeps only the frames `keep(id, size)` accepts.
+    #[cfg_attr(not(feature = "video"), allow(dead_code))]
+    pub(crate) fn retain(&mut self, mut keep: impl FnMut(usize, usize) -> bool) {
+        self.frames.retain(|&(id, size), _| keep(id, size));
+    }
+
+    /// Number of frames held (one per id and size).
+    #[cfg_attr(not(feature = "video"), allow(dead_code))]
+    pub(crate) fn len(&self) -> usize {
+        self.frames.len()
+    }
+
     /// The output of `sampling` whose selection is `selected` (every id must be present).
     pub(crate) fn assemble(&self, sampling: &FrameSampling, selected: &[usize]) -> SampledFrames {
         let index = sampling.output_index(selected);
