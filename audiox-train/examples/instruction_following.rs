@@ -8,15 +8,15 @@
 //!     runs/demo/export [--count 40] [--guidance 6] [--teacher FILE]
 //! ```
 //!
-//! The teacher file defaults to `pretrained_ckpt/pretrained_ckpt.safetensors` under the export
-//! folder; rows whose model is missing are skipped with a note. Clip `i` uses seed `i`, so the
+//! The student is the export's `audiox_turbo/` file and the teacher its `pretrained_ckpt/` file
+//! (or `--teacher FILE`); rows whose model is missing are skipped with a note. Clip `i` uses seed `i`, so the
 //! table is reproducible. Prints a markdown table (the one in `docs/training.md`).
 
 use std::path::PathBuf;
 use std::time::Instant;
 
 use audiox::sampler::SamplerKind;
-use audiox::{AudioX, Request};
+use audiox::{AudioX, DenoiserKind, Request};
 use audiox_train::corpus::{Corpus, CorpusConfig};
 use audiox_train::metric::{Report, evaluate_generator};
 
@@ -111,7 +111,11 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         println!("{} {secs:.2} |", report.markdown_row(label));
     };
 
-    match AudioX::builder().checkpoint_dir(&args.dir).build() {
+    match AudioX::builder()
+        .checkpoint_dir(&args.dir)
+        .denoiser(DenoiserKind::Student)
+        .build()
+    {
         Ok(student) => row(
             "student, dmd 4 steps",
             score(&student, &corpus, args.count, &|r| r)?,
@@ -134,6 +138,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     let teacher = AudioX::builder()
         .checkpoint_dir(&args.dir)
         .teacher_checkpoint(&teacher_file)
+        .denoiser(DenoiserKind::Teacher)
         .build()?;
     let g = args.guidance;
     for steps in [8, 25, 50] {
