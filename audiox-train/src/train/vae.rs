@@ -142,7 +142,7 @@ impl Stage for VaeStage {
         let y = model.decode(latent)?;
 
         let l1 = (y.clone() - x.clone()).abs().mean();
-        let log_floor = s_log_floor(self.settings.log_floor_db);
+        let log_floor = log_floor_ratio(self.settings.log_floor_db);
         let stft = multi_resolution_stft_loss(&self.bases, y, x, log_floor);
         let var = stdev.clone() * stdev.clone();
         let kl = ((posterior.mean.clone() * posterior.mean + var.clone() - var.log() - 1.0).mean())
@@ -252,6 +252,6 @@ pub fn export_vae(vae: &Vae, run: &RunConfig, out: &Path) -> TrainResult<PathBuf
 }
 
 /// The STFT loss's log-magnitude floor as an amplitude ratio (`-60` dB -> `1e-3`).
-fn s_log_floor(db: Option<f64>) -> Option<f32> {
+fn log_floor_ratio(db: Option<f64>) -> Option<f32> {
     db.map(|db| 10f64.powf(db / 20.0) as f32)
 }
