@@ -6,7 +6,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use audiox::sampler::{Euler, Sampler};
-use audiox::{AudioX, DenoiserKind, ReplayNoise, Request};
+use audiox::{AudioX, DenoiserKind, Intermediates, ReplayNoise, Request};
 use audiox_core::noise::labels;
 use audiox_train::train::teacher::{TeacherModel, noise, tokenizer};
 use audiox_train::train::vae::parameters;
@@ -148,6 +148,39 @@ fn max_error(a: &[f32], b: &[f32]) -> (f32, f32) {
     (err, scale)
 }
 
+/// One Euler step from t = 1 of `loaded` on `caption`, with the initial noise and the audio
+/// prompt's posterior noise replayed from `noise(seed)` and `noise(seed + 1)`: the
+/// intermediates, both noises and the latent's `[C, L]`.
+fn one_euler_step(
+    loaded: &AudioX,
+    run: &RunConfig,
+    caption: &str,
+    seed: u64,
+) -> (Intermediates, Vec<f32>, Vec<f32>, [usize; 2]) {
+    let config = run.model_config().unwrap();
+    let (c, l) = (config.model.io_channels, config.latent_length());
+    let la = config.audio_conditioner().unwrap().latent_frames;
+    let z = noise(seed, c * l);
+    let eps = noise(seed + 1, c * la);
+    let samples = config.prompt_samples() as i64;
+    let len = (samples as f32 * 0.5) as i64;
+    let replay = ReplayNoise::new()
+        .with_normal(labels::INITIAL_NOISE, &[1, c, l], z.clone())
+        .with_uniform(labels::AUDIO_MASK_RATIO, &[1], vec![0.5])
+        .with_integers(labels::AUDIO_MASK_START, vec![(samples - len) / 2])
+        .with_normal(labels::VAE_NOISE, &[1, c, la], eps.clone());
+    let sampler: Arc<dyn Sampler> = Arc::new(Euler::new(1));
+    let generated = loaded
+        .generate(
+            Request::text(caption)
+                .sampler(sampler)
+                .noise_source(replay)
+                .keep_intermediates(true),
+        )
+        .unwrap();
+    (generated.intermediates.unwrap(), z, eps, [c, l])
+}
+
 #[test]
 fn the_teacher_resumes_exactly_and_its_export_loads_as_the_teacher() {
     one_thread();
@@ -209,29 +242,8 @@ fn the_teacher_resumes_exactly_and_its_export_loads_as_the_teacher() {
 
     // One Euler step from t = 1 gives z - v(z, 1): with replayed noise, the loaded model's
     // context and latent must equal the trained module's own.
-    let config = run.model_config().unwrap();
-    let (c, l) = (config.model.io_channels, config.latent_length());
-    let la = config.audio_conditioner().unwrap().latent_frames;
-    let z = noise(1, c * l);
-    let eps = noise(2, c * la);
-    let samples = config.prompt_samples() as i64;
-    let len = (samples as f32 * 0.5) as i64;
-    let replay = ReplayNoise::new()
-        .with_normal(labels::INITIAL_NOISE, &[1, c, l], z.clone())
-        .with_uniform(labels::AUDIO_MASK_RATIO, &[1], vec![0.5])
-        .with_integers(labels::AUDIO_MASK_START, vec![(samples - len) / 2])
-        .with_normal(labels::VAE_NOISE, &[1, c, la], eps.clone());
     let caption = "two knocks, then a low thud";
-    let sampler: Arc<dyn Sampler> = Arc::new(Euler::new(1));
-    let generated = loaded
-        .generate(
-            Request::text(caption)
-                .sampler(sampler)
-                .noise_source(replay)
-                .keep_intermediates(true),
-        )
-        .unwrap();
-    let inter = generated.intermediates.unwrap();
+    let (inter, z, eps, [c, l]) = one_euler_step(&loaded, &run, caption, 1);
 
     let plain = Device::flex();
     let trained = whole.valid();
@@ -394,29 +406,8 @@ fn the_student_distils_the_teachers_dit_and_its_export_loads_as_the_student() {
 
     // One Euler step from t = 1 through the loaded student equals z - v(z, 1) of the trained
     // student's DiT on the teacher's context (the student keeps the teacher's text side).
-    let config = run.model_config().unwrap();
-    let (c, l) = (config.model.io_channels, config.latent_length());
-    let la = config.audio_conditioner().unwrap().latent_frames;
-    let z = noise(3, c * l);
-    let eps = noise(4, c * la);
-    let samples = config.prompt_samples() as i64;
-    let len = (samples as f32 * 0.5) as i64;
-    let replay = ReplayNoise::new()
-        .with_normal(labels::INITIAL_NOISE, &[1, c, l], z.clone())
-        .with_uniform(labels::AUDIO_MASK_RATIO, &[1], vec![0.5])
-        .with_integers(labels::AUDIO_MASK_START, vec![(samples - len) / 2])
-        .with_normal(labels::VAE_NOISE, &[1, c, la], eps.clone());
     let caption = "three high beeps";
-    let sampler: Arc<dyn Sampler> = Arc::new(Euler::new(1));
-    let generated = loaded
-        .generate(
-            Request::text(caption)
-                .sampler(sampler)
-                .noise_source(replay)
-                .keep_intermediates(true),
-        )
-        .unwrap();
-    let inter = generated.intermediates.unwrap();
+    let (inter, z, eps, [c, l]) = one_euler_step(&loaded, &run, caption, 3);
     let plain = Device::flex();
     let stage = TeacherStage::new(&run_dir, &plain).unwrap();
     let context = teacher

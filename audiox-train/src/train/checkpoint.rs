@@ -202,15 +202,20 @@ impl Checkpoints {
         let text = serde_json::to_string_pretty(&state)
             .map_err(|e| TrainError::checkpoint(partial.join(STATE_FILE), e.to_string()))?;
         write_synced(&partial.join(STATE_FILE), text.as_bytes())?;
+        self.publish(&partial, final_dir, keep)
+    }
+
+    /// Renames the complete checkpoint folder `partial` to `final_dir` (replacing an older one
+    /// of that step), syncs the folder, and deletes all but the newest `keep` checkpoints.
+    fn publish(&self, partial: &Path, final_dir: PathBuf, keep: usize) -> TrainResult<PathBuf> {
         if final_dir.exists() {
             fs::remove_dir_all(&final_dir).map_err(|e| TrainError::io(&final_dir, e))?;
         }
-        fs::rename(&partial, &final_dir).map_err(|e| TrainError::io(&final_dir, e))?;
+        fs::rename(partial, &final_dir).map_err(|e| TrainError::io(&final_dir, e))?;
         if let Ok(d) = fs::File::open(&self.dir) {
             // Makes the rename durable where the platform supports syncing a folder.
             let _ = d.sync_all();
         }
-
         let steps = self.steps()?;
         for old in steps.iter().rev().skip(keep.max(1)) {
             let p = self.path(*old);
@@ -334,19 +339,7 @@ impl Checkpoints {
         let text = serde_json::to_string_pretty(&state)
             .map_err(|e| TrainError::checkpoint(partial.join(STATE_FILE), e.to_string()))?;
         write_synced(&partial.join(STATE_FILE), text.as_bytes())?;
-        if final_dir.exists() {
-            fs::remove_dir_all(&final_dir).map_err(|e| TrainError::io(&final_dir, e))?;
-        }
-        fs::rename(&partial, &final_dir).map_err(|e| TrainError::io(&final_dir, e))?;
-        if let Ok(d) = fs::File::open(&self.dir) {
-            let _ = d.sync_all();
-        }
-        let steps = self.steps()?;
-        for old in steps.iter().rev().skip(keep.max(1)) {
-            let p = self.path(*old);
-            fs::remove_dir_all(&p).map_err(|e| TrainError::io(&p, e))?;
-        }
-        Ok(final_dir)
+        self.publish(&partial, final_dir, keep)
     }
 
     /// Loads the checkpoint of several parts at `step` into `parts` (freshly built modules and

@@ -52,7 +52,7 @@ use audiox_vae::{OobleckEncoder, Posterior, Vae};
 use super::checkpoint::{Checkpoints, write_atomic};
 use super::error::{TrainError, TrainResult};
 use super::export::{official_tensors_of, write_safetensors};
-use super::flow::{TimeSampler, drop_condition, flow_batch, normals};
+use super::flow::{TimeSampler, flow_loss, normals};
 use super::init::random_init;
 use super::run::{LoopSettings, RunConfig, RunDir, StageName};
 use super::stage::{Stage, StepLoss};
@@ -551,26 +551,16 @@ impl Stage for TeacherStage {
         let captions: Vec<&str> = captions.iter().map(String::as_str).collect();
         let context =
             model.context_from_captions(&self.tokenizer, &captions, &self.silent, &eps, device)?;
-        let batch = flow_batch(
+        let mut loss = flow_loss(
+            &model.dit,
             x0,
+            context,
             settings.time_sampler,
             settings.cond_dropout,
             &mut rng,
-            device,
-        );
-        let context = drop_condition(context, &batch.dropped);
-        let v = model.velocity(batch.z_t, batch.t, context)?;
-        let loss = (v - batch.target).powi_scalar(2).mean();
-        let value = loss.clone().into_scalar::<f32>() as f64;
-        let dropped = batch.dropped.iter().filter(|&&d| d).count() as f64;
-        Ok(StepLoss {
-            loss,
-            terms: BTreeMap::from([
-                ("flow_mse".to_string(), value),
-                ("dropped".to_string(), dropped),
-                ("x0_rms".to_string(), rms),
-            ]),
-        })
+        )?;
+        loss.terms.insert("x0_rms".to_string(), rms);
+        Ok(loss)
     }
 }
 

@@ -224,27 +224,15 @@ pub fn official_tensors(vae: &Vae) -> TrainResult<Vec<NamedTensor>> {
 pub fn export_vae(vae: &Vae, run: &RunConfig, out: &Path) -> TrainResult<PathBuf> {
     let tensors = official_tensors(vae)?;
     let path = out.join("pretransform").join("vae.safetensors");
-    let bytes: Vec<Vec<u8>> = tensors
-        .iter()
-        .map(|(_, _, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect())
-        .collect();
-    let views = tensors
-        .iter()
-        .zip(&bytes)
-        .map(|((name, shape, _), b)| {
-            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), b)
-                .map(|v| (name.clone(), v))
-                .map_err(|e| TrainError::checkpoint(&path, format!("`{name}`: {e}")))
-        })
-        .collect::<TrainResult<Vec<_>>>()?;
-    let metadata = std::collections::HashMap::from([
-        ("format".to_string(), "pt".to_string()),
-        ("audiox_precision".to_string(), "f32".to_string()),
-        ("audiox_weight_norm".to_string(), "fused".to_string()),
-    ]);
-    let data = safetensors::serialize(views, Some(metadata))
-        .map_err(|e| TrainError::checkpoint(&path, e.to_string()))?;
-    super::checkpoint::write_atomic(&path, &data)?;
+    super::export::write_safetensors(
+        &path,
+        &tensors,
+        &[
+            ("format", "pt"),
+            ("audiox_precision", "f32"),
+            ("audiox_weight_norm", "fused"),
+        ],
+    )?;
     let config = serde_json::to_string_pretty(&run.model)
         .map_err(|e| TrainError::config("model", e.to_string()))?;
     super::checkpoint::write_atomic(&out.join("config.json"), config.as_bytes())?;
