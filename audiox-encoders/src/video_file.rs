@@ -1304,25 +1304,34 @@ mod tests {
         );
     }
 
-    /// Windows split over several decoders (a `select` expression limit of one window) give
-    /// what one decoder per window gives.
-    #[test]
-    fn windows_split_over_decoders_are_the_same_windows() {
+    /// ffmpeg and a folder holding `c.mkv`, a lossless 4 s 30 fps 40x30 test clip; `None`
+    /// (the test is skipped, with a notice) where ffmpeg is not on the PATH.
+    fn four_second_test_clip() -> Option<(Ffmpeg, tempfile::TempDir)> {
         let ffmpeg = Ffmpeg::new();
         if ffmpeg.check().is_err() {
             eprintln!("NOTICE: ffmpeg not found on the PATH; test skipped");
-            return;
+            return None;
         }
         let dir = tempfile::tempdir().unwrap();
-        let clip = dir.path().join("c.mkv");
         let made = Command::new("ffmpeg")
             .args(["-v", "error", "-y", "-f", "lavfi", "-i"])
             .arg("testsrc=size=40x30:rate=30:duration=4")
             .args(["-c:v", "ffv1"])
-            .arg(&clip)
+            .arg(dir.path().join("c.mkv"))
             .status()
             .unwrap();
         assert!(made.success());
+        Some((ffmpeg, dir))
+    }
+
+    /// Windows split over several decoders (a `select` expression limit of one window) give
+    /// what one decoder per window gives.
+    #[test]
+    fn windows_split_over_decoders_are_the_same_windows() {
+        let Some((ffmpeg, dir)) = four_second_test_clip() else {
+            return;
+        };
+        let clip = dir.path().join("c.mkv");
         let windows: Vec<[FrameSampling; 2]> = (0..4)
             .map(|k| {
                 let start = k as f64 * 0.9;
@@ -1349,21 +1358,10 @@ mod tests {
     /// past it the decoder is stopped with a time-limit error.
     #[test]
     fn the_time_limit_counts_only_the_wait_for_frames() {
-        let ffmpeg = Ffmpeg::new();
-        if ffmpeg.check().is_err() {
-            eprintln!("NOTICE: ffmpeg not found on the PATH; test skipped");
+        let Some((ffmpeg, dir)) = four_second_test_clip() else {
             return;
-        }
-        let dir = tempfile::tempdir().unwrap();
+        };
         let clip = dir.path().join("c.mkv");
-        let made = Command::new("ffmpeg")
-            .args(["-v", "error", "-y", "-f", "lavfi", "-i"])
-            .arg("testsrc=size=40x30:rate=30:duration=4")
-            .args(["-c:v", "ffv1"])
-            .arg(&clip)
-            .status()
-            .unwrap();
-        assert!(made.success());
         let windows: Vec<[FrameSampling; 1]> = (0..3)
             .map(|k| [FrameSampling::new(25.0, 1.5, 8).with_seek(k as f64)])
             .collect();
