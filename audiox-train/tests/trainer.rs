@@ -425,3 +425,32 @@ fn the_log_floor_ignores_differences_far_below_the_target() {
         "a 6 dB error must still count"
     );
 }
+
+#[test]
+fn the_stft_loss_stays_bounded_on_a_silent_target() {
+    use audiox_train::train::stft::{SC_FLOOR_DBFS, multi_resolution_stft_loss};
+    one_thread();
+    let device = Device::flex();
+    let len = 1024;
+    let t = |v: Vec<f32>| Tensor::<3>::from_data(TensorData::new(v, [1, 1, len]), &device);
+    let bases = [StftBasis::new(64, &device), StftBasis::new(256, &device)];
+    let loss = |pred: Vec<f32>, floor| {
+        multi_resolution_stft_loss(&bases, t(pred), t(vec![0.0; len]), floor).into_scalar::<f32>()
+    };
+    // A crop of digital silence (the corpus has them) against a prediction of noise 20 dB
+    // above the spectral-convergence floor: the spectral-convergence term is about the
+    // amplitude ratio (10), not `||S_x|| / 1e-7` (about 1e5 here).
+    let amp = 10f32.powf((SC_FLOOR_DBFS as f32 + 20.0) / 20.0);
+    let noise: Vec<f32> = (0..len)
+        .map(|i| amp * 3f32.sqrt() * ((i * 7919 % 201) as f32 / 100.0 - 1.0))
+        .collect();
+    for floor in [None, Some(1e-3)] {
+        let value = loss(noise.clone(), floor);
+        assert!(
+            value.is_finite() && value > 1.0 && value < 50.0,
+            "{value} (log floor {floor:?})"
+        );
+        // Silence is still the best answer to silence.
+        assert!(loss(vec![0.0; len], floor) < 1e-3);
+    }
+}

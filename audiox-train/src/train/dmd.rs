@@ -55,7 +55,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use burn::module::{Module, ModuleMapper, Param};
-use burn::optim::{AdamConfig, GradientsParams};
+use burn::optim::GradientsParams;
 use burn::tensor::{Device, Tensor, TensorData};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{Rng, SeedableRng};
@@ -69,7 +69,7 @@ use super::checkpoint::{Part, write_atomic};
 use super::error::{TrainError, TrainResult};
 use super::flow::normals;
 use super::run::{LoopSettings, RunDir, StageName, StudentStageConfig};
-use super::stage::{MultiStage, StepRecord};
+use super::stage::{MultiStage, StepRecord, optimizer};
 use super::vae::parameters;
 use crate::corpus::Corpus;
 
@@ -887,7 +887,7 @@ impl<M: Denoiser, P: Prompts<M::Context>> MultiStage for StudentStage<M, P> {
             .map(|name| Part {
                 name: name.to_string(),
                 model: fresh_copy(&self.template, device),
-                optim: AdamConfig::new().init(),
+                optim: optimizer(&self.settings.optim),
             })
             .collect())
     }

@@ -61,6 +61,14 @@ pub struct LoopSettings {
     pub checkpoint_every: u64,
     /// How many of the newest checkpoints are kept (at least 1).
     pub keep_checkpoints: usize,
+    /// Clip each parameter's gradient to at most this L2 norm before the Adam update
+    /// (burn's `GradientClippingConfig::Norm`, applied per parameter tensor). `None`: no
+    /// clipping.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grad_clip: Option<f32>,
+    /// Adam's `(beta1, beta2)`. `None`: burn's defaults, (0.9, 0.999).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub adam_betas: Option<(f32, f32)>,
 }
 
 impl LoopSettings {
@@ -94,6 +102,22 @@ impl LoopSettings {
             return Err(TrainError::config(
                 field("lr"),
                 format!("{} is not a positive number", self.lr),
+            ));
+        }
+        if let Some(clip) = self.grad_clip
+            && !(clip.is_finite() && clip > 0.0)
+        {
+            return Err(TrainError::config(
+                field("grad_clip"),
+                format!("{clip} is not a positive number"),
+            ));
+        }
+        if let Some((b1, b2)) = self.adam_betas
+            && !((0.0..1.0).contains(&b1) && (0.0..1.0).contains(&b2))
+        {
+            return Err(TrainError::config(
+                field("adam_betas"),
+                format!("({b1}, {b2}): each must be in [0, 1)"),
             ));
         }
         Ok(())
@@ -173,6 +197,8 @@ impl StudentStageConfig {
                 warmup: 50,
                 checkpoint_every: 100,
                 keep_checkpoints: 2,
+                grad_clip: None,
+                adam_betas: None,
             },
             student_steps: 4,
             guidance_scale: 6.0,
@@ -286,6 +312,8 @@ impl RunConfig {
                     warmup: 100,
                     checkpoint_every: 100,
                     keep_checkpoints: 2,
+                    grad_clip: Some(1.0),
+                    adam_betas: Some((0.8, 0.99)),
                 },
                 crop: 16_000,
                 stft_sizes: vec![2048, 1024, 512, 256, 128],
@@ -302,6 +330,8 @@ impl RunConfig {
                     warmup: 200,
                     checkpoint_every: 100,
                     keep_checkpoints: 2,
+                    grad_clip: None,
+                    adam_betas: None,
                 },
                 cond_dropout: 0.1,
                 time_sampler: TimeSampler::LogitNormal,

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::time::Instant;
 
 use burn::module::Module;
+use burn::optim::grad_clipping::GradientClippingConfig;
 use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Device, Tensor};
 
@@ -79,8 +80,14 @@ impl Stop {
     }
 }
 
-fn optimizer() -> ModuleOptimizer {
-    AdamConfig::new().init()
+/// The Adam optimiser of a stage's loop settings (betas and gradient clipping).
+pub(crate) fn optimizer(settings: &LoopSettings) -> ModuleOptimizer {
+    let mut config =
+        AdamConfig::new().with_grad_clipping(settings.grad_clip.map(GradientClippingConfig::Norm));
+    if let Some((beta_1, beta_2)) = settings.adam_betas {
+        config = config.with_beta_1(beta_1).with_beta_2(beta_2);
+    }
+    config.init()
 }
 
 /// Runs (or resumes) `stage` in `run` on `device`: loads the newest checkpoint when there is
@@ -100,10 +107,10 @@ pub fn train_stage<S: Stage>(
     checkpoints.remove_partial()?;
     let (mut model, mut optim, start) = match checkpoints.steps()?.last() {
         Some(&step) => {
-            let loaded = checkpoints.load(step, stage.init_model(device)?, optimizer())?;
+            let loaded = checkpoints.load(step, stage.init_model(device)?, optimizer(&settings))?;
             (loaded.model, loaded.optim, loaded.step)
         }
-        None => (stage.init_model(device)?, optimizer(), 0),
+        None => (stage.init_model(device)?, optimizer(&settings), 0),
     };
     let mut log = LossLog::open(&dir.join("loss.jsonl"), start)?;
     let end = stop

@@ -82,6 +82,11 @@ impl VaeStage {
         ChaCha8Rng::from_seed(seed)
     }
 
+    /// Exactly the audio batch that the loss of step `step` trains on (see [`VaeStage::batch`]).
+    pub fn step_batch(&self, step: u64) -> (Vec<f32>, [usize; 3]) {
+        self.batch(step, &mut self.rng(step))
+    }
+
     /// The audio batch of step `step`: `[batch, channels_in, crop]`. Clip `step x batch + j`
     /// of the training stream, cropped around one of its events (four crops in five) or
     /// anywhere (one in five), so that most crops hold sound.
