@@ -32,8 +32,8 @@ struct Args {
     /// The run configuration (JSON); default: the one stored in --out, else the demo run.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Which stage to run: vae, teacher, or all (vae then teacher). The T5 encoder is trained
-    /// with the teacher; the DMD student is not implemented yet.
+    /// Which stage to run: vae, teacher, student, or all (vae, then teacher, then student). The
+    /// T5 encoder is trained with the teacher; the student is distilled from the trained teacher.
     #[arg(long, default_value = "all")]
     stage: String,
     /// Stop each stage after this many steps in all (a checkpoint is written there).
