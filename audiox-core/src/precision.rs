@@ -698,16 +698,16 @@ mod tests {
 
         // The view reads exactly what the copying path copies.
         let copied = quantized_weight(w.clone(), scheme, k, n).expect("copying path");
-        let held = FlexInt8::take(w.clone()).ok().expect("a flex tensor");
+        let held = FlexInt8::take(w.clone()).expect("a flex tensor");
         let view = held.view::<W>(scheme, k, n).expect("a view in place");
         assert_eq!(view, copied.view(), "{dims:?}");
         assert_eq!(view.block(), block_rows(rows), "{dims:?}");
         // Borrowed from the tensor's own buffer, not copied.
-        let again = FlexInt8::take(w.clone()).ok().expect("a flex tensor");
+        let again = FlexInt8::take(w.clone()).expect("a flex tensor");
         let other = again.view::<W>(scheme, k, n).expect("a view in place");
         assert_eq!(view.values().as_ptr(), other.values().as_ptr(), "{dims:?}");
 
-        let bias_values = bias.clone().map(|b| crate::tensor::to_vec(b));
+        let bias_values = bias.clone().map(crate::tensor::to_vec);
         let old = audiox_kernels::int8::linear(&x, &copied, bias_values.as_deref())
             .expect("the kernel takes a contiguous input");
         let new = matmul_weight(x, w, bias);
@@ -750,7 +750,7 @@ mod tests {
             &device,
         );
         let before = w.clone().into_data();
-        let back: Tensor<2> = FlexInt8::take(w).ok().expect("flex").into_tensor();
+        let back: Tensor<2> = FlexInt8::take(w).expect("flex").into_tensor();
         assert_eq!(back.into_data(), before);
         // Not an int8 tensor: handed back as it was.
         let f = Tensor::<2>::ones([3, 4], &device);
