@@ -29,9 +29,13 @@
 use std::fmt;
 use std::str::FromStr;
 
+use burn::backend::flex::FlexQTensor;
+use burn::backend::{BackendTensor, DispatchAutodiffContext, DispatchTensor, DispatchTensorKind};
 use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
 use burn::nn::Linear;
-use burn::tensor::quantization::{QuantScheme, QuantStore, QuantValue, QuantizedBytes, ScaleDtype};
+use burn::tensor::quantization::{
+    QuantScheme, QuantStore, QuantValue, QuantizedBytes, ScaleDtype, global_scale_dtype,
+};
 use burn::tensor::{
     Bool, DType, Device, FloatDType, Int, Tensor, TensorCreationOptions, TensorData,
 };
@@ -185,23 +189,99 @@ pub fn matmul_weight<const D: usize, const W: usize>(
             burn::tensor::module::linear(x, widen(w), bias.map(widen))
         }
         DType::QFloat(scheme) => {
+            let bias_values = bias.clone().map(|b| crate::tensor::to_vec(widen(b)));
+            // The flex backend's own storage, read where it lies.
+            let w = match FlexInt8::take(w) {
+                Ok(held) => match held.view::<W>(scheme, k, n) {
+                    Some(q) => return int8_product(x, q, bias, bias_values.as_deref()),
+                    None => held.into_tensor(),
+                },
+                Err(w) => w,
+            };
+            // Another backend or layout: the values and scales copied out.
             let Some(q) = quantized_weight(w.clone(), scheme, k, n) else {
                 return burn::tensor::module::linear(x, widen(w).reshape([k, n]), bias.map(widen));
             };
-            let bias_values = bias.clone().map(|b| crate::tensor::to_vec(widen(b)));
-            if let Some(out) = audiox_kernels::int8::linear(&x, &q, bias_values.as_deref()) {
-                return out;
-            }
-            let w = Tensor::<2>::from_data(TensorData::new(q.to_f32(), vec![k, n]), &w.device());
-            burn::tensor::module::linear(x, w, bias.map(widen))
+            int8_product(x, q.view(), bias, bias_values.as_deref())
         }
         // f32 (widen is then the identity) and any other float type.
         _ => burn::tensor::module::linear(x, widen(w).reshape([k, n]), bias.map(widen)),
     }
 }
 
-/// The stored values and block scales of an int8 weight made by [`quantize_int8`], as the
-/// kernel's `[rows, n]` weight (`None` for a layout it cannot take).
+/// `x W + b` for an int8 weight `W` `[k, n]` on `audiox_kernels::int8`, or (a strided input)
+/// `W` dequantised and burn's `linear`.
+fn int8_product<const D: usize>(
+    x: Tensor<D>,
+    w: audiox_kernels::int8::QuantizedView<'_>,
+    bias: Option<Tensor<1>>,
+    bias_values: Option<&[f32]>,
+) -> Tensor<D> {
+    if let Some(out) = audiox_kernels::int8::linear_view(&x, w, bias_values) {
+        return out;
+    }
+    let device = x.device();
+    let w = Tensor::<2>::from_data(TensorData::new(w.to_f32(), vec![w.k(), w.n()]), &device);
+    burn::tensor::module::linear(x, w, bias.map(widen))
+}
+
+/// Rows per scale block of a rank-`W` int8 weight (`None` for one scale per tensor).
+fn int8_block<const W: usize>(scheme: QuantScheme) -> Option<usize> {
+    match scheme.block_size() {
+        Some(b) if W >= 2 => Some(b.to_dim_vec(W)[W - 2].max(1) as usize),
+        _ => None,
+    }
+}
+
+/// An int8 weight taken out of its tensor as burn's flex backend holds it (its i8 values in the
+/// tensor's shared buffer, its block scales beside them), so that a product borrows both where
+/// they lie instead of copying them out through `into_data`.
+struct FlexInt8 {
+    q: FlexQTensor,
+    autodiff: DispatchAutodiffContext,
+}
+
+impl FlexInt8 {
+    /// The flex storage of `w`, or `w` unchanged when it is held elsewhere.
+    #[expect(
+        clippy::result_large_err,
+        reason = "the tensor handed back is moved as burn moves tensors everywhere; boxing it would allocate"
+    )]
+    fn take<const W: usize>(w: Tensor<W>) -> std::result::Result<Self, Tensor<W>> {
+        let DispatchTensor { kind, autodiff } = w.into_dispatch();
+        match kind {
+            DispatchTensorKind::Flex(BackendTensor::Quantized(q)) => Ok(Self { q, autodiff }),
+            kind => Err(Tensor::from_dispatch(DispatchTensor { kind, autodiff })),
+        }
+    }
+
+    /// The weight (quantised with `scheme`) read as the kernel's `[k, n]`, borrowed (`None` for
+    /// a layout it cannot take in place: strided values, a per-tensor or two-level scale).
+    fn view<const W: usize>(
+        &self,
+        scheme: QuantScheme,
+        k: usize,
+        n: usize,
+    ) -> Option<audiox_kernels::int8::QuantizedView<'_>> {
+        if global_scale_dtype(&scheme).is_some() {
+            return None;
+        }
+        let block = int8_block::<W>(scheme)?;
+        let values = self.q.tensor().as_slice::<i8>()?;
+        audiox_kernels::int8::QuantizedView::from_parts(k, n, block, values, self.q.scales())
+    }
+
+    /// The tensor it was taken from.
+    fn into_tensor<const W: usize>(self) -> Tensor<W> {
+        Tensor::from_dispatch(DispatchTensor {
+            kind: DispatchTensorKind::Flex(BackendTensor::Quantized(self.q)),
+            autodiff: self.autodiff,
+        })
+    }
+}
+
+/// The stored values and block scales of an int8 weight made by [`quantize_int8`], copied out
+/// of the tensor as the kernel's `[rows, n]` weight (`None` for a layout it cannot take).
 fn quantized_weight<const W: usize>(
     w: Tensor<W>,
     scheme: QuantScheme,
@@ -215,10 +295,7 @@ fn quantized_weight<const W: usize>(
         shape: shape.into(),
     }
     .into_vec_i8();
-    let block = match scheme.block_size() {
-        Some(b) if W >= 2 => b.to_dim_vec(W)[W - 2].max(1) as usize,
-        _ => return None,
-    };
+    let block = int8_block::<W>(scheme)?;
     audiox_kernels::int8::QuantizedWeight::from_parts(k, n, block, values, scales.block)
 }
 
@@ -588,5 +665,101 @@ mod tests {
                 _ => assert_eq!(bytes.int8, 64 * 48 + 4 * 48),
             }
         }
+    }
+
+    /// The int8 product through the flex storage in place and through the copying path
+    /// (values and scales copied out of the tensor) for one weight of shape `dims`.
+    fn int8_both_ways<const W: usize>(dims: [usize; W], tokens: usize, with_bias: bool, seed: u64) {
+        let device = Device::flex();
+        let n = dims[W - 1];
+        let k: usize = dims[..W - 1].iter().product();
+        let rows = dims[W - 2];
+        let mut state = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+        let mut next = move |len: usize| -> Vec<f32> {
+            (0..len)
+                .map(|_| {
+                    state = state
+                        .wrapping_mul(6364136223846793005)
+                        .wrapping_add(1442695040888963407);
+                    ((state >> 40) as f32 / (1u64 << 24) as f32) * 4.0 - 2.0
+                })
+                .collect()
+        };
+        let w: Tensor<W> = hold(next(k * n), dims.to_vec(), WeightPrecision::Int8, &device);
+        let DType::QFloat(scheme) = w.dtype() else {
+            panic!("{dims:?}: not held in int8");
+        };
+        let x = Tensor::<3>::from_data(
+            TensorData::new(next(2 * tokens * k), [2, tokens, k]),
+            &device,
+        );
+        let bias =
+            with_bias.then(|| Tensor::<1>::from_data(TensorData::new(next(n), [n]), &device));
+
+        // The view reads exactly what the copying path copies.
+        let copied = quantized_weight(w.clone(), scheme, k, n).expect("copying path");
+        let held = FlexInt8::take(w.clone()).expect("a flex tensor");
+        let view = held.view::<W>(scheme, k, n).expect("a view in place");
+        assert_eq!(view, copied.view(), "{dims:?}");
+        assert_eq!(view.block(), block_rows(rows), "{dims:?}");
+        // Borrowed from the tensor's own buffer, not copied.
+        let again = FlexInt8::take(w.clone()).expect("a flex tensor");
+        let other = again.view::<W>(scheme, k, n).expect("a view in place");
+        assert_eq!(view.values().as_ptr(), other.values().as_ptr(), "{dims:?}");
+
+        let bias_values = bias.clone().map(crate::tensor::to_vec);
+        let old = audiox_kernels::int8::linear(&x, &copied, bias_values.as_deref())
+            .expect("the kernel takes a contiguous input");
+        let new = matmul_weight(x, w, bias);
+        let (old, new) = (crate::tensor::to_vec(old), crate::tensor::to_vec(new));
+        assert_eq!(old.len(), 2 * tokens * n);
+        assert!(old.iter().any(|&v| v != 0.0), "{dims:?}");
+        let same = old
+            .iter()
+            .zip(&new)
+            .all(|(a, b)| a.to_bits() == b.to_bits());
+        assert!(
+            same,
+            "{dims:?}: the in-place product differs from the copying one"
+        );
+    }
+
+    #[test]
+    fn int8_in_place_is_bit_identical_to_the_copying_path() {
+        // Blocks of a multiple of four rows (the native path where the CPU has it), of odd
+        // sizes (the dequantised path), one block per column, single rows and columns.
+        int8_both_ways([64, 48], 5, true, 1);
+        int8_both_ways([1024, 96], 9, false, 2);
+        int8_both_ways([510, 31], 3, true, 3);
+        int8_both_ways([300, 7], 1, true, 4);
+        int8_both_ways([17, 33], 4, false, 5);
+        int8_both_ways([1, 1], 2, true, 6);
+        int8_both_ways([129, 65], 7, true, 7);
+        // TokenConv kernels [taps, c_in, c_out].
+        int8_both_ways([3, 300, 7], 6, true, 8);
+        int8_both_ways([2, 64, 37], 11, false, 9);
+    }
+
+    #[test]
+    fn int8_weight_round_trips_through_the_flex_storage() {
+        let device = Device::flex();
+        let w: Tensor<2> = hold(
+            (0..96).map(|v| v as f32 - 40.0).collect(),
+            vec![12, 8],
+            WeightPrecision::Int8,
+            &device,
+        );
+        let before = w.clone().into_data();
+        let back: Tensor<2> = FlexInt8::take(w).expect("flex").into_tensor();
+        assert_eq!(back.into_data(), before);
+        // Not an int8 tensor: handed back as it was.
+        let f = Tensor::<2>::ones([3, 4], &device);
+        let Err(f) = FlexInt8::take(f) else {
+            panic!("an f32 tensor taken as int8");
+        };
+        assert_eq!(
+            f.into_data(),
+            Tensor::<2>::ones([3, 4], &device).into_data()
+        );
     }
 }

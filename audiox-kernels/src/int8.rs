@@ -12,6 +12,10 @@
 //! as `a + 128`; the excess `128 · Σ_r q[r, c]` is subtracted per column. With `k` up to
 //! 65,000 rows the i32 sums cannot overflow (255 · 127 · k < 2^31).
 //!
+//! The kernels read the weight through a borrowed [`QuantizedView`] ([`matmul_view`],
+//! [`linear_view`]), so a weight held elsewhere (burn's own quantised tensor storage) is
+//! multiplied where it lies; [`QuantizedWeight`] owns its values and lends such a view.
+//!
 //! Work is split over output column panels, never over the reduction, so the result does not
 //! depend on the thread count.
 
@@ -62,6 +66,86 @@ impl QuantizedWeight {
     }
 
     /// Bytes held (values and scales).
+    pub fn bytes(&self) -> usize {
+        self.q.len() + 4 * self.scale.len()
+    }
+
+    /// The dequantised weight, row-major f32 `[k, n]`.
+    ///
+    /// # Panics
+    /// As [`QuantizedWeight::view`].
+    pub fn to_f32(&self) -> Vec<f32> {
+        self.view().to_f32()
+    }
+
+    /// The weight borrowed, for [`matmul_view`] and [`linear_view`].
+    ///
+    /// # Panics
+    /// If the public fields were changed so that they no longer fit together (see
+    /// [`QuantizedWeight::from_parts`]).
+    pub fn view(&self) -> QuantizedView<'_> {
+        QuantizedView::from_parts(self.k, self.n, self.block, &self.q, &self.scale)
+            .expect("inconsistent quantised weight")
+    }
+}
+
+/// A weight `[k, n]` quantised to int8, borrowed from wherever it is held: the layout of
+/// [`QuantizedWeight`] (row-major values, one scale per output column and block of `block`
+/// rows), checked once when made.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct QuantizedView<'a> {
+    k: usize,
+    n: usize,
+    block: usize,
+    q: &'a [i8],
+    scale: &'a [f32],
+}
+
+impl<'a> QuantizedView<'a> {
+    /// A view of `q` (`k * n` values, row-major) and `scale` (`k.div_ceil(block) * n`, row
+    /// block major) with `block >= 1`. `None` when they do not fit together.
+    pub fn from_parts(
+        k: usize,
+        n: usize,
+        block: usize,
+        q: &'a [i8],
+        scale: &'a [f32],
+    ) -> Option<Self> {
+        (block >= 1 && q.len() == k * n && scale.len() == k.div_ceil(block) * n).then_some(Self {
+            k,
+            n,
+            block,
+            q,
+            scale,
+        })
+    }
+
+    /// Rows (the reduction length).
+    pub fn k(&self) -> usize {
+        self.k
+    }
+
+    /// Columns (output channels).
+    pub fn n(&self) -> usize {
+        self.n
+    }
+
+    /// Rows per scale block.
+    pub fn block(&self) -> usize {
+        self.block
+    }
+
+    /// The values, `q[r * n + c]`.
+    pub fn values(&self) -> &'a [i8] {
+        self.q
+    }
+
+    /// The scales, `scale[(r / block) * n + c]`.
+    pub fn scales(&self) -> &'a [f32] {
+        self.scale
+    }
+
+    /// Bytes viewed (values and scales).
     pub fn bytes(&self) -> usize {
         self.q.len() + 4 * self.scale.len()
     }
@@ -139,11 +223,20 @@ pub fn quantize_weight_blocked(w: &[f32], k: usize, n: usize, block: usize) -> Q
 
 /// `out[m, n] = x[m, k] · w`, row-major, `out` overwritten. Activations quantised per row and
 /// integer dot products where the CPU has AVX512-VNNI; the dequantised weight through an f32
-/// GEMM elsewhere ([`matmul_dequantized`]).
+/// GEMM elsewhere ([`matmul_dequantized`]). The same as [`matmul_view`] on `w.view()`.
+///
+/// # Panics
+/// If `x.len() != m * k`, `out.len() != m * n`, `k > MAX_K` or `w` is inconsistent.
+pub fn matmul(x: &[f32], m: usize, w: &QuantizedWeight, out: &mut [f32]) {
+    matmul_view(x, m, w.view(), out);
+}
+
+/// [`matmul`] on a borrowed weight: nothing of the weight is copied (the native path packs one
+/// 32-column panel at a time per thread; the portable path dequantises it to f32).
 ///
 /// # Panics
 /// If `x.len() != m * k`, `out.len() != m * n` or `k > MAX_K`.
-pub fn matmul(x: &[f32], m: usize, w: &QuantizedWeight, out: &mut [f32]) {
+pub fn matmul_view(x: &[f32], m: usize, w: QuantizedView<'_>, out: &mut [f32]) {
     check(x, m, w, out);
     if m == 0 || w.n == 0 {
         return;
@@ -159,10 +252,10 @@ pub fn matmul(x: &[f32], m: usize, w: &QuantizedWeight, out: &mut [f32]) {
         unsafe { matmul_native(x, m, w, out) };
         return;
     }
-    matmul_dequantized(x, m, w, out);
+    dequantized(x, m, w, out);
 }
 
-fn check(x: &[f32], m: usize, w: &QuantizedWeight, out: &[f32]) {
+fn check(x: &[f32], m: usize, w: QuantizedView<'_>, out: &[f32]) {
     assert!(
         w.block >= 1 && w.q.len() == w.k * w.n && w.scale.len() == w.k.div_ceil(w.block) * w.n,
         "inconsistent quantised weight"
@@ -190,7 +283,12 @@ fn check(x: &[f32], m: usize, w: &QuantizedWeight, out: &[f32]) {
 /// # Panics
 /// As [`matmul`].
 pub fn matmul_dequantized(x: &[f32], m: usize, w: &QuantizedWeight, out: &mut [f32]) {
+    let w = w.view();
     check(x, m, w, out);
+    dequantized(x, m, w, out);
+}
+
+fn dequantized(x: &[f32], m: usize, w: QuantizedView<'_>, out: &mut [f32]) {
     if m == 0 || w.n == 0 {
         return;
     }
@@ -226,7 +324,7 @@ fn quantize_row(src: &[f32], dst: &mut [u32]) -> f32 {
 /// `q[4g..4g+4, j]`), its column sums, and 8-row tiles of integer dot products.
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn matmul_native(x: &[f32], m: usize, w: &QuantizedWeight, out: &mut [f32]) {
+unsafe fn matmul_native(x: &[f32], m: usize, w: QuantizedView<'_>, out: &mut [f32]) {
     let (k, n) = (w.k, w.n);
     let groups = k.div_ceil(4);
     let mut xa = vec![0u32; m * groups];
@@ -300,10 +398,20 @@ unsafe fn matmul_native(x: &[f32], m: usize, w: &QuantizedWeight, out: &mut [f32
 
 /// `x · w + bias` for a weight quantised with [`quantize_weight`], on burn tensors (any leading
 /// axes of `x`; `bias` f32). `None` when `x` is not a contiguous f32 tensor on the flex backend
-/// or the sizes do not match: the caller takes its generic path.
+/// or the sizes do not match: the caller takes its generic path. The same as [`linear_view`] on
+/// `w.view()`.
 pub fn linear<const D: usize>(
     x: &Tensor<D>,
     w: &QuantizedWeight,
+    bias: Option<&[f32]>,
+) -> Option<Tensor<D>> {
+    linear_view(x, w.view(), bias)
+}
+
+/// [`linear`] on a borrowed weight ([`matmul_view`]): nothing of the weight is copied.
+pub fn linear_view<const D: usize>(
+    x: &Tensor<D>,
+    w: QuantizedView<'_>,
     bias: Option<&[f32]>,
 ) -> Option<Tensor<D>> {
     let flex = x.clone().try_into_primitive::<Flex>().ok()?;
@@ -317,7 +425,7 @@ pub fn linear<const D: usize>(
     }
     let m: usize = dims[..D - 1].iter().product();
     let mut out = vec![0f32; m * w.n];
-    matmul(values, m, w, &mut out);
+    matmul_view(values, m, w, &mut out);
     if let Some(b) = bias {
         out.par_chunks_mut(w.n.max(1))
             .for_each(|row| row.iter_mut().zip(b).for_each(|(o, b)| *o += b));

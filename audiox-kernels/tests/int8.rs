@@ -3,8 +3,8 @@
 //! product within the quantisation error, shapes at every packing edge.
 
 use audiox_kernels::int8::{
-    QuantizedWeight, linear, matmul, matmul_dequantized, native_available, quantize_weight,
-    quantize_weight_blocked,
+    QuantizedView, QuantizedWeight, linear, linear_view, matmul, matmul_dequantized, matmul_view,
+    native_available, quantize_weight, quantize_weight_blocked,
 };
 
 fn values(len: usize, seed: u64) -> Vec<f32> {
@@ -270,4 +270,39 @@ fn block_scales_match_the_dequantised_product() {
     assert!(QuantizedWeight::from_parts(4, 2, 3, vec![0; 8], vec![0.0; 4]).is_some());
     assert!(QuantizedWeight::from_parts(4, 2, 3, vec![0; 8], vec![0.0; 2]).is_none());
     assert!(QuantizedWeight::from_parts(4, 2, 0, vec![0; 8], vec![0.0; 4]).is_none());
+}
+
+#[test]
+fn a_view_of_borrowed_parts_multiplies_like_the_owned_weight() {
+    use burn::tensor::{Device, Tensor, TensorData};
+    // Native (block of 8), portable (block of 6) and one block per column.
+    for (m, k, n, block) in [(7, 64, 45, 8), (3, 42, 19, 6), (5, 33, 70, 33)] {
+        let owned = quantize_weight_blocked(&values(k * n, 21), k, n, block);
+        // The parts held elsewhere (as burn holds them), borrowed.
+        let (q, scale) = (owned.q.clone(), owned.scale.clone());
+        let view = QuantizedView::from_parts(k, n, block, &q, &scale).expect("consistent");
+        assert_eq!(view, owned.view());
+        assert_eq!((view.k(), view.n(), view.block()), (k, n, block));
+        assert_eq!(view.values().as_ptr(), q.as_ptr(), "borrowed, not copied");
+        assert_eq!(view.bytes(), owned.bytes());
+        assert_eq!(view.to_f32(), owned.to_f32());
+
+        let x = values(m * k, 22);
+        let mut want = vec![f32::NAN; m * n];
+        matmul(&x, m, &owned, &mut want);
+        let mut got = vec![f32::NAN; m * n];
+        matmul_view(&x, m, view, &mut got);
+        assert_eq!(got, want);
+
+        let bias = values(n, 23);
+        let xt = Tensor::<2>::from_data(TensorData::new(x, [m, k]), &Device::flex());
+        let a = linear(&xt, &owned, Some(&bias)).expect("flex f32 input");
+        let b = linear_view(&xt, view, Some(&bias)).expect("flex f32 input");
+        assert_eq!(a.into_data(), b.into_data());
+    }
+    let (q, s) = (vec![0i8; 8], vec![0f32; 4]);
+    assert!(QuantizedView::from_parts(4, 2, 3, &q, &s).is_some());
+    assert!(QuantizedView::from_parts(4, 2, 3, &q, &s[..2]).is_none());
+    assert!(QuantizedView::from_parts(4, 2, 0, &q, &s).is_none());
+    assert!(QuantizedView::from_parts(4, 3, 3, &q, &s).is_none());
 }
