@@ -199,8 +199,8 @@ mod tests {
         let device = Device::flex();
         let x = Tensor::<1>::from_floats([60000.0, -60000.0, 1.5, -2.25], &device)
             .cast(FloatDType::F16);
-        // Doubling overflows without the clamp, stays finite after it... once the clamp has
-        // left room: (limit) + 1000 is still finite.
+        // Doubling overflows to inf; clamped, it is finite again, with room left for one more
+        // addition of up to the margin.
         let clamped = clamp_f16(x.clone() * 2.0);
         let v = values(clamped.clone());
         assert!(!finite(&values(x * 2.0)));
