@@ -7,7 +7,7 @@
 //!   unmasked key of a masked softmax would poison its row. [`mask_min`] is the compute type's
 //!   own most negative finite value;
 //! * statistics over an axis: a sum of squares over a few hundred features easily passes
-//!   65504. [`rms_norm`], [`layer_norm`] and [`std`] compute them in f32 and cast the result
+//!   65504. [`rms_norm`], [`layer_norm`] and [`std_dev`] compute them in f32 and cast the result
 //!   back (burn's own `LayerNorm` and `RmsNorm` modules already do this);
 //! * T5's residual stream, whose feed-forward outputs grow past the f16 range in trained
 //!   checkpoints; [`clamp_f16`] keeps it finite, as the T5 reference does in f16.
@@ -112,7 +112,7 @@ pub fn layer_norm<const D: usize>(
 
 /// The unbiased standard deviation of `x` along `dim` (kept as an axis of size 1), with the
 /// variance of a half-precision `x` taken in f32.
-pub fn std<const D: usize>(x: Tensor<D>, dim: usize) -> Tensor<D> {
+pub fn std_dev<const D: usize>(x: Tensor<D>, dim: usize) -> Tensor<D> {
     match stats_dtype(x.dtype()) {
         None => x.var(dim).sqrt(),
         Some(wide) => {
@@ -159,7 +159,10 @@ mod tests {
             values(layer_norm(x.clone(), g, Some(b), 1e-5)),
             values(want)
         );
-        assert_eq!(values(std(x.clone(), 1)), values(x.clone().var(1).sqrt()));
+        assert_eq!(
+            values(std_dev(x.clone(), 1)),
+            values(x.clone().var(1).sqrt())
+        );
         assert_eq!(values(clamp_f16(x.clone() * 1e6)), values(x * 1e6));
     }
 
@@ -189,9 +192,9 @@ mod tests {
         let got = layer_norm(h.clone(), g.clone().cast(FloatDType::F16), None, 1e-5);
         assert_eq!(got.dtype(), DType::F16);
         close(values(got), values(layer_norm(x.clone(), g, None, 1e-5)));
-        let got = std(h.clone(), 2);
+        let got = std_dev(h.clone(), 2);
         assert_eq!(got.dtype(), DType::F16);
-        close(values(got), values(std(x, 2)));
+        close(values(got), values(std_dev(x, 2)));
     }
 
     #[test]

@@ -98,8 +98,8 @@ impl Guidance {
         }
         // [B, 1, L] unbiased standard deviations over the channels (in f32 for half-precision
         // activations).
-        let std_cond = audiox_core::half::std(v_cond, 1);
-        let std_guided = audiox_core::half::std(guided.clone(), 1);
+        let std_cond = audiox_core::half::std_dev(v_cond, 1);
+        let std_guided = audiox_core::half::std_dev(guided.clone(), 1);
         let flat = std_guided.clone().equal_elem(0.0);
         let ratio = (std_cond / std_guided).mask_fill(flat, 1.0);
         (guided.clone() * ratio).mul_scalar(self.rescale_phi)
