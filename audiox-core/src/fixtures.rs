@@ -345,7 +345,26 @@ impl Fixture {
     }
 }
 
-/// The outcome of comparing one tensor: `|got - ref| <= atol + rtol * |ref|` everywhere.
+/// The largest error a half-precision run may show under [`Criterion::Half`], as a fraction of
+/// the reference tensor's peak `|value|`.
+pub const HALF_PEAK_FRACTION: f64 = 0.05;
+
+/// How a [`Check`]'s error decides pass or fail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Criterion {
+    /// The fixture's tolerance, `|got - ref| <= atol + rtol * |ref|` everywhere: the rule for
+    /// f32 computation (the default).
+    #[default]
+    Tolerance,
+    /// The rule for a half-precision (f16, bf16) computation, whose rounding alone exceeds the
+    /// f32 tolerances: every value finite, and the largest absolute error at most
+    /// [`HALF_PEAK_FRACTION`] of the reference's peak `|value|`. Exact checks (`atol` and
+    /// `rtol` both 0: integers, masks) and shape errors keep their own outcome.
+    Half,
+}
+
+/// The outcome of comparing one tensor: `|got - ref| <= atol + rtol * |ref|` everywhere (or,
+/// once [`Check::judged`] under [`Criterion::Half`], the half-precision rule).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Check {
     /// The fixture tensor compared.
@@ -362,6 +381,10 @@ pub struct Check {
     pub rtol: f64,
     /// Set when the shapes differ.
     pub shape_error: Option<String>,
+    /// The reference tensor's largest `|value|` (the scale of [`Criterion::Half`]).
+    pub ref_peak: f64,
+    /// The rule `pass` and `worst_excess` were decided by.
+    pub criterion: Criterion,
 }
 
 impl Check {
@@ -384,6 +407,8 @@ impl Check {
                 atol,
                 rtol,
                 shape_error: Some(format!("expected shape {want_shape:?}, got {got_shape:?}")),
+                ref_peak: peak(want),
+                criterion: Criterion::Tolerance,
             };
         }
         let mut max_abs_err = 0.0f64;
@@ -402,14 +427,71 @@ impl Check {
             atol,
             rtol,
             shape_error: None,
+            ref_peak: peak(want),
+            criterion: Criterion::Tolerance,
         }
     }
+
+    /// Whether this is an exact check (`atol` and `rtol` both 0: integers, masks).
+    pub fn is_exact(&self) -> bool {
+        self.atol == 0.0 && self.rtol == 0.0
+    }
+
+    /// This check decided by `criterion` ([`Criterion::Tolerance`]: unchanged). Under
+    /// [`Criterion::Half`] a tensor passes when its largest error is finite (so is every
+    /// value: a NaN or infinite one makes the error infinite) and at most
+    /// [`HALF_PEAK_FRACTION`] of `ref_peak`; exact checks and shape errors are kept as they are.
+    pub fn judged(mut self, criterion: Criterion) -> Check {
+        if criterion == Criterion::Half && self.shape_error.is_none() && !self.is_exact() {
+            let allowed = HALF_PEAK_FRACTION * self.ref_peak;
+            self.worst_excess = if self.max_abs_err.is_finite() {
+                self.max_abs_err - allowed
+            } else {
+                f64::INFINITY
+            };
+            self.pass = self.worst_excess <= 0.0;
+            self.criterion = Criterion::Half;
+        }
+        self
+    }
+
+    /// The largest error in units of what the check's criterion allows: `max_abs_err / atol`
+    /// under [`Criterion::Tolerance`], `max_abs_err / (HALF_PEAK_FRACTION * ref_peak)` under
+    /// [`Criterion::Half`] (0 for no error, infinite for an error with nothing allowed).
+    pub fn error_ratio(&self) -> f64 {
+        let allowed = match self.criterion {
+            Criterion::Tolerance => self.atol,
+            Criterion::Half => HALF_PEAK_FRACTION * self.ref_peak,
+        };
+        if self.max_abs_err == 0.0 {
+            0.0
+        } else if allowed > 0.0 {
+            self.max_abs_err / allowed
+        } else {
+            f64::INFINITY
+        }
+    }
+}
+
+/// The largest `|value|` (0 for no value).
+fn peak(values: &[f32]) -> f64 {
+    values.iter().fold(0.0f64, |m, &v| m.max((v as f64).abs()))
 }
 
 impl std::fmt::Display for Check {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match &self.shape_error {
             Some(e) => write!(f, "{}: {e}", self.name),
+            None if self.criterion == Criterion::Half => write!(
+                f,
+                "{}: max abs err {:.3e} = {:.2} % of the reference peak {:.3e} (half: <= {} %){}",
+                self.name,
+                self.max_abs_err,
+                100.0 * self.max_abs_err / self.ref_peak,
+                self.ref_peak,
+                100.0 * HALF_PEAK_FRACTION,
+                if self.pass { "" } else { " FAIL" }
+            ),
             None => write!(
                 f,
                 "{}: max abs err {:.3e} (atol {:.0e}, rtol {:.0e}){}",
@@ -449,4 +531,43 @@ pub fn tensors_with_prefix(
         .into_iter()
         .map(|n| fx.f32(&n).map(|t| (n, t)))
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn check(got: &[f32]) -> Check {
+        Check::compare("t", &[3], &[1.0, -4.0, 2.0], &[3], got, 1e-5, 1e-4)
+    }
+
+    #[test]
+    fn half_criterion_is_five_percent_of_the_peak_and_finite() {
+        // Error 0.19 = 4.75 % of the peak 4: fails the f32 tolerance, passes the half rule.
+        let c = check(&[1.19, -4.0, 2.0]);
+        assert_eq!(c.ref_peak, 4.0);
+        assert!(!c.pass);
+        let half = c.clone().judged(Criterion::Half);
+        assert!(half.pass, "{half}");
+        assert!((half.error_ratio() - 0.19 / 0.2).abs() < 1e-6);
+        assert!(half.to_string().contains("reference peak"));
+        // The f32 rule is unchanged by judging under it.
+        assert_eq!(c.clone().judged(Criterion::Tolerance), c);
+        // 0.21 > 5 % of 4.
+        assert!(!check(&[1.21, -4.0, 2.0]).judged(Criterion::Half).pass);
+        // A value that is not finite fails whatever its size.
+        for bad in [f32::NAN, f32::INFINITY] {
+            let c = check(&[1.0, bad, 2.0]).judged(Criterion::Half);
+            assert!(!c.pass && c.worst_excess.is_infinite(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn half_criterion_keeps_exact_checks_and_shape_errors() {
+        let exact = Check::compare("ids", &[2], &[3.0, 7.0], &[2], &[3.0, 7.5], 0.0, 0.0);
+        assert!(!exact.clone().judged(Criterion::Half).pass);
+        assert_eq!(exact.clone().judged(Criterion::Half), exact);
+        let shape = Check::compare("t", &[2], &[1.0, 2.0], &[3], &[1.0, 2.0, 3.0], 1.0, 0.0);
+        assert!(!shape.judged(Criterion::Half).pass);
+    }
 }

@@ -6,6 +6,7 @@
 pub mod audio;
 pub mod config;
 pub mod error;
+pub mod half;
 pub mod limits;
 pub mod nn;
 pub mod noise;

@@ -15,7 +15,7 @@ use burn::nn::{LayerNorm, LayerNormConfig, Linear, LinearConfig};
 use burn::tensor::activation::gelu;
 use burn::tensor::{Device, Tensor};
 
-use crate::precision::{linear, widen};
+use crate::precision::{linear, weight_as};
 use crate::weights::Layout;
 
 /// Adds the rename `in_proj.{weight,bias}` -> `in_proj_{weight,bias}` used by every
@@ -80,8 +80,14 @@ impl TorchMultiheadAttention {
     /// Attention of `query` `[B, Nq, D]` over `key_value` `[B, Nk, D]` (the same tensor as key
     /// and value, as every use in this model family has it). Returns `[B, Nq, D]`.
     pub fn forward(&self, query: Tensor<3>, key_value: Tensor<3>) -> Tensor<3> {
-        let w = widen(self.in_proj.weight.val()); // [D, 3D], f32 for the products
-        let b = self.in_proj.bias.as_ref().map(|b| widen(b.val()));
+        // [D, 3D] in the activations' float type (f32 on the CPU, as before).
+        let dtype = query.dtype();
+        let w = weight_as(self.in_proj.weight.val(), dtype);
+        let b = self
+            .in_proj
+            .bias
+            .as_ref()
+            .map(|b| weight_as(b.val(), dtype));
         let [d, _] = w.dims();
         let project = |x: Tensor<3>, part: usize| {
             let wp = w.clone().narrow(1, part * d, d);

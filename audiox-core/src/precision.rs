@@ -136,6 +136,23 @@ pub fn widen<const D: usize>(w: Tensor<D>) -> Tensor<D> {
     }
 }
 
+/// The weight `w` in the float type `dtype` of the activations it multiplies, so that a
+/// product never mixes float types: returned as it is when it already is `dtype` (no copy),
+/// else [`widen`]ed to f32 and, for a 16-bit `dtype` (a GPU device computing in f16 or bf16),
+/// cast to it. With f32 activations this is [`widen`]: f32 weights are used as they are, bf16
+/// and int8 ones widened, exactly as before half-precision devices existed.
+pub fn weight_as<const D: usize>(w: Tensor<D>, dtype: DType) -> Tensor<D> {
+    if w.dtype() == dtype {
+        return w;
+    }
+    let wide = widen(w);
+    match dtype {
+        DType::F16 => wide.cast(FloatDType::F16),
+        DType::BF16 => wide.cast(FloatDType::BF16),
+        _ => wide,
+    }
+}
+
 /// bf16 -> f32 on all cores, reading the CPU backend's buffer in place (burn's cast converts
 /// one element at a time on one thread); burn's cast on other backends or layouts.
 fn widen_bf16<const D: usize>(w: Tensor<D>) -> Tensor<D> {
@@ -180,13 +197,16 @@ pub fn matmul_weight<const D: usize, const W: usize>(
     let dims = w.dims();
     let n = dims[W - 1];
     let k: usize = dims[..W - 1].iter().product();
+    // Weight and bias in the activations' float type (for f32 activations: `widen`).
+    let dtype = x.dtype();
+    let bias = bias.map(|b| weight_as(b, dtype));
     match w.dtype() {
         DType::BF16 => {
             let w: Tensor<2> = w.reshape([k, n]);
             if let Some(out) = audiox_kernels::bf16::linear(&x, &w, bias.as_ref()) {
                 return out;
             }
-            burn::tensor::module::linear(x, widen(w), bias.map(widen))
+            burn::tensor::module::linear(x, weight_as(w, dtype), bias)
         }
         DType::QFloat(scheme) => {
             let bias_values = bias.clone().map(|b| crate::tensor::to_vec(widen(b)));
@@ -200,12 +220,13 @@ pub fn matmul_weight<const D: usize, const W: usize>(
             };
             // Another backend or layout: the values and scales copied out.
             let Some(q) = quantized_weight(w.clone(), scheme, k, n) else {
-                return burn::tensor::module::linear(x, widen(w).reshape([k, n]), bias.map(widen));
+                let w = weight_as(w, dtype).reshape([k, n]);
+                return burn::tensor::module::linear(x, w, bias);
             };
             int8_product(x, q.view(), bias, bias_values.as_deref())
         }
-        // f32 (widen is then the identity) and any other float type.
-        _ => burn::tensor::module::linear(x, widen(w).reshape([k, n]), bias.map(widen)),
+        // f32 (weight_as is then the identity) and any other float type.
+        _ => burn::tensor::module::linear(x, weight_as(w, dtype).reshape([k, n]), bias),
     }
 }
 
@@ -220,9 +241,12 @@ fn int8_product<const D: usize>(
     if let Some(out) = audiox_kernels::int8::linear_view(&x, w, bias_values) {
         return out;
     }
-    let device = x.device();
-    let w = Tensor::<2>::from_data(TensorData::new(w.to_f32(), vec![w.k(), w.n()]), &device);
-    burn::tensor::module::linear(x, w, bias.map(widen))
+    let dtype = x.dtype();
+    let w = Tensor::<2>::from_data(
+        TensorData::new(w.to_f32(), vec![w.k(), w.n()]),
+        TensorCreationOptions::new(x.device()).with_dtype(DType::F32),
+    );
+    burn::tensor::module::linear(x, weight_as(w, dtype), bias)
 }
 
 /// Rows per scale block of a rank-`W` int8 weight (`None` for one scale per tensor).
@@ -640,6 +664,39 @@ mod tests {
         let held: Tensor<3> = hold(values, shape.to_vec(), WeightPrecision::Int8, &device);
         let burns = crate::tensor::to_vec(held.dequantize());
         assert_eq!(burns, back);
+    }
+
+    #[test]
+    fn weights_follow_the_activations_float_type() {
+        let device = Device::flex();
+        let w = Tensor::<2>::random([64, 48], Distribution::Normal(0.0, 1.0), &device);
+        // f32 activations: f32 weights untouched, reduced ones widened (as `widen`).
+        assert_eq!(
+            crate::tensor::to_vec(weight_as(w.clone(), DType::F32)),
+            crate::tensor::to_vec(w.clone())
+        );
+        for p in [WeightPrecision::Bf16, WeightPrecision::Int8] {
+            let held = reduce(w.clone(), p);
+            let got = weight_as(held.clone(), DType::F32);
+            assert_eq!(got.dtype(), DType::F32);
+            assert_eq!(
+                crate::tensor::to_vec(got),
+                crate::tensor::to_vec(widen(held))
+            );
+        }
+        // f16 activations: every held weight comes as f16, and the product stays f16.
+        let layer = LinearConfig::new(64, 48).init(&device);
+        let x = Tensor::<3>::random([2, 5, 64], Distribution::Default, &device);
+        let want = crate::tensor::to_vec(layer.forward(x.clone()));
+        let x16 = x.cast(FloatDType::F16);
+        for p in WeightPrecision::ALL {
+            let held = convert_module(layer.clone(), p);
+            assert_eq!(weight_as(held.weight.val(), DType::F16).dtype(), DType::F16);
+            let out = linear(&held, x16.clone());
+            assert_eq!(out.dtype(), DType::F16, "{p}");
+            let err = max_rel(&crate::tensor::to_vec(out), &want);
+            assert!(err < 2e-2, "{p}: {err}");
+        }
     }
 
     #[test]

@@ -33,6 +33,7 @@ use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde::Deserialize;
 use serde_json::Value;
 
+use audiox_core::half::clamp_f16;
 use audiox_core::nn::{heads, merge_heads};
 use audiox_core::precision::linear;
 
@@ -412,14 +413,17 @@ impl T5Attention {
 }
 
 impl T5Block {
+    /// The residual stream is clamped after each sub-layer when it is f16 (as the reference
+    /// does in f16: trained T5 feed-forwards push it past the f16 range); f32 is untouched.
     fn forward(&self, x: Tensor<3>, bias: Tensor<4>) -> Tensor<3> {
         let x = x.clone() + self.attention.forward(self.attention_norm.forward(x), bias);
+        let x = clamp_f16(x);
         let ff = &self.feed_forward;
         let y = linear(
             &ff.wo,
             relu(linear(&ff.wi, self.feed_forward_norm.forward(x.clone()))),
         );
-        x + y
+        clamp_f16(x + y)
     }
 }
 
@@ -528,11 +532,11 @@ impl T5Encoder {
         let device = ids.device();
         let embed = self.shared.forward(ids); // [B, N, D]
         let rel_bias = self.encoder.position_bias(n, &device); // [H, N, N]
-        // Padded keys: add the most negative float (as the reference), not -inf, so a row
-        // without any real key stays finite.
-        let key_bias = (mask.neg() + 1.0)
-            .mul_scalar(f32::MIN)
-            .reshape([b, 1, 1, n]);
+        // Padded keys: add the most negative finite value of the compute type (as the
+        // reference), not -inf, so a row without any real key stays finite (and a real key's
+        // `0 * min` stays 0: `f32::MIN` would be -inf in f16).
+        let min = audiox_core::half::mask_min(mask.dtype());
+        let key_bias = (mask.neg() + 1.0).mul_scalar(min).reshape([b, 1, 1, n]);
         let bias = rel_bias.clone().unsqueeze::<4>() + key_bias; // [B, H, N, N]
 
         let mut x = embed.clone();

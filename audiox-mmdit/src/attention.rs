@@ -15,7 +15,7 @@ use burn::nn::{Linear, LinearConfig};
 use burn::tensor::{Device, Tensor};
 
 use audiox_core::nn::{merge_heads, sdpa};
-use audiox_core::precision::{held_precision, linear, reduce, widen};
+use audiox_core::precision::{held_precision, linear, reduce, weight_as, widen};
 use audiox_core::weights::{Layout, Source, Transform};
 
 use crate::rope::RotaryTable;
@@ -59,10 +59,10 @@ pub(crate) fn to_interleaved(packed: Tensor<3>, parts: usize) -> Tensor<3> {
         .reshape([b, n, width])
 }
 
-/// Weightless RMS normalisation over the last axis: `x / sqrt(mean(x^2) + eps)`.
+/// Weightless RMS normalisation over the last axis: `x / sqrt(mean(x^2) + eps)` (the mean of
+/// squares in f32 for half-precision activations, [`audiox_core::half::rms_norm`]).
 pub(crate) fn rms_norm<const D: usize>(x: Tensor<D>, eps: f64) -> Tensor<D> {
-    let ms = x.clone().square().mean_dim(D - 1);
-    x / ms.add_scalar(eps).sqrt()
+    audiox_core::half::rms_norm(x, eps)
 }
 
 /// Configuration of a [`SelfAttention`] and a [`TimeCrossAttention`].
@@ -196,7 +196,8 @@ impl TimeCrossAttention {
         // context token gets softmax weight exactly 1, so the result is RMS(k) itself.
         let [b, e] = time.dims();
         let hd = e / self.heads;
-        let key_weight = widen(self.to_kv.weight.val()).narrow(1, 0, e); // [E, E], no copy in f32
+        // [E, E] in the time token's float type (no copy when it already is).
+        let key_weight = weight_as(self.to_kv.weight.val(), time.dtype()).narrow(1, 0, e);
         let key = time.matmul(key_weight).reshape([b, 1, self.heads, hd]);
         rms_norm(key, QK_NORM_EPS).reshape([b, 1, e])
     }

@@ -13,7 +13,6 @@
 use burn::config::Config;
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
-use burn::tensor::module::layer_norm;
 use burn::tensor::{Device, Tensor};
 
 use audiox_core::Result;
@@ -135,7 +134,7 @@ impl BlockModulation {
 fn layer_norm_plain(x: Tensor<3>) -> Tensor<3> {
     let [_, _, e] = x.dims();
     let ones = Tensor::ones([e], &x.device());
-    layer_norm(x, ones, None, NORM_EPS)
+    audiox_core::half::layer_norm(x, ones, None, NORM_EPS)
 }
 
 impl DitBlock {

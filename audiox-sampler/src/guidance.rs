@@ -96,9 +96,10 @@ impl Guidance {
         if self.rescale_phi == 0.0 {
             return guided;
         }
-        // [B, 1, L] unbiased standard deviations over the channels.
-        let std_cond = v_cond.var(1).sqrt();
-        let std_guided = guided.clone().var(1).sqrt();
+        // [B, 1, L] unbiased standard deviations over the channels (in f32 for half-precision
+        // activations).
+        let std_cond = audiox_core::half::std_dev(v_cond, 1);
+        let std_guided = audiox_core::half::std_dev(guided.clone(), 1);
         let flat = std_guided.clone().equal_elem(0.0);
         let ratio = (std_cond / std_guided).mask_fill(flat, 1.0);
         (guided.clone() * ratio).mul_scalar(self.rescale_phi)

@@ -7,7 +7,7 @@ use std::collections::BTreeMap;
 use burn::tensor::{Device, Tensor};
 
 use audiox_core::audio::Audio;
-use audiox_core::fixtures::{Check, Fixture, FixtureSet};
+use audiox_core::fixtures::{Check, Criterion, Fixture, FixtureSet};
 use audiox_core::noise::{NoiseSource, ReplayNoise, labels};
 use audiox_core::tensor::{from_dyn, to_vec};
 use audiox_core::weights::{Component, StateDict, WeightSource, resolve_official_keys};
@@ -26,8 +26,8 @@ pub enum Outcome {
     Pass {
         /// Number of tensors compared.
         compared: usize,
-        /// The check with the largest error in units of its absolute tolerance
-        /// (`max_abs_err / atol`), for reporting margins.
+        /// The check with the largest error in units of what its criterion allows
+        /// ([`Check::error_ratio`]: `max_abs_err / atol` for f32), for reporting margins.
         closest: Check,
     },
     /// At least one tensor is out of tolerance; the worst one.
@@ -46,21 +46,13 @@ pub enum Outcome {
 }
 
 impl Outcome {
-    fn from_checks(checks: Vec<Check>) -> Self {
+    /// The outcome of `checks`, each decided by `criterion` ([`Check::judged`]).
+    pub fn from_checks(checks: Vec<Check>, criterion: Criterion) -> Self {
+        let checks: Vec<Check> = checks.into_iter().map(|c| c.judged(criterion)).collect();
         let by_excess = |a: &&Check, b: &&Check| a.worst_excess.total_cmp(&b.worst_excess);
-        // Error in units of the absolute tolerance (exact integer checks have atol 0).
-        let in_atol = |c: &Check| {
-            if c.max_abs_err == 0.0 {
-                0.0
-            } else if c.atol > 0.0 {
-                c.max_abs_err / c.atol
-            } else {
-                f64::INFINITY
-            }
-        };
         let Some(closest) = checks
             .iter()
-            .max_by(|a, b| in_atol(a).total_cmp(&in_atol(b)))
+            .max_by(|a, b| a.error_ratio().total_cmp(&b.error_ratio()))
         else {
             return Outcome::Error("no tensor was compared".into());
         };
@@ -211,11 +203,14 @@ fn check_teacher_rf_cfg(fx: &Fixture, device: &Device) -> Result<Vec<Check>> {
     Ok(checks)
 }
 
-/// Runs one entry of the set's index. Bundle requests are reported by [`run_bundle`].
-pub fn run_fixture(set: &FixtureSet, name: &str, device: &Device) -> Outcome {
+/// Runs one entry of the set's index on `device`, its tensors decided by `criterion`
+/// ([`Criterion::Half`] for a device computing in f16 or bf16). Bundle requests are reported by
+/// [`run_bundle`]. `ckpt_formats` computes nothing on the device (container decoding on the
+/// host) and keeps its own rule.
+pub fn run_fixture(set: &FixtureSet, name: &str, device: &Device, criterion: Criterion) -> Outcome {
     if name == "ckpt_formats" {
         return match check_ckpt_formats(set) {
-            Ok(checks) => Outcome::from_checks(checks),
+            Ok(checks) => Outcome::from_checks(checks, Criterion::Tolerance),
             Err(e) => Outcome::Error(e.to_string()),
         };
     }
@@ -223,7 +218,7 @@ pub fn run_fixture(set: &FixtureSet, name: &str, device: &Device) -> Outcome {
         return Outcome::NotImplemented;
     };
     match set.fixture(name).and_then(|fx| checker(&fx, device)) {
-        Ok(checks) => Outcome::from_checks(checks),
+        Ok(checks) => Outcome::from_checks(checks, criterion),
         Err(e) => Outcome::Error(e.to_string()),
     }
 }
@@ -232,8 +227,12 @@ pub fn run_fixture(set: &FixtureSet, name: &str, device: &Device) -> Outcome {
 /// loaded through the public builder, each request is run through [`AudioX::generate`] with
 /// its recorded random draws injected through a [`ReplayNoise`], and every recorded output is
 /// compared (tokens, condition streams, fused context, Synchformer features, latent, decoded
-/// and post-processed audio).
-pub fn run_bundle(set: &FixtureSet, device: &Device) -> Vec<(String, Outcome)> {
+/// and post-processed audio), each decided by `criterion` (see [`run_fixture`]).
+pub fn run_bundle(
+    set: &FixtureSet,
+    device: &Device,
+    criterion: Criterion,
+) -> Vec<(String, Outcome)> {
     let Some(requests) = set
         .entry("bundle")
         .and_then(|b| b.get("requests"))
@@ -251,7 +250,7 @@ pub fn run_bundle(set: &FixtureSet, device: &Device) -> Vec<(String, Outcome)> {
             let outcome = match &model {
                 Err(e) => Outcome::Error(format!("loading the bundle: {e}")),
                 Ok(model) => match check_bundle_request(set, r, model) {
-                    Ok(checks) => Outcome::from_checks(checks),
+                    Ok(checks) => Outcome::from_checks(checks, criterion),
                     Err(e) => Outcome::Error(e.to_string()),
                 },
             };
@@ -484,6 +483,9 @@ pub fn check_ckpt_formats(set: &FixtureSet) -> Result<Vec<Check>> {
             atol: 1e-7,
             rtol: 0.0,
             shape_error: (!problems.is_empty()).then(|| problems.join("; ")),
+            // The error is relative to each sum already.
+            ref_peak: 1.0,
+            criterion: Criterion::Tolerance,
         });
     }
     Ok(checks)

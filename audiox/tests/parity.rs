@@ -3,7 +3,7 @@
 
 use audiox::ModelConfig;
 use audiox::parity::{Outcome, run_bundle, run_fixture};
-use audiox_core::fixtures::{FixtureSet, assert_all_pass};
+use audiox_core::fixtures::{Criterion, FixtureSet, assert_all_pass};
 use audiox_encoders::parity::conditioner::{BUNDLE_REQUESTS, check_bundle_conditioners};
 use burn::tensor::Device;
 
@@ -15,9 +15,12 @@ fn every_implemented_fixture_passes() {
     let mut passed = 0;
     for name in set.names() {
         let outcomes = if name == "bundle" {
-            run_bundle(&set, &device)
+            run_bundle(&set, &device, Criterion::Tolerance)
         } else {
-            vec![(name.clone(), run_fixture(&set, &name, &device))]
+            vec![(
+                name.clone(),
+                run_fixture(&set, &name, &device, Criterion::Tolerance),
+            )]
         };
         for (name, outcome) in outcomes {
             match &outcome {
