@@ -414,11 +414,13 @@ fn the_log_floor_ignores_differences_far_below_the_target() {
         multi_resolution_stft_loss(&bases, t(pred), t(&target), floor).into_scalar::<f32>()
     };
     // Without a floor the faint noise costs far more than its energy (log of near-zero bins);
-    // with a -60 dB floor it costs almost nothing, while a real error still counts.
+    // with a -60 dB floor (added to both magnitudes, so the noise 10 dB under it still costs a
+    // little: ~0.04 against ~0.68) it costs an order of magnitude less, while a real error
+    // still counts.
     let unfloored = loss(&faint, None);
     let floored = loss(&faint, Some(1e-3));
     assert!(unfloored > 0.5, "{unfloored}");
-    assert!(floored < 0.05 * unfloored, "{floored} vs {unfloored}");
+    assert!(floored < 0.1 * unfloored, "{floored} vs {unfloored}");
     let half: Vec<f32> = target.iter().map(|x| x * 0.5).collect();
     assert!(
         loss(&half, Some(1e-3)) > 0.3,

@@ -63,9 +63,10 @@ pub const SC_FLOOR_DBFS: f64 = -60.0;
 /// over resolutions. `x` (prediction) and `y` (target) are `[B, C, T]`; channels are treated
 /// as separate signals.
 ///
-/// With `log_floor` (an amplitude ratio, e.g. `1e-3` for -60 dB), both magnitudes are raised
-/// to at least `log_floor` times the target's loudest bin (per signal and resolution) before
-/// the logarithm. Without it, bins where the target is digital silence (the procedural corpus
+/// With `log_floor` (an amplitude ratio, e.g. `1e-3` for -60 dB), `log_floor` times the
+/// target's loudest bin (per signal and resolution) is added to both magnitudes before the
+/// logarithm (added rather than taken as a maximum, so that a prediction below the floor still
+/// gets a gradient). Without it, bins where the target is digital silence (the procedural corpus
 /// has exact zeros between events) weigh as much as the events: any leakage there costs
 /// several nepers, and the cheapest fit is to output near-silence everywhere.
 pub fn multi_resolution_stft_loss(
@@ -102,7 +103,10 @@ pub fn multi_resolution_stft_loss(
                     .mul_scalar(ratio)
                     .detach()
                     .expand(dims);
-                (sx.max_pair(floor.clone()), sy.max_pair(floor))
+                // Added, not taken as a maximum: under a `max` a prediction below the floor
+                // gets no log-magnitude gradient at all, and a collapsed (silent) decoder then
+                // has only the spectral-convergence and L1 terms to leave silence with.
+                (sx + floor.clone(), sy + floor)
             }
             None => (sx, sy),
         };
