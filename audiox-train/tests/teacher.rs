@@ -286,6 +286,94 @@ fn the_teacher_refuses_to_start_before_the_vae_is_trained() {
 }
 
 #[test]
+fn a_vae_trained_in_another_run_is_imported_and_the_teacher_starts_on_it() {
+    use audiox_train::train::vae::{import_vae, vae_export_path, vae_ready};
+    one_thread();
+    let run = tiny_run();
+    let device = device();
+    // Run A trains its VAE (1 step) and exports it.
+    let a = tempfile::tempdir().unwrap();
+    let run_a = RunDir::open(a.path(), run.clone()).unwrap();
+    let vae = VaeStage::new(run_a.config(), &device).unwrap();
+    let trained = train_stage(&vae, &run_a, &device, Stop::never(), &mut |_| {}).unwrap();
+    let source = export_vae(&trained.model, &run, &a.path().join("export")).unwrap();
+
+    // Run B imports it: no VAE checkpoint of its own, and the teacher starts.
+    let b = tempfile::tempdir().unwrap();
+    let run_b = RunDir::open(b.path(), run.clone()).unwrap();
+    assert!(vae_ready(&run_b).unwrap().is_none());
+    let frozen = Device::flex();
+    let imported = import_vae(&run_b, &source, &frozen).unwrap();
+    assert_eq!(imported, vae_export_path(&run_b));
+    let tensors = |path: &Path| {
+        let bytes = std::fs::read(path).unwrap();
+        let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let mut named: Vec<(String, Vec<usize>, Vec<u8>)> = file
+            .tensors()
+            .into_iter()
+            .map(|(name, view)| (name, view.shape().to_vec(), view.data().to_vec()))
+            .collect();
+        named.sort();
+        named
+    };
+    let (ours, theirs) = (tensors(&imported), tensors(&source));
+    assert!(!ours.is_empty());
+    assert!(
+        ours == theirs,
+        "the import re-exports the same tensors, bit for bit"
+    );
+    let how = vae_ready(&run_b).unwrap().unwrap();
+    assert!(how.contains("imported"), "{how}");
+    let stage = TeacherStage::new(&run_b, &device).unwrap();
+    let out = train_stage(&stage, &run_b, &device, Stop::after_steps(1), &mut |_| {}).unwrap();
+    assert_eq!(out.step, 1);
+
+    // Refused: a run that trains its own VAE (A has a checkpoint), and a run whose teacher
+    // has started (B now has one).
+    let err = import_vae(&run_a, &source, &frozen)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("vae checkpoint"), "{err}");
+    let err = import_vae(&run_b, &source, &frozen)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("teacher checkpoint"), "{err}");
+
+    // Refused: a VAE of other sizes (half the latent channels), named by its file.
+    let mut other = run.clone();
+    let pre = &mut other.model["model"]["pretransform"]["config"];
+    pre["encoder"]["config"]["channels"] = json!(4);
+    pre["decoder"]["config"]["channels"] = json!(4);
+    let c = tempfile::tempdir().unwrap();
+    let run_c = RunDir::open(c.path(), other.clone()).unwrap();
+    let vae_c = VaeStage::new(run_c.config(), &device).unwrap();
+    let trained_c = train_stage(&vae_c, &run_c, &device, Stop::never(), &mut |_| {}).unwrap();
+    let wrong = export_vae(&trained_c.model, &other, &c.path().join("export")).unwrap();
+    let d = tempfile::tempdir().unwrap();
+    let run_d = RunDir::open(d.path(), run.clone()).unwrap();
+    let err = import_vae(&run_d, &wrong, &frozen).unwrap_err().to_string();
+    assert!(
+        err.contains("shape") || err.contains("vae.safetensors"),
+        "{err}"
+    );
+    assert!(
+        vae_ready(&run_d).unwrap().is_none(),
+        "a refused import leaves no VAE"
+    );
+
+    // An export replaced after the import is noticed.
+    let e = tempfile::tempdir().unwrap();
+    let run_e = RunDir::open(e.path(), run.clone()).unwrap();
+    import_vae(&run_e, &source, &frozen).unwrap();
+    std::fs::copy(&wrong, vae_export_path(&run_e)).unwrap();
+    let err = TeacherStage::new(&run_e, &device)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("SHA-256"), "{err}");
+}
+
+#[test]
 fn teacher_settings_that_contradict_the_model_are_refused() {
     let mut run = tiny_run();
     run.teacher.t5["d_model"] = json!(8);

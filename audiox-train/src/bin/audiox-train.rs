@@ -9,7 +9,8 @@
 //! built-in demo configuration, and writes `run.json`; running the same command again resumes
 //! from the newest checkpoint of each stage (a different `--config` is refused). `--max-steps`
 //! and `--max-minutes` stop early, with a checkpoint, for runs split over several sessions.
-//! `--print-config` prints the demo configuration to start from.
+//! `--print-config` prints the demo configuration to start from. `--import-vae FILE` gives a
+//! new run a VAE trained elsewhere (an earlier run's export) in place of its vae stage.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -53,6 +54,11 @@ struct Args {
     /// Print a progress line every this many steps.
     #[arg(long, default_value_t = 10)]
     log_every: u64,
+    /// Use this trained VAE (the `pretransform/vae.safetensors` of an earlier run's export, at
+    /// the run's VAE sizes) instead of training one: the vae stage is skipped. Only on a run
+    /// whose vae and teacher stages have no checkpoint.
+    #[arg(long, value_name = "FILE")]
+    import_vae: Option<PathBuf>,
     /// Print the demo run configuration as JSON and exit.
     #[arg(long)]
     print_config: bool,
@@ -102,6 +108,14 @@ fn run(args: Args) -> Result<(), TrainError> {
         })?,
         (None, false) => RunDir::open(&out, RunConfig::demo())?,
     };
+    if let Some(source) = &args.import_vae {
+        let file = audiox_train::train::vae::import_vae(
+            &run,
+            source,
+            &audiox_train::train::teacher::inner_device(&device),
+        )?;
+        println!("vae: imported {} as {}", source.display(), file.display());
+    }
     let stages: &[&str] = match args.stage.as_str() {
         "all" => &["vae", "teacher", "student"],
         "vae" => &["vae"],
@@ -150,6 +164,11 @@ fn run(args: Args) -> Result<(), TrainError> {
     for &stage in stages {
         match stage {
             "vae" => {
+                if audiox_train::train::vae::imported_marker(&run).exists() {
+                    let how = audiox_train::train::vae::vae_ready(&run)?.unwrap_or_default();
+                    println!("vae: {how}; not trained in this run");
+                    continue;
+                }
                 let vae = VaeStage::new(run.config(), &device)?;
                 let total = run.config().vae.optim.steps;
                 let mut progress = progress_line("vae", total);

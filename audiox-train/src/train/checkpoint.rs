@@ -52,7 +52,7 @@ fn write_synced(path: &Path, bytes: &[u8]) -> TrainResult<()> {
     f.sync_all().map_err(|e| TrainError::io(path, e))
 }
 
-fn sha256(bytes: &[u8]) -> String {
+pub(crate) fn sha256(bytes: &[u8]) -> String {
     Sha256::digest(bytes)
         .iter()
         .map(|b| format!("{b:02x}"))

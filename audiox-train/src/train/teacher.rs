@@ -361,7 +361,7 @@ pub fn tokenizer(run: &RunConfig) -> TrainResult<T5Tokenizer> {
 
 /// The VAE export of a run (`export/pretransform/vae.safetensors`), loaded on `device`.
 pub fn load_trained_vae(run: &RunDir, device: &Device) -> TrainResult<Vae> {
-    let path = vae_export_path(run.root());
+    let path = super::vae::vae_export_path(run);
     if !path.exists() {
         return Err(TrainError::config(
             "teacher",
@@ -374,12 +374,6 @@ pub fn load_trained_vae(run: &RunDir, device: &Device) -> TrainResult<Vae> {
     let dict = StateDict::open(&path)?;
     let config = super::vae::vae_config(&run.config().model_config()?);
     Ok(Vae::load(&config, &[WeightSource::new(&dict)], device)?.0)
-}
-
-fn vae_export_path(root: &Path) -> PathBuf {
-    root.join("export")
-        .join("pretransform")
-        .join("vae.safetensors")
 }
 
 /// The device `device` wraps when it has autodiff (itself otherwise): where frozen modules
@@ -406,16 +400,17 @@ impl TeacherStage {
     pub fn new(run: &RunDir, device: &Device) -> TrainResult<Self> {
         let config = run.config().clone();
         config.validate()?;
-        let vae_steps = Checkpoints::new(&run.stage_dir(StageName::Vae))
-            .steps()?
-            .last()
-            .copied()
-            .unwrap_or(0);
-        if vae_steps < config.vae.optim.steps {
+        if super::vae::vae_ready(run)?.is_none() {
+            let vae_steps = Checkpoints::new(&run.stage_dir(StageName::Vae))
+                .steps()?
+                .last()
+                .copied()
+                .unwrap_or(0);
             return Err(TrainError::config(
                 "teacher",
                 format!(
-                    "the vae stage is at step {vae_steps} of {}: finish it first (--stage vae)",
+                    "the vae stage is at step {vae_steps} of {}: finish it first (--stage vae) \
+                     or import a trained VAE (--import-vae)",
                     config.vae.optim.steps
                 ),
             ));

@@ -24,13 +24,14 @@ use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{Rng, SeedableRng};
 
-use audiox_core::weights::{Transform, param_specs};
+use audiox_core::weights::{Component, StateDict, Transform, WeightSource, param_specs};
 use audiox_vae::{Vae, VaeConfig};
 
+use super::checkpoint::Checkpoints;
 use super::error::{TrainError, TrainResult};
 use super::flow::normals;
 use super::init::random_init;
-use super::run::{LoopSettings, RunConfig, StageName, VaeStageConfig};
+use super::run::{LoopSettings, RunConfig, RunDir, StageName, VaeStageConfig};
 use super::stage::{Stage, StepLoss};
 use super::stft::{StftBasis, multi_resolution_stft_loss};
 use crate::corpus::Corpus;
@@ -242,6 +243,110 @@ pub fn export_vae(vae: &Vae, run: &RunConfig, out: &Path) -> TrainResult<PathBuf
         .map_err(|e| TrainError::config("model", e.to_string()))?;
     super::checkpoint::write_atomic(&out.join("config.json"), config.as_bytes())?;
     Ok(path)
+}
+
+/// Where a run records that its VAE was imported rather than trained: `vae/imported.json`.
+pub fn imported_marker(run: &RunDir) -> PathBuf {
+    run.stage_dir(StageName::Vae).join("imported.json")
+}
+
+/// Where a run's VAE export lives: `export/pretransform/vae.safetensors`.
+pub fn vae_export_path(run: &RunDir) -> PathBuf {
+    run.root()
+        .join("export")
+        .join("pretransform")
+        .join("vae.safetensors")
+}
+
+/// What [`imported_marker`] holds.
+#[derive(Debug, serde::Serialize, serde::Deserialize)]
+struct ImportRecord {
+    /// The file the VAE was read from, as given.
+    source: String,
+    /// SHA-256 of the export written from it (`export/pretransform/vae.safetensors`).
+    export_sha256: String,
+}
+
+/// Imports a trained VAE into `run` in place of its VAE stage: `source` is a `vae.safetensors`
+/// of an earlier run's export (or any file in the layout `audiox convert` writes) whose sizes
+/// are those of the run's `pretransform` section. It is loaded as the model builder loads it
+/// (every tensor the VAE needs, with its shape) and must hold nothing else (a surplus tensor
+/// means another model's file), then re-exported to the run's
+/// `export/` and recorded in `vae/imported.json`; the teacher stage then starts on it as on a
+/// VAE the run trained. This is how a run continues on a VAE trained elsewhere, e.g. in an
+/// earlier session whose run folder is gone.
+///
+/// Refused when the run's VAE stage has checkpoints of its own (it trains its VAE) or its
+/// teacher stage has started (the teacher's latents come from the VAE it started on).
+pub fn import_vae(run: &RunDir, source: &Path, device: &Device) -> TrainResult<PathBuf> {
+    for stage in [StageName::Vae, StageName::Teacher] {
+        if let Some(step) = Checkpoints::new(&run.stage_dir(stage)).steps()?.last() {
+            return Err(TrainError::config(
+                "--import-vae",
+                format!(
+                    "{} has a {} checkpoint at step {step}: import into a new run folder",
+                    run.root().display(),
+                    stage.as_str()
+                ),
+            ));
+        }
+    }
+    let dict = StateDict::open(source)?;
+    let config = vae_config(&run.config().model_config()?);
+    let (vae, report) = Vae::load(&config, &[WeightSource::new(&dict)], device)?;
+    if let Some((_, key)) = report.unused.first() {
+        return Err(TrainError::checkpoint(
+            source,
+            format!(
+                "holds {} tensor(s) the run's VAE does not have (first: `{key}`): not a VAE of \
+                 this run's sizes",
+                report.unused.len()
+            ),
+        ));
+    }
+    let export = export_vae(&vae, run.config(), &run.root().join("export"))?;
+    let bytes = std::fs::read(&export).map_err(|e| TrainError::io(&export, e))?;
+    let record = ImportRecord {
+        source: source.display().to_string(),
+        export_sha256: super::checkpoint::sha256(&bytes),
+    };
+    let marker = imported_marker(run);
+    let text = serde_json::to_string_pretty(&record)
+        .map_err(|e| TrainError::config("--import-vae", e.to_string()))?;
+    super::checkpoint::write_atomic(&marker, text.as_bytes())?;
+    Ok(export)
+}
+
+/// Whether `run` has a VAE for the later stages, and where it came from: `Some(description)`
+/// when its VAE stage has finished or a VAE was imported (and the export is still the file
+/// imported), `None` otherwise.
+pub fn vae_ready(run: &RunDir) -> TrainResult<Option<String>> {
+    let marker = imported_marker(run);
+    if marker.exists() {
+        let text = std::fs::read_to_string(&marker).map_err(|e| TrainError::io(&marker, e))?;
+        let record: ImportRecord = serde_json::from_str(&text)
+            .map_err(|e| TrainError::checkpoint(&marker, format!("unreadable: {e}")))?;
+        let export = vae_export_path(run);
+        let bytes = std::fs::read(&export).map_err(|e| TrainError::io(&export, e))?;
+        if super::checkpoint::sha256(&bytes) != record.export_sha256 {
+            return Err(TrainError::checkpoint(
+                &export,
+                format!(
+                    "is not the VAE imported from {} (SHA-256 differs from {})",
+                    record.source,
+                    marker.display()
+                ),
+            ));
+        }
+        return Ok(Some(format!("imported from {}", record.source)));
+    }
+    let steps = run.config().vae.optim.steps;
+    let trained = Checkpoints::new(&run.stage_dir(StageName::Vae))
+        .steps()?
+        .last()
+        .copied()
+        .unwrap_or(0);
+    Ok((trained >= steps).then(|| format!("trained here ({trained} steps)")))
 }
 
 /// The STFT loss's log-magnitude floor as an amplitude ratio (`-60` dB -> `1e-3`).
