@@ -1,5 +1,6 @@
 //! Reconstruction quality of a trained VAE (an `audiox-train` export folder) on held-out
-//! corpus clips: median SNR and the instruction-following metric on the reconstructions.
+//! corpus clips: median SNR, level and correlation, and the instruction-following metric on the
+//! reconstructions.
 //!
 //! ```text
 //! cargo run --release -p audiox-train --features train --example vae_eval -- runs/demo/export [COUNT] [WAV_DIR]
@@ -58,8 +59,9 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let report = reconstruction_report(&corpus, count, &mut reconstruct_and_write)?;
     println!(
-        "{} held-out clips, median SNR {:.1} dB",
-        report.clips, report.median_snr_db
+        "{} held-out clips, median SNR {:.1} dB, median level {:.1} dB of the original's, \
+         median correlation {:.3}",
+        report.clips, report.median_snr_db, report.median_level_db, report.median_correlation
     );
     println!("| audio | clips | count | order | onset | pitch |");
     println!("|---|---|---|---|---|---|");

@@ -358,7 +358,24 @@ fn the_reconstruction_report_scores_identity_and_silence_apart() {
     let same = reconstruction_report(&corpus, n, &mut |x| Ok(x.to_vec())).unwrap();
     assert_eq!(same.clips, n);
     assert_eq!(same.median_snr_db, 100.0);
+    assert!(
+        same.median_level_db.abs() < 1e-9,
+        "{}",
+        same.median_level_db
+    );
+    assert!((same.median_correlation - 1.0).abs() < 1e-9);
     assert_eq!(same.reconstructed, same.original);
+    // Half the level, inverted: -6 dB and correlation -1.
+    let inverted = reconstruction_report(&corpus, n, &mut |x| {
+        Ok(x.iter().map(|v| -0.5 * v).collect())
+    })
+    .unwrap();
+    assert!(
+        (inverted.median_level_db + 6.0206).abs() < 1e-3,
+        "{}",
+        inverted.median_level_db
+    );
+    assert!((inverted.median_correlation + 1.0).abs() < 1e-9);
     let silent = reconstruction_report(&corpus, n, &mut |x| Ok(vec![0.0; x.len()])).unwrap();
     assert!(
         silent.median_snr_db.abs() < 1e-9,
@@ -366,6 +383,7 @@ fn the_reconstruction_report_scores_identity_and_silence_apart() {
         silent.median_snr_db
     );
     assert_eq!(silent.reconstructed.event_count_accuracy, 0.0);
+    assert!(silent.median_level_db < -200.0 && silent.median_correlation == 0.0);
 
     // The VAE reconstructor keeps the clip's length (the tiny VAE of an exported run).
     let run = tiny_run();
@@ -455,4 +473,42 @@ fn the_stft_loss_stays_bounded_on_a_silent_target() {
         // Silence is still the best answer to silence.
         assert!(loss(vec![0.0; len], floor) < 1e-3);
     }
+}
+
+#[test]
+fn the_posterior_noise_ramps_in_over_its_warm_up() {
+    use audiox_train::train::Stage;
+    one_thread();
+    let device = device();
+    // The l1 term of step `step` computed by hand from the posterior mean plus `scale` times
+    // the stage's noise draw is what the stage logs.
+    let l1_of = |warmup: Option<u64>, step: u64| {
+        let mut run = tiny_run();
+        run.vae.posterior_noise_warmup = warmup;
+        let stage = VaeStage::new(&run, &device).unwrap();
+        let model = stage.init_model(&device).unwrap();
+        let logged = stage.loss(&model, step, &device).unwrap().terms["l1"];
+        let (audio, dims) = stage.step_batch(step);
+        let x = Tensor::<3>::from_data(TensorData::new(audio, dims), &device);
+        let mean = model.posterior(x.clone()).unwrap().mean;
+        let by_mean = (model.decode(mean).unwrap() - x).abs().mean();
+        (logged, by_mean.into_scalar::<f32>() as f64)
+    };
+    // Step 0 of a warm-up: the decoder sees the posterior mean exactly.
+    let (logged, by_mean) = l1_of(Some(10), 0);
+    assert!(
+        (logged - by_mean).abs() <= 1e-6 * by_mean.abs(),
+        "{logged} vs {by_mean}"
+    );
+    // Without a warm-up (and after one), the noise is there: the l1 term differs.
+    let (logged, by_mean) = l1_of(None, 0);
+    assert!(
+        (logged - by_mean).abs() > 1e-6 * by_mean.abs(),
+        "{logged} vs {by_mean}"
+    );
+    let (logged, by_mean) = l1_of(Some(2), 3);
+    assert!(
+        (logged - by_mean).abs() > 1e-6 * by_mean.abs(),
+        "{logged} vs {by_mean}"
+    );
 }

@@ -17,6 +17,12 @@ pub struct ReconstructionReport {
     pub clips: usize,
     /// Median signal-to-noise ratio of the reconstructions in dB (capped at 100 dB).
     pub median_snr_db: f64,
+    /// Median level of the reconstructions relative to the originals, in dB (RMS over RMS): a
+    /// decoder that collapsed towards silence shows tens of dB below 0.
+    pub median_level_db: f64,
+    /// Median correlation coefficient between reconstruction and original: near 0 when the
+    /// output does not follow the input (a decoder that ignores its latent).
+    pub median_correlation: f64,
     /// The metric on the reconstructions, scored against each clip's caption.
     pub reconstructed: Report,
     /// The metric on the original clips (the detector's ceiling on the same clips).
@@ -32,6 +38,7 @@ pub fn reconstruction_report(
 ) -> TrainResult<ReconstructionReport> {
     let cfg = DetectorConfig::default();
     let mut snrs = Vec::with_capacity(n);
+    let (mut levels, mut correlations) = (Vec::with_capacity(n), Vec::with_capacity(n));
     let (mut rec_scores, mut ref_scores) = (Vec::new(), Vec::new());
     for (i, scene) in corpus.held_out_scenes(n).iter().enumerate() {
         let clip = corpus.held_out_clip(scene, i as u64);
@@ -47,6 +54,9 @@ pub fn reconstruction_report(
             .map(|(&x, &y)| (x as f64 - y as f64).powi(2))
             .sum();
         snrs.push((10.0 * (signal / noise.max(1e-30)).log10()).min(100.0));
+        let output: f64 = out[..len].iter().map(|&y| (y as f64).powi(2)).sum();
+        levels.push(10.0 * (output.max(1e-30) / signal.max(1e-30)).log10());
+        correlations.push(correlation(&clip.samples[..len], &out[..len]));
         rec_scores.push(score_clip(
             scene,
             &detect_events(&out, clip.sample_rate, &cfg),
@@ -58,13 +68,42 @@ pub fn reconstruction_report(
             &cfg,
         ));
     }
-    snrs.sort_by(f64::total_cmp);
     Ok(ReconstructionReport {
         clips: snrs.len(),
-        median_snr_db: snrs.get(snrs.len() / 2).copied().unwrap_or(f64::NAN),
+        median_snr_db: median(snrs),
+        median_level_db: median(levels),
+        median_correlation: median(correlations),
         reconstructed: Report::from_scores(&rec_scores),
         original: Report::from_scores(&ref_scores),
     })
+}
+
+/// The median of `v` (NaN when empty).
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    v.get(v.len() / 2).copied().unwrap_or(f64::NAN)
+}
+
+/// Pearson's correlation coefficient of `a` and `b` (0 when either is constant).
+fn correlation(a: &[f32], b: &[f32]) -> f64 {
+    let n = a.len().min(b.len()) as f64;
+    if n == 0.0 {
+        return 0.0;
+    }
+    let mean = |v: &[f32]| v.iter().map(|&x| x as f64).sum::<f64>() / n;
+    let (ma, mb) = (mean(a), mean(b));
+    let (mut ab, mut aa, mut bb) = (0.0, 0.0, 0.0);
+    for (&x, &y) in a.iter().zip(b) {
+        let (x, y) = (x as f64 - ma, y as f64 - mb);
+        ab += x * y;
+        aa += x * x;
+        bb += y * y;
+    }
+    if aa == 0.0 || bb == 0.0 {
+        0.0
+    } else {
+        ab / (aa * bb).sqrt()
+    }
 }
 
 /// A reconstruction through `vae` on `device`: the mono clip copied to every input channel,

@@ -147,6 +147,13 @@ pub struct VaeStageConfig {
     /// `stft::multi_resolution_stft_loss`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_floor_db: Option<f64>,
+    /// Steps over which the posterior noise the decoder sees ramps linearly from none (the
+    /// decoder reconstructs the posterior mean) to its full scale (`None`: full from the first
+    /// step, as the first demo runs did). At initialisation the encoder's posterior mean is
+    /// tiny (RMS ~7e-3 at the demo sizes) and its standard deviation `softplus(0) = 0.69`, so a
+    /// sampled latent is almost pure noise; a decoder trained on it learns to ignore its input.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub posterior_noise_warmup: Option<u64>,
 }
 
 /// The DMD student stage (see [`super::dmd`]): the 4-step student distilled from the teacher
@@ -321,6 +328,7 @@ impl RunConfig {
                 l1_weight: 1.0,
                 kl_weight: 1e-4,
                 log_floor_db: Some(-60.0),
+                posterior_noise_warmup: Some(500),
             },
             teacher: TeacherStageConfig {
                 optim: LoopSettings {

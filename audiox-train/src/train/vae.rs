@@ -144,7 +144,8 @@ impl Stage for VaeStage {
         let eps = normals(&mut rng, eps_dims.iter().product());
         let eps = Tensor::<3>::from_data(TensorData::new(eps, eps_dims), device);
         let stdev = posterior.stdev();
-        let latent = posterior.mean.clone() + eps * stdev.clone();
+        let ramp = noise_ramp(self.settings.posterior_noise_warmup, step);
+        let latent = posterior.mean.clone() + eps * stdev.clone() * ramp;
         let y = model.decode(latent)?;
 
         let l1 = (y.clone() - x.clone()).abs().mean();
@@ -347,6 +348,15 @@ pub fn vae_ready(run: &RunDir) -> TrainResult<Option<String>> {
         .copied()
         .unwrap_or(0);
     Ok((trained >= steps).then(|| format!("trained here ({trained} steps)")))
+}
+
+/// The scale of the posterior noise at (0-based) step `step` with a warm-up of `warmup` steps:
+/// `step / warmup`, then 1.
+fn noise_ramp(warmup: Option<u64>, step: u64) -> f64 {
+    match warmup {
+        Some(w) if w > 0 && step < w => step as f64 / w as f64,
+        _ => 1.0,
+    }
 }
 
 /// The STFT loss's log-magnitude floor as an amplitude ratio (`-60` dB -> `1e-3`).
