@@ -8,6 +8,22 @@
 //! cargo run --release -p audiox --features wgpu --example gpu_bench -- --device wgpu --tiny   # smoke test
 //! ```
 //!
+//! **Half-precision error at full size.** With `--seed N` the random weights come from the
+//! device's seeded generator in a fixed order, and burn draws an f16 weight as the f32 draw
+//! rounded, so two processes with the same seed hold the same model in f32 and in f16.
+//! `--dump FILE` writes the warm-up request's stage outputs (text tokens, fused context, latent,
+//! decoded audio; f32 safetensors) and `--compare A B` prints the error of B against A:
+//!
+//! ```text
+//! gpu_bench --device wgpu --precision f32 --seed 1 --runs 0 --dump f32.safetensors
+//! gpu_bench --device wgpu --precision f16 --seed 1 --runs 0 --dump f16.safetensors
+//! gpu_bench --compare f32.safetensors f16.safetensors
+//! ```
+//!
+//! `--device cpu --precision f16` runs burn's CPU backend in f16 (the same device setting as
+//! `audiox/tests/half_precision.rs`): slower than f32 there and not offered by `generate`, but it
+//! measures what f16 arithmetic does to this model where no GPU is at hand.
+//!
 //! The stages are the ones [`audiox::AudioX::generate`] runs for a text-only request, built
 //! from the same component crates: video (the learned empty feature), text (T5), audio prompt
 //! (the silent prompt), fusion (MAF), sampling (the DMD student, 4 steps), decode (VAE), post
@@ -16,26 +32,23 @@
 //! Weights are burn's default initialisation, so the audio is noise; timing does not depend on
 //! the values. Results go in `docs/performance.md` (GPU section).
 
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
-use audiox::ModelConfig;
 use audiox::{Precision, StepControl};
-use audiox_core::fixtures::fixtures_dir;
 use audiox_core::noise::{NoiseSource, SeededNoise, labels};
 use audiox_core::tensor::{from_vec, to_vec};
 use audiox_core::{Error, Result};
-use audiox_encoders::clip::ClipVisionConfig;
-use audiox_encoders::conditioners::{
-    AudioPromptConditioner, PromptMask, TextConditioner, VideoConditioner,
-};
-use audiox_encoders::t5::T5Config;
-use audiox_encoders::tokenizer::T5Tokenizer;
-use audiox_mmdit::{Dit, MafBlock, MmditDenoiser};
+use audiox_encoders::conditioners::PromptMask;
+use audiox_mmdit::MmditDenoiser;
 use audiox_sampler::{Dmd, Sampler};
-use audiox_vae::OobleckDecoder;
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Device, FloatDType, Tensor};
 use clap::Parser;
+
+#[path = "common/random_model.rs"]
+mod random_model;
+use random_model::{Model, build};
 
 const PROMPT: &str = "a wooden door creaks open, then slams shut";
 
@@ -54,72 +67,16 @@ struct Args {
     /// The shipped tiny model's sizes instead of the official ones (a quick smoke test).
     #[arg(long)]
     tiny: bool,
-}
-
-/// The components of a text-only request.
-struct Model {
-    config: ModelConfig,
-    text: TextConditioner,
-    video: VideoConditioner,
-    audio: AudioPromptConditioner,
-    maf: MafBlock,
-    dit: Dit,
-    decoder: OobleckDecoder,
-    sync_rows: usize,
-}
-
-fn build(tiny: bool, device: &Device) -> Result<Model> {
-    let bundle = fixtures_dir().join("bundle");
-    let (config, t5, clip) = if tiny {
-        (
-            ModelConfig::from_file(bundle.join("config.json"))?,
-            T5Config::from_hf_file(bundle.join("t5-base/config.json"))?,
-            ClipVisionConfig::from_hf_file(bundle.join("clip-vit-base-patch32/config.json"))?,
-        )
-    } else {
-        (
-            ModelConfig::official(),
-            T5Config::t5_base(),
-            ClipVisionConfig::vit_b32(),
-        )
-    };
-    let text_config = config
-        .text_conditioner()
-        .ok_or_else(|| Error::config("model.conditioning.configs", "no text conditioner"))?;
-    // The tiny bundle's tokenizer: its ids are valid for both vocabularies.
-    let tokenizer = T5Tokenizer::from_file(
-        bundle.join("t5-base").join("tokenizer.json"),
-        text_config.max_length,
-    )?;
-    let text = TextConditioner::new(
-        tokenizer,
-        t5.init(device),
-        config.model.conditioning.cond_dim,
-    )?;
-    let video_config = config
-        .video_conditioner()
-        .ok_or_else(|| Error::config("model.conditioning.configs", "no video conditioner"))?
-        .clone()
-        .with_clip(clip);
-    let video = video_config.init(device);
-    let audio_config = config
-        .audio_conditioner()
-        .ok_or_else(|| Error::config("model.conditioning.configs", "no audio conditioner"))?
-        .clone();
-    let audio = AudioPromptConditioner::new(audio_config.init(device), &audio_config);
-    let maf = config.maf().init(device);
-    let dit = config.dit().init(device)?.without_dead_weights();
-    let decoder = config.vae().decoder.init(device);
-    Ok(Model {
-        config,
-        text,
-        video,
-        audio,
-        maf,
-        dit,
-        decoder,
-        sync_rows: video_config.sync_rows,
-    })
+    /// Seed the device's random generator before the weights are drawn, so that another
+    /// process with the same seed (in another precision) holds the same weights.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Write the warm-up request's stage outputs (f32 safetensors) to this file.
+    #[arg(long, value_name = "FILE")]
+    dump: Option<PathBuf>,
+    /// Compare two `--dump` files (B against A) and exit: no model is built.
+    #[arg(long, num_args = 2, value_names = ["A", "B"], conflicts_with_all = ["dump", "seed"])]
+    compare: Option<Vec<PathBuf>>,
 }
 
 /// Stage names, in order.
@@ -136,11 +93,26 @@ struct Run {
     total: f64,
     /// Output samples read back.
     samples: usize,
+    /// Stage outputs as f32 (name, shape, values), when asked for.
+    outputs: Vec<(&'static str, Vec<usize>, Vec<f32>)>,
 }
 
 /// The request, mirroring `AudioX::generate` for a text-only prompt. With `synced`, the device
 /// is synchronised after every stage and step so that the times are per stage.
-fn request(m: &Model, device: &Device, seed: u64, synced: bool, peak: &mut u64) -> Result<Run> {
+fn request(
+    m: &Model,
+    device: &Device,
+    seed: u64,
+    synced: bool,
+    keep: bool,
+    peak: &mut u64,
+) -> Result<Run> {
+    let mut outputs = Vec::new();
+    let mut keep_output = |name: &'static str, t: &Tensor<3>| {
+        if keep {
+            outputs.push((name, t.dims().to_vec(), to_vec(t.clone())));
+        }
+    };
     let mut sync = |d: &Device| -> Result<()> {
         if synced {
             sync_device(d)?;
@@ -166,6 +138,7 @@ fn request(m: &Model, device: &Device, seed: u64, synced: bool, peak: &mut u64) 
 
     let t = Instant::now();
     let (text, _) = m.text.forward(&[PROMPT], device)?;
+    keep_output("text", &text.tokens);
     sync(device)?;
     stages[1] = t.elapsed().as_secs_f64();
 
@@ -178,6 +151,7 @@ fn request(m: &Model, device: &Device, seed: u64, synced: bool, peak: &mut u64) 
 
     let t = Instant::now();
     let context = m.maf.forward(text.tokens, video.tokens, audio.tokens)?;
+    keep_output("context", &context);
     sync(device)?;
     stages[3] = t.elapsed().as_secs_f64();
 
@@ -198,20 +172,103 @@ fn request(m: &Model, device: &Device, seed: u64, synced: bool, peak: &mut u64) 
     sync(device)?;
     stages[4] = t.elapsed().as_secs_f64();
 
+    keep_output("latent", &latent);
     let t = Instant::now();
     let decoded = m.decoder.forward(latent);
     sync(device)?;
     stages[5] = t.elapsed().as_secs_f64();
 
     let t = Instant::now();
-    let samples = to_vec(decoded).len();
+    let dims = decoded.dims().to_vec();
+    let audio_out = to_vec(decoded);
     stages[6] = t.elapsed().as_secs_f64();
+    let samples = audio_out.len();
+    if keep {
+        outputs.push(("decoded", dims, audio_out));
+    }
     Ok(Run {
         stages,
         steps,
         total: total.elapsed().as_secs_f64(),
         samples,
+        outputs,
     })
+}
+
+/// Writes stage outputs as f32 safetensors.
+fn write_dump(path: &Path, outputs: &[(&'static str, Vec<usize>, Vec<f32>)]) -> Result<()> {
+    let bytes: Vec<Vec<u8>> = outputs
+        .iter()
+        .map(|(_, _, v)| v.iter().flat_map(|x| x.to_le_bytes()).collect())
+        .collect();
+    let views = outputs
+        .iter()
+        .zip(&bytes)
+        .map(|((name, shape, _), b)| {
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), b)
+                .map(|view| (name.to_string(), view))
+                .map_err(|e| Error::InvalidRequest(format!("{name}: {e}")))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let data = safetensors::serialize(views, None)
+        .map_err(|e| Error::InvalidRequest(format!("{}: {e}", path.display())))?;
+    std::fs::write(path, data).map_err(|e| Error::io(path, e))
+}
+
+fn parse_dump<'a>(bytes: &'a [u8], path: &Path) -> Result<safetensors::SafeTensors<'a>> {
+    safetensors::SafeTensors::deserialize(bytes)
+        .map_err(|e| Error::InvalidRequest(format!("{}: {e}", path.display())))
+}
+
+/// Prints the error of every stage output of `b` against `a` (two `--dump` files).
+fn compare(a: &Path, b: &Path) -> Result<()> {
+    let read =
+        |path: &Path| -> Result<Vec<u8>> { std::fs::read(path).map_err(|e| Error::io(path, e)) };
+    let (bytes_a, bytes_b) = (read(a)?, read(b)?);
+    let (fa, fb) = (parse_dump(&bytes_a, a)?, parse_dump(&bytes_b, b)?);
+    let values = |view: safetensors::tensor::TensorView<'_>| -> Vec<f64> {
+        view.data()
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes([c[0], c[1], c[2], c[3]]) as f64)
+            .collect()
+    };
+    println!(
+        "| stage | relative error | cosine similarity | SNR (dB) | worst error / peak | finite |"
+    );
+    println!("|---|---|---|---|---|---|");
+    for name in ["text", "context", "latent", "decoded"] {
+        let (Ok(va), Ok(vb)) = (fa.tensor(name), fb.tensor(name)) else {
+            continue;
+        };
+        if va.shape() != vb.shape() {
+            return Err(Error::InvalidRequest(format!(
+                "{name}: shapes {:?} and {:?} differ",
+                va.shape(),
+                vb.shape()
+            )));
+        }
+        let shape = va.shape().to_vec();
+        let (x, y) = (values(va), values(vb));
+        let finite = y.iter().all(|v| v.is_finite());
+        let (mut dot, mut xx, mut yy, mut ee, mut worst, mut peak) =
+            (0.0, 0.0, 0.0, 0.0, 0.0f64, 0.0f64);
+        for (&r, &g) in x.iter().zip(&y) {
+            dot += r * g;
+            xx += r * r;
+            yy += g * g;
+            ee += (g - r) * (g - r);
+            worst = worst.max((g - r).abs());
+            peak = peak.max(r.abs());
+        }
+        println!(
+            "| {name} {shape:?} | {:.2e} | {:.7} | {:.1} | {:.2} % | {finite} |",
+            (ee / xx).sqrt(),
+            dot / (xx * yy).sqrt(),
+            10.0 * (xx / ee).log10(),
+            100.0 * worst / peak
+        );
+    }
+    Ok(())
 }
 
 fn sync_device(device: &Device) -> Result<()> {
@@ -231,10 +288,25 @@ fn gib(bytes: u64) -> f64 {
 }
 
 fn run(args: Args) -> Result<()> {
+    if let Some(files) = &args.compare {
+        return compare(&files[0], &files[1]);
+    }
     let precision: Precision = args.precision.parse()?;
-    let device = audiox::select_device(&args.device, precision)?;
+    let device = if args.device == "cpu" && precision == Precision::F16 {
+        // The CPU backend in f16 (see the module docs): for measuring error, not speed.
+        let mut device = Device::flex();
+        device
+            .configure(FloatDType::F16)
+            .map_err(|e| Error::InvalidRequest(format!("the CPU device refused f16: {e:?}")))?;
+        device
+    } else {
+        audiox::select_device(&args.device, precision)?
+    };
+    if let Some(seed) = args.seed {
+        device.seed(seed);
+    }
     let started = Instant::now();
-    let model = build(args.tiny, &device)?;
+    let model = build(!args.tiny, &device)?;
     sync_device(&device)?;
     let mut peak = reserved(&device).unwrap_or(0);
     println!(
@@ -247,7 +319,14 @@ fn run(args: Args) -> Result<()> {
     );
 
     let t = Instant::now();
-    let warm = request(&model, &device, 0, false, &mut peak)?;
+    let warm = request(&model, &device, 0, false, args.dump.is_some(), &mut peak)?;
+    if let Some(path) = &args.dump {
+        write_dump(path, &warm.outputs)?;
+        println!(
+            "stage outputs of the warm-up request written to {}",
+            path.display()
+        );
+    }
     println!(
         "warm-up (first use compiles the kernels): {:.2} s, {} samples",
         t.elapsed().as_secs_f64(),
@@ -258,7 +337,7 @@ fn run(args: Args) -> Result<()> {
     let mut synced_totals = Vec::new();
     let mut e2e = Vec::new();
     for i in 1..=args.runs {
-        let r = request(&model, &device, i as u64, true, &mut peak)?;
+        let r = request(&model, &device, i as u64, true, false, &mut peak)?;
         peak = peak.max(reserved(&device).unwrap_or(0));
         let stages: Vec<String> = STAGES
             .iter()
@@ -274,10 +353,13 @@ fn run(args: Args) -> Result<()> {
             steps.join(", ")
         );
         synced_totals.push(r.total);
-        let r = request(&model, &device, i as u64, false, &mut peak)?;
+        let r = request(&model, &device, i as u64, false, false, &mut peak)?;
         peak = peak.max(reserved(&device).unwrap_or(0));
         println!("run {i} (end to end): {:.1} ms", r.total * 1e3);
         e2e.push(r.total);
+    }
+    if args.runs == 0 {
+        return Ok(());
     }
     let best = |v: &[f64]| v.iter().copied().fold(f64::INFINITY, f64::min);
     let median = |v: &mut Vec<f64>| {
@@ -304,8 +386,8 @@ fn run(args: Args) -> Result<()> {
 
 fn main() -> ExitCode {
     let args = Args::parse();
-    if args.runs == 0 {
-        eprintln!("error: --runs must be at least 1");
+    if args.runs == 0 && args.dump.is_none() && args.compare.is_none() {
+        eprintln!("error: --runs must be at least 1 (0 only with --dump)");
         return ExitCode::from(2);
     }
     match run(args) {

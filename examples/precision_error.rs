@@ -30,24 +30,21 @@
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use audiox::ModelConfig;
 use audiox::{AudioX, Request, WeightPrecision};
 use audiox_core::fixtures::fixtures_dir;
 use audiox_core::noise::{NoiseSource, SeededNoise, labels};
 use audiox_core::precision::convert_module;
 use audiox_core::tensor::{from_vec, to_vec};
 use audiox_core::{Error, Result};
-use audiox_encoders::clip::ClipVisionConfig;
-use audiox_encoders::conditioners::{
-    AudioPromptConditioner, PromptMask, TextConditioner, VideoConditioner,
-};
-use audiox_encoders::t5::T5Config;
-use audiox_encoders::tokenizer::T5Tokenizer;
+use audiox_encoders::conditioners::{PromptMask, TextConditioner, VideoConditioner};
 use audiox_mmdit::{Dit, MafBlock, MmditDenoiser};
 use audiox_sampler::{Dmd, Sampler, StepControl};
-use audiox_vae::OobleckDecoder;
 use burn::tensor::{Device, Distribution, Tensor};
 use clap::Parser;
+
+#[path = "common/random_model.rs"]
+mod random_model;
+use random_model::{Model, build};
 
 const PROMPT: &str = "a wooden door creaks open, then slams shut";
 const SEED: u64 = 7;
@@ -157,71 +154,6 @@ fn public_api(dir: &Path) -> Result<()> {
         }
     }
     Ok(())
-}
-
-/// The components of a text-only request (as `examples/gpu_bench.rs` builds them).
-struct Model {
-    config: ModelConfig,
-    text: TextConditioner,
-    video: VideoConditioner,
-    audio: AudioPromptConditioner,
-    maf: MafBlock,
-    dit: Dit,
-    decoder: OobleckDecoder,
-    sync_rows: usize,
-}
-
-fn build(full: bool, device: &Device) -> Result<Model> {
-    let bundle = fixtures_dir().join("bundle");
-    let (config, t5, clip) = if full {
-        (
-            ModelConfig::official(),
-            T5Config::t5_base(),
-            ClipVisionConfig::vit_b32(),
-        )
-    } else {
-        (
-            ModelConfig::from_file(bundle.join("config.json"))?,
-            T5Config::from_hf_file(bundle.join("t5-base/config.json"))?,
-            ClipVisionConfig::from_hf_file(bundle.join("clip-vit-base-patch32/config.json"))?,
-        )
-    };
-    let text_config = config
-        .text_conditioner()
-        .ok_or_else(|| Error::config("model.conditioning.configs", "no text conditioner"))?;
-    let tokenizer = T5Tokenizer::from_file(
-        bundle.join("t5-base").join("tokenizer.json"),
-        text_config.max_length,
-    )?;
-    let text = TextConditioner::new(
-        tokenizer,
-        t5.init(device),
-        config.model.conditioning.cond_dim,
-    )?;
-    let video_config = config
-        .video_conditioner()
-        .ok_or_else(|| Error::config("model.conditioning.configs", "no video conditioner"))?
-        .clone()
-        .with_clip(clip);
-    let video = video_config.init(device);
-    let audio_config = config
-        .audio_conditioner()
-        .ok_or_else(|| Error::config("model.conditioning.configs", "no audio conditioner"))?
-        .clone();
-    let audio = AudioPromptConditioner::new(audio_config.init(device), &audio_config);
-    let maf = config.maf().init(device);
-    let dit = config.dit().init(device)?.without_dead_weights();
-    let decoder = config.vae().decoder.init(device);
-    Ok(Model {
-        config,
-        text,
-        video,
-        audio,
-        maf,
-        dit,
-        decoder,
-        sync_rows: video_config.sync_rows,
-    })
 }
 
 /// The reduced components of `m` as the builder holds them for `p`: the DiT in `p`, the
