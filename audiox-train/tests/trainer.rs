@@ -5,9 +5,10 @@
 use std::path::Path;
 
 use audiox_core::weights::{Component, StateDict, WeightSource};
+use audiox_train::train::LossLog;
 use audiox_train::train::eval::{reconstruction_report, vae_reconstructor};
+use audiox_train::train::stft::{FloorMode, LogFloor, StftBasis};
 use audiox_train::train::vae::{parameters, vae_config};
-use audiox_train::train::{LossLog, stft::StftBasis};
 use audiox_train::train::{
     RunConfig, RunDir, StageName, Stop, TrainError, VaeStage, export_vae, train_stage,
 };
@@ -436,14 +437,21 @@ fn the_log_floor_ignores_differences_far_below_the_target() {
     // little: ~0.04 against ~0.68) it costs an order of magnitude less, while a real error
     // still counts.
     let unfloored = loss(&faint, None);
-    let floored = loss(&faint, Some(1e-3));
+    let floored = loss(&faint, Some(LogFloor::added(1e-3)));
     assert!(unfloored > 0.5, "{unfloored}");
     assert!(floored < 0.1 * unfloored, "{floored} vs {unfloored}");
+    // Taken as a maximum, the floor is a dead zone: noise under it costs nothing in the log
+    // term (only spectral convergence is left), less than when it is added.
+    let max = Some(LogFloor {
+        ratio: 1e-3,
+        mode: FloorMode::Max,
+    });
+    let maxed = loss(&faint, max);
+    assert!(maxed < floored, "{maxed} vs {floored}");
     let half: Vec<f32> = target.iter().map(|x| x * 0.5).collect();
-    assert!(
-        loss(&half, Some(1e-3)) > 0.3,
-        "a 6 dB error must still count"
-    );
+    for floor in [Some(LogFloor::added(1e-3)), max] {
+        assert!(loss(&half, floor) > 0.3, "a 6 dB error must still count");
+    }
 }
 
 #[test]
@@ -464,7 +472,7 @@ fn the_stft_loss_stays_bounded_on_a_silent_target() {
     let noise: Vec<f32> = (0..len)
         .map(|i| amp * 3f32.sqrt() * ((i * 7919 % 201) as f32 / 100.0 - 1.0))
         .collect();
-    for floor in [None, Some(1e-3)] {
+    for floor in [None, Some(LogFloor::added(1e-3))] {
         let value = loss(noise.clone(), floor);
         assert!(
             value.is_finite() && value > 1.0 && value < 50.0,

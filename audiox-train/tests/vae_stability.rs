@@ -21,7 +21,7 @@
 //! demo config's value): `PROBE_STEPS` (default 400), `PROBE_BATCH`, `PROBE_CROP`, `PROBE_LR`,
 //! `PROBE_WARMUP`, `PROBE_CLIP` (a number, or `none`), `PROBE_BETAS` (`b1,b2`).
 
-use audiox_train::train::stft::{StftBasis, multi_resolution_stft_loss};
+use audiox_train::train::stft::{LogFloor, StftBasis, multi_resolution_stft_loss};
 use audiox_train::train::{LogRecord, RunConfig, RunDir, Stop, VaeStage, train_stage};
 use burn::tensor::{Device, Tensor, TensorData};
 
@@ -78,7 +78,10 @@ fn silence_stft(stage: &VaeStage, run: &RunConfig, steps: u64, device: &Device) 
         .iter()
         .map(|&n| StftBasis::new(n, device))
         .collect();
-    let floor = run.vae.log_floor_db.map(|db| 10f64.powf(db / 20.0) as f32);
+    let floor = run.vae.log_floor_db.map(|db| LogFloor {
+        ratio: 10f64.powf(db / 20.0) as f32,
+        mode: run.vae.log_floor_mode,
+    });
     let sampled: Vec<u64> = (0..steps).step_by((steps as usize / 20).max(1)).collect();
     let values: Vec<f64> = sampled
         .iter()

@@ -147,6 +147,10 @@ pub struct VaeStageConfig {
     /// `stft::multi_resolution_stft_loss`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub log_floor_db: Option<f64>,
+    /// How that floor applies: `added` to both magnitudes (the default) or taken as their
+    /// minimum (`max`). See `stft::FloorMode`.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub log_floor_mode: super::stft::FloorMode,
     /// Steps over which the posterior noise the decoder sees ramps linearly from none (the
     /// decoder reconstructs the posterior mean) to its full scale (`None`: full from the first
     /// step, as the first demo runs did). At initialisation the encoder's posterior mean is
@@ -328,6 +332,7 @@ impl RunConfig {
                 l1_weight: 1.0,
                 kl_weight: 1e-4,
                 log_floor_db: Some(-60.0),
+                log_floor_mode: super::stft::FloorMode::Added,
                 posterior_noise_warmup: Some(500),
             },
             teacher: TeacherStageConfig {
@@ -471,6 +476,10 @@ impl StageName {
             StageName::Student => 4,
         }
     }
+}
+
+fn is_default<T: Default + PartialEq>(value: &T) -> bool {
+    *value == T::default()
 }
 
 /// A run directory (see the module docs).

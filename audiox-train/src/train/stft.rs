@@ -52,6 +52,38 @@ impl StftBasis {
     }
 }
 
+/// How the log-magnitude floor of [`multi_resolution_stft_loss`] applies.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FloorMode {
+    /// `log(|S| + floor)` on both spectra: every bin keeps a gradient, also below the floor.
+    #[default]
+    Added,
+    /// `log(max(|S|, floor))` on both spectra: bins below the floor cost nothing and get no
+    /// log-magnitude gradient (a dead zone around digital silence).
+    Max,
+}
+
+/// The log-magnitude floor of [`multi_resolution_stft_loss`]: `ratio` (an amplitude ratio, e.g.
+/// `1e-3` for -60 dB) times the target's loudest bin, applied as `mode` says.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct LogFloor {
+    /// The floor relative to the target's loudest bin (per signal and resolution).
+    pub ratio: f32,
+    /// Added to the magnitudes, or taken as their minimum.
+    pub mode: FloorMode,
+}
+
+impl LogFloor {
+    /// A floor of `ratio` added to both magnitudes ([`FloorMode::Added`]).
+    pub fn added(ratio: f32) -> Self {
+        LogFloor {
+            ratio,
+            mode: FloorMode::Added,
+        }
+    }
+}
+
 /// The level, in dB relative to full scale, of the white noise whose spectral energy floors the
 /// denominator of the spectral-convergence term (see [`multi_resolution_stft_loss`]).
 pub const SC_FLOOR_DBFS: f64 = -60.0;
@@ -63,17 +95,16 @@ pub const SC_FLOOR_DBFS: f64 = -60.0;
 /// over resolutions. `x` (prediction) and `y` (target) are `[B, C, T]`; channels are treated
 /// as separate signals.
 ///
-/// With `log_floor` (an amplitude ratio, e.g. `1e-3` for -60 dB), `log_floor` times the
-/// target's loudest bin (per signal and resolution) is added to both magnitudes before the
-/// logarithm (added rather than taken as a maximum, so that a prediction below the floor still
-/// gets a gradient). Without it, bins where the target is digital silence (the procedural corpus
+/// With `log_floor`, its `ratio` times the target's loudest bin (per signal and resolution) is
+/// added to both magnitudes before the logarithm, or taken as their minimum (see
+/// [`FloorMode`]). Without it, bins where the target is digital silence (the procedural corpus
 /// has exact zeros between events) weigh as much as the events: any leakage there costs
 /// several nepers, and the cheapest fit is to output near-silence everywhere.
 pub fn multi_resolution_stft_loss(
     bases: &[StftBasis],
     x: Tensor<3>,
     y: Tensor<3>,
-    log_floor: Option<f32>,
+    log_floor: Option<LogFloor>,
 ) -> Tensor<1> {
     let [b, c, t] = x.dims();
     let x = x.reshape([b * c, t]);
@@ -94,7 +125,7 @@ pub fn multi_resolution_stft_loss(
             sy.clone().powi_scalar(2).sum() + bin_floor * sy.shape().num_elements() as f64;
         let sc = (sy.clone() - sx.clone()).powi_scalar(2).sum().sqrt() / target_energy.sqrt();
         let (sx, sy) = match log_floor {
-            Some(ratio) => {
+            Some(LogFloor { ratio, mode }) => {
                 let dims = sy.dims();
                 let floor = sy
                     .clone()
@@ -103,10 +134,10 @@ pub fn multi_resolution_stft_loss(
                     .mul_scalar(ratio)
                     .detach()
                     .expand(dims);
-                // Added, not taken as a maximum: under a `max` a prediction below the floor
-                // gets no log-magnitude gradient at all, and a collapsed (silent) decoder then
-                // has only the spectral-convergence and L1 terms to leave silence with.
-                (sx + floor.clone(), sy + floor)
+                match mode {
+                    FloorMode::Added => (sx + floor.clone(), sy + floor),
+                    FloorMode::Max => (sx.max_pair(floor.clone()), sy.max_pair(floor)),
+                }
             }
             None => (sx, sy),
         };

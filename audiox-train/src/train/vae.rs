@@ -33,7 +33,7 @@ use super::flow::normals;
 use super::init::random_init;
 use super::run::{LoopSettings, RunConfig, RunDir, StageName, VaeStageConfig};
 use super::stage::{Stage, StepLoss};
-use super::stft::{StftBasis, multi_resolution_stft_loss};
+use super::stft::{LogFloor, StftBasis, multi_resolution_stft_loss};
 use crate::corpus::Corpus;
 
 /// The VAE sizes of an official-schema model config (its `pretransform` section).
@@ -149,7 +149,10 @@ impl Stage for VaeStage {
         let y = model.decode(latent)?;
 
         let l1 = (y.clone() - x.clone()).abs().mean();
-        let log_floor = log_floor_ratio(self.settings.log_floor_db);
+        let log_floor = log_floor_ratio(self.settings.log_floor_db).map(|ratio| LogFloor {
+            ratio,
+            mode: self.settings.log_floor_mode,
+        });
         let stft = multi_resolution_stft_loss(&self.bases, y, x, log_floor);
         let var = stdev.clone() * stdev.clone();
         let kl = ((posterior.mean.clone() * posterior.mean + var.clone() - var.log() - 1.0).mean())
