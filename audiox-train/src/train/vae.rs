@@ -148,12 +148,13 @@ impl Stage for VaeStage {
         let latent = posterior.mean.clone() + eps * stdev.clone() * ramp;
         let y = model.decode(latent)?;
 
+        let y_level = y.clone();
         let l1 = (y.clone() - x.clone()).abs().mean();
         let log_floor = log_floor_ratio(self.settings.log_floor_db).map(|ratio| LogFloor {
             ratio,
             mode: self.settings.log_floor_mode,
         });
-        let stft = multi_resolution_stft_loss(&self.bases, y, x, log_floor);
+        let stft = multi_resolution_stft_loss(&self.bases, y, x.clone(), log_floor);
         let var = stdev.clone() * stdev.clone();
         let kl = ((posterior.mean.clone() * posterior.mean + var.clone() - var.log() - 1.0).mean())
             * 0.5;
@@ -161,10 +162,15 @@ impl Stage for VaeStage {
         let loss =
             l1.clone() * s.l1_weight + stft.clone() * s.stft_weight + kl.clone() * s.kl_weight;
         let scalar = |t: Tensor<1>| t.into_scalar::<f32>() as f64;
+        // Levels of the batch and of its reconstruction (not trained on): a decoder collapsing
+        // towards silence shows as `y_rms` falling far below `x_rms`.
+        let rms = |t: Tensor<3>| t.detach().powi_scalar(2).mean().sqrt();
         let terms = BTreeMap::from([
             ("l1".to_string(), scalar(l1)),
             ("stft".to_string(), scalar(stft)),
             ("kl".to_string(), scalar(kl)),
+            ("x_rms".to_string(), scalar(rms(x))),
+            ("y_rms".to_string(), scalar(rms(y_level))),
         ]);
         Ok(StepLoss { loss, terms })
     }
