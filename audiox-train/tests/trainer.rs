@@ -520,3 +520,43 @@ fn the_posterior_noise_ramps_in_over_its_warm_up() {
         "{logged} vs {by_mean}"
     );
 }
+
+#[test]
+fn the_scale_preserving_init_keeps_the_level_through_the_vae() {
+    use audiox_train::train::Stage;
+    use audiox_train::train::init::InitScheme;
+    one_thread();
+    let device = Device::flex();
+    // The demo VAE's sizes, one second of a 440 Hz tone at -20 dBFS on both channels.
+    let level = |scheme: InitScheme| {
+        let mut run = RunConfig::demo();
+        run.vae.init = scheme;
+        let stage = VaeStage::new(&run, &device).unwrap();
+        let vae = stage.init_model(&device).unwrap();
+        let rate = run.corpus.sample_rate as f32;
+        let n = run.vae.crop;
+        let tone: Vec<f32> = (0..n)
+            .map(|i| 0.1 * (2.0 * std::f32::consts::PI * 440.0 * i as f32 / rate).sin())
+            .collect();
+        let x = Tensor::<3>::from_data(
+            TensorData::new([tone.clone(), tone].concat(), [1, 2, n]),
+            &device,
+        );
+        let rms = |t: Tensor<3>| t.powi_scalar(2).mean().sqrt().into_scalar::<f32>();
+        let x_rms = rms(x.clone());
+        let latent = vae.posterior(x).unwrap().mean;
+        let z_rms = rms(latent.clone());
+        let y_rms = rms(vae.decode(latent).unwrap());
+        (z_rms / x_rms, y_rms / z_rms)
+    };
+    let (enc, dec) = level(InitScheme::ScalePreserving);
+    assert!((0.2..5.0).contains(&enc), "encoder gain {enc}");
+    assert!((0.2..5.0).contains(&dec), "decoder gain {dec}");
+    // PyTorch's default scales shrink both (the demo runs' decoders started ~40 dB low).
+    let (enc0, dec0) = level(InitScheme::PytorchDefault);
+    eprintln!("gains: scale-preserving {enc} / {dec}, pytorch default {enc0} / {dec0}");
+    assert!(
+        enc0 < 0.5 * enc && dec0 < 0.5 * dec,
+        "{enc0} {dec0} vs {enc} {dec}"
+    );
+}

@@ -9,19 +9,48 @@
 //! Exceptions that follow the official constructors: the learned Fourier time frequencies and
 //! the MAF expert pool are standard normal, the MAF bypass gates -10 (practically closed), and
 //! a token convolution (`TokenConv`, stored `[k, in, out]`) has `fan_in = k x in`.
+//!
+//! [`InitScheme::ScalePreserving`] (the VAE stage's option, see [`random_init_with`]) changes
+//! the convolutions of the Oobleck VAE: PyTorch's default scale shrinks every layer's output by
+//! about `sqrt(3)` (and a transposed convolution of kernel `2s`, stride `s` by far more, since
+//! each output sample sees only two input positions), so at the demo sizes the encoder's latent
+//! starts at ~1/15 of the audio's level and the decoder's output ~40 dB under its target: the
+//! training starts from silence. Scale-preserving: convolution weights uniform in
+//! `+-sqrt(3 / fan_in)` (standard deviation `1/sqrt(fan_in)`), a transposed convolution's
+//! `fan_in` being `2 x in` (the positions that reach one output sample), and the last
+//! convolution of each residual unit at a tenth of that, so that the residual stacks start near
+//! the identity (the blow-up the training notes saw came from 24 full-scale residual branches).
 
 use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::{Tensor, TensorData};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{Rng, SeedableRng};
 
+/// Which scales [`random_init_with`] draws convolution weights at (see the module docs).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum InitScheme {
+    /// PyTorch's default scales for every parameter.
+    #[default]
+    PytorchDefault,
+    /// Scale-preserving convolutions in the Oobleck VAE (weight-normalised convolutions and
+    /// transposed convolutions); everything else as [`InitScheme::PytorchDefault`].
+    ScalePreserving,
+}
+
 /// Re-initialises every float parameter of `module` from `seed` (see the module docs).
 /// Deterministic: the same module structure and seed give the same weights.
 pub fn random_init<M: Module>(module: M, seed: u64) -> M {
+    random_init_with(module, seed, InitScheme::PytorchDefault)
+}
+
+/// [`random_init`] with the convolution scales of `scheme`.
+pub fn random_init_with<M: Module>(module: M, seed: u64, scheme: InitScheme) -> M {
     let mut mapper = RandomInit {
         rng: ChaCha8Rng::seed_from_u64(seed),
         path: Vec::new(),
         containers: Vec::new(),
+        scheme,
     };
     module.map(&mut mapper)
 }
@@ -30,6 +59,7 @@ struct RandomInit {
     rng: ChaCha8Rng,
     path: Vec<String>,
     containers: Vec<String>,
+    scheme: InitScheme,
 }
 
 impl RandomInit {
@@ -60,6 +90,30 @@ impl RandomInit {
                 return (0..n).map(|_| self.normal()).collect();
             }
             ("MafBlock", gate) if gate.starts_with("bypass_gate") => return vec![-10.0; n],
+            ("WeightNormConv1d" | "WeightNormConvTranspose1d", "weight")
+                if shape.len() == 3 && self.scheme == InitScheme::ScalePreserving =>
+            {
+                let transposed = owner == "WeightNormConvTranspose1d";
+                // [in, out, 2s] for a transposed convolution of stride s: two input positions
+                // reach each output sample.
+                let fan_in = if transposed {
+                    2 * shape[0]
+                } else {
+                    shape[1] * shape[2]
+                };
+                let in_residual = self.containers.iter().any(|c| c == "Struct:ResidualUnit");
+                let last_of_unit =
+                    self.path.iter().rev().nth(1).map(String::as_str) == Some("conv2");
+                let gain = if in_residual && last_of_unit {
+                    0.1
+                } else {
+                    1.0
+                };
+                let bound = gain * (3.0 / fan_in.max(1) as f32).sqrt();
+                return (0..n)
+                    .map(|_| (2.0 * self.uniform() - 1.0) * bound)
+                    .collect();
+            }
             ("TokenConv", "weight") if shape.len() == 3 => {
                 let bound = 1.0 / ((shape[0] * shape[1]).max(1) as f32).sqrt();
                 return (0..n)

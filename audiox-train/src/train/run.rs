@@ -158,6 +158,10 @@ pub struct VaeStageConfig {
     /// sampled latent is almost pure noise; a decoder trained on it learns to ignore its input.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub posterior_noise_warmup: Option<u64>,
+    /// The scales of the initial convolution weights (`pytorch_default`, what the first demo
+    /// runs used, or `scale_preserving`; see `init::InitScheme`).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub init: super::init::InitScheme,
 }
 
 /// The DMD student stage (see [`super::dmd`]): the 4-step student distilled from the teacher
@@ -334,6 +338,7 @@ impl RunConfig {
                 log_floor_db: Some(-60.0),
                 log_floor_mode: super::stft::FloorMode::Added,
                 posterior_noise_warmup: Some(500),
+                init: super::init::InitScheme::PytorchDefault,
             },
             teacher: TeacherStageConfig {
                 optim: LoopSettings {

@@ -30,7 +30,7 @@ use audiox_vae::{Vae, VaeConfig};
 use super::checkpoint::Checkpoints;
 use super::error::{TrainError, TrainResult};
 use super::flow::normals;
-use super::init::random_init;
+use super::init::random_init_with;
 use super::run::{LoopSettings, RunConfig, RunDir, StageName, VaeStageConfig};
 use super::stage::{Stage, StepLoss};
 use super::stft::{LogFloor, StftBasis, multi_resolution_stft_loss};
@@ -132,7 +132,11 @@ impl Stage for VaeStage {
 
     fn init_model(&self, device: &Device) -> TrainResult<Vae> {
         let seed = self.seed ^ (StageName::Vae.stream() << 56);
-        Ok(random_init(self.vae.init(device), seed))
+        Ok(random_init_with(
+            self.vae.init(device),
+            seed,
+            self.settings.init,
+        ))
     }
 
     fn loss(&self, model: &Vae, step: u64, device: &Device) -> TrainResult<StepLoss> {
