@@ -560,3 +560,43 @@ fn the_scale_preserving_init_keeps_the_level_through_the_vae() {
         "{enc0} {dec0} vs {enc} {dec}"
     );
 }
+
+#[test]
+fn zero_decoder_biases_stay_zero_while_the_rest_trains() {
+    one_thread();
+    let mut run = tiny_run();
+    run.vae.zero_decoder_biases = true;
+    let tmp = tempfile::tempdir().unwrap();
+    let (trained, step, _) = train(tmp.path(), &run, Some(2)).unwrap();
+    assert_eq!(step, 2);
+    let initial = {
+        use audiox_train::train::Stage;
+        let device = device();
+        VaeStage::new(&run, &device)
+            .unwrap()
+            .init_model(&device)
+            .unwrap()
+    };
+    let (mut biases, mut moved) = (0, 0);
+    for ((name, _, after), (_, _, before)) in parameters(&trained.decoder)
+        .into_iter()
+        .zip(parameters(&initial.decoder))
+    {
+        if name.ends_with("bias") {
+            biases += 1;
+            assert!(after.iter().all(|&v| v == 0.0), "{name} moved: {after:?}");
+        } else if after != before {
+            moved += 1;
+        }
+    }
+    assert!(
+        biases > 0 && moved > 0,
+        "{biases} biases, {moved} other parameters moved"
+    );
+    // The encoder's biases do train.
+    let encoder_moved = parameters(&trained.encoder)
+        .into_iter()
+        .zip(parameters(&initial.encoder))
+        .any(|((name, _, a), (_, _, b))| name.ends_with("bias") && a != b);
+    assert!(encoder_moved);
+}

@@ -162,6 +162,11 @@ pub struct VaeStageConfig {
     /// runs used, or `scale_preserving`; see `init::InitScheme`).
     #[serde(default, skip_serializing_if = "is_default")]
     pub init: super::init::InitScheme,
+    /// Hold the decoder's biases at zero (not trained). The first runs' decoders learned
+    /// per-channel constants that parked SnakeBeta activations in their flat region and gated
+    /// the latent out (`docs/training.md`).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub zero_decoder_biases: bool,
 }
 
 /// The DMD student stage (see [`super::dmd`]): the 4-step student distilled from the teacher
@@ -339,6 +344,7 @@ impl RunConfig {
                 log_floor_mode: super::stft::FloorMode::Added,
                 posterior_noise_warmup: Some(500),
                 init: super::init::InitScheme::PytorchDefault,
+                zero_decoder_biases: false,
             },
             teacher: TeacherStageConfig {
                 optim: LoopSettings {

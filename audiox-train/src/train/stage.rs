@@ -4,10 +4,10 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use burn::module::Module;
+use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::optim::grad_clipping::GradientClippingConfig;
 use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
-use burn::tensor::{Device, Tensor};
+use burn::tensor::{Bool, Device, Int, Tensor};
 
 use super::checkpoint::{Checkpoints, Part};
 use super::error::{TrainError, TrainResult};
@@ -41,6 +41,27 @@ pub trait Stage {
     /// of the run seed and `step`, which is what makes a resumed run identical to an
     /// uninterrupted one.
     fn loss(&self, model: &Self::Model, step: u64, device: &Device) -> TrainResult<StepLoss>;
+
+    /// Parameters the optimiser leaves as they are: their gradients are dropped before each
+    /// update (none by default).
+    fn frozen(&self, _model: &Self::Model) -> Vec<ParamId> {
+        Vec::new()
+    }
+}
+
+/// The ids of every float parameter of `module`, in visiting order.
+pub fn float_param_ids<M: Module>(module: &M) -> Vec<ParamId> {
+    struct Ids(Vec<ParamId>);
+    impl ModuleVisitor for Ids {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            self.0.push(param.id);
+        }
+        fn visit_int<const D: usize>(&mut self, _param: &Param<Tensor<D, Int>>) {}
+        fn visit_bool<const D: usize>(&mut self, _param: &Param<Tensor<D, Bool>>) {}
+    }
+    let mut ids = Ids(Vec::new());
+    module.visit(&mut ids);
+    ids.0
 }
 
 /// How a call to [`train_stage`] ended.
@@ -131,7 +152,16 @@ pub fn train_stage<S: Stage>(
                 ),
             ));
         }
-        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        let frozen = stage.frozen(&model);
+        let grads = if frozen.is_empty() {
+            GradientsParams::from_grads(loss.backward(), &model)
+        } else {
+            let trained: Vec<ParamId> = float_param_ids(&model)
+                .into_iter()
+                .filter(|id| !frozen.contains(id))
+                .collect();
+            GradientsParams::from_params(&mut loss.backward(), &model, &trained)
+        };
         model = optim.step(lr, model, grads);
         step += 1;
         let record = LogRecord {

@@ -19,7 +19,7 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
-use burn::module::{Module, ModuleVisitor, Param};
+use burn::module::{Module, ModuleVisitor, Param, ParamId};
 use burn::tensor::{Bool, Device, Int, Tensor, TensorData};
 use rand_chacha::ChaCha8Rng;
 use rand_core::{Rng, SeedableRng};
@@ -177,6 +177,20 @@ impl Stage for VaeStage {
             ("y_rms".to_string(), scalar(rms(y_level))),
         ]);
         Ok(StepLoss { loss, terms })
+    }
+
+    fn frozen(&self, model: &Vae) -> Vec<ParamId> {
+        if !self.settings.zero_decoder_biases {
+            return Vec::new();
+        }
+        // Initialised at zero (`random_init_with`) and never updated.
+        let names = param_specs(&model.decoder);
+        super::stage::float_param_ids(&model.decoder)
+            .into_iter()
+            .zip(names)
+            .filter(|(_, spec)| spec.path.ends_with("bias"))
+            .map(|(id, _)| id)
+            .collect()
     }
 }
 
