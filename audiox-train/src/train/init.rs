@@ -13,9 +13,9 @@
 //! [`InitScheme::ScalePreserving`] (the VAE stage's option, see [`random_init_with`]) changes
 //! the convolutions of the Oobleck VAE: PyTorch's default scale shrinks every layer's output by
 //! about `sqrt(3)` (and a transposed convolution of kernel `2s`, stride `s` by far more, since
-//! each output sample sees only two input positions), so at the demo sizes the encoder's latent
-//! starts at ~1/15 of the audio's level and the decoder's output ~40 dB under its target: the
-//! training starts from silence. Scale-preserving: convolution weights uniform in
+//! each output sample sees only two input positions), so at the demo sizes the encoder's gain is
+//! 0.07 and the decoder's 0.007 (`tests/trainer.rs`): the first reconstruction is ~66 dB under
+//! its input, and training starts from silence. Scale-preserving: convolution weights uniform in
 //! `+-sqrt(3 / fan_in)` (standard deviation `1/sqrt(fan_in)`), a transposed convolution's
 //! `fan_in` being `2 x in` (the positions that reach one output sample), and the last
 //! convolution of each residual unit at a tenth of that, so that the residual stacks start near

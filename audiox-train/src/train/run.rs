@@ -155,16 +155,18 @@ pub struct VaeStageConfig {
     /// decoder reconstructs the posterior mean) to its full scale (`None`: full from the first
     /// step, as the first demo runs did). At initialisation the encoder's posterior mean is
     /// tiny (RMS ~7e-3 at the demo sizes) and its standard deviation `softplus(0) = 0.69`, so a
-    /// sampled latent is almost pure noise; a decoder trained on it learns to ignore its input.
+    /// sampled latent is almost pure noise; the ramp lets the decoder see the mean first (on
+    /// its own it did not make the demo runs reconstruct: `docs/training.md`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub posterior_noise_warmup: Option<u64>,
     /// The scales of the initial convolution weights (`pytorch_default`, what the first demo
     /// runs used, or `scale_preserving`; see `init::InitScheme`).
     #[serde(default, skip_serializing_if = "is_default")]
     pub init: super::init::InitScheme,
-    /// Hold the decoder's biases at zero (not trained). The first runs' decoders learned
+    /// Hold the decoder's biases at zero (not trained). A probe: the demo runs' decoders learned
     /// per-channel constants that parked SnakeBeta activations in their flat region and gated
-    /// the latent out (`docs/training.md`).
+    /// the latent out; with the biases held at zero the output fell to silence instead
+    /// (`docs/training.md`).
     #[serde(default, skip_serializing_if = "is_default")]
     pub zero_decoder_biases: bool,
 }
