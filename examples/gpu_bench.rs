@@ -9,8 +9,11 @@
 //! ```
 //!
 //! **Half-precision error at full size.** With `--seed N` the random weights come from the
-//! device's seeded generator in a fixed order, and burn draws an f16 weight as the f32 draw
-//! rounded, so two processes with the same seed hold the same model in f32 and in f16.
+//! device's seeded generator in a fixed order. On the CPU backend burn draws an f16 weight as
+//! the f32 draw rounded, so two processes with the same seed hold the same model in f32 and in
+//! f16. On the GPU backends burn's random kernels draw in the tensor's own type, and that
+//! equality is not verified: there, a `text` row far from cosine 1 means the two processes
+//! hold different models and the comparison says nothing.
 //! `--dump FILE` writes the warm-up request's stage outputs (text tokens, fused context, latent,
 //! decoded audio; f32 safetensors) and `--compare A B` prints the error of B against A:
 //!

@@ -7,7 +7,8 @@
 //! the decoded audio all zeros, so [`build`] draws them uniform within `1/sqrt(fan_in)`
 //! (PyTorch's default scale for convolutions and transposed convolutions alike), Snake
 //! parameters and biases staying zero. With the device seeded first, the weights are the same
-//! in every process and precision (burn draws an f16 weight as the f32 draw rounded).
+//! in every process; on the CPU backend also in every precision (burn draws an f16 weight as
+//! the f32 draw rounded there; its GPU random kernels draw in the tensor's own type).
 
 use audiox::ModelConfig;
 use audiox_core::fixtures::fixtures_dir;
