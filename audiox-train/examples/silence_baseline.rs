@@ -9,9 +9,8 @@
 
 use std::path::PathBuf;
 
-use audiox_train::train::stft::{LogFloor, StftBasis, multi_resolution_stft_loss};
 use audiox_train::train::{RunDir, VaeStage};
-use burn::tensor::{Device, Tensor, TensorData};
+use burn::tensor::Device;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -24,26 +23,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     };
     let run = RunDir::resume(&dir)?;
     let config = run.config();
-    let device = Device::flex();
-    let stage = VaeStage::new(config, &device)?;
-    let bases: Vec<StftBasis> = config
-        .vae
-        .stft_sizes
-        .iter()
-        .map(|&n| StftBasis::new(n, &device))
-        .collect();
-    let floor = config.vae.log_floor_db.map(|db| LogFloor {
-        ratio: 10f64.powf(db / 20.0) as f32,
-        mode: config.vae.log_floor_mode,
-    });
+    let stage = VaeStage::new(config, &Device::flex())?;
     let mut values: Vec<f64> = (0..steps)
         .step_by((steps as usize / 40).max(1))
-        .map(|step| {
-            let (audio, dims) = stage.step_batch(step);
-            let x = Tensor::<3>::from_data(TensorData::new(audio, dims), &device);
-            let zero = x.zeros_like();
-            multi_resolution_stft_loss(&bases, zero, x, floor).into_scalar::<f32>() as f64
-        })
+        .map(|step| stage.silence_stft_loss(step))
         .collect();
     values.sort_by(f64::total_cmp);
     println!(

@@ -19,7 +19,7 @@
 //! `+-sqrt(3 / fan_in)` (standard deviation `1/sqrt(fan_in)`), a transposed convolution's
 //! `fan_in` being `2 x in` (the positions that reach one output sample), and the last
 //! convolution of each residual unit at a tenth of that, so that the residual stacks start near
-//! the identity (the blow-up the training notes saw came from 24 full-scale residual branches).
+//! the identity (the training notes saw the 24 stacked residual units blow up at full scale).
 
 use burn::module::{Module, ModuleMapper, Param};
 use burn::tensor::{Tensor, TensorData};

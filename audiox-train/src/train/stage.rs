@@ -133,6 +133,15 @@ pub fn train_stage<S: Stage>(
         }
         None => (stage.init_model(device)?, optimizer(&settings), 0),
     };
+    // The parameters the optimiser updates, when the stage freezes some (ids survive the
+    // optimiser's updates, so this is decided once).
+    let frozen = stage.frozen(&model);
+    let trained: Option<Vec<ParamId>> = (!frozen.is_empty()).then(|| {
+        float_param_ids(&model)
+            .into_iter()
+            .filter(|id| !frozen.contains(id))
+            .collect()
+    });
     let mut log = LossLog::open(&dir.join("loss.jsonl"), start)?;
     let end = stop
         .after_steps
@@ -152,15 +161,9 @@ pub fn train_stage<S: Stage>(
                 ),
             ));
         }
-        let frozen = stage.frozen(&model);
-        let grads = if frozen.is_empty() {
-            GradientsParams::from_grads(loss.backward(), &model)
-        } else {
-            let trained: Vec<ParamId> = float_param_ids(&model)
-                .into_iter()
-                .filter(|id| !frozen.contains(id))
-                .collect();
-            GradientsParams::from_params(&mut loss.backward(), &model, &trained)
+        let grads = match &trained {
+            None => GradientsParams::from_grads(loss.backward(), &model),
+            Some(ids) => GradientsParams::from_params(&mut loss.backward(), &model, ids),
         };
         model = optim.step(lr, model, grads);
         step += 1;

@@ -42,6 +42,11 @@ impl StftBasis {
         }
     }
 
+    /// The device the bases live on.
+    pub fn device(&self) -> Device {
+        self.cos.device()
+    }
+
     /// Magnitude spectrogram of `x` `[N, T]`: `[N, bins, frames]`.
     pub fn magnitude(&self, x: Tensor<2>) -> Tensor<3> {
         let x = x.unsqueeze_dim::<3>(1);

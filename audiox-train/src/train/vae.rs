@@ -83,6 +83,16 @@ impl VaeStage {
         ChaCha8Rng::from_seed(seed)
     }
 
+    /// The STFT loss an all-zero output gets on the batch of step `step`: the value a decoder
+    /// collapsed to silence scores there.
+    pub fn silence_stft_loss(&self, step: u64) -> f64 {
+        let (audio, dims) = self.step_batch(step);
+        let device = self.bases.first().map_or_else(Device::flex, |b| b.device());
+        let x = Tensor::<3>::from_data(TensorData::new(audio, dims), &device);
+        multi_resolution_stft_loss(&self.bases, x.zeros_like(), x, self.settings.log_floor())
+            .into_scalar::<f32>() as f64
+    }
+
     /// Exactly the audio batch that the loss of step `step` trains on (see [`VaeStage::batch`]).
     pub fn step_batch(&self, step: u64) -> (Vec<f32>, [usize; 3]) {
         self.batch(step, &mut self.rng(step))
@@ -154,10 +164,7 @@ impl Stage for VaeStage {
 
         let y_level = y.clone();
         let l1 = (y.clone() - x.clone()).abs().mean();
-        let log_floor = log_floor_ratio(self.settings.log_floor_db).map(|ratio| LogFloor {
-            ratio,
-            mode: self.settings.log_floor_mode,
-        });
+        let log_floor = self.settings.log_floor();
         let stft = multi_resolution_stft_loss(&self.bases, y, x.clone(), log_floor);
         let var = stdev.clone() * stdev.clone();
         let kl = ((posterior.mean.clone() * posterior.mean + var.clone() - var.log() - 1.0).mean())
@@ -386,7 +393,13 @@ fn noise_ramp(warmup: Option<u64>, step: u64) -> f64 {
     }
 }
 
-/// The STFT loss's log-magnitude floor as an amplitude ratio (`-60` dB -> `1e-3`).
-fn log_floor_ratio(db: Option<f64>) -> Option<f32> {
-    db.map(|db| 10f64.powf(db / 20.0) as f32)
+impl VaeStageConfig {
+    /// The STFT loss's log-magnitude floor: `log_floor_db` as an amplitude ratio (`-60` dB ->
+    /// `1e-3`), applied as `log_floor_mode` says.
+    pub fn log_floor(&self) -> Option<LogFloor> {
+        self.log_floor_db.map(|db| LogFloor {
+            ratio: 10f64.powf(db / 20.0) as f32,
+            mode: self.log_floor_mode,
+        })
+    }
 }
