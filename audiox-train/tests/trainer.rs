@@ -600,3 +600,115 @@ fn zero_decoder_biases_stay_zero_while_the_rest_trains() {
         .any(|((name, _, a), (_, _, b))| name.ends_with("bias") && a != b);
     assert!(encoder_moved);
 }
+
+#[test]
+fn the_latent_guide_marks_a_tone_in_its_band_and_frames() {
+    use audiox_train::train::guide::LatentGuide;
+    one_thread();
+    let device = Device::flex();
+    let run = RunConfig::demo();
+    let vae = vae_config(&run.model_config().unwrap());
+    let hop: usize = vae.encoder.strides.iter().product();
+    let bands = vae.decoder.latent_dim;
+    let rate = run.corpus.sample_rate;
+    let guide = LatentGuide::new(hop, bands, rate, &device);
+    let frames = 40;
+    // A tone of amplitude 0.1 over latent frames 10..20, silence elsewhere; both channels.
+    let features = |hz: f32| {
+        let audio: Vec<f32> = (0..frames * hop)
+            .map(|i| {
+                if (10 * hop..20 * hop).contains(&i) {
+                    0.1 * (2.0 * std::f32::consts::PI * hz * i as f32 / rate as f32).sin()
+                } else {
+                    0.0
+                }
+            })
+            .collect();
+        let x = Tensor::<3>::from_data(
+            TensorData::new([audio.clone(), audio].concat(), [1, 2, frames * hop]),
+            &device,
+        );
+        let f = guide.features(x);
+        assert_eq!(f.dims(), [1, bands, frames]);
+        f.into_data().try_into_vec::<f32>().unwrap()
+    };
+    let at = |f: &[f32], band: usize, frame: usize| f[band * frames + frame];
+    let loudest_band = |f: &[f32], frame: usize| {
+        (0..bands)
+            .max_by(|&a, &b| at(f, a, frame).total_cmp(&at(f, b, frame)))
+            .unwrap()
+    };
+    let low = features(300.0);
+    let high = features(2000.0);
+    let silence = (1e-6f32.log10() + 3.5) / 1.5;
+    for f in [&low, &high] {
+        // Frames whose window does not reach the tone are digital silence in every band.
+        for frame in (0..9).chain(21..frames) {
+            for band in 0..bands {
+                assert!(
+                    (at(f, band, frame) - silence).abs() < 1e-3,
+                    "band {band} frame {frame}: {}",
+                    at(f, band, frame)
+                );
+            }
+        }
+        // Frames inside the tone: one band well above silence, in the same band throughout.
+        let band = loudest_band(f, 15);
+        for frame in 11..19 {
+            assert_eq!(loudest_band(f, frame), band, "frame {frame}");
+            assert!(at(f, band, frame) > silence + 1.5, "{}", at(f, band, frame));
+        }
+    }
+    assert!(
+        loudest_band(&high, 15) > loudest_band(&low, 15),
+        "2 kHz in band {}, 300 Hz in band {}",
+        loudest_band(&high, 15),
+        loudest_band(&low, 15)
+    );
+}
+
+#[test]
+fn the_latent_guide_hands_over_to_the_posterior_on_schedule() {
+    use audiox_train::train::Stage;
+    use audiox_train::train::guide::{LatentGuide, LatentGuideConfig};
+    one_thread();
+    let cfg = LatentGuideConfig {
+        steps: 2,
+        blend: 4,
+        weight: 3.0,
+    };
+    let shares: Vec<f64> = (0..8).map(|s| cfg.share(s)).collect();
+    assert_eq!(shares, [1.0, 1.0, 1.0, 0.75, 0.5, 0.25, 0.0, 0.0]);
+
+    // Step 0 of a guided run (no posterior noise yet): the decoder decodes the guide's features
+    // and the logged guide term is the posterior mean's squared error against them.
+    let device = device();
+    let mut run = tiny_run();
+    run.vae.posterior_noise_warmup = Some(10);
+    run.vae.latent_guide = Some(cfg);
+    let stage = VaeStage::new(&run, &device).unwrap();
+    let model = stage.init_model(&device).unwrap();
+    let terms = stage.loss(&model, 0, &device).unwrap().terms;
+    let (audio, dims) = stage.step_batch(0);
+    let x = Tensor::<3>::from_data(TensorData::new(audio, dims), &device);
+    let vae = vae_config(&run.model_config().unwrap());
+    let guide = LatentGuide::new(
+        vae.encoder.strides.iter().product(),
+        vae.decoder.latent_dim,
+        run.corpus.sample_rate,
+        &device,
+    );
+    let features = guide.features(x.clone());
+    let mean = model.posterior(x.clone()).unwrap().mean;
+    let scalar = |t: Tensor<1>| t.into_scalar::<f32>() as f64;
+    let mse = scalar((mean.clone() - features.clone()).powi_scalar(2).mean());
+    let l1 = scalar((model.decode(features).unwrap() - x.clone()).abs().mean());
+    let l1_of_mean = scalar((model.decode(mean).unwrap() - x).abs().mean());
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-5 * b.abs().max(1e-12);
+    assert!(close(terms["guide_mse"], mse), "{terms:?} vs {mse}");
+    assert!(close(terms["l1"], l1), "{} vs {l1}", terms["l1"]);
+    assert!(!close(l1, l1_of_mean), "the guide made no difference");
+    // Once handed over, no guide term is logged.
+    let terms = stage.loss(&model, 6, &device).unwrap().terms;
+    assert!(!terms.contains_key("guide_mse"), "{terms:?}");
+}

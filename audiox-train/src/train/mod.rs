@@ -8,6 +8,8 @@
 //! * [`stage`]: the loop every stage shares ([`train_stage`]): resume from the newest
 //!   checkpoint, step, append to `loss.jsonl`, checkpoint every N steps;
 //! * [`vae`]: the Oobleck VAE stage and its export to the layout the model builder loads;
+//! * [`guide`]: the VAE stage's optional compression curriculum (the decoder first decodes
+//!   log band energies of the audio while the encoder learns to predict them);
 //! * [`eval`]: reconstruction quality of a trained VAE on held-out clips (SNR and the
 //!   instruction-following metric);
 //! * [`flow`]: the rectified-flow objective with condition dropout;
@@ -39,6 +41,7 @@ pub mod error;
 pub mod eval;
 pub mod export;
 pub mod flow;
+pub mod guide;
 pub mod init;
 pub mod log;
 pub mod run;

@@ -169,6 +169,11 @@ pub struct VaeStageConfig {
     /// (`docs/training.md`).
     #[serde(default, skip_serializing_if = "is_default")]
     pub zero_decoder_biases: bool,
+    /// A compression curriculum (`None`: none): the decoder first decodes log band energies of
+    /// the audio instead of the encoder's latent, while the encoder learns to predict them
+    /// (see `guide::LatentGuide`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub latent_guide: Option<super::guide::LatentGuideConfig>,
 }
 
 /// The DMD student stage (see [`super::dmd`]): the 4-step student distilled from the teacher
@@ -347,6 +352,7 @@ impl RunConfig {
                 posterior_noise_warmup: Some(500),
                 init: super::init::InitScheme::PytorchDefault,
                 zero_decoder_biases: false,
+                latent_guide: None,
             },
             teacher: TeacherStageConfig {
                 optim: LoopSettings {

@@ -30,6 +30,7 @@ use audiox_vae::{Vae, VaeConfig};
 use super::checkpoint::Checkpoints;
 use super::error::{TrainError, TrainResult};
 use super::flow::normals;
+use super::guide::LatentGuide;
 use super::init::random_init_with;
 use super::run::{LoopSettings, RunConfig, RunDir, StageName, VaeStageConfig};
 use super::stage::{Stage, StepLoss};
@@ -48,6 +49,8 @@ pub struct VaeStage {
     vae: VaeConfig,
     settings: VaeStageConfig,
     bases: Vec<StftBasis>,
+    /// The features the decoder starts from, when the run has a latent guide.
+    guide: Option<LatentGuide>,
 }
 
 impl VaeStage {
@@ -55,10 +58,19 @@ impl VaeStage {
     pub fn new(run: &RunConfig, device: &Device) -> TrainResult<Self> {
         run.validate()?;
         let model = run.model_config()?;
+        let vae = vae_config(&model);
+        let guide = run.vae.latent_guide.as_ref().map(|_| {
+            LatentGuide::new(
+                vae.encoder.strides.iter().product(),
+                vae.decoder.latent_dim,
+                model.sample_rate,
+                device,
+            )
+        });
         Ok(VaeStage {
             seed: run.seed,
             corpus: Corpus::new((&run.corpus).into())?,
-            vae: vae_config(&model),
+            vae,
             settings: run.vae.clone(),
             bases: run
                 .vae
@@ -66,6 +78,7 @@ impl VaeStage {
                 .iter()
                 .map(|&n| StftBasis::new(n, device))
                 .collect(),
+            guide,
         })
     }
 
@@ -159,7 +172,25 @@ impl Stage for VaeStage {
         let eps = Tensor::<3>::from_data(TensorData::new(eps, eps_dims), device);
         let stdev = posterior.stdev();
         let ramp = noise_ramp(self.settings.posterior_noise_warmup, step);
-        let latent = posterior.mean.clone() + eps * stdev.clone() * ramp;
+        let noise = eps * stdev.clone() * ramp;
+        // The decoder's input: the posterior mean, or (curriculum) the guide's features
+        // blending into it; the posterior's noise on top either way.
+        let guided = match (&self.guide, &self.settings.latent_guide) {
+            (Some(guide), Some(cfg)) if cfg.share(step) > 0.0 => {
+                Some((guide.features(x.clone()), cfg.share(step), cfg.weight))
+            }
+            _ => None,
+        };
+        let (latent, guide_loss) = match &guided {
+            Some((features, share, weight)) => {
+                let mse = (posterior.mean.clone() - features.clone())
+                    .powi_scalar(2)
+                    .mean();
+                let mean = posterior.mean.clone() * (1.0 - share) + features.clone() * *share;
+                (mean + noise, Some((mse, share * weight)))
+            }
+            None => (posterior.mean.clone() + noise, None),
+        };
         let y = model.decode(latent)?;
 
         let y_level = y.clone();
@@ -170,9 +201,14 @@ impl Stage for VaeStage {
         let kl = ((posterior.mean.clone() * posterior.mean + var.clone() - var.log() - 1.0).mean())
             * 0.5;
         let s = &self.settings;
-        let loss =
+        let mut loss =
             l1.clone() * s.l1_weight + stft.clone() * s.stft_weight + kl.clone() * s.kl_weight;
         let scalar = |t: Tensor<1>| t.into_scalar::<f32>() as f64;
+        let mut guide_terms = Vec::new();
+        if let Some((mse, weight)) = guide_loss {
+            loss = loss + mse.clone() * weight;
+            guide_terms.push(("guide_mse".to_string(), scalar(mse)));
+        }
         // Levels of the batch and of its reconstruction (not trained on): a decoder collapsing
         // towards silence shows as `y_rms` falling far below `x_rms`.
         let rms = |t: Tensor<3>| t.detach().powi_scalar(2).mean().sqrt();
@@ -182,7 +218,10 @@ impl Stage for VaeStage {
             ("kl".to_string(), scalar(kl)),
             ("x_rms".to_string(), scalar(rms(x))),
             ("y_rms".to_string(), scalar(rms(y_level))),
-        ]);
+        ])
+        .into_iter()
+        .chain(guide_terms)
+        .collect();
         Ok(StepLoss { loss, terms })
     }
 
