@@ -712,3 +712,63 @@ fn the_latent_guide_hands_over_to_the_posterior_on_schedule() {
     let terms = stage.loss(&model, 6, &device).unwrap().terms;
     assert!(!terms.contains_key("guide_mse"), "{terms:?}");
 }
+
+#[test]
+fn mel_bands_place_tones_by_pitch_and_keep_the_linear_loss_otherwise() {
+    use audiox_train::train::stft::{StftBasis, mel_filters};
+    one_thread();
+    let device = Device::flex();
+    let rate = RunConfig::demo().corpus.sample_rate;
+    let n_fft = 1024;
+    let bins = n_fft / 2 + 1;
+    // Every filter sums to 1; more bands than bins are capped at the bin count.
+    let filters = mel_filters(n_fft, 64, rate, 40.0);
+    for row in filters.chunks(bins) {
+        assert!((row.iter().sum::<f32>() - 1.0).abs() < 1e-4);
+    }
+    let tone = |hz: f32| -> Tensor<2> {
+        let x: Vec<f32> = (0..8192)
+            .map(|i| 0.1 * (2.0 * std::f32::consts::PI * hz * i as f32 / rate as f32).sin())
+            .collect();
+        Tensor::from_data(TensorData::new(x, [1, 8192]), &device)
+    };
+    let mel = StftBasis::with_mel(n_fft, 64, rate, &device);
+    let loudest = |x: Tensor<2>| {
+        let s = mel.spectrum(x);
+        let [_, bands, frames] = s.dims();
+        assert_eq!(bands, 64);
+        let v = s.into_data().try_into_vec::<f32>().unwrap();
+        let mid = frames / 2;
+        (0..bands)
+            .max_by(|&a, &b| v[a * frames + mid].total_cmp(&v[b * frames + mid]))
+            .unwrap()
+    };
+    let (low, high) = (loudest(tone(300.0)), loudest(tone(2000.0)));
+    // The band of each tone is the one whose filter weighs its bin most.
+    let weight = |band: usize, hz: f32| {
+        filters[band * bins + (hz / rate as f32 * n_fft as f32).round() as usize]
+    };
+    for (band, hz) in [(low, 300.0), (high, 2000.0)] {
+        let best = (0..64)
+            .max_by(|&a, &b| weight(a, hz).total_cmp(&weight(b, hz)))
+            .unwrap();
+        assert!(
+            band.abs_diff(best) <= 1,
+            "{hz} Hz: band {band}, filter {best}"
+        );
+    }
+    assert!(
+        high > low + 10,
+        "300 Hz in band {low}, 2 kHz in band {high}"
+    );
+    assert_eq!(
+        StftBasis::with_mel(64, 64, rate, &device)
+            .spectrum(tone(300.0))
+            .dims()[1],
+        33
+    );
+    // Without mel bands the spectrum is the magnitude.
+    let linear = StftBasis::new(n_fft, &device);
+    let (a, b) = (linear.spectrum(tone(300.0)), linear.magnitude(tone(300.0)));
+    assert_eq!(a.into_data(), b.into_data());
+}

@@ -14,6 +14,8 @@ use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
+use super::stft::mel_filters;
+
 /// When and how strongly the guide applies (the `vae.latent_guide` section of a run config).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -67,14 +69,6 @@ const OFFSET: f32 = 3.5;
 /// See [`OFFSET`].
 const SPREAD: f32 = 1.5;
 
-fn hz_to_mel(hz: f64) -> f64 {
-    2595.0 * (1.0 + hz / 700.0).log10()
-}
-
-fn mel_to_hz(mel: f64) -> f64 {
-    700.0 * (10f64.powf(mel / 2595.0) - 1.0)
-}
-
 impl LatentGuide {
     /// The guide for a VAE of down-sampling ratio `hop` (>= 2) and `bands` latent channels
     /// (>= 1) at `sample_rate` Hz.
@@ -93,36 +87,7 @@ impl LatentGuide {
             }
         }
         let bands = bands.max(1);
-        let nyquist = sample_rate as f64 / 2.0;
-        let (lo, hi) = (hz_to_mel(LOWEST_HZ.min(nyquist / 2.0)), hz_to_mel(nyquist));
-        let edges: Vec<f64> = (0..bands + 2)
-            .map(|i| mel_to_hz(lo + (hi - lo) * i as f64 / (bands + 1) as f64))
-            .collect();
-        let bin_hz = sample_rate as f64 / n_fft as f64;
-        let mut filters = vec![0f32; bands * bins];
-        for b in 0..bands {
-            let (l, c, r) = (edges[b], edges[b + 1], edges[b + 2]);
-            let row = &mut filters[b * bins..(b + 1) * bins];
-            for (k, w) in row.iter_mut().enumerate() {
-                let f = k as f64 * bin_hz;
-                let v = if f > l && f <= c {
-                    (f - l) / (c - l)
-                } else if f > c && f < r {
-                    (r - f) / (r - c)
-                } else {
-                    0.0
-                };
-                *w = v as f32;
-            }
-            // A band narrower than a bin takes the nearest bin.
-            let sum: f32 = row.iter().sum();
-            if sum == 0.0 {
-                let k = ((c / bin_hz).round() as usize).min(bins - 1);
-                row[k] = 1.0;
-            } else {
-                row.iter_mut().for_each(|w| *w /= sum);
-            }
-        }
+        let filters = mel_filters(n_fft, bands, sample_rate, LOWEST_HZ);
         LatentGuide {
             hop,
             cos: Tensor::from_data(TensorData::new(cos, [bins, 1, n_fft]), device),

@@ -138,6 +138,11 @@ pub struct VaeStageConfig {
     pub stft_sizes: Vec<usize>,
     /// Weight of the multi-resolution STFT loss.
     pub stft_weight: f64,
+    /// Compare the STFT loss's magnitudes in this many mel bands per resolution (at most the
+    /// resolution's bin count) instead of linear bins (`None`: linear bins, as the first demo
+    /// runs did). See `stft::StftBasis::with_mel`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stft_mel_bands: Option<usize>,
     /// Weight of the waveform L1 loss.
     pub l1_weight: f64,
     /// Weight of the KL divergence of the posterior from N(0, 1) (mean over latent elements).
@@ -345,6 +350,7 @@ impl RunConfig {
                 crop: 16_000,
                 stft_sizes: vec![2048, 1024, 512, 256, 128],
                 stft_weight: 1.0,
+                stft_mel_bands: None,
                 l1_weight: 1.0,
                 kl_weight: 1e-4,
                 log_floor_db: Some(-60.0),

@@ -76,7 +76,10 @@ impl VaeStage {
                 .vae
                 .stft_sizes
                 .iter()
-                .map(|&n| StftBasis::new(n, device))
+                .map(|&n| match run.vae.stft_mel_bands {
+                    Some(bands) => StftBasis::with_mel(n, bands, model.sample_rate, device),
+                    None => StftBasis::new(n, device),
+                })
                 .collect(),
             guide,
         })
