@@ -168,6 +168,19 @@ impl VaeConfig {
             for (i, (&m, &s)) in mults.iter().zip(strides).enumerate() {
                 positive(field(&format!("c_mults[{i}]")), m)?;
                 positive(field(&format!("strides[{i}]")), s)?;
+                // upstream: the levels' kernels are `2 s` long with padding `ceil(s / 2)`, so an
+                // odd stride's transposed convolution returns `s L - 1` samples, not `s L`: the
+                // decoder would not give back the length the encoder took (the official configs
+                // use even strides only).
+                if s % 2 != 0 {
+                    return Err(Error::config(
+                        field(&format!("strides[{i}]")),
+                        format!(
+                            "{s} is odd: with kernels of 2 x stride and padding ceil(stride / 2), \
+                             an odd stride does not give back the length it took; use even strides"
+                        ),
+                    ));
+                }
                 // Level widths are `channels * c_mult`; kernels are `2 * stride` long.
                 checked_mul(field(&format!("c_mults[{i}]")), channels, m)?;
                 checked_mul(field(&format!("strides[{i}]")), s, 2)?;

@@ -820,6 +820,29 @@ mod tests {
     }
 
     #[test]
+    fn odd_strides_are_refused() {
+        // Kernel 2s with padding ceil(s / 2): stride 5 up-samples 24 frames to 119 samples.
+        let err = edited(|j| {
+            let strides = &mut vae(j)["encoder"]["config"]["strides"];
+            let ratio: u64 = strides
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s.as_u64().unwrap())
+                .product();
+            strides[0] = 5.into();
+            let first = ratio / 2 * 5;
+            vae(j)["downsampling_ratio"] = first.into();
+            vae(j)["decoder"]["config"]["strides"][0] = 5.into();
+        })
+        .unwrap_err();
+        assert_eq!(
+            field_of(err),
+            "model.pretransform.config.encoder.config.strides[0]"
+        );
+    }
+
+    #[test]
     fn zero_channels_are_refused() {
         let err = edited(|j| vae(j)["decoder"]["config"]["channels"] = 0.into()).unwrap_err();
         assert_eq!(
@@ -853,8 +876,8 @@ mod tests {
 
     #[test]
     fn overflowing_sizes_are_refused() {
-        // Strides whose product does not fit in usize.
-        let huge = serde_json::json!([u32::MAX, u32::MAX, u32::MAX, 2, 2]);
+        // Strides (even, as every stride must be) whose product does not fit in usize.
+        let huge = serde_json::json!([u32::MAX - 1, u32::MAX - 1, u32::MAX - 1, 2, 2]);
         let err = edited(|j| vae(j)["encoder"]["config"]["strides"] = huge).unwrap_err();
         assert_eq!(
             field_of(err),
