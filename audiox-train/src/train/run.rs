@@ -336,21 +336,24 @@ impl RunConfig {
             },
             model: serde_json::from_str(DEMO_MODEL_CONFIG)
                 .expect("the built-in demo config is JSON"),
+            // The recipe of the best VAE run so far (G3 in docs/training.md, with the mel loss
+            // from the start): the latent guide, mel-band STFT loss, PyTorch's initial scales,
+            // plain Adam. Not yet shown to reach the reconstruction the teacher needs.
             vae: VaeStageConfig {
                 optim: LoopSettings {
-                    steps: 3_000,
+                    steps: 8_000,
                     batch: 8,
                     lr: 3e-4,
                     warmup: 100,
                     checkpoint_every: 100,
                     keep_checkpoints: 2,
-                    grad_clip: Some(1.0),
-                    adam_betas: Some((0.8, 0.99)),
+                    grad_clip: None,
+                    adam_betas: None,
                 },
-                crop: 16_000,
+                crop: 7_680,
                 stft_sizes: vec![2048, 1024, 512, 256, 128],
                 stft_weight: 1.0,
-                stft_mel_bands: None,
+                stft_mel_bands: Some(64),
                 l1_weight: 1.0,
                 kl_weight: 1e-4,
                 log_floor_db: Some(-60.0),
@@ -358,7 +361,11 @@ impl RunConfig {
                 posterior_noise_warmup: Some(500),
                 init: super::init::InitScheme::PytorchDefault,
                 zero_decoder_biases: false,
-                latent_guide: None,
+                latent_guide: Some(super::guide::LatentGuideConfig {
+                    steps: 1_500,
+                    blend: 1_000,
+                    weight: 1.0,
+                }),
             },
             teacher: TeacherStageConfig {
                 optim: LoopSettings {
