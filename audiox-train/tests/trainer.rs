@@ -774,3 +774,21 @@ fn mel_bands_place_tones_by_pitch_and_keep_the_linear_loss_otherwise() {
     let (a, b) = (linear.spectrum(tone(300.0)), linear.magnitude(tone(300.0)));
     assert_eq!(a.into_data(), b.into_data());
 }
+
+#[test]
+fn the_mel_loss_sees_infrasound() {
+    use audiox_train::train::stft::{MEL_LOWEST_HZ, mel_filters};
+    let rate = RunConfig::demo().corpus.sample_rate;
+    // At every resolution of the demo loss, the first bin above DC (where a drifting offset's
+    // energy lies: 7.8 Hz at 2,048 points) has weight in some band. Filters from 40 Hz gave
+    // it none, and the P320 run's output drifted.
+    for &n_fft in &RunConfig::demo().vae.stft_sizes {
+        let bins = n_fft / 2 + 1;
+        let bands = RunConfig::demo().vae.stft_mel_bands.unwrap().min(bins);
+        let filters = mel_filters(n_fft, bands, rate, MEL_LOWEST_HZ);
+        let weight: f32 = filters.chunks(bins).map(|row| row[1]).sum();
+        assert!(weight > 0.0, "{n_fft} points: bin 1 has no weight");
+    }
+    let filters = mel_filters(2048, 64, rate, 40.0);
+    assert_eq!(filters.chunks(1025).map(|row| row[1]).sum::<f32>(), 0.0);
+}

@@ -60,8 +60,11 @@ pub fn mel_filters(n_fft: usize, bands: usize, sample_rate: u32, lowest_hz: f64)
     filters
 }
 
-/// The lowest band edge of the mel-scaled loss's filters, in Hz.
-pub const MEL_LOWEST_HZ: f64 = 40.0;
+/// The lowest band edge of the mel-scaled loss's filters, in Hz: 0, so that the lowest band
+/// sees infrasound and a drifting DC offset. (Run P320 started with 40 Hz: nothing in its loss
+/// but the waveform L1 saw below 40 Hz, and its reconstructions carried 20-45 dB too much energy
+/// at 0-20 Hz; `docs/training.md`.)
+pub const MEL_LOWEST_HZ: f64 = 0.0;
 
 impl StftBasis {
     /// The bases for `n_fft` (>= 4) on `device`.
