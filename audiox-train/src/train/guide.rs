@@ -1,7 +1,7 @@
 //! A compression curriculum for the VAE stage: the latent guide.
 //!
-//! At the demo sizes the decoder must turn 16 values per 40 ms into 640 samples: it has to
-//! become a small vocoder. Trained jointly from the start, the encoder's latent carries nothing
+//! A VAE decoder must turn a few values per latent frame (16 per 320 samples at the demo
+//! sizes) into audio: it has to become a small vocoder. Trained jointly from the start, the encoder's latent carries nothing
 //! useful yet, and the demo runs' decoders learned an input-independent output and gated their
 //! input out (`docs/training.md`). With a guide, the decoder first decodes a fixed, informative
 //! function of the audio — its log band energies at the latent's frame rate, one band per latent
@@ -14,7 +14,7 @@ use burn::tensor::ops::ConvOptions;
 use burn::tensor::{Device, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
-use super::stft::mel_filters;
+use super::stft::{hann_dft_bases, mel_filters};
 
 /// When and how strongly the guide applies (the `vae.latent_guide` section of a run config).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -75,17 +75,7 @@ impl LatentGuide {
     pub fn new(hop: usize, bands: usize, sample_rate: u32, device: &Device) -> Self {
         let n_fft = 2 * hop.max(2);
         let bins = n_fft / 2 + 1;
-        let tau = 2.0 * std::f64::consts::PI;
-        let mut cos = Vec::with_capacity(bins * n_fft);
-        let mut sin = Vec::with_capacity(bins * n_fft);
-        for k in 0..bins {
-            for n in 0..n_fft {
-                let w = 0.5 - 0.5 * (tau * n as f64 / n_fft as f64).cos();
-                let phase = tau * (k * n % n_fft) as f64 / n_fft as f64;
-                cos.push((w * phase.cos()) as f32);
-                sin.push((-w * phase.sin()) as f32);
-            }
-        }
+        let (cos, sin) = hann_dft_bases(n_fft);
         let bands = bands.max(1);
         let filters = mel_filters(n_fft, bands, sample_rate, LOWEST_HZ);
         LatentGuide {
@@ -99,9 +89,9 @@ impl LatentGuide {
     /// The features of `audio` `[N, channels, T]` (channels averaged): `[N, bands, frames]`,
     /// `frames` being `T / hop` (the encoder's output length for `T` a multiple of `hop`).
     /// Frame `i` covers samples `[i hop - hop / 2, i hop + 3 hop / 2)`, centred on latent
-    /// frame `i`; each value is `(log10(band energy + 1e-6) + 3.5) / 1.5`, the energy of a full-scale sine
-    /// at a bin centre being 1 (digital silence: -1.67; a tone of amplitude 0.1 in a narrow
-    /// band: about 1). Not differentiated (the audio is the training target).
+    /// frame `i`; each value is `(log10(band energy + 1e-6) + 3.5) / 1.5`, the energy of a
+    /// full-scale sine at a bin centre being 1 (digital silence: -1.67; a tone of amplitude 0.1
+    /// in a narrow band: about 1). Not differentiated (the audio is the training target).
     pub fn features(&self, audio: Tensor<3>) -> Tensor<3> {
         let [n, _, t] = audio.dims();
         let frames = t / self.hop;

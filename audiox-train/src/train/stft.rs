@@ -20,6 +20,24 @@ pub struct StftBasis {
     mel: Option<Tensor<3>>,
 }
 
+/// The real and imaginary DFT bases of an `n_fft`-point frame under a periodic Hann window:
+/// `(window x cos, -window x sin)`, each `n_fft / 2 + 1` rows of `n_fft` taps.
+pub fn hann_dft_bases(n_fft: usize) -> (Vec<f32>, Vec<f32>) {
+    let bins = n_fft / 2 + 1;
+    let mut cos = Vec::with_capacity(bins * n_fft);
+    let mut sin = Vec::with_capacity(bins * n_fft);
+    let tau = 2.0 * std::f64::consts::PI;
+    for k in 0..bins {
+        for n in 0..n_fft {
+            let w = 0.5 - 0.5 * (tau * n as f64 / n_fft as f64).cos();
+            let phase = tau * (k * n % n_fft) as f64 / n_fft as f64;
+            cos.push((w * phase.cos()) as f32);
+            sin.push((-w * phase.sin()) as f32);
+        }
+    }
+    (cos, sin)
+}
+
 /// Triangular filters on the mel scale (HTK formula) over the `n_fft / 2 + 1` bins of an
 /// `n_fft`-point DFT at `sample_rate` Hz: `bands` rows, from `lowest_hz` to Nyquist, each
 /// summing to 1. A band narrower than a bin takes the bin nearest its centre.
@@ -70,18 +88,7 @@ impl StftBasis {
     /// The bases for `n_fft` (>= 4) on `device`.
     pub fn new(n_fft: usize, device: &Device) -> Self {
         let bins = n_fft / 2 + 1;
-        let mut cos = Vec::with_capacity(bins * n_fft);
-        let mut sin = Vec::with_capacity(bins * n_fft);
-        let tau = 2.0 * std::f64::consts::PI;
-        for k in 0..bins {
-            for n in 0..n_fft {
-                // Periodic Hann window.
-                let w = 0.5 - 0.5 * (tau * n as f64 / n_fft as f64).cos();
-                let phase = tau * (k * n % n_fft) as f64 / n_fft as f64;
-                cos.push((w * phase.cos()) as f32);
-                sin.push((-w * phase.sin()) as f32);
-            }
-        }
+        let (cos, sin) = hann_dft_bases(n_fft);
         StftBasis {
             n_fft,
             hop: n_fft / 4,
