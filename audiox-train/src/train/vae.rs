@@ -178,21 +178,16 @@ impl Stage for VaeStage {
         let noise = eps * stdev.clone() * ramp;
         // The decoder's input: the posterior mean, or (curriculum) the guide's features
         // blending into it; the posterior's noise on top either way.
-        let guided = match (&self.guide, &self.settings.latent_guide) {
+        let (latent, guide_loss) = match (&self.guide, &self.settings.latent_guide) {
             (Some(guide), Some(cfg)) if cfg.share(step) > 0.0 => {
-                Some((guide.features(x.clone()), cfg.share(step), cfg.weight))
-            }
-            _ => None,
-        };
-        let (latent, guide_loss) = match &guided {
-            Some((features, share, weight)) => {
+                let (features, share) = (guide.features(x.clone()), cfg.share(step));
                 let mse = (posterior.mean.clone() - features.clone())
                     .powi_scalar(2)
                     .mean();
-                let mean = posterior.mean.clone() * (1.0 - share) + features.clone() * *share;
-                (mean + noise, Some((mse, share * weight)))
+                let mean = posterior.mean.clone() * (1.0 - share) + features * share;
+                (mean + noise, Some((mse, share * cfg.weight)))
             }
-            None => (posterior.mean.clone() + noise, None),
+            _ => (posterior.mean.clone() + noise, None),
         };
         let y = model.decode(latent)?;
 
@@ -207,24 +202,24 @@ impl Stage for VaeStage {
         let mut loss =
             l1.clone() * s.l1_weight + stft.clone() * s.stft_weight + kl.clone() * s.kl_weight;
         let scalar = |t: Tensor<1>| t.into_scalar::<f32>() as f64;
-        let mut guide_terms = Vec::new();
+        let mut guide_term = None;
         if let Some((mse, weight)) = guide_loss {
             loss = loss + mse.clone() * weight;
-            guide_terms.push(("guide_mse".to_string(), scalar(mse)));
+            guide_term = Some(scalar(mse));
         }
         // Levels of the batch and of its reconstruction (not trained on): a decoder collapsing
         // towards silence shows as `y_rms` falling far below `x_rms`.
         let rms = |t: Tensor<3>| t.detach().powi_scalar(2).mean().sqrt();
-        let terms = BTreeMap::from([
+        let mut terms = BTreeMap::from([
             ("l1".to_string(), scalar(l1)),
             ("stft".to_string(), scalar(stft)),
             ("kl".to_string(), scalar(kl)),
             ("x_rms".to_string(), scalar(rms(x))),
             ("y_rms".to_string(), scalar(rms(y_level))),
-        ])
-        .into_iter()
-        .chain(guide_terms)
-        .collect();
+        ]);
+        if let Some(mse) = guide_term {
+            terms.insert("guide_mse".to_string(), mse);
+        }
         Ok(StepLoss { loss, terms })
     }
 
