@@ -7,7 +7,9 @@
 //! ```
 //!
 //! With `WAV_DIR`, each held-out clip and its reconstruction are also written there
-//! (`NN-original.wav`, `NN-reconstruction.wav`, mono 32-bit float) for listening.
+//! (`NN-original.wav`, `NN-reconstruction.wav`, mono 32-bit float) for listening, and
+//! `clips.md` lists per clip the caption and the events detected in both (onset, class, pitch,
+//! tonality): which events the VAE loses or changes.
 
 use std::path::PathBuf;
 
@@ -58,6 +60,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Ok(out)
     };
     let report = reconstruction_report(&corpus, count, &mut reconstruct_and_write)?;
+    if let Some(d) = &wav_dir {
+        let path = d.join("clips.md");
+        std::fs::write(&path, per_clip_markdown(&report))
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+    }
     println!(
         "{} held-out clips, median SNR {:.1} dB, median level {:.1} dB of the original's, \
          median correlation {:.3}",
@@ -71,6 +78,38 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         report.reconstructed.markdown_row("VAE reconstruction")
     );
     Ok(())
+}
+
+/// Per clip: the caption, then the events found in the original and the reconstruction.
+fn per_clip_markdown(report: &audiox_train::train::eval::ReconstructionReport) -> String {
+    let events = |found: &[audiox_train::metric::DetectedEvent]| {
+        found
+            .iter()
+            .map(|e| {
+                format!(
+                    "{:.2} s {:?} {:.0} Hz t{:.2}",
+                    e.onset_s, e.class, e.pitch_hz, e.tonality
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("; ")
+    };
+    let mut out = String::from(
+        "| # | caption | expected | SNR dB | level dB | original | reconstruction |\n\
+         |---|---|---|---|---|---|---|\n",
+    );
+    for (i, c) in report.per_clip.iter().enumerate() {
+        out += &format!(
+            "| {i:02} | {} | {} | {:.1} | {:.1} | {} | {} |\n",
+            c.caption,
+            c.expected_events,
+            c.snr_db,
+            c.level_db,
+            events(&c.original),
+            events(&c.reconstructed)
+        );
+    }
+    out
 }
 
 /// Writes mono 32-bit float WAV.

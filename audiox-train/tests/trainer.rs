@@ -366,6 +366,20 @@ fn the_reconstruction_report_scores_identity_and_silence_apart() {
     );
     assert!((same.median_correlation - 1.0).abs() < 1e-9);
     assert_eq!(same.reconstructed, same.original);
+    // Per clip: the caption, and for an identity reconstruction the same events in both.
+    assert_eq!(same.per_clip.len(), n);
+    for (i, (clip, scene)) in same
+        .per_clip
+        .iter()
+        .zip(corpus.held_out_scenes(n))
+        .enumerate()
+    {
+        assert_eq!(clip.caption, scene.caption(), "clip {i}");
+        assert_eq!(clip.expected_events, scene.expected_events().len());
+        assert_eq!(clip.original, clip.reconstructed, "clip {i}");
+        assert_eq!(clip.original.len(), clip.expected_events, "clip {i}");
+        assert_eq!(clip.snr_db, 100.0);
+    }
     // Half the level, inverted: -6 dB and correlation -1.
     let inverted = reconstruction_report(&corpus, n, &mut |x| {
         Ok(x.iter().map(|v| -0.5 * v).collect())
@@ -384,6 +398,7 @@ fn the_reconstruction_report_scores_identity_and_silence_apart() {
         silent.median_snr_db
     );
     assert_eq!(silent.reconstructed.event_count_accuracy, 0.0);
+    assert!(silent.per_clip.iter().all(|c| c.reconstructed.is_empty()));
     assert!(silent.median_level_db < -200.0 && silent.median_correlation == 0.0);
 
     // The VAE reconstructor keeps the clip's length (the tiny VAE of an exported run).

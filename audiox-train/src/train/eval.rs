@@ -8,7 +8,7 @@ use audiox_vae::Vae;
 
 use super::error::TrainResult;
 use crate::corpus::Corpus;
-use crate::metric::{DetectorConfig, Report, detect_events, score_clip};
+use crate::metric::{DetectedEvent, DetectorConfig, Report, detect_events, score_clip};
 
 /// Reconstruction quality over held-out clips.
 #[derive(Clone, Debug, PartialEq)]
@@ -27,6 +27,26 @@ pub struct ReconstructionReport {
     pub reconstructed: Report,
     /// The metric on the original clips (the detector's ceiling on the same clips).
     pub original: Report,
+    /// Per clip, in order: what the caption asks for and what the detector found in the
+    /// original and in the reconstruction (for finding out which events a VAE loses).
+    pub per_clip: Vec<ClipDetections>,
+}
+
+/// What the detector found in one held-out clip and in its reconstruction.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ClipDetections {
+    /// The clip's caption.
+    pub caption: String,
+    /// Number of events the caption describes.
+    pub expected_events: usize,
+    /// Events detected in the original clip.
+    pub original: Vec<DetectedEvent>,
+    /// Events detected in the reconstruction.
+    pub reconstructed: Vec<DetectedEvent>,
+    /// Signal-to-noise ratio of the reconstruction in dB.
+    pub snr_db: f64,
+    /// Level of the reconstruction relative to the original, in dB.
+    pub level_db: f64,
 }
 
 /// Evaluates `reconstruct` (mono samples in, mono samples of the same length out) on the first
@@ -40,6 +60,7 @@ pub fn reconstruction_report(
     let mut snrs = Vec::with_capacity(n);
     let (mut levels, mut correlations) = (Vec::with_capacity(n), Vec::with_capacity(n));
     let (mut rec_scores, mut ref_scores) = (Vec::new(), Vec::new());
+    let mut per_clip = Vec::with_capacity(n);
     for (i, scene) in corpus.held_out_scenes(n).iter().enumerate() {
         let clip = corpus.held_out_clip(scene, i as u64);
         let out = reconstruct(&clip.samples)?;
@@ -53,20 +74,24 @@ pub fn reconstruction_report(
             .zip(&out[..len])
             .map(|(&x, &y)| (x as f64 - y as f64).powi(2))
             .sum();
-        snrs.push((10.0 * (signal / noise.max(1e-30)).log10()).min(100.0));
+        let snr_db = (10.0 * (signal / noise.max(1e-30)).log10()).min(100.0);
+        snrs.push(snr_db);
         let output: f64 = out[..len].iter().map(|&y| (y as f64).powi(2)).sum();
-        levels.push(10.0 * (output.max(1e-30) / signal.max(1e-30)).log10());
+        let level_db = 10.0 * (output.max(1e-30) / signal.max(1e-30)).log10();
+        levels.push(level_db);
         correlations.push(correlation(&clip.samples[..len], &out[..len]));
-        rec_scores.push(score_clip(
-            scene,
-            &detect_events(&out, clip.sample_rate, &cfg),
-            &cfg,
-        ));
-        ref_scores.push(score_clip(
-            scene,
-            &detect_events(&clip.samples, clip.sample_rate, &cfg),
-            &cfg,
-        ));
+        let reconstructed = detect_events(&out, clip.sample_rate, &cfg);
+        let original = detect_events(&clip.samples, clip.sample_rate, &cfg);
+        rec_scores.push(score_clip(scene, &reconstructed, &cfg));
+        ref_scores.push(score_clip(scene, &original, &cfg));
+        per_clip.push(ClipDetections {
+            caption: clip.caption.clone(),
+            expected_events: scene.expected_events().len(),
+            original,
+            reconstructed,
+            snr_db,
+            level_db,
+        });
     }
     Ok(ReconstructionReport {
         clips: snrs.len(),
@@ -75,6 +100,7 @@ pub fn reconstruction_report(
         median_correlation: median(correlations),
         reconstructed: Report::from_scores(&rec_scores),
         original: Report::from_scores(&ref_scores),
+        per_clip,
     })
 }
 
