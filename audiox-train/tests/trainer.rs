@@ -803,7 +803,107 @@ fn the_mel_loss_sees_infrasound() {
         let filters = mel_filters(n_fft, bands, rate, MEL_LOWEST_HZ);
         let weight: f32 = filters.chunks(bins).map(|row| row[1]).sum();
         assert!(weight > 0.0, "{n_fft} points: bin 1 has no weight");
+        // The DC bin too: a constant offset has its energy there (and in bin 1 through the
+        // window), and a triangle from 0 Hz gives bin 0 no weight.
+        let dc: f32 = filters.chunks(bins).map(|row| row[0]).sum();
+        assert!(dc > 0.0, "{n_fft} points: the DC bin has no weight");
     }
     let filters = mel_filters(2048, 64, rate, 40.0);
     assert_eq!(filters.chunks(1025).map(|row| row[1]).sum::<f32>(), 0.0);
+}
+
+#[test]
+fn the_demo_loss_penalises_a_dc_offset() {
+    use audiox_train::train::stft::{LogFloor, StftBasis, multi_resolution_stft_loss};
+    let run = RunConfig::demo();
+    let (rate, crop) = (run.corpus.sample_rate, run.vae.crop);
+    let device = Device::flex();
+    let bases: Vec<StftBasis> = run
+        .vae
+        .stft_sizes
+        .iter()
+        .map(|&n| StftBasis::with_mel(n, run.vae.stft_mel_bands.unwrap(), rate, &device))
+        .collect();
+    let floor = Some(LogFloor::added(
+        10f32.powf(run.vae.log_floor_db.unwrap() as f32 / 20.0),
+    ));
+    // A target of a 1 kHz tone burst over silence, as the corpus has; the prediction is the
+    // target plus a constant offset 30 dB under the tone (a resumed run drifted to such an
+    // offset, and the event detector counted it as an event at 0 s).
+    let target: Vec<f32> = (0..crop)
+        .map(|i| {
+            let on = i > crop / 4 && i < crop / 2;
+            if on {
+                0.2 * (std::f32::consts::TAU * 1000.0 * i as f32 / rate as f32).sin()
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    let t = |v: &[f32]| Tensor::<3>::from_data(TensorData::new(v.to_vec(), [1, 1, crop]), &device);
+    let loss = |offset: f32| {
+        let pred: Vec<f32> = target.iter().map(|v| v + offset).collect();
+        multi_resolution_stft_loss(&bases, t(&pred), t(&target), floor).into_scalar::<f32>()
+    };
+    let (clean, offset) = (loss(0.0), loss(0.2 * 10f32.powf(-30.0 / 20.0)));
+    assert!(clean < 1e-4, "{clean}");
+    // With the DC bin in the first band the offset costs 0.318 here; with a plain triangle
+    // from 0 Hz (DC bin unweighted, the offset seen only through the window's leakage) 0.266.
+    assert!(offset > 0.29, "offset {offset}");
+}
+
+#[test]
+fn the_dc_term_is_the_l1_of_frame_means_and_weighs_in_the_loss() {
+    use audiox_train::train::Stage;
+    one_thread();
+    let device = device();
+    let mut run = tiny_run();
+    // No posterior noise at step 0: the decoder decodes the posterior mean.
+    run.vae.posterior_noise_warmup = Some(10);
+    run.vae.latent_guide = None;
+    run.vae.dc_weight = 0.0;
+    let stage = VaeStage::new(&run, &device).unwrap();
+    let model = stage.init_model(&device).unwrap();
+    let without = stage.loss(&model, 0, &device).unwrap();
+
+    let (audio, dims) = stage.step_batch(0);
+    let x = Tensor::<3>::from_data(TensorData::new(audio.clone(), dims), &device);
+    let y = model
+        .decode(model.posterior(x).unwrap().mean)
+        .unwrap()
+        .into_data()
+        .try_into_vec::<f32>()
+        .unwrap();
+    let hop: usize = vae_config(&run.model_config().unwrap())
+        .encoder
+        .strides
+        .iter()
+        .product();
+    // Per row and channel, per latent frame: |mean(y) - mean(x)|, averaged.
+    let diffs: Vec<f64> = y
+        .chunks(hop)
+        .zip(audio.chunks(hop))
+        .map(|(a, b)| {
+            let mean = |v: &[f32]| v.iter().map(|&s| s as f64).sum::<f64>() / hop as f64;
+            (mean(a) - mean(b)).abs()
+        })
+        .collect();
+    let dc = diffs.iter().sum::<f64>() / diffs.len() as f64;
+    let logged = without.terms["dc"];
+    assert!(
+        (logged - dc).abs() <= 1e-4 * dc.max(1e-9),
+        "{logged} vs {dc}"
+    );
+    assert!(dc > 0.0);
+
+    run.vae.dc_weight = 7.0;
+    let stage = VaeStage::new(&run, &device).unwrap();
+    let with = stage.loss(&model, 0, &device).unwrap();
+    let scalar = |t: Tensor<1>| t.into_scalar::<f32>() as f64;
+    let added = scalar(with.loss) - scalar(without.loss);
+    assert!(
+        (added - 7.0 * dc).abs() <= 1e-4 * (7.0 * dc).max(1e-6),
+        "{added} vs {}",
+        7.0 * dc
+    );
 }

@@ -145,6 +145,13 @@ pub struct VaeStageConfig {
     pub stft_mel_bands: Option<usize>,
     /// Weight of the waveform L1 loss.
     pub l1_weight: f64,
+    /// Weight of the frame-mean L1 loss: `|mean(y) - mean(x)|` over each latent frame's samples
+    /// (0, the default: none). It holds the output's DC and sub-frame-rate content to the
+    /// input's: the SnakeBeta activations rectify (`sin^2 >= 0`), so a decoder's offset depends
+    /// on its signal, and the STFT terms alone let a resumed demo run drift to a constant
+    /// offset in silence that the event detector counts as an event (`docs/training.md`).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub dc_weight: f64,
     /// Weight of the KL divergence of the posterior from N(0, 1) (mean over latent elements).
     pub kl_weight: f64,
     /// The floor of the STFT loss's log magnitudes, in dB below the target's loudest bin
@@ -355,6 +362,7 @@ impl RunConfig {
                 stft_weight: 1.0,
                 stft_mel_bands: Some(64),
                 l1_weight: 1.0,
+                dc_weight: 10.0,
                 kl_weight: 1e-4,
                 log_floor_db: Some(-60.0),
                 log_floor_mode: super::stft::FloorMode::Added,
@@ -450,6 +458,7 @@ impl RunConfig {
         for (field, w) in [
             ("vae.stft_weight", self.vae.stft_weight),
             ("vae.l1_weight", self.vae.l1_weight),
+            ("vae.dc_weight", self.vae.dc_weight),
             ("vae.kl_weight", self.vae.kl_weight),
         ] {
             if !(w.is_finite() && w >= 0.0) {

@@ -40,7 +40,9 @@ pub fn hann_dft_bases(n_fft: usize) -> (Vec<f32>, Vec<f32>) {
 
 /// Triangular filters on the mel scale (HTK formula) over the `n_fft / 2 + 1` bins of an
 /// `n_fft`-point DFT at `sample_rate` Hz: `bands` rows, from `lowest_hz` to Nyquist, each
-/// summing to 1. A band narrower than a bin takes the bin nearest its centre.
+/// summing to 1. A band narrower than a bin takes the bin nearest its centre. With
+/// `lowest_hz` 0 the first band is a shelf, flat from DC (bin 0 included) to its centre: a
+/// triangle from 0 Hz would give the DC bin no weight, and a constant offset would go unseen.
 pub fn mel_filters(n_fft: usize, bands: usize, sample_rate: u32, lowest_hz: f64) -> Vec<f32> {
     let hz_to_mel = |hz: f64| 2595.0 * (1.0 + hz / 700.0).log10();
     let mel_to_hz = |mel: f64| 700.0 * (10f64.powf(mel / 2595.0) - 1.0);
@@ -58,7 +60,9 @@ pub fn mel_filters(n_fft: usize, bands: usize, sample_rate: u32, lowest_hz: f64)
         let row = &mut filters[b * bins..(b + 1) * bins];
         for (k, w) in row.iter_mut().enumerate() {
             let f = k as f64 * bin_hz;
-            let v = if f > l && f <= c {
+            let v = if b == 0 && l == 0.0 && f <= c {
+                1.0
+            } else if f > l && f <= c {
                 (f - l) / (c - l)
             } else if f > c && f < r {
                 (r - f) / (r - c)
@@ -79,9 +83,11 @@ pub fn mel_filters(n_fft: usize, bands: usize, sample_rate: u32, lowest_hz: f64)
 }
 
 /// The lowest band edge of the mel-scaled loss's filters, in Hz: 0, so that the lowest band
-/// sees infrasound and a drifting DC offset. (Run P320 started with 40 Hz: nothing in its loss
-/// but the waveform L1 saw below 40 Hz, and its reconstructions carried 20-45 dB too much energy
-/// at 0-20 Hz; `docs/training.md`.)
+/// (a shelf from DC, see [`mel_filters`]) sees infrasound and a DC offset. (Run P320 started
+/// with 40 Hz: nothing in its loss but the waveform L1 saw below 40 Hz, and its reconstructions
+/// carried 20-45 dB too much energy at 0-20 Hz; a first version from 0 Hz still gave the DC bin
+/// no weight, and a resume with it grew a constant offset that the event detector counts as an
+/// event at 0 s; `docs/training.md`.)
 pub const MEL_LOWEST_HZ: f64 = 0.0;
 
 impl StftBasis {

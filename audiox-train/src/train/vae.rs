@@ -1,7 +1,8 @@
 //! The VAE stage: the project's Oobleck encoder and decoder (`audiox-vae`), at the sizes of the
 //! model config's `pretransform` section, trained on crops of corpus clips.
 //!
-//! Loss: `l1_weight x |y - x|` (waveform) `+ stft_weight x` multi-resolution STFT loss
+//! Loss: `l1_weight x |y - x|` (waveform) `+ dc_weight x` the same on each latent frame's
+//! mean (the output's offset) `+ stft_weight x` multi-resolution STFT loss
 //! (spectral convergence + log magnitude, see [`super::stft`]) `+ kl_weight x` the KL
 //! divergence of the posterior from N(0, 1); the decoder reconstructs a sample of the
 //! posterior (the reparameterisation trick), as the official VAE bottleneck does.
@@ -193,6 +194,16 @@ impl Stage for VaeStage {
 
         let y_level = y.clone();
         let l1 = (y.clone() - x.clone()).abs().mean();
+        let [rows, channels, len] = y.dims();
+        let hop = model.encoder.downsampling_ratio();
+        let frame_means = |t: Tensor<3>| {
+            t.reshape([rows, channels, len / hop, hop])
+                .mean_dim(3)
+                .reshape([rows, channels, len / hop])
+        };
+        let dc = (frame_means(y.clone()) - frame_means(x.clone()))
+            .abs()
+            .mean();
         let log_floor = self.settings.log_floor();
         let stft = multi_resolution_stft_loss(&self.bases, y, x.clone(), log_floor);
         let var = stdev.clone() * stdev.clone();
@@ -201,6 +212,9 @@ impl Stage for VaeStage {
         let s = &self.settings;
         let mut loss =
             l1.clone() * s.l1_weight + stft.clone() * s.stft_weight + kl.clone() * s.kl_weight;
+        if s.dc_weight > 0.0 {
+            loss = loss + dc.clone() * s.dc_weight;
+        }
         let scalar = |t: Tensor<1>| t.into_scalar::<f32>() as f64;
         let mut guide_term = None;
         if let Some((mse, weight)) = guide_loss {
@@ -212,6 +226,7 @@ impl Stage for VaeStage {
         let rms = |t: Tensor<3>| t.detach().powi_scalar(2).mean().sqrt();
         let mut terms = BTreeMap::from([
             ("l1".to_string(), scalar(l1)),
+            ("dc".to_string(), scalar(dc)),
             ("stft".to_string(), scalar(stft)),
             ("kl".to_string(), scalar(kl)),
             ("x_rms".to_string(), scalar(rms(x))),
