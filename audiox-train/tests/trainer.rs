@@ -907,3 +907,33 @@ fn the_dc_term_is_the_l1_of_frame_means_and_weighs_in_the_loss() {
         7.0 * dc
     );
 }
+
+#[test]
+fn a_frozen_encoder_stays_bit_identical_while_the_decoder_trains() {
+    one_thread();
+    let mut run = tiny_run();
+    let tmp = tempfile::tempdir().unwrap();
+    // Two steps as usual, then two more with the encoder frozen (a hand edit of run.json).
+    let (before, step, _) = train(tmp.path(), &run, Some(2)).unwrap();
+    assert_eq!(step, 2);
+    run.vae.freeze_encoder = true;
+    std::fs::write(
+        tmp.path().join("run.json"),
+        serde_json::to_string_pretty(&run).unwrap(),
+    )
+    .unwrap();
+    let (after, step, _) = train(tmp.path(), &run, Some(4)).unwrap();
+    assert_eq!(step, 4);
+    for ((name, _, a), (_, _, b)) in parameters(&after.encoder)
+        .into_iter()
+        .zip(parameters(&before.encoder))
+    {
+        assert!(a == b, "encoder {name} moved");
+    }
+    let decoder_moved = parameters(&after.decoder)
+        .into_iter()
+        .zip(parameters(&before.decoder))
+        .filter(|((_, _, a), (_, _, b))| a != b)
+        .count();
+    assert!(decoder_moved > 0);
+}

@@ -181,6 +181,12 @@ pub struct VaeStageConfig {
     /// (`docs/training.md`).
     #[serde(default, skip_serializing_if = "is_default")]
     pub zero_decoder_biases: bool,
+    /// Hold the encoder as it is (not trained): a fine-tune of the decoder alone, which keeps
+    /// the latent space that a teacher is being trained on (set it in a run's `run.json` to
+    /// continue a VAE after its export was imported by a teacher run; the encoder's tensors of
+    /// the new export are then bit-identical to the imported ones).
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub freeze_encoder: bool,
     /// A compression curriculum (`None`: none): the decoder first decodes log band energies of
     /// the audio instead of the encoder's latent, while the encoder learns to predict them
     /// (see `guide::LatentGuide`).
@@ -369,6 +375,7 @@ impl RunConfig {
                 posterior_noise_warmup: Some(500),
                 init: super::init::InitScheme::PytorchDefault,
                 zero_decoder_biases: false,
+                freeze_encoder: false,
                 latent_guide: Some(super::guide::LatentGuideConfig {
                     steps: 1_500,
                     blend: 1_000,

@@ -239,17 +239,22 @@ impl Stage for VaeStage {
     }
 
     fn frozen(&self, model: &Vae) -> Vec<ParamId> {
-        if !self.settings.zero_decoder_biases {
-            return Vec::new();
+        let mut frozen = Vec::new();
+        if self.settings.zero_decoder_biases {
+            // Initialised at zero (`random_init_with`) and never updated.
+            let names = param_specs(&model.decoder);
+            frozen.extend(
+                super::stage::float_param_ids(&model.decoder)
+                    .into_iter()
+                    .zip(names)
+                    .filter(|(_, spec)| spec.path.ends_with("bias"))
+                    .map(|(id, _)| id),
+            );
         }
-        // Initialised at zero (`random_init_with`) and never updated.
-        let names = param_specs(&model.decoder);
-        super::stage::float_param_ids(&model.decoder)
-            .into_iter()
-            .zip(names)
-            .filter(|(_, spec)| spec.path.ends_with("bias"))
-            .map(|(id, _)| id)
-            .collect()
+        if self.settings.freeze_encoder {
+            frozen.extend(super::stage::float_param_ids(&model.encoder));
+        }
+        frozen
     }
 }
 
