@@ -528,3 +528,80 @@ fn the_student_distils_the_teachers_dit_and_its_export_loads_as_the_student() {
         "the loaded model is not the teacher: {diff}"
     );
 }
+
+#[test]
+fn a_decoder_fine_tuned_on_the_imported_encoder_replaces_the_exported_one() {
+    use audiox_train::train::export::write_safetensors;
+    use audiox_train::train::vae::{
+        import_vae, official_tensors, update_decoder, vae_export_path, vae_ready,
+    };
+    one_thread();
+    let run = tiny_run();
+    let device = device();
+    let frozen = Device::flex();
+    // Run A trains its VAE and exports it; run B imports that export.
+    let a = tempfile::tempdir().unwrap();
+    let run_a = RunDir::open(a.path(), run.clone()).unwrap();
+    let vae = VaeStage::new(run_a.config(), &device).unwrap();
+    let trained = train_stage(&vae, &run_a, &device, Stop::never(), &mut |_| {}).unwrap();
+    let source = export_vae(&trained.model, &run, &a.path().join("export")).unwrap();
+    let b = tempfile::tempdir().unwrap();
+    let run_b = RunDir::open(b.path(), run.clone()).unwrap();
+    import_vae(&run_b, &source, &frozen).unwrap();
+
+    // A "fine-tuned" file: the same encoder, one decoder tensor changed; and one whose encoder
+    // differs.
+    let tensors = official_tensors(&trained.model.valid()).unwrap();
+    let altered = |prefix: &str| {
+        let mut t = tensors.clone();
+        let entry = t
+            .iter_mut()
+            .find(|(n, _, _)| n.starts_with(prefix))
+            .unwrap();
+        entry.2[0] += 0.5;
+        (entry.0.clone(), t)
+    };
+    let (changed, tuned) = altered("decoder.");
+    let tuned_path = a.path().join("tuned.safetensors");
+    write_safetensors(&tuned_path, &tuned, &[("format", "pt")]).unwrap();
+    let (moved, other) = altered("encoder.");
+    let other_path = a.path().join("other.safetensors");
+    write_safetensors(&other_path, &other, &[("format", "pt")]).unwrap();
+
+    // Refused: another encoder (named), and a run whose VAE was not imported.
+    let err = update_decoder(&run_b, &other_path, &frozen)
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains(&moved) && err.contains("encoder differs"),
+        "{err}"
+    );
+    let err = update_decoder(&run_a, &tuned_path, &frozen)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no imported VAE"), "{err}");
+
+    // Accepted: the export now holds the tuned decoder and the imported encoder, and the later
+    // stages accept it (the record follows the new file).
+    let export = update_decoder(&run_b, &tuned_path, &frozen).unwrap();
+    assert_eq!(export, vae_export_path(&run_b));
+    let read = |path: &Path| {
+        let bytes = std::fs::read(path).unwrap();
+        let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+        let mut named: Vec<(String, Vec<u8>)> = file
+            .tensors()
+            .into_iter()
+            .map(|(name, view)| (name, view.data().to_vec()))
+            .collect();
+        named.sort();
+        named
+    };
+    let (now, imported) = (read(&export), read(&source));
+    for ((name, x), (_, y)) in now.iter().zip(&imported) {
+        assert_eq!(x == y, *name != changed, "{name}");
+    }
+    assert!(vae_ready(&run_b).unwrap().is_some());
+    let stage = TeacherStage::new(&run_b, &device).unwrap();
+    let out = train_stage(&stage, &run_b, &device, Stop::after_steps(1), &mut |_| {}).unwrap();
+    assert_eq!(out.step, 1);
+}

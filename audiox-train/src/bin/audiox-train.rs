@@ -10,7 +10,8 @@
 //! from the newest checkpoint of each stage (a different `--config` is refused). `--max-steps`
 //! and `--max-minutes` stop early, with a checkpoint, for runs split over several sessions.
 //! `--print-config` prints the demo configuration to start from. `--import-vae FILE` gives a
-//! new run a VAE trained elsewhere (an earlier run's export) in place of its vae stage.
+//! new run a VAE trained elsewhere (an earlier run's export) in place of its vae stage, and
+//! `--update-decoder FILE` later swaps in a decoder fine-tuned on that VAE's frozen encoder.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -82,6 +83,12 @@ struct Args {
     /// whose vae and teacher stages have no checkpoint.
     #[arg(long, value_name = "FILE")]
     import_vae: Option<PathBuf>,
+    /// Replace the decoder of this run's imported VAE with the decoder of this file, a VAE whose
+    /// encoder is bit-identical to the imported one (a decoder-only fine-tune of it, with
+    /// `vae.freeze_encoder`): the teacher and the student keep their latents, the export gets
+    /// the new decoder. Refused when any encoder tensor differs.
+    #[arg(long, value_name = "FILE")]
+    update_decoder: Option<PathBuf>,
     /// Print the demo run configuration as JSON and exit.
     #[arg(long)]
     print_config: bool,
@@ -139,6 +146,18 @@ fn run(args: Args) -> Result<(), TrainError> {
             &audiox_train::train::teacher::inner_device(&device),
         )?;
         println!("vae: imported {} as {}", source.display(), file.display());
+    }
+    if let Some(source) = &args.update_decoder {
+        let file = audiox_train::train::vae::update_decoder(
+            &run,
+            source,
+            &audiox_train::train::teacher::inner_device(&device),
+        )?;
+        println!(
+            "vae: the decoder of {} now in {} (encoder unchanged)",
+            source.display(),
+            file.display()
+        );
     }
     let stages: &[&str] = match args.stage.as_str() {
         "all" => &["vae", "teacher", "student"],

@@ -357,6 +357,29 @@ struct ImportRecord {
     source: String,
     /// SHA-256 of the export written from it (`export/pretransform/vae.safetensors`).
     export_sha256: String,
+    /// Files whose decoders replaced the imported one since (see [`update_decoder`]), oldest
+    /// first; the encoder is still the one from `source`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    decoder_updates: Vec<String>,
+}
+
+/// Loads a VAE file at `run`'s VAE sizes, refusing a file that holds tensors the VAE does not
+/// have (another model's file).
+fn load_vae_file(run: &RunDir, source: &Path, device: &Device) -> TrainResult<Vae> {
+    let dict = StateDict::open(source)?;
+    let config = vae_config(&run.config().model_config()?);
+    let (vae, report) = Vae::load(&config, &[WeightSource::new(&dict)], device)?;
+    if let Some((_, key)) = report.unused.first() {
+        return Err(TrainError::checkpoint(
+            source,
+            format!(
+                "holds {} tensor(s) the run's VAE does not have (first: `{key}`): not a VAE of \
+                 this run's sizes",
+                report.unused.len()
+            ),
+        ));
+    }
+    Ok(vae)
 }
 
 /// Imports a trained VAE into `run` in place of its VAE stage: `source` is a `vae.safetensors`
@@ -383,29 +406,75 @@ pub fn import_vae(run: &RunDir, source: &Path, device: &Device) -> TrainResult<P
             ));
         }
     }
-    let dict = StateDict::open(source)?;
-    let config = vae_config(&run.config().model_config()?);
-    let (vae, report) = Vae::load(&config, &[WeightSource::new(&dict)], device)?;
-    if let Some((_, key)) = report.unused.first() {
-        return Err(TrainError::checkpoint(
-            source,
-            format!(
-                "holds {} tensor(s) the run's VAE does not have (first: `{key}`): not a VAE of \
-                 this run's sizes",
-                report.unused.len()
-            ),
-        ));
-    }
+    let vae = load_vae_file(run, source, device)?;
     let export = export_vae(&vae, run.config(), &run.root().join("export"))?;
     let bytes = std::fs::read(&export).map_err(|e| TrainError::io(&export, e))?;
     let record = ImportRecord {
         source: source.display().to_string(),
         export_sha256: super::checkpoint::sha256(&bytes),
+        decoder_updates: Vec::new(),
     };
+    write_import_record(run, &record, "--import-vae")?;
+    Ok(export)
+}
+
+fn write_import_record(run: &RunDir, record: &ImportRecord, flag: &str) -> TrainResult<()> {
+    let text = serde_json::to_string_pretty(record)
+        .map_err(|e| TrainError::config(flag, e.to_string()))?;
+    super::checkpoint::write_atomic(&imported_marker(run), text.as_bytes())
+}
+
+/// Replaces the decoder of `run`'s imported VAE with the decoder of `source`, a VAE file whose
+/// **encoder is bit-identical** to the imported one: what a decoder-only fine-tune
+/// (`vae.freeze_encoder`) of the imported VAE's own run produces. The teacher and the student
+/// see only the encoder's latents, so they stay valid, and the export (the demo model's audio)
+/// gets the better decoder. The run's export is rewritten and the new file recorded in
+/// `vae/imported.json`.
+///
+/// Refused when the run's VAE was not imported (a VAE trained in the run is re-exported from its
+/// own checkpoints), when `source` is not a VAE of the run's sizes, or when any encoder tensor
+/// differs (named in the error): other latents would invalidate the teacher.
+pub fn update_decoder(run: &RunDir, source: &Path, device: &Device) -> TrainResult<PathBuf> {
+    const FLAG: &str = "--update-decoder";
     let marker = imported_marker(run);
-    let text = serde_json::to_string_pretty(&record)
-        .map_err(|e| TrainError::config("--import-vae", e.to_string()))?;
-    super::checkpoint::write_atomic(&marker, text.as_bytes())?;
+    if !marker.exists() {
+        return Err(TrainError::config(
+            FLAG,
+            format!(
+                "{} has no imported VAE (no {}): only an imported VAE's decoder can be replaced",
+                run.root().display(),
+                marker.display()
+            ),
+        ));
+    }
+    // Checks that the export is still the recorded file.
+    vae_ready(run)?;
+    let text = std::fs::read_to_string(&marker).map_err(|e| TrainError::io(&marker, e))?;
+    let mut record: ImportRecord = serde_json::from_str(&text)
+        .map_err(|e| TrainError::checkpoint(&marker, format!("unreadable: {e}")))?;
+    let export = vae_export_path(run);
+    let current = load_vae_file(run, &export, device)?;
+    let update = load_vae_file(run, source, device)?;
+    for ((name, _, a), (_, _, b)) in official_tensors(&current)?
+        .into_iter()
+        .zip(official_tensors(&update)?)
+        .filter(|((name, _, _), _)| name.starts_with("encoder."))
+    {
+        if a != b {
+            return Err(TrainError::checkpoint(
+                source,
+                format!(
+                    "its encoder differs from the run's (first: `{name}`): the teacher's \
+                     latents come from the run's encoder"
+                ),
+            ));
+        }
+    }
+    let export = export_vae(&update, run.config(), &run.root().join("export"))?;
+    let bytes = std::fs::read(&export).map_err(|e| TrainError::io(&export, e))?;
+    record.export_sha256 = super::checkpoint::sha256(&bytes);
+    record.decoder_updates.push(source.display().to_string());
+    write_import_record(run, &record, FLAG)?;
     Ok(export)
 }
 
