@@ -16,6 +16,15 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
+use clap::Parser;
+
+use audiox_train::train::dmd::StudentStage;
+use audiox_train::train::teacher::{TeacherPrompts, export_student};
+use audiox_train::train::{
+    LogRecord, RunConfig, RunDir, Stop, TeacherStage, TrainError, VaeStage, export_teacher,
+    export_vae, train_multi_stage, train_stage,
+};
+
 /// mimalloc instead of the system allocator, told never to hand freed memory back to the
 /// kernel (see [`keep_freed_memory`]): burn's CPU backend allocates a fresh buffer for most
 /// tensor operations, and returned pages are page-faulted and zeroed again on the next step.
@@ -28,25 +37,28 @@ static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 /// `libmimalloc-sys` names the options around it, 14 and 16, but not this one).
 const MI_OPTION_PURGE_DELAY: libmimalloc_sys::mi_option_t = 15;
 
-/// Sets mimalloc's purge delay to -1 (never purge), unless `MIMALLOC_PURGE_DELAY` is set. The
-/// process's resident memory then stays at its peak, which a training run reaches within its
-/// first steps anyway.
+/// mimalloc's default purge delays in milliseconds (v2: 10, v3: 1,000, in their `options.c`):
+/// what the option at [`MI_OPTION_PURGE_DELAY`] reads when it is the purge delay and nobody set
+/// it. Its neighbours read 0 or 1 by default.
+const MI_DEFAULT_PURGE_DELAYS_MS: [std::ffi::c_long; 2] = [10, 1000];
+
+/// Sets mimalloc's purge delay to -1 (never purge), unless `MIMALLOC_PURGE_DELAY` is set or the
+/// option at that index does not read one of mimalloc's default purge delays (a mimalloc
+/// version with another order: then nothing is changed). The process's resident memory stays at its
+/// peak, which a training run reaches within its first steps anyway.
 fn keep_freed_memory() {
-    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_none() {
-        // SAFETY: an option setter of the allocator in use, called before any other thread
-        // exists (mimalloc's option functions are not thread safe).
-        unsafe { libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1) };
+    if std::env::var_os("MIMALLOC_PURGE_DELAY").is_some() {
+        return;
+    }
+    // SAFETY: option getters and setters of the allocator in use, called before any other
+    // thread exists (mimalloc's option functions are not thread safe).
+    unsafe {
+        let delay = libmimalloc_sys::mi_option_get(MI_OPTION_PURGE_DELAY);
+        if MI_DEFAULT_PURGE_DELAYS_MS.contains(&delay) {
+            libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, -1);
+        }
     }
 }
-
-use clap::Parser;
-
-use audiox_train::train::dmd::StudentStage;
-use audiox_train::train::teacher::{TeacherPrompts, export_student};
-use audiox_train::train::{
-    LogRecord, RunConfig, RunDir, Stop, TeacherStage, TrainError, VaeStage, export_teacher,
-    export_vae, train_multi_stage, train_stage,
-};
 
 #[derive(Parser, Debug)]
 #[command(about = "Train the audiox demo model (resumable; see docs/training.md)")]
