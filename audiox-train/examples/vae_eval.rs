@@ -67,8 +67,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     }
     println!(
         "{} held-out clips, median SNR {:.1} dB, median level {:.1} dB of the original's, \
-         median correlation {:.3}",
-        report.clips, report.median_snr_db, report.median_level_db, report.median_correlation
+         median correlation {:.3}, median offset {:.5}",
+        report.clips,
+        report.median_snr_db,
+        report.median_level_db,
+        report.median_correlation,
+        report.median_offset
     );
     println!("| audio | clips | count | order | onset | pitch |");
     println!("|---|---|---|---|---|---|");
@@ -95,16 +99,17 @@ fn per_clip_markdown(report: &audiox_train::train::eval::ReconstructionReport) -
             .join("; ")
     };
     let mut out = String::from(
-        "| # | caption | expected | SNR dB | level dB | original | reconstruction |\n\
-         |---|---|---|---|---|---|---|\n",
+        "| # | caption | expected | SNR dB | level dB | offset | original | reconstruction |\n\
+         |---|---|---|---|---|---|---|---|\n",
     );
     for (i, c) in report.per_clip.iter().enumerate() {
         out += &format!(
-            "| {i:02} | {} | {} | {:.1} | {:.1} | {} | {} |\n",
+            "| {i:02} | {} | {} | {:.1} | {:.1} | {:.5} | {} | {} |\n",
             c.caption,
             c.expected_events,
             c.snr_db,
             c.level_db,
+            c.offset,
             events(&c.original),
             events(&c.reconstructed)
         );

@@ -1,6 +1,7 @@
 //! The instruction-following metric: does a clip contain what its caption asks for?
 //!
-//! [`detect_events`] finds events in mono audio: an onset where the frame energy (10 ms
+//! [`detect_events`] finds events in mono audio (its mean removed: an offset is no sound):
+//! an onset where the frame energy (10 ms
 //! frames) rises by [`DetectorConfig::rise_db`] over its minimum of the previous 50 ms while
 //! within [`DetectorConfig::floor_below_peak_db`] of the clip's loudest frame; then, on the
 //! Hann-windowed ~128 ms after each onset, the strongest spectral peak (the pitch estimate)
@@ -99,11 +100,18 @@ pub fn detect_events(
     cfg: &DetectorConfig,
 ) -> Vec<DetectedEvent> {
     let hop = ((cfg.frame_s * sample_rate as f32).round() as usize).max(1);
+    // The clip's mean is removed first: a constant offset is no sound (a decoder may leave one
+    // in silence, and the clip's first frame would count as an onset).
+    let finite: Vec<f32> = samples
+        .iter()
+        .map(|s| if s.is_finite() { *s } else { 0.0 })
+        .collect();
+    let mean = (finite.iter().map(|&s| s as f64).sum::<f64>() / finite.len().max(1) as f64) as f32;
+    let samples: Vec<f32> = finite.iter().map(|&s| s - mean).collect();
     let energy: Vec<f32> = samples
         .chunks(hop)
         .map(|c| {
-            let finite = c.iter().map(|s| if s.is_finite() { *s } else { 0.0 });
-            let ms = finite.map(|s| s * s).sum::<f32>() / c.len() as f32;
+            let ms = c.iter().map(|s| s * s).sum::<f32>() / c.len() as f32;
             10.0 * (ms + 1e-12).log10()
         })
         .collect();
@@ -156,8 +164,7 @@ pub fn detect_events(
                 .min(samples.len());
             let mut buf = vec![0.0f32; win];
             for (i, b) in buf.iter_mut().enumerate().take(stop.saturating_sub(start)) {
-                let s = samples[start + i];
-                *b = if s.is_finite() { s * hann[i] } else { 0.0 };
+                *b = samples[start + i] * hann[i];
             }
             // The buffer and spectrum have the planner's lengths, so this cannot fail.
             let _ = fft.process(&mut buf, &mut spectrum);

@@ -208,6 +208,30 @@ fn metric_rejects_the_wrong_scene_and_silence() {
 }
 
 #[test]
+fn metric_ignores_a_constant_offset() {
+    // A decoder may leave a constant offset in silence; the detector removes the clip's mean,
+    // so the events are those of the clean clip (without that, an offset 40 dB under the
+    // clip's peak makes its first frame an onset).
+    let c = corpus();
+    let cfg = DetectorConfig::default();
+    for (i, scene) in c.held_out_scenes(20).iter().enumerate() {
+        let clip = c.held_out_clip(scene, i as u64);
+        let peak = clip.samples.iter().fold(0f32, |m, s| m.max(s.abs()));
+        let offset = 0.01 * peak;
+        let shifted: Vec<f32> = clip.samples.iter().map(|s| s + offset).collect();
+        let clean = detect_events(&clip.samples, clip.sample_rate, &cfg);
+        let found = detect_events(&shifted, clip.sample_rate, &cfg);
+        let summary = |events: &[audiox_train::metric::DetectedEvent]| {
+            events
+                .iter()
+                .map(|e| (e.onset_s, e.class))
+                .collect::<Vec<_>>()
+        };
+        assert_eq!(summary(&found), summary(&clean), "{}", clip.caption);
+    }
+}
+
+#[test]
 fn bad_configs_are_errors() {
     for cfg in [
         CorpusConfig {

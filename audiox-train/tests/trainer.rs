@@ -380,6 +380,13 @@ fn the_reconstruction_report_scores_identity_and_silence_apart() {
         assert_eq!(clip.original.len(), clip.expected_events, "clip {i}");
         assert_eq!(clip.snr_db, 100.0);
     }
+    // An offset shows in the report (the detector ignores it).
+    let offset = reconstruction_report(&corpus, n, &mut |x| {
+        Ok(x.iter().map(|v| v + 0.003).collect())
+    })
+    .unwrap();
+    assert!((offset.median_offset - 0.003 - same.median_offset).abs() < 1e-4);
+    assert_eq!(offset.reconstructed, same.reconstructed);
     // Half the level, inverted: -6 dB and correlation -1.
     let inverted = reconstruction_report(&corpus, n, &mut |x| {
         Ok(x.iter().map(|v| -0.5 * v).collect())

@@ -23,6 +23,9 @@ pub struct ReconstructionReport {
     /// Median correlation coefficient between reconstruction and original: near 0 when the
     /// output does not follow the input (a decoder that ignores its latent).
     pub median_correlation: f64,
+    /// Median absolute mean (constant offset) of the reconstructions, in sample units (the
+    /// corpus's clips have none). The metric's detector removes it, so it shows here.
+    pub median_offset: f64,
     /// The metric on the reconstructions, scored against each clip's caption.
     pub reconstructed: Report,
     /// The metric on the original clips (the detector's ceiling on the same clips).
@@ -47,6 +50,8 @@ pub struct ClipDetections {
     pub snr_db: f64,
     /// Level of the reconstruction relative to the original, in dB.
     pub level_db: f64,
+    /// Mean of the reconstruction (its constant offset), in sample units.
+    pub offset: f64,
 }
 
 /// Evaluates `reconstruct` (mono samples in, mono samples of the same length out) on the first
@@ -61,6 +66,7 @@ pub fn reconstruction_report(
     let (mut levels, mut correlations) = (Vec::with_capacity(n), Vec::with_capacity(n));
     let (mut rec_scores, mut ref_scores) = (Vec::new(), Vec::new());
     let mut per_clip = Vec::with_capacity(n);
+    let mut offsets = Vec::with_capacity(n);
     for (i, scene) in corpus.held_out_scenes(n).iter().enumerate() {
         let clip = corpus.held_out_clip(scene, i as u64);
         let out = reconstruct(&clip.samples)?;
@@ -80,6 +86,8 @@ pub fn reconstruction_report(
         let level_db = 10.0 * (output.max(1e-30) / signal.max(1e-30)).log10();
         levels.push(level_db);
         correlations.push(correlation(&clip.samples[..len], &out[..len]));
+        let offset = out[..len].iter().map(|&y| y as f64).sum::<f64>() / len.max(1) as f64;
+        offsets.push(offset.abs());
         let reconstructed = detect_events(&out, clip.sample_rate, &cfg);
         let original = detect_events(&clip.samples, clip.sample_rate, &cfg);
         rec_scores.push(score_clip(scene, &reconstructed, &cfg));
@@ -91,6 +99,7 @@ pub fn reconstruction_report(
             reconstructed,
             snr_db,
             level_db,
+            offset,
         });
     }
     Ok(ReconstructionReport {
@@ -98,6 +107,7 @@ pub fn reconstruction_report(
         median_snr_db: median(snrs),
         median_level_db: median(levels),
         median_correlation: median(correlations),
+        median_offset: median(offsets),
         reconstructed: Report::from_scores(&rec_scores),
         original: Report::from_scores(&ref_scores),
         per_clip,
