@@ -28,8 +28,9 @@ use audiox_train::train::{
 /// mimalloc instead of the system allocator, told never to hand freed memory back to the
 /// kernel (see [`keep_freed_memory`]): burn's CPU backend allocates a fresh buffer for most
 /// tensor operations, and returned pages are page-faulted and zeroed again on the next step.
-/// Demo teacher, one thread: 3.6-3.8 s per step with glibc's malloc, 4.2-5.8 s with mimalloc's
-/// defaults, 2.5 s with mimalloc keeping its memory (docs/training.md).
+/// Demo teacher with its latents cached, one thread: 3.6-3.8 s per step with glibc's malloc,
+/// 4.2-5.8 s with mimalloc's defaults, 2.5 s with mimalloc keeping its memory
+/// (docs/training.md).
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
