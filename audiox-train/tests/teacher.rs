@@ -285,6 +285,38 @@ fn the_teacher_refuses_to_start_before_the_vae_is_trained() {
     assert!(err.to_string().contains("vae stage"), "{err}");
 }
 
+/// A run (in its own temporary folder) that trains `run`'s VAE to the end and exports it:
+/// the folder, the run, the trained VAE and the exported `vae.safetensors`.
+fn vae_trained_in_a_run(
+    run: &RunConfig,
+    device: &Device,
+) -> (
+    tempfile::TempDir,
+    RunDir,
+    audiox_vae::Vae,
+    std::path::PathBuf,
+) {
+    let dir = tempfile::tempdir().unwrap();
+    let run_dir = RunDir::open(dir.path(), run.clone()).unwrap();
+    let vae = VaeStage::new(run_dir.config(), device).unwrap();
+    let trained = train_stage(&vae, &run_dir, device, Stop::never(), &mut |_| {}).unwrap();
+    let export = export_vae(&trained.model, run, &dir.path().join("export")).unwrap();
+    (dir, run_dir, trained.model, export)
+}
+
+/// Every tensor of a safetensors file: name, shape and raw bytes, sorted by name.
+fn safetensors_contents(path: &Path) -> Vec<(String, Vec<usize>, Vec<u8>)> {
+    let bytes = std::fs::read(path).unwrap();
+    let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let mut named: Vec<(String, Vec<usize>, Vec<u8>)> = file
+        .tensors()
+        .into_iter()
+        .map(|(name, view)| (name, view.shape().to_vec(), view.data().to_vec()))
+        .collect();
+    named.sort();
+    named
+}
+
 #[test]
 fn a_vae_trained_in_another_run_is_imported_and_the_teacher_starts_on_it() {
     use audiox_train::train::vae::{import_vae, vae_export_path, vae_ready};
@@ -292,11 +324,7 @@ fn a_vae_trained_in_another_run_is_imported_and_the_teacher_starts_on_it() {
     let run = tiny_run();
     let device = device();
     // Run A trains its VAE (1 step) and exports it.
-    let a = tempfile::tempdir().unwrap();
-    let run_a = RunDir::open(a.path(), run.clone()).unwrap();
-    let vae = VaeStage::new(run_a.config(), &device).unwrap();
-    let trained = train_stage(&vae, &run_a, &device, Stop::never(), &mut |_| {}).unwrap();
-    let source = export_vae(&trained.model, &run, &a.path().join("export")).unwrap();
+    let (_a, run_a, _, source) = vae_trained_in_a_run(&run, &device);
 
     // Run B imports it: no VAE checkpoint of its own, and the teacher starts.
     let b = tempfile::tempdir().unwrap();
@@ -305,18 +333,10 @@ fn a_vae_trained_in_another_run_is_imported_and_the_teacher_starts_on_it() {
     let frozen = Device::flex();
     let imported = import_vae(&run_b, &source, &frozen).unwrap();
     assert_eq!(imported, vae_export_path(&run_b));
-    let tensors = |path: &Path| {
-        let bytes = std::fs::read(path).unwrap();
-        let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-        let mut named: Vec<(String, Vec<usize>, Vec<u8>)> = file
-            .tensors()
-            .into_iter()
-            .map(|(name, view)| (name, view.shape().to_vec(), view.data().to_vec()))
-            .collect();
-        named.sort();
-        named
-    };
-    let (ours, theirs) = (tensors(&imported), tensors(&source));
+    let (ours, theirs) = (
+        safetensors_contents(&imported),
+        safetensors_contents(&source),
+    );
     assert!(!ours.is_empty());
     assert!(
         ours == theirs,
@@ -540,18 +560,14 @@ fn a_decoder_fine_tuned_on_the_imported_encoder_replaces_the_exported_one() {
     let device = device();
     let frozen = Device::flex();
     // Run A trains its VAE and exports it; run B imports that export.
-    let a = tempfile::tempdir().unwrap();
-    let run_a = RunDir::open(a.path(), run.clone()).unwrap();
-    let vae = VaeStage::new(run_a.config(), &device).unwrap();
-    let trained = train_stage(&vae, &run_a, &device, Stop::never(), &mut |_| {}).unwrap();
-    let source = export_vae(&trained.model, &run, &a.path().join("export")).unwrap();
+    let (a, run_a, trained, source) = vae_trained_in_a_run(&run, &device);
     let b = tempfile::tempdir().unwrap();
     let run_b = RunDir::open(b.path(), run.clone()).unwrap();
     import_vae(&run_b, &source, &frozen).unwrap();
 
     // A "fine-tuned" file: the same encoder, one decoder tensor changed; and one whose encoder
     // differs.
-    let tensors = official_tensors(&trained.model.valid()).unwrap();
+    let tensors = official_tensors(&trained.valid()).unwrap();
     let altered = |prefix: &str| {
         let mut t = tensors.clone();
         let entry = t
@@ -585,19 +601,8 @@ fn a_decoder_fine_tuned_on_the_imported_encoder_replaces_the_exported_one() {
     // stages accept it (the record follows the new file).
     let export = update_decoder(&run_b, &tuned_path, &frozen).unwrap();
     assert_eq!(export, vae_export_path(&run_b));
-    let read = |path: &Path| {
-        let bytes = std::fs::read(path).unwrap();
-        let file = safetensors::SafeTensors::deserialize(&bytes).unwrap();
-        let mut named: Vec<(String, Vec<u8>)> = file
-            .tensors()
-            .into_iter()
-            .map(|(name, view)| (name, view.data().to_vec()))
-            .collect();
-        named.sort();
-        named
-    };
-    let (now, imported) = (read(&export), read(&source));
-    for ((name, x), (_, y)) in now.iter().zip(&imported) {
+    let (now, imported) = (safetensors_contents(&export), safetensors_contents(&source));
+    for ((name, _, x), (_, _, y)) in now.iter().zip(&imported) {
         assert_eq!(x == y, *name != changed, "{name}");
     }
     assert!(vae_ready(&run_b).unwrap().is_some());
