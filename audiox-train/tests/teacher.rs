@@ -275,6 +275,84 @@ fn the_teacher_resumes_exactly_and_its_export_loads_as_the_teacher() {
     );
 }
 
+/// Every file under `dir`, recursively.
+fn files_under(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = Vec::new();
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        if path.is_dir() {
+            out.extend(files_under(&path));
+        } else {
+            out.push(path);
+        }
+    }
+    out.sort();
+    out
+}
+
+#[test]
+fn the_teachers_clip_latents_are_kept_in_the_run_folder_for_the_next_process() {
+    one_thread();
+    let run = tiny_run();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    // One teacher step: its checkpoint is followed by a chunk of the latents it encoded.
+    train(&dir, &run, Some(1));
+    let latents = dir.join("teacher").join("latents");
+    assert_eq!(
+        files_under(&latents).len(),
+        1,
+        "one chunk after one checkpoint"
+    );
+
+    let device = device();
+    let run_dir = RunDir::open(&dir, run.clone()).unwrap();
+    let stage = TeacherStage::new(&run_dir, &device).unwrap();
+    let first = stage.cached_latents();
+    let batch = run.teacher.optim.batch;
+    assert!(
+        (1..=batch).contains(&first),
+        "{first} latents read back after a step of {batch} rows"
+    );
+
+    // Encoding the rest of the pool and persisting it adds one chunk; the next process reads
+    // both, and hands back exactly the values the first one computed.
+    let pool: Vec<u64> = (0..run.teacher.clip_pool).collect();
+    let (computed, _) = stage.clean_latents(&pool, &device).unwrap();
+    let written = stage
+        .persist_latents()
+        .unwrap()
+        .expect("new latents to write");
+    assert!(written.ends_with("chunk-00001.safetensors"), "{written:?}");
+    assert_eq!(stage.persist_latents().unwrap(), None, "nothing new");
+    let next = TeacherStage::new(&run_dir, &device).unwrap();
+    assert_eq!(next.cached_latents(), pool.len());
+    let (read, _) = next.clean_latents(&pool, &device).unwrap();
+    assert_eq!(values(read), values(computed.clone()));
+
+    // Without the folder the latents are encoded again, to the same values.
+    let aside = tmp.path().join("latents-aside");
+    std::fs::rename(&latents, &aside).unwrap();
+    let fresh = TeacherStage::new(&run_dir, &device).unwrap();
+    assert_eq!(fresh.cached_latents(), 0);
+    let (encoded, _) = fresh.clean_latents(&pool, &device).unwrap();
+    let (err, scale) = max_error(&values(encoded), &values(computed));
+    assert!(scale > 0.0 && err <= 1e-5 * scale, "{err} of {scale}");
+
+    // A damaged chunk stops the stage with the file's name (never a silent re-encode of
+    // half the run, never a panic).
+    assert!(!latents.exists(), "nothing written without a checkpoint");
+    std::fs::rename(&aside, &latents).unwrap();
+    let chunk = files_under(&latents).pop().unwrap();
+    let bytes = std::fs::read(&chunk).unwrap();
+    std::fs::write(&chunk, &bytes[..bytes.len() / 2]).unwrap();
+    let err = TeacherStage::new(&run_dir, &device)
+        .err()
+        .expect("a damaged chunk is refused");
+    let text = err.to_string();
+    assert!(text.contains("chunk-00001.safetensors"), "{text}");
+}
+
 #[test]
 fn the_teacher_refuses_to_start_before_the_vae_is_trained() {
     one_thread();

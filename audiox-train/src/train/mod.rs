@@ -13,6 +13,7 @@
 //! * [`eval`]: reconstruction quality of a trained VAE on held-out clips (SNR and the
 //!   instruction-following metric);
 //! * [`flow`]: the rectified-flow objective with condition dropout;
+//! * [`latent_store`]: the teacher's clip latents kept in the run folder between processes;
 //! * [`teacher`]: the DiT + MAF teacher stage (with the small T5 and the conditioners'
 //!   trainable parts) and its export to the layout the model builder loads;
 //! * [`export`]: trained modules written under their official tensor names;
@@ -43,6 +44,7 @@ pub mod export;
 pub mod flow;
 pub mod guide;
 pub mod init;
+pub mod latent_store;
 pub mod log;
 pub mod run;
 pub mod stage;

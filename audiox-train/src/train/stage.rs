@@ -47,6 +47,13 @@ pub trait Stage {
     fn frozen(&self, _model: &Self::Model) -> Vec<ParamId> {
         Vec::new()
     }
+
+    /// Called by [`train_stage`] after each checkpoint of step `step` is written: where a
+    /// stage saves what it caches for the next process (the teacher's clip latents). Nothing by
+    /// default.
+    fn checkpointed(&self, _step: u64) -> TrainResult<()> {
+        Ok(())
+    }
 }
 
 /// The ids of every float parameter of `module`, in visiting order.
@@ -179,6 +186,7 @@ pub fn train_stage<S: Stage>(
         let out_of_time = stop.deadline.is_some_and(|d| Instant::now() >= d);
         if step.is_multiple_of(settings.checkpoint_every) || step == end || out_of_time {
             checkpoints.save(&model, &optim, step, settings.keep_checkpoints)?;
+            stage.checkpointed(step)?;
         }
         if out_of_time {
             break;

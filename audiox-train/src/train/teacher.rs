@@ -23,8 +23,9 @@
 //! `clip_pool` clips of the corpus's training stream (by the step's random stream); its clean
 //! latent is the **posterior mean** of the frozen VAE encoder: deterministic (so it can be
 //! cached, and a resumed run sees the same latents), and free of the posterior noise the
-//! decoder was trained to tolerate anyway. Latents are cached in memory per clip index, so the
-//! encoder runs once per clip and process (a resumed run encodes again as clips come up).
+//! decoder was trained to tolerate anyway. Latents are cached per clip index, in memory and in
+//! the run folder ([`super::latent_store`], written after each checkpoint), so the encoder runs
+//! once per clip and run, and a resumed run reads the latents its predecessor computed.
 //!
 //! Every frozen computation (VAE encoder) runs on the device without autodiff, where
 //! `audiox_kernels`' fast CPU paths apply; everything trained runs on the autodiff device,
@@ -54,6 +55,7 @@ use super::error::{TrainError, TrainResult};
 use super::export::{official_tensors_of, write_safetensors};
 use super::flow::{TimeSampler, flow_loss, normals};
 use super::init::random_init;
+use super::latent_store::{LatentKey, LatentStore};
 use super::run::{LoopSettings, RunConfig, RunDir, StageName};
 use super::stage::{Stage, StepLoss};
 use crate::corpus::Corpus;
@@ -391,8 +393,15 @@ pub struct TeacherStage {
     encoder: OobleckEncoder,
     silent: SilentPrompt,
     frozen_device: Device,
-    latents: Mutex<HashMap<u64, Vec<f32>>>,
+    latents: Mutex<CachedLatents>,
     latent_dims: [usize; 2],
+}
+
+/// The clip latents computed so far, and which of them the run folder does not hold yet.
+struct CachedLatents {
+    by_clip: HashMap<u64, Vec<f32>>,
+    unsaved: Vec<u64>,
+    store: LatentStore,
 }
 
 impl TeacherStage {
@@ -419,6 +428,18 @@ impl TeacherStage {
         let vae = load_trained_vae(run, &frozen_device)?;
         let model = config.model_config()?;
         let silent = SilentPrompt::new(&vae.encoder, model.prompt_samples(), &frozen_device);
+        let vae_path = super::vae::vae_export_path(run);
+        let vae_bytes = std::fs::read(&vae_path).map_err(|e| TrainError::io(&vae_path, e))?;
+        let latent_dims = [model.model.io_channels, model.latent_length()];
+        let (store, by_clip) = LatentStore::open(
+            &run.stage_dir(StageName::Teacher).join("latents"),
+            LatentKey {
+                vae_sha256: super::checkpoint::sha256(&vae_bytes),
+                corpus: config.corpus.clone(),
+                samples: model.sample_size,
+                latent: latent_dims,
+            },
+        )?;
         Ok(TeacherStage {
             seed: config.seed,
             corpus: Corpus::new((&config.corpus).into())?,
@@ -426,8 +447,12 @@ impl TeacherStage {
             encoder: vae.encoder,
             silent,
             frozen_device,
-            latents: Mutex::new(HashMap::new()),
-            latent_dims: [model.model.io_channels, model.latent_length()],
+            latents: Mutex::new(CachedLatents {
+                by_clip,
+                unsaved: Vec::new(),
+                store,
+            }),
+            latent_dims,
             run: config,
         })
     }
@@ -463,10 +488,15 @@ impl TeacherStage {
             .map(|&i| self.corpus.training_clip(i))
             .collect();
         let captions = clips.iter().map(|c| c.caption.clone()).collect();
-        let mut cache = self
+        let mut guard = self
             .latents
             .lock()
             .map_err(|_| TrainError::config("teacher", "the latent cache was poisoned"))?;
+        let CachedLatents {
+            by_clip: cache,
+            unsaved,
+            ..
+        } = &mut *guard;
         let mut missing: Vec<usize> = Vec::new();
         for (j, i) in indices.iter().enumerate() {
             if !cache.contains_key(i) && !missing.iter().any(|&m| indices[m] == *i) {
@@ -497,6 +527,7 @@ impl TeacherStage {
                 .map_err(|e| TrainError::config("teacher", format!("{e:?}")))?;
             for (k, &j) in missing.iter().enumerate() {
                 cache.insert(indices[j], values[k * per..(k + 1) * per].to_vec());
+                unsaved.push(indices[j]);
             }
         }
         let mut values =
@@ -510,10 +541,42 @@ impl TeacherStage {
             captions,
         ))
     }
+
+    /// How many clip latents this stage holds (read from the run folder or computed).
+    pub fn cached_latents(&self) -> usize {
+        self.latents.lock().map_or(0, |c| c.by_clip.len())
+    }
+
+    /// Writes the latents computed since the last call to the run folder (one chunk file of
+    /// [`super::latent_store`]); returns the file, or `None` when there was nothing new.
+    /// The trainer calls it after each checkpoint.
+    pub fn persist_latents(&self) -> TrainResult<Option<PathBuf>> {
+        let mut guard = self
+            .latents
+            .lock()
+            .map_err(|_| TrainError::config("teacher", "the latent cache was poisoned"))?;
+        let CachedLatents {
+            by_clip,
+            unsaved,
+            store,
+        } = &mut *guard;
+        let entries: Vec<(u64, &[f32])> = unsaved
+            .iter()
+            .filter_map(|i| by_clip.get(i).map(|v| (*i, v.as_slice())))
+            .collect();
+        let written = store.append(&entries)?;
+        unsaved.clear();
+        Ok(written)
+    }
 }
 
 impl Stage for TeacherStage {
     type Model = TeacherModel;
+
+    /// Writes the clip latents computed since the last checkpoint to the run folder.
+    fn checkpointed(&self, _step: u64) -> TrainResult<()> {
+        self.persist_latents().map(|_| ())
+    }
 
     fn name(&self) -> StageName {
         StageName::Teacher
