@@ -5,8 +5,11 @@
 //!
 //! ```text
 //! cargo run --release -p audiox-train --features train --example instruction_following -- \
-//!     runs/demo/export [--count 40] [--guidance 6] [--teacher FILE]
+//!     runs/demo/export [--count 40] [--guidance 6] [--teacher FILE] [--rows TEXT]
 //! ```
+//!
+//! `--rows TEXT` scores only the rows whose label contains `TEXT` (e.g. `student`, or
+//! `euler 25` for one teacher row), for a quick check of a training snapshot.
 //!
 //! The student is the export's `audiox_turbo/` file and the teacher its `pretrained_ckpt/` file
 //! (or `--teacher FILE`); rows whose model is missing are skipped with a note. Clip `i` uses seed `i`, so the
@@ -25,12 +28,13 @@ struct Args {
     count: usize,
     guidance: f32,
     teacher: Option<PathBuf>,
+    rows: Option<String>,
 }
 
 fn parse() -> Result<Args, String> {
     let mut it = std::env::args().skip(1);
     let mut dir = None;
-    let (mut count, mut guidance, mut teacher) = (40, 6.0, None);
+    let (mut count, mut guidance, mut teacher, mut rows) = (40, 6.0, None, None);
     while let Some(a) = it.next() {
         let mut value = |name: &str| it.next().ok_or(format!("{name} needs a value"));
         match a.as_str() {
@@ -43,13 +47,15 @@ fn parse() -> Result<Args, String> {
                 guidance = v.parse().map_err(|e| format!("--guidance {v:?}: {e}"))?;
             }
             "--teacher" => teacher = Some(PathBuf::from(value("--teacher")?)),
+            "--rows" => rows = Some(value("--rows")?),
             _ if a.starts_with("--") => return Err(format!("unknown option {a}")),
             _ if dir.is_none() => dir = Some(PathBuf::from(a)),
             _ => return Err(format!("unexpected argument {a}")),
         }
     }
     let dir = dir.ok_or(
-        "usage: instruction_following EXPORT_DIR [--count N] [--guidance G] [--teacher FILE]",
+        "usage: instruction_following EXPORT_DIR [--count N] [--guidance G] [--teacher FILE] \
+         [--rows TEXT]",
     )?;
     if count == 0 {
         return Err("--count must be at least 1".into());
@@ -59,6 +65,7 @@ fn parse() -> Result<Args, String> {
         count,
         guidance,
         teacher,
+        rows,
     })
 }
 
@@ -107,20 +114,52 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
     );
     println!("| model, sampler | clips | count | order | onset | pitch | s/clip |");
     println!("|---|---|---|---|---|---|---|");
-    let row = |label: &str, (report, secs): (Report, f64)| {
-        println!("{} {secs:.2} |", report.markdown_row(label));
+    let wanted = |label: &str| args.rows.as_deref().is_none_or(|r| label.contains(r));
+    // Scores `model` with `shape` and prints the row, when the row is wanted.
+    let row = |label: &str,
+               model: &AudioX,
+               shape: &dyn Fn(Request) -> Request|
+     -> Result<(), Box<dyn std::error::Error>> {
+        if wanted(label) {
+            let (report, secs) = score(model, &corpus, args.count, shape)?;
+            println!("{} {secs:.2} |", report.markdown_row(label));
+        }
+        Ok(())
     };
 
-    match AudioX::builder()
-        .checkpoint_dir(&args.dir)
-        .denoiser(DenoiserKind::Student)
-        .build()
-    {
-        Ok(student) => row(
-            "student, dmd 4 steps",
-            score(&student, &corpus, args.count, &|r| r)?,
-        ),
-        Err(e) => eprintln!("note: no student row ({e})"),
+    let student_label = "student, dmd 4 steps";
+    if wanted(student_label) {
+        match AudioX::builder()
+            .checkpoint_dir(&args.dir)
+            .denoiser(DenoiserKind::Student)
+            .build()
+        {
+            Ok(student) => row(student_label, &student, &|r| r)?,
+            Err(e) => eprintln!("note: no student row ({e})"),
+        }
+    }
+
+    let g = args.guidance;
+    type Shape = Box<dyn Fn(Request) -> Request>;
+    let mut teacher_rows: Vec<(String, Shape)> = Vec::new();
+    for steps in [8, 25, 50] {
+        teacher_rows.push((
+            format!("teacher, euler {steps} steps, cfg {g}"),
+            Box::new(move |r| r.sampler(SamplerKind::Euler).steps(steps).guidance(g)),
+        ));
+    }
+    for kind in [SamplerKind::Heun, SamplerKind::DpmPp2M] {
+        teacher_rows.push((
+            format!("teacher, {} 25 steps, cfg {g}", kind.name()),
+            Box::new(move |r| r.sampler(kind).steps(25).guidance(g)),
+        ));
+    }
+    teacher_rows.push((
+        "teacher, dmd 4 steps (no distillation)".into(),
+        Box::new(|r| r.sampler(SamplerKind::Dmd).steps(4)),
+    ));
+    if !teacher_rows.iter().any(|(label, _)| wanted(label)) {
+        return Ok(());
     }
 
     let teacher_file = args.teacher.clone().unwrap_or_else(|| {
@@ -140,28 +179,8 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         .teacher_checkpoint(&teacher_file)
         .denoiser(DenoiserKind::Teacher)
         .build()?;
-    let g = args.guidance;
-    for steps in [8, 25, 50] {
-        row(
-            &format!("teacher, euler {steps} steps, cfg {g}"),
-            score(&teacher, &corpus, args.count, &|r| {
-                r.sampler(SamplerKind::Euler).steps(steps).guidance(g)
-            })?,
-        );
+    for (label, shape) in &teacher_rows {
+        row(label, &teacher, shape)?;
     }
-    for kind in [SamplerKind::Heun, SamplerKind::DpmPp2M] {
-        row(
-            &format!("teacher, {} 25 steps, cfg {g}", kind.name()),
-            score(&teacher, &corpus, args.count, &|r| {
-                r.sampler(kind).steps(25).guidance(g)
-            })?,
-        );
-    }
-    row(
-        "teacher, dmd 4 steps (no distillation)",
-        score(&teacher, &corpus, args.count, &|r| {
-            r.sampler(SamplerKind::Dmd).steps(4)
-        })?,
-    );
     Ok(())
 }
