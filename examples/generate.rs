@@ -141,6 +141,11 @@ struct Args {
     /// computes in: `f32`, `f16` or `bf16` (where it does), or `int8` (f32 compute, int8 weights).
     #[arg(long, default_value = "f32")]
     precision: String,
+    /// Decode the latent in chunks of this many latent frames, each with the decoder's
+    /// receptive radius of context (same audio up to float rounding, less memory); 0 decodes
+    /// it whole. Default: chunks of 64 with `--precision int8`, whole otherwise.
+    #[arg(long)]
+    decode_chunk: Option<usize>,
     /// Output WAV file (`_N` is added before the extension for several samples).
     #[arg(long, short, default_value = "audiox.wav")]
     out: PathBuf,
@@ -231,6 +236,11 @@ fn run(args: Args) -> audiox::Result<()> {
     }
     .device(audiox::select_device(&args.device, device_precision)?)
     .weights_precision(weights_precision);
+    let builder = match args.decode_chunk {
+        None => builder,
+        Some(0) => builder.whole_decode(),
+        Some(frames) => builder.exact_chunked_decode(frames),
+    };
     let loading = std::time::Instant::now();
     let model = builder.build()?;
     eprintln!(

@@ -176,6 +176,12 @@ impl AudioX {
         self.inner.precision
     }
 
+    /// How latents are decoded: `None` for the whole latent at once, else the chunks (see
+    /// [`AudioXBuilder::chunked_decode`] for the default).
+    pub fn decode_chunking(&self) -> Option<ChunkedDecode> {
+        self.inner.chunked_decode
+    }
+
     /// The bytes every loaded weight takes, by the type it is held in (read from the tensors
     /// themselves): what [`AudioXBuilder::weights_precision`] saved.
     ///
@@ -218,10 +224,31 @@ pub struct AudioXBuilder {
     memory: Option<MemorySource>,
     denoiser: Option<DenoiserKind>,
     device: Device,
-    chunked_decode: Option<ChunkedDecode>,
+    decode: DecodeChoice,
     limits: Limits,
     precision: WeightPrecision,
 }
+
+/// How the builder was told to decode.
+#[derive(Debug, Clone, Copy, PartialEq)]
+enum DecodeChoice {
+    /// Whole for `f32` and `bf16` weights, in exact chunks of [`INT8_DECODE_CHUNK`] frames for
+    /// `int8` ones.
+    ByPrecision,
+    /// The whole latent at once.
+    Whole,
+    /// In these chunks.
+    Chunked(ChunkedDecode),
+    /// In chunks of this many frames with the decoder's receptive radius as overlap.
+    ExactChunks(usize),
+}
+
+/// Latent frames per chunk of the decode that `int8` weights get by default (each chunk gets
+/// the decoder's receptive radius of context on both sides, so the result equals the whole
+/// decode up to float rounding). int8 is the choice for small machines, and at full size the
+/// whole decode's activations are a quarter of the request's peak (docs/performance.md,
+/// "int8 memory").
+pub const INT8_DECODE_CHUNK: usize = 64;
 
 /// Files held in memory instead of a folder.
 #[derive(Debug, Clone)]
@@ -240,7 +267,7 @@ impl Default for AudioXBuilder {
             memory: None,
             denoiser: None,
             device: Device::flex(),
-            chunked_decode: None,
+            decode: DecodeChoice::ByPrecision,
             limits: Limits::default(),
             precision: WeightPrecision::F32,
         }
@@ -348,9 +375,27 @@ impl AudioXBuilder {
     }
 
     /// Decodes latents in overlapping chunks to bound memory (exact with the default
-    /// overlap, see `audiox_vae::ChunkedDecode`).
+    /// overlap, see `audiox_vae::ChunkedDecode`). Without this call, or
+    /// [`AudioXBuilder::whole_decode`], the decode is whole for `f32` and `bf16` weights and in
+    /// exact chunks of [`INT8_DECODE_CHUNK`] frames for `int8` ones
+    /// ([`AudioX::decode_chunking`] says which).
     pub fn chunked_decode(mut self, chunking: ChunkedDecode) -> Self {
-        self.chunked_decode = Some(chunking);
+        self.decode = DecodeChoice::Chunked(chunking);
+        self
+    }
+
+    /// Decodes latents in chunks of `frames` latent frames with just enough overlap (the
+    /// decoder's receptive radius, known once it is loaded) to equal the whole decode up to
+    /// float rounding. `frames` must be at least 1 ([`AudioXBuilder::build`] says so).
+    pub fn exact_chunked_decode(mut self, frames: usize) -> Self {
+        self.decode = DecodeChoice::ExactChunks(frames);
+        self
+    }
+
+    /// Decodes the whole latent at once, whatever the weight precision (the fastest decode;
+    /// its activations grow with the duration).
+    pub fn whole_decode(mut self) -> Self {
+        self.decode = DecodeChoice::Whole;
         self
     }
 
@@ -403,6 +448,13 @@ impl AudioXBuilder {
 
     /// Loads every file and builds the model.
     pub fn build(self) -> Result<AudioX> {
+        if self.decode == DecodeChoice::ExactChunks(0)
+            || matches!(self.decode, DecodeChoice::Chunked(c) if c.chunk == 0)
+        {
+            return Err(Error::InvalidRequest(
+                "a chunked decode needs chunks of at least 1 latent frame".into(),
+            ));
+        }
         let files = match self.memory {
             Some(memory) => {
                 if self.dir.is_some() || self.files != CheckpointPaths::default() {
@@ -426,7 +478,7 @@ impl AudioXBuilder {
             files,
             self.denoiser,
             self.device,
-            self.chunked_decode,
+            self.decode,
             self.precision,
         )?;
         components.limits = self.limits;
@@ -440,7 +492,7 @@ fn load(
     files: Files,
     denoiser: Option<DenoiserKind>,
     device: Device,
-    chunked_decode: Option<ChunkedDecode>,
+    decode: DecodeChoice,
     precision: WeightPrecision,
 ) -> Result<Components> {
     let started = Instant::now();
@@ -562,6 +614,13 @@ fn load(
         None => None,
     };
     log_load(&report, started.elapsed().as_secs_f64());
+    let chunked_decode = match decode {
+        DecodeChoice::Whole => None,
+        DecodeChoice::Chunked(chunking) => Some(chunking),
+        DecodeChoice::ExactChunks(frames) => Some(ChunkedDecode::exact(&decoder, frames)),
+        DecodeChoice::ByPrecision => (precision == WeightPrecision::Int8)
+            .then(|| ChunkedDecode::exact(&decoder, INT8_DECODE_CHUNK)),
+    };
     Ok(Components {
         config,
         device,

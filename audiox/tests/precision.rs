@@ -119,3 +119,64 @@ fn reduced_precisions_are_deterministic() {
         assert_eq!(outputs(&m), outputs(&m), "{p}");
     }
 }
+
+#[test]
+fn int8_decodes_in_exact_chunks_by_default_and_every_precision_can_choose() {
+    use audiox::ChunkedDecode;
+    let set = FixtureSet::open_default().unwrap();
+    let builder = || {
+        AudioX::builder()
+            .checkpoint_dir(set.bundle_dir())
+            .weights_precision(WeightPrecision::Int8)
+    };
+    let int8 = builder().build().unwrap();
+    let chunking = int8
+        .decode_chunking()
+        .expect("int8 weights decode in chunks by default");
+    assert_eq!(chunking.chunk, audiox::INT8_DECODE_CHUNK);
+    assert!(chunking.overlap >= 1, "{chunking:?}");
+    assert_eq!(model(None).decode_chunking(), None, "f32 decodes whole");
+    assert_eq!(model(Some(WeightPrecision::Bf16)).decode_chunking(), None);
+    let whole = builder().whole_decode().build().unwrap();
+    assert_eq!(whole.decode_chunking(), None);
+
+    // Chunks far shorter than the latent, with the exact overlap: the whole decode's audio up
+    // to float rounding, from the same latent.
+    let small = builder().exact_chunked_decode(2).build().unwrap();
+    assert_eq!(small.decode_chunking().unwrap().chunk, 2);
+    let (latent, chunked) = outputs(&small);
+    let (want_latent, want) = outputs(&whole);
+    let frames = latent.len() / small.config().model.io_channels;
+    assert!(
+        frames > 4,
+        "the latent ({frames} frames) spans several chunks"
+    );
+    assert_eq!(latent, want_latent);
+    let exact = relative_error(&chunked, &want);
+    assert!(exact < 1e-5, "exact chunks: relative error {exact}");
+    // Without overlap the seams show (so the comparison above can tell).
+    let cut = builder()
+        .chunked_decode(ChunkedDecode {
+            chunk: 2,
+            overlap: 0,
+        })
+        .build()
+        .unwrap();
+    let seams = relative_error(&outputs(&cut).1, &want);
+    assert!(seams > 1e-3, "no overlap: relative error {seams}");
+
+    // Empty chunks are refused when the model is built.
+    for bad in [
+        builder().exact_chunked_decode(0),
+        builder().chunked_decode(ChunkedDecode {
+            chunk: 0,
+            overlap: 4,
+        }),
+    ] {
+        match bad.build() {
+            Err(audiox::Error::InvalidRequest(m)) => assert!(m.contains("chunk"), "{m}"),
+            Err(e) => panic!("wrong error: {e}"),
+            Ok(_) => panic!("a chunk of 0 frames was accepted"),
+        }
+    }
+}
