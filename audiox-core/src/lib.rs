@@ -8,6 +8,7 @@ pub mod config;
 pub mod error;
 pub mod half;
 pub mod limits;
+pub mod memory;
 pub mod nn;
 pub mod noise;
 pub mod precision;

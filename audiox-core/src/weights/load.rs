@@ -227,8 +227,12 @@ pub fn load_module<M: Module>(
         path: Vec::new(),
         applied: Vec::new(),
         error: None,
+        unreleased_bytes: 0,
     };
     let module = module.map(&mut applier);
+    if applier.unreleased_bytes > 0 {
+        crate::memory::release_freed();
+    }
     if let Some(e) = applier.error {
         return Err(e);
     }
@@ -303,6 +307,9 @@ struct Applier<'a> {
     path: Vec<String>,
     applied: Vec<AppliedWeight>,
     error: Option<Error>,
+    /// Bytes of f32 reading buffers freed since memory was last handed back
+    /// ([`crate::memory::release_freed`]).
+    unreleased_bytes: usize,
 }
 
 impl ModuleMapper for Applier<'_> {
@@ -326,9 +333,15 @@ impl ModuleMapper for Applier<'_> {
         match compute(&found, &shape) {
             Ok(values) => {
                 let device = param.lazy_device();
+                self.unreleased_bytes += values.len() * std::mem::size_of::<f32>();
                 // Converted here, one tensor at a time: the f32 `values` are this one
                 // parameter's reading buffer, dropped before the next is read.
                 let tensor = hold::<D>(values, shape, found.precision, &device);
+                // The freed reading buffers would otherwise stay resident (crate::memory).
+                if self.unreleased_bytes >= crate::memory::RELEASE_EVERY_BYTES {
+                    crate::memory::release_freed();
+                    self.unreleased_bytes = 0;
+                }
                 self.applied.push(AppliedWeight {
                     param: path,
                     keys: found.keys.clone(),
