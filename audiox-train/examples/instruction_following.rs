@@ -9,7 +9,8 @@
 //! ```
 //!
 //! `--rows TEXT` scores only the rows whose label contains `TEXT` (e.g. `student`, or
-//! `euler 25` for one teacher row), for a quick check of a training snapshot.
+//! `euler 25` for one teacher row), for a quick check of a training snapshot; `--verbose`
+//! prints each clip's caption, the number of events it asks for and the events detected.
 //!
 //! The student is the export's `audiox_turbo/` file and the teacher its `pretrained_ckpt/` file
 //! (or `--teacher FILE`); rows whose model is missing are skipped with a note. Clip `i` uses seed `i`, so the
@@ -21,7 +22,7 @@ use std::time::Instant;
 use audiox::sampler::SamplerKind;
 use audiox::{AudioX, DenoiserKind, Request};
 use audiox_train::corpus::{Corpus, CorpusConfig};
-use audiox_train::metric::{Report, evaluate_generator};
+use audiox_train::metric::{DetectorConfig, Report, detect_events, evaluate_generator};
 
 struct Args {
     dir: PathBuf,
@@ -29,12 +30,14 @@ struct Args {
     guidance: f32,
     teacher: Option<PathBuf>,
     rows: Option<String>,
+    verbose: bool,
 }
 
 fn parse() -> Result<Args, String> {
     let mut it = std::env::args().skip(1);
     let mut dir = None;
     let (mut count, mut guidance, mut teacher, mut rows) = (40, 6.0, None, None);
+    let mut verbose = false;
     while let Some(a) = it.next() {
         let mut value = |name: &str| it.next().ok_or(format!("{name} needs a value"));
         match a.as_str() {
@@ -48,6 +51,7 @@ fn parse() -> Result<Args, String> {
             }
             "--teacher" => teacher = Some(PathBuf::from(value("--teacher")?)),
             "--rows" => rows = Some(value("--rows")?),
+            "--verbose" => verbose = true,
             _ if a.starts_with("--") => return Err(format!("unknown option {a}")),
             _ if dir.is_none() => dir = Some(PathBuf::from(a)),
             _ => return Err(format!("unexpected argument {a}")),
@@ -55,7 +59,7 @@ fn parse() -> Result<Args, String> {
     }
     let dir = dir.ok_or(
         "usage: instruction_following EXPORT_DIR [--count N] [--guidance G] [--teacher FILE] \
-         [--rows TEXT]",
+         [--rows TEXT] [--verbose]",
     )?;
     if count == 0 {
         return Err("--count must be at least 1".into());
@@ -66,6 +70,7 @@ fn parse() -> Result<Args, String> {
         guidance,
         teacher,
         rows,
+        verbose,
     })
 }
 
@@ -74,18 +79,34 @@ fn score(
     model: &AudioX,
     corpus: &Corpus,
     count: usize,
+    verbose: bool,
     shape: &dyn Fn(Request) -> Request,
 ) -> Result<(Report, f64), Box<dyn std::error::Error>> {
     let rate = model.config().sample_rate;
+    let scenes = corpus.try_held_out_scenes(count)?;
     let start = Instant::now();
     let mut generate = |caption: &str, i: u64| -> Result<Vec<f32>, audiox::Error> {
         let generation = model.generate(shape(Request::text(caption).seed(i)))?;
         let audio = &generation.audio[0];
         let channels = audio.channels();
         let n = audio.num_frames();
-        Ok((0..n)
+        let mono: Vec<f32> = (0..n)
             .map(|f| channels.iter().map(|c| c[f]).sum::<f32>() / channels.len() as f32)
-            .collect())
+            .collect();
+        if verbose {
+            let expected = scenes[i as usize].expected_events().len();
+            let found = detect_events(&mono, rate, &DetectorConfig::default());
+            let events: Vec<String> = found
+                .iter()
+                .map(|e| format!("{:.2}s {:?} {:.0}Hz", e.onset_s, e.class, e.pitch_hz))
+                .collect();
+            eprintln!(
+                "clip {i:>3} {caption:?}: asks {expected}, found {}: {}",
+                found.len(),
+                events.join(", ")
+            );
+        }
+        Ok(mono)
     };
     let report = evaluate_generator(corpus, count, rate, &mut generate)?;
     Ok((report, start.elapsed().as_secs_f64() / count as f64))
@@ -121,7 +142,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
                shape: &dyn Fn(Request) -> Request|
      -> Result<(), Box<dyn std::error::Error>> {
         if wanted(label) {
-            let (report, secs) = score(model, &corpus, args.count, shape)?;
+            let (report, secs) = score(model, &corpus, args.count, args.verbose, shape)?;
             println!("{} {secs:.2} |", report.markdown_row(label));
         }
         Ok(())

@@ -354,6 +354,67 @@ fn the_teachers_clip_latents_are_kept_in_the_run_folder_for_the_next_process() {
 }
 
 #[test]
+fn a_finished_teacher_given_more_steps_continues_exactly() {
+    one_thread();
+    let short = tiny_run();
+    let steps = short.teacher.optim.steps;
+    let mut long = short.clone();
+    long.teacher.optim.steps = steps + 2;
+    let tmp = tempfile::tempdir().unwrap();
+    let (a_dir, b_dir) = (tmp.path().join("a"), tmp.path().join("b"));
+
+    let (whole, step, _) = train(&a_dir, &long, None);
+    assert_eq!(step, steps + 2);
+    let (_, step, _) = train(&b_dir, &short, None);
+    assert_eq!(step, steps, "the short run finished");
+    // The same folder with a configuration that only raises teacher.steps continues.
+    let (extended, step, from) = train(&b_dir, &long, None);
+    assert_eq!((step, from), (steps + 2, steps));
+    let stored = RunConfig::from_file(b_dir.join("run.json")).unwrap();
+    assert_eq!(
+        stored.teacher.optim.steps,
+        steps + 2,
+        "run.json records the new length"
+    );
+    for ((name, _, a), (_, _, b)) in parameters(&whole).iter().zip(&parameters(&extended)) {
+        assert_eq!(
+            a, b,
+            "`{name}` differs between the long run and the extended one"
+        );
+    }
+
+    // Once the student has started from the teacher, the teacher cannot grow any more.
+    std::fs::create_dir_all(
+        b_dir
+            .join("student")
+            .join("checkpoints")
+            .join("step-00000001"),
+    )
+    .unwrap();
+    let mut longer = long.clone();
+    longer.teacher.optim.steps = steps + 4;
+    let err = RunDir::open(&b_dir, longer)
+        .expect_err("refused")
+        .to_string();
+    assert!(
+        err.contains("teacher.steps") && err.contains("student"),
+        "{err}"
+    );
+    // Nor can steps shrink, or anything else change with them.
+    let mut fewer = long.clone();
+    fewer.teacher.optim.steps = steps;
+    assert!(RunDir::open(&b_dir, fewer).is_err());
+    let mut other = long.clone();
+    other.teacher.optim.steps = steps + 4;
+    other.teacher.optim.lr *= 2.0;
+    std::fs::remove_dir_all(b_dir.join("student")).unwrap();
+    let err = RunDir::open(&b_dir, other)
+        .expect_err("refused")
+        .to_string();
+    assert!(err.contains("lr"), "{err}");
+}
+
+#[test]
 fn the_teacher_refuses_to_start_before_the_vae_is_trained() {
     one_thread();
     let run = tiny_run();

@@ -544,7 +544,9 @@ impl RunDir {
     /// what the VAE stage does not read (the `teacher` and `student` sections, the model's
     /// conditioning and diffusion sections) while the teacher stage has no checkpoint, and the
     /// `student` section while the student stage has none (a run started before a stage
-    /// existed continues with the stages it trained).
+    /// existed continues with the stages it trained). Another: a configuration that only raises
+    /// some stages' `steps` continues them exactly, unless a later stage has started (see
+    /// `step_extension`).
     pub fn open(root: impl Into<PathBuf>, config: RunConfig) -> TrainResult<Self> {
         let root = root.into();
         config.validate()?;
@@ -613,6 +615,9 @@ fn refuses_extension(
     root: &Path,
     diff: String,
 ) -> TrainResult<Option<String>> {
+    if let Some(verdict) = step_extension(stored, ours, root)? {
+        return Ok(verdict);
+    }
     let vae_view = |v: &serde_json::Value| {
         let mut v = v.clone();
         if let Some(o) = v.as_object_mut() {
@@ -652,6 +657,56 @@ fn refuses_extension(
         return Ok(Some(teacher_diff));
     }
     Ok(started(StageName::Student)?.then_some(diff))
+}
+
+/// The stages in training order, with the JSON section of each.
+const STAGE_SECTIONS: [(StageName, &str); 3] = [
+    (StageName::Vae, "vae"),
+    (StageName::Teacher, "teacher"),
+    (StageName::Student, "student"),
+];
+
+/// Whether `ours` only raises some stages' `steps` over `stored` (`None`: it changes something
+/// else too, or nothing of the kind). Such a change continues those stages exactly where they
+/// stopped: every stage's learning rate is a warm-up then a constant
+/// ([`LoopSettings::lr_at`]) and each step's batch depends only on the step number, so a run
+/// of N steps resumed to N + M computes what a run of N + M steps would have. It is refused
+/// (`Some(Some(reason))`) when a later stage has started, since that stage learned from the
+/// shorter one, and accepted (`Some(None)`) otherwise.
+fn step_extension(
+    stored: &serde_json::Value,
+    ours: &serde_json::Value,
+    root: &Path,
+) -> TrainResult<Option<Option<String>>> {
+    let steps = |v: &serde_json::Value, section: &str| v.get(section)?.get("steps")?.as_u64();
+    let mut ours_at_stored_steps = ours.clone();
+    let mut extended = Vec::new();
+    for (i, (_, section)) in STAGE_SECTIONS.iter().enumerate() {
+        if let (Some(before), Some(after)) = (steps(stored, section), steps(ours, section))
+            && after > before
+        {
+            ours_at_stored_steps[*section]["steps"] = before.into();
+            extended.push((i, *section, before, after));
+        }
+    }
+    if extended.is_empty()
+        || first_difference(stored, &ours_at_stored_steps, String::new()).is_some()
+    {
+        return Ok(None);
+    }
+    for (i, section, before, after) in extended {
+        for (later, later_section) in &STAGE_SECTIONS[i + 1..] {
+            let checkpoints = super::checkpoint::Checkpoints::new(&root.join(later.as_str()));
+            if !checkpoints.steps()?.is_empty() {
+                return Ok(Some(Some(format!(
+                    "{section}.steps: stored {before}, now {after}; the {later_section} stage \
+                     has started from the {section} stage's {before} steps (start a new run \
+                     folder from a copy without the {later_section} stage)"
+                ))));
+            }
+        }
+    }
+    Ok(Some(None))
 }
 
 /// The first JSON path at which `a` and `b` differ, with both values.
