@@ -315,9 +315,11 @@ impl AudioXBuilder {
         self
     }
 
-    /// Which denoiser to load. Default: from a folder, the teacher when one is set or found
-    /// (`pretrained_ckpt/`), else the student; from memory (and the demo model), the student.
-    /// `Student` ignores a teacher file; `Teacher` requires one.
+    /// Which denoiser to load. Default: the teacher when a file was set with
+    /// [`AudioXBuilder::teacher_checkpoint`] or a folder holds only a teacher
+    /// (`pretrained_ckpt/`); otherwise the student, also from a folder holding both (the
+    /// 4-step AudioX-Turbo, not the teacher's hundreds of guided steps), from memory and for
+    /// the demo model. `Student` ignores a teacher file; `Teacher` requires one.
     pub fn denoiser(mut self, kind: DenoiserKind) -> Self {
         self.denoiser = Some(kind);
         self
@@ -474,13 +476,14 @@ impl AudioXBuilder {
                 None => self.files.clone(),
             }),
         };
-        let mut components = load(
-            files,
-            self.denoiser,
-            self.device,
-            self.decode,
-            self.precision,
-        )?;
+        // A teacher file set explicitly is what the caller wants to run.
+        let denoiser = self.denoiser.or_else(|| {
+            self.files
+                .teacher
+                .is_some()
+                .then_some(DenoiserKind::Teacher)
+        });
+        let mut components = load(files, denoiser, self.device, self.decode, self.precision)?;
         components.limits = self.limits;
         Ok(AudioX {
             inner: Arc::new(components),
@@ -694,9 +697,12 @@ impl Files {
     fn denoiser(&self, asked: Option<DenoiserKind>) -> Result<(DenoiserKind, PathBuf)> {
         match self {
             Files::Disk(paths) => {
-                let kind = asked.unwrap_or(match paths.teacher {
-                    Some(_) => DenoiserKind::Teacher,
-                    None => DenoiserKind::Student,
+                // A folder holding both runs the student (AudioX-Turbo itself, 4 steps); the
+                // teacher when it is the only denoiser there or was asked for
+                // (`denoiser`, or a file set with `teacher_checkpoint`).
+                let kind = asked.unwrap_or(match (&paths.student, &paths.teacher) {
+                    (None, Some(_)) => DenoiserKind::Teacher,
+                    _ => DenoiserKind::Student,
                 });
                 let path = match kind {
                     DenoiserKind::Teacher => paths.require(

@@ -212,3 +212,42 @@ fn the_demo_model_loads_or_its_absence_is_explained() {
         Err(other) => panic!("unexpected error: {other}"),
     }
 }
+
+/// A folder holding both denoisers runs the student unless the teacher is asked for; a folder
+/// holding only a teacher runs it.
+#[test]
+fn a_folder_with_both_denoisers_runs_the_student_by_default() {
+    let dir = converted_bundle();
+    std::fs::create_dir_all(dir.path().join("pretrained_ckpt")).unwrap();
+    std::fs::copy(dir.path().join(STUDENT), dir.path().join(TEACHER)).unwrap();
+    let both = AudioX::builder()
+        .checkpoint_dir(dir.path())
+        .build()
+        .unwrap();
+    assert_eq!(both.kind(), DenoiserKind::Student);
+    let asked = AudioX::builder()
+        .checkpoint_dir(dir.path())
+        .denoiser(DenoiserKind::Teacher)
+        .build()
+        .unwrap();
+    assert_eq!(asked.kind(), DenoiserKind::Teacher);
+    let set = AudioX::builder()
+        .checkpoint_dir(dir.path())
+        .teacher_checkpoint(dir.path().join(TEACHER))
+        .build()
+        .unwrap();
+    assert_eq!(set.kind(), DenoiserKind::Teacher);
+
+    std::fs::remove_file(dir.path().join(STUDENT)).unwrap();
+    let only_teacher = AudioX::builder()
+        .checkpoint_dir(dir.path())
+        .build()
+        .unwrap();
+    assert_eq!(only_teacher.kind(), DenoiserKind::Teacher);
+    let err = AudioX::builder()
+        .checkpoint_dir(dir.path())
+        .denoiser(DenoiserKind::Student)
+        .build()
+        .unwrap_err();
+    assert!(err.to_string().contains("student"), "{err}");
+}
