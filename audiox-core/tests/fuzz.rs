@@ -144,8 +144,11 @@ fn resampling_any_rate_has_bounded_cost() {
             assert!((mid - 0.25).abs() < 0.02, "{rate} Hz: {mid}");
         }
     }
+    // A bound against a pathological cost, not a benchmark: 15.6 s in CI's debug build on the
+    // 2-core machine with one core free, 33 s with three processes sharing both
+    // (2026-12-02), hence the margin.
     assert!(
-        started.elapsed() < std::time::Duration::from_secs(30),
+        started.elapsed() < std::time::Duration::from_secs(90),
         "{:?}",
         started.elapsed()
     );
