@@ -36,6 +36,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         duration_s: run["corpus"]["duration_s"].as_f64().unwrap_or(10.0) as f32,
         seed: run["corpus"]["seed"].as_u64().unwrap_or(0),
         held_out_every: run["corpus"]["held_out_every"].as_u64().unwrap_or(10),
+        timing_jitter: run["corpus"]["timing_jitter"].as_f64().unwrap_or(1.0) as f32,
     })?;
     let checkpoints = Checkpoints::new(&dir.join("vae"));
     let step = *checkpoints

@@ -280,6 +280,11 @@ impl Clip {
     }
 }
 
+/// The version of the corpus's synthesis: raised whenever the same `(configuration, index)`
+/// renders other samples, so that data derived from clips (the teacher's stored latents) is
+/// not reused across it. 2: whooshes through a stable filter.
+pub const CORPUS_VERSION: u32 = 2;
+
 /// Settings of a [`Corpus`].
 #[derive(Clone, Debug, PartialEq)]
 pub struct CorpusConfig {
@@ -291,6 +296,13 @@ pub struct CorpusConfig {
     pub seed: u64,
     /// One caption in this many is held out (2-1,000; default 10).
     pub held_out_every: u64,
+    /// How much of the layout's random range is used (0-1; default 1): the first onset is
+    /// drawn from `0.3 + 0.9 * timing_jitter` s and each event of a group adds up to
+    /// `0.25 * timing_jitter` s to its kind's spacing (up to `0.5 * timing_jitter` s between
+    /// groups). 0 gives every caption one fixed layout; the random draws are made whatever the
+    /// value, so only the onsets change with it. A named time ("a bell at 4 seconds") is exact
+    /// at every value.
+    pub timing_jitter: f32,
 }
 
 impl Default for CorpusConfig {
@@ -300,6 +312,7 @@ impl Default for CorpusConfig {
             duration_s: 10.0,
             seed: 0,
             held_out_every: 10,
+            timing_jitter: 1.0,
         }
     }
 }
@@ -338,6 +351,13 @@ impl Corpus {
                 field: "held_out_every",
                 value: cfg.held_out_every.to_string(),
                 reason: "must be within 2..=1000",
+            });
+        }
+        if !(cfg.timing_jitter.is_finite() && (0.0..=1.0).contains(&cfg.timing_jitter)) {
+            return Err(Error::InvalidConfig {
+                field: "timing_jitter",
+                value: cfg.timing_jitter.to_string(),
+                reason: "must be within 0..=1",
             });
         }
         Ok(Self { cfg })
@@ -428,7 +448,7 @@ impl Corpus {
         let len = (self.cfg.duration_s * sr as f32).round() as usize;
         let mut samples = vec![0.0f32; len];
         let mut events = Vec::new();
-        let onsets = layout(scene, self.cfg.duration_s, rng);
+        let onsets = layout(scene, self.cfg.duration_s, self.cfg.timing_jitter, rng);
         for (g, group) in scene.groups.iter().enumerate() {
             let group_level = uniform(rng, -16.0, -4.0);
             // One register for the whole group: the caption speaks of "three high beeps".
@@ -528,10 +548,15 @@ fn random_scene(rng: &mut impl Rng) -> Scene {
     Scene { groups, connective }
 }
 
-/// Onset times per group; always inside the clip with at least 0.3 s of tail.
-fn layout(scene: &Scene, duration_s: f32, rng: &mut impl Rng) -> Vec<Vec<f32>> {
+/// Onset times per group; always inside the clip with at least 0.3 s of tail. `jitter` scales
+/// the random parts (see [`CorpusConfig::timing_jitter`]).
+fn layout(scene: &Scene, duration_s: f32, jitter: f32, rng: &mut impl Rng) -> Vec<Vec<f32>> {
     let try_layout = |rng: &mut dyn FnMut() -> f32, minimal: bool| -> (Vec<Vec<f32>>, f32) {
-        let mut t = if minimal { 0.3 } else { 0.3 + 0.9 * rng() };
+        let mut t = if minimal {
+            0.3
+        } else {
+            0.3 + 0.9 * jitter * rng()
+        };
         let mut out = Vec::new();
         let mut end = 0.0f32;
         for group in &scene.groups {
@@ -541,12 +566,18 @@ fn layout(scene: &Scene, duration_s: f32, rng: &mut impl Rng) -> Vec<Vec<f32>> {
             let mut onsets = Vec::new();
             for i in 0..group.count {
                 if i > 0 {
-                    t += group.kind.base_spacing() + if minimal { 0.0 } else { 0.25 * rng() };
+                    t += group.kind.base_spacing()
+                        + if minimal { 0.0 } else { 0.25 * jitter * rng() };
                 }
                 onsets.push(t);
             }
             end = t + max_duration(group.kind);
-            t = end + if minimal { 0.4 } else { 0.4 + 0.5 * rng() };
+            t = end
+                + if minimal {
+                    0.4
+                } else {
+                    0.4 + 0.5 * jitter * rng()
+                };
             out.push(onsets);
         }
         (out, end)
@@ -725,16 +756,22 @@ fn synthesize(
             let n = samples(uniform(rng, 0.4, 0.6));
             let (a, r) = (samples(0.08), samples(0.15));
             let (lo, hi) = (uniform(rng, 250.0, 400.0), uniform(rng, 2500.0, 3500.0));
-            // A state-variable band-pass (Q about 1) whose centre sweeps from `lo` to `hi`.
-            let (mut low, mut band) = (0.0f32, 0.0f32);
+            // A state-variable band-pass (Q 1) whose centre sweeps from `lo` to `hi`, in the
+            // trapezoidal (zero-delay feedback) form, stable for every centre below Nyquist.
+            // (Corpus version 1 used the explicit Chamberlin form, which is unstable once its
+            // coefficient passes 1, i.e. above fs / 6: at 16 kHz most whooshes grew by orders
+            // of magnitude at the end of their sweep and were, after normalisation, a burst.)
+            let (mut s1, mut s2) = (0.0f32, 0.0f32);
             let w: Vec<f32> = (0..n)
                 .map(|i| {
-                    let fc = lo * (hi / lo).powf(i as f32 / n as f32);
-                    let k = 2.0 * (PI * fc / fs).sin();
+                    let fc = (lo * (hi / lo).powf(i as f32 / n as f32)).min(0.45 * fs);
+                    let g = (PI * fc / fs).tan();
                     let x = noise(rng);
-                    let high_pass = x - low - band;
-                    band += k * high_pass;
-                    low += k * band;
+                    let high_pass = (x - (1.0 + g) * s1 - s2) / (1.0 + g + g * g);
+                    let band = g * high_pass + s1;
+                    s1 = g * high_pass + band;
+                    let low = g * band + s2;
+                    s2 = g * band + low;
                     ar_envelope(i, n, a, r) * band
                 })
                 .collect();

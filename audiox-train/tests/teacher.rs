@@ -354,6 +354,45 @@ fn the_teachers_clip_latents_are_kept_in_the_run_folder_for_the_next_process() {
 }
 
 #[test]
+fn encoding_the_pool_ahead_gives_the_teacher_every_latent() {
+    one_thread();
+    let mut run = tiny_run();
+    run.teacher.clip_pool = 9;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    train(&dir, &run, Some(1));
+    let device = device();
+    let run_dir = RunDir::open(&dir, run.clone()).unwrap();
+    let stage = TeacherStage::new(&run_dir, &device).unwrap();
+    let held = stage.cached_latents();
+    let pool = run.teacher.clip_pool as usize;
+    assert!(
+        held < pool,
+        "the test needs clips left to encode ({held} of {pool})"
+    );
+    let mut reports = Vec::new();
+    let encoded = stage
+        .encode_pool(2, 3, &mut |h, p| reports.push((h, p)))
+        .unwrap();
+    assert_eq!(encoded, pool - held);
+    assert_eq!(reports.last(), Some(&(pool, pool)));
+    assert_eq!(reports.len(), (pool - held).div_ceil(2));
+    // Written as it goes and at the end: a new process holds the whole pool, with the values
+    // a fresh encode gives, and has nothing left to encode.
+    let next = TeacherStage::new(&run_dir, &device).unwrap();
+    assert_eq!(next.cached_latents(), pool);
+    assert_eq!(next.encode_pool(2, 3, &mut |_, _| {}).unwrap(), 0);
+    let all: Vec<u64> = (0..pool as u64).collect();
+    let (read, _) = next.clean_latents(&all, &device).unwrap();
+    let aside = tmp.path().join("aside");
+    std::fs::rename(dir.join("teacher").join("latents"), &aside).unwrap();
+    let fresh = TeacherStage::new(&run_dir, &device).unwrap();
+    let (encoded, _) = fresh.clean_latents(&all, &device).unwrap();
+    let (err, scale) = max_error(&values(encoded), &values(read));
+    assert!(scale > 0.0 && err <= 1e-5 * scale, "{err} of {scale}");
+}
+
+#[test]
 fn a_finished_teacher_given_more_steps_continues_exactly() {
     one_thread();
     let short = tiny_run();

@@ -258,6 +258,36 @@ fn a_run_folder_refuses_another_configuration() {
     assert_eq!(RunDir::resume(tmp.path()).unwrap().config(), &run);
 }
 
+/// A hand-written `run.json` (the documented way to fork a probe) may hold an `f32` setting
+/// such as `timing_jitter` as the decimal `0.1`, which is not the f32's widened value: the
+/// folder still resumes, and a really different value is still refused.
+#[test]
+fn a_hand_written_f32_setting_resumes() {
+    one_thread();
+    let mut run = tiny_run();
+    run.corpus.timing_jitter = 0.1;
+    let tmp = tempfile::tempdir().unwrap();
+    RunDir::open(tmp.path(), run.clone()).unwrap();
+    let path = tmp.path().join("run.json");
+    let mut stored: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    assert_ne!(
+        stored["corpus"]["timing_jitter"],
+        json!(0.1),
+        "the test needs a widened f32"
+    );
+    stored["corpus"]["timing_jitter"] = json!(0.1);
+    std::fs::write(&path, serde_json::to_string_pretty(&stored).unwrap()).unwrap();
+    assert_eq!(RunDir::resume(tmp.path()).unwrap().config(), &run);
+    let mut other = run.clone();
+    other.corpus.timing_jitter = 0.1001;
+    match RunDir::open(tmp.path(), other) {
+        Err(TrainError::ConfigMismatch { reason, .. }) => {
+            assert!(reason.contains("timing_jitter"), "{reason}")
+        }
+        other => panic!("expected a mismatch, got {other:?}"),
+    }
+}
+
 #[test]
 fn the_exported_vae_loads_and_decodes_like_the_trained_one() {
     one_thread();

@@ -12,6 +12,7 @@
 //! `--print-config` prints the demo configuration to start from. `--import-vae FILE` gives a
 //! new run a VAE trained elsewhere (an earlier run's export) in place of its vae stage, and
 //! `--update-decoder FILE` later swaps in a decoder fine-tuned on that VAE's frozen encoder.
+//! `--encode-latents` encodes the teacher's clip pool into the run folder ahead of the teacher.
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -105,6 +106,12 @@ struct Args {
     /// Print the demo run configuration as JSON and exit.
     #[arg(long)]
     print_config: bool,
+    /// Encode the teacher's clip pool with the run's trained VAE into the run folder
+    /// (`teacher/latents/`) and exit, instead of training: the teacher then starts with every
+    /// latent at hand. May run with more --threads than the teacher, and beside a paused or
+    /// running teacher (which reads the new latents when it resumes).
+    #[arg(long)]
+    encode_latents: bool,
 }
 
 fn main() -> ExitCode {
@@ -171,6 +178,26 @@ fn run(args: Args) -> Result<(), TrainError> {
             source.display(),
             file.display()
         );
+    }
+    if args.encode_latents {
+        let teacher = TeacherStage::new(&run, &device)?;
+        let start = std::time::Instant::now();
+        let before = teacher.cached_latents();
+        let mut last_print = 0;
+        let encoded = teacher.encode_pool(16, 256, &mut |held, pool| {
+            if held >= last_print + 256 || held == pool {
+                last_print = held;
+                println!(
+                    "latents: {held}/{pool} clips ({:.0} s)",
+                    start.elapsed().as_secs_f64()
+                );
+            }
+        })?;
+        println!(
+            "latents: {encoded} clips encoded in {:.0} s ({before} were already in the run folder)",
+            start.elapsed().as_secs_f64()
+        );
+        return Ok(());
     }
     let stages: &[&str] = match args.stage.as_str() {
         "all" => &["vae", "teacher", "student"],

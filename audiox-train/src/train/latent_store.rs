@@ -35,6 +35,10 @@ pub struct LatentKey {
     pub vae_sha256: String,
     /// The corpus the clips come from.
     pub corpus: CorpusSettings,
+    /// [`crate::corpus::CORPUS_VERSION`] of the code that rendered them (0 in stores written
+    /// before the field existed, which are never read again).
+    #[serde(default)]
+    pub corpus_version: u32,
     /// Audio samples per clip fed to the encoder (the model's `sample_size`).
     pub samples: usize,
     /// Latent `[channels, length]` per clip.
@@ -97,8 +101,9 @@ impl LatentStore {
         &self.dir
     }
 
-    /// Writes `entries` (clip index, latent of `C * L` values) as the next chunk, atomically;
-    /// nothing when `entries` is empty. Returns the file written.
+    /// Writes `entries` (clip index, latent of `C * L` values) as the next chunk, atomically
+    /// and without replacing a chunk another process wrote meanwhile; nothing when `entries` is
+    /// empty. Returns the file written.
     pub fn append(&mut self, entries: &[(u64, &[f32])]) -> TrainResult<Option<PathBuf>> {
         if entries.is_empty() {
             return Ok(None);
@@ -151,8 +156,28 @@ impl LatentStore {
             .map_err(|e| TrainError::checkpoint(&path, e.to_string()))?;
         let data = safetensors::serialize(views, Some(HashMap::from([("key".to_string(), key)])))
             .map_err(bad)?;
-        write_atomic(&path, &data)?;
-        self.next_chunk += 1;
+        // Another process may write chunks into the same folder (`--encode-latents` beside a
+        // paused or running teacher): take the first number no file holds, and never replace
+        // a chunk (the temporary file is linked to its name, which fails if the name exists).
+        let tmp = self
+            .dir
+            .join(format!(".chunk-{}.partial", std::process::id()));
+        write_atomic(&tmp, &data)?;
+        let path = loop {
+            let path = self
+                .dir
+                .join(format!("chunk-{:05}.safetensors", self.next_chunk));
+            self.next_chunk += 1;
+            match std::fs::hard_link(&tmp, &path) {
+                Ok(()) => break path,
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
+                Err(e) => {
+                    let _ = std::fs::remove_file(&tmp);
+                    return Err(TrainError::io(&path, e));
+                }
+            }
+        };
+        std::fs::remove_file(&tmp).map_err(|e| TrainError::io(&tmp, e))?;
         Ok(Some(path))
     }
 }
@@ -241,7 +266,9 @@ mod tests {
                 duration_s: 1.0,
                 seed: 3,
                 held_out_every: 10,
+                timing_jitter: 1.0,
             },
+            corpus_version: crate::corpus::CORPUS_VERSION,
             samples: 16_000,
             latent: [2, 3],
         }
@@ -277,6 +304,30 @@ mod tests {
         let (other, got) = LatentStore::open(&root, key("b")).unwrap();
         assert!(got.is_empty());
         assert_ne!(other.dir(), store.dir());
+        std::fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[test]
+    fn two_writers_of_one_folder_never_replace_each_others_chunks() {
+        let root = temp("two-writers");
+        // Both open the empty folder, so both would call their first chunk 00000.
+        let (mut first, _) = LatentStore::open(&root, key("a")).unwrap();
+        let (mut second, _) = LatentStore::open(&root, key("a")).unwrap();
+        let a = first.append(&[(1, &[1.0f32; 6])]).unwrap().unwrap();
+        let b = second.append(&[(2, &[2.0f32; 6])]).unwrap().unwrap();
+        let c = first.append(&[(3, &[3.0f32; 6])]).unwrap().unwrap();
+        assert!(a.ends_with("chunk-00000.safetensors"), "{a:?}");
+        assert!(b.ends_with("chunk-00001.safetensors"), "{b:?}");
+        assert!(c.ends_with("chunk-00002.safetensors"), "{c:?}");
+        let (_, got) = LatentStore::open(&root, key("a")).unwrap();
+        assert_eq!(got.len(), 3);
+        assert_eq!(got[&2], [2.0f32; 6]);
+        // No temporary file is left behind.
+        let names: Vec<String> = std::fs::read_dir(first.dir())
+            .unwrap()
+            .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+            .collect();
+        assert_eq!(names.len(), 3, "{names:?}");
         std::fs::remove_dir_all(&root).unwrap();
     }
 

@@ -436,6 +436,7 @@ impl TeacherStage {
             LatentKey {
                 vae_sha256: super::checkpoint::sha256(&vae_bytes),
                 corpus: config.corpus.clone(),
+                corpus_version: crate::corpus::CORPUS_VERSION,
                 samples: model.sample_size,
                 latent: latent_dims,
             },
@@ -540,6 +541,45 @@ impl TeacherStage {
             Tensor::from_data(TensorData::new(values, [indices.len(), c, l]), device),
             captions,
         ))
+    }
+
+    /// Encodes every clip of the training pool (the first `clip_pool` clips of the training
+    /// stream) whose latent the stage does not hold yet, `batch` clips at a time, and writes
+    /// them to the run folder every `persist_every` clips and at the end; `progress` gets (clips
+    /// held, pool size) after each batch. Returns how many clips were encoded.
+    ///
+    /// Run as `audiox-train --out RUN --encode-latents` before the teacher stage (or in a second
+    /// process while it is paused or running: chunks never replace each other, and a resumed
+    /// teacher reads all of them), so that the teacher's first few hundred steps do not each
+    /// wait for 16 encodings.
+    pub fn encode_pool(
+        &self,
+        batch: usize,
+        persist_every: usize,
+        progress: &mut dyn FnMut(usize, usize),
+    ) -> TrainResult<usize> {
+        let pool = self.run.teacher.clip_pool;
+        let missing: Vec<u64> = {
+            let guard = self
+                .latents
+                .lock()
+                .map_err(|_| TrainError::config("teacher", "the latent cache was poisoned"))?;
+            (0..pool)
+                .filter(|i| !guard.by_clip.contains_key(i))
+                .collect()
+        };
+        let mut since_persist = 0;
+        for indices in missing.chunks(batch.max(1)) {
+            self.clean_latents(indices, &self.frozen_device)?;
+            since_persist += indices.len();
+            if since_persist >= persist_every {
+                self.persist_latents()?;
+                since_persist = 0;
+            }
+            progress(self.cached_latents(), pool as usize);
+        }
+        self.persist_latents()?;
+        Ok(missing.len())
     }
 
     /// How many clip latents this stage holds (read from the run folder or computed).
