@@ -10,7 +10,7 @@ use audiox_train::train::eval::{reconstruction_report, vae_reconstructor};
 use audiox_train::train::stft::{FloorMode, LogFloor, StftBasis};
 use audiox_train::train::vae::{parameters, vae_config};
 use audiox_train::train::{
-    RunConfig, RunDir, StageName, Stop, TrainError, VaeStage, export_vae, train_stage,
+    LrDecay, RunConfig, RunDir, StageName, Stop, TrainError, VaeStage, export_vae, train_stage,
 };
 use audiox_vae::Vae;
 use burn::module::Module;
@@ -973,4 +973,73 @@ fn a_frozen_encoder_stays_bit_identical_while_the_decoder_trains() {
         .filter(|((_, _, a), (_, _, b))| a != b)
         .count();
     assert!(decoder_moved > 0);
+}
+
+/// The learning-rate decay: `lr` up to `from_step`, a straight line to `final_lr` at the last
+/// step; bad settings are refused; and a run with a decay is not "continued exactly" by a
+/// config that only raises its steps (the slope would change under the steps already taken).
+#[test]
+fn the_lr_decay_is_a_line_to_the_last_step_and_blocks_step_extension() {
+    one_thread();
+    let mut run = tiny_run();
+    let o = &mut run.vae.optim;
+    o.steps = 11;
+    o.warmup = 0;
+    o.lr = 1e-3;
+    o.lr_decay = Some(LrDecay {
+        from_step: 5,
+        final_lr: 1e-4,
+    });
+    let o = run.vae.optim.clone();
+    for step in 0..=5 {
+        assert_eq!(o.lr_at(step), 1e-3, "step {step}");
+    }
+    assert!((o.lr_at(10) - 1e-4).abs() < 1e-12);
+    assert!(
+        (o.lr_at(8) - (1e-3 - 0.6 * 9e-4)).abs() < 1e-12,
+        "{}",
+        o.lr_at(8)
+    );
+    assert!(o.lr_at(6) < o.lr_at(5) && o.lr_at(9) < o.lr_at(8));
+
+    for bad in [
+        LrDecay {
+            from_step: 11,
+            final_lr: 1e-4,
+        },
+        LrDecay {
+            from_step: 5,
+            final_lr: 2e-3,
+        },
+        LrDecay {
+            from_step: 5,
+            final_lr: f64::NAN,
+        },
+    ] {
+        let mut r = run.clone();
+        r.vae.optim.lr_decay = Some(bad);
+        let tmp = tempfile::tempdir().unwrap();
+        match RunDir::open(tmp.path(), r) {
+            Err(TrainError::Config { field, .. }) => assert!(field.contains("lr_decay"), "{field}"),
+            other => panic!("{bad:?}: expected a config error, got {other:?}"),
+        }
+    }
+
+    let tmp = tempfile::tempdir().unwrap();
+    RunDir::open(tmp.path(), run.clone()).unwrap();
+    let mut longer = run.clone();
+    longer.vae.optim.steps += 5;
+    match RunDir::open(tmp.path(), longer) {
+        Err(TrainError::ConfigMismatch { reason, .. }) => {
+            assert!(reason.contains("lr_decay"), "{reason}")
+        }
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    // Without the decay the same change is a step extension, accepted.
+    let mut plain = run.clone();
+    plain.vae.optim.lr_decay = None;
+    let tmp = tempfile::tempdir().unwrap();
+    RunDir::open(tmp.path(), plain.clone()).unwrap();
+    plain.vae.optim.steps += 5;
+    RunDir::open(tmp.path(), plain).unwrap();
 }

@@ -55,7 +55,7 @@ pub mod vae;
 pub use dmd::StudentStage;
 pub use error::{TrainError, TrainResult};
 pub use log::{LogRecord, LossLog};
-pub use run::{RunConfig, RunDir, StageName, StudentStageConfig};
+pub use run::{LoopSettings, LrDecay, RunConfig, RunDir, StageName, StudentStageConfig};
 pub use stage::{MultiStage, Stage, StageOutcome, Stop, train_multi_stage, train_stage};
 pub use teacher::{TeacherModel, TeacherStage, export_teacher};
 pub use vae::{VaeStage, export_vae};

@@ -84,15 +84,42 @@ pub struct LoopSettings {
     /// Adam's `(beta1, beta2)`. `None`: burn's defaults, (0.9, 0.999).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub adam_betas: Option<(f32, f32)>,
+    /// A linear decay of the learning rate over the stage's last steps. `None`: constant
+    /// after the warm-up.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lr_decay: Option<LrDecay>,
+}
+
+/// A linear decay of the learning rate at the end of a stage ([`LoopSettings::lr_decay`]):
+/// `lr` up to `from_step`, then falling linearly to `final_lr` at the last step. Continuing a
+/// stage with a constant rate from a checkpoint and a decaying one from there on is a new
+/// schedule from that step: set `from_step` to the checkpoint's step.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LrDecay {
+    /// The first step (0-based) whose rate is below `lr`'s line (the rate of step
+    /// `from_step` is still `lr`).
+    pub from_step: u64,
+    /// The rate of the last step (at least 0, at most `lr`).
+    pub final_lr: f64,
 }
 
 impl LoopSettings {
-    /// The learning rate of step `step` (0-based): linear warm-up, then constant.
+    /// The learning rate of step `step` (0-based): linear warm-up, then constant, then the
+    /// linear [`LrDecay`] if any.
     pub fn lr_at(&self, step: u64) -> f64 {
-        if self.warmup == 0 || step >= self.warmup {
+        let base = if self.warmup == 0 || step >= self.warmup {
             self.lr
         } else {
             self.lr * (step + 1) as f64 / self.warmup as f64
+        };
+        match self.lr_decay {
+            Some(d) if step > d.from_step && self.steps > d.from_step + 1 => {
+                let span = (self.steps - 1 - d.from_step) as f64;
+                let f = ((step - d.from_step) as f64 / span).min(1.0);
+                base + (d.final_lr - base) * f
+            }
+            _ => base,
         }
     }
 
@@ -134,6 +161,20 @@ impl LoopSettings {
                 field("adam_betas"),
                 format!("({b1}, {b2}): each must be in [0, 1)"),
             ));
+        }
+        if let Some(d) = self.lr_decay {
+            if !(d.final_lr.is_finite() && d.final_lr >= 0.0 && d.final_lr <= self.lr) {
+                return Err(TrainError::config(
+                    field("lr_decay.final_lr"),
+                    format!("{} is not within [0, lr = {}]", d.final_lr, self.lr),
+                ));
+            }
+            if d.from_step >= self.steps {
+                return Err(TrainError::config(
+                    field("lr_decay.from_step"),
+                    format!("{} is not below steps ({})", d.from_step, self.steps),
+                ));
+            }
         }
         Ok(())
     }
@@ -259,6 +300,7 @@ impl StudentStageConfig {
                 keep_checkpoints: 2,
                 grad_clip: None,
                 adam_betas: None,
+                lr_decay: None,
             },
             student_steps: 4,
             guidance_scale: 6.0,
@@ -382,6 +424,7 @@ impl RunConfig {
                     keep_checkpoints: 2,
                     grad_clip: None,
                     adam_betas: None,
+                    lr_decay: None,
                 },
                 crop: 7_680,
                 stft_sizes: vec![2048, 1024, 512, 256, 128],
@@ -412,6 +455,7 @@ impl RunConfig {
                     keep_checkpoints: 2,
                     grad_clip: None,
                     adam_betas: None,
+                    lr_decay: None,
                 },
                 cond_dropout: 0.1,
                 time_sampler: TimeSampler::LogitNormal,
@@ -713,6 +757,21 @@ fn step_extension(
         || first_difference(stored, &ours_at_stored_steps, String::new()).is_some()
     {
         return Ok(None);
+    }
+    for &(_, section, before, after) in &extended {
+        // A decay's slope depends on the stage's length: the steps already taken would not
+        // be those of the longer schedule.
+        let decays = |v: &serde_json::Value| {
+            v.get(section)
+                .and_then(|s| s.get("lr_decay"))
+                .is_some_and(|d| !d.is_null())
+        };
+        if decays(stored) || decays(ours) {
+            return Ok(Some(Some(format!(
+                "{section}.steps: stored {before}, now {after}, with an lr_decay whose slope \
+                 depends on the steps (continue from a copy with a new schedule instead)"
+            ))));
+        }
     }
     for (i, section, before, after) in extended {
         for (later, later_section) in &STAGE_SECTIONS[i + 1..] {
