@@ -278,6 +278,16 @@ fn a_hand_written_f32_setting_resumes() {
     stored["corpus"]["timing_jitter"] = json!(0.1);
     std::fs::write(&path, serde_json::to_string_pretty(&stored).unwrap()).unwrap();
     assert_eq!(RunDir::resume(tmp.path()).unwrap().config(), &run);
+    // Integers are compared exactly: two seeds that round to the same f32 still differ.
+    let mut big = run.clone();
+    big.seed = 1 << 40;
+    let tmp2 = tempfile::tempdir().unwrap();
+    RunDir::open(tmp2.path(), big.clone()).unwrap();
+    big.seed += 1;
+    assert!(matches!(
+        RunDir::open(tmp2.path(), big),
+        Err(TrainError::ConfigMismatch { .. })
+    ));
     let mut other = run.clone();
     other.corpus.timing_jitter = 0.1001;
     match RunDir::open(tmp.path(), other) {

@@ -815,11 +815,14 @@ fn first_difference(a: &serde_json::Value, b: &serde_json::Value, at: String) ->
         // serde_json's default float parser may read a number back one unit in the last
         // place off what it wrote (no `float_roundtrip` feature): equal within that. An `f32`
         // field is compared widened to f64 (0.1 written by hand is 0.10000000149011612 once
-        // read into an f32): equal when both round to the same f32.
+        // read into an f32): equal when both round to the same f32. Integers (seeds, steps)
+        // are never compared that loosely.
         (Value::Number(x), Value::Number(y))
             if x.as_f64().zip(y.as_f64()).is_some_and(|(p, q)| {
                 (p - q).abs() <= 4.0 * f64::EPSILON * p.abs().max(q.abs())
-                    || (p as f32 == q as f32 && (p as f32).is_finite())
+                    || ((x.is_f64() || y.is_f64())
+                        && p as f32 == q as f32
+                        && (p as f32).is_finite())
             }) =>
         {
             None
