@@ -10,7 +10,7 @@
 //!
 //! **Layout**: `teacher/latents/<key>/chunk-NNNNN.safetensors`, where `<key>` is the first 16
 //! hex digits of the SHA-256 of the [`LatentKey`] (the VAE file's SHA-256, the corpus settings
-//! and the latent shape) as JSON. A VAE or corpus change therefore uses another folder, and the
+//! and version, and the latent shape) as JSON. A VAE or corpus change therefore uses another folder, and the
 //! old one is never read (delete it to reclaim the space). Each chunk holds `indices`
 //! (I64 `[N]`, clip indices of the training stream) and `latents` (F32 `[N, C, L]`), with the
 //! key as JSON metadata, checked on reading: a chunk that is unreadable, of another key or of

@@ -34,8 +34,7 @@ pub struct CorpusSettings {
     pub held_out_every: u64,
     /// The share of the layout's random timing range used (see
     /// [`CorpusConfig::timing_jitter`]); 1 (the whole range) when absent, and then not written,
-    /// so configurations and latent-store keys of runs made before the field existed are
-    /// unchanged.
+    /// so the configurations of runs made before the field existed read and compare unchanged.
     #[serde(default = "full_jitter", skip_serializing_if = "is_full_jitter")]
     pub timing_jitter: f32,
 }
