@@ -759,8 +759,9 @@ fn synthesize(
             // A state-variable band-pass (Q 1) whose centre sweeps from `lo` to `hi`, in the
             // trapezoidal (zero-delay feedback) form, stable for every centre below Nyquist.
             // (Corpus version 1 used the explicit Chamberlin form, which is unstable once its
-            // coefficient passes 1, i.e. above fs / 6: at 16 kHz most whooshes grew by orders
-            // of magnitude at the end of their sweep and were, after normalisation, a burst.)
+            // coefficient passes 1, i.e. above fs / 6: NaN at 8 kHz; at 16 kHz every sweep
+            // ended louder than its middle, and those ending above about 3.4 kHz, a tenth of
+            // them, by one to three orders of magnitude: after normalisation, a burst.)
             let (mut s1, mut s2) = (0.0f32, 0.0f32);
             let w: Vec<f32> = (0..n)
                 .map(|i| {

@@ -369,8 +369,8 @@ fn timing_jitter_narrows_the_onsets_and_nothing_else() {
 }
 
 /// Whooshes sweep a band-pass up to 2.5-3.5 kHz: the filter must stay stable at every corpus
-/// rate (corpus version 1's was not above fs / 6: NaN at 8 kHz, and at 16 kHz a sweep that
-/// grew by orders of magnitude at its end, so that after normalisation the whoosh was a burst).
+/// rate (corpus version 1's was not above fs / 6: NaN at 8 kHz, and at 16 kHz sweeps that grew
+/// towards their end, the highest by orders of magnitude, a burst after normalisation).
 #[test]
 fn whooshes_are_finite_and_spread_over_their_sweep_at_every_rate() {
     let scene = Scene {
