@@ -6,12 +6,16 @@ use std::path::Path;
 use std::sync::Arc;
 
 use audiox::sampler::{Euler, Sampler};
-use audiox::{AudioX, DenoiserKind, Intermediates, ReplayNoise, Request};
+use audiox::{
+    AudioPrompt, AudioPromptMask, AudioX, DenoiserKind, Intermediates, ReplayNoise, Request,
+};
 use audiox_core::noise::labels;
+use audiox_train::corpus::Corpus;
 use audiox_train::train::teacher::{TeacherModel, noise, tokenizer};
 use audiox_train::train::vae::parameters;
 use audiox_train::train::{
-    RunConfig, RunDir, Stop, TeacherStage, VaeStage, export_teacher, export_vae, train_stage,
+    PromptMasking, RunConfig, RunDir, Stop, TeacherStage, VaeStage, export_teacher, export_vae,
+    masked_prompt, train_stage,
 };
 use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
@@ -787,4 +791,220 @@ fn a_decoder_fine_tuned_on_the_imported_encoder_replaces_the_exported_one() {
     let stage = TeacherStage::new(&run_b, &device).unwrap();
     let out = train_stage(&stage, &run_b, &device, Stop::after_steps(1), &mut |_| {}).unwrap();
     assert_eq!(out.step, 1);
+}
+
+/// The masked prompts the teacher trains with are those a request with an audio prompt gives
+/// the exported model: a clip kept up to the middle of its energy and blanked after it, built
+/// in latent space by the trainer ([`masked_prompt`]) and from audio by `generate` (the prompt
+/// VAE on the blanked audio), give nearly the same prompt tokens, and the same latents away
+/// from the blank's edge.
+#[test]
+fn masked_prompts_in_training_match_an_audio_prompt_at_inference() {
+    one_thread();
+    let mut run = tiny_run();
+    run.teacher.optim.steps = 2;
+    run.teacher.audio_prompt = Some(PromptMasking {
+        clip_share: 1.0,
+        blank_ratio: [0.5, 0.5],
+        to_end_share: 1.0,
+    });
+    run.validate().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("masked");
+    let (trained, step, _) = train(&dir, &run, None);
+    assert_eq!(step, 2);
+    let export = dir.join("export");
+    export_teacher(&trained, &run, &export).unwrap();
+    let loaded = AudioX::builder().checkpoint_dir(&export).build().unwrap();
+
+    let config = run.model_config().unwrap();
+    let (c, l) = (config.model.io_channels, config.latent_length());
+    let la = config.audio_conditioner().unwrap().latent_frames;
+    assert_eq!(la, l, "the tiny run's prompt has the clip's frames");
+    let clip = Corpus::new((&run.corpus).into()).unwrap().training_clip(0);
+    let seconds = config.prompt_samples() as f64 / config.sample_rate as f64;
+    // The blank starts at the latent frame where half the clip's energy has passed, so that
+    // both the kept and the blanked part hold sound.
+    let ratio = config.vae().downsampling_ratio;
+    let total: f64 = clip.samples.iter().map(|x| f64::from(x * x)).sum();
+    let mut energy = 0.0;
+    let middle = clip
+        .samples
+        .iter()
+        .position(|x| {
+            energy += f64::from(x * x);
+            energy >= total / 2.0
+        })
+        .unwrap();
+    let edge = middle / ratio + 1;
+    assert!(edge + 1 < l, "the clip's sound ends before its last frames");
+    let edge_seconds = (edge * ratio) as f64 / config.sample_rate as f64;
+    let audio = audiox::Audio::new(config.sample_rate, vec![clip.samples.clone()]).unwrap();
+    // The posterior noise replayed as zeros: both sides then use posterior means.
+    let replay = ReplayNoise::new()
+        .with_normal(labels::INITIAL_NOISE, &[1, c, l], noise(3, c * l))
+        .with_normal(labels::VAE_NOISE, &[1, c, la], vec![0.0; c * la]);
+    let generated = loaded
+        .generate(
+            Request::text(&clip.caption)
+                .audio_prompt(AudioPrompt {
+                    audio,
+                    start_seconds: 0.0,
+                    mask: AudioPromptMask::Blank(edge_seconds..seconds),
+                })
+                .sampler(Arc::new(Euler::new(1)) as Arc<dyn Sampler>)
+                .noise_source(replay)
+                .keep_intermediates(true),
+        )
+        .unwrap();
+    let at_inference = values(generated.intermediates.unwrap().audio_tokens);
+
+    let plain = Device::flex();
+    let run_dir = RunDir::open(&dir, run.clone()).unwrap();
+    let stage = TeacherStage::new(&run_dir, &plain).unwrap();
+    let (x0, _) = stage.clean_latents(&[0], &plain).unwrap();
+    let silent = stage
+        .silent_prompt()
+        .latents(&vec![0.0; c * la], &plain)
+        .unwrap();
+    let spliced = masked_prompt(silent.clone(), x0.clone(), &[Some(edge..l)]).unwrap();
+    let trained = trained.valid();
+
+    // What `generate` gives the model is the prompt VAE's posterior mean of the blanked audio.
+    let blanked: Vec<f32> = {
+        let mut a = clip.samples.clone();
+        a.resize(config.prompt_samples(), 0.0);
+        a[edge * ratio..].iter_mut().for_each(|s| *s = 0.0);
+        a
+    };
+    let vae = audiox_train::train::teacher::load_trained_vae(&run_dir, &plain).unwrap();
+    let channels = vae.encoder.channels_in();
+    let input: Vec<f32> = (0..channels)
+        .flat_map(|_| blanked.iter().copied())
+        .collect();
+    let x = Tensor::<3>::from_data(
+        TensorData::new(input, [1, channels, config.prompt_samples()]),
+        &plain,
+    );
+    let encoded = audiox_vae::Posterior::from_encoder_output(vae.encoder.forward(x)).mean;
+    let via_encoded = values(trained.prompt_tokens(encoded.clone()));
+    let (err, scale) = max_error(&at_inference, &via_encoded);
+    assert!(
+        scale > 0.0 && err <= 1e-5 * scale,
+        "inference prompt tokens: {err} of {scale}"
+    );
+
+    // The trainer's splice equals that encoding except in the frames the encoder's receptive
+    // field carries across the blank's edge (measured: frames 18-29 for an edge at 24, of 125).
+    let (encoded, spliced) = (values(encoded), values(spliced));
+    let mut differing = Vec::new();
+    for f in 0..l {
+        let (d, m) = (0..c)
+            .map(|ch| (encoded[ch * l + f], spliced[ch * l + f]))
+            .fold((0.0f32, 0.0f32), |(d, m), (a, b)| {
+                (d.max((a - b).abs()), m.max(a.abs()))
+            });
+        if d > 1e-5 * m.max(1e-3) {
+            differing.push(f);
+        }
+    }
+    println!("frames that differ (edge at {edge} of {l}): {differing:?}");
+    assert!(
+        !differing.is_empty() && differing.len() <= l / 10,
+        "{} of {l} frames differ",
+        differing.len()
+    );
+    assert!(
+        differing.iter().all(|f| f.abs_diff(edge) <= l / 20),
+        "frames far from the edge {edge} differ: {differing:?}"
+    );
+}
+
+#[test]
+fn prompt_masks_are_drawn_as_configured() {
+    use rand_chacha::ChaCha8Rng;
+    use rand_core::SeedableRng;
+    let masking = PromptMasking {
+        clip_share: 0.5,
+        blank_ratio: [0.25, 0.9],
+        to_end_share: 0.5,
+    };
+    masking.check().unwrap();
+    let frames = 80;
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let rows = masking.draw(&mut rng, 4_000, frames);
+    let spans: Vec<_> = rows.iter().flatten().collect();
+    let share = spans.len() as f64 / rows.len() as f64;
+    assert!((0.46..0.54).contains(&share), "clip prompts: {share}");
+    let mut to_end = 0;
+    for s in &spans {
+        let ratio = s.len() as f64 / frames as f64;
+        assert!(s.end <= frames && (0.24..=0.91).contains(&ratio), "{s:?}");
+        to_end += usize::from(s.end == frames);
+    }
+    // Half run to the end by choice; of the others, about 1 in (frames - len + 1) by chance.
+    let to_end = to_end as f64 / spans.len() as f64;
+    assert!((0.5..0.6).contains(&to_end), "spans to the end: {to_end}");
+    let starts_mid = spans
+        .iter()
+        .filter(|s| s.start > 0 && s.end < frames)
+        .count();
+    assert!(starts_mid > spans.len() / 3, "{starts_mid} inner spans");
+    // The same stream gives the same masks; no clip share, no clip prompt.
+    let again = masking.draw(&mut ChaCha8Rng::seed_from_u64(5), 4_000, frames);
+    assert_eq!(rows, again);
+    let none = PromptMasking {
+        clip_share: 0.0,
+        ..masking.clone()
+    };
+    assert!(none.draw(&mut rng, 100, frames).iter().all(Option::is_none));
+
+    for bad in [
+        PromptMasking {
+            clip_share: 1.5,
+            ..masking.clone()
+        },
+        PromptMasking {
+            to_end_share: -0.1,
+            ..masking.clone()
+        },
+        PromptMasking {
+            blank_ratio: [0.8, 0.3],
+            ..masking.clone()
+        },
+        PromptMasking {
+            blank_ratio: [0.2, 1.2],
+            ..masking.clone()
+        },
+    ] {
+        let mut run = tiny_run();
+        run.teacher.audio_prompt = Some(bad);
+        let err = run.validate().unwrap_err().to_string();
+        assert!(err.contains("teacher.audio_prompt"), "{err}");
+    }
+}
+
+#[test]
+fn masked_prompts_keep_the_clip_outside_the_blank() {
+    let plain = Device::flex();
+    let (c, l) = (2, 6);
+    let silent =
+        Tensor::<3>::from_data(TensorData::new(vec![-1.0f32; 2 * c * l], [2, c, l]), &plain);
+    let clip_values: Vec<f32> = (0..2 * c * l).map(|i| i as f32).collect();
+    let clip = Tensor::<3>::from_data(TensorData::new(clip_values.clone(), [2, c, l]), &plain);
+    let out = values(masked_prompt(silent.clone(), clip.clone(), &[Some(2..5), None]).unwrap());
+    for ch in 0..c {
+        for f in 0..l {
+            let i = ch * l + f;
+            let expected = if (2..5).contains(&f) {
+                -1.0
+            } else {
+                clip_values[i]
+            };
+            assert_eq!(out[i], expected, "row 0, channel {ch}, frame {f}");
+            assert_eq!(out[c * l + i], -1.0, "row 1 is silent");
+        }
+    }
+    assert!(masked_prompt(silent.clone(), clip.clone(), &[Some(2..7), None]).is_err());
+    assert!(masked_prompt(silent, clip, &[None]).is_err());
 }

@@ -463,6 +463,7 @@ impl RunConfig {
                     .expect("the built-in T5 config is JSON"),
                 clip: serde_json::from_str(crate::tokenizer::DEMO_CLIP_CONFIG_JSON)
                     .expect("the built-in CLIP config is JSON"),
+                audio_prompt: None,
             },
             student: StudentStageConfig::demo(),
         }

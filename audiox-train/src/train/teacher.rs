@@ -32,6 +32,7 @@
 //! where those kernels step aside for burn's own (differentiable) operations.
 
 use std::collections::{BTreeMap, HashMap};
+use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
@@ -92,6 +93,88 @@ pub struct TeacherStageConfig {
     /// The CLIP vision tower's Hugging Face `config.json` (its `hidden_size` must equal the
     /// model's `cond_dim`; never run by a text-only request).
     pub clip: serde_json::Value,
+    /// Masked audio prompts (`None`, the default: every row gets the silent prompt, as the
+    /// demo teachers up to T5 were trained). See [`PromptMasking`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audio_prompt: Option<PromptMasking>,
+}
+
+/// Audio prompts made from the training clip itself with a span blanked, so that the teacher
+/// learns to continue and inpaint audio (the reference trained with the target clip as its own
+/// prompt, 25-75 % of it blanked at a random place; `docs/reference-model.md` 2.3).
+///
+/// **In latent space**: the blanked frames of a row's prompt latents are the silent prompt's
+/// posterior sample, the kept frames the clip's cached posterior mean. At inference the prompt
+/// VAE encodes the blanked audio itself; the two differ only in the few frames next to a
+/// span's edge (the encoder's receptive field) and in the kept frames' posterior noise (the
+/// latent store holds means only). Encoding every row's masked audio instead would cost one VAE
+/// encoder pass per row and step (about as long as the step itself at the demo sizes).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PromptMasking {
+    /// Probability that a row's prompt is its own clip with a span blanked; the other rows get
+    /// the silent prompt (what a request without an audio prompt gives the model).
+    pub clip_share: f64,
+    /// The blanked share of the clip, drawn uniformly from `[lo, hi]` (the reference:
+    /// `[0.25, 0.75]`).
+    pub blank_ratio: [f64; 2],
+    /// Probability that a clip prompt's blanked span runs to the clip's end (the continuation
+    /// form long-form windows use: the first seconds kept); otherwise the span starts at a
+    /// uniformly random frame (the reference's inpainting form).
+    pub to_end_share: f64,
+}
+
+impl PromptMasking {
+    /// Checks the shares and the ratio range.
+    pub fn check(&self) -> TrainResult<()> {
+        let probability = |name: &str, p: f64| {
+            if (0.0..=1.0).contains(&p) {
+                Ok(())
+            } else {
+                Err(TrainError::config(
+                    format!("teacher.audio_prompt.{name}"),
+                    format!("{p} is not a probability"),
+                ))
+            }
+        };
+        probability("clip_share", self.clip_share)?;
+        probability("to_end_share", self.to_end_share)?;
+        let [lo, hi] = self.blank_ratio;
+        if !(0.0 <= lo && lo <= hi && hi <= 1.0) {
+            return Err(TrainError::config(
+                "teacher.audio_prompt.blank_ratio",
+                format!("[{lo}, {hi}] is not a range within [0, 1]"),
+            ));
+        }
+        Ok(())
+    }
+
+    /// The blanked frames of each of `rows` prompts of `frames` latent frames: `None` for a
+    /// silent prompt (every frame blank), else the blanked span. Draws, per row, from `rng`:
+    /// whether the clip is its prompt, then (only then) the ratio, whether the span runs to
+    /// the end, and its start.
+    pub fn draw(
+        &self,
+        rng: &mut ChaCha8Rng,
+        rows: usize,
+        frames: usize,
+    ) -> Vec<Option<Range<usize>>> {
+        let unit = |rng: &mut ChaCha8Rng| (rng.next_u64() >> 11) as f64 / (1u64 << 53) as f64;
+        (0..rows)
+            .map(|_| {
+                if unit(rng) >= self.clip_share {
+                    return None;
+                }
+                let [lo, hi] = self.blank_ratio;
+                let ratio = lo + (hi - lo) * unit(rng);
+                let len = ((ratio * frames as f64).round() as usize).min(frames);
+                let to_end = unit(rng) < self.to_end_share;
+                let start = rng.next_u64() % (frames - len + 1) as u64;
+                let start = if to_end { frames - len } else { start as usize };
+                Some(start..start + len)
+            })
+            .collect()
+    }
 }
 
 impl TeacherStageConfig {
@@ -157,6 +240,23 @@ impl TeacherStageConfig {
                     clip.hidden_size
                 ),
             ));
+        }
+        if let Some(masking) = &self.audio_prompt {
+            masking.check()?;
+            let prompt_frames = model
+                .prompt_samples()
+                .checked_div(model.vae().downsampling_ratio)
+                .unwrap_or(0);
+            if prompt_frames != model.latent_length() {
+                return Err(TrainError::config(
+                    "teacher.audio_prompt",
+                    format!(
+                        "masked prompts are built from the clip's latents: the prompt's {prompt_frames} \
+                         latent frames must equal the clip's {}",
+                        model.latent_length()
+                    ),
+                ));
+            }
         }
         let latents = model.latent_length() * model.vae().downsampling_ratio;
         if clip_samples != model.sample_size || latents != model.sample_size {
@@ -313,9 +413,15 @@ impl TeacherModel {
         let [_, _, d] = text.dims();
         let sync = Tensor::<3>::zeros([b, self.video.sync_rows(), d], &device);
         let video = self.video.forward(zeros, sync)?.tokens;
-        let features = self.audio.proj_features_128.forward(prompt_latents); // [B, C, Na]
-        let audio = self.audio.proj_out.forward(features.swap_dims(1, 2)); // [B, Na, D]
+        let audio = self.prompt_tokens(prompt_latents);
         Ok(self.maf.forward(text, video, audio)?)
+    }
+
+    /// Audio-prompt tokens `[B, Na, D]` of prompt latents `[B, C, La]`: `proj_features_128`
+    /// along time, then `proj_out` per token (what the MAF block receives).
+    pub fn prompt_tokens(&self, prompt_latents: Tensor<3>) -> Tensor<3> {
+        let features = self.audio.proj_features_128.forward(prompt_latents); // [B, C, Na]
+        self.audio.proj_out.forward(features.swap_dims(1, 2)) // [B, Na, D]
     }
 
     /// [`TeacherModel::context`] from captions: tokenized with `tokenizer`, the prompt latents
@@ -328,12 +434,24 @@ impl TeacherModel {
         eps: &[f32],
         device: &Device,
     ) -> TrainResult<Tensor<3>> {
+        self.context_with_prompt(tokenizer, captions, silent.latents(eps, device)?, device)
+    }
+
+    /// [`TeacherModel::context`] from captions tokenized with `tokenizer` and prompt latents
+    /// `[B, C, La]` (e.g. [`masked_prompt`]'s).
+    pub fn context_with_prompt(
+        &self,
+        tokenizer: &T5Tokenizer,
+        captions: &[&str],
+        prompt_latents: Tensor<3>,
+        device: &Device,
+    ) -> TrainResult<Tensor<3>> {
         let tokens = tokenizer.encode_batch(captions)?;
         let text = TextBatch {
             ids: tokens.ids_tensor(device),
             mask: tokens.mask_tensor(device),
         };
-        self.context(&text, silent.latents(eps, device)?)
+        self.context(&text, prompt_latents)
     }
 
     /// The velocity `[B, C, L]` the DiT predicts for noisy latents `z_t` `[B, C, L]` at times
@@ -631,8 +749,9 @@ impl Stage for TeacherStage {
         Ok(random_init(TeacherModel::init(&self.run, device)?, seed))
     }
 
-    /// Draws, in order from the step's stream: the clip of each row, the prompt noise, then
-    /// the flow batch (times, noise, dropped rows).
+    /// Draws, in order from the step's stream: the clip of each row, the prompt noise, the
+    /// prompt masks (only with [`TeacherStageConfig::audio_prompt`], so runs without it draw as
+    /// before), then the flow batch (times, noise, dropped rows).
     fn loss(&self, model: &TeacherModel, step: u64, device: &Device) -> TrainResult<StepLoss> {
         let settings = &self.run.teacher;
         let mut rng = self.rng(step);
@@ -646,9 +765,14 @@ impl Stage for TeacherStage {
         // scaling to correct it).
         let rms = x0.clone().powi_scalar(2).mean().sqrt().into_scalar::<f32>() as f64;
         let eps = normals(&mut rng, b * self.silent.mean.len());
+        let mut prompt = self.silent.latents(&eps, device)?;
+        if let Some(masking) = &settings.audio_prompt {
+            let [.., frames] = x0.dims();
+            let blanks = masking.draw(&mut rng, b, frames);
+            prompt = masked_prompt(prompt, x0.clone(), &blanks)?;
+        }
         let captions: Vec<&str> = captions.iter().map(String::as_str).collect();
-        let context =
-            model.context_from_captions(&self.tokenizer, &captions, &self.silent, &eps, device)?;
+        let context = model.context_with_prompt(&self.tokenizer, &captions, prompt, device)?;
         let mut loss = flow_loss(
             &model.dit,
             x0,
@@ -660,6 +784,47 @@ impl Stage for TeacherStage {
         loss.terms.insert("x0_rms".to_string(), rms);
         Ok(loss)
     }
+}
+
+/// Prompt latents `[B, C, L]`: row `i` is `clip`'s row outside `blanks[i]` and `silent`'s
+/// inside it (`None`: the whole row silent). `silent` and `clip` must have one shape, and
+/// `blanks` one entry per row with spans inside the frames.
+pub fn masked_prompt(
+    silent: Tensor<3>,
+    clip: Tensor<3>,
+    blanks: &[Option<Range<usize>>],
+) -> TrainResult<Tensor<3>> {
+    let [b, _, frames] = silent.dims();
+    if clip.dims() != silent.dims() || blanks.len() != b {
+        return Err(TrainError::config(
+            "teacher.audio_prompt",
+            format!(
+                "prompt latents {:?}, clip latents {:?} and {} blank spans do not match",
+                silent.dims(),
+                clip.dims(),
+                blanks.len()
+            ),
+        ));
+    }
+    let mut keep = vec![0.0f32; b * frames];
+    for (row, blank) in blanks.iter().enumerate() {
+        let Some(blank) = blank else { continue };
+        if blank.start > blank.end || blank.end > frames {
+            return Err(TrainError::config(
+                "teacher.audio_prompt",
+                format!("blank span {blank:?} outside {frames} frames"),
+            ));
+        }
+        for (f, k) in keep[row * frames..(row + 1) * frames]
+            .iter_mut()
+            .enumerate()
+        {
+            *k = if blank.contains(&f) { 0.0 } else { 1.0 };
+        }
+    }
+    let keep = Tensor::<3>::from_data(TensorData::new(keep, [b, 1, frames]), &silent.device());
+    let blank = keep.clone().neg().add_scalar(1.0);
+    Ok(silent * blank + clip * keep)
 }
 
 /// What [`export_teacher`] wrote.
