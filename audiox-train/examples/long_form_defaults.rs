@@ -3,7 +3,7 @@
 //!
 //! ```text
 //! cargo run --release -p audiox-train --features train --example long_form_defaults -- \
-//!     runs/demo/export [--captions 8] [--seconds 40] [--teacher]
+//!     runs/demo/export [--captions 8] [--seconds 40] [--teacher [--steps 25]] [--agreement]
 //! ```
 //!
 //! For each setting, each of the first `--captions` held-out captions of the corpus is
@@ -22,6 +22,22 @@
 //! * **time**: generation seconds per second of audio (more overlap, more windows).
 //!
 //! Prints a markdown table (the one in `docs/guide.md`, "Longer than one window").
+//!
+//! With `--agreement` it measures instead whether the model **continues** its audio prompt,
+//! what windowed continuation rests on: for each caption `i` and overlap, a first window
+//! (seed `i`, unnormalised), then a second one (seed `1000 + i`) whose audio prompt is
+//! `overlap` seconds of the first window kept at its start with the rest blank (the prompt
+//! `long_form` builds), and the same second window without a prompt. The kept seconds are the
+//! first window's **first** ones, not its last: the demo corpus puts every event in a clip's
+//! first seconds, so a demo window's last seconds are mostly silence, and continuing silence
+//! shows nothing. Scored over the overlap, against the kept seconds:
+//!
+//! * **envelope correlation**: Pearson correlation of the 20 ms RMS levels in dB (floored at
+//!   -80 dB); 1 when the new window's loudness follows the prompt's over time;
+//! * **waveform SNR**: kept seconds' energy over the energy of the difference, in dB (0 dB:
+//!   the difference is as loud as the prompt; negative: farther than silence would be).
+//!
+//! A model that ignores its prompt scores the same with and without it.
 
 use std::path::PathBuf;
 use std::time::Instant;
@@ -35,11 +51,14 @@ struct Args {
     captions: usize,
     seconds: f64,
     teacher: bool,
+    steps: Option<usize>,
+    agreement: bool,
 }
 
 fn parse() -> Result<Args, String> {
     let mut it = std::env::args().skip(1);
     let (mut dir, mut captions, mut seconds, mut teacher) = (None, 8, 40.0f64, false);
+    let (mut steps, mut agreement) = (None, false);
     while let Some(a) = it.next() {
         let mut value = |name: &str| it.next().ok_or(format!("{name} needs a value"));
         match a.as_str() {
@@ -52,21 +71,31 @@ fn parse() -> Result<Args, String> {
                 seconds = v.parse().map_err(|e| format!("--seconds {v:?}: {e}"))?;
             }
             "--teacher" => teacher = true,
+            "--agreement" => agreement = true,
+            "--steps" => {
+                let v = value("--steps")?;
+                steps = Some(v.parse().map_err(|e| format!("--steps {v:?}: {e}"))?);
+            }
             _ if a.starts_with("--") => return Err(format!("unknown option {a}")),
             _ if dir.is_none() => dir = Some(PathBuf::from(a)),
             _ => return Err(format!("unexpected argument {a}")),
         }
     }
     let dir =
-        dir.ok_or("usage: long_form_defaults EXPORT_DIR [--captions N] [--seconds S] [--teacher]")?;
+        dir.ok_or("usage: long_form_defaults EXPORT_DIR [--captions N] [--seconds S] [--teacher [--steps N]] [--agreement]")?;
     if captions == 0 || !(seconds.is_finite() && seconds > 0.0) {
         return Err("--captions must be at least 1 and --seconds above 0".into());
+    }
+    if steps.is_some() && !teacher {
+        return Err("--steps applies to the teacher (--teacher); the student has its 4".into());
     }
     Ok(Args {
         dir,
         captions,
         seconds,
         teacher,
+        steps,
+        agreement,
     })
 }
 
@@ -182,6 +211,9 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         ..CorpusConfig::default()
     })?;
     let scenes = corpus.try_held_out_scenes(args.captions)?;
+    if args.agreement {
+        return agreement(&model, &scenes, &args);
+    }
     println!(
         "{} held-out captions x {} s, {:?}, window {window} s, seeds 0..{}",
         args.captions,
@@ -204,9 +236,12 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
             let mut windows = 0;
             let started = Instant::now();
             for (i, scene) in scenes.iter().enumerate() {
-                let request = Request::text(scene.caption())
+                let mut request = Request::text(scene.caption())
                     .seed(i as u64)
                     .duration(args.seconds);
+                if let Some(steps) = args.steps {
+                    request = request.steps(steps);
+                }
                 let generation = model.generate_long(request, options.clone())?;
                 let audio = &generation.audio[0];
                 let channels = audio.channels();
@@ -236,6 +271,130 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
                 median(all.later_rates),
             );
         }
+    }
+    Ok(())
+}
+
+/// The mono mixdown of a generation's first sample.
+fn mono(generation: &audiox::Generation) -> Vec<f32> {
+    let audio = &generation.audio[0];
+    let channels = audio.channels();
+    (0..audio.num_frames())
+        .map(|f| channels.iter().map(|c| c[f]).sum::<f32>() / channels.len() as f32)
+        .collect()
+}
+
+/// Pearson correlation of the 20 ms RMS levels (dB, floored at -80) of `x` and `y`.
+fn envelope_correlation(x: &[f32], y: &[f32], rate: u32) -> f64 {
+    let frame = (rate as usize / 50).max(1);
+    let levels =
+        |v: &[f32]| -> Vec<f64> { v.chunks(frame).map(|c| level_db(c).max(-80.0)).collect() };
+    let (a, b) = (levels(x), levels(y));
+    let n = a.len().min(b.len()) as f64;
+    let (ma, mb) = (a.iter().sum::<f64>() / n, b.iter().sum::<f64>() / n);
+    let (mut sab, mut saa, mut sbb) = (0.0, 0.0, 0.0);
+    for (p, q) in a.iter().zip(&b) {
+        sab += (p - ma) * (q - mb);
+        saa += (p - ma).powi(2);
+        sbb += (q - mb).powi(2);
+    }
+    if saa == 0.0 || sbb == 0.0 {
+        return 0.0;
+    }
+    sab / (saa * sbb).sqrt()
+}
+
+/// `x` against the reference `r`: reference energy over difference energy, in dB.
+fn snr_db(x: &[f32], r: &[f32]) -> f64 {
+    let signal: f64 = r.iter().map(|&v| (v as f64).powi(2)).sum();
+    let noise: f64 = x
+        .iter()
+        .zip(r)
+        .map(|(&a, &b)| (a as f64 - b as f64).powi(2))
+        .sum();
+    10.0 * (signal.max(1e-30) / noise.max(1e-30)).log10()
+}
+
+/// The `--agreement` table (see the module docs).
+fn agreement(
+    model: &AudioX,
+    scenes: &[audiox_train::corpus::Scene],
+    args: &Args,
+) -> Result<(), Box<dyn std::error::Error>> {
+    use audiox::{Audio, AudioPrompt, AudioPromptMask};
+    let rate = model.config().sample_rate;
+    let window = model.config().prompt_samples();
+    let with_steps = |r: Request| match args.steps {
+        Some(s) => r.steps(s),
+        None => r,
+    };
+    println!(
+        "{} held-out captions, {:?}{}, a second window prompted with a first window's first seconds (seeds 1000 + i and i)",
+        scenes.len(),
+        model.kind(),
+        args.steps.map_or(String::new(), |s| format!(", {s} steps"))
+    );
+    println!(
+        "| overlap | envelope corr., prompted (median) | without prompt | waveform SNR, prompted (median) | without prompt | prompts above -60 dBFS |"
+    );
+    println!("|---|---|---|---|---|---|");
+    let firsts: Vec<Vec<f32>> = scenes
+        .iter()
+        .enumerate()
+        .map(|(i, scene)| {
+            let request = Request::text(scene.caption())
+                .seed(i as u64)
+                .normalize(false);
+            Ok(mono(&model.generate(with_steps(request))?))
+        })
+        .collect::<Result<_, audiox::Error>>()?;
+    let unprompted: Vec<Vec<f32>> = scenes
+        .iter()
+        .enumerate()
+        .map(|(i, scene)| {
+            let request = Request::text(scene.caption())
+                .seed(1000 + i as u64)
+                .normalize(false);
+            Ok(mono(&model.generate(with_steps(request))?))
+        })
+        .collect::<Result<_, audiox::Error>>()?;
+    for overlap in [1.0, 2.5, 4.0, 5.0] {
+        let n = (overlap * rate as f64).round() as usize;
+        let (mut corr, mut corr0, mut snr, mut snr0, mut audible) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new(), 0);
+        for (i, scene) in scenes.iter().enumerate() {
+            let first = &firsts[i];
+            let tail = first[..n].to_vec();
+            if level_db(&tail) < -60.0 {
+                continue;
+            }
+            audible += 1;
+            let mut prompt = tail.clone();
+            prompt.resize(window, 0.0);
+            let request = Request::text(scene.caption())
+                .seed(1000 + i as u64)
+                .normalize(false)
+                .audio_prompt(AudioPrompt {
+                    audio: Audio::new(rate, vec![prompt])?,
+                    start_seconds: 0.0,
+                    mask: AudioPromptMask::Blank(
+                        (n as f64 + 0.5) / rate as f64..window as f64 / rate as f64,
+                    ),
+                });
+            let second = mono(&model.generate(with_steps(request))?);
+            corr.push(envelope_correlation(&second[..n], &tail, rate));
+            snr.push(snr_db(&second[..n], &tail));
+            corr0.push(envelope_correlation(&unprompted[i][..n], &tail, rate));
+            snr0.push(snr_db(&unprompted[i][..n], &tail));
+        }
+        println!(
+            "| {overlap:.1} s | {:.2} | {:.2} | {:.1} dB | {:.1} dB | {audible} of {} |",
+            median(corr),
+            median(corr0),
+            median(snr),
+            median(snr0),
+            scenes.len()
+        );
     }
     Ok(())
 }
