@@ -942,9 +942,10 @@ fn prompt_masks_are_drawn_as_configured() {
         assert!(s.end <= frames && (0.24..=0.91).contains(&ratio), "{s:?}");
         to_end += usize::from(s.end == frames);
     }
-    // Half run to the end by choice; of the others, about 1 in (frames - len + 1) by chance.
+    // Half run to the end by choice; of the others, about 1 in (frames - len + 1) by chance
+    // (0.52 expected; a setting ignored would give about 0.04 or 1).
     let to_end = to_end as f64 / spans.len() as f64;
-    assert!((0.5..0.6).contains(&to_end), "spans to the end: {to_end}");
+    assert!((0.45..0.6).contains(&to_end), "spans to the end: {to_end}");
     let starts_mid = spans
         .iter()
         .filter(|s| s.start > 0 && s.end < frames)
