@@ -929,7 +929,7 @@ fn prompt_masks_are_drawn_as_configured() {
         blank_ratio: [0.25, 0.9],
         to_end_share: 0.5,
     };
-    masking.check().unwrap();
+    masking.check("teacher.audio_prompt").unwrap();
     let frames = 80;
     let mut rng = ChaCha8Rng::seed_from_u64(5);
     let rows = masking.draw(&mut rng, 4_000, frames);
@@ -1008,4 +1008,156 @@ fn masked_prompts_keep_the_clip_outside_the_blank() {
     }
     assert!(masked_prompt(silent.clone(), clip.clone(), &[Some(2..7), None]).is_err());
     assert!(masked_prompt(silent, clip, &[None]).is_err());
+}
+
+/// The student stage's clip prompts: each row's context is built from its training clip's
+/// latents with a mask drawn per clip (the same on every call, so a resumed run draws the same),
+/// differs from the silent prompt's, and equals it when no row gets a clip prompt; a student
+/// run with them interrupted and resumed equals an uninterrupted one.
+#[test]
+fn the_student_distils_with_prompts_made_from_its_clips() {
+    use audiox_train::train::dmd::{Prompts, StudentStage};
+    use audiox_train::train::teacher::TeacherPrompts;
+    use audiox_train::train::train_multi_stage;
+    one_thread();
+    let mut run = tiny_run();
+    let s = &mut run.student;
+    s.optim.steps = 2;
+    s.optim.batch = 2;
+    s.optim.warmup = 0;
+    s.optim.lr = 1e-3;
+    s.optim.checkpoint_every = 1;
+    s.regression_pairs = 2;
+    s.regression_batch = 1;
+    s.teacher_steps = 2;
+    let masking = PromptMasking {
+        clip_share: 1.0,
+        blank_ratio: [0.5, 0.5],
+        to_end_share: 1.0,
+    };
+    s.audio_prompt = Some(masking.clone());
+    run.validate().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    let (teacher, ..) = train(&dir, &run, None);
+
+    let device = device();
+    let run_dir = RunDir::open(&dir, run.clone()).unwrap();
+    let prompts = |masking: PromptMasking| {
+        let stage = TeacherStage::new(&run_dir, &device).unwrap();
+        TeacherPrompts::new(
+            teacher.clone(),
+            stage.tokenizer().clone(),
+            stage.silent_prompt().clone(),
+        )
+        .with_clip_prompts(masking, Arc::new(stage), run.seed)
+        .unwrap()
+    };
+    let clips = [0u64, 1];
+    let corpus = Corpus::new((&run.corpus).into()).unwrap();
+    let captions: Vec<String> = clips
+        .iter()
+        .map(|&i| corpus.training_scene(i).caption())
+        .collect();
+    let with_clips = prompts(masking.clone());
+    let a = values(with_clips.clip_context(&clips, &captions, &device).unwrap());
+    let again = values(with_clips.clip_context(&clips, &captions, &device).unwrap());
+    assert_eq!(a, again, "the masks are drawn per clip, the same each time");
+    let silent = values(with_clips.context(&captions, &device).unwrap());
+    let (diff, scale) = max_error(&a, &silent);
+    assert!(
+        diff > 1e-4 * scale,
+        "the clip prompts change the context: {diff} of {scale}"
+    );
+    // By hand: the first half of each clip kept (a blank of exactly half, to the end).
+    let stage = TeacherStage::new(&run_dir, &device).unwrap();
+    let (x0, _) = stage.clean_latents(&clips, &device).unwrap();
+    let [_, c, l] = x0.dims();
+    let la = stage.silent_prompt().mean.len() / c;
+    let mean = stage
+        .silent_prompt()
+        .latents(&vec![0.0; 2 * c * la], &device)
+        .unwrap();
+    let prompt = masked_prompt(mean, x0, &[Some(l / 2..l), Some(l / 2..l)]).unwrap();
+    let refs: Vec<&str> = captions.iter().map(String::as_str).collect();
+    let by_hand = teacher
+        .context_with_prompt(stage.tokenizer(), &refs, prompt, &device)
+        .unwrap();
+    assert_eq!(a, values(by_hand));
+    let none = prompts(PromptMasking {
+        clip_share: 0.0,
+        ..masking.clone()
+    });
+    assert_eq!(
+        values(none.clip_context(&clips, &captions, &device).unwrap()),
+        silent
+    );
+    assert!(
+        TeacherPrompts::new(
+            teacher.clone(),
+            stage.tokenizer().clone(),
+            stage.silent_prompt().clone(),
+        )
+        .with_clip_prompts(
+            PromptMasking {
+                clip_share: 2.0,
+                ..masking.clone()
+            },
+            Arc::new(TeacherStage::new(&run_dir, &device).unwrap()),
+            run.seed,
+        )
+        .is_err()
+    );
+
+    // Whole and resumed student runs with clip prompts end equal.
+    let student_run = |dir: &Path, stop: Stop| {
+        let run_dir = RunDir::open(dir, run.clone()).unwrap();
+        let student = StudentStage::new(
+            &run_dir,
+            run.student.clone(),
+            teacher.dit.clone(),
+            prompts(masking.clone()),
+            &device,
+        )
+        .unwrap();
+        train_multi_stage(&student, &run_dir, &device, stop, &mut |_| {}).unwrap()
+    };
+    let other = tmp.path().join("other");
+    copy_dir(&dir, &other);
+    let whole = student_run(&dir, Stop::never());
+    assert!(whole.finished);
+    let half = student_run(&other, Stop::after_steps(1));
+    assert_eq!(half.step, 1);
+    let resumed = student_run(&other, Stop::never());
+    assert_eq!(resumed.resumed_from, 1);
+    let (pw, pr) = (
+        parameters(&whole.model[0].model),
+        parameters(&resumed.model[0].model),
+    );
+    for ((name, _, a), (_, _, b)) in pw.iter().zip(&pr) {
+        assert_eq!(
+            a, b,
+            "`{name}` differs between the whole and the resumed student"
+        );
+    }
+    assert!(
+        pw.iter()
+            .zip(&parameters(&teacher.dit))
+            .any(|(a, b)| a.2 != b.2),
+        "DMD changed the student's DiT"
+    );
+}
+
+/// Copies `from` into `to`, recursively.
+fn copy_dir(from: &Path, to: &Path) {
+    std::fs::create_dir_all(to).unwrap();
+    for entry in std::fs::read_dir(from).unwrap() {
+        let entry = entry.unwrap();
+        let target = to.join(entry.file_name());
+        if entry.file_type().unwrap().is_dir() {
+            copy_dir(&entry.path(), &target);
+        } else {
+            std::fs::copy(entry.path(), &target).unwrap();
+        }
+    }
 }

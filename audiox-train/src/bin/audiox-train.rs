@@ -309,11 +309,18 @@ fn run(args: Args) -> Result<(), TrainError> {
                     ));
                 }
                 let teacher = loaded.model;
-                let prompts = TeacherPrompts::new(
+                let mut prompts = TeacherPrompts::new(
                     teacher.clone(),
                     teacher_stage.tokenizer().clone(),
                     teacher_stage.silent_prompt().clone(),
                 );
+                if let Some(masking) = &run.config().student.audio_prompt {
+                    prompts = prompts.with_clip_prompts(
+                        masking.clone(),
+                        std::sync::Arc::new(teacher_stage),
+                        run.config().seed,
+                    )?;
+                }
                 let student = StudentStage::new(
                     &run,
                     run.config().student.clone(),

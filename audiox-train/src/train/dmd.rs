@@ -143,6 +143,15 @@ impl Denoiser for Dit {
 pub trait Prompts<C> {
     /// The context of `captions`.
     fn context(&self, captions: &[String], device: &Device) -> TrainResult<C>;
+
+    /// The context of the training clips `clips` (row `j`: clip `clips[j]`, captioned
+    /// `captions[j]`), what the generator and fake-score updates condition on. By default the
+    /// captions' context; an implementation that gives rows an audio prompt made from their
+    /// clip overrides it (`super::teacher::TeacherPrompts::with_clip_prompts`).
+    fn clip_context(&self, clips: &[u64], captions: &[String], device: &Device) -> TrainResult<C> {
+        let _ = clips;
+        self.context(captions, device)
+    }
 }
 
 /// The guided velocity of `model`: `v_u + (v_c - v_u) x scale` (`scale = 1`: the conditional
@@ -804,11 +813,17 @@ impl<M: Denoiser, P: Prompts<M::Context>> StudentStage<M, P> {
         ChaCha8Rng::from_seed(seed)
     }
 
-    /// The captions of step `step`: training captions `step x batch + j`.
-    pub fn captions(&self, step: u64) -> Vec<String> {
+    /// The training clips of step `step`: `step x batch + j`.
+    pub fn clips(&self, step: u64) -> Vec<u64> {
         let b = self.settings.optim.batch as u64;
-        (0..b)
-            .map(|j| self.corpus.training_scene(step * b + j).caption())
+        (0..b).map(|j| step * b + j).collect()
+    }
+
+    /// The captions of step `step`: those of its training clips ([`StudentStage::clips`]).
+    pub fn captions(&self, step: u64) -> Vec<String> {
+        self.clips(step)
+            .into_iter()
+            .map(|i| self.corpus.training_scene(i).caption())
             .collect()
     }
 
@@ -908,7 +923,9 @@ impl<M: Denoiser, P: Prompts<M::Context>> MultiStage for StudentStage<M, P> {
         let s = &self.settings;
         let noise = DmdNoise::from_config(s);
         let mut rng = self.rng(step);
-        let context = self.prompts.context(&self.captions(step), device)?;
+        let context = self
+            .prompts
+            .clip_context(&self.clips(step), &self.captions(step), device)?;
 
         // Generator update: one random step of the schedule, DMD + regression.
         let (k, z) = self.random_input(&student.model, &context, &mut rng)?;

@@ -283,6 +283,11 @@ pub struct StudentStageConfig {
     pub regression_batch: usize,
     /// Euler steps of the teacher trajectories (with `guidance_scale`).
     pub teacher_steps: usize,
+    /// Masked audio prompts made from the step's training clips, as the teacher's
+    /// `teacher.audio_prompt` (`None`, the default: every row gets the silent prompt). See
+    /// `teacher::TeacherPrompts::with_clip_prompts`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub audio_prompt: Option<super::teacher::PromptMasking>,
 }
 
 impl StudentStageConfig {
@@ -311,6 +316,7 @@ impl StudentStageConfig {
             regression_pairs: 64,
             regression_batch: 4,
             teacher_steps: 25,
+            audio_prompt: None,
         }
     }
 
@@ -318,6 +324,9 @@ impl StudentStageConfig {
     pub fn check(&self, stage: &str) -> TrainResult<()> {
         self.optim.check(stage)?;
         let field = |f: &str| format!("{stage}.{f}");
+        if let Some(masking) = &self.audio_prompt {
+            masking.check(&field("audio_prompt"))?;
+        }
         let at_least_one = [
             ("student_steps", self.student_steps),
             ("fake_updates", self.fake_updates),

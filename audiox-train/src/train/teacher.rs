@@ -34,7 +34,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 
 use burn::module::Module;
 use burn::nn::{Linear, LinearConfig};
@@ -126,14 +126,15 @@ pub struct PromptMasking {
 }
 
 impl PromptMasking {
-    /// Checks the shares and the ratio range.
-    pub fn check(&self) -> TrainResult<()> {
+    /// Checks the shares and the ratio range; `section` names the setting in errors
+    /// (`teacher.audio_prompt`).
+    pub fn check(&self, section: &str) -> TrainResult<()> {
         let probability = |name: &str, p: f64| {
             if (0.0..=1.0).contains(&p) {
                 Ok(())
             } else {
                 Err(TrainError::config(
-                    format!("teacher.audio_prompt.{name}"),
+                    format!("{section}.{name}"),
                     format!("{p} is not a probability"),
                 ))
             }
@@ -143,7 +144,7 @@ impl PromptMasking {
         let [lo, hi] = self.blank_ratio;
         if !(0.0 <= lo && lo <= hi && hi <= 1.0) {
             return Err(TrainError::config(
-                "teacher.audio_prompt.blank_ratio",
+                format!("{section}.blank_ratio"),
                 format!("[{lo}, {hi}] is not a range within [0, 1]"),
             ));
         }
@@ -243,7 +244,7 @@ impl TeacherStageConfig {
             ));
         }
         if let Some(masking) = &self.audio_prompt {
-            masking.check()?;
+            masking.check("teacher.audio_prompt")?;
             let prompt_frames = model
                 .prompt_samples()
                 .checked_div(model.vae().downsampling_ratio)
@@ -969,7 +970,19 @@ pub struct TeacherPrompts {
     model: TeacherModel,
     tokenizer: T5Tokenizer,
     silent: SilentPrompt,
+    clip_prompts: Option<ClipPrompts>,
 }
+
+/// Masked audio prompts made from the training clips (see [`TeacherPrompts::with_clip_prompts`]).
+struct ClipPrompts {
+    masking: PromptMasking,
+    stage: Arc<TeacherStage>,
+    seed: u64,
+}
+
+/// The stream the student stage's prompt masks are drawn from (per clip), apart from the
+/// stages' step streams.
+const CLIP_PROMPT_STREAM: u64 = 0x5052_4f4d_5054; // "PROMPT"
 
 impl TeacherPrompts {
     /// Prompts computed by `model` with `tokenizer` and the silent prompt `silent` (both from
@@ -979,7 +992,30 @@ impl TeacherPrompts {
             model,
             tokenizer,
             silent,
+            clip_prompts: None,
         }
+    }
+
+    /// Gives the student stage's rows masked audio prompts made from their training clips, as
+    /// the teacher trained with ([`PromptMasking`], in latent space: [`masked_prompt`]), so
+    /// that the student keeps following audio prompts: `stage` provides the clips' latents
+    /// ([`TeacherStage::clean_latents`]), and each clip's mask is drawn from a stream of
+    /// `(seed, clip)`, so a resumed run draws the same. Both prompts enter as posterior means.
+    /// The regression term's contexts keep the silent prompt (the cached teacher pairs were
+    /// computed with it).
+    pub fn with_clip_prompts(
+        mut self,
+        masking: PromptMasking,
+        stage: Arc<TeacherStage>,
+        seed: u64,
+    ) -> TrainResult<Self> {
+        masking.check("student.audio_prompt")?;
+        self.clip_prompts = Some(ClipPrompts {
+            masking,
+            stage,
+            seed,
+        });
+        Ok(self)
     }
 }
 
@@ -990,6 +1026,38 @@ impl super::dmd::Prompts<Tensor<3>> for TeacherPrompts {
         Ok(self
             .model
             .context_from_captions(&self.tokenizer, &refs, &self.silent, &eps, device)?
+            .detach())
+    }
+
+    fn clip_context(
+        &self,
+        clips: &[u64],
+        captions: &[String],
+        device: &Device,
+    ) -> TrainResult<Tensor<3>> {
+        let Some(p) = &self.clip_prompts else {
+            return self.context(captions, device);
+        };
+        let (x0, _) = p.stage.clean_latents(clips, device)?;
+        let [.., frames] = x0.dims();
+        let blanks: Vec<Option<Range<usize>>> = clips
+            .iter()
+            .map(|&clip| {
+                let mut seed = [0u8; 32];
+                seed[..8].copy_from_slice(&p.seed.to_le_bytes());
+                seed[8..16].copy_from_slice(&CLIP_PROMPT_STREAM.to_le_bytes());
+                seed[16..24].copy_from_slice(&clip.to_le_bytes());
+                p.masking
+                    .draw(&mut ChaCha8Rng::from_seed(seed), 1, frames)
+                    .remove(0)
+            })
+            .collect();
+        let eps = vec![0.0; clips.len() * self.silent.mean.len()];
+        let prompt = masked_prompt(self.silent.latents(&eps, device)?, x0, &blanks)?;
+        let refs: Vec<&str> = captions.iter().map(String::as_str).collect();
+        Ok(self
+            .model
+            .context_with_prompt(&self.tokenizer, &refs, prompt, device)?
             .detach())
     }
 }
