@@ -243,12 +243,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
                     request = request.steps(steps);
                 }
                 let generation = model.generate_long(request, options.clone())?;
-                let audio = &generation.audio[0];
-                let channels = audio.channels();
-                let mono: Vec<f32> = (0..audio.num_frames())
-                    .map(|f| channels.iter().map(|c| c[f]).sum::<f32>() / channels.len() as f32)
-                    .collect();
-                let s = score(&mono, rate, window, overlap, crossfade);
+                let s = score(&mono(&generation), rate, window, overlap, crossfade);
                 windows = 1 + s.later_windows;
                 all.seam_ratios.extend(s.seam_ratios);
                 all.level_drifts_db.extend(s.level_drifts_db);

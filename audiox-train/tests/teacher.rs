@@ -638,12 +638,8 @@ fn a_run_started_before_the_teacher_stage_is_extended_until_the_teacher_starts()
     assert!(err.contains("another configuration"), "{err}");
 }
 
-#[test]
-fn the_student_distils_the_teachers_dit_and_its_export_loads_as_the_student() {
-    use audiox_train::train::dmd::StudentStage;
-    use audiox_train::train::teacher::{TeacherPrompts, export_student};
-    use audiox_train::train::train_multi_stage;
-    one_thread();
+/// [`tiny_run`] with a two-step student (batch 1, two regression pairs of two teacher steps).
+fn tiny_student_run() -> RunConfig {
     let mut run = tiny_run();
     let s = &mut run.student;
     s.optim.steps = 2;
@@ -653,6 +649,16 @@ fn the_student_distils_the_teachers_dit_and_its_export_loads_as_the_student() {
     s.regression_pairs = 2;
     s.regression_batch = 1;
     s.teacher_steps = 2;
+    run
+}
+
+#[test]
+fn the_student_distils_the_teachers_dit_and_its_export_loads_as_the_student() {
+    use audiox_train::train::dmd::StudentStage;
+    use audiox_train::train::teacher::{TeacherPrompts, export_student};
+    use audiox_train::train::train_multi_stage;
+    one_thread();
+    let run = tiny_student_run();
     run.validate().unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("run");
@@ -1020,16 +1026,10 @@ fn the_student_distils_with_prompts_made_from_its_clips() {
     use audiox_train::train::teacher::TeacherPrompts;
     use audiox_train::train::train_multi_stage;
     one_thread();
-    let mut run = tiny_run();
+    let mut run = tiny_student_run();
     let s = &mut run.student;
-    s.optim.steps = 2;
     s.optim.batch = 2;
-    s.optim.warmup = 0;
-    s.optim.lr = 1e-3;
     s.optim.checkpoint_every = 1;
-    s.regression_pairs = 2;
-    s.regression_batch = 1;
-    s.teacher_steps = 2;
     let masking = PromptMasking {
         clip_share: 1.0,
         blank_ratio: [0.5, 0.5],
