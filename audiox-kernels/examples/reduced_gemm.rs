@@ -5,13 +5,14 @@
 //! ```
 //!
 //! For each shape: the f32 product (`gemm` crate, what burn's CPU backend runs), the bf16
-//! weight widened per product (the portable path) and the native AVX512-BF16 kernel (where the
-//! CPU has it), the int8 weight with per-token activation quantisation on AVX512-VNNI; best of
-//! five after a warm-up, GFLOP/s (int8: multiply-adds x 2 per second, as for the floats).
+//! weight widened per product (the portable path), the AVX512-BF16 and AMX kernels (where the
+//! CPU has them), the int8 weight with per-token activation quantisation on AVX512-VNNI; best
+//! of five after a warm-up, GFLOP/s (int8: multiply-adds x 2 per second, as for the floats).
+//! The first line names the bf16 kernel the library chooses on this CPU.
 
 use std::time::Instant;
 
-use audiox_kernels::bf16::{matmul, matmul_widened, native_available};
+use audiox_kernels::bf16::{Bf16Kernel, matmul_widened, matmul_with};
 use half::bf16;
 
 fn values(len: usize, seed: u64) -> Vec<f32> {
@@ -67,15 +68,15 @@ fn f32_gemm(x: &[f32], w: &[f32], m: usize, k: usize, n: usize, out: &mut [f32])
 
 fn main() {
     println!(
-        "threads {}, native bf16 kernel: {}",
+        "threads {}, bf16 kernel chosen: {}",
         rayon::current_num_threads(),
-        native_available()
+        Bf16Kernel::current().name()
     );
     println!(
-        "| shape [m,k]x[k,n] | f32 GFLOP/s | bf16 widened | bf16 native | bf16 native / f32 | int8 (VNNI: {}) | int8 / f32 |",
+        "| shape [m,k]x[k,n] | f32 GFLOP/s | bf16 widened | bf16 AVX512-BF16 | bf16 AMX | best bf16 / f32 | int8 (VNNI: {}) | int8 / f32 |",
         audiox_kernels::int8::native_available()
     );
-    println!("|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|");
     // 620 tokens (236 latent + 384 context); DiT width 1536, FFN hidden 4096, qkv 3x1536.
     for (m, k, n) in [
         (620, 1536, 4608),
@@ -91,17 +92,24 @@ fn main() {
         let flop = 2.0 * (m * k * n) as f64 / 1e9;
         let f = flop / best(|| f32_gemm(&x, &w, m, k, n, &mut out));
         let wd = flop / best(|| matmul_widened(&x, m, &wh, k, n, &mut out));
-        let nat = if native_available() {
-            Some(flop / best(|| matmul(&x, m, &wh, k, n, &mut out)))
-        } else {
-            None
+        let mut rate = |kernel: Bf16Kernel| {
+            kernel
+                .is_supported()
+                .then(|| flop / best(|| matmul_with(kernel, &x, m, &wh, k, n, &mut out)))
         };
+        let (avx, amx) = (rate(Bf16Kernel::Avx512Bf16), rate(Bf16Kernel::Amx));
+        let top = [Some(wd), avx, amx]
+            .into_iter()
+            .flatten()
+            .fold(0.0, f64::max);
         let q = audiox_kernels::int8::quantize_weight(&w, k, n);
         let i8r = flop / best(|| audiox_kernels::int8::matmul(&x, m, &q, &mut out));
+        let show = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.0}"));
         println!(
-            "| [{m},{k}]x[{k},{n}] | {f:.0} | {wd:.0} | {} | {} | {i8r:.0} | {:.2} |",
-            nat.map_or("-".into(), |v| format!("{v:.0}")),
-            nat.map_or("-".into(), |v| format!("{:.2}", v / f)),
+            "| [{m},{k}]x[{k},{n}] | {f:.0} | {wd:.0} | {} | {} | {:.2} | {i8r:.0} | {:.2} |",
+            show(avx),
+            show(amx),
+            top / f,
             i8r / f,
         );
     }

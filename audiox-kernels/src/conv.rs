@@ -8,8 +8,17 @@
 //!
 //! `conv_transpose1d` is the same with the roles swapped: input column `t` of tap `j` adds
 //! `W_j^T x[:, t]` to output column `t * stride + j - padding`, a strided destination.
+//!
+//! A kernel held in bf16 (f32 activations) runs on the process's native bf16 kernel where there
+//! is one (`conv_bf16.rs`, AMX tiles or AVX512-BF16 dot products as
+//! [`crate::bf16::Bf16Kernel::current`] chooses: stride-1 convolutions and transposed ones; the
+//! activations are rounded to bf16, sums in f32); elsewhere, and for strided `conv1d`, the
+//! kernel is widened to f32 for the call and takes the f32 path.
 
-use burn::tensor::{Tensor, TensorData};
+use burn::backend::Flex;
+use burn::tensor::{DType, FloatDType, Tensor, TensorData};
+use half::bf16;
+use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
 use crate::{flex_f32, reference, values};
@@ -116,8 +125,23 @@ fn conv1d_with(
     padding: usize,
     dilation: usize,
     snake: Option<SnakeInput<'_>>,
-    residual: Option<Tensor<3>>,
+    mut residual: Option<Tensor<3>>,
 ) -> Tensor<3> {
+    if weight.dtype() == DType::BF16 && x.dtype() == DType::F32 {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(out) = conv1d_bf16_native(
+            &x,
+            weight,
+            bias,
+            (stride, padding, dilation),
+            snake.as_ref(),
+            &mut residual,
+        ) {
+            return out;
+        }
+        let wide = widen(weight);
+        return conv1d_with(x, &wide, bias, stride, padding, dilation, snake, residual);
+    }
     let fallback = |x: Tensor<3>, residual: Option<Tensor<3>>| {
         let x = match &snake {
             Some(act) => reference::snake(x, act.alpha, act.beta),
@@ -236,6 +260,129 @@ fn conv1d_with(
     dest.into_tensor([b, cout, tout], &x.device())
 }
 
+/// A bf16 kernel as f32 (on all cores where the flex backend holds it; burn's cast elsewhere).
+fn widen(weight: &Tensor<3>) -> Tensor<3> {
+    if let Ok(flex) = weight.clone().try_into_primitive::<Flex>()
+        && let Some(src) = flex.as_slice::<bf16>()
+    {
+        let mut out = vec![0.0f32; src.len()];
+        out.par_chunks_mut(1 << 16)
+            .zip(src.par_chunks(1 << 16))
+            .for_each(|(o, s)| s.convert_to_f32_slice(o));
+        return Tensor::from_data(TensorData::new(out, weight.dims()), &weight.device());
+    }
+    weight.clone().cast(FloatDType::F32)
+}
+
+/// The contiguous bf16 buffer of a kernel on the flex backend and the native bf16 kernel this
+/// process uses, or `None` (the widened path).
+#[cfg(target_arch = "x86_64")]
+fn native_bf16(
+    weight: &Tensor<3>,
+) -> Option<(burn::backend::flex::FlexTensor, crate::bf16::Bf16Kernel)> {
+    let kernel = crate::bf16::Bf16Kernel::current();
+    if !kernel.rounds_activations() {
+        return None;
+    }
+    let flex = weight.clone().try_into_primitive::<Flex>().ok()?;
+    (flex.dtype() == DType::BF16 && flex.as_slice::<bf16>().is_some()).then_some((flex, kernel))
+}
+
+/// [`conv1d_with`] for a bf16 kernel on the native bf16 kernels, or `None` (another CPU or
+/// backend, a strided convolution, shapes the f32 path handles): `residual` is taken only when
+/// the result is returned.
+#[cfg(target_arch = "x86_64")]
+fn conv1d_bf16_native(
+    x: &Tensor<3>,
+    weight: &Tensor<3>,
+    bias: Option<&Tensor<1>>,
+    (stride, padding, dilation): (usize, usize, usize),
+    snake: Option<&SnakeInput<'_>>,
+    residual: &mut Option<Tensor<3>>,
+) -> Option<Tensor<3>> {
+    let [b, cin, t] = x.dims();
+    let [cout, wcin, k] = weight.dims();
+    let span = dilation * (k - 1) + 1;
+    if stride != 1 || wcin != cin || k == 0 || t + 2 * padding < span {
+        return None;
+    }
+    let tout = t + 2 * padding + 1 - span;
+    let fits = residual
+        .as_ref()
+        .is_none_or(|r| r.dims() == [b, cout, tout] && flex_f32(r).is_some());
+    let xf = flex_f32(x)?;
+    let (wf, kernel) = native_bf16(weight)?;
+    let bf = bias.map(|b| flex_f32(b).ok_or(())).transpose().ok()?;
+    if !fits || bf.as_ref().is_some_and(|b| values(b).len() != cout) {
+        return None;
+    }
+    let factors = snake.map(|act| crate::conv_bf16::SnakeFactors {
+        freq: &act.freq,
+        inv_mag: &act.inv_mag,
+    });
+    let accumulate = residual.is_some();
+    let mut dest = Destination::new(residual.take(), b * cout * tout);
+    // SAFETY: AVX512-BF16 checked by `native_bf16`; the sizes were checked above.
+    unsafe {
+        crate::conv_bf16::conv1d(
+            kernel,
+            values(&xf),
+            [b, cin, t],
+            wf.as_slice::<bf16>().expect("checked by native_bf16"),
+            [cout, k],
+            bf.as_ref().map(values),
+            padding,
+            dilation,
+            factors,
+            dest.as_mut_slice(),
+            accumulate,
+        );
+    }
+    Some(dest.into_tensor([b, cout, tout], &x.device()))
+}
+
+/// [`conv_transpose1d`] for a bf16 kernel on the native bf16 kernels, or `None`.
+#[cfg(target_arch = "x86_64")]
+fn conv_transpose1d_bf16_native(
+    x: &Tensor<3>,
+    weight: &Tensor<3>,
+    bias: Option<&Tensor<1>>,
+    stride: usize,
+    padding: usize,
+) -> Option<Tensor<3>> {
+    let [b, cin, t] = x.dims();
+    let [wcin, cout, k] = weight.dims();
+    if wcin != cin || stride == 0 || t == 0 || (t - 1) * stride + k <= 2 * padding {
+        return None;
+    }
+    let tout = (t - 1) * stride + k - 2 * padding;
+    let xf = flex_f32(x)?;
+    let (wf, kernel) = native_bf16(weight)?;
+    let bf = bias.map(|b| flex_f32(b).ok_or(())).transpose().ok()?;
+    if bf.as_ref().is_some_and(|b| values(b).len() != cout) {
+        return None;
+    }
+    let mut out = vec![0.0f32; b * cout * tout];
+    // SAFETY: AVX512-BF16 checked by `native_bf16`; the sizes were checked above.
+    unsafe {
+        crate::conv_bf16::conv_transpose1d(
+            kernel,
+            values(&xf),
+            [b, cin, t],
+            wf.as_slice::<bf16>().expect("checked by native_bf16"),
+            [cout, k],
+            bf.as_ref().map(values),
+            stride,
+            padding,
+            &mut out,
+        );
+    }
+    Some(Tensor::from_data(
+        TensorData::new(out, [b, cout, tout]),
+        &x.device(),
+    ))
+}
+
 /// Where a convolution writes: a fresh buffer, or a residual tensor's own storage.
 enum Destination {
     Fresh(Vec<f32>),
@@ -295,6 +442,13 @@ pub fn conv_transpose1d(
     stride: usize,
     padding: usize,
 ) -> Tensor<3> {
+    if weight.dtype() == DType::BF16 && x.dtype() == DType::F32 {
+        #[cfg(target_arch = "x86_64")]
+        if let Some(out) = conv_transpose1d_bf16_native(&x, weight, bias, stride, padding) {
+            return out;
+        }
+        return conv_transpose1d(x, &widen(weight), bias, stride, padding);
+    }
     let fast = (
         flex_f32(&x),
         flex_f32(weight),

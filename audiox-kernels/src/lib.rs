@@ -10,8 +10,9 @@
 //!   blocks that stay in cache (no im2col buffer); the kernel taps are strided views of the
 //!   weight, the shifts and strides are pointer offsets. Used by the VAE, whose time is almost
 //!   all convolutions and Snake activations over up to 483k samples.
-//! * [`bf16`]: a matrix product with the weight held in bf16 (half the memory), on the CPU's
-//!   native bf16 dot products where it has AVX512-BF16.
+//! * [`bf16`]: a matrix product with the weight held in bf16 (half the memory), on Intel AMX
+//!   tiles or AVX512-BF16 dot products where the CPU has them (see [`bf16::Bf16Kernel`]); the
+//!   convolutions take a kernel held in bf16 the same way.
 //! * [`int8`]: a matrix product with an int8 weight (per-output-channel scales, a quarter of
 //!   the memory), on integer dot products with activations quantised per token where the CPU
 //!   has AVX512-VNNI.
@@ -23,9 +24,13 @@
 
 #![deny(missing_docs)]
 
+#[cfg(target_arch = "x86_64")]
+mod amx;
 mod attention;
 pub mod bf16;
 mod conv;
+#[cfg(target_arch = "x86_64")]
+mod conv_bf16;
 pub mod int8;
 pub mod reference;
 mod snake;

@@ -2,7 +2,7 @@
 //! for shapes that hit every edge of the packing (odd k, n not a multiple of 32, m not a
 //! multiple of the 8-row tile, empty dimensions).
 
-use audiox_kernels::bf16::{matmul, matmul_widened, native_available};
+use audiox_kernels::bf16::{Bf16Kernel, matmul, matmul_widened, matmul_with, native_available};
 use half::bf16;
 
 /// Deterministic values in [-1, 1) (a simple LCG: the test must not depend on a seed crate).
@@ -99,6 +99,32 @@ fn default_path_matches_the_product_of_rounded_operands() {
         let exact = reference(&x, &w, m, k, n);
         let err = worst(&out, &exact, &x, &w, m, k, n);
         assert!(err < 1e-2, "[{m},{k}]x[{k},{n}] vs f32: {err}");
+    }
+}
+
+/// Every kernel this CPU runs (AMX, AVX512-BF16, widened), each against the f64 product of the
+/// operands it rounds.
+#[test]
+fn every_supported_kernel_matches_the_product_of_its_rounded_operands() {
+    for kernel in Bf16Kernel::ALL {
+        if !kernel.is_supported() {
+            eprintln!("{}: not on this CPU", kernel.name());
+            continue;
+        }
+        for &(m, k, n) in SHAPES.iter().chain(&[(33, 40, 70), (70, 33, 129)]) {
+            let x = values(m * k, m as u64 + 7);
+            let w = values(k * n, (k * 17 + n) as u64);
+            let mut out = vec![f32::NAN; m * n];
+            matmul_with(kernel, &x, m, &halves(&w), k, n, &mut out);
+            let xs = if kernel.rounds_activations() {
+                round(&x)
+            } else {
+                x.clone()
+            };
+            let want = reference(&xs, &round(&w), m, k, n);
+            let err = worst(&out, &want, &xs, &round(&w), m, k, n);
+            assert!(err < 1e-5, "{}: [{m},{k}]x[{k},{n}]: {err}", kernel.name());
+        }
     }
 }
 
