@@ -17,14 +17,14 @@
 //! text-only request (same seed) runs on each; the stages are read from the request's
 //! intermediates, so each one carries the error of the stages before it (cumulative): text
 //! tokens (T5), video tokens (CLIP and the temporal transformer on the zero video), context
-//! (MAF), the sampled latent (4 DiT steps), the decoded audio (the VAE is f32 in every
-//! precision, so its row is what the latent's error becomes), and the final clip.
+//! (MAF), the sampled latent (4 DiT steps), the decoded audio (the VAE decoder's kernels are
+//! bf16 under either reduced precision), and the final clip.
 //!
 //! With `--random` / `--full`, components are built with burn's default initialisation as in
 //! `examples/gpu_bench.rs`, converted in memory (`audiox_core::precision::convert_module`),
 //! and each stage is fed the f32 model's input (isolated error): T5, the video conditioner, MAF,
-//! one DiT step (the first DMD step, t = 1), then the whole request (cumulative) for the latent
-//! and the audio. Random weights have no outliers, so int8 errors there are a lower bound of
+//! one DiT step (the first DMD step, t = 1), the VAE decode of the f32 latent, then the whole
+//! request (cumulative) for the latent and the audio. Random weights have no outliers, so int8 errors there are a lower bound of
 //! what trained weights give. Nothing is timed.
 
 use std::path::{Path, PathBuf};
@@ -39,6 +39,7 @@ use audiox_core::{Error, Result};
 use audiox_encoders::conditioners::{PromptMask, TextConditioner, VideoConditioner};
 use audiox_mmdit::{Dit, MafBlock, MmditDenoiser};
 use audiox_sampler::{Dmd, Sampler, StepControl};
+use audiox_vae::OobleckDecoder;
 use burn::tensor::{Device, Distribution, Tensor};
 use clap::Parser;
 
@@ -120,7 +121,7 @@ fn request_outputs(model: &AudioX) -> Result<Vec<(&'static str, Vec<f32>)>> {
         ("video tokens (CLIP, temporal)", to_vec(i.video_tokens)),
         ("context (MAF)", to_vec(i.context)),
         ("latent (4 DiT steps)", to_vec(i.latent)),
-        ("decoded audio (VAE, f32)", to_vec(i.decoded)),
+        ("decoded audio (VAE)", to_vec(i.decoded)),
         ("output clip", clip),
     ])
 }
@@ -157,12 +158,13 @@ fn public_api(dir: &Path) -> Result<()> {
 }
 
 /// The reduced components of `m` as the builder holds them for `p`: the DiT in `p`, the
-/// conditioners in bf16.
+/// conditioners and the VAE decoder's kernels in bf16.
 struct Reduced {
     text: TextConditioner,
     video: VideoConditioner,
     maf: MafBlock,
     dit: Dit,
+    decoder: OobleckDecoder,
 }
 
 fn reduce(m: &Model, p: WeightPrecision) -> Reduced {
@@ -175,6 +177,7 @@ fn reduce(m: &Model, p: WeightPrecision) -> Reduced {
         video: convert_module(m.video.clone(), conditioners),
         maf: convert_module(m.maf.clone(), conditioners),
         dit: convert_module(m.dit.clone(), p),
+        decoder: convert_module(m.decoder.clone(), conditioners),
     }
 }
 
@@ -189,14 +192,15 @@ struct Outputs {
     decoded: Tensor<3>,
 }
 
-/// Runs the text-only request with `text`, `video`, `maf`, `dit` (the rest from `m`), and the
-/// first DiT step on its own.
+/// Runs the text-only request with `text`, `video`, `maf`, `dit`, `decoder` (the rest from
+/// `m`), and the first DiT step on its own.
 fn run(
     m: &Model,
     text: &TextConditioner,
     video: &VideoConditioner,
     maf: &MafBlock,
     dit: &Dit,
+    decoder: &OobleckDecoder,
     device: &Device,
 ) -> Result<Outputs> {
     let mut noise = SeededNoise::new(SEED);
@@ -227,7 +231,7 @@ fn run(
         &mut noise,
         &mut StepControl::new(),
     )?;
-    let decoded = m.decoder.forward(latent.clone());
+    let decoded = decoder.forward(latent.clone());
     Ok(Outputs {
         text: text_condition.tokens,
         video: video_tokens,
@@ -247,7 +251,7 @@ fn random(full: bool) -> Result<()> {
          run's input",
         if full { "full" } else { "tiny" }
     );
-    let f32_run = run(&m, &m.text, &m.video, &m.maf, &m.dit, &device)?;
+    let f32_run = run(&m, &m.text, &m.video, &m.maf, &m.dit, &m.decoder, &device)?;
     let want = |t: &Tensor<3>| to_vec(t.clone());
     let video_input = {
         let frames = m.video.frames();
@@ -297,8 +301,14 @@ fn random(full: bool) -> Result<()> {
             p,
             stats(&to_vec(velocity), &want(&f32_run.velocity)),
         );
+        let decoded = r.decoder.forward(f32_run.latent.clone());
+        print_row(
+            "VAE decode (of the f32 latent)",
+            p,
+            stats(&to_vec(decoded), &want(&f32_run.decoded)),
+        );
         // The whole request, every stage in this precision.
-        let whole = run(&m, &r.text, &r.video, &r.maf, &r.dit, &device)?;
+        let whole = run(&m, &r.text, &r.video, &r.maf, &r.dit, &r.decoder, &device)?;
         print_row(
             "request: latent",
             p,

@@ -7,10 +7,15 @@
 //! one weight at a time, [`widen`]). Resident memory of a converted weight is half (bf16) or
 //! about a quarter (int8) of f32.
 //!
-//! Which parameters are converted: the `weight` of every module whose type is listed in
-//! [`MATMUL_WEIGHT_MODULES`] (burn's `Linear` and the DiT's `TokenConv`) with at least two
-//! axes, in the components the caller asks for (see [`crate::weights::WeightSource::with_precision`]).
-//! Biases, norms, embeddings and convolution kernels stay f32.
+//! Which parameters are converted ([`held_as`]), in the components the caller asks for (see
+//! [`crate::weights::WeightSource::with_precision`]):
+//! * the `weight` of every module whose type is listed in [`MATMUL_WEIGHT_MODULES`] (burn's
+//!   `Linear` and the DiT's `TokenConv`) with at least two axes: held in the precision asked;
+//! * the kernel of every time convolution listed in [`CONV_KERNEL_MODULES`] (the VAE's
+//!   weight-normalised convolutions): held in bf16 under either reduced precision (int8 is for
+//!   matmul weights only), multiplied by `audiox_kernels`' bf16 convolutions.
+//!
+//! Biases, norms, embeddings and other convolution kernels stay f32.
 //!
 //! ```
 //! use audiox_core::precision::{WeightPrecision, reduce, widen};
@@ -109,11 +114,49 @@ impl FromStr for WeightPrecision {
 /// Module types whose `weight` is a matmul weight that a reduced precision converts.
 pub const MATMUL_WEIGHT_MODULES: [&str; 2] = ["Linear", "TokenConv"];
 
+/// Module types whose `weight` is a time-convolution kernel `[.., .., k]` that a reduced
+/// precision holds in bf16 (the VAE's weight-normalised convolutions, whose fused kernel is
+/// named `weight`).
+pub const CONV_KERNEL_MODULES: [&str; 2] = ["WeightNormConv1d", "WeightNormConvTranspose1d"];
+
 /// Whether the parameter at `path` (dotted), owned by a module of type `module`, with `rank`
 /// axes, is a matmul weight that a reduced precision converts.
 pub fn is_matmul_weight(module: &str, path: &str, rank: usize) -> bool {
     let name = path.rsplit('.').next().unwrap_or(path);
     rank >= 2 && name == "weight" && MATMUL_WEIGHT_MODULES.contains(&module)
+}
+
+/// Whether the parameter at `path`, owned by a module of type `module`, with `rank` axes, is a
+/// convolution kernel that a reduced precision holds in bf16.
+pub fn is_conv_kernel(module: &str, path: &str, rank: usize) -> bool {
+    let name = path.rsplit('.').next().unwrap_or(path);
+    rank == 3 && name == "weight" && CONV_KERNEL_MODULES.contains(&module)
+}
+
+/// How the parameter at `path`, owned by a module of type `module`, with `rank` axes, is held
+/// when its component is loaded in `precision`: matmul weights in `precision`, convolution
+/// kernels in bf16 under either reduced precision, everything else in f32.
+///
+/// ```
+/// use audiox_core::precision::{WeightPrecision, held_as};
+/// let int8 = WeightPrecision::Int8;
+/// assert_eq!(held_as("Linear", "blocks.0.qkv.weight", 2, int8), WeightPrecision::Int8);
+/// assert_eq!(held_as("WeightNormConv1d", "conv.weight", 3, int8), WeightPrecision::Bf16);
+/// assert_eq!(held_as("Linear", "blocks.0.qkv.bias", 1, int8), WeightPrecision::F32);
+/// ```
+pub fn held_as(
+    module: &str,
+    path: &str,
+    rank: usize,
+    precision: WeightPrecision,
+) -> WeightPrecision {
+    if is_matmul_weight(module, path, rank) {
+        precision
+    } else if is_conv_kernel(module, path, rank) {
+        precision.conditioners()
+    } else {
+        WeightPrecision::F32
+    }
 }
 
 /// The precision a tensor is held in (`F32` for any other float type).
@@ -471,8 +514,8 @@ fn dequantize_int8<const D: usize>(w: Tensor<D>, scheme: QuantScheme) -> Tensor<
     Tensor::from_data(TensorData::new(out, shape), &device)
 }
 
-/// Converts the matmul weights of an in-memory `module` (see [`is_matmul_weight`]) to
-/// `precision`. Loading with [`crate::weights::WeightSource::with_precision`] does the same
+/// Converts the matmul weights of an in-memory `module` to `precision` and its convolution
+/// kernels as [`held_as`] says. Loading with [`crate::weights::WeightSource::with_precision`] does the same
 /// one tensor at a time; this is for models built in memory (random weights, tests), and
 /// briefly holds both copies of one weight.
 pub fn convert_module<M: Module>(module: M, precision: WeightPrecision) -> M {
@@ -516,10 +559,15 @@ impl ModuleMapper for Converter {
     }
 
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        if !is_matmul_weight(owner_type(&self.owners), &self.path.join("."), D) {
+        let precision = held_as(
+            owner_type(&self.owners),
+            &self.path.join("."),
+            D,
+            self.precision,
+        );
+        if precision == WeightPrecision::F32 {
             return param;
         }
-        let precision = self.precision;
         param.map(|t| reduce(widen(t), precision))
     }
 }

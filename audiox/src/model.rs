@@ -213,6 +213,12 @@ impl AudioX {
     pub fn held_dit_bytes(&self) -> HeldBytes {
         held_bytes(&self.inner.dit)
     }
+
+    /// The bytes of the VAE decoder's parameters, by the type they are held in (its convolution
+    /// kernels are bf16 under a reduced [`WeightPrecision`], the rest f32).
+    pub fn held_decoder_bytes(&self) -> HeldBytes {
+        held_bytes(&self.inner.decoder)
+    }
 }
 
 /// Builds an [`AudioX`] from a checkpoint folder in the official layout (see
@@ -431,9 +437,12 @@ impl AudioXBuilder {
     ///   them (activations quantised per token), else dequantised to f32 for each product; the
     ///   others as with `Bf16`.
     ///
-    /// Biases, norms, embeddings, the VAE and the Synchformer stay f32. Each weight is converted
-    /// as it is read, so loading never holds an f32 copy of the whole model. The error of each
-    /// choice against f32 is measured in `docs/performance.md` ("Precision").
+    /// Under either reduced precision the VAE decoder's convolution kernels are held in bf16
+    /// too, and run on native bf16 dot products where the CPU has AVX512-BF16 (activations
+    /// rounded to bf16, sums in f32; else widened to f32 per convolution). Biases, norms,
+    /// embeddings, the audio-prompt encoder and the Synchformer stay f32. Each weight is
+    /// converted as it is read, so loading never holds an f32 copy of the whole model. The
+    /// error of each choice against f32 is measured in `docs/performance.md` ("Precision").
     ///
     /// ```no_run
     /// use audiox::{AudioX, WeightPrecision};
@@ -587,13 +596,14 @@ fn load(
     )?
     .without_dead_weights();
     // The main VAE: the checkpoint's copy, overridden by vae.ckpt (official order). Only the
-    // decoder is used; the encoder half is not held.
+    // decoder is used; the encoder half is not held. Its convolution kernels are held in bf16
+    // under either reduced precision.
     let decoder = loaded(
         OobleckDecoder::load(
             &parts.vae.decoder,
             &[
-                ckpt("pretransform.model.decoder."),
-                WeightSource::with_prefix(&vae, "decoder."),
+                ckpt("pretransform.model.decoder.").with_precision(conditioners),
+                WeightSource::with_prefix(&vae, "decoder.").with_precision(conditioners),
             ],
             &device,
         ),

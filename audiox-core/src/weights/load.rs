@@ -10,7 +10,7 @@ use super::layout::{Layout, Source, Transform};
 use super::params::param_specs;
 use super::state_dict::StateDict;
 use crate::error::{Error, Result};
-use crate::precision::{WeightPrecision, hold, is_matmul_weight};
+use crate::precision::{WeightPrecision, held_as, hold};
 
 /// The loading contract every model component follows: built from its own config type, its
 /// weights read from `sources` in the component's official names (each source looked up under
@@ -63,8 +63,10 @@ impl<'a> WeightSource<'a> {
     }
 
     /// The same source with its matmul weights (the `weight` of every module listed in
-    /// [`crate::precision::MATMUL_WEIGHT_MODULES`]) held in `precision`. Each one is converted as
-    /// it is read: loading never holds more than the converted model plus one tensor in f32.
+    /// [`crate::precision::MATMUL_WEIGHT_MODULES`]) held in `precision`, and its convolution
+    /// kernels ([`crate::precision::CONV_KERNEL_MODULES`]) in bf16 when `precision` is reduced
+    /// ([`crate::precision::held_as`]). Each one is converted as it is read: loading never holds
+    /// more than the converted model plus one tensor in f32.
     pub fn with_precision(mut self, precision: WeightPrecision) -> Self {
         self.precision = precision;
         self
@@ -205,12 +207,9 @@ pub fn load_module<M: Module>(
         for k in &keys {
             consumed.insert((dict.path().to_path_buf(), k.clone()));
         }
-        // Only matmul weights are held in a reduced precision.
-        let precision = if is_matmul_weight(&spec.module, &spec.path, spec.shape.len()) {
-            precision
-        } else {
-            WeightPrecision::F32
-        };
+        // Only matmul weights (in `precision`) and convolution kernels (in bf16) are held in
+        // a reduced precision.
+        let precision = held_as(&spec.module, &spec.path, spec.shape.len(), precision);
         plan.insert(
             spec.path.clone(),
             Found {
