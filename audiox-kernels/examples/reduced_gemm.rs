@@ -6,13 +6,15 @@
 //!
 //! For each shape: the f32 product (`gemm` crate, what burn's CPU backend runs), the bf16
 //! weight widened per product (the portable path), the AVX512-BF16 and AMX kernels (where the
-//! CPU has them), the int8 weight with per-token activation quantisation on AVX512-VNNI; best
-//! of five after a warm-up, GFLOP/s (int8: multiply-adds x 2 per second, as for the floats).
-//! The first line names the bf16 kernel the library chooses on this CPU.
+//! CPU has them), the int8 weight (scale blocks of 192 or 128 rows, as the DiT's) with per-token
+//! activation quantisation on AVX512-VNNI and on AMX; best of five after a warm-up, GFLOP/s
+//! (int8: multiply-adds x 2 per second, as for the floats). The first line names the kernels
+//! the library chooses on this CPU.
 
 use std::time::Instant;
 
 use audiox_kernels::bf16::{Bf16Kernel, matmul_widened, matmul_with};
+use audiox_kernels::int8::{Int8Kernel, matmul_view_with};
 use half::bf16;
 
 fn values(len: usize, seed: u64) -> Vec<f32> {
@@ -68,15 +70,15 @@ fn f32_gemm(x: &[f32], w: &[f32], m: usize, k: usize, n: usize, out: &mut [f32])
 
 fn main() {
     println!(
-        "threads {}, bf16 kernel chosen: {}",
+        "threads {}, kernels chosen: bf16 {}, int8 {}",
         rayon::current_num_threads(),
-        Bf16Kernel::current().name()
+        Bf16Kernel::current().name(),
+        Int8Kernel::current().name()
     );
     println!(
-        "| shape [m,k]x[k,n] | f32 GFLOP/s | bf16 widened | bf16 AVX512-BF16 | bf16 AMX | best bf16 / f32 | int8 (VNNI: {}) | int8 / f32 |",
-        audiox_kernels::int8::native_available()
+        "| shape [m,k]x[k,n] | f32 GFLOP/s | bf16 widened | bf16 AVX512-BF16 | bf16 AMX | best bf16 / f32 | int8 VNNI | int8 AMX | best int8 / f32 |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     // 620 tokens (236 latent + 384 context); DiT width 1536, FFN hidden 4096, qkv 3x1536.
     for (m, k, n) in [
         (620, 1536, 4608),
@@ -102,15 +104,29 @@ fn main() {
             .into_iter()
             .flatten()
             .fold(0.0, f64::max);
-        let q = audiox_kernels::int8::quantize_weight(&w, k, n);
-        let i8r = flop / best(|| audiox_kernels::int8::matmul(&x, m, &q, &mut out));
+        // Blocks of rows as the DiT's int8 weights have them (192 rows at width 1536).
+        let q = audiox_kernels::int8::quantize_weight_blocked(
+            &w,
+            k,
+            n,
+            if k % 192 == 0 { 192 } else { 128 },
+        );
+        let mut int8 = |kernel: Int8Kernel| {
+            kernel
+                .is_supported()
+                .then(|| flop / best(|| matmul_view_with(kernel, &x, m, q.view(), &mut out)))
+        };
+        let (vnni, amx8) = (int8(Int8Kernel::Vnni), int8(Int8Kernel::Amx));
+        let top8 = [vnni, amx8].into_iter().flatten().fold(0.0, f64::max);
         let show = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.0}"));
         println!(
-            "| [{m},{k}]x[{k},{n}] | {f:.0} | {wd:.0} | {} | {} | {:.2} | {i8r:.0} | {:.2} |",
+            "| [{m},{k}]x[{k},{n}] | {f:.0} | {wd:.0} | {} | {} | {:.2} | {} | {} | {:.2} |",
             show(avx),
             show(amx),
             top / f,
-            i8r / f,
+            show(vnni),
+            show(amx8),
+            top8 / f,
         );
     }
 }

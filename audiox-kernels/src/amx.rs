@@ -34,27 +34,43 @@ const CONFIG: TileConfig = {
     TileConfig(c)
 };
 
-/// Input-channel pairs per tile step (64 bytes of one tile row).
+/// 32-bit words per tile row (64 bytes): input-channel pairs (bf16) or groups of four (int8)
+/// per tile step.
 pub(crate) const PAIRS: usize = 16;
 /// Rows and columns of the output block the accumulators hold.
 pub(crate) const BLOCK: usize = 32;
 
 /// Whether this process can run AMX bf16 tiles (CPU, OS state, Linux permission); checked once.
 pub(crate) fn available() -> bool {
-    static AVAILABLE: OnceLock<bool> = OnceLock::new();
-    *AVAILABLE.get_or_init(detect)
+    tiles_permitted() && leaf7_edx() & (1 << 22) != 0
+}
+
+/// Whether this process can run AMX int8 tiles (`tdpbusd`; CPU, OS state, Linux permission).
+pub(crate) fn available_int8() -> bool {
+    tiles_permitted() && leaf7_edx() & (1 << 25) != 0
+}
+
+/// CPUID leaf 7 (sub-leaf 0) EDX, or 0 where the CPU has no leaf 7.
+fn leaf7_edx() -> u32 {
+    use std::arch::x86_64::{__cpuid, __cpuid_count};
+    if __cpuid(0).eax < 7 {
+        return 0;
+    }
+    __cpuid_count(7, 0).edx
+}
+
+/// Whether the CPU has AMX tiles (AMX-TILE), the OS saves their state and Linux lets this
+/// process use them; checked once.
+fn tiles_permitted() -> bool {
+    static PERMITTED: OnceLock<bool> = OnceLock::new();
+    *PERMITTED.get_or_init(detect)
 }
 
 #[cfg(target_os = "linux")]
 fn detect() -> bool {
-    use std::arch::x86_64::{__cpuid, __cpuid_count, _xgetbv};
-    // CPUID.1:ECX.OSXSAVE (bit 27): XGETBV is usable.
-    if __cpuid(1).ecx & (1 << 27) == 0 || __cpuid(0).eax < 7 {
-        return false;
-    }
-    let leaf7 = __cpuid_count(7, 0);
-    let (amx_bf16, amx_tile) = (leaf7.edx & (1 << 22) != 0, leaf7.edx & (1 << 24) != 0);
-    if !(amx_bf16 && amx_tile) {
+    use std::arch::x86_64::{__cpuid, _xgetbv};
+    // CPUID.1:ECX.OSXSAVE (bit 27): XGETBV is usable; CPUID.7.0:EDX.AMX-TILE (bit 24).
+    if __cpuid(1).ecx & (1 << 27) == 0 || leaf7_edx() & (1 << 24) == 0 {
         return false;
     }
     // SAFETY: OSXSAVE is set (checked above), so XGETBV(0) is defined.
@@ -158,6 +174,69 @@ impl Tiles {
                     options(nostack, readonly),
                 );
             }
+        }
+    }
+
+    /// [`Tiles::accumulate`] with `tdpbusd`: the left operand's bytes unsigned, the right
+    /// one's signed, four products summed per 32-bit lane into exact i32 sums (read them with
+    /// [`Tiles::store_i32`]). Each tile row is 16 words of four bytes (64 input channels per
+    /// step), the right operand's rows one group of four channels each.
+    ///
+    /// # Safety
+    /// As [`Tiles::accumulate`]; the CPU must have AMX-INT8 ([`available_int8`]).
+    #[inline]
+    pub(crate) unsafe fn accumulate_u8i8(
+        &mut self,
+        a: *const u8,
+        lda: usize,
+        b: *const u8,
+        ldb: usize,
+        steps: usize,
+    ) {
+        for s in 0..steps {
+            // SAFETY: the caller guarantees the tiles' rows are in bounds; tiles configured.
+            unsafe {
+                let a0 = a.add(s * 64);
+                let b0 = b.add(s * PAIRS * ldb);
+                asm!(
+                    "tileloadd tmm4, [{a0} + {lda}*1]",
+                    "tileloadd tmm5, [{a1} + {lda}*1]",
+                    "tileloadd tmm6, [{b0} + {ldb}*1]",
+                    "tileloadd tmm7, [{b1} + {ldb}*1]",
+                    "tdpbusd tmm0, tmm4, tmm6",
+                    "tdpbusd tmm1, tmm4, tmm7",
+                    "tdpbusd tmm2, tmm5, tmm6",
+                    "tdpbusd tmm3, tmm5, tmm7",
+                    a0 = in(reg) a0,
+                    a1 = in(reg) a0.add(16 * lda),
+                    b0 = in(reg) b0,
+                    b1 = in(reg) b0.add(64),
+                    lda = in(reg) lda,
+                    ldb = in(reg) ldb,
+                    options(nostack, readonly),
+                );
+            }
+        }
+    }
+
+    /// Writes the 32 x 32 i32 block of [`Tiles::accumulate_u8i8`] to `out`.
+    #[inline]
+    pub(crate) fn store_i32(&mut self, out: &mut [i32; BLOCK * BLOCK]) {
+        let c = out.as_mut_ptr();
+        // SAFETY: as `store`, with 4-byte i32 elements.
+        unsafe {
+            asm!(
+                "tilestored [{c00} + {ld}*1], tmm0",
+                "tilestored [{c01} + {ld}*1], tmm1",
+                "tilestored [{c10} + {ld}*1], tmm2",
+                "tilestored [{c11} + {ld}*1], tmm3",
+                c00 = in(reg) c,
+                c01 = in(reg) c.add(16),
+                c10 = in(reg) c.add(16 * BLOCK),
+                c11 = in(reg) c.add(16 * BLOCK + 16),
+                ld = in(reg) BLOCK * 4,
+                options(nostack),
+            );
         }
     }
 

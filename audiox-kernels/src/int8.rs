@@ -5,7 +5,9 @@
 //! memory of f32. Where the CPU has AVX512-VNNI, the activations are quantised per row (per
 //! token) at run time the same way and the product runs on `vpdpbusd` (four u8 x i8 products
 //! summed into each i32 lane: four times the multiplies of an f32 FMA per instruction); the
-//! integer sums are exact and are scaled back to f32 once per output. Elsewhere the weight is
+//! integer sums are exact and are scaled back to f32 once per output. Where the CPU also has
+//! Intel AMX, the same integer sums run on int8 tiles (`tdpbusd`, [`Int8Kernel::Amx`]) and are
+//! rescaled the same way, so the result is the same bit for bit. Elsewhere the weight is
 //! dequantised to f32 and multiplied by the `gemm` crate with the activations unquantised.
 //!
 //! `vpdpbusd` multiplies unsigned by signed bytes, so an activation `a` in [-127, 127] enters
@@ -231,12 +233,74 @@ pub fn matmul(x: &[f32], m: usize, w: &QuantizedWeight, out: &mut [f32]) {
     matmul_view(x, m, w.view(), out);
 }
 
-/// [`matmul`] on a borrowed weight: nothing of the weight is copied (the native path packs one
-/// 32-column panel at a time per thread; the portable path dequantises it to f32).
+/// An int8 product kernel.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Int8Kernel {
+    /// Intel AMX int8 tiles (`tdpbusd`): the same exact integer sums as VNNI, so the same
+    /// result bit for bit, on 32 x 32 output blocks. Needs scale blocks of a multiple of 64
+    /// rows (or one block for all rows); others take the VNNI path.
+    Amx,
+    /// AVX512-VNNI `vpdpbusd` on 8 x 32 register tiles.
+    Vnni,
+    /// The weight dequantised to f32, the f32 GEMM (activations unquantised).
+    Dequantized,
+}
+
+impl Int8Kernel {
+    /// Every kernel, fastest first.
+    pub const ALL: [Int8Kernel; 3] = [Int8Kernel::Amx, Int8Kernel::Vnni, Int8Kernel::Dequantized];
+
+    /// The fastest kernel this CPU (and OS) runs.
+    pub fn current() -> Int8Kernel {
+        Int8Kernel::ALL
+            .into_iter()
+            .find(|k| k.is_supported())
+            .unwrap_or(Int8Kernel::Dequantized)
+    }
+
+    /// Whether this CPU (and OS) can run the kernel.
+    pub fn is_supported(self) -> bool {
+        match self {
+            #[cfg(target_arch = "x86_64")]
+            Int8Kernel::Amx => crate::amx::available_int8() && native_available(),
+            #[cfg(not(target_arch = "x86_64"))]
+            Int8Kernel::Amx => false,
+            Int8Kernel::Vnni => native_available(),
+            Int8Kernel::Dequantized => true,
+        }
+    }
+
+    /// Its name, for reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Int8Kernel::Amx => "amx",
+            Int8Kernel::Vnni => "vnni",
+            Int8Kernel::Dequantized => "dequantized",
+        }
+    }
+}
+
+/// [`matmul`] on a borrowed weight: nothing of the weight is copied (the native paths pack a
+/// few 32-column panels at a time per thread; the portable path dequantises it to f32).
 ///
 /// # Panics
 /// If `x.len() != m * k`, `out.len() != m * n` or `k > MAX_K`.
 pub fn matmul_view(x: &[f32], m: usize, w: QuantizedView<'_>, out: &mut [f32]) {
+    matmul_view_with(Int8Kernel::current(), x, m, w, out);
+}
+
+/// [`matmul_view`] on a given kernel; one the CPU does not run (or, for AMX, a weight whose
+/// scale blocks it cannot take) falls back to the next one.
+///
+/// # Panics
+/// As [`matmul_view`].
+pub fn matmul_view_with(
+    kernel: Int8Kernel,
+    x: &[f32],
+    m: usize,
+    w: QuantizedView<'_>,
+    out: &mut [f32],
+) {
     check(x, m, w, out);
     if m == 0 || w.n == 0 {
         return;
@@ -245,12 +309,27 @@ pub fn matmul_view(x: &[f32], m: usize, w: QuantizedView<'_>, out: &mut [f32]) {
         out.fill(0.0);
         return;
     }
-    // Groups of four rows must not straddle two scale blocks.
     #[cfg(target_arch = "x86_64")]
-    if native_available() && (w.block.is_multiple_of(4) || w.block >= w.k) {
-        // SAFETY: the CPU has the features the kernel is compiled for (checked above).
-        unsafe { matmul_native(x, m, w, out) };
-        return;
+    {
+        // AMX steps cover 64 rows: a scale block must hold whole steps.
+        let whole = w.block >= w.k;
+        if kernel == Int8Kernel::Amx
+            && Int8Kernel::Amx.is_supported()
+            && (whole || w.block.is_multiple_of(64))
+        {
+            // SAFETY: the CPU runs AMX int8 tiles and AVX512-VNNI (checked above).
+            unsafe { matmul_amx(x, m, w, out) };
+            return;
+        }
+        // Groups of four rows must not straddle two scale blocks.
+        if kernel != Int8Kernel::Dequantized
+            && native_available()
+            && (w.block.is_multiple_of(4) || whole)
+        {
+            // SAFETY: the CPU has the features the kernel is compiled for (checked above).
+            unsafe { matmul_native(x, m, w, out) };
+            return;
+        }
     }
     dequantized(x, m, w, out);
 }
@@ -344,24 +423,8 @@ unsafe fn matmul_native(x: &[f32], m: usize, w: QuantizedView<'_>, out: &mut [f3
         |(b, colsum), panel| {
             let c0 = panel * NR;
             let width = NR.min(n - c0);
-            colsum.fill(0);
-            for (g, lanes) in b.chunks_mut(NR).enumerate() {
-                let sums = &mut colsum[(g / block_groups) * NR..][..NR];
-                for (j, lane) in lanes.iter_mut().enumerate() {
-                    let mut bytes = [0u8; 4];
-                    if j < width {
-                        for (i, byte) in bytes.iter_mut().enumerate() {
-                            let r = 4 * g + i;
-                            if r < k {
-                                let v = w.q[r * n + c0 + j];
-                                sums[j] += v as i32;
-                                *byte = v as u8;
-                            }
-                        }
-                    }
-                    *lane = u32::from_le_bytes(bytes);
-                }
-            }
+            // SAFETY: same features as the caller; one panel of `groups` rows.
+            unsafe { native::pack_panels(w, c0, 1, groups, block_groups, b, colsum) };
             let mut r = 0;
             while r < m {
                 let rows = MR.min(m - r);
@@ -375,13 +438,8 @@ unsafe fn matmul_native(x: &[f32], m: usize, w: QuantizedView<'_>, out: &mut [f3
                     unsafe { native::tile(x_rows, rows, groups, g0, g1, b, &mut tile) };
                     let sums = &colsum[blk * NR..][..NR];
                     let scale = &w.scale[blk * n + c0..][..width];
-                    for i in 0..rows {
-                        let sa = xs[r + i];
-                        for j in 0..width {
-                            let exact = tile[i * NR + j] - 128 * sums[j];
-                            acc[i * NR + j] += exact as f32 * sa * scale[j];
-                        }
-                    }
+                    // SAFETY: same features as the caller; `rows` rows of NR in both tiles.
+                    unsafe { native::rescale(&tile, sums, scale, &xs[r..r + rows], &mut acc) };
                 }
                 for i in 0..rows {
                     // SAFETY: row r+i, columns c0..c0+width of `out`, written by this task only.
@@ -394,6 +452,102 @@ unsafe fn matmul_native(x: &[f32], m: usize, w: QuantizedView<'_>, out: &mut [f3
             }
         },
     );
+}
+
+/// Output column panels per AMX task (packed once, every 32-row block of activations run over
+/// them).
+#[cfg(target_arch = "x86_64")]
+const AMX_GROUP: usize = 4;
+
+/// The AMX path: the activations quantised per row as for VNNI (rows padded to 32, groups of
+/// four to 16 words with the zero activation, byte 128); per group of column panels (one task)
+/// the weight packed as for VNNI (padding rows zero) with its column sums per scale block, then
+/// 32 x 32 blocks of `tdpbusd` per scale block, rescaled exactly as the VNNI path does (so the
+/// two give the same floats).
+///
+/// # Safety
+/// The CPU must run AMX int8 tiles and AVX512-VNNI; `w.block >= w.k` or a multiple of 64.
+#[cfg(target_arch = "x86_64")]
+unsafe fn matmul_amx(x: &[f32], m: usize, w: QuantizedView<'_>, out: &mut [f32]) {
+    use crate::amx;
+    let (k, n) = (w.k, w.n);
+    let groups = k.div_ceil(4);
+    let gp = groups.next_multiple_of(amx::PAIRS);
+    let mp = m.next_multiple_of(amx::BLOCK);
+    let mut xa = vec![0x8080_8080u32; mp * gp];
+    let mut xs = vec![0f32; m];
+    xa.par_chunks_mut(gp)
+        .zip(xs.par_iter_mut())
+        .zip(x.par_chunks(k))
+        .for_each(|((dst, s), src)| *s = quantize_row(src, &mut dst[..groups]));
+    // Scale blocks in groups of four rows (one block for all when it covers k).
+    let block_groups = if w.block >= k { gp } else { w.block / 4 };
+    let blocks = gp.div_ceil(block_groups);
+    let panels = n.div_ceil(NR);
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    let (xa, xs) = (&xa, &xs);
+    (0..panels.div_ceil(AMX_GROUP))
+        .into_par_iter()
+        .for_each_init(
+            || {
+                (
+                    vec![0u32; AMX_GROUP * gp * NR],
+                    vec![0i32; AMX_GROUP * blocks * NR],
+                )
+            },
+            |(b, colsum), group| {
+                let first = group * AMX_GROUP;
+                let count = AMX_GROUP.min(panels - first);
+                // SAFETY: AVX512-VNNI (caller); `b` and `colsum` hold AMX_GROUP panels.
+                unsafe { native::pack_panels(w, first * NR, count, gp, block_groups, b, colsum) };
+                // SAFETY: AMX is available (caller); this task uses the tiles only through `tiles`.
+                let mut tiles = unsafe { amx::Tiles::new() };
+                let mut sums = [0i32; amx::BLOCK * amx::BLOCK];
+                let mut acc = [0f32; amx::BLOCK * NR];
+                for r in (0..m).step_by(amx::BLOCK) {
+                    let rows = amx::BLOCK.min(m - r);
+                    for q in 0..count {
+                        let c0 = (first + q) * NR;
+                        let width = NR.min(n - c0);
+                        let panel = &b[q * gp * NR..][..gp * NR];
+                        acc.fill(0.0);
+                        for blk in 0..blocks {
+                            let (g0, g1) = (blk * block_groups, ((blk + 1) * block_groups).min(gp));
+                            tiles.zero();
+                            // SAFETY: 32 rows of `gp` words from row r of `xa` (padded to `mp`
+                            // rows); rows g0..g1 of 32 words in the panel; g1 - g0 a multiple of 16.
+                            unsafe {
+                                tiles.accumulate_u8i8(
+                                    xa[r * gp + g0..].as_ptr() as *const u8,
+                                    gp * 4,
+                                    panel[g0 * NR..].as_ptr() as *const u8,
+                                    NR * 4,
+                                    (g1 - g0) / amx::PAIRS,
+                                );
+                            }
+                            tiles.store_i32(&mut sums);
+                            let col = &colsum[(q * blocks + blk) * NR..][..NR];
+                            let scale = &w.scale[blk * n + c0..][..width];
+                            // SAFETY: AVX512-F (caller); `rows` rows of NR (= amx::BLOCK).
+                            unsafe {
+                                native::rescale(&sums, col, scale, &xs[r..r + rows], &mut acc)
+                            };
+                        }
+                        for i in 0..rows {
+                            // SAFETY: row r+i, columns c0..c0+width of `out`, written by this task
+                            // only.
+                            let dst = unsafe {
+                                std::slice::from_raw_parts_mut(
+                                    out_ptr.get().add((r + i) * n + c0),
+                                    width,
+                                )
+                            };
+                            dst.copy_from_slice(&acc[i * NR..i * NR + width]);
+                        }
+                    }
+                }
+            },
+        );
 }
 
 /// `x · w + bias` for a weight quantised with [`quantize_weight`], on burn tensors (any leading
@@ -463,8 +617,131 @@ impl SendPtr {
 
 #[cfg(target_arch = "x86_64")]
 mod native {
-    use super::{MR, NR};
+    use super::{MR, NR, QuantizedView};
     use std::arch::x86_64::*;
+
+    /// Packs the weight's columns `c0..c0 + 32 * count` into `count` panels of `rows` rows of
+    /// 32 words (`b`): word `j` of row `g` of panel `q` holds `q[4g..4g + 4, c0 + 32q + j]`
+    /// (zero past `k` and past the last column), and `colsum[(q * blocks + blk) * 32 + j]` the
+    /// column's sum over the rows of scale block `blk` (`block_groups` groups each). Rows are
+    /// the outer loop, so the weight is read row by row; full panels are built from four
+    /// 32-byte row loads with zero-extensions and shifts, the sums by `vpdpbusd` with ones.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub(super) unsafe fn pack_panels(
+        w: QuantizedView<'_>,
+        c0: usize,
+        count: usize,
+        rows: usize,
+        block_groups: usize,
+        b: &mut [u32],
+        colsum: &mut [i32],
+    ) {
+        let (k, n) = (w.k, w.n);
+        let blocks = rows.div_ceil(block_groups);
+        colsum[..count * blocks * NR].fill(0);
+        let ones = _mm512_set1_epi32(0x0101_0101);
+        for g in 0..rows {
+            let blk = g / block_groups;
+            for q in 0..count {
+                let c = c0 + q * NR;
+                let width = NR.min(n - c);
+                let lanes = &mut b[(q * rows + g) * NR..][..NR];
+                let sums = &mut colsum[(q * blocks + blk) * NR..][..NR];
+                if 4 * g + 3 < k && width == NR {
+                    // SAFETY: rows 4g..4g+4 have 32 values from column c; 32 words in `lanes`
+                    // and 32 sums.
+                    unsafe {
+                        let row = |i: usize| w.q[(4 * g + i) * n + c..].as_ptr();
+                        let mut halves = [_mm512_setzero_si512(); 2];
+                        for (h, word) in halves.iter_mut().enumerate() {
+                            for i in 0..4 {
+                                let bytes = _mm_loadu_si128(row(i).add(16 * h) as *const _);
+                                let wide = _mm512_cvtepu8_epi32(bytes);
+                                let shifted = match i {
+                                    0 => wide,
+                                    1 => _mm512_slli_epi32::<8>(wide),
+                                    2 => _mm512_slli_epi32::<16>(wide),
+                                    _ => _mm512_slli_epi32::<24>(wide),
+                                };
+                                *word = _mm512_or_si512(*word, shifted);
+                            }
+                            let out = lanes.as_mut_ptr().add(16 * h);
+                            _mm512_storeu_si512(out as *mut _, *word);
+                            let total = sums.as_mut_ptr().add(16 * h);
+                            let s = _mm512_loadu_si512(total as *const _);
+                            _mm512_storeu_si512(
+                                total as *mut _,
+                                _mm512_dpbusd_epi32(s, ones, *word),
+                            );
+                        }
+                    }
+                    continue;
+                }
+                for (j, lane) in lanes.iter_mut().enumerate() {
+                    let mut bytes = [0u8; 4];
+                    if j < width {
+                        for (i, byte) in bytes.iter_mut().enumerate() {
+                            let r = 4 * g + i;
+                            if r < k {
+                                let v = w.q[r * n + c + j];
+                                sums[j] += v as i32;
+                                *byte = v as u8;
+                            }
+                        }
+                    }
+                    *lane = u32::from_le_bytes(bytes);
+                }
+            }
+        }
+    }
+
+    /// `acc[i, j] += ((sums[i, j] - 128 colsum[j]) as f32 · row_scale[i]) · scale[j]` for the
+    /// `row_scale.len()` rows and the `scale.len()` (<= 32) columns of a 32-column tile (rows
+    /// 32 apart in `sums` and `acc`): the exact integer sums of one scale block turned into
+    /// floats, in the same order of operations on every path (so AMX and VNNI agree bit for
+    /// bit); columns past `scale.len()` get zero.
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn rescale(
+        sums: &[i32],
+        colsum: &[i32],
+        scale: &[f32],
+        row_scale: &[f32],
+        acc: &mut [f32],
+    ) {
+        let mut padded = [0f32; NR];
+        padded[..scale.len()].copy_from_slice(scale);
+        debug_assert!(colsum.len() >= NR && sums.len() >= row_scale.len() * NR);
+        debug_assert!(acc.len() >= row_scale.len() * NR);
+        // SAFETY: 32 values in `padded` and `colsum`; `row_scale.len()` rows of 32 in `sums`
+        // and `acc` (checked above in debug builds, guaranteed by the callers).
+        unsafe {
+            let excess = [
+                _mm512_mullo_epi32(
+                    _mm512_set1_epi32(128),
+                    _mm512_loadu_si512(colsum.as_ptr() as *const _),
+                ),
+                _mm512_mullo_epi32(
+                    _mm512_set1_epi32(128),
+                    _mm512_loadu_si512(colsum.as_ptr().add(16) as *const _),
+                ),
+            ];
+            let cols = [
+                _mm512_loadu_ps(padded.as_ptr()),
+                _mm512_loadu_ps(padded.as_ptr().add(16)),
+            ];
+            for (i, &sa) in row_scale.iter().enumerate() {
+                let sa = _mm512_set1_ps(sa);
+                for h in 0..2 {
+                    let at = i * NR + 16 * h;
+                    let raw = _mm512_loadu_si512(sums.as_ptr().add(at) as *const _);
+                    let exact = _mm512_cvtepi32_ps(_mm512_sub_epi32(raw, excess[h]));
+                    let term = _mm512_mul_ps(_mm512_mul_ps(exact, sa), cols[h]);
+                    let out = acc.as_mut_ptr().add(at);
+                    _mm512_storeu_ps(out, _mm512_add_ps(_mm512_loadu_ps(out), term));
+                }
+            }
+        }
+    }
 
     /// `tile[i, j] = Σ_{g0<=g<g1} Σ_{t<4} xa[i, g].byte(t) · b[g, j].byte(t)` (u8 x i8 into i32) for
     /// `rows` (<= MR) rows and one 32-column panel.

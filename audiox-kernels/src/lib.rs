@@ -15,7 +15,7 @@
 //!   convolutions take a kernel held in bf16 the same way.
 //! * [`int8`]: a matrix product with an int8 weight (per-output-channel scales, a quarter of
 //!   the memory), on integer dot products with activations quantised per token where the CPU
-//!   has AVX512-VNNI.
+//!   has AVX512-VNNI, on AMX int8 tiles where it has those too.
 //! * [`attention`]: softmax attention without mask, one head per task (two GEMMs and a
 //!   vectorised softmax in cache); the DiT's 64 heads of 24 are slow in burn's generic path.
 //!

@@ -3,8 +3,8 @@
 //! product within the quantisation error, shapes at every packing edge.
 
 use audiox_kernels::int8::{
-    QuantizedView, QuantizedWeight, linear, linear_view, matmul, matmul_dequantized, matmul_view,
-    native_available, quantize_weight, quantize_weight_blocked,
+    Int8Kernel, QuantizedView, QuantizedWeight, linear, linear_view, matmul, matmul_dequantized,
+    matmul_view, matmul_view_with, native_available, quantize_weight, quantize_weight_blocked,
 };
 
 fn values(len: usize, seed: u64) -> Vec<f32> {
@@ -111,6 +111,53 @@ fn native_path_is_exact_on_the_quantised_operands() {
         let want = reference(&fake_quantized_rows(&x, k), &wq, m, k, n);
         let err = worst(&out, &want, &magnitude(&x, &w, m, k, n));
         assert!(err < 1e-5, "[{m},{k}]x[{k},{n}]: {err}");
+    }
+}
+
+/// AMX and VNNI compute the same exact integer sums and rescale them the same way: where the
+/// CPU runs both, their floats are identical, for one scale block per column and for blocks
+/// of 64 and 192 rows (the DiT's), at sizes off every tile edge; both match the integer
+/// reference.
+#[test]
+fn amx_and_vnni_give_the_same_floats() {
+    if !Int8Kernel::Amx.is_supported() {
+        eprintln!(
+            "no AMX int8 here (kernel: {})",
+            Int8Kernel::current().name()
+        );
+        return;
+    }
+    for &(m, k, n, block) in &[
+        (1, 1, 1, 0),
+        (9, 65, 33, 0),
+        (33, 130, 95, 0),
+        (70, 257, 64, 0),
+        (40, 256, 96, 64),
+        (37, 576, 70, 192),
+        (65, 1536, 129, 192),
+    ] {
+        let x = values(m * k, m as u64 + 5);
+        let w = values(k * n, (k * 7 + n) as u64);
+        let q = if block == 0 {
+            quantize_weight(&w, k, n)
+        } else {
+            quantize_weight_blocked(&w, k, n, block)
+        };
+        let run = |kernel| {
+            let mut out = vec![f32::NAN; m * n];
+            matmul_view_with(kernel, &x, m, q.view(), &mut out);
+            out
+        };
+        let amx = run(Int8Kernel::Amx);
+        assert_eq!(
+            amx,
+            run(Int8Kernel::Vnni),
+            "[{m},{k}]x[{k},{n}] block {block}"
+        );
+        let wq: Vec<f64> = q.to_f32().iter().map(|&v| v as f64).collect();
+        let want = reference(&fake_quantized_rows(&x, k), &wq, m, k, n);
+        let err = worst(&amx, &want, &magnitude(&x, &w, m, k, n));
+        assert!(err < 1e-5, "[{m},{k}]x[{k},{n}] block {block}: {err}");
     }
 }
 
