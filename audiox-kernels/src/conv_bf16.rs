@@ -1,11 +1,12 @@
-//! Convolutions over time with the kernel held in bf16, on the CPU's native bf16 dot products
-//! (AVX512-BF16 `vdpbf16ps`: two products per 32-bit lane, summed in f32).
+//! Convolutions over time with the kernel held in bf16, on the CPU's native bf16 products: Intel
+//! AMX tiles, or AVX512-BF16 `vdpbf16ps` (two products per 32-bit lane, summed in f32), as
+//! [`Bf16Kernel::current`] chooses.
 //!
 //! The same shifted-GEMM view as the f32 convolutions (`conv.rs`): output column `c` of a
 //! stride-1 `conv1d` is `bias + sum_j W_j x[:, c + j * dilation - padding]`. Here every tap is
-//! summed inside one register tile (8 output channels x 32 output columns) before the tile is
-//! written, so each output element is one f32 sum in a fixed order (taps, then input-channel
-//! pairs): the result does not depend on the thread count.
+//! summed inside one output tile (AVX512-BF16: a register tile of 8 output channels x 32 output
+//! columns) before the tile is written, so each output element is one f32 sum in a fixed order
+//! (taps, then input-channel pairs): the result does not depend on the thread count.
 //!
 //! Operand layouts, both in pairs of input channels (`vdpbf16ps` multiplies the two bf16 halves
 //! of a 32-bit lane with the two halves of the other operand's lane and adds both products):
