@@ -136,7 +136,7 @@ struct Args {
     device: String,
     /// Precision. On the CPU, how the weights are held: `f32` (the default; the reference),
     /// `bf16` or `int8` (the diffusion transformer in int8, the conditioners in bf16); products
-    /// on the CPU's bf16 / int8 dot products where it has AVX512-BF16 / VNNI, on the widened
+    /// on the CPU's AMX tiles or bf16 / int8 dot products where it has them, on the widened
     /// weight in f32 elsewhere (docs/guide.md, "Precision"). On a GPU device, the float type it
     /// computes in: `f32`, `f16` or `bf16` (where it does), or `int8` (f32 compute, int8 weights).
     #[arg(long, default_value = "f32")]

@@ -2,10 +2,10 @@
 //! reference), bf16, or int8 with per-output-channel block scales.
 //!
 //! A reduced weight is multiplied by `audiox_kernels::bf16` / `audiox_kernels::int8`
-//! ([`linear`], [`matmul_weight`]): native AVX512-BF16 / AVX512-VNNI dot products where the CPU
-//! has them, else the weight widened to f32 just before its product (one transient f32 copy of
-//! one weight at a time, [`widen`]). Resident memory of a converted weight is half (bf16) or
-//! about a quarter (int8) of f32.
+//! ([`linear`], [`matmul_weight`]): Intel AMX tiles, AVX512-BF16 (on AMD) or AVX512-VNNI dot
+//! products where the CPU has them, else the weight widened to f32 just before its product
+//! (one transient f32 copy of one weight at a time, [`widen`]). Resident memory of a converted
+//! weight is half (bf16) or about a quarter (int8) of f32.
 //!
 //! Which parameters are converted ([`held_as`]), in the components the caller asks for (see
 //! [`crate::weights::WeightSource::with_precision`]):
@@ -223,12 +223,12 @@ pub fn linear<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> {
 ///
 /// * f32 weight: burn's `linear` on the weight as it is (exactly what the model computed
 ///   before weight precisions existed);
-/// * bf16 weight: `audiox_kernels::bf16` (native AVX512-BF16 dot products where the CPU has
-///   them: the activations are rounded to bf16 too, sums in f32; elsewhere the weight widened
-///   to f32 and the f32 GEMM);
-/// * int8 weight: `audiox_kernels::int8` (AVX512-VNNI integer dot products with the activations
-///   quantised per token where the CPU has them; elsewhere the weight dequantised to f32 and the
-///   f32 GEMM);
+/// * bf16 weight: `audiox_kernels::bf16` (AMX tiles or, on AMD, AVX512-BF16 dot products where
+///   the CPU has them: the activations are rounded to bf16 too, sums in f32; elsewhere the
+///   weight widened to f32 and the f32 GEMM);
+/// * int8 weight: `audiox_kernels::int8` (AMX int8 tiles or AVX512-VNNI integer dot products
+///   with the activations quantised per token where the CPU has them; elsewhere the weight
+///   dequantised to f32 and the f32 GEMM);
 ///
 /// and, where a kernel does not apply (another backend, a strided input), the weight widened to
 /// f32 ([`widen`]) and burn's `linear`.
@@ -515,9 +515,9 @@ fn dequantize_int8<const D: usize>(w: Tensor<D>, scheme: QuantScheme) -> Tensor<
 }
 
 /// Converts the matmul weights of an in-memory `module` to `precision` and its convolution
-/// kernels as [`held_as`] says. Loading with [`crate::weights::WeightSource::with_precision`] does the same
-/// one tensor at a time; this is for models built in memory (random weights, tests), and
-/// briefly holds both copies of one weight.
+/// kernels as [`held_as`] says. Loading with [`crate::weights::WeightSource::with_precision`]
+/// does the same one tensor at a time; this is for models built in memory (random weights,
+/// tests), and briefly holds both copies of one weight.
 pub fn convert_module<M: Module>(module: M, precision: WeightPrecision) -> M {
     if precision == WeightPrecision::F32 {
         return module;

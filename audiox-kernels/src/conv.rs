@@ -322,7 +322,8 @@ fn conv1d_bf16_native(
     });
     let accumulate = residual.is_some();
     let mut dest = Destination::new(residual.take(), b * cout * tout);
-    // SAFETY: AVX512-BF16 checked by `native_bf16`; the sizes were checked above.
+    // SAFETY: `native_bf16` returned a kernel this CPU runs (`Bf16Kernel::current`); the
+    // sizes were checked above.
     unsafe {
         crate::conv_bf16::conv1d(
             kernel,
@@ -363,7 +364,8 @@ fn conv_transpose1d_bf16_native(
         return None;
     }
     let mut out = vec![0.0f32; b * cout * tout];
-    // SAFETY: AVX512-BF16 checked by `native_bf16`; the sizes were checked above.
+    // SAFETY: `native_bf16` returned a kernel this CPU runs (`Bf16Kernel::current`); the
+    // sizes were checked above.
     unsafe {
         crate::conv_bf16::conv_transpose1d(
             kernel,

@@ -429,17 +429,18 @@ impl AudioXBuilder {
     ///
     /// * `Bf16`: the linear and token-convolution weights of the diffusion transformer, the
     ///   MAF block, T5, CLIP and the video conditioner in bfloat16 (half their memory),
-    ///   multiplied on native bf16 dot products where the CPU has AVX512-BF16 (activations
-    ///   rounded to bf16, sums in f32), else widened to f32 for each product.
+    ///   multiplied on Intel AMX tiles or (on AMD) AVX512-BF16 dot products where the CPU has
+    ///   them (activations rounded to bf16, sums in f32), else widened to f32 for each product
+    ///   (`audiox_kernels::bf16::Bf16Kernel` documents the choice).
     /// * `Int8`: the diffusion transformer's linear and token-convolution weights in int8 with
     ///   one f32 scale per output channel and block of up to 255 input rows (about a quarter of
-    ///   their f32 memory), multiplied on AVX512-VNNI integer dot products where the CPU has
-    ///   them (activations quantised per token), else dequantised to f32 for each product; the
-    ///   others as with `Bf16`.
+    ///   their f32 memory), multiplied on AMX int8 tiles or AVX512-VNNI integer dot products
+    ///   where the CPU has them (activations quantised per token; the two give the same
+    ///   floats), else dequantised to f32 for each product; the others as with `Bf16`.
     ///
     /// Under either reduced precision the VAE decoder's convolution kernels are held in bf16
-    /// too, and run on native bf16 dot products where the CPU has AVX512-BF16 (activations
-    /// rounded to bf16, sums in f32; else widened to f32 per convolution). Biases, norms,
+    /// too, and run on the same native bf16 kernel (activations rounded to bf16, sums in f32;
+    /// else widened to f32 per convolution). Biases, norms,
     /// embeddings, the audio-prompt encoder and the Synchformer stay f32. Each weight is
     /// converted as it is read, so loading never holds an f32 copy of the whole model. The
     /// error of each choice against f32 is measured in `docs/performance.md` ("Precision").
