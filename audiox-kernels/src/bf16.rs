@@ -7,8 +7,9 @@
 //!   per instruction; the activations are rounded to bf16 (to nearest even), sums in f32.
 //! * **AVX512-BF16** (`vdpbf16ps`, chosen on AMD CPUs that have it): the activations rounded the
 //!   same way, every pair of products accumulated in f32. On Zen 5 it runs at 1.6x the f32 GEMM;
-//!   on the Intel Xeon we measured it runs at half the f32 GEMM's rate (two products per lane,
-//!   but at half the issue rate of FMA), so Intel CPUs without AMX take the widened path.
+//!   on the Intel Xeon we measured it runs at half the f32 GEMM's rate (measured; the cause,
+//!   presumably a lower issue rate than FMA, was not examined), so Intel CPUs without AMX take
+//!   the widened path.
 //! * **Widened** (every other CPU): the weight widened back to f32 for the product and
 //!   multiplied by the `gemm` crate at the full f32 precision of the activations, so the paths
 //!   differ by the rounding of the activations only.
