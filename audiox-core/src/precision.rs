@@ -159,6 +159,19 @@ pub fn held_as(
     }
 }
 
+/// A matmul weight laid out the way this CPU's kernel for its precision reads it fastest: a
+/// bf16 weight is held transposed (stored `[n, k]`, a strided view of the same `[.., n]`
+/// tensor) where the process's bf16 kernel is AMX and the sizes are multiples of 32
+/// (`audiox_kernels::bf16::hold_transposed`); anything else is returned as it is. The values
+/// do not change, only where they lie: burn reads the view as any other tensor.
+pub fn for_products<const D: usize>(w: Tensor<D>) -> Tensor<D> {
+    if w.dtype() == DType::BF16 {
+        audiox_kernels::bf16::hold_transposed(w)
+    } else {
+        w
+    }
+}
+
 /// The precision a tensor is held in (`F32` for any other float type).
 pub fn held_precision<const D: usize>(t: &Tensor<D>) -> WeightPrecision {
     match t.dtype() {
@@ -245,11 +258,10 @@ pub fn matmul_weight<const D: usize, const W: usize>(
     let bias = bias.map(|b| weight_as(b, dtype));
     match w.dtype() {
         DType::BF16 => {
-            let w: Tensor<2> = w.reshape([k, n]);
             if let Some(out) = audiox_kernels::bf16::linear(&x, &w, bias.as_ref()) {
                 return out;
             }
-            burn::tensor::module::linear(x, weight_as(w, dtype), bias)
+            burn::tensor::module::linear(x, weight_as(w, dtype).reshape([k, n]), bias)
         }
         DType::QFloat(scheme) => {
             let bias_values = bias.clone().map(|b| crate::tensor::to_vec(widen(b)));
@@ -568,7 +580,11 @@ impl ModuleMapper for Converter {
         if precision == WeightPrecision::F32 {
             return param;
         }
-        param.map(|t| reduce(widen(t), precision))
+        let matmul = is_matmul_weight(owner_type(&self.owners), &self.path.join("."), D);
+        param.map(|t| {
+            let held = reduce(widen(t), precision);
+            if matmul { for_products(held) } else { held }
+        })
     }
 }
 

@@ -57,6 +57,16 @@ fn only_matmul_weights_are_converted_and_match_an_in_memory_conversion() {
             layer.self_attn.out_proj.weight.val(),
         ] {
             assert_eq!(held_precision(&w), p);
+            if p == WeightPrecision::Bf16 {
+                // Held transposed where this CPU's bf16 kernel (AMX) reads it fastest.
+                let [k, n] = w.dims();
+                let flex = w.try_into_primitive::<burn::backend::Flex>().unwrap();
+                assert_eq!(
+                    flex.is_contiguous(),
+                    !audiox_kernels::bf16::prefers_transposed(k, n),
+                    "[{k}, {n}]"
+                );
+            }
         }
         // Biases and norms stay f32.
         assert_eq!(

@@ -13,7 +13,9 @@
 
 use std::time::Instant;
 
-use audiox_kernels::bf16::{Bf16Kernel, matmul_widened, matmul_with};
+use audiox_kernels::bf16::{
+    Bf16Kernel, matmul_transposed_with, matmul_widened, matmul_with, prefers_transposed,
+};
 use audiox_kernels::int8::{Int8Kernel, matmul_view_with};
 use half::bf16;
 
@@ -76,9 +78,9 @@ fn main() {
         Int8Kernel::current().name()
     );
     println!(
-        "| shape [m,k]x[k,n] | f32 GFLOP/s | bf16 widened | bf16 AVX512-BF16 | bf16 AMX | best bf16 / f32 | int8 VNNI | int8 AMX | best int8 / f32 |"
+        "| shape [m,k]x[k,n] | f32 GFLOP/s | bf16 widened | bf16 AVX512-BF16 | bf16 AMX | bf16 AMX, weight transposed | best bf16 / f32 | int8 VNNI | int8 AMX | best int8 / f32 |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|");
     // 620 tokens (236 latent + 384 context); DiT width 1536, FFN hidden 4096, qkv 3x1536.
     for (m, k, n) in [
         (620, 1536, 4608),
@@ -86,6 +88,11 @@ fn main() {
         (620, 1536, 8192),
         (620, 4096, 1536),
         (1024, 2048, 2048),
+        // One DiT step of the student: 237 tokens; token convolutions read 3 taps.
+        (237, 1536, 4608),
+        (237, 4608, 1536),
+        (237, 4608, 4096),
+        (237, 12288, 1536),
     ] {
         let x = values(m * k, 1);
         let w = values(k * n, 2);
@@ -100,7 +107,17 @@ fn main() {
                 .then(|| flop / best(|| matmul_with(kernel, &x, m, &wh, k, n, &mut out)))
         };
         let (avx, amx) = (rate(Bf16Kernel::Avx512Bf16), rate(Bf16Kernel::Amx));
-        let top = [Some(wd), avx, amx]
+        // The weight held transposed ([n, k]), as the loader holds it for AMX.
+        let mut wt = vec![bf16::ZERO; k * n];
+        for r in 0..k {
+            for c in 0..n {
+                wt[c * k + r] = wh[r * n + c];
+            }
+        }
+        let amx_t = (Bf16Kernel::Amx.is_supported() && prefers_transposed(k, n)).then(|| {
+            flop / best(|| matmul_transposed_with(Bf16Kernel::Amx, &x, m, &wt, k, n, &mut out))
+        });
+        let top = [Some(wd), avx, amx, amx_t]
             .into_iter()
             .flatten()
             .fold(0.0, f64::max);
@@ -120,13 +137,59 @@ fn main() {
         let top8 = [vnni, amx8].into_iter().flatten().fold(0.0, f64::max);
         let show = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.0}"));
         println!(
-            "| [{m},{k}]x[{k},{n}] | {f:.0} | {wd:.0} | {} | {} | {:.2} | {} | {} | {:.2} |",
+            "| [{m},{k}]x[{k},{n}] | {f:.0} | {wd:.0} | {} | {} | {} | {:.2} | {} | {} | {:.2} |",
             show(avx),
             show(amx),
+            show(amx_t),
             top / f,
             show(vnni),
             show(amx8),
             top8 / f,
         );
+    }
+    // A DiT step reads 4.4 GB of bf16 weights once each: the rates above reuse one weight that
+    // may stay in the last-level cache between repetitions. Here every repetition multiplies
+    // another copy (at least 512 MiB of copies), so the weight comes from memory.
+    println!();
+    println!("| shape, weight from memory | bf16 AMX | bf16 AMX, weight transposed |");
+    println!("|---|---|---|");
+    for (m, k, n) in [
+        (237, 1536, 4608),
+        (237, 4608, 1536),
+        (237, 4608, 4096),
+        (237, 12288, 1536),
+    ] {
+        if !Bf16Kernel::Amx.is_supported() {
+            println!("(no AMX on this CPU)");
+            break;
+        }
+        let x = values(m * k, 1);
+        let wh: Vec<bf16> = values(k * n, 2)
+            .iter()
+            .map(|&v| bf16::from_f32(v))
+            .collect();
+        let mut wt = vec![bf16::ZERO; k * n];
+        for r in 0..k {
+            for c in 0..n {
+                wt[c * k + r] = wh[r * n + c];
+            }
+        }
+        let copies = (512usize << 20).div_ceil(k * n * 2).max(2);
+        let rows: Vec<Vec<bf16>> = (0..copies).map(|_| wh.clone()).collect();
+        let cols: Vec<Vec<bf16>> = (0..copies).map(|_| wt.clone()).collect();
+        let mut out = vec![0f32; m * n];
+        let flop = 2.0 * (m * k * n) as f64 / 1e9;
+        let mut i = 0;
+        let a = flop
+            / best(|| {
+                i += 1;
+                matmul_with(Bf16Kernel::Amx, &x, m, &rows[i % copies], k, n, &mut out)
+            });
+        let t = flop
+            / best(|| {
+                i += 1;
+                matmul_transposed_with(Bf16Kernel::Amx, &x, m, &cols[i % copies], k, n, &mut out)
+            });
+        println!("| [{m},{k}]x[{k},{n}] | {a:.0} | {t:.0} |");
     }
 }

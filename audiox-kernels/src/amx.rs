@@ -227,6 +227,29 @@ impl Tiles {
         }
     }
 
+    /// Loads the four accumulators from a 32 x 32 f32 block written by [`Tiles::store`], to go
+    /// on accumulating into it (a product whose reduction is split into chunks).
+    #[inline]
+    pub(crate) fn load(&mut self, block: &[f32; BLOCK * BLOCK]) {
+        let c = block.as_ptr();
+        // SAFETY: four 16 x 16 f32 tiles at rows 0/16 and columns 0/16 of the 32 x 32 buffer;
+        // the tiles are configured.
+        unsafe {
+            asm!(
+                "tileloadd tmm0, [{c00} + {ld}*1]",
+                "tileloadd tmm1, [{c01} + {ld}*1]",
+                "tileloadd tmm2, [{c10} + {ld}*1]",
+                "tileloadd tmm3, [{c11} + {ld}*1]",
+                c00 = in(reg) c,
+                c01 = in(reg) c.add(16),
+                c10 = in(reg) c.add(16 * BLOCK),
+                c11 = in(reg) c.add(16 * BLOCK + 16),
+                ld = in(reg) BLOCK * 4,
+                options(nostack, readonly),
+            );
+        }
+    }
+
     /// Writes the 32 x 32 f32 block to `out` (row-major, 32 floats per row).
     #[inline]
     pub(crate) fn store(&mut self, out: &mut [f32; BLOCK * BLOCK]) {

@@ -184,3 +184,116 @@ fn linear_on_burn_tensors_matches_the_slice_product_plus_bias() {
     let w32 = Tensor::<2>::from_data(TensorData::new(w, [k, n]), &device);
     assert!(audiox_kernels::bf16::linear(&xt, &w32, None).is_none());
 }
+
+/// `w` `[k, n]` row-major as `[n, k]` row-major.
+fn transposed(w: &[bf16], k: usize, n: usize) -> Vec<bf16> {
+    let mut t = vec![bf16::ZERO; k * n];
+    for r in 0..k {
+        for c in 0..n {
+            t[c * k + r] = w[r * n + c];
+        }
+    }
+    t
+}
+
+/// The weight given transposed gives exactly the row-major product of the same kernel: AMX
+/// multiplies it where it lies (sizes multiples of 32; the same tile steps in the same order,
+/// so bit for bit) or, for many tokens, packs it for its row-major tiles; every other kernel
+/// and size goes through a row-major copy.
+#[test]
+fn transposed_weight_gives_the_row_major_result_of_every_kernel() {
+    use audiox_kernels::bf16::{TRANSPOSED_MULTIPLE, matmul_transposed_with};
+    let t = TRANSPOSED_MULTIPLE;
+    // Tokens below, at and above the 32-row blocks; reductions of one, several and a partial
+    // chunk (the chunk is about 1,024 channels at 256 tokens, smaller for more tokens).
+    let shapes = [
+        (1, t, t),
+        (5, 2 * t, 3 * t),
+        (31, t, 2 * t),
+        (33, 5 * t, t),
+        (237, 48 * t, 2 * t),
+        (300, 40 * t, 5 * t),
+        // Above 512 tokens the transposed weight is packed for the row-major tiles.
+        (530, 2 * t, 3 * t),
+        (7, 33, 40), // not multiples of 32: the copy
+    ];
+    for kernel in Bf16Kernel::ALL {
+        if !kernel.is_supported() {
+            continue;
+        }
+        for &(m, k, n) in &shapes {
+            let x = values(m * k, m as u64 + 3);
+            let w = halves(&values(k * n, (k + 5 * n) as u64));
+            let mut want = vec![f32::NAN; m * n];
+            matmul_with(kernel, &x, m, &w, k, n, &mut want);
+            let mut got = vec![f32::NAN; m * n];
+            matmul_transposed_with(kernel, &x, m, &transposed(&w, k, n), k, n, &mut got);
+            assert_eq!(got, want, "{}: [{m},{k}]x[{k},{n}]", kernel.name());
+        }
+    }
+}
+
+#[test]
+fn transposed_product_does_not_depend_on_the_thread_count() {
+    let (m, k, n) = (70, 2048, 96);
+    let x = values(m * k, 5);
+    let wt = transposed(&halves(&values(k * n, 6)), k, n);
+    let run = |threads| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        let mut out = vec![0f32; m * n];
+        pool.install(|| audiox_kernels::bf16::matmul_transposed(&x, m, &wt, k, n, &mut out));
+        out
+    };
+    assert_eq!(run(1), run(3));
+}
+
+/// `hold_transposed` keeps the tensor's values (burn reads the strided view) and `linear` reads
+/// it in place, with the row-major weight's result; on a CPU whose kernel is not AMX, or sizes
+/// that are not multiples of 32, the weight is left as it was.
+#[test]
+fn a_weight_held_transposed_keeps_its_values_and_product() {
+    use audiox_kernels::bf16::{hold_transposed, linear, prefers_transposed};
+    use burn::tensor::{Device, FloatDType, Tensor, TensorData};
+    let device = Device::flex();
+    // A `TokenConv`-like kernel [taps, c_in, c_out] read as [taps * c_in, c_out], and a
+    // `Linear` weight whose sizes do not fit.
+    let (taps, c_in, n) = (3, 64, 96);
+    let k = taps * c_in;
+    let w = values(k * n, 11);
+    let held = Tensor::<3>::from_data(TensorData::new(w.clone(), [taps, c_in, n]), &device)
+        .cast(FloatDType::BF16);
+    let before = held.clone().into_data();
+    let moved = hold_transposed(held.clone());
+    assert_eq!(moved.dims(), [taps, c_in, n]);
+    assert_eq!(moved.clone().into_data(), before, "same values");
+    let flex = moved
+        .clone()
+        .try_into_primitive::<burn::backend::Flex>()
+        .unwrap();
+    // Stored [n, k] exactly where the kernel prefers it, row-major elsewhere.
+    assert_eq!(flex.is_contiguous(), !prefers_transposed(k, n));
+    let (m, bias) = (45, values(n, 12));
+    let x = Tensor::<2>::from_data(TensorData::new(values(m * k, 13), [m, k]), &device);
+    let b = Tensor::<1>::from_data(TensorData::new(bias, [n]), &device);
+    let want = linear(&x, &held, Some(&b)).expect("row-major bf16 weight");
+    let got = linear(&x, &moved, Some(&b)).expect("transposed bf16 weight");
+    assert_eq!(got.into_data(), want.into_data());
+    // burn's own operations read the view: a product through a widened copy agrees.
+    let wide = moved.cast(FloatDType::F32).reshape([k, n]);
+    let burn_product = x.matmul(wide).into_data().try_to_vec::<f32>().unwrap();
+    let rows = Tensor::<2>::from_data(TensorData::new(w, [k, n]), &device)
+        .cast(FloatDType::BF16)
+        .cast(FloatDType::F32);
+    let x2 = Tensor::<2>::from_data(TensorData::new(values(m * k, 13), [m, k]), &device);
+    let plain = x2.matmul(rows).into_data().try_to_vec::<f32>().unwrap();
+    assert_eq!(burn_product, plain);
+
+    let odd = Tensor::<2>::from_data(TensorData::new(values(33 * 40, 14), [33, 40]), &device)
+        .cast(FloatDType::BF16);
+    let same = hold_transposed(odd.clone());
+    assert_eq!(same.into_data(), odd.into_data());
+    assert!(!prefers_transposed(33, 40));
+}

@@ -15,7 +15,7 @@ use burn::nn::{Linear, LinearConfig};
 use burn::tensor::{Device, Tensor};
 
 use audiox_core::nn::{merge_heads, sdpa};
-use audiox_core::precision::{held_precision, linear, reduce, weight_as, widen};
+use audiox_core::precision::{for_products, held_precision, linear, reduce, weight_as, widen};
 use audiox_core::weights::{Layout, Source, Transform};
 
 use crate::rope::RotaryTable;
@@ -175,7 +175,7 @@ impl TimeCrossAttention {
             let weight = self.to_kv.weight.val();
             let precision = held_precision(&weight);
             let data = widen(weight).narrow(1, 0, e).into_data();
-            reduce(Tensor::<2>::from_data(data, &device), precision)
+            for_products(reduce(Tensor::<2>::from_data(data, &device), precision))
         } else {
             self.to_kv.weight.val() // already released
         };

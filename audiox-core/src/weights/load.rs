@@ -10,7 +10,7 @@ use super::layout::{Layout, Source, Transform};
 use super::params::param_specs;
 use super::state_dict::StateDict;
 use crate::error::{Error, Result};
-use crate::precision::{WeightPrecision, held_as, hold};
+use crate::precision::{WeightPrecision, for_products, held_as, hold, is_matmul_weight};
 
 /// The loading contract every model component follows: built from its own config type, its
 /// weights read from `sources` in the component's official names (each source looked up under
@@ -137,6 +137,8 @@ struct Found<'a> {
     keys: Vec<String>,
     /// How the parameter is held once computed.
     precision: WeightPrecision,
+    /// Whether it is a matmul weight (laid out for this CPU's products, [`for_products`]).
+    matmul: bool,
 }
 
 /// Loads `module`'s parameters from `sources` (later sources override earlier ones, per
@@ -210,6 +212,7 @@ pub fn load_module<M: Module>(
         // Only matmul weights (in `precision`) and convolution kernels (in bf16) are held in
         // a reduced precision.
         let precision = held_as(&spec.module, &spec.path, spec.shape.len(), precision);
+        let matmul = is_matmul_weight(&spec.module, &spec.path, spec.shape.len());
         plan.insert(
             spec.path.clone(),
             Found {
@@ -217,6 +220,7 @@ pub fn load_module<M: Module>(
                 dict,
                 keys,
                 precision,
+                matmul,
             },
         );
     }
@@ -335,7 +339,10 @@ impl ModuleMapper for Applier<'_> {
                 self.unreleased_bytes += values.len() * std::mem::size_of::<f32>();
                 // Converted here, one tensor at a time: the f32 `values` are this one
                 // parameter's reading buffer, dropped before the next is read.
-                let tensor = hold::<D>(values, shape, found.precision, &device);
+                let mut tensor = hold::<D>(values, shape, found.precision, &device);
+                if found.matmul {
+                    tensor = for_products(tensor);
+                }
                 // The freed reading buffers would otherwise stay resident (crate::memory).
                 if self.unreleased_bytes >= crate::memory::RELEASE_EVERY_BYTES {
                     crate::memory::release_freed();
