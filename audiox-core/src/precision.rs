@@ -427,6 +427,26 @@ pub fn hold<const D: usize>(
     }
 }
 
+/// [`hold`] for a matmul weight: laid out for this CPU's products as [`for_products`] would
+/// lay it out, but a bf16 weight held transposed is converted and transposed in one pass from
+/// `values` (no row-major bf16 copy in between: loading's peak stays the f32 reading buffer
+/// plus the held tensor).
+pub fn hold_matmul_weight<const D: usize>(
+    values: Vec<f32>,
+    shape: Vec<usize>,
+    precision: WeightPrecision,
+    device: &Device,
+) -> Tensor<D> {
+    if precision == WeightPrecision::Bf16
+        && let Ok(dims) = <[usize; D]>::try_from(shape.as_slice())
+        && dims.iter().product::<usize>() == values.len()
+        && let Some(held) = audiox_kernels::bf16::hold_transposed_from_f32(&values, dims, device)
+    {
+        return held;
+    }
+    for_products(hold(values, shape, precision, device))
+}
+
 /// Rows per scale block of an int8 weight with `rows` input rows: the largest divisor of
 /// `rows` that burn's block size (one byte per axis) can express, so each output channel gets
 /// as few scales as possible (one per 192 rows at width 1536, one per 128 at 4096).

@@ -280,17 +280,37 @@ fn a_weight_held_transposed_keeps_its_values_and_product() {
     let b = Tensor::<1>::from_data(TensorData::new(bias, [n]), &device);
     let want = linear(&x, &held, Some(&b)).expect("row-major bf16 weight");
     let got = linear(&x, &moved, Some(&b)).expect("transposed bf16 weight");
-    assert_eq!(got.into_data(), want.into_data());
+    assert_eq!(got.into_data(), want.clone().into_data());
     // burn's own operations read the view: a product through a widened copy agrees.
     let wide = moved.cast(FloatDType::F32).reshape([k, n]);
-    let burn_product = x.matmul(wide).into_data().try_to_vec::<f32>().unwrap();
-    let rows = Tensor::<2>::from_data(TensorData::new(w, [k, n]), &device)
+    let burn_product = x
+        .clone()
+        .matmul(wide)
+        .into_data()
+        .try_to_vec::<f32>()
+        .unwrap();
+    let rows = Tensor::<2>::from_data(TensorData::new(w.clone(), [k, n]), &device)
         .cast(FloatDType::BF16)
         .cast(FloatDType::F32);
     let x2 = Tensor::<2>::from_data(TensorData::new(values(m * k, 13), [m, k]), &device);
     let plain = x2.matmul(rows).into_data().try_to_vec::<f32>().unwrap();
     assert_eq!(burn_product, plain);
 
+    // Converted and transposed in one pass from f32: the same tensor, the same product.
+    match audiox_kernels::bf16::hold_transposed_from_f32(&w, [taps, c_in, n], &device) {
+        Some(direct) => {
+            assert!(prefers_transposed(k, n));
+            assert_eq!(direct.clone().into_data(), before);
+            let flex = direct
+                .clone()
+                .try_into_primitive::<burn::backend::Flex>()
+                .unwrap();
+            assert!(!flex.is_contiguous());
+            let again = linear(&x, &direct, Some(&b)).expect("transposed bf16 weight");
+            assert_eq!(again.into_data(), want.clone().into_data());
+        }
+        None => assert!(!prefers_transposed(k, n)),
+    }
     let odd = Tensor::<2>::from_data(TensorData::new(values(33 * 40, 14), [33, 40]), &device)
         .cast(FloatDType::BF16);
     let same = hold_transposed(odd.clone());

@@ -10,7 +10,7 @@ use super::layout::{Layout, Source, Transform};
 use super::params::param_specs;
 use super::state_dict::StateDict;
 use crate::error::{Error, Result};
-use crate::precision::{WeightPrecision, for_products, held_as, hold, is_matmul_weight};
+use crate::precision::{WeightPrecision, held_as, hold, hold_matmul_weight, is_matmul_weight};
 
 /// The loading contract every model component follows: built from its own config type, its
 /// weights read from `sources` in the component's official names (each source looked up under
@@ -137,7 +137,7 @@ struct Found<'a> {
     keys: Vec<String>,
     /// How the parameter is held once computed.
     precision: WeightPrecision,
-    /// Whether it is a matmul weight (laid out for this CPU's products, [`for_products`]).
+    /// Whether it is a matmul weight (laid out for this CPU's products, [`hold_matmul_weight`]).
     matmul: bool,
 }
 
@@ -339,10 +339,11 @@ impl ModuleMapper for Applier<'_> {
                 self.unreleased_bytes += values.len() * std::mem::size_of::<f32>();
                 // Converted here, one tensor at a time: the f32 `values` are this one
                 // parameter's reading buffer, dropped before the next is read.
-                let mut tensor = hold::<D>(values, shape, found.precision, &device);
-                if found.matmul {
-                    tensor = for_products(tensor);
-                }
+                let tensor = if found.matmul {
+                    hold_matmul_weight::<D>(values, shape, found.precision, &device)
+                } else {
+                    hold::<D>(values, shape, found.precision, &device)
+                };
                 // The freed reading buffers would otherwise stay resident (crate::memory).
                 if self.unreleased_bytes >= crate::memory::RELEASE_EVERY_BYTES {
                     crate::memory::release_freed();

@@ -18,7 +18,7 @@
 
 use burn::backend::Flex;
 use burn::backend::flex::{FlexTensor, Layout};
-use burn::tensor::{DType, Tensor, TensorData};
+use burn::tensor::{DType, Device, Tensor, TensorCreationOptions, TensorData};
 use half::bf16;
 use rayon::prelude::*;
 
@@ -104,6 +104,45 @@ pub fn hold_transposed<const W: usize>(w: Tensor<W>) -> Tensor<W> {
     Tensor::from_primitive::<Flex>(FlexTensor::new(bytes, layout, DType::BF16))
 }
 
+/// A matmul weight given as f32 `values` of shape `dims` (`[.., n]`, row-major, read as
+/// `[k, n]`), held in bf16 on `device`: transposed (stored `[n, k]`, converted and transposed in
+/// one pass, no row-major bf16 copy in between) when [`prefers_transposed`] says so, else
+/// `None` (the caller holds it row-major).
+///
+/// # Panics
+/// If `values.len()` is not the product of `dims`.
+pub fn hold_transposed_from_f32<const W: usize>(
+    values: &[f32],
+    dims: [usize; W],
+    device: &Device,
+) -> Option<Tensor<W>> {
+    if W < 2 {
+        return None;
+    }
+    let n = dims[W - 1];
+    let k: usize = dims[..W - 1].iter().product();
+    assert_eq!(values.len(), k * n, "{} values for {dims:?}", values.len());
+    if !prefers_transposed(k, n) {
+        return None;
+    }
+    let mut wt = vec![bf16::ZERO; k * n];
+    transpose_map(values, k, n, &mut wt, bf16::from_f32);
+    // Stored [n, d0, .., d_{W-2}], then the first axis moved last: the strided view
+    // `transposed_view` recognises.
+    let mut stored = [0usize; W];
+    stored[0] = n;
+    stored[1..].copy_from_slice(&dims[..W - 1]);
+    let mut axes = [0usize; W];
+    for (i, a) in axes.iter_mut().enumerate() {
+        *a = (i + 1) % W;
+    }
+    let held = Tensor::<W>::from_data(
+        TensorData::new(wt, stored),
+        TensorCreationOptions::new(device.clone()).with_dtype(DType::BF16),
+    );
+    Some(held.permute(axes))
+}
+
 /// The `[n, k]` buffer of a bf16 weight held transposed ([`hold_transposed`]), or `None` for
 /// any other layout, dtype or backend.
 pub(crate) fn transposed_view<const W: usize>(w: &Tensor<W>) -> Option<FlexTensor> {
@@ -128,20 +167,30 @@ pub(crate) fn transposed_view<const W: usize>(w: &Tensor<W>) -> Option<FlexTenso
     (flex.storage::<bf16>().len() >= k * dims[W - 1]).then_some(flex)
 }
 
-/// `dst[c * k + r] = src[r * n + c]`, in blocks of 32 x 32 on all cores.
+/// `dst[c * k + r] = src[r * n + c]`, 32 rows of `dst` per task.
 fn transpose(src: &[bf16], k: usize, n: usize, dst: &mut [bf16]) {
+    transpose_map(src, k, n, dst, |v| v);
+}
+
+/// `dst[c * k + r] = f(src[r * n + c])`, 32 rows of `dst` per task (each task reads 32
+/// contiguous values of every row of `src` and fills 32 rows of `dst` in step).
+fn transpose_map<S: Copy + Sync, D: Copy + Send>(
+    src: &[S],
+    k: usize,
+    n: usize,
+    dst: &mut [D],
+    f: impl Fn(S) -> D + Sync,
+) {
     const B: usize = 32;
     dst.par_chunks_mut(B * k)
         .enumerate()
         .for_each(|(block, rows)| {
             let c0 = block * B;
             let width = rows.len() / k;
-            for r0 in (0..k).step_by(B) {
-                for r in r0..(r0 + B).min(k) {
-                    let line = &src[r * n + c0..][..width];
-                    for (c, &v) in line.iter().enumerate() {
-                        rows[c * k + r] = v;
-                    }
+            for r in 0..k {
+                let line = &src[r * n + c0..][..width];
+                for (c, &v) in line.iter().enumerate() {
+                    rows[c * k + r] = f(v);
                 }
             }
         });
