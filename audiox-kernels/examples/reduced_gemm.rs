@@ -6,10 +6,13 @@
 //!
 //! For each shape: the f32 product (`gemm` crate, what burn's CPU backend runs), the bf16
 //! weight widened per product (the portable path), the AVX512-BF16 and AMX kernels (where the
-//! CPU has them), the int8 weight (scale blocks of 192 or 128 rows, as the DiT's) with per-token
+//! CPU has them; AMX also on the weight held transposed, as the loader holds it for AMX), the
+//! int8 weight (scale blocks of 192 or 128 rows, as the DiT's) with per-token
 //! activation quantisation on AVX512-VNNI and on AMX; best of five after a warm-up, GFLOP/s
 //! (int8: multiply-adds x 2 per second, as for the floats). The first line names the kernels
-//! the library chooses on this CPU.
+//! the library chooses on this CPU. A second table times the two AMX bf16 layouts on the
+//! student's shapes with the weight read from memory (each repetition on another copy), as in
+//! a DiT step.
 
 use std::time::Instant;
 
