@@ -106,8 +106,8 @@ pub fn hold_transposed<const W: usize>(w: Tensor<W>) -> Tensor<W> {
 
 /// A matmul weight given as f32 `values` of shape `dims` (`[.., n]`, row-major, read as
 /// `[k, n]`), held in bf16 on `device`: transposed (stored `[n, k]`, converted and transposed in
-/// one pass, no row-major bf16 copy in between) when [`prefers_transposed`] says so, else
-/// `None` (the caller holds it row-major).
+/// one pass, no row-major bf16 copy in between) when [`prefers_transposed`] says so and
+/// `device` is the CPU (flex) backend, else `None` (the caller holds it row-major).
 ///
 /// # Panics
 /// If `values.len()` is not the product of `dims`.
@@ -140,7 +140,10 @@ pub fn hold_transposed_from_f32<const W: usize>(
         TensorData::new(wt, stored),
         TensorCreationOptions::new(device.clone()).with_dtype(DType::BF16),
     );
-    Some(held.permute(axes))
+    let held = held.permute(axes);
+    // Only the CPU backend's kernels read the layout: on another device the weight is held
+    // row-major (the caller's path), as every device's products expect.
+    transposed_view(&held).is_some().then_some(held)
 }
 
 /// The `[n, k]` buffer of a bf16 weight held transposed ([`hold_transposed`]), or `None` for
