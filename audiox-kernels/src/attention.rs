@@ -113,11 +113,24 @@ unsafe impl Send for SendPtr {}
 
 fn softmax_row(row: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]
-    if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-        // SAFETY: the CPU supports the features the function is compiled for.
-        unsafe { softmax_row_avx2(row) };
-        return;
+    {
+        if std::is_x86_feature_detected!("avx512f") {
+            // SAFETY: the CPU supports the features the function is compiled for.
+            unsafe { softmax_row_avx512(row) };
+            return;
+        }
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU supports the features the function is compiled for.
+            unsafe { softmax_row_avx2(row) };
+            return;
+        }
     }
+    softmax_row_generic(row);
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx2,fma")]
+fn softmax_row_avx512(row: &mut [f32]) {
     softmax_row_generic(row);
 }
 
@@ -127,14 +140,39 @@ fn softmax_row_avx2(row: &mut [f32]) {
     softmax_row_generic(row);
 }
 
+/// Lanes of the softmax's running maximum and sum: each lane its own chain, so the loops
+/// vectorise (one chain through the row would keep them scalar: float sums are not
+/// reassociated), combined in a fixed order, so the result does not depend on the CPU.
+const LANES: usize = 16;
+
 #[inline(always)]
 fn softmax_row_generic(row: &mut [f32]) {
-    let max = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    let mut lanes = [f32::NEG_INFINITY; LANES];
+    let mut chunks = row.chunks_exact(LANES);
+    for chunk in &mut chunks {
+        for (m, &x) in lanes.iter_mut().zip(chunk) {
+            *m = m.max(x);
+        }
+    }
+    let max = chunks
+        .remainder()
+        .iter()
+        .chain(&lanes)
+        .fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    let mut sums = [0.0f32; LANES];
+    let mut chunks = row.chunks_exact_mut(LANES);
+    for chunk in &mut chunks {
+        for (s, x) in sums.iter_mut().zip(chunk.iter_mut()) {
+            *x = exp(*x - max);
+            *s += *x;
+        }
+    }
     let mut sum = 0.0f32;
-    for x in row.iter_mut() {
+    for x in chunks.into_remainder() {
         *x = exp(*x - max);
         sum += *x;
     }
+    let sum = sums.iter().fold(sum, |a, &b| a + b);
     let inv = 1.0 / sum;
     for x in row.iter_mut() {
         *x *= inv;
