@@ -127,6 +127,39 @@ macro_rules! tile_steps {
     };
 }
 
+/// One instruction per accumulator tile (`tmm0-3`) on the 32 x 32 block of 4-byte elements at
+/// `$c`: tile `t` at rows `16 (t / 2)`, columns `16 (t % 2)`, rows `BLOCK * 4` bytes apart.
+/// `load` reads the block into the tiles, `store` writes the tiles to it. Unsafe: the caller
+/// guarantees the block's bounds and the configuration.
+macro_rules! block_tiles {
+    (load, $c:expr) => {
+        block_tiles!(@run $c, [nostack, readonly],
+            "tileloadd tmm0, [{c00} + {ld}*1]",
+            "tileloadd tmm1, [{c01} + {ld}*1]",
+            "tileloadd tmm2, [{c10} + {ld}*1]",
+            "tileloadd tmm3, [{c11} + {ld}*1]")
+    };
+    (store, $c:expr) => {
+        block_tiles!(@run $c, [nostack],
+            "tilestored [{c00} + {ld}*1], tmm0",
+            "tilestored [{c01} + {ld}*1], tmm1",
+            "tilestored [{c10} + {ld}*1], tmm2",
+            "tilestored [{c11} + {ld}*1], tmm3")
+    };
+    (@run $c:expr, [$($opt:ident),+], $($line:literal),+) => {{
+        let c = $c;
+        asm!(
+            $($line),+,
+            c00 = in(reg) c,
+            c01 = in(reg) c.add(16),
+            c10 = in(reg) c.add(16 * BLOCK),
+            c11 = in(reg) c.add(16 * BLOCK + 16),
+            ld = in(reg) BLOCK * 4,
+            options($($opt),+),
+        )
+    }};
+}
+
 /// The tile registers of this thread, configured for 32 x 32 blocks; released when dropped.
 /// Per block: [`Tiles::zero`], [`Tiles::accumulate`] as often as needed, [`Tiles::store`].
 pub(crate) struct Tiles(());
@@ -209,67 +242,25 @@ impl Tiles {
     /// Writes the 32 x 32 i32 block of [`Tiles::accumulate_u8i8`] to `out`.
     #[inline]
     pub(crate) fn store_i32(&mut self, out: &mut [i32; BLOCK * BLOCK]) {
-        let c = out.as_mut_ptr();
         // SAFETY: as `store`, with 4-byte i32 elements.
-        unsafe {
-            asm!(
-                "tilestored [{c00} + {ld}*1], tmm0",
-                "tilestored [{c01} + {ld}*1], tmm1",
-                "tilestored [{c10} + {ld}*1], tmm2",
-                "tilestored [{c11} + {ld}*1], tmm3",
-                c00 = in(reg) c,
-                c01 = in(reg) c.add(16),
-                c10 = in(reg) c.add(16 * BLOCK),
-                c11 = in(reg) c.add(16 * BLOCK + 16),
-                ld = in(reg) BLOCK * 4,
-                options(nostack),
-            );
-        }
+        unsafe { block_tiles!(store, out.as_mut_ptr()) }
     }
 
     /// Loads the four accumulators from a 32 x 32 f32 block written by [`Tiles::store`], to go
     /// on accumulating into it (a product whose reduction is split into chunks).
     #[inline]
     pub(crate) fn load(&mut self, block: &[f32; BLOCK * BLOCK]) {
-        let c = block.as_ptr();
         // SAFETY: four 16 x 16 f32 tiles at rows 0/16 and columns 0/16 of the 32 x 32 buffer;
         // the tiles are configured.
-        unsafe {
-            asm!(
-                "tileloadd tmm0, [{c00} + {ld}*1]",
-                "tileloadd tmm1, [{c01} + {ld}*1]",
-                "tileloadd tmm2, [{c10} + {ld}*1]",
-                "tileloadd tmm3, [{c11} + {ld}*1]",
-                c00 = in(reg) c,
-                c01 = in(reg) c.add(16),
-                c10 = in(reg) c.add(16 * BLOCK),
-                c11 = in(reg) c.add(16 * BLOCK + 16),
-                ld = in(reg) BLOCK * 4,
-                options(nostack, readonly),
-            );
-        }
+        unsafe { block_tiles!(load, block.as_ptr()) }
     }
 
     /// Writes the 32 x 32 f32 block to `out` (row-major, 32 floats per row).
     #[inline]
     pub(crate) fn store(&mut self, out: &mut [f32; BLOCK * BLOCK]) {
-        let c = out.as_mut_ptr();
         // SAFETY: four 16 x 16 f32 tiles at rows 0/16 and columns 0/16 of the 32 x 32 buffer;
         // the tiles are configured.
-        unsafe {
-            asm!(
-                "tilestored [{c00} + {ld}*1], tmm0",
-                "tilestored [{c01} + {ld}*1], tmm1",
-                "tilestored [{c10} + {ld}*1], tmm2",
-                "tilestored [{c11} + {ld}*1], tmm3",
-                c00 = in(reg) c,
-                c01 = in(reg) c.add(16),
-                c10 = in(reg) c.add(16 * BLOCK),
-                c11 = in(reg) c.add(16 * BLOCK + 16),
-                ld = in(reg) BLOCK * 4,
-                options(nostack),
-            );
-        }
+        unsafe { block_tiles!(store, out.as_mut_ptr()) }
     }
 }
 

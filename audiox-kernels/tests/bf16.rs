@@ -128,18 +128,23 @@ fn every_supported_kernel_matches_the_product_of_its_rounded_operands() {
     }
 }
 
+/// `f` run on a pool of `threads` threads.
+fn on_threads<T: Send>(threads: usize, f: impl FnOnce() -> T + Send) -> T {
+    rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap()
+        .install(f)
+}
+
 #[test]
 fn the_result_does_not_depend_on_the_thread_count() {
     let (m, k, n) = (37, 300, 200);
     let x = values(m * k, 5);
     let w = halves(&values(k * n, 6));
     let run = |threads| {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap();
         let mut out = vec![0f32; m * n];
-        pool.install(|| matmul(&x, m, &w, k, n, &mut out));
+        on_threads(threads, || matmul(&x, m, &w, k, n, &mut out));
         out
     };
     assert_eq!(run(1), run(3));
@@ -239,12 +244,10 @@ fn transposed_product_does_not_depend_on_the_thread_count() {
     let x = values(m * k, 5);
     let wt = transposed(&halves(&values(k * n, 6)), k, n);
     let run = |threads| {
-        let pool = rayon::ThreadPoolBuilder::new()
-            .num_threads(threads)
-            .build()
-            .unwrap();
         let mut out = vec![0f32; m * n];
-        pool.install(|| audiox_kernels::bf16::matmul_transposed(&x, m, &wt, k, n, &mut out));
+        on_threads(threads, || {
+            audiox_kernels::bf16::matmul_transposed(&x, m, &wt, k, n, &mut out)
+        });
         out
     };
     assert_eq!(run(1), run(3));

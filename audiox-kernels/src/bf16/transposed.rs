@@ -223,24 +223,8 @@ pub fn matmul_transposed_with(
     n: usize,
     out: &mut [f32],
 ) {
-    assert_eq!(
-        x.len(),
-        m * k,
-        "input of {} values is not [{m}, {k}]",
-        x.len()
-    );
-    assert_eq!(
-        wt.len(),
-        n * k,
-        "transposed weight of {} values is not [{n}, {k}]",
-        wt.len()
-    );
-    assert_eq!(
-        out.len(),
-        m * n,
-        "output of {} values is not [{m}, {n}]",
-        out.len()
-    );
+    // The transposed weight has the row-major one's k * n values.
+    super::check(x, m, wt, k, n, out);
     if m == 0 || n == 0 {
         return;
     }
