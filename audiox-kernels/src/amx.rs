@@ -239,7 +239,27 @@ impl Tiles {
         unsafe { tile_steps!("tdpbusd", a, lda, b, ldb, steps) }
     }
 
-    /// Writes the 32 x 32 i32 block of [`Tiles::accumulate_u8i8`] to `out`.
+    /// [`Tiles::accumulate_u8i8`] with `tdpbssd`: both operands' bytes signed (a weight held
+    /// transposed as the left operand, activations quantised to signed bytes as the right
+    /// one), exact i32 sums.
+    ///
+    /// # Safety
+    /// As [`Tiles::accumulate_u8i8`].
+    #[inline]
+    pub(crate) unsafe fn accumulate_i8i8(
+        &mut self,
+        a: *const u8,
+        lda: usize,
+        b: *const u8,
+        ldb: usize,
+        steps: usize,
+    ) {
+        // SAFETY: the caller's bounds; tiles configured; AMX-INT8 (caller).
+        unsafe { tile_steps!("tdpbssd", a, lda, b, ldb, steps) }
+    }
+
+    /// Writes the 32 x 32 i32 block of [`Tiles::accumulate_u8i8`] or
+    /// [`Tiles::accumulate_i8i8`] to `out`.
     #[inline]
     pub(crate) fn store_i32(&mut self, out: &mut [i32; BLOCK * BLOCK]) {
         // SAFETY: as `store`, with 4-byte i32 elements.

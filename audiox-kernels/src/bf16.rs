@@ -30,8 +30,8 @@ use rayon::prelude::*;
 
 mod transposed;
 pub use transposed::{
-    TRANSPOSED_MULTIPLE, hold_transposed, hold_transposed_from_f32, matmul_transposed,
-    matmul_transposed_with, prefers_transposed,
+    TRANSPOSED_MULTIPLE, hold_transposed, hold_transposed_from_f32, is_held_transposed,
+    matmul_transposed, matmul_transposed_with, prefers_transposed,
 };
 
 /// Output columns per packed panel (two 16-lane vectors of f32 accumulators).

@@ -25,6 +25,12 @@ use burn::backend::Flex;
 use burn::tensor::{DType, Tensor, TensorData};
 use rayon::prelude::*;
 
+mod transposed;
+pub use transposed::{
+    TRANSPOSED_COLUMNS, TRANSPOSED_ROWS, TransposedView, hold_values_transposed, matmul_transposed,
+    matmul_transposed_with, prefers_transposed, transpose, transposed_values,
+};
+
 /// Output columns per packed panel (two 16-lane vectors of i32 accumulators).
 const NR: usize = 32;
 /// Rows of `x` per micro-kernel call.
@@ -382,15 +388,47 @@ fn dequantized(x: &[f32], m: usize, w: QuantizedView<'_>, out: &mut [f32]) {
 
 /// One row of activations quantised symmetrically: `(a + 128)` as u8, four per u32 word (the
 /// row's `k` padded to a multiple of four with zeros, i.e. the byte 128), and the row's scale.
-fn quantize_row(src: &[f32], dst: &mut [u32]) -> f32 {
+///
+/// # Safety
+/// The CPU must have AVX-512 F and BW; `dst` holds `src.len().div_ceil(4)` words.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f,avx512bw")]
+unsafe fn quantize_row(src: &[f32], dst: &mut [u32]) -> f32 {
+    // SAFETY: the caller's features and sizes.
+    unsafe {
+        let (scale, inv) = row_scale(src);
+        native::quantize_words(src, inv, true, dst);
+        scale
+    }
+}
+
+/// A row's activation scale `max |a| / 127` and its reciprocal (0 for a zero row); NaN
+/// values are ignored, as `f32::max` ignores them.
+///
+/// # Safety
+/// The CPU must have AVX-512 F.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx512f")]
+unsafe fn row_scale(src: &[f32]) -> (f32, f32) {
+    // SAFETY: the caller's features.
+    let scale = unsafe { native::peak(src) } / 127.0;
+    (scale, if scale > 0.0 { 1.0 / scale } else { 0.0 })
+}
+
+/// The scalar definition that the vectorised quantisation reproduces bit for bit: each value
+/// `round(a / scale)` (half away from zero), clamped to [-127, 127], NaN to 0, plus 128 when
+/// `offset`; padding bytes are the zero activation.
+#[cfg(test)]
+fn quantize_row_scalar(src: &[f32], offset: bool, dst: &mut [u32]) -> f32 {
     let peak = src.iter().fold(0f32, |p, &v| p.max(v.abs()));
     let scale = peak / 127.0;
     let inv = if scale > 0.0 { 1.0 / scale } else { 0.0 };
+    let zero = if offset { 128 } else { 0 };
     for (g, word) in dst.iter_mut().enumerate() {
-        let mut bytes = [128u8; 4];
+        let mut bytes = [zero as u8; 4];
         for (i, b) in bytes.iter_mut().enumerate() {
             if let Some(&v) = src.get(4 * g + i) {
-                *b = ((v * inv).round().clamp(-127.0, 127.0) as i32 + 128) as u8;
+                *b = ((v * inv).round().clamp(-127.0, 127.0) as i32 + zero) as u8;
             }
         }
         *word = u32::from_le_bytes(bytes);
@@ -411,7 +449,10 @@ unsafe fn matmul_native(x: &[f32], m: usize, w: QuantizedView<'_>, out: &mut [f3
     xa.par_chunks_mut(groups)
         .zip(xs.par_iter_mut())
         .zip(x.par_chunks(k))
-        .for_each(|((dst, s), src)| *s = quantize_row(src, dst));
+        .for_each(|((dst, s), src)| {
+            // SAFETY: AVX-512 F and BW (this function's features); `groups` words per row.
+            *s = unsafe { quantize_row(src, dst) }
+        });
     let panels = n.div_ceil(NR);
     let out_ptr = SendPtr(out.as_mut_ptr());
     let (xa, xs) = (&xa, &xs);
@@ -479,7 +520,10 @@ unsafe fn matmul_amx(x: &[f32], m: usize, w: QuantizedView<'_>, out: &mut [f32])
     xa.par_chunks_mut(gp)
         .zip(xs.par_iter_mut())
         .zip(x.par_chunks(k))
-        .for_each(|((dst, s), src)| *s = quantize_row(src, &mut dst[..groups]));
+        .for_each(|((dst, s), src)| {
+            // SAFETY: AVX-512 F and BW (the caller's AVX512-VNNI implies them); `groups` words.
+            *s = unsafe { quantize_row(src, &mut dst[..groups]) }
+        });
     // Scale blocks in groups of four rows (one block for all when it covers k).
     let block_groups = if w.block >= k { gp } else { w.block / 4 };
     let blocks = gp.div_ceil(block_groups);
@@ -568,24 +612,49 @@ pub fn linear_view<const D: usize>(
     w: QuantizedView<'_>,
     bias: Option<&[f32]>,
 ) -> Option<Tensor<D>> {
+    linear_with(x, w.k, w.n, bias, |values, m, out| {
+        matmul_view(values, m, w, out)
+    })
+}
+
+/// [`linear_view`] on a weight held transposed ([`matmul_transposed`]).
+pub fn linear_transposed<const D: usize>(
+    x: &Tensor<D>,
+    w: TransposedView<'_>,
+    bias: Option<&[f32]>,
+) -> Option<Tensor<D>> {
+    linear_with(x, w.k(), w.n(), bias, |values, m, out| {
+        matmul_transposed(values, m, w, out)
+    })
+}
+
+/// `x · w + bias` on burn tensors with the product `matmul(x values, m, out)` of a `[k, n]`
+/// weight; `None` as [`linear`] says.
+fn linear_with<const D: usize>(
+    x: &Tensor<D>,
+    k: usize,
+    n: usize,
+    bias: Option<&[f32]>,
+    matmul: impl FnOnce(&[f32], usize, &mut [f32]),
+) -> Option<Tensor<D>> {
     let flex = x.clone().try_into_primitive::<Flex>().ok()?;
     if flex.dtype() != DType::F32 {
         return None;
     }
     let values = flex.as_slice::<f32>()?;
     let dims = x.dims();
-    if dims[D - 1] != w.k || w.k > MAX_K || bias.is_some_and(|b| b.len() != w.n) {
+    if dims[D - 1] != k || k > MAX_K || bias.is_some_and(|b| b.len() != n) {
         return None;
     }
     let m: usize = dims[..D - 1].iter().product();
-    let mut out = vec![0f32; m * w.n];
-    matmul_view(values, m, w, &mut out);
+    let mut out = vec![0f32; m * n];
+    matmul(values, m, &mut out);
     if let Some(b) = bias {
-        out.par_chunks_mut(w.n.max(1))
+        out.par_chunks_mut(n.max(1))
             .for_each(|row| row.iter_mut().zip(b).for_each(|(o, b)| *o += b));
     }
     let mut shape = dims;
-    shape[D - 1] = w.n;
+    shape[D - 1] = n;
     Some(Tensor::from_data(TensorData::new(out, shape), &x.device()))
 }
 
@@ -692,6 +761,65 @@ mod native {
                     *lane = u32::from_le_bytes(bytes);
                 }
             }
+        }
+    }
+
+    /// The largest `|v|` of `src` (NaN values ignored, as `f32::max` ignores them; the maximum
+    /// is exact in any order).
+    #[target_feature(enable = "avx512f")]
+    pub(super) unsafe fn peak(src: &[f32]) -> f32 {
+        let chunks = src.chunks_exact(16);
+        let rest = chunks.remainder();
+        let mut acc = _mm512_setzero_ps();
+        for c in chunks {
+            // SAFETY: 16 values in `c`.
+            let v = _mm512_abs_ps(unsafe { _mm512_loadu_ps(c.as_ptr()) });
+            // `vmaxps` returns its second operand when either is NaN: a NaN is skipped.
+            acc = _mm512_max_ps(v, acc);
+        }
+        rest.iter()
+            .fold(_mm512_reduce_max_ps(acc), |p, &v| p.max(v.abs()))
+    }
+
+    /// `src` quantised with the reciprocal scale `inv`, four values per word of `dst`
+    /// (`src.len().div_ceil(4)` words, the last one padded with the zero activation): each
+    /// value `round(v * inv)` half away from zero, clamped to [-127, 127], NaN to 0, as a
+    /// signed byte, or with 128 added (an unsigned byte) when `offset`. Bit for bit the
+    /// scalar `(v * inv).round().clamp(-127.0, 127.0) as i32`.
+    #[target_feature(enable = "avx512f,avx512bw")]
+    pub(super) unsafe fn quantize_words(src: &[f32], inv: f32, offset: bool, dst: &mut [u32]) {
+        debug_assert!(dst.len() >= src.len().div_ceil(4));
+        let inv = _mm512_set1_ps(inv);
+        let half = _mm512_set1_ps(0.5);
+        let one = _mm512_set1_ps(1.0);
+        let sign = _mm512_set1_epi32(i32::MIN);
+        let (lo, hi) = (_mm512_set1_ps(-127.0), _mm512_set1_ps(127.0));
+        let flip = _mm_set1_epi8(if offset { i8::MIN } else { 0 });
+        let mut i = 0;
+        while i < src.len() {
+            let len = 16.min(src.len() - i);
+            let lanes: __mmask16 = if len == 16 { !0 } else { (1 << len) - 1 };
+            // Missing lanes read as 0, which quantises to the padding byte.
+            // SAFETY: `len` values from `i`; `len.div_ceil(4)` words of `dst` from `i / 4`.
+            unsafe {
+                let x = _mm512_mul_ps(_mm512_maskz_loadu_ps(lanes, src.as_ptr().add(i)), inv);
+                let x = _mm512_maskz_mov_ps(_mm512_cmp_ps_mask::<_CMP_ORD_Q>(x, x), x);
+                // Half away from zero: truncate, then one step outwards where the dropped
+                // fraction (exact) is at least a half.
+                let t = _mm512_roundscale_ps::<{ _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC }>(x);
+                let away =
+                    _mm512_cmp_ps_mask::<_CMP_GE_OQ>(_mm512_abs_ps(_mm512_sub_ps(x, t)), half);
+                let step = _mm512_castsi512_ps(_mm512_or_si512(
+                    _mm512_and_si512(_mm512_castps_si512(x), sign),
+                    _mm512_castps_si512(one),
+                ));
+                let r = _mm512_mask_add_ps(t, away, t, step);
+                let r = _mm512_min_ps(_mm512_max_ps(r, lo), hi);
+                let bytes = _mm_xor_si128(_mm512_cvtepi32_epi8(_mm512_cvtps_epi32(r)), flip);
+                let keep = ((1u32 << (4 * len.div_ceil(4))) - 1) as __mmask16;
+                _mm_mask_storeu_epi8(dst.as_mut_ptr().add(i / 4) as *mut i8, keep, bytes);
+            }
+            i += 16;
         }
     }
 
@@ -805,6 +933,56 @@ mod native {
             unsafe {
                 _mm512_storeu_si512(tile.as_mut_ptr().add(i * NR) as *mut _, acc0[i]);
                 _mm512_storeu_si512(tile.as_mut_ptr().add(i * NR + 16) as *mut _, acc1[i]);
+            }
+        }
+    }
+}
+
+#[cfg(all(test, target_arch = "x86_64"))]
+mod tests {
+    use super::*;
+
+    /// The vectorised quantisation gives the scalar definition's bytes and scale on rows with
+    /// ties, values past the clamp, NaN, infinities, zeros and every tail length.
+    #[test]
+    fn vectorised_quantisation_matches_the_scalar_definition() {
+        if !native_available() {
+            return;
+        }
+        let mut rows: Vec<Vec<f32>> = Vec::new();
+        for len in 0..70 {
+            // Values on and near the half steps of a scale of 1 (peak 127).
+            let row: Vec<f32> = (0..len)
+                .map(|i| match i % 7 {
+                    0 => 127.0,
+                    1 => (i as f32) * 0.5 - 20.0,
+                    2 => -((i as f32) * 0.5 + 0.5),
+                    3 => 2.5,
+                    4 => -0.0,
+                    5 => 126.49999,
+                    _ => (i as f32 * 1.37).sin() * 100.0,
+                })
+                .collect();
+            rows.push(row);
+        }
+        rows.push(vec![0.0; 21]);
+        rows.push(vec![1.0, f32::NAN, -3.0, 0.5, 7.25]);
+        rows.push(vec![f32::INFINITY, 1.0, -2.0]);
+        rows.push(vec![f32::NEG_INFINITY, f32::NAN, 3.0]);
+        rows.push((0..33).map(|i| 1e-40 * i as f32).collect());
+        for row in &rows {
+            let words = row.len().div_ceil(4);
+            for offset in [true, false] {
+                let mut want = vec![0u32; words];
+                let scale = quantize_row_scalar(row, offset, &mut want);
+                let mut got = vec![0u32; words + 1];
+                got[words] = 0xdead_beef;
+                // SAFETY: AVX-512 F/BW (checked above); `words` words.
+                let (s, inv) = unsafe { row_scale(row) };
+                unsafe { native::quantize_words(row, inv, offset, &mut got[..words + 1]) };
+                assert_eq!(s.to_bits(), scale.to_bits(), "scale of {row:?}");
+                assert_eq!(&got[..words], &want[..], "{row:?} offset {offset}");
+                assert_eq!(got[words], 0xdead_beef, "wrote past the row's words");
             }
         }
     }

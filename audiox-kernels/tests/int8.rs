@@ -3,8 +3,11 @@
 //! product within the quantisation error, shapes at every packing edge.
 
 use audiox_kernels::int8::{
-    Int8Kernel, QuantizedView, QuantizedWeight, linear, linear_view, matmul, matmul_dequantized,
-    matmul_view, matmul_view_with, native_available, quantize_weight, quantize_weight_blocked,
+    Int8Kernel, QuantizedView, QuantizedWeight, TRANSPOSED_COLUMNS, TRANSPOSED_ROWS,
+    TransposedView, hold_values_transposed, linear, linear_transposed, linear_view, matmul,
+    matmul_dequantized, matmul_transposed, matmul_transposed_with, matmul_view, matmul_view_with,
+    native_available, prefers_transposed, quantize_weight, quantize_weight_blocked, transpose,
+    transposed_values,
 };
 
 fn values(len: usize, seed: u64) -> Vec<f32> {
@@ -352,4 +355,129 @@ fn a_view_of_borrowed_parts_multiplies_like_the_owned_weight() {
     assert!(QuantizedView::from_parts(4, 2, 3, &q, &s[..2]).is_none());
     assert!(QuantizedView::from_parts(4, 2, 0, &q, &s).is_none());
     assert!(QuantizedView::from_parts(4, 3, 3, &q, &s).is_none());
+}
+
+/// A weight held transposed gives, on every kernel, exactly the floats of the row-major weight
+/// on that kernel; on AMX it is multiplied in place (the direct tiles) and still agrees bit for
+/// bit with VNNI, at token counts off every tile and slab edge, blocks of 64, 128 and 192 rows
+/// and one block for all rows, narrow and wide outputs.
+#[test]
+fn a_transposed_weight_gives_the_row_major_floats_on_every_kernel() {
+    for &(m, k, n, block) in &[
+        (1, 64, 32, 0),
+        (5, 128, 64, 64),
+        (33, 192, 96, 192),
+        (237, 1536, 160, 192),
+        (300, 256, 32, 128),
+        (520, 384, 64, 0),
+    ] {
+        let x = values(m * k, (m * 3 + k) as u64);
+        let w = values(k * n, (k * 5 + n) as u64);
+        let q = if block == 0 {
+            quantize_weight(&w, k, n)
+        } else {
+            quantize_weight_blocked(&w, k, n, block)
+        };
+        let qt = transpose(&q.q, k, n);
+        let view = TransposedView::from_parts(k, n, q.block, &qt, &q.scale).unwrap();
+        assert_eq!(view.to_row_major(), q);
+        assert_eq!((view.k(), view.n(), view.block()), (k, n, q.block));
+        for kernel in Int8Kernel::ALL {
+            let mut want = vec![f32::NAN; m * n];
+            matmul_view_with(kernel, &x, m, q.view(), &mut want);
+            let mut got = vec![f32::NAN; m * n];
+            matmul_transposed_with(kernel, &x, m, view, &mut got);
+            assert_eq!(
+                got,
+                want,
+                "{} [{m},{k}]x[{k},{n}] block {block}",
+                kernel.name()
+            );
+        }
+        if Int8Kernel::Amx.is_supported() {
+            let mut vnni = vec![f32::NAN; m * n];
+            matmul_view_with(Int8Kernel::Vnni, &x, m, q.view(), &mut vnni);
+            let mut amx = vec![f32::NAN; m * n];
+            matmul_transposed(&x, m, view, &mut amx);
+            assert_eq!(
+                amx, vnni,
+                "AMX transposed vs VNNI [{m},{k}]x[{k},{n}] block {block}"
+            );
+        }
+    }
+    // Sizes the tiles do not take: another kernel through the row-major copy.
+    let (m, k, n) = (3, 96, 40);
+    let q = quantize_weight(&values(k * n, 9), k, n);
+    let qt = transpose(&q.q, k, n);
+    let view = TransposedView::from_parts(k, n, q.block, &qt, &q.scale).unwrap();
+    let x = values(m * k, 10);
+    let (mut got, mut want) = (vec![0f32; m * n], vec![0f32; m * n]);
+    matmul_transposed(&x, m, view, &mut got);
+    matmul_view(&x, m, q.view(), &mut want);
+    assert_eq!(got, want);
+    assert!(
+        !prefers_transposed(k, n, q.block),
+        "k = 96 is not a multiple of 64"
+    );
+    assert!(!prefers_transposed(128, 64, 96), "blocks of 96 rows");
+    assert_eq!(
+        prefers_transposed(128, 64, 64),
+        Int8Kernel::current() == Int8Kernel::Amx
+    );
+    assert_eq!((TRANSPOSED_ROWS, TRANSPOSED_COLUMNS), (64, 32));
+    assert!(TransposedView::from_parts(4, 2, 3, &[0; 8], &[0.0; 2]).is_none());
+}
+
+#[test]
+fn the_transposed_product_does_not_depend_on_the_thread_count() {
+    let (m, k, n) = (70, 384, 256);
+    let x = values(m * k, 11);
+    let q = quantize_weight_blocked(&values(k * n, 12), k, n, 128);
+    let qt = transpose(&q.q, k, n);
+    let view = TransposedView::from_parts(k, n, q.block, &qt, &q.scale).unwrap();
+    let run = |threads| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        let mut out = vec![0f32; m * n];
+        pool.install(|| matmul_transposed(&x, m, view, &mut out));
+        out
+    };
+    assert_eq!(run(1), run(2));
+    assert_eq!(run(1), run(5));
+}
+
+/// The held values are a strided view of the `[n, k]` buffer that reads as the logical tensor,
+/// for a `Linear` weight and a `TokenConv` kernel `[taps, c_in, c_out]`; other layouts are not
+/// taken for it; `linear_transposed` adds the bias like `linear_view`.
+#[test]
+fn values_held_transposed_are_recognised_and_read_as_the_logical_tensor() {
+    use burn::backend::flex::FlexTensor;
+    use burn::tensor::{Device, Tensor, TensorData};
+    let (taps, c_in, n) = (3, 64, 32);
+    let k = taps * c_in;
+    let q: Vec<i8> = (0..k * n).map(|i| (i % 251) as i8).collect();
+    let held = hold_values_transposed(&q, [taps, c_in, n]);
+    assert_eq!(transposed_values(&held), Some(&transpose(&q, k, n)[..]));
+    let logical: Vec<i8> = held.to_contiguous().storage::<i8>().to_vec();
+    assert_eq!(logical, q);
+    let plain = FlexTensor::from_data(TensorData::new(q.clone(), [k, n]));
+    assert_eq!(transposed_values(&plain), None);
+    let floats = FlexTensor::from_data(TensorData::new(vec![0f32; 4], [2, 2]));
+    assert_eq!(transposed_values(&floats), None);
+
+    let (m, k, n) = (4, 128, 64);
+    let w = quantize_weight_blocked(&values(k * n, 13), k, n, 64);
+    let qt = transpose(&w.q, k, n);
+    let view = TransposedView::from_parts(k, n, w.block, &qt, &w.scale).unwrap();
+    let bias = values(n, 14);
+    let x = Tensor::<3>::from_data(
+        TensorData::new(values(m * k, 15), [2, 2, k]),
+        &Device::flex(),
+    );
+    let got = linear_transposed(&x, view, Some(&bias)).unwrap();
+    let want = linear_view(&x, w.view(), Some(&bias)).unwrap();
+    assert_eq!(got.into_data(), want.into_data());
+    assert!(linear_transposed(&x, view, Some(&bias[..3])).is_none());
 }

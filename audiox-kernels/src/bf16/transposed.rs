@@ -146,6 +146,12 @@ pub fn hold_transposed_from_f32<const W: usize>(
     transposed_view(&held).is_some().then_some(held)
 }
 
+/// Whether `w` is a bf16 weight held transposed ([`hold_transposed`],
+/// [`hold_transposed_from_f32`]) on the CPU backend.
+pub fn is_held_transposed<const W: usize>(w: &Tensor<W>) -> bool {
+    transposed_view(w).is_some()
+}
+
 /// The `[n, k]` buffer of a bf16 weight held transposed ([`hold_transposed`]), or `None` for
 /// any other layout, dtype or backend.
 pub(crate) fn transposed_view<const W: usize>(w: &Tensor<W>) -> Option<FlexTensor> {
