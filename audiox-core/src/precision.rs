@@ -162,14 +162,61 @@ pub fn held_as(
 /// A matmul weight laid out the way this CPU's kernel for its precision reads it fastest: a
 /// bf16 weight is held transposed (stored `[n, k]`, a strided view of the same `[.., n]`
 /// tensor) where the process's bf16 kernel is AMX and the sizes are multiples of 32
-/// (`audiox_kernels::bf16::hold_transposed`); anything else is returned as it is. The values
-/// do not change, only where they lie: burn reads the view as any other tensor.
+/// (`audiox_kernels::bf16::hold_transposed`), an int8 weight likewise (its values stored
+/// `[n, k]`, scales unchanged) where the int8 kernel is AMX and the sizes fit its tiles
+/// (`audiox_kernels::int8::prefers_transposed`); anything else is returned as it is. The
+/// values do not change, only where they lie: burn reads the view as any other tensor.
 pub fn for_products<const D: usize>(w: Tensor<D>) -> Tensor<D> {
-    if w.dtype() == DType::BF16 {
-        audiox_kernels::bf16::hold_transposed(w)
-    } else {
-        w
+    match w.dtype() {
+        DType::BF16 => audiox_kernels::bf16::hold_transposed(w),
+        DType::QFloat(scheme) => int8_transposed(w, scheme),
+        _ => w,
     }
+}
+
+/// Whether the matmul weight `w` is held transposed for this CPU's kernel ([`for_products`]):
+/// a bf16 or int8 weight on the CPU backend whose values are stored `[n, k]`.
+pub fn is_held_transposed<const D: usize>(w: &Tensor<D>) -> bool {
+    match w.dtype() {
+        DType::BF16 => audiox_kernels::bf16::is_held_transposed(w),
+        DType::QFloat(_) => FlexInt8::take(w.clone())
+            .is_ok_and(|held| audiox_kernels::int8::transposed_values(held.q.tensor()).is_some()),
+        _ => false,
+    }
+}
+
+/// An int8 weight on the CPU backend held transposed (its values stored `[n, k]`, a strided
+/// view of the same tensor, the scales unchanged) where `audiox_kernels::int8::
+/// prefers_transposed` says so; returned unchanged otherwise. One transient copy of the
+/// values (a byte per element) while they are rewritten.
+fn int8_transposed<const W: usize>(w: Tensor<W>, scheme: QuantScheme) -> Tensor<W> {
+    if W < 2 || global_scale_dtype(&scheme).is_some() {
+        return w;
+    }
+    let dims: [usize; W] = w.dims();
+    let n = dims[W - 1];
+    let k: usize = dims[..W - 1].iter().product();
+    let Some(block) = int8_block::<W>(scheme) else {
+        return w;
+    };
+    if !audiox_kernels::int8::prefers_transposed(k, n, block) {
+        return w;
+    }
+    let held = match FlexInt8::take(w) {
+        Ok(held) => held,
+        Err(w) => return w,
+    };
+    let Some(values) = held.q.tensor().as_slice::<i8>() else {
+        // Already transposed, or another strided layout: left as it is.
+        return held.into_tensor();
+    };
+    let values = audiox_kernels::int8::hold_values_transposed(values, dims);
+    let q = FlexQTensor::new(values, scheme, held.q.scales().to_vec(), None);
+    FlexInt8 {
+        q,
+        autodiff: held.autodiff,
+    }
+    .into_tensor()
 }
 
 /// The precision a tensor is held in (`F32` for any other float type).
@@ -267,10 +314,18 @@ pub fn matmul_weight<const D: usize, const W: usize>(
             let bias_values = bias.clone().map(|b| crate::tensor::to_vec(widen(b)));
             // The flex backend's own storage, read where it lies.
             let w = match FlexInt8::take(w) {
-                Ok(held) => match held.view::<W>(scheme, k, n) {
-                    Some(q) => return int8_product(x, q, bias, bias_values.as_deref()),
-                    None => held.into_tensor(),
-                },
+                Ok(held) => {
+                    if let Some(q) = held.transposed_view::<W>(scheme, k, n)
+                        && let Some(out) =
+                            audiox_kernels::int8::linear_transposed(&x, q, bias_values.as_deref())
+                    {
+                        return out;
+                    }
+                    match held.view::<W>(scheme, k, n) {
+                        Some(q) => return int8_product(x, q, bias, bias_values.as_deref()),
+                        None => held.into_tensor(),
+                    }
+                }
                 Err(w) => w,
             };
             // Another backend or layout: the values and scales copied out.
@@ -348,6 +403,22 @@ impl FlexInt8 {
         let block = int8_block::<W>(scheme)?;
         let values = self.q.tensor().as_slice::<i8>()?;
         audiox_kernels::int8::QuantizedView::from_parts(k, n, block, values, self.q.scales())
+    }
+
+    /// The weight read as the kernel's `[k, n]` when its values are held transposed
+    /// ([`for_products`]), borrowed; `None` for any other layout.
+    fn transposed_view<const W: usize>(
+        &self,
+        scheme: QuantScheme,
+        k: usize,
+        n: usize,
+    ) -> Option<audiox_kernels::int8::TransposedView<'_>> {
+        if global_scale_dtype(&scheme).is_some() {
+            return None;
+        }
+        let block = int8_block::<W>(scheme)?;
+        let values = audiox_kernels::int8::transposed_values(self.q.tensor())?;
+        audiox_kernels::int8::TransposedView::from_parts(k, n, block, values, self.q.scales())
     }
 
     /// The tensor it was taken from.

@@ -4,7 +4,7 @@
 use std::collections::BTreeMap;
 
 use audiox_core::nn::{TorchEncoderLayer, TorchEncoderLayerConfig, with_torch_mha_names};
-use audiox_core::precision::{WeightPrecision, convert_module, held_precision};
+use audiox_core::precision::{WeightPrecision, convert_module, held_precision, is_held_transposed};
 use audiox_core::tensor::to_vec;
 use audiox_core::weights::{Layout, StateDict, WeightSource, load_module, official_names};
 use burn::module::Module;
@@ -33,7 +33,7 @@ fn checkpoint(layer: &TorchEncoderLayer, layout: &Layout) -> StateDict {
 fn load(dict: &StateDict, layout: &Layout, p: WeightPrecision) -> TorchEncoderLayer {
     let device = Device::flex();
     // Sizes from the layer config; the heads divide the width.
-    let fresh = TorchEncoderLayerConfig::new(32, 4, 64).init(&device);
+    let fresh = TorchEncoderLayerConfig::new(64, 4, 128).init(&device);
     load_module(fresh, layout, &[WeightSource::new(dict).with_precision(p)])
         .unwrap()
         .0
@@ -43,10 +43,10 @@ fn load(dict: &StateDict, layout: &Layout, p: WeightPrecision) -> TorchEncoderLa
 fn only_matmul_weights_are_converted_and_match_an_in_memory_conversion() {
     let device = Device::flex();
     let layout = with_torch_mha_names(Layout::new());
-    let template = TorchEncoderLayerConfig::new(32, 4, 64).init(&device);
+    let template = TorchEncoderLayerConfig::new(64, 4, 128).init(&device);
     let dict = checkpoint(&template, &layout);
     let reference = load(&dict, &layout, WeightPrecision::F32);
-    let x = Tensor::<3>::random([2, 5, 32], Distribution::Default, &device);
+    let x = Tensor::<3>::random([2, 5, 64], Distribution::Default, &device);
     let want = to_vec(reference.forward(x.clone()));
     for p in [WeightPrecision::Bf16, WeightPrecision::Int8] {
         let layer = load(&dict, &layout, p);
@@ -57,16 +57,14 @@ fn only_matmul_weights_are_converted_and_match_an_in_memory_conversion() {
             layer.self_attn.out_proj.weight.val(),
         ] {
             assert_eq!(held_precision(&w), p);
-            if p == WeightPrecision::Bf16 {
-                // Held transposed where this CPU's bf16 kernel (AMX) reads it fastest.
-                let [k, n] = w.dims();
-                let flex = w.try_into_primitive::<burn::backend::Flex>().unwrap();
-                assert_eq!(
-                    flex.is_contiguous(),
-                    !audiox_kernels::bf16::prefers_transposed(k, n),
-                    "[{k}, {n}]"
-                );
-            }
+            // Held transposed where this CPU's kernel for the precision (AMX) reads it
+            // fastest; every size here fits the tiles.
+            let [k, n] = w.dims();
+            let prefers = match p {
+                WeightPrecision::Bf16 => audiox_kernels::bf16::prefers_transposed(k, n),
+                _ => audiox_kernels::int8::prefers_transposed(k, n, k.min(255)),
+            };
+            assert_eq!(is_held_transposed(&w), prefers, "{p} [{k}, {n}]");
         }
         // Biases and norms stay f32.
         assert_eq!(
