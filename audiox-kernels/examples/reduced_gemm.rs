@@ -8,18 +8,21 @@
 //! weight widened per product (the portable path), the AVX512-BF16 and AMX kernels (where the
 //! CPU has them; AMX also on the weight held transposed, as the loader holds it for AMX), the
 //! int8 weight (scale blocks of 192 or 128 rows, as the DiT's) with per-token
-//! activation quantisation on AVX512-VNNI and on AMX; best of five after a warm-up, GFLOP/s
-//! (int8: multiply-adds x 2 per second, as for the floats). The first line names the kernels
-//! the library chooses on this CPU. A second table times the two AMX bf16 layouts on the
-//! student's shapes with the weight read from memory (each repetition on another copy), as in
-//! a DiT step.
+//! activation quantisation on AVX512-VNNI and on AMX (also on the weight held transposed); best
+//! of five after a warm-up, GFLOP/s (int8: multiply-adds x 2 per second, as for the floats).
+//! The first line names the kernels the library chooses on this CPU. A second table times the
+//! AMX layouts of both precisions on the student's shapes with the weight read from memory
+//! (each repetition on another copy), as in a DiT step.
 
 use std::time::Instant;
 
 use audiox_kernels::bf16::{
     Bf16Kernel, matmul_transposed_with, matmul_widened, matmul_with, prefers_transposed,
 };
-use audiox_kernels::int8::{Int8Kernel, matmul_view_with};
+use audiox_kernels::int8::{
+    Int8Kernel, QuantizedWeight, TransposedView, matmul_transposed_with as int8_transposed,
+    matmul_view_with,
+};
 use half::bf16;
 
 fn values(len: usize, seed: u64) -> Vec<f32> {
@@ -81,9 +84,9 @@ fn main() {
         Int8Kernel::current().name()
     );
     println!(
-        "| shape [m,k]x[k,n] | f32 GFLOP/s | bf16 widened | bf16 AVX512-BF16 | bf16 AMX | bf16 AMX, weight transposed | best bf16 / f32 | int8 VNNI | int8 AMX | best int8 / f32 |"
+        "| shape [m,k]x[k,n] | f32 GFLOP/s | bf16 widened | bf16 AVX512-BF16 | bf16 AMX | bf16 AMX, weight transposed | best bf16 / f32 | int8 VNNI | int8 AMX | int8 AMX, weight transposed | best int8 / f32 |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     // 620 tokens (236 latent + 384 context); DiT width 1536, FFN hidden 4096, qkv 3x1536.
     for (m, k, n) in [
         (620, 1536, 4608),
@@ -125,28 +128,32 @@ fn main() {
             .flatten()
             .fold(0.0, f64::max);
         // Blocks of rows as the DiT's int8 weights have them (192 rows at width 1536).
-        let q = audiox_kernels::int8::quantize_weight_blocked(
-            &w,
-            k,
-            n,
-            if k % 192 == 0 { 192 } else { 128 },
-        );
+        let q = int8_weight(&w, k, n);
         let mut int8 = |kernel: Int8Kernel| {
             kernel
                 .is_supported()
                 .then(|| flop / best(|| matmul_view_with(kernel, &x, m, q.view(), &mut out)))
         };
         let (vnni, amx8) = (int8(Int8Kernel::Vnni), int8(Int8Kernel::Amx));
-        let top8 = [vnni, amx8].into_iter().flatten().fold(0.0, f64::max);
+        let qt = audiox_kernels::int8::transpose(&q.q, k, n);
+        let view = TransposedView::from_parts(k, n, q.block, &qt, &q.scale).expect("sizes");
+        let amx8_t = (Int8Kernel::Amx.is_supported()
+            && audiox_kernels::int8::prefers_transposed(k, n, q.block))
+        .then(|| flop / best(|| int8_transposed(Int8Kernel::Amx, &x, m, view, &mut out)));
+        let top8 = [vnni, amx8, amx8_t]
+            .into_iter()
+            .flatten()
+            .fold(0.0, f64::max);
         let show = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.0}"));
         println!(
-            "| [{m},{k}]x[{k},{n}] | {f:.0} | {wd:.0} | {} | {} | {} | {:.2} | {} | {} | {:.2} |",
+            "| [{m},{k}]x[{k},{n}] | {f:.0} | {wd:.0} | {} | {} | {} | {:.2} | {} | {} | {} | {:.2} |",
             show(avx),
             show(amx),
             show(amx_t),
             top / f,
             show(vnni),
             show(amx8),
+            show(amx8_t),
             top8 / f,
         );
     }
@@ -154,8 +161,10 @@ fn main() {
     // may stay in the last-level cache between repetitions. Here every repetition multiplies
     // another copy (at least 512 MiB of copies), so the weight comes from memory.
     println!();
-    println!("| shape, weight from memory | bf16 AMX | bf16 AMX, weight transposed |");
-    println!("|---|---|---|");
+    println!(
+        "| shape, weight from memory | bf16 AMX | bf16 AMX, weight transposed | int8 AMX | int8 AMX, weight transposed |"
+    );
+    println!("|---|---|---|---|---|");
     for (m, k, n) in [
         (237, 1536, 4608),
         (237, 4608, 1536),
@@ -167,10 +176,8 @@ fn main() {
             break;
         }
         let x = values(m * k, 1);
-        let wh: Vec<bf16> = values(k * n, 2)
-            .iter()
-            .map(|&v| bf16::from_f32(v))
-            .collect();
+        let w = values(k * n, 2);
+        let wh: Vec<bf16> = w.iter().map(|&v| bf16::from_f32(v)).collect();
         let mut wt = vec![bf16::ZERO; k * n];
         for r in 0..k {
             for c in 0..n {
@@ -193,6 +200,50 @@ fn main() {
                 i += 1;
                 matmul_transposed_with(Bf16Kernel::Amx, &x, m, &cols[i % copies], k, n, &mut out)
             });
-        println!("| [{m},{k}]x[{k},{n}] | {a:.0} | {t:.0} |");
+        drop((rows, cols));
+        let (mut a8, mut t8) = (None, None);
+        if Int8Kernel::Amx.is_supported() {
+            // Half the bytes of bf16: twice the copies for the same 512 MiB.
+            let q = int8_weight(&w, k, n);
+            let qt = audiox_kernels::int8::transpose(&q.q, k, n);
+            let copies = (512usize << 20).div_ceil(k * n).max(2);
+            let rows: Vec<Vec<i8>> = (0..copies).map(|_| q.q.clone()).collect();
+            let cols: Vec<Vec<i8>> = (0..copies).map(|_| qt.clone()).collect();
+            a8 = Some(
+                flop / best(|| {
+                    i += 1;
+                    let view = audiox_kernels::int8::QuantizedView::from_parts(
+                        k,
+                        n,
+                        q.block,
+                        &rows[i % copies],
+                        &q.scale,
+                    )
+                    .expect("sizes");
+                    matmul_view_with(Int8Kernel::Amx, &x, m, view, &mut out)
+                }),
+            );
+            t8 = Some(
+                flop / best(|| {
+                    i += 1;
+                    let view =
+                        TransposedView::from_parts(k, n, q.block, &cols[i % copies], &q.scale)
+                            .expect("sizes");
+                    int8_transposed(Int8Kernel::Amx, &x, m, view, &mut out)
+                }),
+            );
+        }
+        let show = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.0}"));
+        println!(
+            "| [{m},{k}]x[{k},{n}] | {a:.0} | {t:.0} | {} | {} |",
+            show(a8),
+            show(t8)
+        );
     }
+}
+
+/// The int8 weight as the DiT holds it: scale blocks of 192 rows where they divide `k`, else
+/// 128.
+fn int8_weight(w: &[f32], k: usize, n: usize) -> QuantizedWeight {
+    audiox_kernels::int8::quantize_weight_blocked(w, k, n, if k % 192 == 0 { 192 } else { 128 })
 }
