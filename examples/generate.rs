@@ -143,7 +143,8 @@ struct Args {
     precision: String,
     /// Decode the latent in chunks of this many latent frames, each with the decoder's
     /// receptive radius of context (same audio up to float rounding, less memory); 0 decodes
-    /// it whole. Default: chunks of 64 with `--precision int8`, whole otherwise.
+    /// it whole (the default). 64 (`audiox::LOW_MEMORY_DECODE_CHUNK`) saves about 0.3 GB of
+    /// peak memory at full size for about +10 % of the request's time.
     #[arg(long)]
     decode_chunk: Option<usize>,
     /// Output WAV file (`_N` is added before the extension for several samples).

@@ -52,7 +52,7 @@ pub use generate::{Generation, Intermediates, StageTimings};
 pub use hub::{Hub, HubConfig, Pretrained};
 pub use long_form::{LongFormOptions, LongFormProgress, LongFormStream, Span, WavStream};
 pub use memory::MemoryCheckpoint;
-pub use model::{AudioX, AudioXBuilder, DenoiserKind, INT8_DECODE_CHUNK};
+pub use model::{AudioX, AudioXBuilder, DenoiserKind, LOW_MEMORY_DECODE_CHUNK};
 pub use request::{AudioPrompt, AudioPromptMask, Request, SamplerChoice, VideoInput};
 // Issue 18 re-exports.
 pub use jobs::{Job, JobProgress, JobQueue, JobStage};

@@ -238,10 +238,7 @@ pub struct AudioXBuilder {
 /// How the builder was told to decode.
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum DecodeChoice {
-    /// Whole for `f32` and `bf16` weights, in exact chunks of [`INT8_DECODE_CHUNK`] frames for
-    /// `int8` ones.
-    ByPrecision,
-    /// The whole latent at once.
+    /// The whole latent at once (the default).
     Whole,
     /// In these chunks.
     Chunked(ChunkedDecode),
@@ -249,12 +246,13 @@ enum DecodeChoice {
     ExactChunks(usize),
 }
 
-/// Latent frames per chunk of the decode that `int8` weights get by default (each chunk gets
-/// the decoder's receptive radius of context on both sides, so the result equals the whole
-/// decode up to float rounding). int8 is the choice for small machines, and at full size the
-/// whole decode's activations are a quarter of the request's peak (docs/performance.md,
-/// "int8 memory").
-pub const INT8_DECODE_CHUNK: usize = 64;
+/// Latent frames per chunk for a decode that bounds its activations on a machine short of
+/// memory: `exact_chunked_decode(LOW_MEMORY_DECODE_CHUNK)` (each chunk gets the decoder's
+/// receptive radius of context on both sides, so the result equals the whole decode up to
+/// float rounding). Measured at full size with `int8` weights (AMX Xeon, 2 threads,
+/// 2026-12-02): the 10 s request's peak resident memory 3.91 -> 3.62 GB, its time +0.9 s
+/// (docs/performance.md, "int8 memory").
+pub const LOW_MEMORY_DECODE_CHUNK: usize = 64;
 
 /// Files held in memory instead of a folder.
 #[derive(Debug, Clone)]
@@ -273,7 +271,7 @@ impl Default for AudioXBuilder {
             memory: None,
             denoiser: None,
             device: Device::flex(),
-            decode: DecodeChoice::ByPrecision,
+            decode: DecodeChoice::Whole,
             limits: Limits::default(),
             precision: WeightPrecision::F32,
         }
@@ -384,9 +382,8 @@ impl AudioXBuilder {
 
     /// Decodes latents in overlapping chunks to bound memory (exact with the default
     /// overlap, see `audiox_vae::ChunkedDecode`). Without this call, or
-    /// [`AudioXBuilder::whole_decode`], the decode is whole for `f32` and `bf16` weights and in
-    /// exact chunks of [`INT8_DECODE_CHUNK`] frames for `int8` ones
-    /// ([`AudioX::decode_chunking`] says which).
+    /// [`AudioXBuilder::exact_chunked_decode`], the decode is whole ([`AudioX::decode_chunking`]
+    /// says which); [`LOW_MEMORY_DECODE_CHUNK`] is a chunk size for machines short of memory.
     pub fn chunked_decode(mut self, chunking: ChunkedDecode) -> Self {
         self.decode = DecodeChoice::Chunked(chunking);
         self
@@ -400,8 +397,8 @@ impl AudioXBuilder {
         self
     }
 
-    /// Decodes the whole latent at once, whatever the weight precision (the fastest decode;
-    /// its activations grow with the duration).
+    /// Decodes the whole latent at once (the default; the fastest decode, its activations grow
+    /// with the duration, which requests bound at 10 s).
     pub fn whole_decode(mut self) -> Self {
         self.decode = DecodeChoice::Whole;
         self
@@ -632,8 +629,6 @@ fn load(
         DecodeChoice::Whole => None,
         DecodeChoice::Chunked(chunking) => Some(chunking),
         DecodeChoice::ExactChunks(frames) => Some(ChunkedDecode::exact(&decoder, frames)),
-        DecodeChoice::ByPrecision => (precision == WeightPrecision::Int8)
-            .then(|| ChunkedDecode::exact(&decoder, INT8_DECODE_CHUNK)),
     };
     Ok(Components {
         config,

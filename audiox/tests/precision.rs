@@ -138,7 +138,7 @@ fn reduced_precisions_are_deterministic() {
 }
 
 #[test]
-fn int8_decodes_in_exact_chunks_by_default_and_every_precision_can_choose() {
+fn every_precision_decodes_whole_by_default_and_can_choose_exact_chunks() {
     use audiox::ChunkedDecode;
     let set = FixtureSet::open_default().unwrap();
     let builder = || {
@@ -146,15 +146,26 @@ fn int8_decodes_in_exact_chunks_by_default_and_every_precision_can_choose() {
             .checkpoint_dir(set.bundle_dir())
             .weights_precision(WeightPrecision::Int8)
     };
-    let int8 = builder().build().unwrap();
-    let chunking = int8
-        .decode_chunking()
-        .expect("int8 weights decode in chunks by default");
-    assert_eq!(chunking.chunk, audiox::INT8_DECODE_CHUNK);
-    assert!(chunking.overlap >= 1, "{chunking:?}");
+    assert_eq!(
+        builder().build().unwrap().decode_chunking(),
+        None,
+        "int8 decodes whole"
+    );
     assert_eq!(model(None).decode_chunking(), None, "f32 decodes whole");
     assert_eq!(model(Some(WeightPrecision::Bf16)).decode_chunking(), None);
-    let whole = builder().whole_decode().build().unwrap();
+    let low = builder()
+        .exact_chunked_decode(audiox::LOW_MEMORY_DECODE_CHUNK)
+        .build()
+        .unwrap();
+    let chunking = low.decode_chunking().expect("chunks asked for");
+    assert_eq!(chunking.chunk, audiox::LOW_MEMORY_DECODE_CHUNK);
+    assert!(chunking.overlap >= 1, "{chunking:?}");
+    // The last decode choice wins.
+    let whole = builder()
+        .exact_chunked_decode(3)
+        .whole_decode()
+        .build()
+        .unwrap();
     assert_eq!(whole.decode_chunking(), None);
 
     // Chunks far shorter than the latent, with the exact overlap: the whole decode's audio up
