@@ -245,5 +245,10 @@ fn main() {
 /// The int8 weight as the DiT holds it: scale blocks of 192 rows where they divide `k`, else
 /// 128.
 fn int8_weight(w: &[f32], k: usize, n: usize) -> QuantizedWeight {
-    audiox_kernels::int8::quantize_weight_blocked(w, k, n, if k % 192 == 0 { 192 } else { 128 })
+    audiox_kernels::int8::quantize_weight_blocked(
+        w,
+        k,
+        n,
+        if k.is_multiple_of(192) { 192 } else { 128 },
+    )
 }
