@@ -16,7 +16,10 @@
 //!
 //! The kernels read the weight through a borrowed [`QuantizedView`] ([`matmul_view`],
 //! [`linear_view`]), so a weight held elsewhere (burn's own quantised tensor storage) is
-//! multiplied where it lies; [`QuantizedWeight`] owns its values and lends such a view.
+//! multiplied where it lies; [`QuantizedWeight`] owns its values and lends such a view. Where
+//! the kernel is AMX, a weight can also be held transposed (values `[n, k]`,
+//! [`TransposedView`], [`matmul_transposed`]): the tiles then read it in place instead of
+//! repacking it for every product, with the same floats as a result.
 //!
 //! Work is split over output column panels, never over the reduction, so the result does not
 //! depend on the thread count.
