@@ -206,7 +206,7 @@ impl TimeCrossAttention {
         } else {
             // A reduced weight multiplied where it lies, by the precision's kernel, and the
             // key half of the output kept: widening it to f32 for this matvec wrote the whole
-            // weight out again at every step (a fifth of an int8 DiT step, measured with `perf`).
+            // weight out again at every step (5-7 % of a bf16 or int8 DiT step, measured).
             linear(&self.to_kv, time).narrow(1, 0, e)
         };
         let key = key.reshape([b, 1, self.heads, hd]);
