@@ -524,6 +524,98 @@ pub fn hold_matmul_weight<const D: usize>(
     for_products(hold(values, shape, precision, device))
 }
 
+/// [`hold_matmul_weight`] for a 2-D matmul weight of our shape `[k, n]` whose f32 values are
+/// given **transposed**, `values_nk` row-major `[n, k]` (the layout of a torch `Linear`
+/// weight): where the weight would be held transposed (bf16 or int8 on the CPU backend, the
+/// AMX kernel preferring it), it is converted straight from that layout, without the two
+/// transpositions (to `[k, n]` and back) the general path makes; the held tensor is the one
+/// [`hold_matmul_weight`] would hold, value for value. Otherwise `Err(values_nk)`, untouched:
+/// the caller transposes them and calls [`hold_matmul_weight`].
+pub fn hold_matmul_weight_transposed<const D: usize>(
+    values_nk: Vec<f32>,
+    shape: &[usize],
+    precision: WeightPrecision,
+    device: &Device,
+) -> std::result::Result<Tensor<D>, Vec<f32>> {
+    let (k, n) = match shape {
+        &[k, n] if D == 2 && k * n == values_nk.len() && k > 0 && n > 0 => (k, n),
+        _ => return Err(values_nk),
+    };
+    // The general path transposes into the same `[n, k]` storage: permute the stored
+    // `[n, k]` tensor to the logical `[k, n]`.
+    let mut axes = [0usize; D];
+    for (i, a) in axes.iter_mut().enumerate() {
+        *a = (i + 1) % D;
+    }
+    match precision {
+        WeightPrecision::Bf16 if audiox_kernels::bf16::prefers_transposed(k, n) => {
+            let halves: Vec<bf16> = values_nk.par_iter().map(|&v| bf16::from_f32(v)).collect();
+            let stored = Tensor::<D>::from_data(
+                TensorData::new(halves, [n, k]),
+                TensorCreationOptions::new(device.clone()).with_dtype(DType::BF16),
+            );
+            let held = stored.permute(axes);
+            if audiox_kernels::bf16::is_held_transposed(&held) {
+                Ok(held)
+            } else {
+                Err(values_nk)
+            }
+        }
+        WeightPrecision::Int8 => {
+            let block = block_rows(k);
+            let on_cpu = Tensor::<1>::empty([0], device)
+                .try_into_primitive::<burn::backend::Flex>()
+                .is_ok();
+            if !on_cpu || !audiox_kernels::int8::prefers_transposed(k, n, block) {
+                return Err(values_nk);
+            }
+            // `quantize_int8`'s scales and values, read from the transposed layout: one scale
+            // per (row block, column), `max |w| / 127`; values rounded to nearest.
+            let blocks = k / block;
+            let peaks: Vec<f32> = values_nk
+                .par_chunks(k)
+                .flat_map_iter(|column| {
+                    column
+                        .chunks(block)
+                        .map(|b| b.iter().fold(0.0f32, |p, &v| p.max(v.abs())) / 127.0)
+                        .collect::<Vec<_>>()
+                })
+                .collect();
+            // peaks[c * blocks + rb] -> scales[rb * n + c]
+            let mut scales = vec![0.0f32; blocks * n];
+            for (i, &p) in peaks.iter().enumerate() {
+                scales[(i % blocks) * n + i / blocks] = p;
+            }
+            let mut qt = vec![0i8; k * n];
+            qt.par_chunks_mut(k)
+                .zip(values_nk.par_chunks(k))
+                .enumerate()
+                .for_each(|(c, (q, column))| {
+                    for (r, (q, &v)) in q.iter_mut().zip(column).enumerate() {
+                        let s = scales[(r / block) * n + c];
+                        *q = if s > 0.0 {
+                            (v / s).round().clamp(-127.0, 127.0) as i8
+                        } else {
+                            0
+                        };
+                    }
+                });
+            drop(values_nk);
+            let mut block_dims = vec![1u8; D];
+            block_dims[D - 2] = block as u8;
+            let scheme = int8_scheme(&block_dims);
+            let dims: [usize; D] = shape.try_into().expect("two axes (checked above)");
+            let values = audiox_kernels::int8::hold_transposed_values(qt, dims);
+            Ok(FlexInt8 {
+                q: FlexQTensor::new(values, scheme, scales, None),
+                autodiff: DispatchAutodiffContext::default(),
+            }
+            .into_tensor())
+        }
+        _ => Err(values_nk),
+    }
+}
+
 /// Rows per scale block of an int8 weight with `rows` input rows: the largest divisor of
 /// `rows` that burn's block size (one byte per axis) can express, so each output channel gets
 /// as few scales as possible (one per 192 rows at width 1536, one per 128 at 4096).

@@ -86,3 +86,39 @@ fn only_matmul_weights_are_converted_and_match_an_in_memory_conversion() {
         assert_eq!(layer.num_params(), reference.num_params());
     }
 }
+
+/// A linear weight handed over in torch's `[out, in]` layout is held exactly as the general
+/// path holds it after transposing (values, scales, layout), or handed back untouched where
+/// it would not be held transposed.
+#[test]
+fn a_weight_given_transposed_is_held_as_the_general_path_holds_it() {
+    use audiox_core::precision::{hold_matmul_weight, hold_matmul_weight_transposed};
+    let device = Device::flex();
+    for (k, n) in [(192usize, 64usize), (128, 96), (256, 32), (100, 64), (64, 40)] {
+        let official: Vec<f32> = (0..n * k)
+            .map(|i| ((i as u32).wrapping_mul(2_654_435_761) >> 8) as f32 / 16_777_216.0 - 0.5)
+            .collect();
+        // Ours: [k, n], row r column c = official [c, r].
+        let mut ours = vec![0.0f32; k * n];
+        for c in 0..n {
+            for r in 0..k {
+                ours[r * n + c] = official[c * k + r];
+            }
+        }
+        for p in WeightPrecision::ALL {
+            let want: Tensor<2> = hold_matmul_weight(ours.clone(), vec![k, n], p, &device);
+            match hold_matmul_weight_transposed::<2>(official.clone(), &[k, n], p, &device) {
+                Ok(got) => {
+                    assert!(is_held_transposed(&got), "{p} [{k}, {n}]");
+                    assert!(is_held_transposed(&want), "{p} [{k}, {n}]: general path");
+                    assert_eq!(got.dtype(), want.dtype());
+                    assert_eq!(got.into_data(), want.into_data(), "{p} [{k}, {n}]");
+                }
+                Err(back) => {
+                    assert_eq!(back, official, "handed back untouched");
+                    assert!(!is_held_transposed(&want), "{p} [{k}, {n}]: missed the fast path");
+                }
+            }
+        }
+    }
+}

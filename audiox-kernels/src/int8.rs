@@ -30,8 +30,9 @@ use rayon::prelude::*;
 
 mod transposed;
 pub use transposed::{
-    TRANSPOSED_COLUMNS, TRANSPOSED_ROWS, TransposedView, hold_values_transposed, matmul_transposed,
-    matmul_transposed_with, prefers_transposed, transpose, transposed_values,
+    TRANSPOSED_COLUMNS, TRANSPOSED_ROWS, TransposedView, hold_transposed_values,
+    hold_values_transposed, matmul_transposed, matmul_transposed_with, prefers_transposed,
+    transpose, transposed_values,
 };
 
 /// Output columns per packed panel (two 16-lane vectors of i32 accumulators).

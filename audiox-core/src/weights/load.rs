@@ -11,7 +11,10 @@ use super::layout::{Layout, Source, Transform};
 use super::params::param_specs;
 use super::state_dict::StateDict;
 use crate::error::{Error, Result};
-use crate::precision::{WeightPrecision, held_as, hold, hold_matmul_weight, is_matmul_weight};
+use crate::precision::{
+    WeightPrecision, held_as, hold, hold_matmul_weight, hold_matmul_weight_transposed,
+    is_matmul_weight,
+};
 
 /// The loading contract every model component follows: built from its own config type, its
 /// weights read from `sources` in the component's official names (each source looked up under
@@ -334,29 +337,33 @@ impl ModuleMapper for Applier<'_> {
             return param;
         };
         let shape = param.lazy_shape().to_vec();
-        match compute(&found, &shape) {
-            Ok(values) => {
+        // A linear weight stored as torch's `[out, in]` is handed over in that layout where
+        // the precision holds it transposed anyway (no transposition there and back).
+        let keep_official = found.matmul && found.precision != WeightPrecision::F32;
+        match compute(&found, &shape, keep_official) {
+            Ok(computed) => {
                 let device = param.lazy_device();
-                self.unreleased_bytes += values.len() * std::mem::size_of::<f32>();
-                // Converted here, one tensor at a time: the f32 `values` are this one
-                // parameter's reading buffer, dropped before the next is read.
+                // The f32 reading buffer of this one parameter, converted here and dropped
+                // before the next is read.
+                self.unreleased_bytes += shape.iter().product::<usize>() * size_of::<f32>();
+                let values = match computed {
+                    Computed::Ours(values) => values,
+                    Computed::Transposed(values) => match hold_matmul_weight_transposed::<D>(
+                        values,
+                        &shape,
+                        found.precision,
+                        &device,
+                    ) {
+                        Ok(tensor) => return self.applied(param, path, &found, tensor),
+                        Err(values) => transpose2(&values, shape[1], shape[0]),
+                    },
+                };
                 let tensor = if found.matmul {
                     hold_matmul_weight::<D>(values, shape, found.precision, &device)
                 } else {
                     hold::<D>(values, shape, found.precision, &device)
                 };
-                // The freed reading buffers would otherwise stay resident (crate::memory).
-                if self.unreleased_bytes >= crate::memory::RELEASE_EVERY_BYTES {
-                    crate::memory::release_freed();
-                    self.unreleased_bytes = 0;
-                }
-                self.applied.push(AppliedWeight {
-                    param: path,
-                    keys: found.keys.clone(),
-                    file: found.dict.path().to_path_buf(),
-                });
-                let id = param.id;
-                param.transform_for_load(tensor, id)
+                self.applied(param, path, &found, tensor)
             }
             Err(e) => {
                 self.error = Some(e);
@@ -366,17 +373,54 @@ impl ModuleMapper for Applier<'_> {
     }
 }
 
+impl Applier<'_> {
+    /// `param` set to its loaded `tensor`, recorded in the report; the freed reading buffers
+    /// handed back to the system every [`crate::memory::RELEASE_EVERY_BYTES`] (they would
+    /// otherwise stay resident, see [`crate::memory`]).
+    fn applied<const D: usize>(
+        &mut self,
+        param: Param<Tensor<D>>,
+        path: String,
+        found: &Found<'_>,
+        tensor: Tensor<D>,
+    ) -> Param<Tensor<D>> {
+        if self.unreleased_bytes >= crate::memory::RELEASE_EVERY_BYTES {
+            crate::memory::release_freed();
+            self.unreleased_bytes = 0;
+        }
+        self.applied.push(AppliedWeight {
+            param: path,
+            keys: found.keys.clone(),
+            file: found.dict.path().to_path_buf(),
+        });
+        let id = param.id;
+        param.transform_for_load(tensor, id)
+    }
+}
+
+/// One parameter's values as computed: in our layout, or (a 2-D linear weight asked for in
+/// its official layout) transposed, `[ours[1], ours[0]]` row-major.
+enum Computed {
+    Ours(Vec<f32>),
+    Transposed(Vec<f32>),
+}
+
 /// Reads the official tensors of one parameter and transforms them to our layout.
-fn compute(found: &Found<'_>, ours: &[usize]) -> Result<Vec<f32>> {
+/// With `keep_official`, a 2-D linear weight (`TransposeLinear`, `PermuteRows`) comes back in
+/// torch's `[out, in]` layout ([`Computed::Transposed`]) instead of being transposed here.
+fn compute(found: &Found<'_>, ours: &[usize], keep_official: bool) -> Result<Computed> {
     let mut read = Vec::with_capacity(found.keys.len());
     for key in &found.keys {
         let (shape, values) = found.dict.read_f32(key)?;
         read.push((shape, values));
     }
-    Ok(match &found.source.transform {
+    Ok(Computed::Ours(match &found.source.transform {
         Transform::Identity | Transform::Scalar => read.remove(0).1,
         Transform::TransposeLinear => {
             let (shape, v) = read.remove(0);
+            if keep_official && shape.len() == 2 {
+                return Ok(Computed::Transposed(v));
+            }
             transpose2(&v, shape[0], shape[1])
         }
         Transform::PermuteRows(perm) => {
@@ -388,7 +432,9 @@ fn compute(found: &Found<'_>, ours: &[usize]) -> Result<Vec<f32>> {
                 permuted.extend_from_slice(&v[r * cols..(r + 1) * cols]);
             }
             debug_assert_eq!(perm.len(), rows);
-            if shape.len() == 2 {
+            if shape.len() == 2 && keep_official {
+                return Ok(Computed::Transposed(permuted));
+            } else if shape.len() == 2 {
                 transpose2(&permuted, rows, cols)
             } else {
                 permuted
@@ -405,7 +451,7 @@ fn compute(found: &Found<'_>, ours: &[usize]) -> Result<Vec<f32>> {
             let (out, inp, k) = (shape[0], shape[1], shape[2]);
             conv_as_matmul(v, out, inp, k)
         }
-    })
+    }))
 }
 
 /// An official convolution kernel `v` `[out, inp, k]` as our matmul weight `[k, inp, out]`:

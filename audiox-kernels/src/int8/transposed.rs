@@ -159,8 +159,23 @@ pub fn transpose(q: &[i8], rows: usize, cols: usize) -> Vec<i8> {
 pub fn hold_values_transposed<const W: usize>(q: &[i8], dims: [usize; W]) -> FlexTensor {
     let n = dims[W - 1];
     let k: usize = dims[..W - 1].iter().product();
-    let qt = transpose(q, k, n);
-    let (bytes, _, _) = TensorData::new(qt, [k * n]).into_parts();
+    hold_transposed_values(transpose(q, k, n), dims)
+}
+
+/// [`hold_values_transposed`] for values already transposed: `qt` is the `[n, k]` buffer
+/// (`qt[c * k + r]` = value `[r, c]` of the logical weight), taken as it is.
+///
+/// # Panics
+/// If `qt.len()` is not the product of `dims`.
+pub fn hold_transposed_values<const W: usize>(qt: Vec<i8>, dims: [usize; W]) -> FlexTensor {
+    assert_eq!(
+        qt.len(),
+        dims.iter().product::<usize>(),
+        "{} values for {dims:?}",
+        qt.len()
+    );
+    let len = qt.len();
+    let (bytes, _, _) = TensorData::new(qt, [len]).into_parts();
     FlexTensor::new(bytes, transposed_layout(dims), DType::I8)
 }
 
