@@ -94,7 +94,13 @@ fn only_matmul_weights_are_converted_and_match_an_in_memory_conversion() {
 fn a_weight_given_transposed_is_held_as_the_general_path_holds_it() {
     use audiox_core::precision::{hold_matmul_weight, hold_matmul_weight_transposed};
     let device = Device::flex();
-    for (k, n) in [(192usize, 64usize), (128, 96), (256, 32), (100, 64), (64, 40)] {
+    for (k, n) in [
+        (192usize, 64usize),
+        (128, 96),
+        (256, 32),
+        (100, 64),
+        (64, 40),
+    ] {
         let official: Vec<f32> = (0..n * k)
             .map(|i| ((i as u32).wrapping_mul(2_654_435_761) >> 8) as f32 / 16_777_216.0 - 0.5)
             .collect();
@@ -116,7 +122,10 @@ fn a_weight_given_transposed_is_held_as_the_general_path_holds_it() {
                 }
                 Err(back) => {
                     assert_eq!(back, official, "handed back untouched");
-                    assert!(!is_held_transposed(&want), "{p} [{k}, {n}]: missed the fast path");
+                    assert!(
+                        !is_held_transposed(&want),
+                        "{p} [{k}, {n}]: missed the fast path"
+                    );
                 }
             }
         }
