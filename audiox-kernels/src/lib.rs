@@ -137,3 +137,37 @@ pub(crate) fn gemm_f32(m: usize, n: usize, k: usize, x: &[f32], w: &[f32], out: 
         );
     }
 }
+
+/// `src` (`rows * cols` values, row-major) transposed: `out[c * rows + r] = src[r * cols + c]`,
+/// on all cores, 32 rows of the output per task (each task reads 32 contiguous values of every
+/// input row and fills its 32 output rows in step). The loader's and the int8 layout's
+/// transposes.
+///
+/// # Panics
+/// If `src.len() != rows * cols`.
+pub fn transpose<T: Copy + Default + Send + Sync>(src: &[T], rows: usize, cols: usize) -> Vec<T> {
+    use rayon::prelude::*;
+    const B: usize = 32;
+    assert_eq!(
+        src.len(),
+        rows * cols,
+        "{} values are not [{rows}, {cols}]",
+        src.len()
+    );
+    let mut out = vec![T::default(); src.len()];
+    if rows == 0 || cols == 0 {
+        return out;
+    }
+    out.par_chunks_mut(B * rows)
+        .enumerate()
+        .for_each(|(block, dst)| {
+            let c0 = block * B;
+            let width = dst.len() / rows;
+            for r in 0..rows {
+                for (c, &v) in src[r * cols + c0..][..width].iter().enumerate() {
+                    dst[c * rows + r] = v;
+                }
+            }
+        });
+    out
+}

@@ -472,29 +472,11 @@ fn conv_as_matmul(v: Vec<f32>, out: usize, inp: usize, k: usize) -> Vec<f32> {
     w
 }
 
-/// `v` (`[rows, cols]`, row-major) transposed to `[cols, rows]`: 32 rows of the output per
-/// task, each task reading 32 contiguous values of every input row and filling its 32 output
-/// rows in step (the element-by-element loop it replaces wrote one output row per input
-/// column, `rows` floats apart, on one thread: a few seconds of a full-size load).
+/// `v` (`[rows, cols]`, row-major) transposed to `[cols, rows]`, blocked on all cores
+/// (`audiox_kernels::transpose`; the element-by-element loop it replaced took a few seconds of
+/// a full-size load).
 fn transpose2(v: &[f32], rows: usize, cols: usize) -> Vec<f32> {
-    const B: usize = 32;
-    let mut out = vec![0.0f32; v.len()];
-    if rows == 0 || cols == 0 {
-        return out;
-    }
-    out.par_chunks_mut(B * rows)
-        .enumerate()
-        .for_each(|(block, dst)| {
-            let c0 = block * B;
-            let width = dst.len() / rows;
-            for r in 0..rows {
-                let line = &v[r * cols + c0..][..width];
-                for (c, &x) in line.iter().enumerate() {
-                    dst[c * rows + r] = x;
-                }
-            }
-        });
-    out
+    audiox_kernels::transpose(v, rows, cols)
 }
 
 /// Shapes that differ between the official names of `module` (through `layout`) and a

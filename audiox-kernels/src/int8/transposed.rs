@@ -121,32 +121,13 @@ fn fits_tiles(k: usize, n: usize, block: usize) -> bool {
         && (block >= k || (block > 0 && block.is_multiple_of(TRANSPOSED_ROWS)))
 }
 
-/// `q` (`rows * cols` values, row-major) transposed: `out[c * rows + r] = q[r * cols + c]`,
-/// 32 rows of the output per task.
+/// `q` (`rows * cols` values, row-major) transposed: `out[c * rows + r] = q[r * cols + c]`
+/// ([`crate::transpose`] on i8 values).
+///
+/// # Panics
+/// If `q.len() != rows * cols`.
 pub fn transpose(q: &[i8], rows: usize, cols: usize) -> Vec<i8> {
-    assert_eq!(
-        q.len(),
-        rows * cols,
-        "{} values are not [{rows}, {cols}]",
-        q.len()
-    );
-    const B: usize = 32;
-    let mut out = vec![0i8; q.len()];
-    if rows == 0 {
-        return out;
-    }
-    out.par_chunks_mut(B * rows)
-        .enumerate()
-        .for_each(|(block, dst)| {
-            let c0 = block * B;
-            let width = dst.len() / rows;
-            for r in 0..rows {
-                for (c, &v) in q[r * cols + c0..][..width].iter().enumerate() {
-                    dst[c * rows + r] = v;
-                }
-            }
-        });
-    out
+    crate::transpose(q, rows, cols)
 }
 
 /// The values of a quantised weight `[.., n]` (read as `[k, n]`; `q` row-major) held
