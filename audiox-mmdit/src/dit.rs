@@ -449,13 +449,30 @@ impl Dit {
         self.prepare_impl(context, Some(trace))
     }
 
-    fn prepare_impl(
+    /// The conditioning vector of every sequence position, `[B, L + 1, E]` (position 0 is the
+    /// time token's, position `1 + f` latent frame `f`'s): the context `[B, Nctx, D]` through
+    /// `proj_mm_tokens`, then `proj_mm_seq_len` over the token axis, before the SiLU that every
+    /// block's adaLN modulation starts with. The only way the context reaches the network;
+    /// [`Dit::prepare`] computes it too. Exposed for training, e.g. to supervise what each
+    /// position is told.
+    pub fn conditioning_sequence(&self, context: Tensor<3>) -> Result<Tensor<3>> {
+        let [batch, ..] = context.dims();
+        let mut trace = None;
+        Ok(self
+            .sequence_impl(context, batch, &mut trace)?
+            .swap_dims(1, 2))
+    }
+
+    /// `[B, E, L + 1]`: [`Dit::conditioning_sequence`] with its last two axes swapped, as the
+    /// token-axis projection leaves it; checks the context's shape.
+    fn sequence_impl(
         &self,
         context: Tensor<3>,
-        mut trace: Option<&mut Trace>,
-    ) -> Result<PreparedConditioning> {
+        batch: usize,
+        trace: &mut Option<&mut Trace>,
+    ) -> Result<Tensor<3>> {
         let [tokens, d] = self.context_shape();
-        let [batch, n, w] = context.dims();
+        let [_, n, w] = context.dims();
         if batch == 0 || n != tokens || w != d {
             return Err(Error::input_shape(
                 "DiT context",
@@ -464,10 +481,20 @@ impl Dit {
             ));
         }
         let m = linear(&self.proj_mm_tokens, context); // [B, Nctx, E]
-        record(&mut trace, || "mid.proj_mm_tokens".into(), &m);
+        record(trace, || "mid.proj_mm_tokens".into(), &m);
         // Linear over the token axis: one conditioning vector per sequence position.
         let m = linear(&self.proj_mm_seq_len, m.swap_dims(1, 2)); // [B, E, L+1]
-        record(&mut trace, || "mid.proj_mm_seq_len".into(), &m);
+        record(trace, || "mid.proj_mm_seq_len".into(), &m);
+        Ok(m)
+    }
+
+    fn prepare_impl(
+        &self,
+        context: Tensor<3>,
+        mut trace: Option<&mut Trace>,
+    ) -> Result<PreparedConditioning> {
+        let [batch, ..] = context.dims();
+        let m = self.sequence_impl(context, batch, &mut trace)?;
         let activated = silu(m.swap_dims(1, 2)); // [B, L+1, E], shared by every block
         let mut blocks = Vec::with_capacity(self.blocks.len());
         for (i, block) in self.blocks.iter().enumerate() {

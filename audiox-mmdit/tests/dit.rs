@@ -11,7 +11,7 @@ use audiox_core::weights::{Component, StateDict, WeightSource, resolve_official_
 use audiox_mmdit::parity::{
     COND_DIM, DIT_SECTION, MAF_SECTION, dit_config, load_fixture_dit, load_fixture_maf, maf_config,
 };
-use audiox_mmdit::{Dit, DitConfig, MafBlock, MafBlockConfig, MmditDenoiser};
+use audiox_mmdit::{Dit, DitConfig, MafBlock, MafBlockConfig, MmditDenoiser, Trace};
 use audiox_sampler::Denoiser;
 use burn::tensor::{Device, Tensor};
 
@@ -70,6 +70,42 @@ fn cached_conditioning_equals_an_uncached_forward() {
         .forward(x, Tensor::from_floats([1.0], &device), &prepared)
         .unwrap();
     assert_eq!(to_vec(again), to_vec(first.unwrap()));
+}
+
+/// The per-position conditioning exposed for training is the sequence the blocks' adaLN maps
+/// read: the traced `proj_mm_seq_len` output of a prepare, position-major.
+#[test]
+fn the_conditioning_sequence_is_what_prepare_modulates_from() {
+    let Some(fx) = fixture("mmdit_forward") else {
+        return;
+    };
+    let device = Device::flex();
+    let dit = load_fixture_dit(&fx, &device).unwrap();
+    let ctx: Tensor<3> = tensor(&fx, "mid.cross_attn_cond", &device);
+    let mut trace = Trace::new();
+    dit.prepare_traced(ctx.clone(), &mut trace).unwrap();
+    let traced = trace.get("mid.proj_mm_seq_len").unwrap();
+    let sequence = dit.conditioning_sequence(ctx).unwrap();
+    let [b, positions, width] = sequence.dims();
+    assert_eq!(positions, dit.latent_length() + 1);
+    assert_eq!(width, dit.width());
+    // Traced [B, E, L + 1]; the sequence [B, L + 1, E].
+    assert_eq!(traced.shape, vec![b, width, positions]);
+    let values = to_vec(sequence);
+    for (i, &v) in traced.values.iter().enumerate() {
+        let (e, p) = ((i / positions) % width, i % positions);
+        let bi = i / (positions * width);
+        assert_eq!(
+            v,
+            values[(bi * positions + p) * width + e],
+            "batch {bi} channel {e} position {p}"
+        );
+    }
+    let [n_ctx, d] = dit.context_shape();
+    expect_input_shape(
+        "sequence context",
+        dit.conditioning_sequence(Tensor::zeros([1, n_ctx + 1, d], &device)),
+    );
 }
 
 fn expect_input_shape<T: std::fmt::Debug>(what: &str, r: audiox_core::Result<T>) {
