@@ -10,7 +10,10 @@
 //!
 //! `--rows TEXT` scores only the rows whose label contains `TEXT` (e.g. `student`, or
 //! `euler 25` for one teacher row), for a quick check of a training snapshot; `--verbose`
-//! prints each clip's caption, the number of events it asks for and the events detected.
+//! prints each clip's caption, the number of events it asks for and the events detected;
+//! `--training` scores the first training scenes (clip indices 0, 1, ...) instead of the
+//! held-out captions: far better scores there than on held-out captions mean a model that
+//! learnt the captions it saw rather than the grammar.
 //!
 //! The student is the export's `audiox_turbo/` file and the teacher its `pretrained_ckpt/` file
 //! (or `--teacher FILE`); rows whose model is missing are skipped with a note. Clip `i` uses seed `i`, so the
@@ -21,8 +24,8 @@ use std::time::Instant;
 
 use audiox::sampler::SamplerKind;
 use audiox::{AudioX, DenoiserKind, Request};
-use audiox_train::corpus::{Corpus, CorpusConfig};
-use audiox_train::metric::{DetectorConfig, Report, detect_events, evaluate_generator};
+use audiox_train::corpus::{Corpus, CorpusConfig, Scene};
+use audiox_train::metric::{DetectorConfig, Report, detect_events, evaluate_scenes};
 
 struct Args {
     dir: PathBuf,
@@ -31,6 +34,7 @@ struct Args {
     teacher: Option<PathBuf>,
     rows: Option<String>,
     verbose: bool,
+    training: bool,
 }
 
 fn parse() -> Result<Args, String> {
@@ -38,6 +42,7 @@ fn parse() -> Result<Args, String> {
     let mut dir = None;
     let (mut count, mut guidance, mut teacher, mut rows) = (40, 6.0, None, None);
     let mut verbose = false;
+    let mut training = false;
     while let Some(a) = it.next() {
         let mut value = |name: &str| it.next().ok_or(format!("{name} needs a value"));
         match a.as_str() {
@@ -52,6 +57,7 @@ fn parse() -> Result<Args, String> {
             "--teacher" => teacher = Some(PathBuf::from(value("--teacher")?)),
             "--rows" => rows = Some(value("--rows")?),
             "--verbose" => verbose = true,
+            "--training" => training = true,
             _ if a.starts_with("--") => return Err(format!("unknown option {a}")),
             _ if dir.is_none() => dir = Some(PathBuf::from(a)),
             _ => return Err(format!("unexpected argument {a}")),
@@ -59,7 +65,7 @@ fn parse() -> Result<Args, String> {
     }
     let dir = dir.ok_or(
         "usage: instruction_following EXPORT_DIR [--count N] [--guidance G] [--teacher FILE] \
-         [--rows TEXT] [--verbose]",
+         [--rows TEXT] [--verbose] [--training]",
     )?;
     if count == 0 {
         return Err("--count must be at least 1".into());
@@ -71,19 +77,18 @@ fn parse() -> Result<Args, String> {
         teacher,
         rows,
         verbose,
+        training,
     })
 }
 
 /// Scores `model` with requests shaped by `shape`; returns the report and seconds per clip.
 fn score(
     model: &AudioX,
-    corpus: &Corpus,
-    count: usize,
+    scenes: &[Scene],
     verbose: bool,
     shape: &dyn Fn(Request) -> Request,
 ) -> Result<(Report, f64), Box<dyn std::error::Error>> {
     let rate = model.config().sample_rate;
-    let scenes = corpus.try_held_out_scenes(count)?;
     let start = Instant::now();
     let mut generate = |caption: &str, i: u64| -> Result<Vec<f32>, audiox::Error> {
         let generation = model.generate(shape(Request::text(caption).seed(i)))?;
@@ -108,8 +113,8 @@ fn score(
         }
         Ok(mono)
     };
-    let report = evaluate_generator(corpus, count, rate, &mut generate)?;
-    Ok((report, start.elapsed().as_secs_f64() / count as f64))
+    let report = evaluate_scenes(scenes, rate, &mut generate)?;
+    Ok((report, start.elapsed().as_secs_f64() / scenes.len() as f64))
 }
 
 fn main() -> std::process::ExitCode {
@@ -129,9 +134,23 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         sample_rate: config.sample_rate,
         ..CorpusConfig::default()
     })?;
+    let scenes: Vec<Scene> = if args.training {
+        (0..args.count as u64)
+            .map(|i| corpus.training_scene(i))
+            .collect()
+    } else {
+        corpus.try_held_out_scenes(args.count)?
+    };
     println!(
-        "{} held-out captions, seeds 0..{}, guidance {} for the teacher",
-        args.count, args.count, args.guidance
+        "{} {} captions, seeds 0..{}, guidance {} for the teacher",
+        args.count,
+        if args.training {
+            "training"
+        } else {
+            "held-out"
+        },
+        args.count,
+        args.guidance
     );
     println!("| model, sampler | clips | count | order | onset | pitch | s/clip |");
     println!("|---|---|---|---|---|---|---|");
@@ -142,7 +161,7 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
                shape: &dyn Fn(Request) -> Request|
      -> Result<(), Box<dyn std::error::Error>> {
         if wanted(label) {
-            let (report, secs) = score(model, &corpus, args.count, args.verbose, shape)?;
+            let (report, secs) = score(model, &scenes, args.verbose, shape)?;
             println!("{} {secs:.2} |", report.markdown_row(label));
         }
         Ok(())

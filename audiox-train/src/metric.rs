@@ -322,11 +322,26 @@ pub fn evaluate_generator<E, G>(
 where
     G: FnMut(&str, u64) -> Result<Vec<f32>, E> + ?Sized,
 {
-    let cfg = DetectorConfig::default();
     let scenes = corpus
         .try_held_out_scenes(n)
         .map_err(EvaluateError::Corpus)?;
-    let mut scores = Vec::with_capacity(n);
+    evaluate_scenes(&scenes, sample_rate, generate)
+}
+
+/// The metric for a generator on the given scenes (e.g. training scenes, to tell a model that
+/// has not learnt the task from one that has learnt only the captions it saw):
+/// `generate` gets each scene's caption and its index in `scenes`, as for
+/// [`evaluate_generator`].
+pub fn evaluate_scenes<E, G>(
+    scenes: &[crate::corpus::Scene],
+    sample_rate: u32,
+    generate: &mut G,
+) -> Result<Report, EvaluateError<E>>
+where
+    G: FnMut(&str, u64) -> Result<Vec<f32>, E> + ?Sized,
+{
+    let cfg = DetectorConfig::default();
+    let mut scores = Vec::with_capacity(scenes.len());
     for (i, scene) in scenes.iter().enumerate() {
         let audio = generate(&scene.caption(), i as u64).map_err(EvaluateError::Generate)?;
         scores.push(score_clip(
