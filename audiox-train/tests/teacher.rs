@@ -12,10 +12,11 @@ use audiox::{
 use audiox_core::noise::labels;
 use audiox_train::corpus::Corpus;
 use audiox_train::train::teacher::{TeacherModel, noise, tokenizer};
+use audiox_train::train::timeline::TimelineLoss;
 use audiox_train::train::vae::parameters;
 use audiox_train::train::{
-    PromptMasking, RunConfig, RunDir, Stop, TeacherStage, VaeStage, export_teacher, export_vae,
-    masked_prompt, train_stage,
+    PromptMasking, RunConfig, RunDir, Stage, Stop, TeacherStage, VaeStage, export_teacher,
+    export_vae, masked_prompt, train_stage,
 };
 use burn::module::Module;
 use burn::tensor::{Device, Tensor, TensorData};
@@ -1160,4 +1161,57 @@ fn copy_dir(from: &Path, to: &Path) {
             std::fs::copy(entry.path(), &target).unwrap();
         }
     }
+}
+
+#[test]
+fn the_timeline_term_trains_the_conditioning_towards_the_clips_events() {
+    one_thread();
+    let mut run = tiny_run();
+    run.teacher.timeline = Some(TimelineLoss { weight: 1.0 });
+    run.teacher.optim.steps = 8;
+    run.teacher.optim.lr = 1e-2;
+    run.teacher.cond_dropout = 0.0;
+    run.validate().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let device = device();
+    let run_dir = RunDir::open(tmp.path(), run.clone()).unwrap();
+    let vae = VaeStage::new(run_dir.config(), &device).unwrap();
+    let out = train_stage(&vae, &run_dir, &device, Stop::never(), &mut |_| {}).unwrap();
+    export_vae(&out.model, &run, &tmp.path().join("export")).unwrap();
+    let stage = TeacherStage::new(&run_dir, &device).unwrap();
+    let initial = stage.init_model(&device).unwrap();
+    let mut terms = Vec::new();
+    let mut totals = Vec::new();
+    let trained = train_stage(&stage, &run_dir, &device, Stop::never(), &mut |r| {
+        terms.push(r.terms["timeline"]);
+        totals.push((r.loss, r.terms["flow_mse"]));
+    })
+    .unwrap()
+    .model;
+    assert_eq!(terms.len(), 8);
+    // The step's loss is the flow term plus the weighted timeline term.
+    for (&(loss, flow), &t) in totals.iter().zip(&terms) {
+        assert!(
+            (loss - (flow + t)).abs() < 1e-4 * loss.max(1.0),
+            "{loss} {flow} {t}"
+        );
+    }
+    // Trained on it, the conditioning moves towards the timelines: the term of one batch
+    // (step 1's clips and draws) before and after.
+    let term = |model: &TeacherModel| stage.loss(model, 1, &device).unwrap().terms["timeline"];
+    let (before, after) = (term(&initial), term(&trained));
+    // The same run without the term (the flow loss alone) moves it less.
+    let mut flow_only = run.clone();
+    flow_only.teacher.timeline = None;
+    let (control, ..) = train(&tmp.path().join("flow-only"), &flow_only, None);
+    let control = term(&control);
+    assert!(
+        after < before && after < 0.8 * control,
+        "timeline term {before} -> {after} (flow loss alone: {control})"
+    );
+    // A weight that is not positive is refused.
+    let mut bad = tiny_run();
+    bad.teacher.timeline = Some(TimelineLoss { weight: 0.0 });
+    let err = bad.validate().unwrap_err().to_string();
+    assert!(err.contains("teacher.timeline"), "{err}");
 }

@@ -16,6 +16,7 @@
 //! * [`latent_store`]: the teacher's clip latents kept in the run folder between processes;
 //! * [`teacher`]: the DiT + MAF teacher stage (with the small T5 and the conditioners'
 //!   trainable parts) and its export to the layout the model builder loads;
+//! * [`timeline`]: the teacher's optional timeline supervision of its conditioning;
 //! * [`export`]: trained modules written under their official tensor names;
 //! * [`dmd`]: the DMD student stage (distribution matching with a fake-score model trained
 //!   online, a regression term on cached teacher trajectories), run by
@@ -50,6 +51,7 @@ pub mod run;
 pub mod stage;
 pub mod stft;
 pub mod teacher;
+pub mod timeline;
 pub mod vae;
 
 pub use dmd::StudentStage;

@@ -473,6 +473,7 @@ impl RunConfig {
                 clip: serde_json::from_str(crate::tokenizer::DEMO_CLIP_CONFIG_JSON)
                     .expect("the built-in CLIP config is JSON"),
                 audio_prompt: None,
+                timeline: None,
             },
             student: StudentStageConfig::demo(),
         }

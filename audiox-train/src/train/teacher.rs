@@ -59,7 +59,8 @@ use super::init::random_init;
 use super::latent_store::{LatentKey, LatentStore};
 use super::run::{LoopSettings, RunConfig, RunDir, StageName};
 use super::stage::{Stage, StepLoss};
-use crate::corpus::Corpus;
+use super::timeline::{TimelineLoss, timeline_batch, timeline_loss};
+use crate::corpus::{Clip, Corpus, RenderedEvent};
 use crate::tokenizer::DEMO_TOKENIZER_JSON;
 
 /// Official key prefixes of the model object (as `audiox` loads them).
@@ -97,6 +98,10 @@ pub struct TeacherStageConfig {
     /// demo teachers up to T5 were trained). See [`PromptMasking`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audio_prompt: Option<PromptMasking>,
+    /// Timeline supervision of the conditioning (`None`, the default: the flow loss alone, as
+    /// the demo teachers up to T5 were trained). See [`super::timeline`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeline: Option<TimelineLoss>,
 }
 
 /// Audio prompts made from the training clip itself with a span blanked, so that the teacher
@@ -256,6 +261,19 @@ impl TeacherStageConfig {
                         "masked prompts are built from the clip's latents: the prompt's {prompt_frames} \
                          latent frames must equal the clip's {}",
                         model.latent_length()
+                    ),
+                ));
+            }
+        }
+        if let Some(timeline) = &self.timeline {
+            timeline.check("teacher.timeline")?;
+            let width = model.dit().width;
+            if width < super::timeline::CHANNELS {
+                return Err(TrainError::config(
+                    "teacher.timeline",
+                    format!(
+                        "the DiT's width {width} is below the {} supervised channels",
+                        super::timeline::CHANNELS
                     ),
                 ));
             }
@@ -604,11 +622,20 @@ impl TeacherStage {
         indices: &[u64],
         device: &Device,
     ) -> TrainResult<(Tensor<3>, Vec<String>)> {
-        let clips: Vec<_> = indices
+        let (latents, clips) = self.clips_and_latents(indices, device)?;
+        Ok((latents, clips.into_iter().map(|c| c.caption).collect()))
+    }
+
+    /// [`TeacherStage::clean_latents`] with the rendered clips themselves (their events).
+    fn clips_and_latents(
+        &self,
+        indices: &[u64],
+        device: &Device,
+    ) -> TrainResult<(Tensor<3>, Vec<Clip>)> {
+        let clips: Vec<Clip> = indices
             .iter()
             .map(|&i| self.corpus.training_clip(i))
             .collect();
-        let captions = clips.iter().map(|c| c.caption.clone()).collect();
         let mut guard = self
             .latents
             .lock()
@@ -659,7 +686,7 @@ impl TeacherStage {
         let [c, l] = self.latent_dims;
         Ok((
             Tensor::from_data(TensorData::new(values, [indices.len(), c, l]), device),
-            captions,
+            clips,
         ))
     }
 
@@ -761,7 +788,7 @@ impl Stage for TeacherStage {
         let indices: Vec<u64> = (0..b)
             .map(|_| rng.next_u64() % settings.clip_pool)
             .collect();
-        let (x0, captions) = self.clean_latents(&indices, device)?;
+        let (x0, clips) = self.clips_and_latents(&indices, device)?;
         // The clean latents' RMS, for the log: the flow's noise has unit variance, so latents
         // far from unit scale skew its signal-to-noise schedule (the schema has no latent
         // scaling to correct it).
@@ -773,8 +800,22 @@ impl Stage for TeacherStage {
             let blanks = masking.draw(&mut rng, b, frames);
             prompt = masked_prompt(prompt, x0.clone(), &blanks)?;
         }
-        let captions: Vec<&str> = captions.iter().map(String::as_str).collect();
+        let captions: Vec<&str> = clips.iter().map(|c| c.caption.as_str()).collect();
         let context = model.context_with_prompt(&self.tokenizer, &captions, prompt, device)?;
+        // The timeline term (no random draw, so the stream is the same with or without it).
+        let timeline = match &settings.timeline {
+            Some(setting) => {
+                let [.., frames] = x0.dims();
+                let config = self.run.model_config()?;
+                let frame_s = config.sample_size as f32 / config.sample_rate as f32 / frames as f32;
+                let events: Vec<&[RenderedEvent]> =
+                    clips.iter().map(|c| c.events.as_slice()).collect();
+                let targets = timeline_batch(&events, frames, frame_s, device);
+                let sequence = model.dit.conditioning_sequence(context.clone())?;
+                Some((timeline_loss(sequence, targets)?, setting.weight))
+            }
+            None => None,
+        };
         let mut loss = flow_loss(
             &model.dit,
             x0,
@@ -784,6 +825,11 @@ impl Stage for TeacherStage {
             &mut rng,
         )?;
         loss.terms.insert("x0_rms".to_string(), rms);
+        if let Some((term, weight)) = timeline {
+            let value = term.clone().into_scalar::<f32>() as f64;
+            loss.terms.insert("timeline".to_string(), value);
+            loss.loss = loss.loss + term.mul_scalar(weight);
+        }
         Ok(loss)
     }
 }
