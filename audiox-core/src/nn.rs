@@ -37,6 +37,13 @@ pub fn merge_heads(x: Tensor<4>) -> Tensor<3> {
     x.swap_dims(1, 2).reshape([b, n, h * d])
 }
 
+/// CLIP's quick GELU, `x * sigmoid(1.702 x)`. On the CPU backend this is
+/// `audiox_kernels::quick_gelu` (one vectorised pass, in place when `x` is not shared), burn's
+/// composed ops elsewhere.
+pub fn quick_gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    audiox_kernels::quick_gelu(x)
+}
+
 /// Softmax attention `softmax(q k^T * scale) v` on `[B, H, N, d]` tensors; `scale` defaults to
 /// `1 / sqrt(d)`. On the CPU backend this is `audiox_kernels::attention` (one head per task),
 /// elsewhere burn's `attention`.

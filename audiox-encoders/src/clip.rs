@@ -16,7 +16,7 @@
 
 use std::path::Path;
 
-use audiox_core::nn::{heads, merge_heads, sdpa};
+use audiox_core::nn::{heads, merge_heads, quick_gelu, sdpa};
 use audiox_core::precision::linear;
 use audiox_core::weights::{Component, Layout, LoadReport, WeightSource, load_module};
 use audiox_core::{Error, Result};
@@ -25,7 +25,6 @@ use burn::module::{Module, Param};
 use burn::nn::{
     Embedding, EmbeddingConfig, Initializer, LayerNorm, LayerNormConfig, Linear, LinearConfig,
 };
-use burn::tensor::activation::sigmoid;
 use burn::tensor::{Device, Tensor};
 use serde::Deserialize;
 use serde_json::Value;
@@ -353,11 +352,6 @@ pub struct ClipVision {
     pub vision_model: ClipVisionTransformer,
     /// Projection of the pooled class token `[D, projection_dim]` (unused by AudioX-Turbo).
     pub visual_projection: Linear,
-}
-
-/// `x * sigmoid(1.702 x)`.
-fn quick_gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
-    x.clone() * sigmoid(x.mul_scalar(1.702))
 }
 
 impl ClipAttention {

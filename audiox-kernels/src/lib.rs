@@ -31,6 +31,7 @@ pub mod bf16;
 mod conv;
 #[cfg(target_arch = "x86_64")]
 mod conv_bf16;
+mod gelu;
 pub mod int8;
 pub mod reference;
 mod snake;
@@ -41,6 +42,7 @@ use burn::tensor::{DType, Tensor};
 
 pub use attention::attention;
 pub use conv::{conv_transpose1d, conv1d, snake_conv1d, snake_conv1d_residual};
+pub use gelu::{QUICK_GELU_SLOPE, quick_gelu, quick_gelu_slice};
 pub use snake::snake;
 
 /// The contiguous f32 buffer of a tensor on the flex backend, or `None` (another backend, dtype

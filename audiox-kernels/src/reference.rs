@@ -15,6 +15,11 @@ pub fn snake(x: Tensor<3>, alpha: &Tensor<1>, beta: &Tensor<1>) -> Tensor<3> {
     x + s.clone() * s * inv_mag
 }
 
+/// CLIP's quick GELU, `x * sigmoid(1.702 x)`, as burn's composed ops.
+pub fn quick_gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
+    x.clone() * burn::tensor::activation::sigmoid(x.mul_scalar(crate::gelu::QUICK_GELU_SLOPE))
+}
+
 /// `conv1d` with burn's convolution.
 pub fn conv1d(
     x: Tensor<3>,

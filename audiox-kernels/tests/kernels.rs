@@ -45,6 +45,53 @@ fn snake_matches_the_composed_ops() {
 }
 
 #[test]
+fn quick_gelu_matches_the_composed_ops() {
+    // Every value to within a few f32 ulp of burn's `x * sigmoid(1.702 x)` (elementwise,
+    // relative to the value's own size, with an absolute floor for results near 0).
+    for (shape, seed, scale) in [
+        ([1, 3, 5], 1, 3.0),
+        ([2, 50, 3072], 2, 4.0),
+        ([1, 1, 1], 3, 1.0),
+    ] {
+        let x = seeded(seed, shape, scale);
+        let fast = to_vec(audiox_kernels::quick_gelu(x.clone()));
+        let slow = to_vec(reference::quick_gelu(x.clone()));
+        for (i, (f, s)) in fast.iter().zip(&slow).enumerate() {
+            assert!(
+                (f - s).abs() <= 4e-7 * s.abs() + 1e-30,
+                "{shape:?} value {i}: {f} vs {s}"
+            );
+        }
+    }
+    // Far tails, zero, infinities and NaN.
+    let edges = vec![
+        -200.0,
+        -60.0,
+        -1e-30,
+        0.0,
+        1e-30,
+        60.0,
+        200.0,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::NAN,
+    ];
+    let x = from_vec(edges.clone(), [1, 1, edges.len()], &Device::flex()).unwrap();
+    let got = to_vec(audiox_kernels::quick_gelu(x));
+    // Far negative (and -inf): the limit 0.
+    assert_eq!(&got[..2], &[-0.0, -0.0]);
+    assert_eq!(got[2], -5e-31);
+    assert_eq!(&got[3..8], &[0.0, 5e-31, 60.0, 200.0, f32::INFINITY]);
+    assert_eq!(got[8], 0.0);
+    assert!(got[9].is_nan());
+    // In place when the input is not shared: a shared input is left untouched.
+    let x = seeded(4, [1, 2, 64], 1.0);
+    let before = to_vec(x.clone());
+    let _ = audiox_kernels::quick_gelu(x.clone());
+    assert_eq!(to_vec(x), before);
+}
+
+#[test]
 fn conv1d_matches_burn_for_strides_dilations_and_paddings() {
     let cases = [
         // (b, cin, cout, t, k, stride, padding, dilation)
