@@ -100,6 +100,29 @@ pub(crate) fn flex_f32_strided<const D: usize>(t: &Tensor<D>) -> Option<StridedF
     })
 }
 
+/// `x` (a contiguous f32 tensor on the flex backend, checked by the caller with [`flex_f32`])
+/// with `f` applied to all its values: in place when this is the only reference to the buffer,
+/// otherwise on a copy (a shared input is left untouched).
+pub(crate) fn map_values_in_place<const D: usize>(
+    x: Tensor<D>,
+    f: impl FnOnce(&mut [f32]),
+) -> Tensor<D> {
+    let device = x.device();
+    let dims = x.dims();
+    let mut prim = x
+        .try_into_primitive::<Flex>()
+        .expect("a flex tensor (checked by the caller)");
+    if let Some(buf) = prim.try_storage_mut::<f32>()
+        && buf.len() == dims.iter().product::<usize>()
+    {
+        f(buf);
+        return Tensor::from_primitive::<Flex>(prim);
+    }
+    let mut out = values(&prim).to_vec();
+    f(&mut out);
+    Tensor::from_data(burn::tensor::TensorData::new(out, dims), &device)
+}
+
 /// The f32 values of a contiguous flex tensor.
 pub(crate) fn values(t: &FlexTensor) -> &[f32] {
     t.as_slice::<f32>().expect("checked by flex_f32")

@@ -1,6 +1,6 @@
 //! The fused SnakeBeta activation.
 
-use burn::tensor::{Tensor, TensorData};
+use burn::tensor::Tensor;
 use rayon::prelude::*;
 
 use crate::{flex_f32, reference, values};
@@ -20,22 +20,8 @@ pub fn snake(x: Tensor<3>, alpha: &Tensor<1>, beta: &Tensor<1>) -> Tensor<3> {
         return x;
     }
     let (freq, inv_mag) = factors(values(&a), values(&b));
-    let device = x.device();
-    let dims = x.dims();
     drop(flex);
-    // In place when this is the only reference to the buffer; otherwise into a new one.
-    let mut prim = x
-        .try_into_primitive::<burn::backend::Flex>()
-        .expect("checked above");
-    if let Some(buf) = prim.try_storage_mut::<f32>()
-        && buf.len() == dims.iter().product::<usize>()
-    {
-        apply(buf, t, &freq, &inv_mag, c);
-        return Tensor::from_primitive::<burn::backend::Flex>(prim);
-    }
-    let mut out = crate::values(&prim).to_vec();
-    apply(&mut out, t, &freq, &inv_mag, c);
-    Tensor::from_data(TensorData::new(out, dims), &device)
+    crate::map_values_in_place(x, |buf| apply(buf, t, &freq, &inv_mag, c))
 }
 
 /// The per-channel factors `e^alpha` and `1 / (e^beta + 1e-9)`, computed in f32 as the
