@@ -18,11 +18,8 @@
 
 use std::path::PathBuf;
 
-use audiox_train::train::checkpoint::Checkpoints;
 use audiox_train::train::flow::normals;
-use audiox_train::train::{RunDir, StageName, TeacherModel, TeacherStage, masked_prompt};
-use burn::module::Module;
-use burn::optim::AdamConfig;
+use audiox_train::train::{RunDir, TeacherModel, TeacherStage, masked_prompt};
 use burn::tensor::{Device, Tensor, TensorData};
 use rand_chacha::ChaCha8Rng;
 use rand_core::SeedableRng;
@@ -74,11 +71,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let run = RunDir::resume(&dir)?;
     let plain = Device::flex();
     let stage = TeacherStage::new(&run, &plain)?;
-    let model = TeacherModel::init(run.config(), &plain.clone().autodiff())?;
-    let model = Checkpoints::new(&run.stage_dir(StageName::Teacher))
-        .load(step, model, AdamConfig::new().init())?
-        .model
-        .valid();
+    let model = TeacherModel::from_checkpoint(&run, step, &plain)?;
     let indices: Vec<u64> = (0..clips as u64).map(|i| 1_000_000 + i).collect();
     let (x0, captions) = stage.clean_latents(&indices, &plain)?;
     let [b, c, frames] = x0.dims();

@@ -19,11 +19,8 @@
 use std::path::PathBuf;
 
 use audiox_train::corpus::Scene;
-use audiox_train::train::checkpoint::Checkpoints;
 use audiox_train::train::timeline::{CHANNELS, timeline_batch, timeline_loss};
-use audiox_train::train::{RunDir, StageName, TeacherModel, TeacherStage};
-use burn::module::Module;
-use burn::optim::AdamConfig;
+use audiox_train::train::{RunDir, TeacherModel, TeacherStage};
 use burn::tensor::Device;
 
 fn parse() -> Result<(PathBuf, u64, usize, bool), String> {
@@ -68,11 +65,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let run = RunDir::resume(&dir)?;
     let plain = Device::flex();
     let stage = TeacherStage::new(&run, &plain)?;
-    let model = TeacherModel::init(run.config(), &plain.clone().autodiff())?;
-    let model = Checkpoints::new(&run.stage_dir(StageName::Teacher))
-        .load(step, model, AdamConfig::new().init())?
-        .model
-        .valid();
+    let model = TeacherModel::from_checkpoint(&run, step, &plain)?;
     let config = run.config().model_config()?;
     let corpus = audiox_train::corpus::Corpus::new((&run.config().corpus).into())?;
     let scenes: Vec<Scene> = if training {

@@ -410,6 +410,16 @@ impl TeacherModel {
         })
     }
 
+    /// The teacher of checkpoint `step` of a run folder, on the plain (non-autodiff) `device`,
+    /// for evaluation.
+    pub fn from_checkpoint(run: &RunDir, step: u64, device: &Device) -> TrainResult<Self> {
+        let model = TeacherModel::init(run.config(), &device.clone().autodiff())?;
+        Ok(Checkpoints::new(&run.stage_dir(StageName::Teacher))
+            .load(step, model, burn::optim::AdamConfig::new().init())?
+            .model
+            .valid())
+    }
+
     /// Text condition tokens `[B, Nt, D]`: the T5 encoder's output with padded positions
     /// zeroed (the text conditioner's computation).
     pub fn text_tokens(&self, text: &TextBatch) -> TrainResult<Tensor<3>> {
@@ -533,6 +543,8 @@ pub struct TeacherStage {
     frozen_device: Device,
     latents: Mutex<CachedLatents>,
     latent_dims: [usize; 2],
+    /// Seconds per latent frame (the timeline's frame length).
+    frame_s: f32,
 }
 
 /// The clip latents computed so far, and which of them the run folder does not hold yet.
@@ -569,6 +581,9 @@ impl TeacherStage {
         let vae_path = super::vae::vae_export_path(run);
         let vae_bytes = std::fs::read(&vae_path).map_err(|e| TrainError::io(&vae_path, e))?;
         let latent_dims = [model.model.io_channels, model.latent_length()];
+        let frame_s = model.sample_size as f32
+            / model.sample_rate as f32
+            / model.latent_length().max(1) as f32;
         let (store, by_clip) = LatentStore::open(
             &run.stage_dir(StageName::Teacher).join("latents"),
             LatentKey {
@@ -592,6 +607,7 @@ impl TeacherStage {
                 store,
             }),
             latent_dims,
+            frame_s,
             run: config,
         })
     }
@@ -806,11 +822,9 @@ impl Stage for TeacherStage {
         let timeline = match &settings.timeline {
             Some(setting) => {
                 let [.., frames] = x0.dims();
-                let config = self.run.model_config()?;
-                let frame_s = config.sample_size as f32 / config.sample_rate as f32 / frames as f32;
                 let events: Vec<&[RenderedEvent]> =
                     clips.iter().map(|c| c.events.as_slice()).collect();
-                let targets = timeline_batch(&events, frames, frame_s, device);
+                let targets = timeline_batch(&events, frames, self.frame_s, device);
                 let sequence = model.dit.conditioning_sequence(context.clone())?;
                 Some((timeline_loss(sequence, targets)?, setting.weight))
             }
