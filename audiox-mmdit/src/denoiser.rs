@@ -69,6 +69,44 @@ impl<'a> MmditDenoiser<'a> {
         })
     }
 
+    /// A denoiser prepared from conditioning sequences `[B, L + 1, E]` (see
+    /// [`Dit::prepare_sequence`]) instead of contexts: guided when `unconditional` is given
+    /// (same shape as `conditional`). For experiments on what the positions are told; the
+    /// reference's null condition is `dit.conditioning_sequence(zeros)`.
+    pub fn from_sequences(
+        dit: &'a Dit,
+        conditional: Tensor<3>,
+        unconditional: Option<Tensor<3>>,
+    ) -> Result<Self> {
+        let batch = conditional.dims()[0];
+        let Some(unconditional) = unconditional else {
+            let prepared = dit.prepare_sequence(conditional)?;
+            return Ok(MmditDenoiser {
+                dit,
+                conditional: prepared.clone(),
+                prepared,
+                guided: false,
+            });
+        };
+        if unconditional.dims() != conditional.dims() {
+            return Err(audiox_core::Error::input_shape(
+                "unconditional sequence",
+                format!(
+                    "{:?} (the conditional sequence's shape)",
+                    conditional.dims()
+                ),
+                &unconditional.dims(),
+            ));
+        }
+        let prepared = dit.prepare_sequence(Tensor::cat(vec![conditional, unconditional], 0))?;
+        Ok(MmditDenoiser {
+            dit,
+            conditional: prepared.narrow_batch(0, batch)?,
+            prepared,
+            guided: true,
+        })
+    }
+
     /// Whether the unconditional branch is prepared.
     pub fn is_guided(&self) -> bool {
         self.guided

@@ -488,6 +488,23 @@ impl Dit {
         Ok(m)
     }
 
+    /// [`Dit::prepare`] from a conditioning sequence `[B, L + 1, E]` (as
+    /// [`Dit::conditioning_sequence`] returns it) instead of a context: for experiments that
+    /// change what the positions are told, e.g. a diagnostic that writes a known event layout
+    /// into it. `prepare_sequence(conditioning_sequence(ctx))` equals `prepare(ctx)`.
+    pub fn prepare_sequence(&self, sequence: Tensor<3>) -> Result<PreparedConditioning> {
+        let [batch, positions, width] = sequence.dims();
+        let expected = [self.latent_length() + 1, self.width()];
+        if batch == 0 || [positions, width] != expected {
+            return Err(Error::input_shape(
+                "DiT conditioning sequence",
+                format!("[B >= 1, {}, {}]", expected[0], expected[1]),
+                &[batch, positions, width],
+            ));
+        }
+        self.modulation_impl(sequence.swap_dims(1, 2), batch, None)
+    }
+
     fn prepare_impl(
         &self,
         context: Tensor<3>,
@@ -495,6 +512,16 @@ impl Dit {
     ) -> Result<PreparedConditioning> {
         let [batch, ..] = context.dims();
         let m = self.sequence_impl(context, batch, &mut trace)?;
+        self.modulation_impl(m, batch, trace)
+    }
+
+    /// Every block's modulation from the sequence `m` `[B, E, L + 1]`.
+    fn modulation_impl(
+        &self,
+        m: Tensor<3>,
+        batch: usize,
+        mut trace: Option<&mut Trace>,
+    ) -> Result<PreparedConditioning> {
         let activated = silu(m.swap_dims(1, 2)); // [B, L+1, E], shared by every block
         let mut blocks = Vec::with_capacity(self.blocks.len());
         for (i, block) in self.blocks.iter().enumerate() {

@@ -108,6 +108,109 @@ fn the_conditioning_sequence_is_what_prepare_modulates_from() {
     );
 }
 
+/// Preparing from the conditioning sequence gives the same velocities as preparing from the
+/// context; a changed sequence changes them; wrong shapes are refused.
+#[test]
+fn prepare_sequence_equals_prepare_from_the_context() {
+    let Some(fx) = fixture("mmdit_forward") else {
+        return;
+    };
+    let device = Device::flex();
+    let dit = load_fixture_dit(&fx, &device).unwrap();
+    let ctx: Tensor<3> = tensor(&fx, "mid.cross_attn_cond", &device);
+    let x: Tensor<3> = tensor(&fx, "in.x", &device);
+    let t = Tensor::<1>::from_floats([0.6], &device);
+    let sequence = dit.conditioning_sequence(ctx.clone()).unwrap();
+    let from_context = dit.forward(x.clone(), t.clone(), &dit.prepare(ctx).unwrap());
+    let from_sequence = dit.forward(
+        x.clone(),
+        t.clone(),
+        &dit.prepare_sequence(sequence.clone()).unwrap(),
+    );
+    let err = max_abs_diff(from_context.unwrap(), from_sequence.unwrap());
+    assert!(err <= 1e-6, "sequence vs context: {err}");
+    // One position told something else: the velocity moves.
+    let [b, positions, width] = sequence.dims();
+    let bump = Tensor::<3>::zeros([b, 1, width], &device).add_scalar(1.0);
+    let changed = Tensor::cat(
+        vec![
+            sequence.clone().narrow(1, 0, 1),
+            sequence.clone().narrow(1, 1, 1) + bump,
+            sequence.clone().narrow(1, 2, positions - 2),
+        ],
+        1,
+    );
+    let moved = dit
+        .forward(
+            x.clone(),
+            t.clone(),
+            &dit.prepare_sequence(changed).unwrap(),
+        )
+        .unwrap();
+    let base = dit
+        .forward(x, t, &dit.prepare_sequence(sequence).unwrap())
+        .unwrap();
+    assert!(max_abs_diff(moved, base) > 1e-4);
+    expect_input_shape(
+        "sequence positions",
+        dit.prepare_sequence(Tensor::zeros([b, positions + 1, width], &device)),
+    );
+    expect_input_shape(
+        "sequence width",
+        dit.prepare_sequence(Tensor::zeros([b, positions, width + 1], &device)),
+    );
+    expect_input_shape(
+        "empty batch",
+        dit.prepare_sequence(Tensor::zeros([0, positions, width], &device)),
+    );
+}
+
+/// A denoiser prepared from conditioning sequences is the context-prepared one: guided, the
+/// null sequence of an all-zero context gives the reference's unconditional branch.
+#[test]
+fn a_denoiser_from_sequences_equals_one_from_contexts() {
+    let Some(fx) = fixture("mmdit_forward") else {
+        return;
+    };
+    let device = Device::flex();
+    let dit = load_fixture_dit(&fx, &device).unwrap();
+    let ctx: Tensor<3> = tensor(&fx, "mid.cross_attn_cond", &device);
+    let x: Tensor<3> = tensor(&fx, "in.x", &device);
+    let t = Tensor::<1>::from_floats([0.4], &device);
+    let sequence = dit.conditioning_sequence(ctx.clone()).unwrap();
+    let null = dit.conditioning_sequence(ctx.zeros_like()).unwrap();
+    let guided = MmditDenoiser::with_guidance(&dit, ctx.clone()).unwrap();
+    let from = MmditDenoiser::from_sequences(&dit, sequence.clone(), Some(null.clone())).unwrap();
+    assert!(from.is_guided());
+    let (c1, u1) = guided.velocity_pair(x.clone(), t.clone()).unwrap().unwrap();
+    let (c2, u2) = from.velocity_pair(x.clone(), t.clone()).unwrap().unwrap();
+    assert!(max_abs_diff(c1, c2) <= 1e-6);
+    assert!(max_abs_diff(u1, u2) <= 1e-6);
+    let plain = MmditDenoiser::new(&dit, ctx).unwrap();
+    let from_plain = MmditDenoiser::from_sequences(&dit, sequence.clone(), None).unwrap();
+    assert!(!from_plain.is_guided());
+    assert!(
+        from_plain
+            .velocity_pair(x.clone(), t.clone())
+            .unwrap()
+            .is_none()
+    );
+    let err = max_abs_diff(
+        plain.velocity(x.clone(), t.clone()).unwrap(),
+        from_plain.velocity(x, t).unwrap(),
+    );
+    assert!(err <= 1e-6, "{err}");
+    let [b, positions, width] = null.dims();
+    expect_input_shape(
+        "unconditional sequence",
+        MmditDenoiser::from_sequences(
+            &dit,
+            sequence,
+            Some(Tensor::zeros([b + 1, positions, width], &device)),
+        ),
+    );
+}
+
 fn expect_input_shape<T: std::fmt::Debug>(what: &str, r: audiox_core::Result<T>) {
     match r {
         Err(Error::InputShape { .. }) => {}

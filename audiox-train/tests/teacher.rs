@@ -1167,7 +1167,10 @@ fn copy_dir(from: &Path, to: &Path) {
 fn the_timeline_term_trains_the_conditioning_towards_the_clips_events() {
     one_thread();
     let mut run = tiny_run();
-    run.teacher.timeline = Some(TimelineLoss { weight: 1.0 });
+    run.teacher.timeline = Some(TimelineLoss {
+        weight: 1.0,
+        oracle: false,
+    });
     run.teacher.optim.steps = 8;
     run.teacher.optim.lr = 1e-2;
     run.teacher.cond_dropout = 0.0;
@@ -1211,7 +1214,82 @@ fn the_timeline_term_trains_the_conditioning_towards_the_clips_events() {
     );
     // A weight that is not positive is refused.
     let mut bad = tiny_run();
-    bad.teacher.timeline = Some(TimelineLoss { weight: 0.0 });
+    bad.teacher.timeline = Some(TimelineLoss {
+        weight: 0.0,
+        oracle: false,
+    });
     let err = bad.validate().unwrap_err().to_string();
     assert!(err.contains("teacher.timeline"), "{err}");
+}
+
+/// The layout oracle (`teacher.timeline.oracle`): the flow loss sees the clips' exact
+/// timelines in the kept rows (so it changes with the same draws), not in the dropped rows
+/// (with every row dropped it equals the plain loss bit for bit), and a weight of 0 is
+/// allowed with it only.
+#[test]
+fn the_layout_oracle_conditions_the_kept_rows_only() {
+    one_thread();
+    let mut run = tiny_run();
+    run.teacher.timeline = Some(TimelineLoss {
+        weight: 0.0,
+        oracle: true,
+    });
+    run.validate().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let device = device();
+    let vae_dir = RunDir::open(tmp.path().join("vae"), run.clone()).unwrap();
+    let vae = VaeStage::new(vae_dir.config(), &device).unwrap();
+    let out = train_stage(&vae, &vae_dir, &device, Stop::never(), &mut |_| {}).unwrap();
+    let export = tmp.path().join("vae").join("export");
+    export_vae(&out.model, &run, &export).unwrap();
+    // A copy of the VAE's run folder with `config` (the VAE stage done); its teacher stage.
+    let stage = |name: &str, config: &RunConfig| {
+        let dir = tmp.path().join(name);
+        copy_dir(&tmp.path().join("vae"), &dir);
+        std::fs::remove_file(dir.join("run.json")).unwrap();
+        let run_dir = RunDir::open(&dir, config.clone()).unwrap();
+        TeacherStage::new(&run_dir, &device).unwrap()
+    };
+    let mut plain_run = run.clone();
+    plain_run.teacher.timeline = Some(TimelineLoss {
+        weight: 1.0,
+        oracle: false,
+    });
+    let oracle = stage("oracle", &run);
+    let plain = stage("plain", &plain_run);
+    let model = oracle.init_model(&device).unwrap();
+    let step = 3;
+    let (a, b) = (
+        oracle.loss(&model, step, &device).unwrap(),
+        plain.loss(&model, step, &device).unwrap(),
+    );
+    // Same draws (dropped rows, the timeline term of the model's own conditioning) ...
+    assert_eq!(a.terms["dropped"], b.terms["dropped"]);
+    assert!(a.terms["dropped"] < run.teacher.optim.batch as f64);
+    assert_eq!(a.terms["timeline"], b.terms["timeline"]);
+    // ... another conditioning; with weight 0 the loss is the flow term alone.
+    assert_ne!(a.terms["flow_mse"], b.terms["flow_mse"]);
+    let total = a.loss.into_scalar::<f32>() as f64;
+    assert!((total - a.terms["flow_mse"]).abs() < 1e-6 * total.max(1.0));
+    // Every row dropped: nobody is given the oracle.
+    let (mut all_oracle, mut all_plain) = (run.clone(), plain_run.clone());
+    all_oracle.teacher.cond_dropout = 1.0;
+    all_plain.teacher.cond_dropout = 1.0;
+    let flow = |s: &TeacherStage| s.loss(&model, step, &device).unwrap().terms["flow_mse"];
+    assert_eq!(
+        flow(&stage("dropped-oracle", &all_oracle)),
+        flow(&stage("dropped-plain", &all_plain))
+    );
+    // Weight 0 without the oracle is refused; a negative weight with it too.
+    let mut bad = tiny_run();
+    bad.teacher.timeline = Some(TimelineLoss {
+        weight: 0.0,
+        oracle: false,
+    });
+    assert!(bad.validate().is_err());
+    bad.teacher.timeline = Some(TimelineLoss {
+        weight: -1.0,
+        oracle: true,
+    });
+    assert!(bad.validate().is_err());
 }

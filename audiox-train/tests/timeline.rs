@@ -3,7 +3,9 @@
 //! supervised channels of the latent frames' conditioning.
 
 use audiox_train::corpus::{Corpus, CorpusConfig, EventKind, Pitch, RenderedEvent};
-use audiox_train::train::timeline::{CHANNELS, timeline, timeline_batch, timeline_loss};
+use audiox_train::train::timeline::{
+    CHANNELS, timeline, timeline_batch, timeline_loss, with_oracle,
+};
 use burn::tensor::{Device, Tensor, TensorData};
 
 fn event(kind: EventKind, pitch: Option<Pitch>, onset_s: f32, duration_s: f32) -> RenderedEvent {
@@ -137,4 +139,50 @@ fn the_term_compares_only_the_supervised_channels_of_the_latent_frames() {
     assert!(timeline_loss(short, targets.clone()).is_err());
     let narrow = Tensor::<3>::zeros([b, frames + 1, CHANNELS - 1], &device);
     assert!(timeline_loss(narrow, targets).is_err());
+}
+
+/// The layout oracle writes the targets into the supervised channels of the latent frames of
+/// the kept rows, and leaves everything else (the time token's position, the other channels,
+/// the rows whose condition is dropped) as it was.
+#[test]
+fn the_oracle_replaces_only_the_supervised_channels_of_kept_rows() {
+    let device = Device::flex();
+    let (b, frames, width) = (3, 4, 6);
+    let original: Vec<f32> = (0..b * (frames + 1) * width)
+        .map(|i| 10.0 + i as f32)
+        .collect();
+    let sequence = Tensor::<3>::from_data(
+        TensorData::new(original.clone(), [b, frames + 1, width]),
+        &device,
+    );
+    let target_values: Vec<f32> = (0..b * frames * CHANNELS)
+        .map(|i| -1.0 - i as f32)
+        .collect();
+    let targets = Tensor::<3>::from_data(
+        TensorData::new(target_values.clone(), [b, frames, CHANNELS]),
+        &device,
+    );
+    let kept = [true, false, true];
+    let out = with_oracle(sequence.clone(), targets.clone(), &kept).unwrap();
+    assert_eq!(out.dims(), [b, frames + 1, width]);
+    let values = out.into_data().try_into_vec::<f32>().unwrap();
+    for row in 0..b {
+        for p in 0..=frames {
+            for c in 0..width {
+                let at = (row * (frames + 1) + p) * width + c;
+                let expected = if kept[row] && p > 0 && c < CHANNELS {
+                    target_values[(row * frames + p - 1) * CHANNELS + c]
+                } else {
+                    original[at]
+                };
+                assert_eq!(values[at], expected, "row {row} position {p} channel {c}");
+            }
+        }
+    }
+    // Shapes or flags that do not fit are refused.
+    assert!(with_oracle(sequence.clone(), targets.clone(), &kept[..2]).is_err());
+    let short = Tensor::<3>::zeros([b, frames, width], &device);
+    assert!(with_oracle(short, targets.clone(), &kept).is_err());
+    let narrow = Tensor::<3>::zeros([b, frames + 1, CHANNELS - 1], &device);
+    assert!(with_oracle(narrow, targets, &kept).is_err());
 }

@@ -13,7 +13,7 @@ use burn::tensor::{Device, Tensor, TensorData};
 use rand_chacha::ChaCha8Rng;
 use rand_core::Rng;
 
-use audiox_mmdit::Dit;
+use audiox_mmdit::{Dit, PreparedConditioning};
 
 use super::error::TrainResult;
 use super::stage::StepLoss;
@@ -106,10 +106,26 @@ pub fn flow_loss(
     dropout: f64,
     rng: &mut ChaCha8Rng,
 ) -> TrainResult<StepLoss> {
+    flow_loss_conditioned(dit, x0, sampler, dropout, rng, |dropped| {
+        Ok(dit.prepare(drop_condition(context, dropped))?)
+    })
+}
+
+/// [`flow_loss`] with the conditioning built by `condition` from the batch's dropped rows
+/// (`true`: the row's condition is dropped), e.g. from a conditioning sequence changed
+/// after the context (`Dit::prepare_sequence`). Draws from `rng` as [`flow_loss`] does.
+pub fn flow_loss_conditioned(
+    dit: &Dit,
+    x0: Tensor<3>,
+    sampler: TimeSampler,
+    dropout: f64,
+    rng: &mut ChaCha8Rng,
+    condition: impl FnOnce(&[bool]) -> TrainResult<PreparedConditioning>,
+) -> TrainResult<StepLoss> {
     let device = x0.device();
     let batch = flow_batch(x0, sampler, dropout, rng, &device);
-    let context = drop_condition(context, &batch.dropped);
-    let v = dit.forward_with_context(batch.z_t, batch.t, context)?;
+    let prepared = condition(&batch.dropped)?;
+    let v = dit.forward(batch.z_t, batch.t, &prepared)?;
     let loss = (v - batch.target).powi_scalar(2).mean();
     let value = loss.clone().into_scalar::<f32>() as f64;
     let dropped = batch.dropped.iter().filter(|&&d| d).count() as f64;

@@ -54,12 +54,12 @@ use audiox_vae::{OobleckEncoder, Posterior, Vae};
 use super::checkpoint::{Checkpoints, write_atomic};
 use super::error::{TrainError, TrainResult};
 use super::export::{official_tensors_of, write_safetensors};
-use super::flow::{TimeSampler, flow_loss, normals};
+use super::flow::{TimeSampler, drop_condition, flow_loss, flow_loss_conditioned, normals};
 use super::init::random_init;
 use super::latent_store::{LatentKey, LatentStore};
 use super::run::{LoopSettings, RunConfig, RunDir, StageName};
 use super::stage::{Stage, StepLoss};
-use super::timeline::{TimelineLoss, timeline_batch, timeline_loss};
+use super::timeline::{TimelineLoss, timeline_batch, timeline_loss, with_oracle};
 use crate::corpus::{Clip, Corpus, RenderedEvent};
 use crate::tokenizer::DEMO_TOKENIZER_JSON;
 
@@ -819,6 +819,7 @@ impl Stage for TeacherStage {
         let captions: Vec<&str> = clips.iter().map(|c| c.caption.as_str()).collect();
         let context = model.context_with_prompt(&self.tokenizer, &captions, prompt, device)?;
         // The timeline term (no random draw, so the stream is the same with or without it).
+        let mut oracle = None;
         let timeline = match &settings.timeline {
             Some(setting) => {
                 let [.., frames] = x0.dims();
@@ -826,18 +827,40 @@ impl Stage for TeacherStage {
                     clips.iter().map(|c| c.events.as_slice()).collect();
                 let targets = timeline_batch(&events, frames, self.frame_s, device);
                 let sequence = model.dit.conditioning_sequence(context.clone())?;
+                if setting.oracle {
+                    oracle = Some(targets.clone());
+                }
                 Some((timeline_loss(sequence, targets)?, setting.weight))
             }
             None => None,
         };
-        let mut loss = flow_loss(
-            &model.dit,
-            x0,
-            context,
-            settings.time_sampler,
-            settings.cond_dropout,
-            &mut rng,
-        )?;
+        let mut loss = match oracle {
+            None => flow_loss(
+                &model.dit,
+                x0,
+                context,
+                settings.time_sampler,
+                settings.cond_dropout,
+                &mut rng,
+            )?,
+            // The diagnostic: the exact layout written into the kept rows' conditioning.
+            Some(targets) => flow_loss_conditioned(
+                &model.dit,
+                x0,
+                settings.time_sampler,
+                settings.cond_dropout,
+                &mut rng,
+                |dropped| {
+                    let sequence = model
+                        .dit
+                        .conditioning_sequence(drop_condition(context, dropped))?;
+                    let kept: Vec<bool> = dropped.iter().map(|d| !d).collect();
+                    Ok(model
+                        .dit
+                        .prepare_sequence(with_oracle(sequence, targets, &kept)?)?)
+                },
+            )?,
+        };
         loss.terms.insert("x0_rms".to_string(), rms);
         if let Some((term, weight)) = timeline {
             let value = term.clone().into_scalar::<f32>() as f64;

@@ -45,17 +45,38 @@ pub const MIN_ACTIVE_S: f32 = 0.04;
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TimelineLoss {
-    /// Weight of the term in the step's loss (positive).
+    /// Weight of the term in the step's loss (positive; 0 allowed with [`Self::oracle`]).
     pub weight: f64,
+    /// A diagnostic, off by default: the flow loss sees the clip's exact timeline written
+    /// into the supervised channels of its conditioning ([`with_oracle`]; rows whose
+    /// condition is dropped keep their own), so that a run can tell whether the DiT renders
+    /// events where it is told to. **The export of such a run cannot carry the oracle**
+    /// (generation reads the layout from the caption alone): score it with the
+    /// `layout_oracle` example, not as a model.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub oracle: bool,
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 impl TimelineLoss {
-    /// Checks the weight (finite, positive); `section` names the setting in errors.
+    /// Checks the weight (finite; positive, or 0 with the oracle); `section` names the setting
+    /// in errors.
     pub fn check(&self, section: &str) -> TrainResult<()> {
-        if !(self.weight.is_finite() && self.weight > 0.0) {
+        let allowed = if self.oracle {
+            self.weight >= 0.0
+        } else {
+            self.weight > 0.0
+        };
+        if !(self.weight.is_finite() && allowed) {
             return Err(TrainError::config(
                 section,
-                format!("weight {} must be finite and positive", self.weight),
+                format!(
+                    "weight {} must be finite and positive (or 0 with the oracle)",
+                    self.weight
+                ),
             ));
         }
         Ok(())
@@ -127,4 +148,53 @@ pub fn timeline_loss(sequence: Tensor<3>, targets: Tensor<3>) -> TrainResult<Ten
     }
     let supervised = sequence.narrow(1, 1, frames).narrow(2, 0, channels);
     Ok((supervised - targets).powi_scalar(2).mean())
+}
+
+/// The conditioning `sequence` `[B, 1 + frames, E]` with the first [`CHANNELS`] channels of
+/// every latent frame (position 0, the time token's, left alone) replaced by `targets`
+/// `[B, frames, CHANNELS]` in the rows where `kept[row]`; the other rows unchanged. The layout
+/// oracle of [`TimelineLoss::oracle`] and of the `layout_oracle` example. Fails when the
+/// shapes do not fit.
+pub fn with_oracle(
+    sequence: Tensor<3>,
+    targets: Tensor<3>,
+    kept: &[bool],
+) -> TrainResult<Tensor<3>> {
+    let [b, positions, width] = sequence.dims();
+    let [tb, frames, channels] = targets.dims();
+    if tb != b || kept.len() != b || positions != frames + 1 || width < channels {
+        return Err(TrainError::config(
+            "teacher.timeline",
+            format!(
+                "conditioning [{b}, {positions}, {width}] does not fit timelines [{tb}, {frames}, {channels}] with {} row flags",
+                kept.len()
+            ),
+        ));
+    }
+    let device = sequence.device();
+    let mut mask = vec![0.0f32; b * positions * width];
+    for (row, _) in kept.iter().enumerate().filter(|(_, k)| **k) {
+        for p in 1..positions {
+            let at = (row * positions + p) * width;
+            mask[at..at + channels].fill(1.0);
+        }
+    }
+    let mask = Tensor::<3>::from_data(TensorData::new(mask, [b, positions, width]), &device);
+    // The targets at their positions, zero elsewhere.
+    let placed = Tensor::cat(
+        vec![Tensor::<3>::zeros([b, 1, channels], &device), targets],
+        1,
+    );
+    let placed = if width > channels {
+        Tensor::cat(
+            vec![
+                placed,
+                Tensor::<3>::zeros([b, positions, width - channels], &device),
+            ],
+            2,
+        )
+    } else {
+        placed
+    };
+    Ok(sequence * (mask.clone().neg() + 1.0) + placed * mask)
 }
