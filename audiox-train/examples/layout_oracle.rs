@@ -13,8 +13,14 @@
 //!
 //! ```text
 //! cargo run --release -p audiox-train --features train --example layout_oracle -- \
-//!     RUN_DIR STEP [--count 40] [--steps 25] [--cfg 6] [--no-oracle] [--verbose]
+//!     RUN_DIR STEP [--count 40] [--steps 25] [--cfg 6] [--no-oracle] [--basis FILE] [--verbose]
 //! ```
+//!
+//! `--basis FILE` projects each oracle timeline onto a subspace first, to ask how much of the
+//! layout a conditioning of limited rank along time could carry (the caption reaches the
+//! positions through one fixed map from its tokens, `docs/training.md`): little-endian f32,
+//! `k` and `frames`, then the per-channel mean timeline (`CHANNELS x frames`), then `k`
+//! orthonormal rows of `frames` values; each channel becomes `mean + B^T B (x - mean)`.
 //!
 //! Sampling: Euler with classifier-free guidance (the null condition is the conditioning
 //! sequence of an all-zero context, never given the oracle), seed `i` for the `i`-th held-out
@@ -28,7 +34,7 @@ use audiox_mmdit::MmditDenoiser;
 use audiox_train::corpus::{Corpus, Scene};
 use audiox_train::metric::{Report, detect_events, evaluate_scenes};
 use audiox_train::train::teacher::load_trained_vae;
-use audiox_train::train::timeline::{timeline_batch, with_oracle};
+use audiox_train::train::timeline::{CHANNELS, TimelineBasis, timeline, with_oracle};
 use audiox_train::train::{RunDir, TeacherModel, TeacherStage};
 use burn::tensor::{Device, Tensor, TensorData};
 
@@ -39,12 +45,13 @@ struct Args {
     steps: usize,
     cfg: f32,
     oracle: bool,
+    basis: Option<PathBuf>,
     verbose: bool,
 }
 
 fn parse() -> Result<Args, String> {
     let usage = "usage: layout_oracle RUN_DIR STEP [--count N] [--steps N] [--cfg G] \
-                 [--no-oracle] [--verbose]";
+                 [--no-oracle] [--basis FILE] [--verbose]";
     let mut it = std::env::args().skip(1);
     let dir = PathBuf::from(it.next().ok_or(usage)?);
     let step = it
@@ -59,12 +66,14 @@ fn parse() -> Result<Args, String> {
         steps: 25,
         cfg: 6.0,
         oracle: true,
+        basis: None,
         verbose: false,
     };
     while let Some(a) = it.next() {
         match a.as_str() {
             "--no-oracle" => args.oracle = false,
             "--verbose" => args.verbose = true,
+            "--basis" => args.basis = Some(PathBuf::from(it.next().ok_or("--basis needs a file")?)),
             "--count" | "--steps" | "--cfg" => {
                 let v = it.next().ok_or(format!("{a} needs a value"))?;
                 let bad = |e: &dyn std::fmt::Display| format!("{a} {v:?}: {e}");
@@ -99,6 +108,18 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let frame_s = config.sample_size as f32 / config.sample_rate as f32 / frames as f32;
     let sampler = SamplerKind::Euler.build(args.steps, Guidance::cfg(args.cfg));
     let silent_eps = vec![0.0f32; stage.silent_prompt().mean.len()];
+    let basis = match &args.basis {
+        Some(path) => {
+            let basis = TimelineBasis::read(path)?;
+            if basis.frames() != frames {
+                return Err(
+                    format!("--basis has {} frames, the model {frames}", basis.frames()).into(),
+                );
+            }
+            Some(basis)
+        }
+        None => None,
+    };
 
     let mut generate = |caption: &str,
                         index: u64|
@@ -113,7 +134,12 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         let mut sequence = dit.conditioning_sequence(context.clone())?;
         if args.oracle {
             let clip = corpus.held_out_clip(&scenes[index as usize], index);
-            let targets = timeline_batch(&[clip.events.as_slice()], frames, frame_s, &plain);
+            let mut values = timeline(&clip.events, frames, frame_s);
+            if let Some(basis) = &basis {
+                basis.project(&mut values);
+            }
+            let targets =
+                Tensor::<3>::from_data(TensorData::new(values, [1, frames, CHANNELS]), &plain);
             sequence = with_oracle(sequence, targets, &[true])?;
         }
         let null = dit.conditioning_sequence(context.zeros_like())?;
@@ -132,9 +158,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
             .map_err(|e| format!("{e:?}"))?;
         if args.verbose {
             let found = detect_events(&values, config.sample_rate, &Default::default()).len();
+            // The loudest 20 ms frame, dBFS RMS (the detector ignores what stays below -70).
+            let hop = (config.sample_rate / 50).max(1) as usize;
+            let loudest = values
+                .chunks(hop)
+                .map(|c| c.iter().map(|s| s * s).sum::<f32>() / c.len() as f32)
+                .fold(0.0f32, f32::max);
             println!(
-                "{index:>3} asks {} makes {found}: {caption}",
-                scenes[index as usize].expected_events().len()
+                "{index:>3} asks {} makes {found} (loudest frame {:.1} dB): {caption}",
+                scenes[index as usize].expected_events().len(),
+                10.0 * (loudest + 1e-12).log10()
             );
         }
         Ok(values)
@@ -148,7 +181,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         "{} {} | {} | euler {} steps, cfg {}",
         args.dir.display(),
         args.step,
-        if args.oracle { "oracle" } else { "caption" },
+        match (&args.basis, args.oracle) {
+            (_, false) => "caption".to_string(),
+            (None, true) => "oracle".to_string(),
+            (Some(_), true) => format!(
+                "oracle, rank {}",
+                basis.as_ref().map_or(0, TimelineBasis::rank)
+            ),
+        },
         args.steps,
         args.cfg
     ));

@@ -1170,6 +1170,7 @@ fn the_timeline_term_trains_the_conditioning_towards_the_clips_events() {
     run.teacher.timeline = Some(TimelineLoss {
         weight: 1.0,
         oracle: false,
+        basis: None,
     });
     run.teacher.optim.steps = 8;
     run.teacher.optim.lr = 1e-2;
@@ -1217,6 +1218,7 @@ fn the_timeline_term_trains_the_conditioning_towards_the_clips_events() {
     bad.teacher.timeline = Some(TimelineLoss {
         weight: 0.0,
         oracle: false,
+        basis: None,
     });
     let err = bad.validate().unwrap_err().to_string();
     assert!(err.contains("teacher.timeline"), "{err}");
@@ -1233,6 +1235,7 @@ fn the_layout_oracle_conditions_the_kept_rows_only() {
     run.teacher.timeline = Some(TimelineLoss {
         weight: 0.0,
         oracle: true,
+        basis: None,
     });
     run.validate().unwrap();
     let tmp = tempfile::tempdir().unwrap();
@@ -1254,6 +1257,7 @@ fn the_layout_oracle_conditions_the_kept_rows_only() {
     plain_run.teacher.timeline = Some(TimelineLoss {
         weight: 1.0,
         oracle: false,
+        basis: None,
     });
     let oracle = stage("oracle", &run);
     let plain = stage("plain", &plain_run);
@@ -1280,16 +1284,51 @@ fn the_layout_oracle_conditions_the_kept_rows_only() {
         flow(&stage("dropped-oracle", &all_oracle)),
         flow(&stage("dropped-plain", &all_plain))
     );
+    // A basis (`teacher.timeline.basis`, read from the run folder) projects the targets the
+    // oracle writes and the term compares: the draws stay, the conditioning and term change.
+    let frames = run.model_config().unwrap().latent_length();
+    let mut file: Vec<f32> = vec![1.0, frames as f32];
+    file.extend(vec![0.0f32; 4 * frames]);
+    file.extend((0..frames).map(|f| f32::from(f == 0)));
+    let bytes: Vec<u8> = file.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let mut projected = run.clone();
+    projected.teacher.timeline = Some(TimelineLoss {
+        weight: 0.0,
+        oracle: true,
+        basis: Some("basis.f32".into()),
+    });
+    std::fs::create_dir_all(tmp.path().join("projected")).unwrap();
+    std::fs::write(tmp.path().join("projected").join("basis.f32"), &bytes).unwrap();
+    let c = stage("projected", &projected)
+        .loss(&model, step, &device)
+        .unwrap();
+    assert_eq!(c.terms["dropped"], a.terms["dropped"]);
+    assert_ne!(c.terms["flow_mse"], a.terms["flow_mse"]);
+    assert_ne!(c.terms["timeline"], a.terms["timeline"]);
+    // A basis for another frame count is refused when the stage opens.
+    let short: Vec<u8> = [1.0f32, 2.0]
+        .into_iter()
+        .chain(vec![0.0; 4 * 2 + 2])
+        .flat_map(|v| v.to_le_bytes())
+        .collect();
+    let dir = tmp.path().join("short");
+    copy_dir(&tmp.path().join("vae"), &dir);
+    std::fs::remove_file(dir.join("run.json")).unwrap();
+    std::fs::write(dir.join("basis.f32"), short).unwrap();
+    let run_dir = RunDir::open(&dir, projected.clone()).unwrap();
+    assert!(TeacherStage::new(&run_dir, &device).is_err());
     // Weight 0 without the oracle is refused; a negative weight with it too.
     let mut bad = tiny_run();
     bad.teacher.timeline = Some(TimelineLoss {
         weight: 0.0,
         oracle: false,
+        basis: None,
     });
     assert!(bad.validate().is_err());
     bad.teacher.timeline = Some(TimelineLoss {
         weight: -1.0,
         oracle: true,
+        basis: None,
     });
     assert!(bad.validate().is_err());
 }

@@ -4,7 +4,8 @@
 
 use audiox_train::corpus::{Corpus, CorpusConfig, EventKind, Pitch, RenderedEvent};
 use audiox_train::train::timeline::{
-    CHANNELS, timeline, timeline_batch, timeline_loss, with_oracle,
+    CHANNELS, TimelineBasis, timeline, timeline_batch, timeline_batch_projected, timeline_loss,
+    with_oracle,
 };
 use burn::tensor::{Device, Tensor, TensorData};
 
@@ -185,4 +186,69 @@ fn the_oracle_replaces_only_the_supervised_channels_of_kept_rows() {
     assert!(with_oracle(short, targets.clone(), &kept).is_err());
     let narrow = Tensor::<3>::zeros([b, frames + 1, CHANNELS - 1], &device);
     assert!(with_oracle(narrow, targets, &kept).is_err());
+}
+
+/// A timeline basis projects each channel onto `mean + span(rows)`: a timeline inside the
+/// span comes back as it was, one orthogonal to it comes back as the mean; the file format
+/// round-trips and malformed files are typed errors.
+#[test]
+fn a_timeline_basis_projects_onto_its_span() {
+    let frames = 6;
+    let frame_s = 0.1;
+    // Rows: unit vectors on frames 1 and 2.
+    let unit = |f: usize| (0..frames).map(|i| f32::from(i == f)).collect::<Vec<f32>>();
+    let means: Vec<f32> = (0..CHANNELS * frames).map(|i| 0.01 * i as f32).collect();
+    let basis = TimelineBasis::new(frames, means.clone(), vec![unit(1), unit(2)]).unwrap();
+    assert_eq!((basis.frames(), basis.rank()), (frames, 2));
+    let events = [event(EventKind::Knock, None, 0.15, 0.05)];
+    let original = timeline(&events, frames, frame_s);
+    let mut projected = original.clone();
+    basis.project(&mut projected);
+    for f in 0..frames {
+        for c in 0..CHANNELS {
+            let (x, p, m) = (
+                original[f * CHANNELS + c],
+                projected[f * CHANNELS + c],
+                means[c * frames + f],
+            );
+            // Frames 1 and 2 keep their value; the others become the mean.
+            let expected = if f == 1 || f == 2 { x } else { m };
+            assert!(
+                (p - expected).abs() < 1e-6,
+                "frame {f} channel {c}: {p} vs {expected}"
+            );
+        }
+    }
+    // The batch helper applies it to every row.
+    let device = Device::flex();
+    let refs: Vec<&[RenderedEvent]> = vec![&events, &events];
+    let batch = timeline_batch_projected(&refs, frames, frame_s, Some(&basis), &device);
+    let values = batch.into_data().try_into_vec::<f32>().unwrap();
+    assert_eq!(&values[..frames * CHANNELS], projected.as_slice());
+    assert_eq!(&values[frames * CHANNELS..], projected.as_slice());
+    // The file format round-trips.
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("basis.f32");
+    let mut file: Vec<f32> = vec![2.0, frames as f32];
+    file.extend(&means);
+    file.extend(unit(1));
+    file.extend(unit(2));
+    let bytes: Vec<u8> = file.iter().flat_map(|v| v.to_le_bytes()).collect();
+    std::fs::write(&path, &bytes).unwrap();
+    assert_eq!(TimelineBasis::read(&path).unwrap(), basis);
+    // Malformed: truncated, a bad header, a stray byte, a missing file.
+    std::fs::write(&path, &bytes[..bytes.len() - 4]).unwrap();
+    assert!(TimelineBasis::read(&path).is_err());
+    let mut bad = bytes.clone();
+    bad[..4].copy_from_slice(&0.5f32.to_le_bytes());
+    std::fs::write(&path, &bad).unwrap();
+    assert!(TimelineBasis::read(&path).is_err());
+    let mut stray = bytes.clone();
+    stray.push(0);
+    std::fs::write(&path, &stray).unwrap();
+    assert!(TimelineBasis::read(&path).is_err());
+    assert!(TimelineBasis::read(&dir.path().join("missing.f32")).is_err());
+    // Rows of the wrong length or non-finite values are refused.
+    assert!(TimelineBasis::new(frames, means.clone(), vec![vec![0.0; frames + 1]]).is_err());
+    assert!(TimelineBasis::new(frames, means, vec![vec![f32::NAN; frames]]).is_err());
 }

@@ -59,7 +59,9 @@ use super::init::random_init;
 use super::latent_store::{LatentKey, LatentStore};
 use super::run::{LoopSettings, RunConfig, RunDir, StageName};
 use super::stage::{Stage, StepLoss};
-use super::timeline::{TimelineLoss, timeline_batch, timeline_loss, with_oracle};
+use super::timeline::{
+    TimelineBasis, TimelineLoss, timeline_batch_projected, timeline_loss, with_oracle,
+};
 use crate::corpus::{Clip, Corpus, RenderedEvent};
 use crate::tokenizer::DEMO_TOKENIZER_JSON;
 
@@ -545,6 +547,8 @@ pub struct TeacherStage {
     latent_dims: [usize; 2],
     /// Seconds per latent frame (the timeline's frame length).
     frame_s: f32,
+    /// The subspace the timeline targets are projected onto (`teacher.timeline.basis`).
+    timeline_basis: Option<TimelineBasis>,
 }
 
 /// The clip latents computed so far, and which of them the run folder does not hold yet.
@@ -584,6 +588,28 @@ impl TeacherStage {
         let frame_s = model.sample_size as f32
             / model.sample_rate as f32
             / model.latent_length().max(1) as f32;
+        let timeline_basis = match config
+            .teacher
+            .timeline
+            .as_ref()
+            .and_then(|t| t.basis.as_ref())
+        {
+            Some(path) => {
+                let basis = TimelineBasis::read(&run.root().join(path))?;
+                if basis.frames() != model.latent_length() {
+                    return Err(TrainError::config(
+                        "teacher.timeline.basis",
+                        format!(
+                            "{} frames, the model has {} latent frames",
+                            basis.frames(),
+                            model.latent_length()
+                        ),
+                    ));
+                }
+                Some(basis)
+            }
+            None => None,
+        };
         let (store, by_clip) = LatentStore::open(
             &run.stage_dir(StageName::Teacher).join("latents"),
             LatentKey {
@@ -608,6 +634,7 @@ impl TeacherStage {
             }),
             latent_dims,
             frame_s,
+            timeline_basis,
             run: config,
         })
     }
@@ -825,7 +852,13 @@ impl Stage for TeacherStage {
                 let [.., frames] = x0.dims();
                 let events: Vec<&[RenderedEvent]> =
                     clips.iter().map(|c| c.events.as_slice()).collect();
-                let targets = timeline_batch(&events, frames, self.frame_s, device);
+                let targets = timeline_batch_projected(
+                    &events,
+                    frames,
+                    self.frame_s,
+                    self.timeline_basis.as_ref(),
+                    device,
+                );
                 let sequence = model.dit.conditioning_sequence(context.clone())?;
                 if setting.oracle {
                     oracle = Some(targets.clone());

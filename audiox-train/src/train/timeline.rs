@@ -55,6 +55,12 @@ pub struct TimelineLoss {
     /// `layout_oracle` example, not as a model.
     #[serde(default, skip_serializing_if = "is_false")]
     pub oracle: bool,
+    /// A diagnostic, off by default: project every target timeline onto a subspace along time
+    /// first ([`TimelineBasis`], a file; a relative path is read from the run folder), for the
+    /// term and the oracle alike: what a conditioning of that rank along time could carry at
+    /// best (the caption reaches the positions through one fixed map from its tokens).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub basis: Option<std::path::PathBuf>,
 }
 
 fn is_false(b: &bool) -> bool {
@@ -122,9 +128,27 @@ pub fn timeline_batch(
     frame_s: f32,
     device: &burn::tensor::Device,
 ) -> Tensor<3> {
+    timeline_batch_projected(events, frames, frame_s, None, device)
+}
+
+/// [`timeline_batch`], each timeline projected onto `basis` when one is given (its frame
+/// count must be `frames`).
+pub fn timeline_batch_projected(
+    events: &[&[RenderedEvent]],
+    frames: usize,
+    frame_s: f32,
+    basis: Option<&TimelineBasis>,
+    device: &burn::tensor::Device,
+) -> Tensor<3> {
     let values: Vec<f32> = events
         .iter()
-        .flat_map(|e| timeline(e, frames, frame_s))
+        .flat_map(|e| {
+            let mut t = timeline(e, frames, frame_s);
+            if let Some(basis) = basis {
+                basis.project(&mut t);
+            }
+            t
+        })
         .collect();
     Tensor::from_data(
         TensorData::new(values, [events.len(), frames, CHANNELS]),
@@ -197,4 +221,128 @@ pub fn with_oracle(
         placed
     };
     Ok(sequence * (mask.clone().neg() + 1.0) + placed * mask)
+}
+
+/// A subspace along time for the timelines (diagnostics: [`TimelineLoss::basis`], the
+/// `layout_oracle` example): a mean timeline per channel and `k` orthonormal rows of `frames`
+/// values shared by the channels; [`TimelineBasis::project`] maps each channel `x` to
+/// `mean + B^T B (x - mean)`.
+///
+/// File format (little-endian f32): `k`, `frames`, the means (`CHANNELS x frames`,
+/// channel-major), then the rows (`k x frames`). `docs/training.md` has the numpy lines that
+/// write one from `timeline_dump`'s output (the best subspace of the corpus's timelines).
+#[derive(Clone, Debug, PartialEq)]
+pub struct TimelineBasis {
+    frames: usize,
+    means: Vec<f32>,
+    rows: Vec<Vec<f32>>,
+}
+
+impl TimelineBasis {
+    /// Builds a basis; fails unless `means` holds `CHANNELS x frames` values and every row
+    /// `frames` (rows are used as given: orthonormal rows make the map a projection).
+    pub fn new(frames: usize, means: Vec<f32>, rows: Vec<Vec<f32>>) -> TrainResult<Self> {
+        if frames == 0
+            || means.len() != CHANNELS * frames
+            || rows.is_empty()
+            || rows.iter().any(|r| r.len() != frames)
+            || means
+                .iter()
+                .chain(rows.iter().flatten())
+                .any(|v| !v.is_finite())
+        {
+            return Err(TrainError::config(
+                "teacher.timeline.basis",
+                format!(
+                    "needs {CHANNELS} x {frames} finite means and at least one row of {frames} finite values"
+                ),
+            ));
+        }
+        Ok(TimelineBasis {
+            frames,
+            means,
+            rows,
+        })
+    }
+
+    /// Reads the file format above.
+    pub fn read(path: &std::path::Path) -> TrainResult<Self> {
+        let bytes = std::fs::read(path).map_err(|e| TrainError::io(path, e))?;
+        let bad = |why: String| {
+            TrainError::config(
+                "teacher.timeline.basis",
+                format!("{}: {why}", path.display()),
+            )
+        };
+        if bytes.len() % 4 != 0 {
+            return Err(bad(format!(
+                "{} bytes is not a whole number of f32",
+                bytes.len()
+            )));
+        }
+        let v: Vec<f32> = bytes
+            .chunks_exact(4)
+            .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+            .collect();
+        let (k, frames) = match v.as_slice() {
+            [k, f, ..]
+                if k.fract() == 0.0
+                    && f.fract() == 0.0
+                    && *k >= 1.0
+                    && *f >= 1.0
+                    && *k <= 1e6
+                    && *f <= 1e6 =>
+            {
+                (*k as usize, *f as usize)
+            }
+            _ => return Err(bad("no valid header (k, frames)".into())),
+        };
+        if v.len() != 2 + (CHANNELS + k) * frames {
+            return Err(bad(format!(
+                "{} values, {} expected for k {k} and {frames} frames",
+                v.len(),
+                2 + (CHANNELS + k) * frames
+            )));
+        }
+        let means = v[2..2 + CHANNELS * frames].to_vec();
+        let rows = v[2 + CHANNELS * frames..]
+            .chunks(frames)
+            .map(<[f32]>::to_vec)
+            .collect();
+        Self::new(frames, means, rows)
+    }
+
+    /// Frames per timeline.
+    pub fn frames(&self) -> usize {
+        self.frames
+    }
+
+    /// Rows (the subspace's dimension).
+    pub fn rank(&self) -> usize {
+        self.rows.len()
+    }
+
+    /// Projects a frame-major timeline (`frames x CHANNELS` values, as [`timeline`] returns)
+    /// in place. A timeline of another length is left as it is.
+    pub fn project(&self, timeline: &mut [f32]) {
+        if timeline.len() != self.frames * CHANNELS {
+            return;
+        }
+        for c in 0..CHANNELS {
+            let mean = &self.means[c * self.frames..(c + 1) * self.frames];
+            let x: Vec<f32> = (0..self.frames)
+                .map(|f| timeline[f * CHANNELS + c] - mean[f])
+                .collect();
+            let mut p = mean.to_vec();
+            for row in &self.rows {
+                let dot: f32 = row.iter().zip(&x).map(|(a, b)| a * b).sum();
+                for (pf, r) in p.iter_mut().zip(row) {
+                    *pf += dot * r;
+                }
+            }
+            for (f, v) in p.into_iter().enumerate() {
+                timeline[f * CHANNELS + c] = v;
+            }
+        }
+    }
 }
