@@ -115,7 +115,7 @@ struct Args {
     #[arg(long)]
     duration: Option<f64>,
     /// Long audio: seconds each window shares with the previous one, the context it continues
-    /// from (default: a quarter of the window).
+    /// from (default: a tenth of the window, 1 s for 10 s windows).
     #[arg(long)]
     overlap: Option<f64>,
     /// Long audio: seconds of the equal-power crossfade between windows (default: the overlap).
