@@ -38,6 +38,33 @@ pub const DEMO_T5_CONFIG_JSON: &str = include_str!("../assets/demo_t5/config.jso
 /// `docs/training.md`).
 pub const DEMO_CLIP_CONFIG_JSON: &str = include_str!("../assets/demo_clip/config.json");
 
+/// The longest demo caption in tokens, its `</s>` included (`tests/tokenizer.rs` checks it on
+/// the corpus's captions).
+pub const LONGEST_CAPTION_TOKENS: usize = 16;
+
+/// The demo tokenizer file with `fill` more `</s>` tokens after each prompt's own (`fill` 0:
+/// [`DEMO_TOKENIZER_JSON`] itself). The fill tokens are real tokens (attention mask 1), so the
+/// T5 encoder's outputs at their positions depend on the caption and survive the conditioner's
+/// zeroing of padded positions: the text conditioning then has `fill` more caption-dependent
+/// tokens (the teacher setting `teacher.text_fill`; why: `docs/training.md`, session of
+/// 2026-12-03 morning). Written into the export, so inference tokenizes the same way.
+pub fn demo_tokenizer_json(fill: usize) -> String {
+    if fill == 0 {
+        return DEMO_TOKENIZER_JSON.to_string();
+    }
+    let mut json: Value =
+        serde_json::from_str(DEMO_TOKENIZER_JSON).expect("the committed tokenizer is JSON");
+    if let Some(single) = json
+        .pointer_mut("/post_processor/single")
+        .and_then(Value::as_array_mut)
+    {
+        for _ in 0..fill {
+            single.push(json!({ "SpecialToken": { "id": "</s>", "type_id": 0 } }));
+        }
+    }
+    serde_json::to_string(&json).expect("a JSON value serialises")
+}
+
 /// Score of a caption word's piece: above the base pieces' log probabilities (the best is
 /// about -1.8), so a whole word always beats its spelling.
 const WORD_SCORE: f64 = -1.0;

@@ -189,7 +189,10 @@ fn one_euler_step(
 #[test]
 fn the_teacher_resumes_exactly_and_its_export_loads_as_the_teacher() {
     one_thread();
-    let run = tiny_run();
+    let mut run = tiny_run();
+    // Fill tokens after the caption (`teacher.text_fill`): the export's tokenizer must append
+    // them too, or the loaded model's context below differs from the trained one's.
+    run.teacher.text_fill = 8;
     run.validate().unwrap();
     let steps = run.teacher.optim.steps;
     let tmp = tempfile::tempdir().unwrap();
@@ -1317,6 +1320,11 @@ fn the_layout_oracle_conditions_the_kept_rows_only() {
     std::fs::write(dir.join("basis.f32"), short).unwrap();
     let run_dir = RunDir::open(&dir, projected.clone()).unwrap();
     assert!(TeacherStage::new(&run_dir, &device).is_err());
+    // Fill tokens that leave no room for the longest caption are refused.
+    let mut crowded = tiny_run();
+    crowded.teacher.text_fill = 9;
+    let err = crowded.validate().unwrap_err().to_string();
+    assert!(err.contains("teacher.text_fill"), "{err}");
     // Weight 0 without the oracle is refused; a negative weight with it too.
     let mut bad = tiny_run();
     bad.teacher.timeline = Some(TimelineLoss {

@@ -70,3 +70,41 @@ fn every_caption_word_is_one_known_piece_and_no_caption_has_unknowns() {
         .unwrap();
     assert_ne!(times.ids_of(0), times.ids_of(1));
 }
+
+/// `demo_tokenizer_json(fill)` appends `fill` real `</s>` tokens after each prompt's own
+/// (mask 1), before the padding; 0 is the committed file.
+#[test]
+fn fill_tokens_follow_the_caption_as_real_tokens() {
+    use audiox_train::tokenizer::{LONGEST_CAPTION_TOKENS, demo_tokenizer_json};
+    assert_eq!(demo_tokenizer_json(0), DEMO_TOKENIZER_JSON);
+    let (fill, max_length) = (5, LONGEST_CAPTION_TOKENS + 5 + 3);
+    let plain = T5Tokenizer::from_bytes(DEMO_TOKENIZER_JSON.as_bytes(), max_length).unwrap();
+    let filled = T5Tokenizer::from_bytes(demo_tokenizer_json(fill).as_bytes(), max_length).unwrap();
+    let captions = ["a click", "three knocks, then a low bell at 4 seconds", ""];
+    let (p, f) = (
+        plain.encode_batch(&captions).unwrap(),
+        filled.encode_batch(&captions).unwrap(),
+    );
+    assert!(!f.truncated());
+    for i in 0..captions.len() {
+        let real = p.mask_of(i).iter().filter(|m| **m).count();
+        // The caption and its `</s>` as before, then `fill` more `</s>`, then padding.
+        assert_eq!(&f.ids_of(i)[..real], &p.ids_of(i)[..real]);
+        assert!(f.ids_of(i)[real..real + fill].iter().all(|&id| id == 1));
+        assert!(f.mask_of(i)[..real + fill].iter().all(|m| *m));
+        assert!(f.mask_of(i)[real + fill..].iter().all(|m| !*m));
+        assert!(f.ids_of(i)[real + fill..].iter().all(|&id| id == 0));
+    }
+    // The longest corpus caption still fits with the fill at the documented bound.
+    let corpus = Corpus::new(CorpusConfig::default()).unwrap();
+    let captions: Vec<String> = (0..2_000)
+        .map(|i| corpus.training_scene(i).caption())
+        .collect();
+    let refs: Vec<&str> = captions.iter().map(String::as_str).collect();
+    let tight = T5Tokenizer::from_bytes(
+        demo_tokenizer_json(fill).as_bytes(),
+        LONGEST_CAPTION_TOKENS + fill,
+    )
+    .unwrap();
+    assert!(!tight.encode_batch(&refs).unwrap().truncated());
+}

@@ -474,6 +474,7 @@ impl RunConfig {
                     .expect("the built-in CLIP config is JSON"),
                 audio_prompt: None,
                 timeline: None,
+                text_fill: 0,
             },
             student: StudentStageConfig::demo(),
         }

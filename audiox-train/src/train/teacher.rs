@@ -63,7 +63,7 @@ use super::timeline::{
     TimelineBasis, TimelineLoss, timeline_batch_projected, timeline_loss, with_oracle,
 };
 use crate::corpus::{Clip, Corpus, RenderedEvent};
-use crate::tokenizer::DEMO_TOKENIZER_JSON;
+use crate::tokenizer::{DEMO_TOKENIZER_JSON, demo_tokenizer_json};
 
 /// Official key prefixes of the model object (as `audiox` loads them).
 mod prefixes {
@@ -104,6 +104,17 @@ pub struct TeacherStageConfig {
     /// the demo teachers up to T5 were trained). See [`super::timeline`].
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timeline: Option<TimelineLoss>,
+    /// `</s>` tokens the demo tokenizer appends after each caption's own (0, the default: none,
+    /// as the demo teachers up to TW1 were trained): real tokens whose T5 outputs depend on
+    /// the caption, so that the caption reaches the DiT's positions through more tokens
+    /// ([`crate::tokenizer::demo_tokenizer_json`]). At most the text conditioner's
+    /// `max_length` minus [`crate::tokenizer::LONGEST_CAPTION_TOKENS`].
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub text_fill: usize,
+}
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
 }
 
 /// Audio prompts made from the training clip itself with a span blanked, so that the teacher
@@ -239,6 +250,20 @@ impl TeacherStageConfig {
                     t5.vocab_size
                 ),
             ));
+        }
+        if self.text_fill > 0 {
+            let max_length = model.text_conditioner().map_or(0, |t| t.max_length);
+            if self.text_fill + crate::tokenizer::LONGEST_CAPTION_TOKENS > max_length {
+                return Err(TrainError::config(
+                    "teacher.text_fill",
+                    format!(
+                        "{} fill tokens leave no room for captions of up to {} tokens in the \
+                         text conditioner's max_length {max_length}",
+                        self.text_fill,
+                        crate::tokenizer::LONGEST_CAPTION_TOKENS
+                    ),
+                ));
+            }
         }
         let clip = self.clip_config()?;
         if clip.hidden_size != cond_dim {
@@ -506,7 +531,7 @@ pub fn tokenizer(run: &RunConfig) -> TrainResult<T5Tokenizer> {
         .text_conditioner()
         .ok_or_else(|| TrainError::config("model", "no t5 text conditioner"))?;
     Ok(T5Tokenizer::from_bytes(
-        DEMO_TOKENIZER_JSON.as_bytes(),
+        demo_tokenizer_json(run.teacher.text_fill).as_bytes(),
         text.max_length,
     )?)
 }
@@ -997,7 +1022,7 @@ pub fn export_teacher(
     write_json(&t5_dir.join("config.json"), &run.teacher.t5)?;
     write_atomic(
         &t5_dir.join("tokenizer.json"),
-        DEMO_TOKENIZER_JSON.as_bytes(),
+        demo_tokenizer_json(run.teacher.text_fill).as_bytes(),
     )?;
 
     let clip_dir = out.join("clip-vit-base-patch32");
