@@ -996,7 +996,11 @@ mod tests {
     fn layout_covers_the_duration_with_the_fewest_windows() {
         let (rate, window) = (20u32, 200usize);
         let l = Layout::new(rate, window, 60.0, &LongFormOptions::default()).unwrap();
-        assert_eq!(l.overlap, window / 4);
+        assert_eq!(
+            l.overlap,
+            (window as f64 * DEFAULT_OVERLAP_SHARE).round() as usize
+        );
+        assert_eq!(l.overlap, 20);
         assert_eq!(l.crossfade, l.overlap);
         assert_eq!(l.total, 60 * rate as usize);
         let last = l.start(l.windows - 1);
