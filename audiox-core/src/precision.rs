@@ -3,7 +3,8 @@
 //!
 //! A reduced weight is multiplied by `audiox_kernels::bf16` / `audiox_kernels::int8`
 //! ([`linear`], [`matmul_weight`]): Intel AMX tiles, AVX512-BF16 (on AMD) or AVX512-VNNI dot
-//! products where the CPU has them, else the weight widened to f32 just before its product
+//! products where the CPU has them (int8 also AVX-VNNI or AVX2 integer products), else the
+//! weight widened to f32 just before its product
 //! (one transient f32 copy of one weight at a time, [`widen`]). Resident memory of a converted
 //! weight is half (bf16) or about a quarter (int8) of f32.
 //!
@@ -292,9 +293,9 @@ pub fn linear<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> {
 /// * bf16 weight: `audiox_kernels::bf16` (AMX tiles or, on AMD, AVX512-BF16 dot products where
 ///   the CPU has them: the activations are rounded to bf16 too, sums in f32; elsewhere the
 ///   weight widened to f32 and the f32 GEMM);
-/// * int8 weight: `audiox_kernels::int8` (AMX int8 tiles or AVX512-VNNI integer dot products
-///   with the activations quantised per token where the CPU has them; elsewhere the weight
-///   dequantised to f32 and the f32 GEMM);
+/// * int8 weight: `audiox_kernels::int8` (AMX int8 tiles, AVX512-VNNI, AVX-VNNI or AVX2
+///   integer products with the activations quantised per token where the CPU has them;
+///   elsewhere the weight dequantised to f32 and the f32 GEMM);
 ///
 /// and, where a kernel does not apply (another backend, a strided input), the weight widened to
 /// f32 ([`widen`]) and burn's `linear`.

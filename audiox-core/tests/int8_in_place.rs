@@ -8,7 +8,7 @@ use std::alloc::{GlobalAlloc, Layout, System};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use audiox_core::precision::{WeightPrecision, convert_module, linear};
-use audiox_kernels::int8::native_available;
+use audiox_kernels::int8::Int8Kernel;
 use burn::nn::LinearConfig;
 use burn::tensor::{DType, Device, Tensor, TensorData};
 
@@ -98,11 +98,11 @@ fn one_int8_product_allocates_far_less_than_the_weight() {
         assert_eq!(out.dims(), [1, tokens, n]);
         eprintln!(
             "one int8 product: {bytes} bytes allocated for a weight of {weight_bytes} bytes \
-             (native kernel: {})",
-            native_available()
+             (kernel: {})",
+            Int8Kernel::current().name()
         );
-        // Blocks of 128 rows: the native kernel takes this weight wherever the CPU has it.
-        if native_available() {
+        // Blocks of 128 rows: every integer kernel takes this weight wherever the CPU has it.
+        if Int8Kernel::current().quantizes_activations() {
             // Scratch: activations quantised, one packed panel, the output, the bias values
             // and burn's clone of the block scales (~3 % of the weight here).
             assert!(

@@ -8,7 +8,9 @@
 //! weight widened per product (the portable path), the AVX512-BF16 and AMX kernels (where the
 //! CPU has them; AMX also on the weight held transposed, as the loader holds it for AMX), the
 //! int8 weight (scale blocks of 192 or 128 rows, as the DiT's) with per-token
-//! activation quantisation on AVX512-VNNI and on AMX (also on the weight held transposed); best
+//! activation quantisation on AVX512-VNNI, on AVX-VNNI and AVX2 (the kernels for CPUs without
+//! AVX512-VNNI), on AMX
+//! (also on the weight held transposed) and dequantised to f32 (the portable path); best
 //! of five after a warm-up, GFLOP/s (int8: multiply-adds x 2 per second, as for the floats).
 //! The first line names the kernels the library chooses on this CPU. A second table times the
 //! AMX layouts of both precisions on the student's shapes with the weight read from memory
@@ -84,9 +86,9 @@ fn main() {
         Int8Kernel::current().name()
     );
     println!(
-        "| shape [m,k]x[k,n] | f32 GFLOP/s | bf16 widened | bf16 AVX512-BF16 | bf16 AMX | bf16 AMX, weight transposed | best bf16 / f32 | int8 VNNI | int8 AMX | int8 AMX, weight transposed | best int8 / f32 |"
+        "| shape [m,k]x[k,n] | f32 GFLOP/s | bf16 widened | bf16 AVX512-BF16 | bf16 AMX | bf16 AMX, weight transposed | best bf16 / f32 | int8 VNNI | int8 AVX-VNNI | int8 AVX2 | int8 dequantized | int8 AMX | int8 AMX, weight transposed | best int8 / f32 |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     // 620 tokens (236 latent + 384 context); DiT width 1536, FFN hidden 4096, qkv 3x1536.
     for (m, k, n) in [
         (620, 1536, 4608),
@@ -135,23 +137,28 @@ fn main() {
                 .then(|| flop / best(|| matmul_view_with(kernel, &x, m, q.view(), &mut out)))
         };
         let (vnni, amx8) = (int8(Int8Kernel::Vnni), int8(Int8Kernel::Amx));
+        let avx_vnni = int8(Int8Kernel::AvxVnni);
+        let (avx2, deq) = (int8(Int8Kernel::Avx2), int8(Int8Kernel::Dequantized));
         let qt = audiox_kernels::int8::transpose(&q.q, k, n);
         let view = TransposedView::from_parts(k, n, q.block, &qt, &q.scale).expect("sizes");
         let amx8_t = (Int8Kernel::Amx.is_supported()
             && audiox_kernels::int8::prefers_transposed(k, n, q.block))
         .then(|| flop / best(|| int8_transposed(Int8Kernel::Amx, &x, m, view, &mut out)));
-        let top8 = [vnni, amx8, amx8_t]
+        let top8 = [vnni, avx_vnni, avx2, amx8, amx8_t]
             .into_iter()
             .flatten()
             .fold(0.0, f64::max);
         let show = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.0}"));
         println!(
-            "| [{m},{k}]x[{k},{n}] | {f:.0} | {wd:.0} | {} | {} | {} | {:.2} | {} | {} | {} | {:.2} |",
+            "| [{m},{k}]x[{k},{n}] | {f:.0} | {wd:.0} | {} | {} | {} | {:.2} | {} | {} | {} | {} | {} | {} | {:.2} |",
             show(avx),
             show(amx),
             show(amx_t),
             top / f,
             show(vnni),
+            show(avx_vnni),
+            show(avx2),
+            show(deq),
             show(amx8),
             show(amx8_t),
             top8 / f,

@@ -7,8 +7,11 @@
 //! summed into each i32 lane: four times the multiplies of an f32 FMA per instruction); the
 //! integer sums are exact and are scaled back to f32 once per output. Where the CPU also has
 //! Intel AMX, the same integer sums run on int8 tiles (`tdpbusd`, [`Int8Kernel::Amx`]) and are
-//! rescaled the same way, so the result is the same bit for bit. Elsewhere the weight is
-//! dequantised to f32 and multiplied by the `gemm` crate with the activations unquantised.
+//! rescaled the same way, so the result is the same bit for bit. On CPUs with AVX2 but without
+//! AVX512-VNNI the same activations (signed) and the same exact integer sums run on
+//! `vpmaddubsw` / `vpmaddwd` ([`Int8Kernel::Avx2`]), or on the 256-bit `vpdpbusd` of AVX-VNNI
+//! where the CPU has it ([`Int8Kernel::AvxVnni`]), again the same floats. Elsewhere the weight
+//! is dequantised to f32 and multiplied by the `gemm` crate with the activations unquantised.
 //!
 //! `vpdpbusd` multiplies unsigned by signed bytes, so an activation `a` in [-127, 127] enters
 //! as `a + 128`; the excess `128 · Σ_r q[r, c]` is subtracted per column. With `k` up to
@@ -28,6 +31,8 @@ use burn::backend::Flex;
 use burn::tensor::{DType, Tensor, TensorData};
 use rayon::prelude::*;
 
+#[cfg(target_arch = "x86_64")]
+mod avx2;
 mod transposed;
 pub use transposed::{
     TRANSPOSED_COLUMNS, TRANSPOSED_ROWS, TransposedView, hold_transposed_values,
@@ -234,14 +239,18 @@ pub fn quantize_weight_blocked(w: &[f32], k: usize, n: usize, block: usize) -> Q
 }
 
 /// `out[m, n] = x[m, k] · w`, row-major, `out` overwritten. Activations quantised per row and
-/// integer dot products where the CPU has AVX512-VNNI; the dequantised weight through an f32
-/// GEMM elsewhere ([`matmul_dequantized`]). The same as [`matmul_view`] on `w.view()`.
+/// integer dot products where the CPU has AVX512-VNNI (or AVX2); the dequantised weight
+/// through an f32 GEMM elsewhere ([`matmul_dequantized`]). The same as [`matmul_view`] on `w.view()`.
 ///
 /// # Panics
 /// If `x.len() != m * k`, `out.len() != m * n`, `k > MAX_K` or `w` is inconsistent.
 pub fn matmul(x: &[f32], m: usize, w: &QuantizedWeight, out: &mut [f32]) {
     matmul_view(x, m, w.view(), out);
 }
+
+/// Environment variable that picks the int8 kernel for this process (`amx`, `vnni`,
+/// `avxvnni`, `avx2` or `dequantized`), when the CPU has it; for measurements and tests.
+pub const KERNEL_ENV: &str = "AUDIOX_INT8_KERNEL";
 
 /// An int8 product kernel.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -252,20 +261,45 @@ pub enum Int8Kernel {
     Amx,
     /// AVX512-VNNI `vpdpbusd` on 8 x 32 register tiles.
     Vnni,
+    /// AVX-VNNI: the 256-bit `vpdpbusd` (Intel since Alder Lake, AMD since Zen 5; many of
+    /// these CPUs have no AVX-512) on the [`Int8Kernel::Avx2`] layout: the same exact integer
+    /// sums, the same floats. Needs scale blocks of a multiple of four rows, as VNNI.
+    AvxVnni,
+    /// AVX2 `vpmaddubsw` + `vpmaddwd` on 4 x 16 register tiles (signed activations, the
+    /// weight's sign moved onto them so that no pair saturates): the same exact integer sums
+    /// as VNNI, rescaled the same way, so the same result bit for bit. For CPUs without
+    /// AVX512-VNNI. Needs scale blocks of a multiple of four rows, as VNNI.
+    Avx2,
     /// The weight dequantised to f32, the f32 GEMM (activations unquantised).
     Dequantized,
 }
 
 impl Int8Kernel {
     /// Every kernel, fastest first.
-    pub const ALL: [Int8Kernel; 3] = [Int8Kernel::Amx, Int8Kernel::Vnni, Int8Kernel::Dequantized];
+    pub const ALL: [Int8Kernel; 5] = [
+        Int8Kernel::Amx,
+        Int8Kernel::Vnni,
+        Int8Kernel::AvxVnni,
+        Int8Kernel::Avx2,
+        Int8Kernel::Dequantized,
+    ];
 
-    /// The fastest kernel this CPU (and OS) runs.
+    /// The kernel this process uses, chosen once: [`KERNEL_ENV`] when it names a kernel this
+    /// CPU runs, else the fastest kernel this CPU (and OS) runs.
     pub fn current() -> Int8Kernel {
-        Int8Kernel::ALL
-            .into_iter()
-            .find(|k| k.is_supported())
-            .unwrap_or(Int8Kernel::Dequantized)
+        static CURRENT: std::sync::OnceLock<Int8Kernel> = std::sync::OnceLock::new();
+        *CURRENT.get_or_init(|| {
+            let asked = std::env::var(KERNEL_ENV)
+                .ok()
+                .and_then(|v| Int8Kernel::ALL.into_iter().find(|k| k.name() == v.trim()));
+            match asked {
+                Some(k) if k.is_supported() => k,
+                _ => Int8Kernel::ALL
+                    .into_iter()
+                    .find(|k| k.is_supported())
+                    .unwrap_or(Int8Kernel::Dequantized),
+            }
+        })
     }
 
     /// Whether this CPU (and OS) can run the kernel.
@@ -276,15 +310,29 @@ impl Int8Kernel {
             #[cfg(not(target_arch = "x86_64"))]
             Int8Kernel::Amx => false,
             Int8Kernel::Vnni => native_available(),
+            #[cfg(target_arch = "x86_64")]
+            Int8Kernel::AvxVnni => avx2::vnni_available(),
+            #[cfg(target_arch = "x86_64")]
+            Int8Kernel::Avx2 => avx2::available(),
+            #[cfg(not(target_arch = "x86_64"))]
+            Int8Kernel::AvxVnni | Int8Kernel::Avx2 => false,
             Int8Kernel::Dequantized => true,
         }
     }
 
-    /// Its name, for reports.
+    /// Whether the kernel quantises the activations per row (every kernel but the dequantised
+    /// path, which multiplies them in f32).
+    pub fn quantizes_activations(self) -> bool {
+        self != Int8Kernel::Dequantized
+    }
+
+    /// Its name, as [`KERNEL_ENV`] takes it.
     pub fn name(self) -> &'static str {
         match self {
             Int8Kernel::Amx => "amx",
             Int8Kernel::Vnni => "vnni",
+            Int8Kernel::AvxVnni => "avxvnni",
+            Int8Kernel::Avx2 => "avx2",
             Int8Kernel::Dequantized => "dequantized",
         }
     }
@@ -332,12 +380,17 @@ pub fn matmul_view_with(
             return;
         }
         // Groups of four rows must not straddle two scale blocks.
-        if kernel != Int8Kernel::Dequantized
-            && native_available()
-            && (w.block.is_multiple_of(4) || whole)
+        let groups_fit = w.block.is_multiple_of(4) || whole;
+        if matches!(kernel, Int8Kernel::Amx | Int8Kernel::Vnni) && native_available() && groups_fit
         {
             // SAFETY: the CPU has the features the kernel is compiled for (checked above).
             unsafe { matmul_native(x, m, w, out) };
+            return;
+        }
+        if kernel != Int8Kernel::Dequantized && avx2::available() && groups_fit {
+            let vnni = kernel != Int8Kernel::Avx2 && avx2::vnni_available();
+            // SAFETY: the CPU has AVX2, and AVX-VNNI when `vnni` (checked above).
+            unsafe { avx2::matmul(x, m, w, out, vnni) };
             return;
         }
     }
@@ -422,7 +475,7 @@ unsafe fn row_scale(src: &[f32]) -> (f32, f32) {
 /// The scalar definition that the vectorised quantisation reproduces bit for bit: each value
 /// `round(a / scale)` (half away from zero), clamped to [-127, 127], NaN to 0, plus 128 when
 /// `offset`; padding bytes are the zero activation.
-#[cfg(test)]
+#[cfg(all(test, target_arch = "x86_64"))]
 fn quantize_row_scalar(src: &[f32], offset: bool, dst: &mut [u32]) -> f32 {
     let peak = src.iter().fold(0f32, |p, &v| p.max(v.abs()));
     let scale = peak / 127.0;

@@ -99,9 +99,9 @@ fn weight_quantisation_is_per_column_and_within_half_a_step() {
 }
 
 #[test]
-fn native_path_is_exact_on_the_quantised_operands() {
-    if !native_available() {
-        eprintln!("no AVX512-VNNI here: the portable path is tested below");
+fn the_chosen_kernel_is_exact_on_the_quantised_operands() {
+    if !Int8Kernel::current().quantizes_activations() {
+        eprintln!("no int8 kernel here: the portable path is tested below");
         return;
     }
     for &(m, k, n) in &SHAPES {
@@ -114,6 +114,61 @@ fn native_path_is_exact_on_the_quantised_operands() {
         let want = reference(&fake_quantized_rows(&x, k), &wq, m, k, n);
         let err = worst(&out, &want, &magnitude(&x, &w, m, k, n));
         assert!(err < 1e-5, "[{m},{k}]x[{k},{n}]: {err}");
+    }
+}
+
+/// The AVX2 and AVX-VNNI kernels (for CPUs without AVX512-VNNI) compute the exact integer sums
+/// of the quantised operands, and turn them into the VNNI kernel's floats bit for bit:
+/// per-column and blocked scales, shapes at every tile and panel edge, large activations that
+/// would saturate `vpmaddubsw` with the VNNI path's unsigned bytes.
+#[test]
+fn avx2_path_is_exact_and_gives_the_vnni_floats() {
+    if !Int8Kernel::Avx2.is_supported() {
+        eprintln!("no AVX2 here: the portable path is tested below");
+        return;
+    }
+    let mut cases: Vec<(usize, usize, usize, usize)> =
+        SHAPES.iter().map(|&(m, k, n)| (m, k, n, 0)).collect();
+    cases.extend([(5, 128, 40, 64), (13, 260, 17, 4), (237, 1536, 48, 128)]);
+    for (m, k, n, block) in cases {
+        let mut x = values(m * k, (m * 7 + k) as u64);
+        // Rows with a few large values: quantised bytes near +-127 everywhere.
+        for row in x.chunks_mut(k).step_by(2) {
+            row.iter_mut()
+                .for_each(|v| *v = v.signum() * (0.9 + 0.1 * v.abs()));
+        }
+        let w = values(k * n, (k * 13 + n) as u64);
+        let q = if block == 0 {
+            quantize_weight(&w, k, n)
+        } else {
+            quantize_weight_blocked(&w, k, n, block)
+        };
+        let mut avx2 = vec![f32::NAN; m * n];
+        matmul_view_with(Int8Kernel::Avx2, &x, m, q.view(), &mut avx2);
+        if Int8Kernel::AvxVnni.is_supported() {
+            let mut avx_vnni = vec![f32::NAN; m * n];
+            matmul_view_with(Int8Kernel::AvxVnni, &x, m, q.view(), &mut avx_vnni);
+            assert_eq!(
+                avx_vnni.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                avx2.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                "AVX-VNNI vs AVX2 [{m},{k}]x[{k},{n}] block {block}"
+            );
+        }
+        if block == 0 {
+            let wq: Vec<f64> = q.to_f32().iter().map(|&v| v as f64).collect();
+            let want = reference(&fake_quantized_rows(&x, k), &wq, m, k, n);
+            let err = worst(&avx2, &want, &magnitude(&x, &w, m, k, n));
+            assert!(err < 1e-5, "AVX2 [{m},{k}]x[{k},{n}]: {err}");
+        }
+        if native_available() {
+            let mut vnni = vec![f32::NAN; m * n];
+            matmul_view_with(Int8Kernel::Vnni, &x, m, q.view(), &mut vnni);
+            assert_eq!(
+                avx2.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                vnni.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                "AVX2 vs VNNI [{m},{k}]x[{k},{n}] block {block}"
+            );
+        }
     }
 }
 
@@ -308,7 +363,7 @@ fn block_scales_match_the_dequantised_product() {
         let mut out = vec![f32::NAN; m * n];
         matmul(&x, m, &q, &mut out);
         let wq: Vec<f64> = back.iter().map(|&v| v as f64).collect();
-        let xs = if native_available() && block % 4 == 0 {
+        let xs = if Int8Kernel::current().quantizes_activations() && block % 4 == 0 {
             fake_quantized_rows(&x, k)
         } else {
             x.iter().map(|&v| v as f64).collect()

@@ -431,9 +431,10 @@ impl AudioXBuilder {
     ///   (`audiox_kernels::bf16::Bf16Kernel` documents the choice).
     /// * `Int8`: the diffusion transformer's linear and token-convolution weights in int8 with
     ///   one f32 scale per output channel and block of up to 255 input rows (about a quarter of
-    ///   their f32 memory), multiplied on AMX int8 tiles or AVX512-VNNI integer dot products
-    ///   where the CPU has them (activations quantised per token; the two give the same
-    ///   floats), else dequantised to f32 for each product; the others as with `Bf16`.
+    ///   their f32 memory), multiplied on AMX int8 tiles, AVX512-VNNI, AVX-VNNI or AVX2
+    ///   integer products, the fastest the CPU has (activations quantised per token; all of
+    ///   them give the same floats), else dequantised to f32 for each product; the others as
+    ///   with `Bf16`.
     ///
     /// Under either reduced precision the VAE decoder's convolution kernels are held in bf16
     /// too, and run on the same native bf16 kernel (activations rounded to bf16, sums in f32;
