@@ -223,6 +223,43 @@ fn corrupt_or_truncated_checkpoints_are_errors_naming_the_file() {
 }
 
 #[test]
+fn a_checkpoint_copied_one_folder_too_high_is_an_error_not_a_fresh_start() {
+    one_thread();
+    let run = tiny_run();
+    let half = run.vae.optim.steps / 2;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    train(&dir, &run, Some(half)).unwrap();
+    // Keep only the newest checkpoint, its files moved up into `checkpoints/`.
+    let ckpt = checkpoint_dir(&dir, half);
+    let top = ckpt.parent().unwrap().to_path_buf();
+    for entry in std::fs::read_dir(&top).unwrap() {
+        let p = entry.unwrap().path();
+        if p != ckpt {
+            std::fs::remove_dir_all(&p).unwrap();
+        }
+    }
+    for name in ["model.bpk", "optim.bpk", "state.json"] {
+        std::fs::rename(ckpt.join(name), top.join(name)).unwrap();
+    }
+    std::fs::remove_dir(&ckpt).unwrap();
+    match train(&dir, &run, None) {
+        Err(TrainError::Checkpoint { path, reason }) => {
+            assert_eq!(path, top.join("state.json"), "{reason}");
+            assert!(reason.contains("step-NNNNNNNN"), "{reason}");
+        }
+        other => panic!("expected a checkpoint error, got {:?}", other.map(|r| r.1)),
+    }
+    // Moved back into its step folder, the run resumes from it.
+    std::fs::create_dir(&ckpt).unwrap();
+    for name in ["model.bpk", "optim.bpk", "state.json"] {
+        std::fs::rename(top.join(name), ckpt.join(name)).unwrap();
+    }
+    let (_, step, resumed_from) = train(&dir, &run, None).unwrap();
+    assert_eq!((step, resumed_from), (run.vae.optim.steps, half));
+}
+
+#[test]
 fn a_deadline_stops_after_the_step_that_reaches_it_with_a_checkpoint() {
     one_thread();
     let run = tiny_run();

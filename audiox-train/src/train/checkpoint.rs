@@ -124,7 +124,19 @@ impl Checkpoints {
     }
 
     /// Steps of the complete checkpoints present, ascending.
+    ///
+    /// A checkpoint's files lying directly in `checkpoints/` (copied one folder too high by
+    /// hand) are an error rather than no checkpoint: a run would otherwise silently start
+    /// again from step 0.
     pub fn steps(&self) -> TrainResult<Vec<u64>> {
+        let stray = self.dir.join("state.json");
+        if stray.exists() {
+            return Err(TrainError::checkpoint(
+                stray,
+                "a checkpoint's files lie directly in checkpoints/, not in a step-NNNNNNNN/ \
+                 folder; move them into the folder of the step their state.json names",
+            ));
+        }
         let entries = match fs::read_dir(&self.dir) {
             Ok(e) => e,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
