@@ -384,13 +384,13 @@ pub fn matmul_view_with(
         if matches!(kernel, Int8Kernel::Amx | Int8Kernel::Vnni) && native_available() && groups_fit
         {
             // SAFETY: the CPU has the features the kernel is compiled for (checked above).
-            unsafe { matmul_native(x, m, w, out) };
+            unsafe { run_panels(&Vnni, x, m, w, out) };
             return;
         }
         if kernel != Int8Kernel::Dequantized && avx2::available() && groups_fit {
             let vnni = kernel != Int8Kernel::Avx2 && avx2::vnni_available();
             // SAFETY: the CPU has AVX2, and AVX-VNNI when `vnni` (checked above).
-            unsafe { avx2::matmul(x, m, w, out, vnni) };
+            unsafe { run_panels(&avx2::Avx2 { vnni }, x, m, w, out) };
             return;
         }
     }
@@ -493,13 +493,80 @@ fn quantize_row_scalar(src: &[f32], offset: bool, dst: &mut [u32]) -> f32 {
     scale
 }
 
-/// The native path: activations quantised per row once; then per panel of 32 output columns
-/// (one task each) the panel of the weight packed in groups of four rows (lane j holds
-/// `q[4g..4g+4, j]`), its column sums, and 8-row tiles of integer dot products.
+/// One family of integer tile kernels run by [`run_panels`]: how a row of activations is
+/// quantised, how a panel of the weight is packed, and how one scale block's tile of integer
+/// dot products becomes floats. The driver (tasks, panels, row tiles, scale blocks, the output
+/// copy) is the same for every family.
 #[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-unsafe fn matmul_native(x: &[f32], m: usize, w: QuantizedView<'_>, out: &mut [f32]) {
+trait TileKernel: Sync {
+    /// Output columns per panel (one task each).
+    const NR: usize;
+    /// Rows of activations per tile.
+    const MR: usize;
+
+    /// Quantises one row of activations into `dst` (`src.len().div_ceil(4)` words, four bytes
+    /// each) and returns the row's scale.
+    ///
+    /// # Safety
+    /// The CPU must have the family's features.
+    unsafe fn quantize_row(&self, src: &[f32], dst: &mut [u32]) -> f32;
+
+    /// Packs the weight's columns `c0..c0 + NR` into `groups` rows of `NR` words (`b`) and,
+    /// where the family needs them, the columns' sums per scale block of `block_groups`
+    /// groups (`colsum`, `NR` per block).
+    ///
+    /// # Safety
+    /// The CPU must have the family's features; `b` holds `groups * NR` words and `colsum`
+    /// `NR` per scale block.
+    unsafe fn pack(
+        &self,
+        w: QuantizedView<'_>,
+        c0: usize,
+        groups: usize,
+        block_groups: usize,
+        b: &mut [u32],
+        colsum: &mut [i32],
+    );
+
+    /// Adds to `acc` (`row_scale.len()` rows of `NR`) the rows `x` (`row_scale.len()` rows of
+    /// `stride` words) times the packed panel over the groups `g0..g1` of one scale block,
+    /// rescaled by the rows' and the columns' (`scale`, <= `NR`) scales; `colsum` holds the
+    /// block's column sums.
+    ///
+    /// # Safety
+    /// The CPU must have the family's features; sizes as described.
+    #[allow(clippy::too_many_arguments)]
+    unsafe fn tile(
+        &self,
+        x: &[u32],
+        stride: usize,
+        g0: usize,
+        g1: usize,
+        b: &[u32],
+        colsum: &[i32],
+        scale: &[f32],
+        row_scale: &[f32],
+        acc: &mut [f32],
+    );
+}
+
+/// `out[m, n] = x[m, k] · w` on one kernel family: activations quantised per row once; then
+/// per panel of `NR` output columns (one task each) the panel packed, and tiles of `MR` rows,
+/// each the sum over the weight's scale blocks of rescaled integer dot products.
+///
+/// # Safety
+/// The CPU must have the family's features; `w.block >= w.k` or a multiple of four;
+/// `m, n, k > 0` and the sizes of [`check`].
+#[cfg(target_arch = "x86_64")]
+unsafe fn run_panels<K: TileKernel>(
+    kernel: &K,
+    x: &[f32],
+    m: usize,
+    w: QuantizedView<'_>,
+    out: &mut [f32],
+) {
     let (k, n) = (w.k, w.n);
+    let (nr, mr) = (K::NR, K::MR);
     let groups = k.div_ceil(4);
     let mut xa = vec![0u32; m * groups];
     let mut xs = vec![0f32; m];
@@ -507,49 +574,110 @@ unsafe fn matmul_native(x: &[f32], m: usize, w: QuantizedView<'_>, out: &mut [f3
         .zip(xs.par_iter_mut())
         .zip(x.par_chunks(k))
         .for_each(|((dst, s), src)| {
-            // SAFETY: AVX-512 F and BW (this function's features); `groups` words per row.
-            *s = unsafe { quantize_row(src, dst) }
+            // SAFETY: the caller's features; `groups` words per row.
+            *s = unsafe { kernel.quantize_row(src, dst) }
         });
-    let panels = n.div_ceil(NR);
-    let out_ptr = SendPtr(out.as_mut_ptr());
-    let (xa, xs) = (&xa, &xs);
     // Scale blocks in groups of four rows (one block when it covers all of k).
     let block_groups = if w.block >= k { groups } else { w.block / 4 };
     let blocks = groups.div_ceil(block_groups);
+    let panels = n.div_ceil(nr);
+    let out_ptr = SendPtr(out.as_mut_ptr());
+    let (xa, xs) = (&xa, &xs);
     (0..panels).into_par_iter().for_each_init(
-        || (vec![0u32; groups * NR], vec![0i32; blocks * NR]),
-        |(b, colsum), panel| {
-            let c0 = panel * NR;
-            let width = NR.min(n - c0);
-            // SAFETY: same features as the caller; one panel of `groups` rows.
-            unsafe { native::pack_panels(w, c0, 1, groups, block_groups, b, colsum) };
+        || {
+            let b = vec![0u32; groups * nr];
+            (b, vec![0i32; blocks * nr], vec![0f32; mr * nr])
+        },
+        |(b, colsum, acc), panel| {
+            let c0 = panel * nr;
+            let width = nr.min(n - c0);
+            // SAFETY: the caller's features; one panel of `groups` rows, `blocks` sums.
+            unsafe { kernel.pack(w, c0, groups, block_groups, b, colsum) };
             let mut r = 0;
             while r < m {
-                let rows = MR.min(m - r);
-                let mut acc = [0f32; MR * NR];
+                let rows = mr.min(m - r);
+                acc.fill(0.0);
                 let x_rows = &xa[r * groups..(r + rows) * groups];
                 for blk in 0..blocks {
                     let (g0, g1) = (blk * block_groups, ((blk + 1) * block_groups).min(groups));
-                    let mut tile = [0i32; MR * NR];
-                    // SAFETY: same features as the caller; `x_rows` holds `rows` rows of
-                    // `groups` words and `b` holds `groups` rows of NR words.
-                    unsafe { native::tile(x_rows, rows, groups, g0, g1, b, &mut tile) };
-                    let sums = &colsum[blk * NR..][..NR];
+                    let sums = &colsum[blk * nr..][..nr];
                     let scale = &w.scale[blk * n + c0..][..width];
-                    // SAFETY: same features as the caller; `rows` rows of NR in both tiles.
-                    unsafe { native::rescale(&tile, sums, scale, &xs[r..r + rows], &mut acc) };
+                    // SAFETY: the caller's features; `x_rows` holds `rows` rows of `groups`
+                    // words, `b` `groups` rows of NR words, `acc` MR rows of NR.
+                    unsafe {
+                        kernel.tile(
+                            x_rows,
+                            groups,
+                            g0,
+                            g1,
+                            b,
+                            sums,
+                            scale,
+                            &xs[r..r + rows],
+                            acc,
+                        )
+                    };
                 }
                 for i in 0..rows {
                     // SAFETY: row r+i, columns c0..c0+width of `out`, written by this task only.
                     let dst = unsafe {
                         std::slice::from_raw_parts_mut(out_ptr.get().add((r + i) * n + c0), width)
                     };
-                    dst.copy_from_slice(&acc[i * NR..i * NR + width]);
+                    dst.copy_from_slice(&acc[i * nr..i * nr + width]);
                 }
                 r += rows;
             }
         },
     );
+}
+
+/// The AVX512-VNNI family: activations as unsigned bytes (`a + 128`), panels of 32 columns
+/// with their column sums (the offset's correction), tiles of 8 rows of `vpdpbusd`.
+#[cfg(target_arch = "x86_64")]
+struct Vnni;
+
+#[cfg(target_arch = "x86_64")]
+impl TileKernel for Vnni {
+    const NR: usize = NR;
+    const MR: usize = MR;
+
+    unsafe fn quantize_row(&self, src: &[f32], dst: &mut [u32]) -> f32 {
+        // SAFETY: AVX-512 F and BW (the caller's features); the caller's sizes.
+        unsafe { quantize_row(src, dst) }
+    }
+
+    unsafe fn pack(
+        &self,
+        w: QuantizedView<'_>,
+        c0: usize,
+        groups: usize,
+        block_groups: usize,
+        b: &mut [u32],
+        colsum: &mut [i32],
+    ) {
+        // SAFETY: the caller's features and sizes; one panel.
+        unsafe { native::pack_panels(w, c0, 1, groups, block_groups, b, colsum) }
+    }
+
+    unsafe fn tile(
+        &self,
+        x: &[u32],
+        stride: usize,
+        g0: usize,
+        g1: usize,
+        b: &[u32],
+        colsum: &[i32],
+        scale: &[f32],
+        row_scale: &[f32],
+        acc: &mut [f32],
+    ) {
+        let mut sums = [0i32; MR * NR];
+        // SAFETY: the caller's features and sizes.
+        unsafe {
+            native::tile(x, row_scale.len(), stride, g0, g1, b, &mut sums);
+            native::rescale(&sums, colsum, scale, row_scale, acc);
+        }
+    }
 }
 
 /// Output column panels per AMX task (packed once, every 32-row block of activations run over

@@ -148,10 +148,10 @@ fn avx2_path_is_exact_and_gives_the_vnni_floats() {
         if Int8Kernel::AvxVnni.is_supported() {
             let mut avx_vnni = vec![f32::NAN; m * n];
             matmul_view_with(Int8Kernel::AvxVnni, &x, m, q.view(), &mut avx_vnni);
-            assert_eq!(
-                avx_vnni.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-                avx2.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-                "AVX-VNNI vs AVX2 [{m},{k}]x[{k},{n}] block {block}"
+            assert_same_bits(
+                &avx_vnni,
+                &avx2,
+                &format!("AVX-VNNI vs AVX2 [{m},{k}]x[{k},{n}] block {block}"),
             );
         }
         if block == 0 {
@@ -163,12 +163,21 @@ fn avx2_path_is_exact_and_gives_the_vnni_floats() {
         if native_available() {
             let mut vnni = vec![f32::NAN; m * n];
             matmul_view_with(Int8Kernel::Vnni, &x, m, q.view(), &mut vnni);
-            assert_eq!(
-                avx2.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-                vnni.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
-                "AVX2 vs VNNI [{m},{k}]x[{k},{n}] block {block}"
+            assert_same_bits(
+                &avx2,
+                &vnni,
+                &format!("AVX2 vs VNNI [{m},{k}]x[{k},{n}] block {block}"),
             );
         }
+    }
+}
+
+/// Asserts that two outputs are the same floats bit for bit (a NaN left unwritten in either
+/// shows), naming the first element that differs.
+fn assert_same_bits(a: &[f32], b: &[f32], what: &str) {
+    assert_eq!(a.len(), b.len(), "{what}: lengths");
+    if let Some(i) = (0..a.len()).find(|&i| a[i].to_bits() != b[i].to_bits()) {
+        panic!("{what}: element {i} is {} and {}", a[i], b[i]);
     }
 }
 
@@ -207,10 +216,10 @@ fn amx_and_vnni_give_the_same_floats() {
             out
         };
         let amx = run(Int8Kernel::Amx);
-        assert_eq!(
-            amx,
-            run(Int8Kernel::Vnni),
-            "[{m},{k}]x[{k},{n}] block {block}"
+        assert_same_bits(
+            &amx,
+            &run(Int8Kernel::Vnni),
+            &format!("AMX vs VNNI [{m},{k}]x[{k},{n}] block {block}"),
         );
         let wq: Vec<f64> = q.to_f32().iter().map(|&v| v as f64).collect();
         let want = reference(&fake_quantized_rows(&x, k), &wq, m, k, n);

@@ -22,9 +22,7 @@
 
 use std::arch::x86_64::*;
 
-use rayon::prelude::*;
-
-use super::{QuantizedView, SendPtr};
+use super::{QuantizedView, TileKernel};
 
 /// Output columns per panel (two vectors of eight i32 lanes).
 const NR: usize = 16;
@@ -41,68 +39,55 @@ pub(super) fn vnni_available() -> bool {
     available() && std::arch::is_x86_feature_detected!("avxvnni")
 }
 
-/// `out[m, n] = x[m, k] · w`, row-major, `out` overwritten; `w.block` a multiple of four or at
-/// least `k`; `m, n, k > 0`. The tiles' dot products on AVX-VNNI when `vnni`, else on AVX2.
-///
-/// # Safety
-/// The CPU must have AVX2 ([`available`]), and AVX-VNNI when `vnni` ([`vnni_available`]).
-#[target_feature(enable = "avx2")]
-pub(super) unsafe fn matmul(
-    x: &[f32],
-    m: usize,
-    w: QuantizedView<'_>,
-    out: &mut [f32],
-    vnni: bool,
-) {
-    let (k, n) = (w.k, w.n);
-    let groups = k.div_ceil(4);
-    let mut xa = vec![0u32; m * groups];
-    let mut xs = vec![0f32; m];
-    xa.par_chunks_mut(groups)
-        .zip(xs.par_iter_mut())
-        .zip(x.par_chunks(k))
-        .for_each(|((dst, s), src)| {
-            // SAFETY: AVX2 (this function's feature); `groups` words per row.
-            *s = unsafe { quantize_row(src, dst) }
-        });
-    let block_groups = if w.block >= k { groups } else { w.block / 4 };
-    let blocks = groups.div_ceil(block_groups);
-    let panels = n.div_ceil(NR);
-    let out_ptr = SendPtr(out.as_mut_ptr());
-    let (xa, xs) = (&xa, &xs);
-    (0..panels).into_par_iter().for_each_init(
-        || vec![0u32; groups * NR],
-        |b, panel| {
-            let c0 = panel * NR;
-            let width = NR.min(n - c0);
-            // SAFETY: AVX2 (caller); `b` holds `groups` rows of NR words.
-            unsafe { pack_panel(w, c0, groups, b) };
-            let mut r = 0;
-            while r < m {
-                let rows = MR.min(m - r);
-                let mut acc = [0f32; MR * NR];
-                let x_rows = &xa[r * groups..(r + rows) * groups];
-                for blk in 0..blocks {
-                    let (g0, g1) = (blk * block_groups, ((blk + 1) * block_groups).min(groups));
-                    let mut sums = [0i32; MR * NR];
-                    // SAFETY: AVX2 (caller); `x_rows` holds `rows` rows of `groups` words, `b`
-                    // holds `groups` rows of NR words.
-                    unsafe { tile(x_rows, rows, groups, g0, g1, b, &mut sums, vnni) };
-                    let scale = &w.scale[blk * n + c0..][..width];
-                    // SAFETY: AVX2 (caller); `rows` rows of NR in both tiles.
-                    unsafe { rescale(&sums, scale, &xs[r..r + rows], &mut acc) };
-                }
-                for i in 0..rows {
-                    // SAFETY: row r+i, columns c0..c0+width of `out`, written by this task only.
-                    let dst = unsafe {
-                        std::slice::from_raw_parts_mut(out_ptr.get().add((r + i) * n + c0), width)
-                    };
-                    dst.copy_from_slice(&acc[i * NR..i * NR + width]);
-                }
-                r += rows;
-            }
-        },
-    );
+/// The AVX2 family for [`super::run_panels`]: signed activations, panels of 16 columns
+/// (no column sums: no offset to correct), tiles of 4 rows; the dot products on AVX-VNNI when
+/// `vnni`, else on AVX2.
+pub(super) struct Avx2 {
+    /// Whether the tiles use the VEX-encoded `vpdpbusd` (the CPU must have AVX-VNNI).
+    pub(super) vnni: bool,
+}
+
+impl TileKernel for Avx2 {
+    const NR: usize = NR;
+    const MR: usize = MR;
+
+    unsafe fn quantize_row(&self, src: &[f32], dst: &mut [u32]) -> f32 {
+        // SAFETY: AVX2 (the caller's features); the caller's sizes.
+        unsafe { quantize_row(src, dst) }
+    }
+
+    unsafe fn pack(
+        &self,
+        w: QuantizedView<'_>,
+        c0: usize,
+        groups: usize,
+        _block_groups: usize,
+        b: &mut [u32],
+        _colsum: &mut [i32],
+    ) {
+        // SAFETY: AVX2 (the caller's features); `b` holds `groups` rows of NR words.
+        unsafe { pack_panel(w, c0, groups, b) }
+    }
+
+    unsafe fn tile(
+        &self,
+        x: &[u32],
+        stride: usize,
+        g0: usize,
+        g1: usize,
+        b: &[u32],
+        _colsum: &[i32],
+        scale: &[f32],
+        row_scale: &[f32],
+        acc: &mut [f32],
+    ) {
+        let mut sums = [0i32; MR * NR];
+        // SAFETY: AVX2, and AVX-VNNI when `vnni` (the caller's features); the caller's sizes.
+        unsafe {
+            tile(x, row_scale.len(), stride, g0, g1, b, &mut sums, self.vnni);
+            rescale(&sums, scale, row_scale, acc);
+        }
+    }
 }
 
 /// One row of activations quantised as the VNNI path quantises it (the same scale and the
