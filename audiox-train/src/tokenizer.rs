@@ -42,22 +42,78 @@ pub const DEMO_CLIP_CONFIG_JSON: &str = include_str!("../assets/demo_clip/config
 /// the corpus's captions).
 pub const LONGEST_CAPTION_TOKENS: usize = 16;
 
-/// The demo tokenizer file with `fill` more `</s>` tokens after each prompt's own (`fill` 0:
-/// [`DEMO_TOKENIZER_JSON`] itself). The fill tokens are real tokens (attention mask 1), so the
-/// T5 encoder's outputs at their positions depend on the caption and survive the conditioner's
-/// zeroing of padded positions: the text conditioning then has `fill` more caption-dependent
-/// tokens (the teacher setting `teacher.text_fill`; why: `docs/training.md`, session of
-/// 2026-12-03 morning). Written into the export, so inference tokenizes the same way.
-pub fn demo_tokenizer_json(fill: usize) -> String {
-    if fill == 0 {
+/// The name of slot token `i` (see [`demo_tokenizer_json`]).
+pub fn slot_token(i: usize) -> String {
+    format!("<slot_{i}>")
+}
+
+/// The demo tokenizer file with `slots` slot tokens before each prompt and `fill` more `</s>`
+/// tokens after its own (both 0: [`DEMO_TOKENIZER_JSON`] itself).
+///
+/// * **Fill tokens** (`teacher.text_fill`) are real `</s>` tokens (attention mask 1), so the
+///   T5 encoder's outputs at their positions depend on the caption and survive the
+///   conditioner's zeroing of padded positions. All of them are the same token, though, and T5
+///   tells them apart only through its bucketed relative positions, so beyond a few tokens
+///   from the caption their outputs are nearly equal.
+/// * **Slot tokens** (`teacher.text_slots`) are `slots` distinct tokens `<slot_0>`,
+///   `<slot_1>`, ... (new pieces after the vocabulary's last, special, attention mask 1)
+///   placed *before* the caption: each has an embedding of its own, and each sits at the same
+///   index of the token sequence for every caption, so the DiT's fixed token-to-position map
+///   (`proj_mm_seq_len`) reads slot `i` through the same column whatever the caption's length.
+///   The T5 encoder's output at a slot is then a caption-dependent value that the map can
+///   place along time (like the learned queries of a set-prediction transformer).
+///
+/// Why: `docs/training.md`, sessions of 2026-12-03. Written into the export, so inference
+/// tokenizes the same way; the T5 embedding needs [`vocab_size`] of this file's rows.
+pub fn demo_tokenizer_json(fill: usize, slots: usize) -> String {
+    if fill == 0 && slots == 0 {
         return DEMO_TOKENIZER_JSON.to_string();
     }
     let mut json: Value =
         serde_json::from_str(DEMO_TOKENIZER_JSON).expect("the committed tokenizer is JSON");
+    let base = vocab_size(&json);
+    let slot_names: Vec<String> = (0..slots).map(slot_token).collect();
+    if let Some(vocab) = json
+        .pointer_mut("/model/vocab")
+        .and_then(Value::as_array_mut)
+    {
+        vocab.extend(slot_names.iter().map(|name| json!([name, 0.0])));
+    }
+    if let Some(added) = json
+        .pointer_mut("/added_tokens")
+        .and_then(Value::as_array_mut)
+    {
+        added.extend(slot_names.iter().enumerate().map(|(i, name)| {
+            json!({
+                "id": base + i,
+                "content": name,
+                "single_word": false,
+                "lstrip": false,
+                "rstrip": false,
+                "normalized": false,
+                "special": true
+            })
+        }));
+    }
+    if let Some(specials) = json
+        .pointer_mut("/post_processor/special_tokens")
+        .and_then(Value::as_object_mut)
+    {
+        for (i, name) in slot_names.iter().enumerate() {
+            specials.insert(
+                name.clone(),
+                json!({ "id": name, "ids": [base + i], "tokens": [name] }),
+            );
+        }
+    }
     if let Some(single) = json
         .pointer_mut("/post_processor/single")
         .and_then(Value::as_array_mut)
     {
+        let front = slot_names
+            .iter()
+            .map(|name| json!({ "SpecialToken": { "id": name, "type_id": 0 } }));
+        single.splice(0..0, front);
         for _ in 0..fill {
             single.push(json!({ "SpecialToken": { "id": "</s>", "type_id": 0 } }));
         }

@@ -31,6 +31,18 @@ fn one_thread() {
 
 /// The demo run at 8 kHz with a 2-channel VAE (strides 2/4/8/10: 125 latent frames of 10 s),
 /// condition width 16, a one-block DiT of width 32, a one-layer T5 and CLIP, and tiny loops.
+/// Sets the text conditioner's `max_length` (tokens per caption).
+fn set_text_length(run: &mut RunConfig, max_length: usize) {
+    for c in run.model["model"]["conditioning"]["configs"]
+        .as_array_mut()
+        .unwrap()
+    {
+        if c["id"] == "text_prompt" {
+            c["config"]["max_length"] = json!(max_length);
+        }
+    }
+}
+
 fn tiny_run() -> RunConfig {
     let mut run = RunConfig::demo();
     run.seed = 11;
@@ -193,6 +205,13 @@ fn the_teacher_resumes_exactly_and_its_export_loads_as_the_teacher() {
     // Fill tokens after the caption (`teacher.text_fill`): the export's tokenizer must append
     // them too, or the loaded model's context below differs from the trained one's.
     run.teacher.text_fill = 8;
+    // Slot tokens before the caption (`teacher.text_slots`): new ids, so the T5 embedding
+    // grows by as many rows, and the text length by as many tokens.
+    let slots = 4;
+    run.teacher.text_slots = slots;
+    set_text_length(&mut run, 16 + 8 + slots);
+    let vocab = run.teacher.t5["vocab_size"].as_u64().unwrap();
+    run.teacher.t5["vocab_size"] = json!(vocab + slots as u64);
     run.validate().unwrap();
     let steps = run.teacher.optim.steps;
     let tmp = tempfile::tempdir().unwrap();
@@ -1325,6 +1344,18 @@ fn the_layout_oracle_conditions_the_kept_rows_only() {
     crowded.teacher.text_fill = 9;
     let err = crowded.validate().unwrap_err().to_string();
     assert!(err.contains("teacher.text_fill"), "{err}");
+    // So are slots that do, and slots the T5 embedding has no rows for.
+    let mut crowded = tiny_run();
+    crowded.teacher.text_fill = 4;
+    crowded.teacher.text_slots = 5;
+    let vocab = crowded.teacher.t5["vocab_size"].as_u64().unwrap();
+    crowded.teacher.t5["vocab_size"] = json!(vocab + 5);
+    let err = crowded.validate().unwrap_err().to_string();
+    assert!(err.contains("teacher.text_slots"), "{err}");
+    let mut unembedded = tiny_run();
+    unembedded.teacher.text_slots = 4;
+    let err = unembedded.validate().unwrap_err().to_string();
+    assert!(err.contains("teacher.t5.vocab_size"), "{err}");
     // Weight 0 without the oracle is refused; a negative weight with it too.
     let mut bad = tiny_run();
     bad.teacher.timeline = Some(TimelineLoss {

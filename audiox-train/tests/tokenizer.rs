@@ -71,15 +71,16 @@ fn every_caption_word_is_one_known_piece_and_no_caption_has_unknowns() {
     assert_ne!(times.ids_of(0), times.ids_of(1));
 }
 
-/// `demo_tokenizer_json(fill)` appends `fill` real `</s>` tokens after each prompt's own
+/// `demo_tokenizer_json(fill, 0)` appends `fill` real `</s>` tokens after each prompt's own
 /// (mask 1), before the padding; 0 is the committed file.
 #[test]
 fn fill_tokens_follow_the_caption_as_real_tokens() {
     use audiox_train::tokenizer::{LONGEST_CAPTION_TOKENS, demo_tokenizer_json};
-    assert_eq!(demo_tokenizer_json(0), DEMO_TOKENIZER_JSON);
+    assert_eq!(demo_tokenizer_json(0, 0), DEMO_TOKENIZER_JSON);
     let (fill, max_length) = (5, LONGEST_CAPTION_TOKENS + 5 + 3);
     let plain = T5Tokenizer::from_bytes(DEMO_TOKENIZER_JSON.as_bytes(), max_length).unwrap();
-    let filled = T5Tokenizer::from_bytes(demo_tokenizer_json(fill).as_bytes(), max_length).unwrap();
+    let filled =
+        T5Tokenizer::from_bytes(demo_tokenizer_json(fill, 0).as_bytes(), max_length).unwrap();
     let captions = ["a click", "three knocks, then a low bell at 4 seconds", ""];
     let (p, f) = (
         plain.encode_batch(&captions).unwrap(),
@@ -102,9 +103,54 @@ fn fill_tokens_follow_the_caption_as_real_tokens() {
         .collect();
     let refs: Vec<&str> = captions.iter().map(String::as_str).collect();
     let tight = T5Tokenizer::from_bytes(
-        demo_tokenizer_json(fill).as_bytes(),
+        demo_tokenizer_json(fill, 0).as_bytes(),
         LONGEST_CAPTION_TOKENS + fill,
     )
     .unwrap();
     assert!(!tight.encode_batch(&refs).unwrap().truncated());
+}
+
+/// `demo_tokenizer_json(fill, slots)` puts `slots` distinct new tokens before every prompt (the
+/// same ids at the same indices whatever the caption), keeps the caption's pieces and `</s>`,
+/// then the fill; the slots are new ids after the base vocabulary, counted by `vocab_size`.
+#[test]
+fn slot_tokens_precede_every_caption_at_fixed_indices() {
+    use audiox_train::tokenizer::{LONGEST_CAPTION_TOKENS, demo_tokenizer_json, slot_token};
+    let (slots, fill) = (6, 2);
+    let max_length = LONGEST_CAPTION_TOKENS + slots + fill + 1;
+    let base: Value = serde_json::from_str(DEMO_TOKENIZER_JSON).unwrap();
+    let json = demo_tokenizer_json(fill, slots);
+    let parsed: Value = serde_json::from_str(&json).unwrap();
+    assert_eq!(vocab_size(&parsed), vocab_size(&base) + slots);
+    let plain = T5Tokenizer::from_bytes(DEMO_TOKENIZER_JSON.as_bytes(), max_length).unwrap();
+    let slotted = T5Tokenizer::from_bytes(json.as_bytes(), max_length).unwrap();
+    assert_eq!(slotted.vocab_size(), plain.vocab_size() + slots);
+    let captions = ["a click", "three knocks, then a low bell at 4 seconds", ""];
+    let (p, s) = (
+        plain.encode_batch(&captions).unwrap(),
+        slotted.encode_batch(&captions).unwrap(),
+    );
+    assert!(!s.truncated());
+    let first = vocab_size(&base) as i64;
+    for i in 0..captions.len() {
+        let ids = s.ids_of(i);
+        let real = p.mask_of(i).iter().filter(|m| **m).count();
+        assert_eq!(
+            ids[..slots],
+            (first..first + slots as i64).collect::<Vec<_>>()
+        );
+        assert_eq!(&ids[slots..slots + real], &p.ids_of(i)[..real]);
+        assert!(
+            ids[slots + real..slots + real + fill]
+                .iter()
+                .all(|&id| id == 1)
+        );
+        let used = slots + real + fill;
+        assert!(s.mask_of(i)[..used].iter().all(|m| *m));
+        assert!(s.mask_of(i)[used..].iter().all(|m| !*m));
+    }
+    // A slot's name typed in a prompt is that slot (an added special token), as T5's own
+    // `<extra_id_N>` would be.
+    let typed = slotted.encode(&slot_token(2)).unwrap();
+    assert_eq!(typed.ids_of(0)[slots], first + 2);
 }

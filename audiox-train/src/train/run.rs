@@ -475,6 +475,7 @@ impl RunConfig {
                 audio_prompt: None,
                 timeline: None,
                 text_fill: 0,
+                text_slots: 0,
             },
             student: StudentStageConfig::demo(),
         }

@@ -63,7 +63,7 @@ use super::timeline::{
     TimelineBasis, TimelineLoss, timeline_batch_projected, timeline_loss, with_oracle,
 };
 use crate::corpus::{Clip, Corpus, RenderedEvent};
-use crate::tokenizer::{DEMO_TOKENIZER_JSON, demo_tokenizer_json};
+use crate::tokenizer::demo_tokenizer_json;
 
 /// Official key prefixes of the model object (as `audiox` loads them).
 mod prefixes {
@@ -111,6 +111,14 @@ pub struct TeacherStageConfig {
     /// `max_length` minus [`crate::tokenizer::LONGEST_CAPTION_TOKENS`].
     #[serde(default, skip_serializing_if = "is_zero")]
     pub text_fill: usize,
+    /// Distinct slot tokens `<slot_0>`, `<slot_1>`, ... the demo tokenizer puts before each
+    /// caption (0, the default: none, as the demo teachers up to TF1 were trained): each has
+    /// its own embedding and the same index for every caption, so the T5 output at slot `i`
+    /// reaches the DiT's positions through the same column of the token-to-position map
+    /// ([`crate::tokenizer::demo_tokenizer_json`]). The T5 `vocab_size` must cover them, and
+    /// slots, fill and the longest caption must fit the text conditioner's `max_length`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub text_slots: usize,
 }
 
 fn is_zero(n: &usize) -> bool {
@@ -239,7 +247,7 @@ impl TeacherStageConfig {
             ));
         }
         let vocab = crate::tokenizer::vocab_size(
-            &serde_json::from_str(DEMO_TOKENIZER_JSON)
+            &serde_json::from_str(&demo_tokenizer_json(self.text_fill, self.text_slots))
                 .map_err(|e| TrainError::config("tokenizer", e.to_string()))?,
         );
         if t5.vocab_size < vocab {
@@ -251,15 +259,22 @@ impl TeacherStageConfig {
                 ),
             ));
         }
-        if self.text_fill > 0 {
+        if self.text_fill > 0 || self.text_slots > 0 {
             let max_length = model.text_conditioner().map_or(0, |t| t.max_length);
-            if self.text_fill + crate::tokenizer::LONGEST_CAPTION_TOKENS > max_length {
+            let extra = self.text_fill + self.text_slots;
+            if extra + crate::tokenizer::LONGEST_CAPTION_TOKENS > max_length {
+                let field = if self.text_slots > 0 {
+                    "teacher.text_slots"
+                } else {
+                    "teacher.text_fill"
+                };
                 return Err(TrainError::config(
-                    "teacher.text_fill",
+                    field,
                     format!(
-                        "{} fill tokens leave no room for captions of up to {} tokens in the \
-                         text conditioner's max_length {max_length}",
+                        "{} fill and {} slot tokens leave no room for captions of up to {} \
+                         tokens in the text conditioner's max_length {max_length}",
                         self.text_fill,
+                        self.text_slots,
                         crate::tokenizer::LONGEST_CAPTION_TOKENS
                     ),
                 ));
@@ -531,7 +546,7 @@ pub fn tokenizer(run: &RunConfig) -> TrainResult<T5Tokenizer> {
         .text_conditioner()
         .ok_or_else(|| TrainError::config("model", "no t5 text conditioner"))?;
     Ok(T5Tokenizer::from_bytes(
-        demo_tokenizer_json(run.teacher.text_fill).as_bytes(),
+        demo_tokenizer_json(run.teacher.text_fill, run.teacher.text_slots).as_bytes(),
         text.max_length,
     )?)
 }
@@ -1022,7 +1037,7 @@ pub fn export_teacher(
     write_json(&t5_dir.join("config.json"), &run.teacher.t5)?;
     write_atomic(
         &t5_dir.join("tokenizer.json"),
-        demo_tokenizer_json(run.teacher.text_fill).as_bytes(),
+        demo_tokenizer_json(run.teacher.text_fill, run.teacher.text_slots).as_bytes(),
     )?;
 
     let clip_dir = out.join("clip-vit-base-patch32");
