@@ -7,7 +7,9 @@
 //! ```
 //!
 //! The corpus is the demo run's (16 kHz, 10 s, timing jitter 0.1); 4,096 clips and 500 frames
-//! by default (the demo teacher's clip pool and latent frames).
+//! by default (the demo teacher's clip pool and latent frames). The clips' captions go to
+//! `OUT.f32.txt`, one per line (e.g. for the spread of layouts that share a caption: the part
+//! of the timeline term no caption-conditioned model can remove).
 
 use std::io::Write;
 
@@ -31,12 +33,16 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let frame_s = cfg.duration_s / frames as f32;
     let corpus = Corpus::new(cfg)?;
     let mut file = std::io::BufWriter::new(std::fs::File::create(&out)?);
+    let mut captions = std::io::BufWriter::new(std::fs::File::create(format!("{out}.txt"))?);
     for i in 0..clips {
-        for v in timeline(&corpus.training_clip(i).events, frames, frame_s) {
+        let clip = corpus.training_clip(i);
+        for v in timeline(&clip.events, frames, frame_s) {
             file.write_all(&v.to_le_bytes())?;
         }
+        writeln!(captions, "{}", clip.caption)?;
     }
     file.flush()?;
+    captions.flush()?;
     println!("{clips} clips x {frames} frames written to {out}");
     Ok(())
 }

@@ -8,8 +8,12 @@
 //!
 //! ```text
 //! cargo run --release -p audiox-train --features train --example timeline_probe -- \
-//!     RUN_DIR STEP [--count 40] [--training]
+//!     RUN_DIR STEP [--count 40] [--training] [--dump FILE]
 //! ```
+//!
+//! `--dump FILE` also writes the conditioning sequence (`[captions, positions, width]`, f32
+//! little-endian, the time token's position first) for an analysis of its rank along time
+//! across captions (`docs/training.md`, session of 2026-12-03 afternoon).
 //!
 //! Prints the share of captions whose onset channel holds exactly the caption's number of
 //! peaks (of at least 0.5, and of at least half the caption's own highest value), the mean
@@ -23,8 +27,11 @@ use audiox_train::train::timeline::{CHANNELS, timeline_batch, timeline_loss};
 use audiox_train::train::{RunDir, TeacherModel, TeacherStage};
 use burn::tensor::Device;
 
-fn parse() -> Result<(PathBuf, u64, usize, bool), String> {
-    let usage = "usage: timeline_probe RUN_DIR STEP [--count N] [--training]";
+/// The command line: run folder, step, caption count, training captions, dump file.
+type Args = (PathBuf, u64, usize, bool, Option<PathBuf>);
+
+fn parse() -> Result<Args, String> {
+    let usage = "usage: timeline_probe RUN_DIR STEP [--count N] [--training] [--dump FILE]";
     let mut it = std::env::args().skip(1);
     let dir = PathBuf::from(it.next().ok_or(usage)?);
     let step = it
@@ -32,7 +39,7 @@ fn parse() -> Result<(PathBuf, u64, usize, bool), String> {
         .ok_or(usage)?
         .parse()
         .map_err(|e| format!("STEP: {e}"))?;
-    let (mut count, mut training) = (40usize, false);
+    let (mut count, mut training, mut dump) = (40usize, false, None);
     while let Some(a) = it.next() {
         match a.as_str() {
             "--count" => {
@@ -40,13 +47,14 @@ fn parse() -> Result<(PathBuf, u64, usize, bool), String> {
                 count = v.parse().map_err(|e| format!("--count {v:?}: {e}"))?;
             }
             "--training" => training = true,
+            "--dump" => dump = Some(PathBuf::from(it.next().ok_or("--dump needs a file")?)),
             _ => return Err(format!("unknown option {a}; {usage}")),
         }
     }
     if count == 0 {
         return Err("--count must be at least 1".into());
     }
-    Ok((dir, step, count, training))
+    Ok((dir, step, count, training, dump))
 }
 
 /// Frames where the onset channel has a local maximum of at least `threshold`.
@@ -61,7 +69,7 @@ fn peaks(onset: &[f32], threshold: f32) -> usize {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let (dir, step, count, training) = parse()?;
+    let (dir, step, count, training, dump) = parse()?;
     let run = RunDir::resume(&dir)?;
     let plain = Device::flex();
     let stage = TeacherStage::new(&run, &plain)?;
@@ -94,6 +102,14 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .convert::<f32>()
         .try_into_vec::<f32>()
         .map_err(|e| format!("{e:?}"))?;
+    if let Some(path) = &dump {
+        let bytes: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+        std::fs::write(path, bytes).map_err(|e| format!("{}: {e}", path.display()))?;
+        println!(
+            "conditioning [{b}, {positions}, {width}] written to {}",
+            path.display()
+        );
+    }
     // Counted at 0.5 (the targets' half height) and at half of each caption's own highest
     // value (a channel that has the layout but not yet its scale).
     let (mut exact, mut off, mut exact_rel, mut top) = (0usize, 0usize, 0usize, 0.0f32);
