@@ -1193,6 +1193,7 @@ fn the_timeline_term_trains_the_conditioning_towards_the_clips_events() {
         weight: 1.0,
         oracle: false,
         basis: None,
+        pretrain_steps: 0,
     });
     run.teacher.optim.steps = 8;
     run.teacher.optim.lr = 1e-2;
@@ -1241,9 +1242,85 @@ fn the_timeline_term_trains_the_conditioning_towards_the_clips_events() {
         weight: 0.0,
         oracle: false,
         basis: None,
+        pretrain_steps: 0,
     });
     let err = bad.validate().unwrap_err().to_string();
     assert!(err.contains("teacher.timeline"), "{err}");
+}
+
+/// Layout pretraining (`teacher.timeline.pretrain_steps`): the first steps train the timeline
+/// term alone (logged as such, no flow term), moving the text side and the conditioning maps
+/// but none of the DiT's blocks; the flow loss takes over after them. Refused with the oracle
+/// or when it leaves no flow steps.
+#[test]
+fn layout_pretraining_trains_the_conditioning_alone_first() {
+    one_thread();
+    let mut run = tiny_run();
+    let pretrain = 3;
+    run.teacher.timeline = Some(TimelineLoss {
+        weight: 1.0,
+        oracle: false,
+        basis: None,
+        pretrain_steps: pretrain,
+    });
+    run.teacher.optim.steps = pretrain + 2;
+    run.validate().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let device = device();
+    let run_dir = RunDir::open(tmp.path(), run.clone()).unwrap();
+    let vae = VaeStage::new(run_dir.config(), &device).unwrap();
+    let out = train_stage(&vae, &run_dir, &device, Stop::never(), &mut |_| {}).unwrap();
+    export_vae(&out.model, &run, &tmp.path().join("export")).unwrap();
+    let stage = TeacherStage::new(&run_dir, &device).unwrap();
+    let initial = parameters(&stage.init_model(&device).unwrap());
+    let mut logged = Vec::new();
+    let stop = Stop {
+        after_steps: Some(pretrain),
+        deadline: None,
+    };
+    let first = train_stage(&stage, &run_dir, &device, stop, &mut |r| {
+        logged.push(r.terms.clone())
+    })
+    .unwrap()
+    .model;
+    for terms in &logged {
+        assert!(terms.contains_key("pretrain") && terms.contains_key("timeline"));
+        assert!(!terms.contains_key("flow_mse"), "{terms:?}");
+    }
+    let (mut blocks, mut text) = ((0, 0), (0, 0));
+    for ((name, _, after), (_, _, before)) in parameters(&first).iter().zip(&initial) {
+        let moved = usize::from(after != before);
+        if name.starts_with("dit.blocks.") {
+            blocks = (blocks.0 + moved, blocks.1 + 1);
+        } else if name.starts_with("t5.") {
+            text = (text.0 + moved, text.1 + 1);
+        }
+    }
+    assert!(blocks.1 > 0 && text.1 > 0, "{blocks:?} {text:?}");
+    assert_eq!(blocks.0, 0, "a DiT block moved during the pretraining");
+    assert!(
+        2 * text.0 > text.1,
+        "{} of {} T5 parameters moved",
+        text.0,
+        text.1
+    );
+    logged.clear();
+    train_stage(&stage, &run_dir, &device, Stop::never(), &mut |r| {
+        logged.push(r.terms.clone())
+    })
+    .unwrap();
+    assert_eq!(logged.len(), 2);
+    for terms in &logged {
+        assert!(terms.contains_key("flow_mse") && !terms.contains_key("pretrain"));
+    }
+    // Refused with the oracle, and when no flow step is left.
+    let mut bad = run.clone();
+    bad.teacher.timeline.as_mut().unwrap().oracle = true;
+    assert!(bad.validate().is_err());
+    let mut bad = run.clone();
+    bad.teacher.timeline.as_mut().unwrap().pretrain_steps = run.teacher.optim.steps;
+    let err = bad.validate().unwrap_err().to_string();
+    assert!(err.contains("pretrain_steps"), "{err}");
 }
 
 /// The layout oracle (`teacher.timeline.oracle`): the flow loss sees the clips' exact
@@ -1258,6 +1335,7 @@ fn the_layout_oracle_conditions_the_kept_rows_only() {
         weight: 0.0,
         oracle: true,
         basis: None,
+        pretrain_steps: 0,
     });
     run.validate().unwrap();
     let tmp = tempfile::tempdir().unwrap();
@@ -1280,6 +1358,7 @@ fn the_layout_oracle_conditions_the_kept_rows_only() {
         weight: 1.0,
         oracle: false,
         basis: None,
+        pretrain_steps: 0,
     });
     let oracle = stage("oracle", &run);
     let plain = stage("plain", &plain_run);
@@ -1318,6 +1397,7 @@ fn the_layout_oracle_conditions_the_kept_rows_only() {
         weight: 0.0,
         oracle: true,
         basis: Some("basis.f32".into()),
+        pretrain_steps: 0,
     });
     std::fs::create_dir_all(tmp.path().join("projected")).unwrap();
     std::fs::write(tmp.path().join("projected").join("basis.f32"), &bytes).unwrap();
@@ -1362,12 +1442,14 @@ fn the_layout_oracle_conditions_the_kept_rows_only() {
         weight: 0.0,
         oracle: false,
         basis: None,
+        pretrain_steps: 0,
     });
     assert!(bad.validate().is_err());
     bad.teacher.timeline = Some(TimelineLoss {
         weight: -1.0,
         oracle: true,
         basis: None,
+        pretrain_steps: 0,
     });
     assert!(bad.validate().is_err());
 }

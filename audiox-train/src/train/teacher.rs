@@ -309,6 +309,15 @@ impl TeacherStageConfig {
         }
         if let Some(timeline) = &self.timeline {
             timeline.check("teacher.timeline")?;
+            if timeline.pretrain_steps >= self.optim.steps {
+                return Err(TrainError::config(
+                    "teacher.timeline.pretrain_steps",
+                    format!(
+                        "{} leaves none of the {} steps for the flow loss",
+                        timeline.pretrain_steps, self.optim.steps
+                    ),
+                ));
+            }
             let width = model.dit().width;
             if width < super::timeline::CHANNELS {
                 return Err(TrainError::config(
@@ -885,6 +894,36 @@ impl Stage for TeacherStage {
         }
         let captions: Vec<&str> = clips.iter().map(|c| c.caption.as_str()).collect();
         let context = model.context_with_prompt(&self.tokenizer, &captions, prompt, device)?;
+        // Layout pretraining: the timeline term alone, without the DiT's blocks.
+        if let Some(setting) = settings
+            .timeline
+            .as_ref()
+            .filter(|t| step < t.pretrain_steps)
+        {
+            let [.., frames] = x0.dims();
+            let events: Vec<&[RenderedEvent]> = clips.iter().map(|c| c.events.as_slice()).collect();
+            let targets = timeline_batch_projected(
+                &events,
+                frames,
+                self.frame_s,
+                self.timeline_basis.as_ref(),
+                device,
+            );
+            let sequence = model.dit.conditioning_sequence(context)?;
+            let term = timeline_loss(sequence, targets)?;
+            let terms = BTreeMap::from([
+                (
+                    "timeline".to_string(),
+                    term.clone().into_scalar::<f32>() as f64,
+                ),
+                ("x0_rms".to_string(), rms),
+                ("pretrain".to_string(), 1.0),
+            ]);
+            return Ok(StepLoss {
+                loss: term.mul_scalar(setting.weight),
+                terms,
+            });
+        }
         // The timeline term (no random draw, so the stream is the same with or without it).
         let mut oracle = None;
         let timeline = match &settings.timeline {

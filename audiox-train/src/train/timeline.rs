@@ -61,6 +61,16 @@ pub struct TimelineLoss {
     /// best (the caption reaches the positions through one fixed map from its tokens).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub basis: Option<std::path::PathBuf>,
+    /// Steps at the start of the run that train this term alone (0, the default: none): no
+    /// flow loss and no pass through the DiT's blocks, so that the text encoder, the fusion
+    /// block and the conditioning maps learn to write the layout (at a small fraction of a
+    /// full step's cost) before the DiT learns to read it. Logged with a `pretrain` term.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub pretrain_steps: u64,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 fn is_false(b: &bool) -> bool {
@@ -76,6 +86,13 @@ impl TimelineLoss {
         } else {
             self.weight > 0.0
         };
+        if self.pretrain_steps > 0 && (self.oracle || self.weight <= 0.0) {
+            return Err(TrainError::config(
+                section,
+                "pretrain_steps needs a positive weight and no oracle (the oracle replaces the \
+                 layout the pretraining would teach)",
+            ));
+        }
         if !(self.weight.is_finite() && allowed) {
             return Err(TrainError::config(
                 section,
