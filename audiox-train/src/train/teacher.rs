@@ -718,6 +718,19 @@ impl TeacherStage {
         Ok((latents, clips.into_iter().map(|c| c.caption).collect()))
     }
 
+    /// The timeline targets `[B, frames, CHANNELS]` of `clips` (projected onto the run's
+    /// basis where it has one), for the timeline term and the layout oracle.
+    fn timeline_targets(&self, clips: &[Clip], frames: usize, device: &Device) -> Tensor<3> {
+        let events: Vec<&[RenderedEvent]> = clips.iter().map(|c| c.events.as_slice()).collect();
+        timeline_batch_projected(
+            &events,
+            frames,
+            self.frame_s,
+            self.timeline_basis.as_ref(),
+            device,
+        )
+    }
+
     /// [`TeacherStage::clean_latents`] with the rendered clips themselves (their events).
     fn clips_and_latents(
         &self,
@@ -901,14 +914,7 @@ impl Stage for TeacherStage {
             .filter(|t| step < t.pretrain_steps)
         {
             let [.., frames] = x0.dims();
-            let events: Vec<&[RenderedEvent]> = clips.iter().map(|c| c.events.as_slice()).collect();
-            let targets = timeline_batch_projected(
-                &events,
-                frames,
-                self.frame_s,
-                self.timeline_basis.as_ref(),
-                device,
-            );
+            let targets = self.timeline_targets(&clips, frames, device);
             let sequence = model.dit.conditioning_sequence(context)?;
             let term = timeline_loss(sequence, targets)?;
             let terms = BTreeMap::from([
@@ -929,15 +935,7 @@ impl Stage for TeacherStage {
         let timeline = match &settings.timeline {
             Some(setting) => {
                 let [.., frames] = x0.dims();
-                let events: Vec<&[RenderedEvent]> =
-                    clips.iter().map(|c| c.events.as_slice()).collect();
-                let targets = timeline_batch_projected(
-                    &events,
-                    frames,
-                    self.frame_s,
-                    self.timeline_basis.as_ref(),
-                    device,
-                );
+                let targets = self.timeline_targets(&clips, frames, device);
                 let sequence = model.dit.conditioning_sequence(context.clone())?;
                 if setting.oracle {
                     oracle = Some(targets.clone());
