@@ -134,10 +134,7 @@ fn device() -> Device {
 /// Trains the VAE stage (1 step) and exports it, then the teacher until `stop_after`.
 fn train(dir: &Path, run: &RunConfig, stop_after: Option<u64>) -> (TeacherModel, u64, u64) {
     let device = device();
-    let run_dir = RunDir::open(dir, run.clone()).unwrap();
-    let vae = VaeStage::new(run_dir.config(), &device).unwrap();
-    let out = train_stage(&vae, &run_dir, &device, Stop::never(), &mut |_| {}).unwrap();
-    export_vae(&out.model, run, &dir.join("export")).unwrap();
+    let (run_dir, ..) = vae_trained_in(dir, run, &device);
     let stage = TeacherStage::new(&run_dir, &device).unwrap();
     let stop = Stop {
         after_steps: stop_after,
@@ -502,11 +499,23 @@ fn vae_trained_in_a_run(
     std::path::PathBuf,
 ) {
     let dir = tempfile::tempdir().unwrap();
-    let run_dir = RunDir::open(dir.path(), run.clone()).unwrap();
+    let (run_dir, vae, export) = vae_trained_in(dir.path(), run, device);
+    (dir, run_dir, vae, export)
+}
+
+/// The run `run` in the folder `dir` with its VAE stage trained to the end and exported (the
+/// teacher stage's starting point): the run, the trained VAE and the exported
+/// `vae.safetensors`.
+fn vae_trained_in(
+    dir: &Path,
+    run: &RunConfig,
+    device: &Device,
+) -> (RunDir, audiox_vae::Vae, std::path::PathBuf) {
+    let run_dir = RunDir::open(dir, run.clone()).unwrap();
     let vae = VaeStage::new(run_dir.config(), device).unwrap();
     let trained = train_stage(&vae, &run_dir, device, Stop::never(), &mut |_| {}).unwrap();
-    let export = export_vae(&trained.model, run, &dir.path().join("export")).unwrap();
-    (dir, run_dir, trained.model, export)
+    let export = export_vae(&trained.model, run, &dir.join("export")).unwrap();
+    (run_dir, trained.model, export)
 }
 
 /// Every tensor of a safetensors file: name, shape and raw bytes, sorted by name.
@@ -1199,12 +1208,8 @@ fn the_timeline_term_trains_the_conditioning_towards_the_clips_events() {
     run.teacher.optim.lr = 1e-2;
     run.teacher.cond_dropout = 0.0;
     run.validate().unwrap();
-    let tmp = tempfile::tempdir().unwrap();
     let device = device();
-    let run_dir = RunDir::open(tmp.path(), run.clone()).unwrap();
-    let vae = VaeStage::new(run_dir.config(), &device).unwrap();
-    let out = train_stage(&vae, &run_dir, &device, Stop::never(), &mut |_| {}).unwrap();
-    export_vae(&out.model, &run, &tmp.path().join("export")).unwrap();
+    let (tmp, run_dir, ..) = vae_trained_in_a_run(&run, &device);
     let stage = TeacherStage::new(&run_dir, &device).unwrap();
     let initial = stage.init_model(&device).unwrap();
     let mut terms = Vec::new();
@@ -1265,12 +1270,8 @@ fn layout_pretraining_trains_the_conditioning_alone_first() {
     });
     run.teacher.optim.steps = pretrain + 2;
     run.validate().unwrap();
-    let tmp = tempfile::tempdir().unwrap();
     let device = device();
-    let run_dir = RunDir::open(tmp.path(), run.clone()).unwrap();
-    let vae = VaeStage::new(run_dir.config(), &device).unwrap();
-    let out = train_stage(&vae, &run_dir, &device, Stop::never(), &mut |_| {}).unwrap();
-    export_vae(&out.model, &run, &tmp.path().join("export")).unwrap();
+    let (_tmp, run_dir, ..) = vae_trained_in_a_run(&run, &device);
     let stage = TeacherStage::new(&run_dir, &device).unwrap();
     let initial = parameters(&stage.init_model(&device).unwrap());
     let mut logged = Vec::new();
@@ -1340,11 +1341,7 @@ fn the_layout_oracle_conditions_the_kept_rows_only() {
     run.validate().unwrap();
     let tmp = tempfile::tempdir().unwrap();
     let device = device();
-    let vae_dir = RunDir::open(tmp.path().join("vae"), run.clone()).unwrap();
-    let vae = VaeStage::new(vae_dir.config(), &device).unwrap();
-    let out = train_stage(&vae, &vae_dir, &device, Stop::never(), &mut |_| {}).unwrap();
-    let export = tmp.path().join("vae").join("export");
-    export_vae(&out.model, &run, &export).unwrap();
+    vae_trained_in(&tmp.path().join("vae"), &run, &device);
     // A copy of the VAE's run folder with `config` (the VAE stage done); its teacher stage.
     let stage = |name: &str, config: &RunConfig| {
         let dir = tmp.path().join(name);

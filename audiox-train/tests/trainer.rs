@@ -174,15 +174,37 @@ fn checkpoint_dir(root: &Path, step: u64) -> std::path::PathBuf {
         .join(format!("step-{step:08}"))
 }
 
+/// `run` trained to half its VAE steps in a new temporary folder: the folder (kept alive by
+/// the caller), the run folder in it, the checkpoint written there and its step.
+fn trained_to_half(
+    run: &RunConfig,
+) -> (
+    tempfile::TempDir,
+    std::path::PathBuf,
+    std::path::PathBuf,
+    u64,
+) {
+    let half = run.vae.optim.steps / 2;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    train(&dir, run, Some(half)).unwrap();
+    let ckpt = checkpoint_dir(&dir, half);
+    (tmp, dir, ckpt, half)
+}
+
+/// Resumes `run` in `dir`, which must fail with a checkpoint error: the file it names and why.
+fn checkpoint_error(dir: &Path, run: &RunConfig) -> (std::path::PathBuf, String) {
+    match train(dir, run, None) {
+        Err(TrainError::Checkpoint { path, reason }) => (path, reason),
+        other => panic!("expected a checkpoint error, got {:?}", other.map(|r| r.1)),
+    }
+}
+
 #[test]
 fn corrupt_or_truncated_checkpoints_are_errors_naming_the_file() {
     one_thread();
     let run = tiny_run();
-    let half = run.vae.optim.steps / 2;
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("run");
-    train(&dir, &run, Some(half)).unwrap();
-    let ckpt = checkpoint_dir(&dir, half);
+    let (_tmp, dir, ckpt, _) = trained_to_half(&run);
     let model = ckpt.join("model.bpk");
     let pristine = std::fs::read(&model).unwrap();
 
@@ -191,47 +213,32 @@ fn corrupt_or_truncated_checkpoints_are_errors_naming_the_file() {
     let mid = bytes.len() / 2;
     bytes[mid] ^= 0x40;
     std::fs::write(&model, &bytes).unwrap();
-    match train(&dir, &run, None) {
-        Err(TrainError::Checkpoint { path, reason }) => {
-            assert_eq!(path, model, "{reason}");
-            assert!(reason.contains("corrupt"), "{reason}");
-        }
-        other => panic!("expected a checkpoint error, got {:?}", other.map(|r| r.1)),
-    }
+    let (path, reason) = checkpoint_error(&dir, &run);
+    assert_eq!(path, model, "{reason}");
+    assert!(reason.contains("corrupt"), "{reason}");
     std::fs::write(&model, &pristine).unwrap();
 
     // A truncated optimiser state.
     let optim = ckpt.join("optim.bpk");
     let bytes = std::fs::read(&optim).unwrap();
     std::fs::write(&optim, &bytes[..bytes.len() / 3]).unwrap();
-    match train(&dir, &run, None) {
-        Err(TrainError::Checkpoint { path, reason }) => {
-            assert_eq!(path, optim, "{reason}");
-            assert!(reason.contains("truncated"), "{reason}");
-        }
-        other => panic!("expected a checkpoint error, got {:?}", other.map(|r| r.1)),
-    }
+    let (path, reason) = checkpoint_error(&dir, &run);
+    assert_eq!(path, optim, "{reason}");
+    assert!(reason.contains("truncated"), "{reason}");
     std::fs::write(&optim, &bytes).unwrap();
 
     // Garbage in state.json.
     let state = ckpt.join("state.json");
     std::fs::write(&state, b"{\"format\": 1, \"st").unwrap();
-    match train(&dir, &run, None) {
-        Err(TrainError::Checkpoint { path, .. }) => assert_eq!(path, state),
-        other => panic!("expected a checkpoint error, got {:?}", other.map(|r| r.1)),
-    }
+    assert_eq!(checkpoint_error(&dir, &run).0, state);
 }
 
 #[test]
 fn a_checkpoint_copied_one_folder_too_high_is_an_error_not_a_fresh_start() {
     one_thread();
     let run = tiny_run();
-    let half = run.vae.optim.steps / 2;
-    let tmp = tempfile::tempdir().unwrap();
-    let dir = tmp.path().join("run");
-    train(&dir, &run, Some(half)).unwrap();
+    let (_tmp, dir, ckpt, half) = trained_to_half(&run);
     // Keep only the newest checkpoint, its files moved up into `checkpoints/`.
-    let ckpt = checkpoint_dir(&dir, half);
     let top = ckpt.parent().unwrap().to_path_buf();
     for entry in std::fs::read_dir(&top).unwrap() {
         let p = entry.unwrap().path();
@@ -243,13 +250,9 @@ fn a_checkpoint_copied_one_folder_too_high_is_an_error_not_a_fresh_start() {
         std::fs::rename(ckpt.join(name), top.join(name)).unwrap();
     }
     std::fs::remove_dir(&ckpt).unwrap();
-    match train(&dir, &run, None) {
-        Err(TrainError::Checkpoint { path, reason }) => {
-            assert_eq!(path, top.join("state.json"), "{reason}");
-            assert!(reason.contains("step-NNNNNNNN"), "{reason}");
-        }
-        other => panic!("expected a checkpoint error, got {:?}", other.map(|r| r.1)),
-    }
+    let (path, reason) = checkpoint_error(&dir, &run);
+    assert_eq!(path, top.join("state.json"), "{reason}");
+    assert!(reason.contains("step-NNNNNNNN"), "{reason}");
     // Moved back into its step folder, the run resumes from it.
     std::fs::create_dir(&ckpt).unwrap();
     for name in ["model.bpk", "optim.bpk", "state.json"] {
