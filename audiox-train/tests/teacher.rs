@@ -1269,6 +1269,7 @@ fn layout_pretraining_trains_the_conditioning_alone_first() {
         pretrain_steps: pretrain,
     });
     run.teacher.optim.steps = pretrain + 2;
+    run.teacher.optim.warmup = 2;
     run.validate().unwrap();
     let device = device();
     let (_tmp, run_dir, ..) = vae_trained_in_a_run(&run, &device);
@@ -1306,14 +1307,19 @@ fn layout_pretraining_trains_the_conditioning_alone_first() {
         text.1
     );
     logged.clear();
+    let mut rates = Vec::new();
     train_stage(&stage, &run_dir, &device, Stop::never(), &mut |r| {
-        logged.push(r.terms.clone())
+        logged.push(r.terms.clone());
+        rates.push(r.lr);
     })
     .unwrap();
     assert_eq!(logged.len(), 2);
     for terms in &logged {
         assert!(terms.contains_key("flow_mse") && !terms.contains_key("pretrain"));
     }
+    // The flow steps warm up again from the first one (`warmup` 2: half the rate, then all).
+    let lr = run.teacher.optim.lr;
+    assert_eq!(rates, [lr / 2.0, lr], "flow steps' rates");
     // Refused with the oracle, and when no flow step is left.
     let mut bad = run.clone();
     bad.teacher.timeline.as_mut().unwrap().oracle = true;

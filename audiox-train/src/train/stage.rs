@@ -33,6 +33,13 @@ pub trait Stage {
     /// The optimisation loop settings.
     fn settings(&self) -> &LoopSettings;
 
+    /// The learning rate of step `step` (0-based): the settings' schedule
+    /// ([`LoopSettings::lr_at`]) unless the stage changes it. A function of `step` alone, so
+    /// that a resumed run keeps the schedule.
+    fn lr_at(&self, step: u64) -> f64 {
+        self.settings().lr_at(step)
+    }
+
     /// The model with its initial (random, seeded) weights on `device`, parameters requiring
     /// gradients.
     fn init_model(&self, device: &Device) -> TrainResult<Self::Model>;
@@ -156,7 +163,7 @@ pub fn train_stage<S: Stage>(
     let mut step = start;
     while step < end {
         let t0 = Instant::now();
-        let lr = settings.lr_at(step);
+        let lr = stage.lr_at(step);
         let StepLoss { loss, terms } = stage.loss(&model, step, device)?;
         let value = loss.clone().into_scalar::<f32>() as f64;
         if !value.is_finite() {

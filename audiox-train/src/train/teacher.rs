@@ -878,6 +878,21 @@ impl Stage for TeacherStage {
         &self.run.teacher.optim
     }
 
+    /// After layout pretraining the flow steps warm up again over `warmup` steps (the DiT's
+    /// blocks start there, and their first gradients would otherwise reach the pretrained
+    /// text side at the full rate).
+    fn lr_at(&self, step: u64) -> f64 {
+        let optim = self.settings();
+        let lr = optim.lr_at(step);
+        match self.run.teacher.timeline.as_ref().map(|t| t.pretrain_steps) {
+            Some(pretrain) if pretrain > 0 && step >= pretrain && optim.warmup > 0 => {
+                let ramp = (step - pretrain + 1) as f64 / optim.warmup as f64;
+                lr * ramp.min(1.0)
+            }
+            _ => lr,
+        }
+    }
+
     fn init_model(&self, device: &Device) -> TrainResult<TeacherModel> {
         let seed = self.seed ^ (StageName::Teacher.stream() << 56);
         Ok(random_init(TeacherModel::init(&self.run, device)?, seed))

@@ -64,7 +64,9 @@ pub struct TimelineLoss {
     /// Steps at the start of the run that train this term alone (0, the default: none): no
     /// flow loss and no pass through the DiT's blocks, so that the text encoder, the fusion
     /// block and the conditioning maps learn to write the layout (at a small fraction of a
-    /// full step's cost) before the DiT learns to read it. Logged with a `pretrain` term.
+    /// full step's cost) before the DiT learns to read it. Logged with a `pretrain` term. The
+    /// flow steps after it warm up again (the stage's `warmup`, from the first flow step), so
+    /// that the fresh DiT's first, noisy gradients do not undo the layout at the full rate.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub pretrain_steps: u64,
 }
