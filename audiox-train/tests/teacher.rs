@@ -1203,6 +1203,7 @@ fn the_timeline_term_trains_the_conditioning_towards_the_clips_events() {
         oracle: false,
         basis: None,
         pretrain_steps: 0,
+        pretrain_scenes: 0,
     });
     run.teacher.optim.steps = 8;
     run.teacher.optim.lr = 1e-2;
@@ -1248,6 +1249,7 @@ fn the_timeline_term_trains_the_conditioning_towards_the_clips_events() {
         oracle: false,
         basis: None,
         pretrain_steps: 0,
+        pretrain_scenes: 0,
     });
     let err = bad.validate().unwrap_err().to_string();
     assert!(err.contains("teacher.timeline"), "{err}");
@@ -1267,6 +1269,7 @@ fn layout_pretraining_trains_the_conditioning_alone_first() {
         oracle: false,
         basis: None,
         pretrain_steps: pretrain,
+        pretrain_scenes: 0,
     });
     run.teacher.optim.steps = pretrain + 2;
     run.teacher.optim.warmup = 2;
@@ -1330,6 +1333,61 @@ fn layout_pretraining_trains_the_conditioning_alone_first() {
     assert!(err.contains("pretrain_steps"), "{err}");
 }
 
+/// Layout pretraining on drawn scenes (`teacher.timeline.pretrain_scenes`): its steps take
+/// their clips from the training scenes rather than the clip pool (another term than the
+/// pool's at the same step and weights, the same on a second call), log the pretraining's
+/// terms and no latent statistics, and hand over to the flow loss as usual. The setting needs
+/// `pretrain_steps`.
+#[test]
+fn layout_pretraining_can_draw_its_scenes_beyond_the_clip_pool() {
+    one_thread();
+    let pretrain = 2;
+    let with_scenes = |scenes: u64| {
+        let mut run = tiny_run();
+        run.teacher.timeline = Some(TimelineLoss {
+            weight: 1.0,
+            oracle: false,
+            basis: None,
+            pretrain_steps: pretrain,
+            pretrain_scenes: scenes,
+        });
+        run.teacher.optim.steps = pretrain + 1;
+        run.validate().unwrap();
+        run
+    };
+    let (drawn, pooled) = (with_scenes(1_000_000), with_scenes(0));
+    let device = device();
+    let (_tmp, drawn_dir, ..) = vae_trained_in_a_run(&drawn, &device);
+    let (_tmp_pool, pooled_dir, ..) = vae_trained_in_a_run(&pooled, &device);
+    let stage = TeacherStage::new(&drawn_dir, &device).unwrap();
+    let pool_stage = TeacherStage::new(&pooled_dir, &device).unwrap();
+    let model = stage.init_model(&device).unwrap();
+    let term = |stage: &TeacherStage| {
+        let loss = stage.loss(&model, 0, &device).unwrap();
+        assert!(loss.terms.contains_key("pretrain"), "{:?}", loss.terms);
+        (loss.terms["timeline"], loss.terms.contains_key("x0_rms"))
+    };
+    let (a, b, pool) = (term(&stage), term(&stage), term(&pool_stage));
+    assert_eq!(a, b, "the same step drew other scenes");
+    assert!(
+        !a.1 && pool.1,
+        "latent statistics logged: drawn {a:?}, pool {pool:?}"
+    );
+    assert_ne!(a.0, pool.0, "the drawn scenes' term equals the pool's");
+    let mut logged = Vec::new();
+    train_stage(&stage, &drawn_dir, &device, Stop::never(), &mut |r| {
+        logged.push(r.terms.clone())
+    })
+    .unwrap();
+    let flow: Vec<bool> = logged.iter().map(|t| t.contains_key("flow_mse")).collect();
+    assert_eq!(flow, [false, false, true]);
+    // Without pretraining steps the setting has nothing to set.
+    let mut bad = drawn.clone();
+    bad.teacher.timeline.as_mut().unwrap().pretrain_steps = 0;
+    let err = bad.validate().unwrap_err().to_string();
+    assert!(err.contains("pretrain_scenes"), "{err}");
+}
+
 /// The layout oracle (`teacher.timeline.oracle`): the flow loss sees the clips' exact
 /// timelines in the kept rows (so it changes with the same draws), not in the dropped rows
 /// (with every row dropped it equals the plain loss bit for bit), and a weight of 0 is
@@ -1343,6 +1401,7 @@ fn the_layout_oracle_conditions_the_kept_rows_only() {
         oracle: true,
         basis: None,
         pretrain_steps: 0,
+        pretrain_scenes: 0,
     });
     run.validate().unwrap();
     let tmp = tempfile::tempdir().unwrap();
@@ -1362,6 +1421,7 @@ fn the_layout_oracle_conditions_the_kept_rows_only() {
         oracle: false,
         basis: None,
         pretrain_steps: 0,
+        pretrain_scenes: 0,
     });
     let oracle = stage("oracle", &run);
     let plain = stage("plain", &plain_run);
@@ -1401,6 +1461,7 @@ fn the_layout_oracle_conditions_the_kept_rows_only() {
         oracle: true,
         basis: Some("basis.f32".into()),
         pretrain_steps: 0,
+        pretrain_scenes: 0,
     });
     std::fs::create_dir_all(tmp.path().join("projected")).unwrap();
     std::fs::write(tmp.path().join("projected").join("basis.f32"), &bytes).unwrap();
@@ -1446,6 +1507,7 @@ fn the_layout_oracle_conditions_the_kept_rows_only() {
         oracle: false,
         basis: None,
         pretrain_steps: 0,
+        pretrain_scenes: 0,
     });
     assert!(bad.validate().is_err());
     bad.teacher.timeline = Some(TimelineLoss {
@@ -1453,6 +1515,7 @@ fn the_layout_oracle_conditions_the_kept_rows_only() {
         oracle: true,
         basis: None,
         pretrain_steps: 0,
+        pretrain_scenes: 0,
     });
     assert!(bad.validate().is_err());
 }

@@ -731,6 +731,46 @@ impl TeacherStage {
         )
     }
 
+    /// A layout pretraining step on scenes drawn from the first
+    /// [`TimelineLoss::pretrain_scenes`] training scenes (not the clip pool): the timeline term
+    /// of their captions with the silent audio prompt. Draws, in order from the step's stream:
+    /// the scene of each row, then the prompt noise.
+    fn layout_loss_on_drawn_scenes(
+        &self,
+        model: &TeacherModel,
+        step: u64,
+        setting: &TimelineLoss,
+        device: &Device,
+    ) -> TrainResult<StepLoss> {
+        let mut rng = self.rng(step);
+        let b = self.run.teacher.optim.batch;
+        let clips: Vec<Clip> = (0..b)
+            .map(|_| {
+                self.corpus
+                    .training_clip(rng.next_u64() % setting.pretrain_scenes)
+            })
+            .collect();
+        let eps = normals(&mut rng, b * self.silent.mean.len());
+        let prompt = self.silent.latents(&eps, device)?;
+        let [.., frames] = prompt.dims();
+        let captions: Vec<&str> = clips.iter().map(|c| c.caption.as_str()).collect();
+        let context = model.context_with_prompt(&self.tokenizer, &captions, prompt, device)?;
+        let targets = self.timeline_targets(&clips, frames, device);
+        let sequence = model.dit.conditioning_sequence(context)?;
+        let term = timeline_loss(sequence, targets)?;
+        let terms = BTreeMap::from([
+            (
+                "timeline".to_string(),
+                term.clone().into_scalar::<f32>() as f64,
+            ),
+            ("pretrain".to_string(), 1.0),
+        ]);
+        Ok(StepLoss {
+            loss: term.mul_scalar(setting.weight),
+            terms,
+        })
+    }
+
     /// [`TeacherStage::clean_latents`] with the rendered clips themselves (their events).
     fn clips_and_latents(
         &self,
@@ -903,6 +943,13 @@ impl Stage for TeacherStage {
     /// before), then the flow batch (times, noise, dropped rows).
     fn loss(&self, model: &TeacherModel, step: u64, device: &Device) -> TrainResult<StepLoss> {
         let settings = &self.run.teacher;
+        if let Some(setting) = settings
+            .timeline
+            .as_ref()
+            .filter(|t| step < t.pretrain_steps && t.pretrain_scenes > 0)
+        {
+            return self.layout_loss_on_drawn_scenes(model, step, setting, device);
+        }
         let mut rng = self.rng(step);
         let b = settings.optim.batch;
         let indices: Vec<u64> = (0..b)

@@ -69,6 +69,13 @@ pub struct TimelineLoss {
     /// that the fresh DiT's first, noisy gradients do not undo the layout at the full rate.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub pretrain_steps: u64,
+    /// Where the layout pretraining's clips come from. 0 (the default): the teacher's clip
+    /// pool, with the audio prompts the flow steps use. `N > 0`: any of the first `N` training
+    /// scenes, rendered as they are drawn, with the silent audio prompt (no latents are
+    /// needed, so `N` may far exceed the pool: the text side then learns the layouts of `N`
+    /// captions' scenes instead of the pool's few thousand). Needs `pretrain_steps`.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub pretrain_scenes: u64,
 }
 
 fn is_zero(n: &u64) -> bool {
@@ -88,6 +95,12 @@ impl TimelineLoss {
         } else {
             self.weight > 0.0
         };
+        if self.pretrain_scenes > 0 && self.pretrain_steps == 0 {
+            return Err(TrainError::config(
+                section,
+                "pretrain_scenes sets the layout pretraining's clips: it needs pretrain_steps",
+            ));
+        }
         if self.pretrain_steps > 0 && (self.oracle || self.weight <= 0.0) {
             return Err(TrainError::config(
                 section,
