@@ -1,6 +1,8 @@
 //! How much of the event layout a teacher checkpoint's conditioning carries, for a run trained
 //! with timeline supervision (`teacher.timeline`, `audiox_train::train::timeline`): for the
-//! held-out captions (or, with `--training`, the first training scenes), the caption's fused
+//! held-out captions (or, with `--training`, the first training scenes; with
+//! `--distinct-training`, the first distinct training captions, drawn like the held-out list so
+//! that the two compare like for like), the caption's fused
 //! context (silent audio prompt) through `Dit::conditioning_sequence`, then the onset channel
 //! of the latent frames read back as events (peaks of at least 0.5, as the timeline's tests
 //! count them). The DiT can only place as many events as this tells it; what it renders is the
@@ -8,7 +10,7 @@
 //!
 //! ```text
 //! cargo run --release -p audiox-train --features train --example timeline_probe -- \
-//!     RUN_DIR STEP [--count 40] [--training] [--dump FILE]
+//!     RUN_DIR STEP [--count 40] [--training | --distinct-training] [--dump FILE]
 //! ```
 //!
 //! `--dump FILE` also writes the conditioning sequence (`[captions, positions, width]`, f32
@@ -27,11 +29,22 @@ use audiox_train::train::timeline::{CHANNELS, timeline_batch, timeline_loss};
 use audiox_train::train::{RunDir, TeacherModel, TeacherStage};
 use burn::tensor::Device;
 
-/// The command line: run folder, step, caption count, training captions, dump file.
-type Args = (PathBuf, u64, usize, bool, Option<PathBuf>);
+/// Which captions are probed.
+#[derive(Clone, Copy, PartialEq)]
+enum Captions {
+    /// The first held-out captions (each once).
+    HeldOut,
+    /// The first training scenes (as the clip pool draws them: common captions repeat).
+    Training,
+    /// The first distinct training captions (each once, like the held-out list).
+    DistinctTraining,
+}
+
+/// The command line: run folder, step, caption count, which captions, dump file.
+type Args = (PathBuf, u64, usize, Captions, Option<PathBuf>);
 
 fn parse() -> Result<Args, String> {
-    let usage = "usage: timeline_probe RUN_DIR STEP [--count N] [--training] [--dump FILE]";
+    let usage = "usage: timeline_probe RUN_DIR STEP [--count N] [--training | --distinct-training] [--dump FILE]";
     let mut it = std::env::args().skip(1);
     let dir = PathBuf::from(it.next().ok_or(usage)?);
     let step = it
@@ -39,14 +52,15 @@ fn parse() -> Result<Args, String> {
         .ok_or(usage)?
         .parse()
         .map_err(|e| format!("STEP: {e}"))?;
-    let (mut count, mut training, mut dump) = (40usize, false, None);
+    let (mut count, mut captions, mut dump) = (40usize, Captions::HeldOut, None);
     while let Some(a) = it.next() {
         match a.as_str() {
             "--count" => {
                 let v = it.next().ok_or("--count needs a value")?;
                 count = v.parse().map_err(|e| format!("--count {v:?}: {e}"))?;
             }
-            "--training" => training = true,
+            "--training" => captions = Captions::Training,
+            "--distinct-training" => captions = Captions::DistinctTraining,
             "--dump" => dump = Some(PathBuf::from(it.next().ok_or("--dump needs a file")?)),
             _ => return Err(format!("unknown option {a}; {usage}")),
         }
@@ -54,7 +68,7 @@ fn parse() -> Result<Args, String> {
     if count == 0 {
         return Err("--count must be at least 1".into());
     }
-    Ok((dir, step, count, training, dump))
+    Ok((dir, step, count, captions, dump))
 }
 
 /// Frames where the onset channel has a local maximum of at least `threshold`.
@@ -69,19 +83,34 @@ fn peaks(onset: &[f32], threshold: f32) -> usize {
 }
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let (dir, step, count, training, dump) = parse()?;
+    let (dir, step, count, which, dump) = parse()?;
     let run = RunDir::resume(&dir)?;
     let plain = Device::flex();
     let stage = TeacherStage::new(&run, &plain)?;
     let model = TeacherModel::from_checkpoint(&run, step, &plain)?;
     let config = run.config().model_config()?;
     let corpus = audiox_train::corpus::Corpus::new((&run.config().corpus).into())?;
-    let scenes: Vec<Scene> = if training {
-        (0..count as u64)
+    let scenes: Vec<Scene> = match which {
+        Captions::HeldOut => corpus.try_held_out_scenes(count)?,
+        Captions::Training => (0..count as u64)
             .map(|i| corpus.training_scene(i))
-            .collect()
-    } else {
-        corpus.try_held_out_scenes(count)?
+            .collect(),
+        Captions::DistinctTraining => {
+            let mut seen = std::collections::HashSet::new();
+            let mut out = Vec::with_capacity(count);
+            // Bounded: the grammar has far more training captions than any probe asks for;
+            // fewer are probed (and the count printed says so) if it runs out.
+            for i in 0..(count as u64).saturating_mul(1000) {
+                if out.len() == count {
+                    break;
+                }
+                let scene = corpus.training_scene(i);
+                if seen.insert(scene.caption()) {
+                    out.push(scene);
+                }
+            }
+            out
+        }
     };
     let captions: Vec<String> = scenes.iter().map(Scene::caption).collect();
     let captions: Vec<&str> = captions.iter().map(String::as_str).collect();
@@ -130,9 +159,10 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         .iter()
         .enumerate()
         .map(|(i, s)| {
-            if training {
+            if which == Captions::Training {
                 corpus.training_clip(i as u64)
             } else {
+                // A rendering of the scene (the held-out rendering stream renders any scene).
                 corpus.held_out_clip(s, i as u64)
             }
         })
@@ -146,7 +176,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
          count of peaks {:.1} % (at half its own height: {:.1} %), mean |peaks - count| {:.2}, \
          mean highest value {:.2}, timeline term {term:.4}",
         dir.display(),
-        if training { "training" } else { "held-out" },
+        match which {
+            Captions::HeldOut => "held-out",
+            Captions::Training => "training",
+            Captions::DistinctTraining => "distinct training",
+        },
         100.0 * exact as f64 / b as f64,
         100.0 * exact_rel as f64 / b as f64,
         off as f64 / b as f64,
