@@ -755,7 +755,22 @@ impl TeacherStage {
         let [.., frames] = prompt.dims();
         let captions: Vec<&str> = clips.iter().map(|c| c.caption.as_str()).collect();
         let context = model.context_with_prompt(&self.tokenizer, &captions, prompt, device)?;
-        let targets = self.timeline_targets(&clips, frames, device);
+        self.layout_pretraining_loss(model, context, &clips, frames, setting)
+    }
+
+    /// The loss of a layout pretraining step: the weighted timeline term of the fused
+    /// `context` against the clips' timelines (`frames` latent frames), without the DiT's
+    /// blocks; logged as the `timeline` term and a `pretrain` marker.
+    fn layout_pretraining_loss(
+        &self,
+        model: &TeacherModel,
+        context: Tensor<3>,
+        clips: &[Clip],
+        frames: usize,
+        setting: &TimelineLoss,
+    ) -> TrainResult<StepLoss> {
+        let device = context.device();
+        let targets = self.timeline_targets(clips, frames, &device);
         let sequence = model.dit.conditioning_sequence(context)?;
         let term = timeline_loss(sequence, targets)?;
         let terms = BTreeMap::from([
@@ -940,7 +955,8 @@ impl Stage for TeacherStage {
 
     /// Draws, in order from the step's stream: the clip of each row, the prompt noise, the
     /// prompt masks (only with [`TeacherStageConfig::audio_prompt`], so runs without it draw as
-    /// before), then the flow batch (times, noise, dropped rows).
+    /// before), then the flow batch (times, noise, dropped rows). Layout pretraining steps on
+    /// drawn scenes ([`TimelineLoss::pretrain_scenes`]) draw their own way instead.
     fn loss(&self, model: &TeacherModel, step: u64, device: &Device) -> TrainResult<StepLoss> {
         let settings = &self.run.teacher;
         if let Some(setting) = settings
@@ -976,21 +992,9 @@ impl Stage for TeacherStage {
             .filter(|t| step < t.pretrain_steps)
         {
             let [.., frames] = x0.dims();
-            let targets = self.timeline_targets(&clips, frames, device);
-            let sequence = model.dit.conditioning_sequence(context)?;
-            let term = timeline_loss(sequence, targets)?;
-            let terms = BTreeMap::from([
-                (
-                    "timeline".to_string(),
-                    term.clone().into_scalar::<f32>() as f64,
-                ),
-                ("x0_rms".to_string(), rms),
-                ("pretrain".to_string(), 1.0),
-            ]);
-            return Ok(StepLoss {
-                loss: term.mul_scalar(setting.weight),
-                terms,
-            });
+            let mut loss = self.layout_pretraining_loss(model, context, &clips, frames, setting)?;
+            loss.terms.insert("x0_rms".to_string(), rms);
+            return Ok(loss);
         }
         // The timeline term (no random draw, so the stream is the same with or without it).
         let mut oracle = None;
