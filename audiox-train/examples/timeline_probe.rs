@@ -95,22 +95,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         Captions::Training => (0..count as u64)
             .map(|i| corpus.training_scene(i))
             .collect(),
-        Captions::DistinctTraining => {
-            let mut seen = std::collections::HashSet::new();
-            let mut out = Vec::with_capacity(count);
-            // Bounded: the grammar has far more training captions than any probe asks for;
-            // fewer are probed (and the count printed says so) if it runs out.
-            for i in 0..(count as u64).saturating_mul(1000) {
-                if out.len() == count {
-                    break;
-                }
-                let scene = corpus.training_scene(i);
-                if seen.insert(scene.caption()) {
-                    out.push(scene);
-                }
-            }
-            out
-        }
+        Captions::DistinctTraining => corpus.distinct_training_scenes(count),
     };
     let captions: Vec<String> = scenes.iter().map(Scene::caption).collect();
     let captions: Vec<&str> = captions.iter().map(String::as_str).collect();

@@ -396,23 +396,26 @@ impl Corpus {
     /// bounded number of draws; [`Corpus::try_held_out_scenes`] makes that an error).
     pub fn held_out_scenes(&self, n: usize) -> Vec<Scene> {
         let mut rng = self.rng(STREAM_HELD_SCENE, 0);
-        let mut seen = std::collections::HashSet::new();
-        let mut out = Vec::with_capacity(n);
-        // The search ends after this many draws in a row without a new held-out caption: far
-        // more than the rarest caption of the grammar needs, so it only ends a search for more
-        // captions than the grammar has.
-        const STALE_DRAWS: u32 = 200_000;
-        let mut stale = 0;
-        while out.len() < n && stale < STALE_DRAWS {
-            stale += 1;
-            let scene = random_scene(&mut rng);
-            let caption = scene.caption();
-            if self.is_held_out(&caption) && seen.insert(caption) {
-                out.push(scene);
-                stale = 0;
-            }
-        }
-        out
+        first_distinct(
+            n,
+            || random_scene(&mut rng),
+            |caption| self.is_held_out(caption),
+        )
+    }
+
+    /// The first `n` training scenes with distinct captions, in index order (the scene of
+    /// [`Corpus::training_scene`]`(0)` first; a caption drawn again later is skipped): the
+    /// training side's counterpart of [`Corpus::held_out_scenes`], for comparing seen and
+    /// unseen captions like for like. Fewer when the grammar runs out of distinct training
+    /// captions (the same bounded search).
+    pub fn distinct_training_scenes(&self, n: usize) -> Vec<Scene> {
+        let mut index = 0;
+        let draw = || {
+            let scene = self.training_scene(index);
+            index += 1;
+            scene
+        };
+        first_distinct(n, draw, |_| true)
     }
 
     /// [`Corpus::held_out_scenes`], failing when fewer than `n` distinct held-out captions
@@ -525,6 +528,30 @@ fn random_group(rng: &mut impl Rng, kind: EventKind) -> EventGroup {
         pitch,
         at_seconds: None,
     }
+}
+
+/// The first `n` scenes from `draw` whose captions pass `keep`, each caption once. The search
+/// ends after this many draws in a row without a new caption: far more than the rarest caption
+/// of the grammar needs, so it only ends a search for more captions than the grammar has.
+fn first_distinct(
+    n: usize,
+    mut draw: impl FnMut() -> Scene,
+    keep: impl Fn(&str) -> bool,
+) -> Vec<Scene> {
+    const STALE_DRAWS: u32 = 200_000;
+    let mut seen = std::collections::HashSet::new();
+    let mut out = Vec::with_capacity(n);
+    let mut stale = 0;
+    while out.len() < n && stale < STALE_DRAWS {
+        stale += 1;
+        let scene = draw();
+        let caption = scene.caption();
+        if keep(&caption) && seen.insert(caption) {
+            out.push(scene);
+            stale = 0;
+        }
+    }
+    out
 }
 
 fn random_scene(rng: &mut impl Rng) -> Scene {

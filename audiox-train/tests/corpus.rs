@@ -127,6 +127,32 @@ fn held_out_captions_never_reach_training() {
     }
 }
 
+#[test]
+fn distinct_training_scenes_are_the_first_new_captions_in_index_order() {
+    let c = corpus();
+    let n = 300;
+    let got: Vec<String> = c
+        .distinct_training_scenes(n)
+        .iter()
+        .map(Scene::caption)
+        .collect();
+    // The same list built by hand: walk the training scenes, keep each caption once.
+    let (mut expected, mut seen, mut index) = (Vec::new(), std::collections::HashSet::new(), 0);
+    while expected.len() < n {
+        let caption = c.training_scene(index).caption();
+        if seen.insert(caption.clone()) {
+            expected.push(caption);
+        }
+        index += 1;
+    }
+    assert!(
+        index as usize > n,
+        "no caption repeated among the first {index} training scenes: the test checks nothing"
+    );
+    assert_eq!(got, expected);
+    assert!(got.iter().all(|caption| !c.is_held_out(caption)));
+}
+
 fn score_rendered(c: &Corpus, clips: impl Iterator<Item = audiox_train::corpus::Clip>) -> Report {
     let cfg = DetectorConfig::default();
     let scores: Vec<ClipScore> = clips
