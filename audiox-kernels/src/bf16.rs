@@ -15,11 +15,13 @@
 //!   differ by the rounding of the activations only.
 //!
 //! A row-major weight is packed panel by panel (32 columns) into pairs of rows, the layout both
-//! native kernels read, for every product. Where the kernel is AMX the loader holds the weight
-//! **transposed** instead ([`hold_transposed`], [`matmul_transposed`]): AMX then reads its tiles
-//! where they lie, which at the student's 237 tokens makes the products 1.3-1.5x faster (the
-//! repacking of the row-major weight cost about as much as the tile products; see
-//! `transposed`'s docs). Work is split over output column blocks, never over the reduction,
+//! native kernels read, for every product. Where the kernel is native the loader holds the
+//! weight **transposed** instead ([`hold_transposed`], [`matmul_transposed`]): AMX then reads
+//! its tiles where they lie, which at the student's 237 tokens makes the products 1.3-1.5x
+//! faster (the repacking of the row-major weight cost about as much as the tile products; see
+//! `transposed`'s docs), and AVX512-BF16 packs each panel from 32 contiguous rows instead of
+//! 64 bytes from each of `k` rows far apart (1.1-1.6x faster products with the weight read
+//! from memory, `reduced_gemm` on an AMD Zen 4). Work is split over output column blocks, never over the reduction,
 //! so the result does not depend on the thread count.
 
 use burn::backend::Flex;
@@ -169,7 +171,7 @@ pub fn matmul_with(
             // SAFETY: the CPU runs AMX bf16 tiles and AVX512-BF16 (checked above).
             Bf16Kernel::Amx => return unsafe { matmul_amx(x, m, w, k, n, false, out) },
             // SAFETY: the CPU has the features the kernel is compiled for (checked above).
-            Bf16Kernel::Avx512Bf16 => return unsafe { matmul_native(x, m, w, k, n, out) },
+            Bf16Kernel::Avx512Bf16 => return unsafe { matmul_native(x, m, w, k, n, false, out) },
             Bf16Kernel::Widened => {}
         }
     }
@@ -221,9 +223,24 @@ pub fn matmul_widened(x: &[f32], m: usize, w: &[bf16], k: usize, n: usize, out: 
 /// The native path: the activations rounded to bf16 pairs once; then per panel of 32 output
 /// columns (one task each) the panel of the weight packed into pairs of rows (lane j holds
 /// `(w[2p][j], w[2p+1][j])`, odd `k` padded with a zero) and multiplied by 8-row tiles.
+/// With `transposed` the weight is given as `[n, k]` ([`hold_transposed`]; `k` and `n`
+/// multiples of 32) and each panel is packed from its 32 rows ([`pack_panel_transposed`]);
+/// the panel, and so the result, is the same.
+///
+/// # Safety
+/// The CPU must have AVX512-F/BW/BF16; the buffers sized as [`matmul`] checks; with
+/// `transposed`, `k` and `n` multiples of [`TRANSPOSED_MULTIPLE`].
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx512f,avx512bw,avx512bf16")]
-unsafe fn matmul_native(x: &[f32], m: usize, w: &[bf16], k: usize, n: usize, out: &mut [f32]) {
+pub(crate) unsafe fn matmul_native(
+    x: &[f32],
+    m: usize,
+    w: &[bf16],
+    k: usize,
+    n: usize,
+    transposed: bool,
+    out: &mut [f32],
+) {
     let pairs = k.div_ceil(2);
     let mut xa = vec![0u32; m * pairs];
     xa.par_chunks_mut(pairs)
@@ -240,8 +257,15 @@ unsafe fn matmul_native(x: &[f32], m: usize, w: &[bf16], k: usize, n: usize, out
         |b, panel| {
             let c0 = panel * NR;
             let width = NR.min(n - c0);
-            // SAFETY: AVX512-BW (caller); `b` holds one panel of `pairs` rows.
-            unsafe { pack_panels(w, k, n, c0, 1, pairs, b) };
+            // SAFETY: AVX512-F/BW (caller); `b` holds one panel of `pairs` rows; with
+            // `transposed`, `w` is `[n, k]` with `k`, `n` multiples of 32 (caller).
+            unsafe {
+                if transposed {
+                    pack_panel_transposed(w, k, c0, b)
+                } else {
+                    pack_panels(w, k, n, c0, 1, pairs, b)
+                }
+            };
             let mut r = 0;
             while r < m {
                 let rows = MR.min(m - r);
@@ -346,39 +370,41 @@ unsafe fn pack_panels(
     }
 }
 
-/// [`pack_panels`] from a weight held transposed (`wt` `[n, k]`, `k` even): lane `j` of row
-/// `p` of panel `q` is the 32-bit word at channels `2p, 2p + 1` of row `c0 + 32 q + j` of
-/// `wt`, so each panel reads 32 rows of `wt` front to back. Zero past the last column and
-/// past row `k / 2`.
+/// [`pack_panels`] for one panel of a weight held transposed (`wt` `[n, k]`): lane `j` of row
+/// `p` is the 32-bit word at channels `2p, 2p + 1` of row `c0 + j` of `wt`, so the panel is
+/// the `[32, k / 2]` block of `wt`'s words transposed, 16 x 16 words at a time (16 rows of
+/// `wt` read front to back at once). The same panel as [`pack_panels`] packs from the
+/// row-major weight (tested through the products).
 ///
 /// # Safety
-/// `wt` is `[n, k]` with `k` even; `panels` holds `count * panel_rows * 32` words;
-/// `panel_rows >= k / 2`.
+/// The CPU must have AVX512-F; `wt` is `[n, k]` with `k` a multiple of 32 and
+/// `c0 + 32 <= n`; `panel` holds at least `k / 2 * 32` words.
 #[cfg(target_arch = "x86_64")]
-unsafe fn pack_panels_transposed(
-    wt: &[bf16],
-    k: usize,
-    n: usize,
-    c0: usize,
-    count: usize,
-    panel_rows: usize,
-    panels: &mut [u32],
-) {
+#[target_feature(enable = "avx512f")]
+pub(crate) unsafe fn pack_panel_transposed(wt: &[bf16], k: usize, c0: usize, panel: &mut [u32]) {
+    use std::arch::x86_64::{__m512i, _mm512_loadu_si512, _mm512_storeu_si512};
     let pairs = k / 2;
-    let panel_words = panel_rows * NR;
-    for (q, panel) in panels.chunks_mut(panel_words).take(count).enumerate() {
-        panel[pairs * NR..].fill(0);
-        for j in 0..NR {
-            let c = c0 + q * NR + j;
-            if c >= n {
-                for p in 0..pairs {
-                    panel[p * NR + j] = 0;
-                }
-                continue;
+    debug_assert!(k.is_multiple_of(32) && wt.len() >= (c0 + NR) * k && panel.len() >= pairs * NR);
+    for half in 0..NR / 16 {
+        // Word `p` of row `c0 + 16 half + i` of `wt` is at `rows + i * 2k + 4p` bytes.
+        let rows = wt[(c0 + 16 * half) * k..].as_ptr() as *const u8;
+        for p0 in (0..pairs).step_by(16) {
+            let mut r = [std::arch::x86_64::_mm512_setzero_si512(); 16];
+            for (i, v) in r.iter_mut().enumerate() {
+                // SAFETY: 16 words from word p0 of row c0 + 16 half + i lie in `wt` (p0 + 16 <=
+                // k / 2, the row < n).
+                *v = unsafe { _mm512_loadu_si512(rows.add(i * 2 * k + 4 * p0) as *const __m512i) };
             }
-            let row = &wt[c * k..][..k];
-            for (p, two) in row.chunks_exact(2).enumerate() {
-                panel[p * NR + j] = pair(two[0], two[1]);
+            // SAFETY: AVX512-F (caller).
+            unsafe { crate::transpose16(&mut r) };
+            for (i, v) in r.iter().enumerate() {
+                // SAFETY: row p0 + i < k / 2 of the panel, lanes 16 half .. 16 half + 16.
+                unsafe {
+                    _mm512_storeu_si512(
+                        panel.as_mut_ptr().add((p0 + i) * NR + 16 * half) as *mut __m512i,
+                        *v,
+                    )
+                };
             }
         }
     }
@@ -430,7 +456,10 @@ pub(crate) unsafe fn matmul_amx(
                 // AMX_GROUP panels of `kp` rows.
                 unsafe {
                     if transposed {
-                        pack_panels_transposed(w, k, n, first * NR, count, kp, b)
+                        // `kp == k / 2` here: `k` is a multiple of 32 (caller).
+                        for (q, panel) in b.chunks_mut(kp * NR).take(count).enumerate() {
+                            pack_panel_transposed(w, k, (first + q) * NR, panel);
+                        }
                     } else {
                         pack_panels(w, k, n, first * NR, count, kp, b)
                     }

@@ -20,9 +20,10 @@
 //! The kernels read the weight through a borrowed [`QuantizedView`] ([`matmul_view`],
 //! [`linear_view`]), so a weight held elsewhere (burn's own quantised tensor storage) is
 //! multiplied where it lies; [`QuantizedWeight`] owns its values and lends such a view. Where
-//! the kernel is AMX, a weight can also be held transposed (values `[n, k]`,
-//! [`TransposedView`], [`matmul_transposed`]): the tiles then read it in place instead of
-//! repacking it for every product, with the same floats as a result.
+//! the kernel is AMX or AVX512-VNNI, a weight can also be held transposed (values `[n, k]`,
+//! [`TransposedView`], [`matmul_transposed`]): the AMX tiles then read it in place instead of
+//! repacking it for every product, and VNNI packs each panel from 32 contiguous rows instead
+//! of 32 bytes from each of `k` rows far apart, with the same floats as a result.
 //!
 //! Work is split over output column panels, never over the reduction, so the result does not
 //! depend on the thread count.
@@ -383,14 +384,17 @@ pub fn matmul_view_with(
         let groups_fit = w.block.is_multiple_of(4) || whole;
         if matches!(kernel, Int8Kernel::Amx | Int8Kernel::Vnni) && native_available() && groups_fit
         {
-            // SAFETY: the CPU has the features the kernel is compiled for (checked above).
-            unsafe { run_panels(&Vnni, x, m, w, out) };
+            // SAFETY: the CPU has the features the kernel is compiled for (checked above); the
+            // panel is the family's own.
+            unsafe { run_panels(&Vnni, x, m, w, out, row_major_panels(&Vnni, w)) };
             return;
         }
         if kernel != Int8Kernel::Dequantized && avx2::available() && groups_fit {
             let vnni = kernel != Int8Kernel::Avx2 && avx2::vnni_available();
-            // SAFETY: the CPU has AVX2, and AVX-VNNI when `vnni` (checked above).
-            unsafe { run_panels(&avx2::Avx2 { vnni }, x, m, w, out) };
+            let family = avx2::Avx2 { vnni };
+            // SAFETY: the CPU has AVX2, and AVX-VNNI when `vnni` (checked above); the panel is
+            // the family's own.
+            unsafe { run_panels(&family, x, m, w, out, row_major_panels(&family, w)) };
             return;
         }
     }
@@ -552,11 +556,14 @@ trait TileKernel: Sync {
 
 /// `out[m, n] = x[m, k] · w` on one kernel family: activations quantised per row once; then
 /// per panel of `NR` output columns (one task each) the panel packed, and tiles of `MR` rows,
-/// each the sum over the weight's scale blocks of rescaled integer dot products.
+/// each the sum over the weight's scale blocks of rescaled integer dot products. `w` gives the
+/// sizes and scales; `pack(c0, groups, block_groups, b, colsum)` fills one panel as
+/// [`TileKernel::pack`] does ([`TileKernel::pack`] itself on the row-major values, or
+/// [`native::pack_panel_transposed`] on values held transposed).
 ///
 /// # Safety
 /// The CPU must have the family's features; `w.block >= w.k` or a multiple of four;
-/// `m, n, k > 0` and the sizes of [`check`].
+/// `m, n, k > 0` and the sizes of [`check`]; `pack` fills the panel the family's tiles read.
 #[cfg(target_arch = "x86_64")]
 unsafe fn run_panels<K: TileKernel>(
     kernel: &K,
@@ -564,6 +571,7 @@ unsafe fn run_panels<K: TileKernel>(
     m: usize,
     w: QuantizedView<'_>,
     out: &mut [f32],
+    pack: impl Fn(usize, usize, usize, &mut [u32], &mut [i32]) + Sync,
 ) {
     let (k, n) = (w.k, w.n);
     let (nr, mr) = (K::NR, K::MR);
@@ -591,8 +599,7 @@ unsafe fn run_panels<K: TileKernel>(
         |(b, colsum, acc), panel| {
             let c0 = panel * nr;
             let width = nr.min(n - c0);
-            // SAFETY: the caller's features; one panel of `groups` rows, `blocks` sums.
-            unsafe { kernel.pack(w, c0, groups, block_groups, b, colsum) };
+            pack(c0, groups, block_groups, b, colsum);
             let mut r = 0;
             while r < m {
                 let rows = mr.min(m - r);
@@ -629,6 +636,20 @@ unsafe fn run_panels<K: TileKernel>(
             }
         },
     );
+}
+
+/// The packing of [`run_panels`] from the row-major values of `w`: the family's own
+/// [`TileKernel::pack`]. Only for a CPU with the family's features (as `run_panels`).
+#[cfg(target_arch = "x86_64")]
+fn row_major_panels<'a, K: TileKernel>(
+    kernel: &'a K,
+    w: QuantizedView<'a>,
+) -> impl Fn(usize, usize, usize, &mut [u32], &mut [i32]) + Sync + 'a {
+    move |c0, groups, block_groups, b, colsum| {
+        // SAFETY: `run_panels` runs on a CPU with the family's features (its caller's
+        // contract) and passes one panel's buffers.
+        unsafe { kernel.pack(w, c0, groups, block_groups, b, colsum) }
+    }
 }
 
 /// The AVX512-VNNI family: activations as unsigned bytes (`a + 128`), panels of 32 columns
@@ -944,6 +965,59 @@ mod native {
                         }
                     }
                     *lane = u32::from_le_bytes(bytes);
+                }
+            }
+        }
+    }
+
+    /// [`pack_panels`] for one panel (columns `c0..c0 + 32`) of values held transposed (`qt`
+    /// `[n, k]`): word `j` of row `g` is the four bytes at channels `4g..4g + 4` of row
+    /// `c0 + j` of `qt`, so the panel is the `[32, k / 4]` block of `qt`'s words transposed, 16
+    /// x 16 words at a time (16 rows of `qt` read front to back at once); the column sums per
+    /// scale block as [`pack_panels`] forms them. The same panel and sums as [`pack_panels`]
+    /// packs from the row-major values (tested through the products).
+    ///
+    /// # Safety
+    /// The CPU must have AVX512-F/BW/VNNI; `k` a multiple of 64, `c0 + 32 <= n`, `qt` holds
+    /// `n * k` values; `b` holds `k / 4 * 32` words, `colsum` 32 per scale block of
+    /// `block_groups` groups.
+    #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
+    pub(super) unsafe fn pack_panel_transposed(
+        qt: &[i8],
+        k: usize,
+        c0: usize,
+        block_groups: usize,
+        b: &mut [u32],
+        colsum: &mut [i32],
+    ) {
+        let groups = k / 4;
+        let blocks = groups.div_ceil(block_groups);
+        debug_assert!(k.is_multiple_of(64) && qt.len() >= (c0 + NR) * k);
+        debug_assert!(b.len() >= groups * NR && colsum.len() >= blocks * NR);
+        colsum[..blocks * NR].fill(0);
+        let ones = _mm512_set1_epi32(0x0101_0101);
+        for half in 0..NR / 16 {
+            let rows = qt[(c0 + 16 * half) * k..].as_ptr();
+            for g0 in (0..groups).step_by(16) {
+                let mut r = [_mm512_setzero_si512(); 16];
+                for (i, v) in r.iter_mut().enumerate() {
+                    // SAFETY: 64 bytes from channel 4 g0 of row c0 + 16 half + i lie in `qt`
+                    // (4 g0 + 64 <= k, the row < n).
+                    *v = unsafe { _mm512_loadu_si512(rows.add(i * k + 4 * g0) as *const _) };
+                }
+                // SAFETY: AVX512-F (caller).
+                unsafe { crate::transpose16(&mut r) };
+                for (i, word) in r.iter().enumerate() {
+                    let g = g0 + i;
+                    // SAFETY: row g < k / 4 of the panel, lanes 16 half .. 16 half + 16; the
+                    // sums of its scale block.
+                    unsafe {
+                        let lanes = b.as_mut_ptr().add(g * NR + 16 * half);
+                        _mm512_storeu_si512(lanes as *mut _, *word);
+                        let total = colsum.as_mut_ptr().add((g / block_groups) * NR + 16 * half);
+                        let s = _mm512_loadu_si512(total as *const _);
+                        _mm512_storeu_si512(total as *mut _, _mm512_dpbusd_epi32(s, ones, *word));
+                    }
                 }
             }
         }

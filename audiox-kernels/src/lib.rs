@@ -196,3 +196,38 @@ pub fn transpose<T: Copy + Default + Send + Sync>(src: &[T], rows: usize, cols: 
         });
     out
 }
+
+/// Transposes a 16 x 16 block of 32-bit words held one row per register: afterwards
+/// `r[j]` holds what was column `j`.
+#[cfg(target_arch = "x86_64")]
+#[inline]
+#[target_feature(enable = "avx512f")]
+pub(crate) unsafe fn transpose16(r: &mut [std::arch::x86_64::__m512i; 16]) {
+    use std::arch::x86_64::*;
+    // Words of row pairs interleaved, then double words: within each 128-bit lane L,
+    // u[4b + s] holds column 4L + s of rows 4b .. 4b + 4.
+    let mut t = [_mm512_setzero_si512(); 16];
+    for b in 0..8 {
+        t[2 * b] = _mm512_unpacklo_epi32(r[2 * b], r[2 * b + 1]);
+        t[2 * b + 1] = _mm512_unpackhi_epi32(r[2 * b], r[2 * b + 1]);
+    }
+    let mut u = [_mm512_setzero_si512(); 16];
+    for b in 0..4 {
+        let (t0, t1, t2, t3) = (t[4 * b], t[4 * b + 1], t[4 * b + 2], t[4 * b + 3]);
+        u[4 * b] = _mm512_unpacklo_epi64(t0, t2);
+        u[4 * b + 1] = _mm512_unpackhi_epi64(t0, t2);
+        u[4 * b + 2] = _mm512_unpacklo_epi64(t1, t3);
+        u[4 * b + 3] = _mm512_unpackhi_epi64(t1, t3);
+    }
+    // Gather lane L of u[s], u[4 + s], u[8 + s], u[12 + s] into column 4L + s.
+    for s in 0..4 {
+        let even_lo = _mm512_shuffle_i32x4::<0x88>(u[s], u[4 + s]);
+        let odd_lo = _mm512_shuffle_i32x4::<0xDD>(u[s], u[4 + s]);
+        let even_hi = _mm512_shuffle_i32x4::<0x88>(u[8 + s], u[12 + s]);
+        let odd_hi = _mm512_shuffle_i32x4::<0xDD>(u[8 + s], u[12 + s]);
+        r[s] = _mm512_shuffle_i32x4::<0x88>(even_lo, even_hi);
+        r[8 + s] = _mm512_shuffle_i32x4::<0xDD>(even_lo, even_hi);
+        r[4 + s] = _mm512_shuffle_i32x4::<0x88>(odd_lo, odd_hi);
+        r[12 + s] = _mm512_shuffle_i32x4::<0xDD>(odd_lo, odd_hi);
+    }
+}

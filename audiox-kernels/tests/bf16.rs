@@ -203,8 +203,9 @@ fn transposed(w: &[bf16], k: usize, n: usize) -> Vec<bf16> {
 
 /// The weight given transposed gives exactly the row-major product of the same kernel: AMX
 /// multiplies it where it lies (sizes multiples of 32; the same tile steps in the same order,
-/// so bit for bit) or, for many tokens, packs it for its row-major tiles; every other kernel
-/// and size goes through a row-major copy.
+/// so bit for bit) or, for many tokens, packs it for its row-major tiles; AVX512-BF16 packs
+/// the same panels from it (16 x 16 transposes); the widened kernel and other sizes go
+/// through a row-major copy.
 #[test]
 fn transposed_weight_gives_the_row_major_result_of_every_kernel() {
     use audiox_kernels::bf16::{TRANSPOSED_MULTIPLE, matmul_transposed_with};
@@ -254,8 +255,8 @@ fn transposed_product_does_not_depend_on_the_thread_count() {
 }
 
 /// `hold_transposed` keeps the tensor's values (burn reads the strided view) and `linear` reads
-/// it in place, with the row-major weight's result; on a CPU whose kernel is not AMX, or sizes
-/// that are not multiples of 32, the weight is left as it was.
+/// it in place, with the row-major weight's result; on a CPU whose kernel is the widened one,
+/// or sizes that are not multiples of 32, the weight is left as it was.
 #[test]
 fn a_weight_held_transposed_keeps_its_values_and_product() {
     use audiox_kernels::bf16::{hold_transposed, linear, prefers_transposed};

@@ -14,9 +14,15 @@
 //! are turned into floats in the same order of operations, so the result is the same bit for
 //! bit.
 //!
-//! Chosen at load ([`prefers_transposed`]) only where the process's int8 kernel is AMX and the
-//! sizes fit the tiles; the other kernels read a transposed weight through a row-major copy
-//! ([`matmul_transposed_with`]): correct, not faster.
+//! The AVX512-VNNI kernel packs its panels (words of four rows, 32 columns) for every product
+//! either way; from the row-major values that reads 32 bytes from each of `k` rows far apart,
+//! and on an AMD Zen 4 it took 13 % of an int8 DiT step's samples (`perf`, 2026-12-04). From
+//! the transposed values a panel is 32 rows read front to back and transposed 16 x 16 words at
+//! a time in registers (the same panel and column sums, so the same floats).
+//!
+//! Chosen at load ([`prefers_transposed`]) only where the process's int8 kernel is AMX or
+//! AVX512-VNNI and the sizes fit the tiles; the other kernels read a transposed weight through
+//! a row-major copy ([`matmul_transposed_with`]): correct, not faster.
 
 use burn::backend::flex::{FlexTensor, Layout};
 use burn::tensor::{DType, TensorData};
@@ -107,10 +113,10 @@ impl<'a> TransposedView<'a> {
 }
 
 /// Whether an int8 matmul weight `[k, n]` with scale blocks of `block` rows is best held
-/// transposed on this process's kernel: the kernel is AMX, `k` and the blocks (unless one
+/// transposed on this process's kernel: the kernel is AMX or AVX512-VNNI, `k` and the blocks (unless one
 /// block covers all rows) are multiples of [`TRANSPOSED_ROWS`], `n` of [`TRANSPOSED_COLUMNS`].
 pub fn prefers_transposed(k: usize, n: usize, block: usize) -> bool {
-    Int8Kernel::current() == Int8Kernel::Amx && fits_tiles(k, n, block)
+    matches!(Int8Kernel::current(), Int8Kernel::Amx | Int8Kernel::Vnni) && fits_tiles(k, n, block)
 }
 
 fn fits_tiles(k: usize, n: usize, block: usize) -> bool {
@@ -209,10 +215,11 @@ pub fn matmul_transposed(x: &[f32], m: usize, w: TransposedView<'_>, out: &mut [
     matmul_transposed_with(Int8Kernel::current(), x, m, w, out);
 }
 
-/// [`matmul_transposed`] on a given kernel. AMX multiplies the transposed weight where it lies
-/// when its sizes fit the tiles (see [`prefers_transposed`]); otherwise the values are copied
-/// back to row-major for [`super::matmul_view_with`], giving exactly that kernel's result
-/// (which, for AMX and VNNI, is the transposed kernel's result too).
+/// [`matmul_transposed`] on a given kernel. When the sizes fit the tiles (see
+/// [`prefers_transposed`]) AMX multiplies the transposed weight where it lies and AVX512-VNNI
+/// packs its panels from it; otherwise the values are copied back to row-major for
+/// [`super::matmul_view_with`]. Either way the result is exactly that kernel's on the
+/// row-major weight (for AMX and VNNI, the same floats).
 ///
 /// # Panics
 /// As [`matmul_transposed`].
@@ -239,6 +246,18 @@ pub fn matmul_transposed_with(
     if kernel == Int8Kernel::Amx && kernel.is_supported() && fits_tiles(w.k, w.n, w.block) {
         // SAFETY: AMX int8 and AVX512-VNNI are available (checked); the sizes fit the tiles.
         return unsafe { matmul_amx(x, m, w, out) };
+    }
+    #[cfg(target_arch = "x86_64")]
+    if kernel == Int8Kernel::Vnni && super::native_available() && fits_tiles(w.k, w.n, w.block) {
+        let (qt, k) = (w.qt, w.k);
+        let pack = move |c0, _groups, block_groups, b: &mut [u32], colsum: &mut [i32]| {
+            // SAFETY: AVX512-F/BW/VNNI (checked above); `k` a multiple of 64 and `n` of 32
+            // (`fits_tiles`), so every panel is whole; one panel's buffers (`run_panels`).
+            unsafe { super::native::pack_panel_transposed(qt, k, c0, block_groups, b, colsum) }
+        };
+        // SAFETY: as above; the sizes and scales of `row_major` are the weight's (its values
+        // are read only through `pack`), and the panel is the VNNI family's.
+        return unsafe { super::run_panels(&super::Vnni, x, m, row_major, out, pack) };
     }
     let copy = w.to_row_major();
     super::matmul_view_with(kernel, x, m, copy.view(), out);
