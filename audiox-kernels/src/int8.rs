@@ -692,12 +692,8 @@ impl TileKernel for Vnni {
         row_scale: &[f32],
         acc: &mut [f32],
     ) {
-        let mut sums = [0i32; MR * NR];
         // SAFETY: the caller's features and sizes.
-        unsafe {
-            native::tile(x, row_scale.len(), stride, g0, g1, b, &mut sums);
-            native::rescale(&sums, colsum, scale, row_scale, acc);
-        }
+        unsafe { native::tile_rescaled(x, stride, g0, g1, b, colsum, scale, row_scale, acc) }
     }
 }
 
@@ -1130,23 +1126,35 @@ mod native {
         }
     }
 
-    /// `tile[i, j] = Σ_{g0<=g<g1} Σ_{t<4} xa[i, g].byte(t) · b[g, j].byte(t)` (u8 x i8 into i32) for
-    /// `rows` (<= MR) rows and one 32-column panel.
+    /// `acc[i, j] += ((S[i, j] - 128 colsum[j]) as f32 · row_scale[i]) · scale[j]` with
+    /// `S[i, j] = Σ_{g0<=g<g1} Σ_{t<4} x[i, g].byte(t) · b[g, j].byte(t)` (u8 x i8 into i32,
+    /// `vpdpbusd`) over the groups of one scale block, for `row_scale.len()` (<= MR) rows of
+    /// one 32-column panel: the integer sums stay in registers and are turned into floats by
+    /// the operations of [`rescale`] in its order (so the floats are the AMX path's, which
+    /// stores its sums first). Columns past `scale.len()` (<= 32) get zero added.
+    #[allow(clippy::too_many_arguments)]
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    pub(super) unsafe fn tile(
+    pub(super) unsafe fn tile_rescaled(
         x: &[u32],
-        rows: usize,
         stride: usize,
         g0: usize,
         g1: usize,
         b: &[u32],
-        tile: &mut [i32; MR * NR],
+        colsum: &[i32],
+        scale: &[f32],
+        row_scale: &[f32],
+        acc: &mut [f32],
     ) {
-        debug_assert!(x.len() >= rows * stride && g1 <= stride && b.len() >= g1 * NR);
+        let rows = row_scale.len();
+        debug_assert!(rows <= MR && x.len() >= rows * stride && g1 <= stride);
+        debug_assert!(b.len() >= g1 * NR && colsum.len() >= NR && scale.len() <= NR);
+        debug_assert!(acc.len() >= rows * NR);
         macro_rules! run {
             ($r:literal) => {
-                // SAFETY: same features; `x` holds $r rows of `stride` words.
-                unsafe { kernel::<$r>(x, stride, g0, g1, b, tile) }
+                // SAFETY: same features; the sizes checked above (debug) and by the callers.
+                unsafe {
+                    kernel_rescaled::<$r>(x, stride, g0, g1, b, colsum, scale, row_scale, acc)
+                }
             };
         }
         match rows {
@@ -1161,15 +1169,19 @@ mod native {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     #[inline]
     #[target_feature(enable = "avx512f,avx512bw,avx512vnni")]
-    unsafe fn kernel<const R: usize>(
+    unsafe fn kernel_rescaled<const R: usize>(
         x: &[u32],
         stride: usize,
         g0: usize,
         g1: usize,
         b: &[u32],
-        tile: &mut [i32; MR * NR],
+        colsum: &[i32],
+        scale: &[f32],
+        row_scale: &[f32],
+        acc: &mut [f32],
     ) {
         let mut acc0 = [_mm512_setzero_si512(); R];
         let mut acc1 = [_mm512_setzero_si512(); R];
@@ -1187,11 +1199,36 @@ mod native {
                 }
             }
         }
-        for i in 0..R {
-            // SAFETY: row i of the tile has NR = 32 lanes.
-            unsafe {
-                _mm512_storeu_si512(tile.as_mut_ptr().add(i * NR) as *mut _, acc0[i]);
-                _mm512_storeu_si512(tile.as_mut_ptr().add(i * NR + 16) as *mut _, acc1[i]);
+        // The scales of the columns present, zero past them (as `rescale`'s padding).
+        let width = scale.len();
+        let mask = |h: usize| -> __mmask16 {
+            let n = width.saturating_sub(16 * h).min(16);
+            ((1u32 << n) - 1) as __mmask16
+        };
+        // SAFETY: 32 sums in `colsum`; the masked loads read only the `width` scales present;
+        // R rows of 32 in `acc` (callers).
+        unsafe {
+            let offset = _mm512_set1_epi32(128);
+            let excess0 =
+                _mm512_mullo_epi32(offset, _mm512_loadu_si512(colsum.as_ptr() as *const _));
+            let excess1 = _mm512_mullo_epi32(
+                offset,
+                _mm512_loadu_si512(colsum.as_ptr().add(16) as *const _),
+            );
+            let cols0 = _mm512_maskz_loadu_ps(mask(0), scale.as_ptr());
+            let cols1 = _mm512_maskz_loadu_ps(mask(1), scale.as_ptr().wrapping_add(16));
+            for i in 0..R {
+                let sa = _mm512_set1_ps(row_scale[i]);
+                for (h, (sums, excess, cols)) in
+                    [(acc0[i], excess0, cols0), (acc1[i], excess1, cols1)]
+                        .into_iter()
+                        .enumerate()
+                {
+                    let exact = _mm512_cvtepi32_ps(_mm512_sub_epi32(sums, excess));
+                    let term = _mm512_mul_ps(_mm512_mul_ps(exact, sa), cols);
+                    let out = acc.as_mut_ptr().add(i * NR + 16 * h);
+                    _mm512_storeu_ps(out, _mm512_add_ps(_mm512_loadu_ps(out), term));
+                }
             }
         }
     }
