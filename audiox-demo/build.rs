@@ -10,6 +10,9 @@
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 
+/// The teacher's folder in the official layout: `audiox-demo-teacher` embeds it.
+const TEACHER_DIR: &str = "pretrained_ckpt";
+
 fn main() {
     println!("cargo:rerun-if-env-changed=AUDIOX_DEMO_ASSETS");
     let manifest = PathBuf::from(std::env::var_os("CARGO_MANIFEST_DIR").expect("set by cargo"));
@@ -46,8 +49,8 @@ fn main() {
     println!("cargo:rustc-env=AUDIOX_DEMO_SOURCE={source}");
 }
 
-/// Every file under `folder` (recursively, except `README.md`, `manifest.json` and dot files) as
-/// (path relative to `root` with `/` separators, absolute path).
+/// Every file under `folder` (recursively, except `README.md`, `manifest.json`, dot files and
+/// the root's teacher folder) as (path relative to `root` with `/` separators, absolute path).
 fn collect(root: &Path, folder: &Path, files: &mut Vec<(String, PathBuf)>) {
     println!("cargo:rerun-if-changed={}", folder.display());
     let entries = match std::fs::read_dir(folder) {
@@ -61,6 +64,9 @@ fn collect(root: &Path, folder: &Path, files: &mut Vec<(String, PathBuf)>) {
             continue;
         }
         if path.is_dir() {
+            if folder == root && name == TEACHER_DIR {
+                continue;
+            }
             collect(root, &path, files);
         } else if path.is_file() {
             let rel: Vec<String> = path

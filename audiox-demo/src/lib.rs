@@ -7,6 +7,9 @@
 //! safetensors, `config.json`, the tokenizer) are those of a checkpoint folder in the official
 //! layout, embedded with `include_bytes!`: loading them needs no file system and no network.
 //!
+//! The teacher the student was distilled from is in the crate `audiox-demo-teacher` (the two
+//! denoisers together are over crates.io's 10 MB crate limit).
+//!
 //! This crate only holds the bytes; `audiox` (feature `demo`, on by default) loads them
 //! (`audiox` depends on this crate, not the other way round, hence no doctest here):
 //!
@@ -21,8 +24,8 @@
 #![deny(missing_docs)]
 
 /// Every embedded file: its path in the official checkpoint layout (`config.json`,
-/// `audiox_turbo/audiox_turbo.safetensors`, `t5-base/tokenizer.json`, ...) and its bytes,
-/// sorted by path. Empty when the crate was built without assets.
+/// `audiox_turbo/audiox_turbo.safetensors`, `t5-base/tokenizer.json`, ...; not the teacher's
+/// `pretrained_ckpt/`) and its bytes, sorted by path. Empty when the crate was built without assets.
 pub static FILES: &[(&str, &[u8])] = include!(concat!(env!("OUT_DIR"), "/files.rs"));
 
 /// The most bytes the embedded files may take together: crates.io refuses crates over 10 MB
@@ -69,6 +72,10 @@ mod tests {
     fn the_file_list_is_sorted_and_lookups_find_every_file() {
         assert!(FILES.windows(2).all(|w| w[0].0 < w[1].0));
         for (path, bytes) in FILES {
+            assert!(
+                !path.starts_with("pretrained_ckpt/"),
+                "the teacher's crate holds {path}"
+            );
             assert_eq!(file(path), Some(*bytes));
         }
         assert_eq!(file("no/such/file"), None);

@@ -195,6 +195,30 @@ fn the_demo_model_loads_or_its_absence_is_explained() {
             let samples: Vec<f32> = out.audio[0].channels().concat();
             assert!(samples.iter().all(|x| x.is_finite()));
             assert!(samples.iter().any(|&x| x != 0.0));
+            // The teacher comes from its own crate (audiox-demo-teacher) into the same files.
+            let teacher = AudioX::builder()
+                .demo()
+                .denoiser(DenoiserKind::Teacher)
+                .build();
+            if audiox::demo::has_teacher() {
+                let teacher = teacher.unwrap();
+                assert_eq!(teacher.kind(), DenoiserKind::Teacher);
+                let label = teacher.paths().teacher.clone().unwrap();
+                assert!(label.starts_with(audiox::demo::LABEL));
+                assert!(label.ends_with(audiox::demo::TEACHER_FILE));
+                let out = teacher
+                    .generate(Request::text("three high beeps").seed(1).steps(2))
+                    .unwrap();
+                let samples: Vec<f32> = out.audio[0].channels().concat();
+                assert!(samples.iter().all(|x| x.is_finite()));
+                assert!(samples.iter().any(|&x| x != 0.0));
+            } else {
+                let err = teacher.unwrap_err();
+                assert!(
+                    err.to_string().contains(audiox::demo::TEACHER_FILE),
+                    "{err}"
+                );
+            }
         }
         Err(Error::DemoModelMissing { reason }) => {
             assert!(!audiox::demo::is_available());
