@@ -92,9 +92,15 @@ fn run(from: PathBuf, to: PathBuf, teacher_to: PathBuf) -> audiox::Result<()> {
     if teacher_into.exists() {
         std::fs::remove_dir_all(&teacher_into).map_err(|e| io(&teacher_into, e))?;
     }
+    if paths.teacher.is_some() {
+        std::fs::create_dir_all(&teacher_into).map_err(|e| io(&teacher_into, e))?;
+        let file = teacher_to.join(audiox::demo::TEACHER_FILE);
+        std::fs::rename(to.join(audiox::demo::TEACHER_FILE), &file).map_err(|e| io(&file, e))?;
+    }
+    // Nothing else of the teacher's folder stays beside the student (files of an earlier
+    // layout, before the split, included).
     if teacher_from.exists() {
-        std::fs::create_dir_all(&teacher_to).map_err(|e| io(&teacher_to, e))?;
-        std::fs::rename(&teacher_from, &teacher_into).map_err(|e| io(&teacher_into, e))?;
+        std::fs::remove_dir_all(&teacher_from).map_err(|e| io(&teacher_from, e))?;
     }
 
     let mut files = MemoryCheckpoint::new(audiox::demo::LABEL);
