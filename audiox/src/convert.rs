@@ -238,8 +238,59 @@ fn write_safetensors(
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))
         .collect();
-    safetensors::serialize_to_file(views, Some(metadata), path)
-        .map_err(|e| Error::weight_file(path, e.to_string()))
+    let bytes = safetensors::serialize(views, Some(metadata))
+        .map_err(|e| Error::weight_file(path, e.to_string()))?;
+    let bytes = with_sorted_header(bytes);
+    fs::write(path, bytes).map_err(|e| Error::io(path, e))
+}
+
+/// The same safetensors bytes with the JSON header's keys in sorted order: the safetensors
+/// crate writes the metadata map in hash order, so converting the same tensors twice gave
+/// files with different bytes. The header keeps its length (the same keys and values, compact
+/// JSON, padded with spaces as before), so the data offsets stand; where that does not hold
+/// the bytes are returned unchanged.
+fn with_sorted_header(mut bytes: Vec<u8>) -> Vec<u8> {
+    let Some(len) = bytes
+        .get(..8)
+        .and_then(|b| <[u8; 8]>::try_from(b).ok())
+        .map(u64::from_le_bytes)
+        .and_then(|n| usize::try_from(n).ok())
+    else {
+        return bytes;
+    };
+    let Some(header) = bytes.get(8..8 + len) else {
+        return bytes;
+    };
+    let Ok(value) = serde_json::from_slice::<serde_json::Value>(header) else {
+        return bytes;
+    };
+    let Ok(mut sorted) = serde_json::to_vec(&sort_keys(value)) else {
+        return bytes;
+    };
+    if sorted.len() > len {
+        return bytes;
+    }
+    sorted.resize(len, b' ');
+    bytes[8..8 + len].copy_from_slice(&sorted);
+    bytes
+}
+
+/// `value` with every object's keys inserted in sorted order (so sorted whether or not
+/// serde_json keeps insertion order).
+fn sort_keys(value: serde_json::Value) -> serde_json::Value {
+    match value {
+        serde_json::Value::Object(map) => {
+            let mut entries: Vec<(String, serde_json::Value)> = map.into_iter().collect();
+            entries.sort_by(|a, b| a.0.cmp(&b.0));
+            serde_json::Value::Object(
+                entries
+                    .into_iter()
+                    .map(|(k, v)| (k, sort_keys(v)))
+                    .collect(),
+            )
+        }
+        other => other,
+    }
 }
 
 /// Writes `paths`' model to `out` as safetensors in the official folder layout
