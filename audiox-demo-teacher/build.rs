@@ -6,6 +6,10 @@
 //! rest of the model is `audiox-demo`'s), keyed by their `/`-separated path relative to the
 //! folder (`pretrained_ckpt/pretrained_ckpt.safetensors`). Without them the list is empty and
 //! the demo model has no teacher.
+//!
+//! Kept in step with `audiox-demo/build.rs` by hand (this one embeds only `pretrained_ckpt/`): each published crate
+//! must build on its own with no dependencies, so the two cannot share a file or a helper crate
+//! without a third crate to publish.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};

@@ -6,6 +6,10 @@
 //! files is embedded, keyed by its `/`-separated path relative to the
 //! folder. Without a `config.json` there the list is empty and `audiox::AudioX::demo()` returns
 //! `Error::DemoModelMissing`.
+//!
+//! Kept in step with `audiox-demo-teacher/build.rs` by hand (this one embeds everything but `pretrained_ckpt/`): each published crate
+//! must build on its own with no dependencies, so the two cannot share a file or a helper crate
+//! without a third crate to publish.
 
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
