@@ -3,6 +3,7 @@
 //!
 //! * [`run`]: the [`RunConfig`] (seeds, corpus, model in the official schema, stage settings)
 //!   and the [`RunDir`] holding `run.json`, written at the start and checked on every resume;
+//! * [`average`]: the parameter-by-parameter mean of several checkpoints (weight averaging);
 //! * [`checkpoint`]: atomic checkpoints (model + optimiser state + step), verified by length
 //!   and SHA-256 before they are parsed;
 //! * [`stage`]: the loop every stage shares ([`train_stage`]): resume from the newest
@@ -37,6 +38,7 @@
 //! # Ok::<(), audiox_train::train::TrainError>(())
 //! ```
 
+pub mod average;
 pub mod checkpoint;
 pub mod dmd;
 pub mod error;
