@@ -704,6 +704,15 @@ fn the_student_distils_the_teachers_dit_and_its_export_loads_as_the_student() {
         stage.tokenizer().clone(),
         stage.silent_prompt().clone(),
     );
+    // The prompts' model is frozen: a forward pass over parameters that require gradients
+    // records an autodiff graph no backward pass frees (the student stage grew by about 36 MB
+    // a step before), while the teacher as loaded does require them.
+    assert!(trainable_floats(&teacher) > 0, "the teacher as trained");
+    assert_eq!(
+        trainable_floats(prompts.model()),
+        0,
+        "the prompts' model is frozen"
+    );
     let student = StudentStage::new(
         &run_dir,
         run.student.clone(),
@@ -1518,4 +1527,22 @@ fn the_layout_oracle_conditions_the_kept_rows_only() {
         pretrain_scenes: 0,
     });
     assert!(bad.validate().is_err());
+}
+
+/// The number of float parameters of `module` that require a gradient.
+fn trainable_floats<M: burn::module::Module>(module: &M) -> usize {
+    struct Count(usize);
+    impl burn::module::ModuleVisitor for Count {
+        fn visit_float<const D: usize>(
+            &mut self,
+            param: &burn::module::Param<burn::tensor::Tensor<D>>,
+        ) {
+            if param.val().is_require_grad() {
+                self.0 += 1;
+            }
+        }
+    }
+    let mut count = Count(0);
+    module.visit(&mut count);
+    count.0
 }
