@@ -244,12 +244,15 @@ fn write_safetensors(
     fs::write(path, bytes).map_err(|e| Error::io(path, e))
 }
 
-/// The same safetensors bytes with the JSON header's keys in sorted order: the safetensors
-/// crate writes the metadata map in hash order, so converting the same tensors twice gave
-/// files with different bytes. The header keeps its length (the same keys and values, compact
-/// JSON, padded with spaces as before), so the data offsets stand; where that does not hold
-/// the bytes are returned unchanged.
-fn with_sorted_header(mut bytes: Vec<u8>) -> Vec<u8> {
+/// The same safetensors bytes with the JSON header's keys in sorted order, so that writing the
+/// same tensors twice gives the same bytes (the `safetensors` crate writes its metadata map in
+/// hash order). For anyone writing files with `safetensors::serialize`: `convert` and the
+/// trainer's exports pass their bytes through it.
+///
+/// The header keeps its length (the same keys and values, compact JSON, padded with spaces as
+/// before), so the data offsets stand; bytes that are not a safetensors file, or whose sorted
+/// header would be longer, are returned unchanged.
+pub fn with_sorted_header(mut bytes: Vec<u8>) -> Vec<u8> {
     let Some(len) = bytes
         .get(..8)
         .and_then(|b| <[u8; 8]>::try_from(b).ok())

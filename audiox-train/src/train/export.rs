@@ -108,7 +108,8 @@ pub fn official_tensors_of<M: Module>(
         .collect()
 }
 
-/// Writes `tensors` as an f32 safetensors file (atomically), with `metadata`.
+/// Writes `tensors` as an f32 safetensors file (atomically), with `metadata`; the header's keys
+/// are sorted, so the same tensors and metadata always give the same bytes.
 pub fn write_safetensors(
     path: &Path,
     tensors: &[NamedTensor],
@@ -133,5 +134,47 @@ pub fn write_safetensors(
         .collect();
     let data = safetensors::serialize(views, Some(metadata))
         .map_err(|e| TrainError::checkpoint(path, e.to_string()))?;
-    write_atomic(path, &data)
+    // Sorted header keys: the same tensors give the same bytes on every export.
+    write_atomic(path, &audiox::convert::with_sorted_header(data))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_same_tensors_give_the_same_bytes() {
+        let tmp = tempfile::tempdir().unwrap();
+        let tensors: Vec<NamedTensor> = (0..12)
+            .map(|i| (format!("layer{i}.weight"), vec![2, 3], vec![i as f32; 6]))
+            .collect();
+        let metadata: Vec<(String, String)> = (0..12)
+            .map(|i| (format!("key{i}"), format!("value{i}")))
+            .collect();
+        let metadata: Vec<(&str, &str)> = metadata
+            .iter()
+            .map(|(k, v)| (k.as_str(), v.as_str()))
+            .collect();
+        let mut files = Vec::new();
+        for n in 0..8 {
+            let path = tmp.path().join(format!("{n}.safetensors"));
+            write_safetensors(&path, &tensors, &metadata).unwrap();
+            files.push(std::fs::read(&path).unwrap());
+        }
+        assert!(files.iter().all(|f| f == &files[0]), "bytes differ");
+        let read = safetensors::SafeTensors::deserialize(&files[0]).unwrap();
+        assert_eq!(read.len(), tensors.len());
+        let t = read.tensor("layer5.weight").unwrap();
+        assert_eq!(t.shape(), &[2, 3]);
+        assert_eq!(&t.data()[..4], &5.0f32.to_le_bytes());
+        let (_, meta) = safetensors::SafeTensors::read_metadata(&files[0]).unwrap();
+        assert_eq!(
+            meta.metadata()
+                .as_ref()
+                .unwrap()
+                .get("key7")
+                .map(String::as_str),
+            Some("value7")
+        );
+    }
 }
