@@ -34,7 +34,8 @@ fn float_params<M: Module>(module: &M) -> Vec<(Vec<usize>, Tensor<1>)> {
 }
 
 /// Replaces each float parameter `p` by `(p + term) * scale`, taking the terms in visiting
-/// order; the parameter's id and its gradient requirement are kept.
+/// order (`p * scale` once they run out); the parameter's id and its gradient requirement are
+/// kept.
 struct AddScaled {
     terms: std::vec::IntoIter<Tensor<1>>,
     scale: f32,
@@ -42,8 +43,7 @@ struct AddScaled {
 
 impl ModuleMapper for AddScaled {
     fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
-        // `mean` checked the count and the shapes before mapping, so a term is always there;
-        // without one the parameter is only scaled.
+        // `mean` checked the count and the shapes of the terms it passes.
         let term = self.terms.next();
         let scale = self.scale;
         param.map(|t| {
@@ -102,12 +102,8 @@ pub fn mean<M: Module>(modules: Vec<M>) -> TrainResult<M> {
             scale: 1.0,
         });
     }
-    let zeros: Vec<Tensor<1>> = float_params(&sum)
-        .into_iter()
-        .map(|(_, t)| t.zeros_like())
-        .collect();
     Ok(sum.map(&mut AddScaled {
-        terms: zeros.into_iter(),
+        terms: Vec::new().into_iter(),
         scale: 1.0 / count as f32,
     }))
 }

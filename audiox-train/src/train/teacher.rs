@@ -1282,9 +1282,7 @@ impl TeacherPrompts {
         });
         Ok(self)
     }
-}
 
-impl TeacherPrompts {
     /// The (frozen) model the contexts are computed with.
     pub fn model(&self) -> &TeacherModel {
         &self.model
