@@ -13,8 +13,12 @@
 //!
 //! ```text
 //! cargo run --release -p audiox-train --features train --example layout_oracle -- \
-//!     RUN_DIR STEP [--count 40] [--steps 25] [--cfg 6] [--no-oracle] [--basis FILE] [--verbose]
+//!     RUN_DIR STEP [--count 40] [--steps 25] [--cfg 6] [--no-oracle] [--trained] \
+//!     [--basis FILE] [--verbose]
 //! ```
+//!
+//! A checkpoint of a stage that keeps a moving average of its weights (`teacher.ema_decay`) is
+//! scored with that average (what the stage exports); `--trained` scores its trained weights.
 //!
 //! `--basis FILE` projects each oracle timeline onto a subspace first, to ask how much of the
 //! layout a conditioning of limited rank along time could carry (the caption reaches the
@@ -45,13 +49,14 @@ struct Args {
     steps: usize,
     cfg: f32,
     oracle: bool,
+    trained: bool,
     basis: Option<PathBuf>,
     verbose: bool,
 }
 
 fn parse() -> Result<Args, String> {
     let usage = "usage: layout_oracle RUN_DIR STEP [--count N] [--steps N] [--cfg G] \
-                 [--no-oracle] [--basis FILE] [--verbose]";
+                 [--no-oracle] [--trained] [--basis FILE] [--verbose]";
     let mut it = std::env::args().skip(1);
     let dir = PathBuf::from(it.next().ok_or(usage)?);
     let step = it
@@ -66,12 +71,14 @@ fn parse() -> Result<Args, String> {
         steps: 25,
         cfg: 6.0,
         oracle: true,
+        trained: false,
         basis: None,
         verbose: false,
     };
     while let Some(a) = it.next() {
         match a.as_str() {
             "--no-oracle" => args.oracle = false,
+            "--trained" => args.trained = true,
             "--verbose" => args.verbose = true,
             "--basis" => args.basis = Some(PathBuf::from(it.next().ok_or("--basis needs a file")?)),
             "--count" | "--steps" | "--cfg" => {
@@ -97,7 +104,11 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let run = RunDir::resume(&args.dir)?;
     let plain = Device::flex();
     let stage = TeacherStage::new(&run, &plain)?;
-    let model = TeacherModel::from_checkpoint(&run, args.step, &plain)?;
+    let model = if args.trained {
+        TeacherModel::trained_from_checkpoint(&run, args.step, &plain)?
+    } else {
+        TeacherModel::from_checkpoint(&run, args.step, &plain)?
+    };
     let vae = load_trained_vae(&run, &plain)?;
     let config = run.config().model_config()?;
     let corpus = Corpus::new((&run.config().corpus).into())?;

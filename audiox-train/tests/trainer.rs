@@ -1093,3 +1093,95 @@ fn the_lr_decay_is_a_line_to_the_last_step_and_blocks_step_extension() {
     plain.vae.optim.steps += 5;
     RunDir::open(tmp.path(), plain).unwrap();
 }
+
+/// A stage's moving average of its weights (`ema_decay`): written into every checkpoint
+/// (`average.bpk`), resumed with it bit for bit, returned by the loop; decay 0 keeps it equal
+/// to the trained weights, and a checkpoint written without one starts it from its weights.
+#[test]
+fn the_moving_average_is_checkpointed_and_resumes_bit_for_bit() {
+    one_thread();
+    let mut run = tiny_run();
+    run.vae.optim.ema_decay = Some(0.5);
+    let steps = run.vae.optim.steps;
+    let half = steps / 2;
+    let tmp = tempfile::tempdir().unwrap();
+    let outcome = |dir: &Path, run: &RunConfig, stop_after: Option<u64>| {
+        let device = device();
+        let run_dir = RunDir::open(dir, run.clone()).unwrap();
+        let stage = VaeStage::new(run_dir.config(), &device).unwrap();
+        let stop = Stop {
+            after_steps: stop_after,
+            deadline: None,
+        };
+        train_stage(&stage, &run_dir, &device, stop, &mut |_| {}).unwrap()
+    };
+    let values = |m: &Vae| -> Vec<Vec<f32>> { parameters(m).into_iter().map(|p| p.2).collect() };
+
+    let (a_dir, b_dir) = (tmp.path().join("a"), tmp.path().join("b"));
+    let whole = outcome(&a_dir, &run, None);
+    let whole_average = values(whole.average.as_ref().expect("an average"));
+    assert_ne!(
+        whole_average,
+        values(&whole.model),
+        "decay 0.5 trails the trained weights"
+    );
+    assert!(checkpoint_dir(&a_dir, steps).join("average.bpk").exists());
+    outcome(&b_dir, &run, Some(half));
+    assert!(checkpoint_dir(&b_dir, half).join("average.bpk").exists());
+    let resumed = outcome(&b_dir, &run, None);
+    assert_eq!(resumed.resumed_from, half);
+    assert_eq!(
+        values(resumed.average.as_ref().unwrap()),
+        whole_average,
+        "the average after a resume"
+    );
+    assert_eq!(values(&resumed.model), values(&whole.model));
+    // The weights a finished stage hands on are the average.
+    assert_eq!(values(&resumed.into_weights()), whole_average);
+
+    // Decay 0: the average is the trained weights at every step.
+    let mut copy = run.clone();
+    copy.vae.optim.ema_decay = Some(0.0);
+    let zero = outcome(&tmp.path().join("zero"), &copy, None);
+    assert_eq!(values(zero.average.as_ref().unwrap()), values(&zero.model));
+
+    // A run without an average, given one from its checkpoint on (run.json edited by hand),
+    // starts the average from the checkpoint's weights.
+    let mut plain = run.clone();
+    plain.vae.optim.ema_decay = None;
+    let c_dir = tmp.path().join("c");
+    let first = outcome(&c_dir, &plain, Some(half));
+    assert!(first.average.is_none());
+    assert!(!checkpoint_dir(&c_dir, half).join("average.bpk").exists());
+    let path = c_dir.join("run.json");
+    let mut stored: Value = serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap();
+    stored["vae"]["ema_decay"] = json!(0.0);
+    std::fs::write(&path, serde_json::to_string_pretty(&stored).unwrap()).unwrap();
+    let device = device();
+    let run_dir = RunDir::resume(&c_dir).unwrap();
+    let stage = VaeStage::new(run_dir.config(), &device).unwrap();
+    let started = train_stage(
+        &stage,
+        &run_dir,
+        &device,
+        Stop::after_steps(half),
+        &mut |_| {},
+    )
+    .unwrap();
+    assert_eq!(started.step, half, "no step taken");
+    assert_eq!(
+        values(started.average.as_ref().unwrap()),
+        values(&first.model)
+    );
+
+    // A decay outside [0, 1) is refused before any step.
+    let mut bad = run.clone();
+    bad.vae.optim.ema_decay = Some(1.0);
+    let err = RunDir::open(tmp.path().join("bad"), bad).unwrap_err();
+    assert!(err.to_string().contains("vae.ema_decay"), "{err}");
+    // The DMD stage keeps none: asking for one is refused, not ignored.
+    let mut student = run.clone();
+    student.student.optim.ema_decay = Some(0.9);
+    let err = RunDir::open(tmp.path().join("student"), student).unwrap_err();
+    assert!(err.to_string().contains("student.ema_decay"), "{err}");
+}

@@ -257,14 +257,15 @@ fn run(args: Args) -> Result<(), TrainError> {
                 let mut progress = progress_line("vae", total);
                 let outcome = train_stage(&vae, &run, &device, stop, &mut progress)?;
                 let export = run.root().join("export");
-                let file = export_vae(&outcome.model, run.config(), &export)?;
+                let (step, resumed_from, finished) =
+                    (outcome.step, outcome.resumed_from, outcome.finished);
+                // The moving average where the stage keeps one.
+                let file = export_vae(&outcome.into_weights(), run.config(), &export)?;
                 println!(
-                    "vae: step {}/{total} (resumed from {}); weights written to {}",
-                    outcome.step,
-                    outcome.resumed_from,
+                    "vae: step {step}/{total} (resumed from {resumed_from}); weights written to {}",
                     file.display()
                 );
-                if !outcome.finished {
+                if !finished {
                     println!("vae: not finished; run the same command again to continue");
                     return Ok(());
                 }
@@ -274,16 +275,24 @@ fn run(args: Args) -> Result<(), TrainError> {
                 let total = run.config().teacher.optim.steps;
                 let mut progress = progress_line("teacher", total);
                 let outcome = train_stage(&teacher, &run, &device, stop, &mut progress)?;
-                let export =
-                    export_teacher(&outcome.model, run.config(), &run.root().join("export"))?;
+                let (step, resumed_from, finished) =
+                    (outcome.step, outcome.resumed_from, outcome.finished);
+                let averaged = if outcome.average.is_some() {
+                    " (the moving average of its weights)"
+                } else {
+                    ""
+                };
+                let export = export_teacher(
+                    &outcome.into_weights(),
+                    run.config(),
+                    &run.root().join("export"),
+                )?;
                 println!(
-                    "teacher: step {}/{total} (resumed from {}); model folder written to {} (teacher in {})",
-                    outcome.step,
-                    outcome.resumed_from,
+                    "teacher: step {step}/{total} (resumed from {resumed_from}); model folder written to {} (teacher in {}{averaged})",
                     export.dir.display(),
                     export.teacher.display()
                 );
-                if !outcome.finished {
+                if !finished {
                     println!("teacher: not finished; run the same command again to continue");
                     return Ok(());
                 }
@@ -308,7 +317,8 @@ fn run(args: Args) -> Result<(), TrainError> {
                         ),
                     ));
                 }
-                let teacher = loaded.model;
+                // The moving average of its weights where the teacher stage keeps one.
+                let teacher = loaded.into_weights();
                 let mut prompts = TeacherPrompts::new(
                     teacher.clone(),
                     teacher_stage.tokenizer().clone(),

@@ -1,7 +1,7 @@
 //! Weight averaging: the parameter-by-parameter mean of several copies of one module, e.g.
-//! checkpoints of one run over a stretch of training (stochastic weight averaging; the
-//! trainer keeps no exponential moving average, and a uniform mean of checkpoints taken
-//! every 100 steps is its cheap stand-in).
+//! checkpoints of one run over a stretch of training (stochastic weight averaging, [`mean`]),
+//! and the exponential moving average the training loop keeps when a stage's
+//! [`LoopSettings::ema_decay`](super::LoopSettings::ema_decay) is set ([`ema_update`]).
 //!
 //! On the demo teacher it is worth about ten points of held-out count: the mean of fifteen
 //! checkpoints of run TP2 (and its continuation TP2d), steps 41,600 to 43,000 every 100,
@@ -108,6 +108,82 @@ pub fn mean<M: Module>(modules: Vec<M>) -> TrainResult<M> {
     }))
 }
 
+/// Replaces each float parameter `a` by `decay * a + (1 - decay) * m`, taking `m` from the
+/// terms in visiting order; the result is detached and requires no gradient.
+struct Blend {
+    terms: std::vec::IntoIter<Tensor<1>>,
+    decay: f32,
+}
+
+impl ModuleMapper for Blend {
+    fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+        // `ema_update` checked the count and the shapes of the terms.
+        let term = self.terms.next();
+        let decay = self.decay;
+        param.map(|a| {
+            let shape = a.shape();
+            let blended = match term {
+                Some(m) => a * decay + m.reshape(shape) * (1.0 - decay),
+                None => a,
+            };
+            blended.detach().set_require_grad(false)
+        })
+    }
+}
+
+/// One step of an exponential moving average of weights: every float parameter `a` of
+/// `average` becomes `decay * a + (1 - decay) * m`, where `m` is the same parameter of
+/// `model` (the weights after the optimiser's step). The average's parameters are detached
+/// and require no gradient; its parameter ids are kept.
+///
+/// With `decay` 0.999 the average weighs the last ~1,000 steps (its time constant is
+/// `1 / (1 - decay)` steps). `model` must share `average`'s architecture; otherwise a
+/// [`TrainError::Config`] names the parameter that differs. `decay` must lie in `[0, 1)`.
+pub fn ema_update<M: Module>(average: M, model: &M, decay: f64) -> TrainResult<M> {
+    if !(0.0..1.0).contains(&decay) {
+        return Err(TrainError::config(
+            "ema_decay",
+            format!("{decay} is not within [0, 1)"),
+        ));
+    }
+    let shapes: Vec<Vec<usize>> = float_params(&average).into_iter().map(|(s, _)| s).collect();
+    let params = float_params(model);
+    if params.len() != shapes.len() {
+        return Err(TrainError::config(
+            "ema_decay",
+            format!(
+                "the model has {} float parameters, its average {}",
+                params.len(),
+                shapes.len()
+            ),
+        ));
+    }
+    let mut terms = Vec::with_capacity(params.len());
+    for (p, ((dims, value), avg)) in params.into_iter().zip(&shapes).enumerate() {
+        if &dims != avg {
+            return Err(TrainError::config(
+                "ema_decay",
+                format!("parameter {p} of the model has shape {dims:?}, its average's {avg:?}"),
+            ));
+        }
+        // The model's values only: the average must not hold on to its autodiff graph.
+        terms.push(value.detach());
+    }
+    Ok(average.map(&mut Blend {
+        terms: terms.into_iter(),
+        decay: decay as f32,
+    }))
+}
+
+/// A copy of `model` to start an exponential moving average from: the same values, detached,
+/// requiring no gradient.
+pub fn ema_start<M: Module>(model: &M) -> M {
+    model.clone().map(&mut Blend {
+        terms: Vec::new().into_iter(),
+        decay: 1.0,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -163,6 +239,52 @@ mod tests {
         let before = values(a.weight.val());
         let m = mean(vec![a]).unwrap();
         assert_eq!(values(m.weight.val()), before);
+    }
+
+    #[test]
+    fn ema_update_blends_towards_the_model_and_needs_no_gradient() {
+        let device = Device::flex();
+        let average = linear_with([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]], [0.0, 0.0, 0.0], &device);
+        let model = linear_with(
+            [[3.0, 2.0, 1.0], [0.0, 5.0, 8.0]],
+            [2.0, 4.0, -4.0],
+            &device,
+        );
+        let id = average.weight.id;
+        let blended = ema_update(average, &model, 0.75).unwrap();
+        assert_eq!(blended.weight.id, id);
+        assert_eq!(
+            values(blended.weight.val()),
+            vec![1.5, 2.0, 2.5, 3.0, 5.0, 6.5]
+        );
+        let bias: Vec<f32> = blended
+            .bias
+            .as_ref()
+            .unwrap()
+            .val()
+            .into_data()
+            .try_into_vec::<f32>()
+            .unwrap();
+        assert_eq!(bias, vec![0.5, 1.0, -1.0]);
+        assert!(!blended.weight.val().is_require_grad());
+        // Decay 0 copies the model; a decay outside [0, 1) is refused.
+        let copied = ema_update(blended, &model, 0.0).unwrap();
+        assert_eq!(values(copied.weight.val()), values(model.weight.val()));
+        assert!(ema_update(copied.clone(), &model, 1.0).is_err());
+        assert!(ema_update(copied, &model, f64::NAN).is_err());
+    }
+
+    #[test]
+    fn ema_start_copies_without_gradients_and_refuses_other_shapes() {
+        let device = Device::flex().autodiff();
+        let model = LinearConfig::new(2, 3).init(&device);
+        assert!(model.weight.val().is_require_grad());
+        let start = ema_start(&model);
+        assert_eq!(values(start.weight.val()), values(model.weight.val()));
+        assert!(!start.weight.val().is_require_grad());
+        let other = LinearConfig::new(3, 2).init(&device);
+        let err = ema_update(start, &other, 0.9).unwrap_err().to_string();
+        assert!(err.contains("shape"), "{err}");
     }
 
     #[test]

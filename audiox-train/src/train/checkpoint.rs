@@ -5,7 +5,9 @@
 //! * `model.bpk`: the module in burn's burnpack format (it keeps each parameter's id, which the
 //!   optimiser state is keyed by);
 //! * `optim.bpk`: the Adam state (moments and step counts) in burnpack;
-//! * `state.json`: the step reached, and the byte length and SHA-256 of both files.
+//! * `average.bpk` (only where the stage keeps a moving average of its weights,
+//!   [`LoopSettings::ema_decay`](super::LoopSettings::ema_decay)): that average, in burnpack;
+//! * `state.json`: the step reached, and the byte length and SHA-256 of every file.
 //!
 //! The files are written into `.partial-step-NNNNNNNN/`, synced, and the folder is then renamed
 //! to its final name, so a checkpoint folder exists whole or not at all; an interrupted write
@@ -30,6 +32,7 @@ use super::error::{TrainError, TrainResult};
 
 const MODEL_FILE: &str = "model.bpk";
 const OPTIM_FILE: &str = "optim.bpk";
+const AVERAGE_FILE: &str = "average.bpk";
 const STATE_FILE: &str = "state.json";
 const FORMAT: u32 = 1;
 
@@ -71,6 +74,9 @@ struct State {
     step: u64,
     model: FileEntry,
     optim: FileEntry,
+    /// The moving average of the weights, where the stage keeps one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    average: Option<FileEntry>,
 }
 
 /// `state.json` of a checkpoint of several parts (see [`Checkpoints::save_parts`]).
@@ -180,6 +186,19 @@ impl Checkpoints {
         step: u64,
         keep: usize,
     ) -> TrainResult<PathBuf> {
+        self.save_with_average(model, None, optim, step, keep)
+    }
+
+    /// [`Checkpoints::save`] with a moving average of the weights (`average.bpk`) where
+    /// `average` is given.
+    pub fn save_with_average<M: Module>(
+        &self,
+        model: &M,
+        average: Option<&M>,
+        optim: &ModuleOptimizer,
+        step: u64,
+        keep: usize,
+    ) -> TrainResult<PathBuf> {
         let final_dir = self.path(step);
         let partial = self.dir.join(format!(".partial-step-{step:08}"));
         if partial.exists() {
@@ -187,13 +206,10 @@ impl Checkpoints {
         }
         fs::create_dir_all(&partial).map_err(|e| TrainError::io(&partial, e))?;
 
-        let mut store = BurnpackStore::from_bytes(None);
-        model
-            .save_into(&mut store)
-            .map_err(|e| TrainError::checkpoint(partial.join(MODEL_FILE), e.to_string()))?;
-        let model_bytes = store
-            .get_bytes()
-            .map_err(|e| TrainError::checkpoint(partial.join(MODEL_FILE), e.to_string()))?;
+        let model_bytes = module_bytes(model, &partial.join(MODEL_FILE))?;
+        let average_bytes = average
+            .map(|a| module_bytes(a, &partial.join(AVERAGE_FILE)))
+            .transpose()?;
         let optim_bytes = optim
             .into_bytes()
             .map_err(|e| TrainError::checkpoint(partial.join(OPTIM_FILE), e.to_string()))?;
@@ -208,9 +224,16 @@ impl Checkpoints {
                 bytes: optim_bytes.len() as u64,
                 sha256: sha256(&optim_bytes),
             },
+            average: average_bytes.as_ref().map(|b| FileEntry {
+                bytes: b.len() as u64,
+                sha256: sha256(b),
+            }),
         };
         write_synced(&partial.join(MODEL_FILE), &model_bytes)?;
         write_synced(&partial.join(OPTIM_FILE), &optim_bytes)?;
+        if let Some(bytes) = &average_bytes {
+            write_synced(&partial.join(AVERAGE_FILE), bytes)?;
+        }
         let text = serde_json::to_string_pretty(&state)
             .map_err(|e| TrainError::checkpoint(partial.join(STATE_FILE), e.to_string()))?;
         write_synced(&partial.join(STATE_FILE), text.as_bytes())?;
@@ -241,11 +264,42 @@ impl Checkpoints {
     pub fn load<M: Module>(
         &self,
         step: u64,
-        mut model: M,
+        model: M,
         optim: ModuleOptimizer,
     ) -> TrainResult<Loaded<M>> {
         let dir = self.path(step);
-        let state_path = dir.join(STATE_FILE);
+        let state = self.state(step)?;
+        // Both files are checked before either is parsed.
+        let (model_path, optim_path) = (dir.join(MODEL_FILE), dir.join(OPTIM_FILE));
+        let model_bytes = read_checked(&model_path, &state.model)?;
+        let optim_bytes = read_checked(&optim_path, &state.optim)?;
+        let model = load_module(model, model_bytes, &model_path)?;
+        let optim = optim
+            .from_bytes(Bytes::from_bytes_vec(optim_bytes))
+            .map_err(|e| TrainError::checkpoint(&optim_path, e.to_string()))?;
+        Ok(Loaded {
+            model,
+            optim,
+            step,
+            dir,
+        })
+    }
+
+    /// The moving average of the weights saved with the checkpoint at `step`, loaded into
+    /// `model` (a freshly built module of the same architecture); `None` where the checkpoint
+    /// holds none (its stage kept no average then).
+    pub fn load_average<M: Module>(&self, step: u64, model: M) -> TrainResult<Option<M>> {
+        let state = self.state(step)?;
+        let Some(entry) = &state.average else {
+            return Ok(None);
+        };
+        let path = self.path(step).join(AVERAGE_FILE);
+        load_module(model, read_checked(&path, entry)?, &path).map(Some)
+    }
+
+    /// The checked `state.json` of the checkpoint at `step`.
+    fn state(&self, step: u64) -> TrainResult<State> {
+        let state_path = self.path(step).join(STATE_FILE);
         let text = fs::read_to_string(&state_path).map_err(|e| TrainError::io(&state_path, e))?;
         let state: State = serde_json::from_str(&text)
             .map_err(|e| TrainError::checkpoint(&state_path, format!("unreadable: {e}")))?;
@@ -261,36 +315,39 @@ impl Checkpoints {
                 format!("records step {} in the folder of step {step}", state.step),
             ));
         }
-        let model_bytes = read_checked(&dir.join(MODEL_FILE), &state.model)?;
-        let optim_bytes = read_checked(&dir.join(OPTIM_FILE), &state.optim)?;
-
-        let model_path = dir.join(MODEL_FILE);
-        let mut store = BurnpackStore::from_bytes(Some(Bytes::from_bytes_vec(model_bytes)));
-        let applied = model
-            .load_from(&mut store)
-            .map_err(|e| TrainError::checkpoint(&model_path, e.to_string()))?;
-        if !applied.errors.is_empty() || !applied.missing.is_empty() || !applied.unused.is_empty() {
-            return Err(TrainError::checkpoint(
-                &model_path,
-                format!(
-                    "does not fit the model: {} errors, missing {:?}, unused {:?}",
-                    applied.errors.len(),
-                    applied.missing.iter().map(|m| &m.0).collect::<Vec<_>>(),
-                    applied.unused
-                ),
-            ));
-        }
-        let optim_path = dir.join(OPTIM_FILE);
-        let optim = optim
-            .from_bytes(Bytes::from_bytes_vec(optim_bytes))
-            .map_err(|e| TrainError::checkpoint(&optim_path, e.to_string()))?;
-        Ok(Loaded {
-            model,
-            optim,
-            step,
-            dir,
-        })
+        Ok(state)
     }
+}
+
+/// `module` in burnpack bytes (`path`: the file they are for, named in errors).
+fn module_bytes<M: Module>(module: &M, path: &Path) -> TrainResult<Bytes> {
+    let mut store = BurnpackStore::from_bytes(None);
+    module
+        .save_into(&mut store)
+        .map_err(|e| TrainError::checkpoint(path, e.to_string()))?;
+    store
+        .get_bytes()
+        .map_err(|e| TrainError::checkpoint(path, e.to_string()))
+}
+
+/// Loads burnpack `bytes` (read from `path`) into `module`, which they must fit exactly.
+fn load_module<M: Module>(mut module: M, bytes: Vec<u8>, path: &Path) -> TrainResult<M> {
+    let mut store = BurnpackStore::from_bytes(Some(Bytes::from_bytes_vec(bytes)));
+    let applied = module
+        .load_from(&mut store)
+        .map_err(|e| TrainError::checkpoint(path, e.to_string()))?;
+    if !applied.errors.is_empty() || !applied.missing.is_empty() || !applied.unused.is_empty() {
+        return Err(TrainError::checkpoint(
+            path,
+            format!(
+                "does not fit the model: {} errors, missing {:?}, unused {:?}",
+                applied.errors.len(),
+                applied.missing.iter().map(|m| &m.0).collect::<Vec<_>>(),
+                applied.unused
+            ),
+        ));
+    }
+    Ok(module)
 }
 
 impl Checkpoints {

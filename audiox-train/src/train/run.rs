@@ -87,6 +87,14 @@ pub struct LoopSettings {
     /// after the warm-up.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub lr_decay: Option<LrDecay>,
+    /// Keep an exponential moving average of the weights with this decay per step (e.g.
+    /// 0.998: a time constant of 500 steps), saved in every checkpoint (`average.bpk`) and
+    /// used for the stage's export and by the stages after it. It starts from the weights the
+    /// first step of the call starts from (a checkpoint without an average, e.g. one written
+    /// before the setting was added, starts it there). `None`: no average; the trained
+    /// weights are exported. Stages with their own loop (the DMD student stage) refuse it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ema_decay: Option<f64>,
 }
 
 /// A linear decay of the learning rate at the end of a stage ([`LoopSettings::lr_decay`]):
@@ -159,6 +167,14 @@ impl LoopSettings {
             return Err(TrainError::config(
                 field("adam_betas"),
                 format!("({b1}, {b2}): each must be in [0, 1)"),
+            ));
+        }
+        if let Some(decay) = self.ema_decay
+            && !(0.0..1.0).contains(&decay)
+        {
+            return Err(TrainError::config(
+                field("ema_decay"),
+                format!("{decay} is not within [0, 1)"),
             ));
         }
         if let Some(d) = self.lr_decay {
@@ -305,6 +321,7 @@ impl StudentStageConfig {
                 grad_clip: None,
                 adam_betas: None,
                 lr_decay: None,
+                ema_decay: None,
             },
             student_steps: 4,
             guidance_scale: 6.0,
@@ -324,6 +341,12 @@ impl StudentStageConfig {
     pub fn check(&self, stage: &str) -> TrainResult<()> {
         self.optim.check(stage)?;
         let field = |f: &str| format!("{stage}.{f}");
+        if self.optim.ema_decay.is_some() {
+            return Err(TrainError::config(
+                field("ema_decay"),
+                "the DMD stage keeps no moving average (set it on the teacher or the VAE)",
+            ));
+        }
         if let Some(masking) = &self.audio_prompt {
             masking.check(&field("audio_prompt"))?;
         }
@@ -433,6 +456,7 @@ impl RunConfig {
                     grad_clip: None,
                     adam_betas: None,
                     lr_decay: None,
+                    ema_decay: None,
                 },
                 crop: 7_680,
                 stft_sizes: vec![2048, 1024, 512, 256, 128],
@@ -464,6 +488,7 @@ impl RunConfig {
                     grad_clip: None,
                     adam_betas: None,
                     lr_decay: None,
+                    ema_decay: None,
                 },
                 cond_dropout: 0.1,
                 time_sampler: TimeSampler::LogitNormal,

@@ -9,6 +9,7 @@ use burn::optim::grad_clipping::GradientClippingConfig;
 use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Bool, Device, Int, Tensor};
 
+use super::average::{ema_start, ema_update};
 use super::checkpoint::{Checkpoints, Part};
 use super::error::{TrainError, TrainResult};
 use super::log::{LogRecord, LossLog};
@@ -82,12 +83,23 @@ pub fn float_param_ids<M: Module>(module: &M) -> Vec<ParamId> {
 pub struct StageOutcome<M> {
     /// The model after the last step done.
     pub model: M,
+    /// The moving average of its weights, where the stage keeps one
+    /// ([`LoopSettings::ema_decay`]).
+    pub average: Option<M>,
     /// Steps done in all (over every run of this stage).
     pub step: u64,
     /// The step the call resumed from (0 for a new stage).
     pub resumed_from: u64,
     /// Whether every configured step is done.
     pub finished: bool,
+}
+
+impl<M> StageOutcome<M> {
+    /// The weights to export and to build on: the moving average where the stage keeps one,
+    /// the trained weights otherwise.
+    pub fn into_weights(self) -> M {
+        self.average.unwrap_or(self.model)
+    }
 }
 
 /// When a call to [`train_stage`] stops before the configured step count (a checkpoint is
@@ -128,7 +140,9 @@ pub(crate) fn optimizer(settings: &LoopSettings) -> ModuleOptimizer {
 /// Runs (or resumes) `stage` in `run` on `device`: loads the newest checkpoint when there is
 /// one, then steps until the configured step count or until `stop` says (a checkpoint is
 /// written there too), appending to the stage's `loss.jsonl` and calling
-/// `progress` after every step.
+/// `progress` after every step. Where the settings ask for a moving average of the weights
+/// ([`LoopSettings::ema_decay`]) it is updated after every step, saved in every checkpoint
+/// and resumed with it.
 pub fn train_stage<S: Stage>(
     stage: &S,
     run: &RunDir,
@@ -146,6 +160,18 @@ pub fn train_stage<S: Stage>(
             (loaded.model, loaded.optim, loaded.step)
         }
         None => (stage.init_model(device)?, optimizer(&settings), 0),
+    };
+    // The moving average: the checkpoint's where it holds one, else the weights this call
+    // starts from.
+    let mut average = match settings.ema_decay {
+        None => None,
+        Some(_) => Some(match start {
+            0 => ema_start(&model),
+            step => match checkpoints.load_average(step, stage.init_model(device)?)? {
+                Some(a) => ema_start(&a),
+                None => ema_start(&model),
+            },
+        }),
     };
     // The parameters the optimiser updates, when the stage freezes some (ids survive the
     // optimiser's updates, so this is decided once).
@@ -180,6 +206,9 @@ pub fn train_stage<S: Stage>(
             Some(ids) => GradientsParams::from_params(&mut loss.backward(), &model, ids),
         };
         model = optim.step(lr, model, grads);
+        if let (Some(a), Some(decay)) = (average.take(), settings.ema_decay) {
+            average = Some(ema_update(a, &model, decay)?);
+        }
         step += 1;
         let record = LogRecord {
             step,
@@ -192,7 +221,13 @@ pub fn train_stage<S: Stage>(
         progress(&record);
         let out_of_time = stop.deadline.is_some_and(|d| Instant::now() >= d);
         if step.is_multiple_of(settings.checkpoint_every) || step == end || out_of_time {
-            checkpoints.save(&model, &optim, step, settings.keep_checkpoints)?;
+            checkpoints.save_with_average(
+                &model,
+                average.as_ref(),
+                &optim,
+                step,
+                settings.keep_checkpoints,
+            )?;
             stage.checkpointed(step)?;
         }
         if out_of_time {
@@ -201,6 +236,7 @@ pub fn train_stage<S: Stage>(
     }
     Ok(StageOutcome {
         model,
+        average,
         step,
         resumed_from: start,
         finished: step >= settings.steps,
@@ -250,7 +286,8 @@ pub struct StepRecord {
 /// Runs (or resumes) a [`MultiStage`] exactly as [`train_stage`] runs a [`Stage`]: resume
 /// from the newest checkpoint, step until the configured count or `stop`, append to
 /// `loss.jsonl`, checkpoint every `checkpoint_every` steps and where it stops. A non-finite
-/// loss or term is a [`TrainError::Config`] naming the step.
+/// loss or term is a [`TrainError::Config`] naming the step. Such a stage keeps no moving
+/// average of its weights: [`LoopSettings::ema_decay`] set is a [`TrainError::Config`].
 pub fn train_multi_stage<S: MultiStage>(
     stage: &S,
     run: &RunDir,
@@ -259,6 +296,12 @@ pub fn train_multi_stage<S: MultiStage>(
     progress: &mut dyn FnMut(&LogRecord),
 ) -> TrainResult<StageOutcome<Vec<Part<S::Model>>>> {
     let settings = stage.settings().clone();
+    if settings.ema_decay.is_some() {
+        return Err(TrainError::config(
+            format!("{}.ema_decay", stage.name().as_str()),
+            "this stage keeps no moving average of its weights",
+        ));
+    }
     let dir = run.stage_dir(stage.name());
     let checkpoints = Checkpoints::new(&dir);
     checkpoints.remove_partial()?;
@@ -310,6 +353,7 @@ pub fn train_multi_stage<S: MultiStage>(
     }
     Ok(StageOutcome {
         model: parts,
+        average: None,
         step,
         resumed_from: start,
         finished: step >= settings.steps,

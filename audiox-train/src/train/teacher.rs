@@ -462,8 +462,21 @@ impl TeacherModel {
     }
 
     /// The teacher of checkpoint `step` of a run folder, on the plain (non-autodiff) `device`,
-    /// for evaluation.
+    /// for evaluation: the moving average of its weights where the checkpoint holds one
+    /// ([`LoopSettings::ema_decay`](super::LoopSettings::ema_decay); what the stage exports),
+    /// the trained weights otherwise ([`TeacherModel::trained_from_checkpoint`]).
     pub fn from_checkpoint(run: &RunDir, step: u64, device: &Device) -> TrainResult<Self> {
+        let checkpoints = Checkpoints::new(&run.stage_dir(StageName::Teacher));
+        let fresh = TeacherModel::init(run.config(), &device.clone().autodiff())?;
+        match checkpoints.load_average(step, fresh)? {
+            Some(average) => Ok(average.valid()),
+            None => Self::trained_from_checkpoint(run, step, device),
+        }
+    }
+
+    /// The trained weights of checkpoint `step` of a run folder (never its moving average), on
+    /// the plain (non-autodiff) `device`.
+    pub fn trained_from_checkpoint(run: &RunDir, step: u64, device: &Device) -> TrainResult<Self> {
         let model = TeacherModel::init(run.config(), &device.clone().autodiff())?;
         Ok(Checkpoints::new(&run.stage_dir(StageName::Teacher))
             .load(step, model, burn::optim::AdamConfig::new().init())?
