@@ -9,28 +9,37 @@
 //! 53 % (`docs/training.md`, session of 2026-12-04 morning).
 //! `examples/average_checkpoints.rs` writes such a mean as a checkpoint.
 
-use burn::module::{Module, ModuleMapper, ModuleVisitor, Param};
+use burn::module::{Module, ModuleMapper, ModuleVisitor, Param, ParamId};
 use burn::tensor::Tensor;
 
 use super::{TrainError, TrainResult};
 
 /// Every float parameter of a module, flattened, in the module's visiting order, with its
-/// shape.
-struct Collect(Vec<(Vec<usize>, Tensor<1>)>);
+/// shape (and, in `ids`, its id).
+#[derive(Default)]
+struct Collect {
+    params: Vec<(Vec<usize>, Tensor<1>)>,
+    ids: Vec<ParamId>,
+}
 
 impl ModuleVisitor for Collect {
     fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
         let value = param.val();
         let dims = value.dims().to_vec();
         let n = value.shape().num_elements();
-        self.0.push((dims, value.reshape([n])));
+        self.params.push((dims, value.reshape([n])));
+        self.ids.push(param.id);
     }
 }
 
 fn float_params<M: Module>(module: &M) -> Vec<(Vec<usize>, Tensor<1>)> {
-    let mut collect = Collect(Vec::new());
+    collect(module).params
+}
+
+fn collect<M: Module>(module: &M) -> Collect {
+    let mut collect = Collect::default();
     module.visit(&mut collect);
-    collect.0
+    collect
 }
 
 /// Replaces each float parameter `p` by `(p + term) * scale`, taking the terms in visiting
@@ -109,9 +118,10 @@ pub fn mean<M: Module>(modules: Vec<M>) -> TrainResult<M> {
 }
 
 /// Replaces each float parameter `a` by `decay * a + (1 - decay) * m`, taking `m` from the
-/// terms in visiting order; the result is detached and requires no gradient.
+/// terms in visiting order (a term whose flag is set is copied as it is); the result is
+/// detached and requires no gradient.
 struct Blend {
-    terms: std::vec::IntoIter<Tensor<1>>,
+    terms: std::vec::IntoIter<(Tensor<1>, bool)>,
     decay: f32,
 }
 
@@ -123,7 +133,8 @@ impl ModuleMapper for Blend {
         param.map(|a| {
             let shape = a.shape();
             let blended = match term {
-                Some(m) => a * decay + m.reshape(shape) * (1.0 - decay),
+                Some((m, true)) => m.reshape(shape),
+                Some((m, false)) => a * decay + m.reshape(shape) * (1.0 - decay),
                 None => a,
             };
             blended.detach().set_require_grad(false)
@@ -133,13 +144,21 @@ impl ModuleMapper for Blend {
 
 /// One step of an exponential moving average of weights: every float parameter `a` of
 /// `average` becomes `decay * a + (1 - decay) * m`, where `m` is the same parameter of
-/// `model` (the weights after the optimiser's step). The average's parameters are detached
-/// and require no gradient; its parameter ids are kept.
+/// `model` (the weights after the optimiser's step). Parameters of `model` whose ids are in
+/// `frozen` (the ones the optimiser leaves as they are, [`Stage::frozen`](super::Stage::frozen))
+/// are copied instead, so that they stay bit for bit what they are (the blend of two equal
+/// values can be off by a rounding). The average's parameters are detached and require no
+/// gradient; its parameter ids are kept.
 ///
 /// With `decay` 0.999 the average weighs the last ~1,000 steps (its time constant is
 /// `1 / (1 - decay)` steps). `model` must share `average`'s architecture; otherwise a
 /// [`TrainError::Config`] names the parameter that differs. `decay` must lie in `[0, 1)`.
-pub fn ema_update<M: Module>(average: M, model: &M, decay: f64) -> TrainResult<M> {
+pub fn ema_update<M: Module>(
+    average: M,
+    model: &M,
+    decay: f64,
+    frozen: &[ParamId],
+) -> TrainResult<M> {
     if !(0.0..1.0).contains(&decay) {
         return Err(TrainError::config(
             "ema_decay",
@@ -147,7 +166,7 @@ pub fn ema_update<M: Module>(average: M, model: &M, decay: f64) -> TrainResult<M
         ));
     }
     let shapes: Vec<Vec<usize>> = float_params(&average).into_iter().map(|(s, _)| s).collect();
-    let params = float_params(model);
+    let Collect { params, ids } = collect(model);
     if params.len() != shapes.len() {
         return Err(TrainError::config(
             "ema_decay",
@@ -159,7 +178,7 @@ pub fn ema_update<M: Module>(average: M, model: &M, decay: f64) -> TrainResult<M
         ));
     }
     let mut terms = Vec::with_capacity(params.len());
-    for (p, ((dims, value), avg)) in params.into_iter().zip(&shapes).enumerate() {
+    for (p, (((dims, value), avg), id)) in params.into_iter().zip(&shapes).zip(ids).enumerate() {
         if &dims != avg {
             return Err(TrainError::config(
                 "ema_decay",
@@ -167,7 +186,7 @@ pub fn ema_update<M: Module>(average: M, model: &M, decay: f64) -> TrainResult<M
             ));
         }
         // The model's values only: the average must not hold on to its autodiff graph.
-        terms.push(value.detach());
+        terms.push((value.detach(), frozen.contains(&id)));
     }
     Ok(average.map(&mut Blend {
         terms: terms.into_iter(),
@@ -251,7 +270,7 @@ mod tests {
             &device,
         );
         let id = average.weight.id;
-        let blended = ema_update(average, &model, 0.75).unwrap();
+        let blended = ema_update(average, &model, 0.75, &[]).unwrap();
         assert_eq!(blended.weight.id, id);
         assert_eq!(
             values(blended.weight.val()),
@@ -268,10 +287,35 @@ mod tests {
         assert_eq!(bias, vec![0.5, 1.0, -1.0]);
         assert!(!blended.weight.val().is_require_grad());
         // Decay 0 copies the model; a decay outside [0, 1) is refused.
-        let copied = ema_update(blended, &model, 0.0).unwrap();
+        let copied = ema_update(blended, &model, 0.0, &[]).unwrap();
         assert_eq!(values(copied.weight.val()), values(model.weight.val()));
-        assert!(ema_update(copied.clone(), &model, 1.0).is_err());
-        assert!(ema_update(copied, &model, f64::NAN).is_err());
+        assert!(ema_update(copied.clone(), &model, 1.0, &[]).is_err());
+        assert!(ema_update(copied, &model, f64::NAN, &[]).is_err());
+    }
+
+    #[test]
+    fn frozen_parameters_are_copied_not_blended() {
+        let device = Device::flex();
+        let average = linear_with([[1.0, 2.0, 3.0], [4.0, 5.0, 6.0]], [0.0, 0.0, 0.0], &device);
+        // Values whose blend with themselves is not exact in f32 (0.1 * 0.999 + 0.1 * 0.001).
+        let model = linear_with(
+            [[0.1, 0.7, 1.3], [2.9, -0.3, 1e-7]],
+            [2.0, 4.0, -4.0],
+            &device,
+        );
+        let blended = ema_update(average, &model, 0.999, &[model.weight.id]).unwrap();
+        assert_eq!(values(blended.weight.val()), values(model.weight.val()));
+        let bias: Vec<f32> = blended
+            .bias
+            .unwrap()
+            .val()
+            .into_data()
+            .try_into_vec::<f32>()
+            .unwrap();
+        // The bias is not frozen: blended.
+        for (got, want) in bias.iter().zip([0.002f32, 0.004, -0.004]) {
+            assert!((got - want).abs() < 1e-6, "{got} against {want}");
+        }
     }
 
     #[test]
@@ -283,7 +327,7 @@ mod tests {
         assert_eq!(values(start.weight.val()), values(model.weight.val()));
         assert!(!start.weight.val().is_require_grad());
         let other = LinearConfig::new(3, 2).init(&device);
-        let err = ema_update(start, &other, 0.9).unwrap_err().to_string();
+        let err = ema_update(start, &other, 0.9, &[]).unwrap_err().to_string();
         assert!(err.contains("shape"), "{err}");
     }
 

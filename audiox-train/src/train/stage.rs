@@ -207,7 +207,7 @@ pub fn train_stage<S: Stage>(
         };
         model = optim.step(lr, model, grads);
         if let (Some(a), Some(decay)) = (average.take(), settings.ema_decay) {
-            average = Some(ema_update(a, &model, decay)?);
+            average = Some(ema_update(a, &model, decay, &frozen)?);
         }
         step += 1;
         let record = LogRecord {
