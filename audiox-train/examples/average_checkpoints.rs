@@ -1,9 +1,10 @@
 //! Averages teacher (or student) checkpoints into one: the mean of every float parameter
 //! over several checkpoints of the same architecture ([`audiox_train::train::average::mean`]:
-//! stochastic weight averaging over a stretch of training, a cheap stand-in for an
-//! exponential moving average of the weights, which the trainer does not keep). On the demo
-//! teacher the mean of fifteen checkpoints counts 10-12 points more of 100 held-out captions
-//! than the first and the last of them (`docs/training.md`).
+//! stochastic weight averaging over a stretch of training; the trainer's own exponential
+//! moving average, `ema_decay`, is the other way). On the demo teacher the mean of fifteen
+//! checkpoints counts 10-12 points more of 100 held-out captions than the first and the last
+//! of them (`docs/training.md`). Each checkpoint's trained weights are averaged, never a
+//! moving average it holds (`average.bpk`).
 //!
 //! ```text
 //! cargo run --release -p audiox-train --features train --example average_checkpoints -- \
