@@ -3,7 +3,8 @@
 //!
 //! * [`run`]: the [`RunConfig`] (seeds, corpus, model in the official schema, stage settings)
 //!   and the [`RunDir`] holding `run.json`, written at the start and checked on every resume;
-//! * [`average`]: the parameter-by-parameter mean of several checkpoints (weight averaging);
+//! * [`average`]: the parameter-by-parameter mean of several checkpoints (weight averaging) and
+//!   the exponential moving average the loop keeps with [`LoopSettings::ema_decay`];
 //! * [`checkpoint`]: atomic checkpoints (model + optimiser state + step), verified by length
 //!   and SHA-256 before they are parsed;
 //! * [`stage`]: the loop every stage shares ([`train_stage`]): resume from the newest
