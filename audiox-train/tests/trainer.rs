@@ -1136,8 +1136,25 @@ fn the_moving_average_is_checkpointed_and_resumes_bit_for_bit() {
         "the average after a resume"
     );
     assert_eq!(values(&resumed.model), values(&whole.model));
-    // The weights a finished stage hands on are the average.
-    assert_eq!(values(&resumed.into_weights()), whole_average);
+    // The weights a finished stage hands on are the average, trainable where the model is (a
+    // student stage trains copies of the teacher's trainable parameters).
+    let trainable = |m: &Vae| {
+        struct Count(usize, usize);
+        impl burn::module::ModuleVisitor for Count {
+            fn visit_float<const D: usize>(&mut self, p: &burn::module::Param<Tensor<D>>) {
+                self.0 += 1;
+                self.1 += usize::from(p.val().is_require_grad());
+            }
+        }
+        let mut c = Count(0, 0);
+        m.visit(&mut c);
+        (c.0, c.1)
+    };
+    let (params, model_trainable) = trainable(&resumed.model);
+    assert_eq!(model_trainable, params, "every VAE parameter trains");
+    let weights = resumed.into_weights();
+    assert_eq!(values(&weights), whole_average);
+    assert_eq!(trainable(&weights), (params, params));
 
     // Decay 0: the average is the trained weights at every step.
     let mut copy = run.clone();

@@ -194,6 +194,29 @@ pub fn ema_update<M: Module>(
     }))
 }
 
+/// Sets each float parameter of `average` to require gradients exactly where the same
+/// parameter of `model` does (in visiting order): the moving average, which requires none
+/// while it is kept, made trainable as the weights it averages were, e.g. for a student stage
+/// that trains copies of the teacher's trainable parameters. Values and ids are kept.
+pub fn with_gradient_requirements_of<M: Module>(average: M, model: &M) -> M {
+    struct Flags(Vec<bool>);
+    impl ModuleVisitor for Flags {
+        fn visit_float<const D: usize>(&mut self, param: &Param<Tensor<D>>) {
+            self.0.push(param.val().is_require_grad());
+        }
+    }
+    struct Apply(std::vec::IntoIter<bool>);
+    impl ModuleMapper for Apply {
+        fn map_float<const D: usize>(&mut self, param: Param<Tensor<D>>) -> Param<Tensor<D>> {
+            let flag = self.0.next().unwrap_or(false);
+            param.map(|t| t.detach().set_require_grad(flag))
+        }
+    }
+    let mut flags = Flags(Vec::new());
+    model.visit(&mut flags);
+    average.map(&mut Apply(flags.0.into_iter()))
+}
+
 /// A copy of `model` to start an exponential moving average from: the same values, detached,
 /// requiring no gradient.
 pub fn ema_start<M: Module>(model: &M) -> M {
@@ -316,6 +339,20 @@ mod tests {
         for (got, want) in bias.iter().zip([0.002f32, 0.004, -0.004]) {
             assert!((got - want).abs() < 1e-6, "{got} against {want}");
         }
+    }
+
+    #[test]
+    fn gradient_requirements_follow_the_model() {
+        let device = Device::flex().autodiff();
+        let mut model = LinearConfig::new(2, 3).init(&device);
+        // A frozen bias, a trainable weight.
+        model.bias = model.bias.map(|b| b.map(|t| t.set_require_grad(false)));
+        let average = ema_start(&model);
+        assert!(!average.weight.val().is_require_grad());
+        let trainable = with_gradient_requirements_of(average, &model);
+        assert!(trainable.weight.val().is_require_grad());
+        assert!(!trainable.bias.as_ref().unwrap().val().is_require_grad());
+        assert_eq!(values(trainable.weight.val()), values(model.weight.val()));
     }
 
     #[test]

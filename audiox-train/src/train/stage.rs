@@ -9,7 +9,7 @@ use burn::optim::grad_clipping::GradientClippingConfig;
 use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Bool, Device, Int, Tensor};
 
-use super::average::{ema_start, ema_update};
+use super::average::{ema_start, ema_update, with_gradient_requirements_of};
 use super::checkpoint::{Checkpoints, Part};
 use super::error::{TrainError, TrainResult};
 use super::log::{LogRecord, LossLog};
@@ -94,11 +94,15 @@ pub struct StageOutcome<M> {
     pub finished: bool,
 }
 
-impl<M> StageOutcome<M> {
-    /// The weights to export and to build on: the moving average where the stage keeps one,
-    /// the trained weights otherwise.
+impl<M: Module> StageOutcome<M> {
+    /// The weights to export and to build on: the moving average where the stage keeps one
+    /// (its parameters requiring gradients where the trained model's do, so that a later stage
+    /// can train copies of it as it would the trained model), the trained weights otherwise.
     pub fn into_weights(self) -> M {
-        self.average.unwrap_or(self.model)
+        match self.average {
+            Some(average) => with_gradient_requirements_of(average, &self.model),
+            None => self.model,
+        }
     }
 }
 
