@@ -42,6 +42,43 @@ fn collect<M: Module>(module: &M) -> Collect {
     collect
 }
 
+/// The shapes of `module`'s float parameters, in visiting order.
+fn shapes<M: Module>(module: &M) -> Vec<Vec<usize>> {
+    float_params(module).into_iter().map(|(s, _)| s).collect()
+}
+
+/// `module`'s float parameters, checked against `shapes` (another module's, see [`shapes`]):
+/// the same count, the same shape each; otherwise a [`TrainError::Config`] on `field` that
+/// names `this` module and the `other`.
+fn checked_terms<M: Module>(
+    module: &M,
+    shapes: &[Vec<usize>],
+    field: &str,
+    this: &str,
+    other: &str,
+) -> TrainResult<Collect> {
+    let collected = collect(module);
+    if collected.params.len() != shapes.len() {
+        return Err(TrainError::config(
+            field,
+            format!(
+                "{this} has {} float parameters, {other} {}",
+                collected.params.len(),
+                shapes.len()
+            ),
+        ));
+    }
+    for (p, ((dims, _), expected)) in collected.params.iter().zip(shapes).enumerate() {
+        if dims != expected {
+            return Err(TrainError::config(
+                field,
+                format!("parameter {p} of {this} has shape {dims:?}, {other}'s {expected:?}"),
+            ));
+        }
+    }
+    Ok(collected)
+}
+
 /// Replaces each float parameter `p` by `(p + term) * scale`, taking the terms in visiting
 /// order (`p * scale` once they run out); the parameter's id and its gradient requirement are
 /// kept.
@@ -79,35 +116,16 @@ pub fn mean<M: Module>(modules: Vec<M>) -> TrainResult<M> {
     let mut sum = modules
         .next()
         .ok_or_else(|| TrainError::config("average", "no module to average"))?;
-    let shapes: Vec<Vec<usize>> = float_params(&sum).into_iter().map(|(s, _)| s).collect();
+    let shapes = shapes(&sum);
     for (index, module) in modules.enumerate() {
-        let params = float_params(&module);
-        if params.len() != shapes.len() {
-            return Err(TrainError::config(
-                "average",
-                format!(
-                    "module {} has {} float parameters, the first {}",
-                    index + 1,
-                    params.len(),
-                    shapes.len()
-                ),
-            ));
-        }
-        let mut terms = Vec::with_capacity(params.len());
-        for (p, ((dims, value), first)) in params.into_iter().zip(&shapes).enumerate() {
-            if &dims != first {
-                return Err(TrainError::config(
-                    "average",
-                    format!(
-                        "parameter {p} of module {} has shape {dims:?}, the first's {first:?}",
-                        index + 1
-                    ),
-                ));
-            }
-            terms.push(value);
-        }
+        let this = format!("module {}", index + 1);
+        let terms = checked_terms(&module, &shapes, "average", &this, "the first")?.params;
         sum = sum.map(&mut AddScaled {
-            terms: terms.into_iter(),
+            terms: terms
+                .into_iter()
+                .map(|(_, value)| value)
+                .collect::<Vec<_>>()
+                .into_iter(),
             scale: 1.0,
         });
     }
@@ -165,29 +183,19 @@ pub fn ema_update<M: Module>(
             format!("{decay} is not within [0, 1)"),
         ));
     }
-    let shapes: Vec<Vec<usize>> = float_params(&average).into_iter().map(|(s, _)| s).collect();
-    let Collect { params, ids } = collect(model);
-    if params.len() != shapes.len() {
-        return Err(TrainError::config(
-            "ema_decay",
-            format!(
-                "the model has {} float parameters, its average {}",
-                params.len(),
-                shapes.len()
-            ),
-        ));
-    }
-    let mut terms = Vec::with_capacity(params.len());
-    for (p, (((dims, value), avg), id)) in params.into_iter().zip(&shapes).zip(ids).enumerate() {
-        if &dims != avg {
-            return Err(TrainError::config(
-                "ema_decay",
-                format!("parameter {p} of the model has shape {dims:?}, its average's {avg:?}"),
-            ));
-        }
-        // The model's values only: the average must not hold on to its autodiff graph.
-        terms.push((value.detach(), frozen.contains(&id)));
-    }
+    let Collect { params, ids } = checked_terms(
+        model,
+        &shapes(&average),
+        "ema_decay",
+        "the model",
+        "its average",
+    )?;
+    // The model's values only: the average must not hold on to its autodiff graph.
+    let terms: Vec<(Tensor<1>, bool)> = params
+        .into_iter()
+        .zip(ids)
+        .map(|((_, value), id)| (value.detach(), frozen.contains(&id)))
+        .collect();
     Ok(average.map(&mut Blend {
         terms: terms.into_iter(),
         decay: decay as f32,
