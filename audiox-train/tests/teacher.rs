@@ -29,8 +29,6 @@ fn one_thread() {
         .build_global();
 }
 
-/// The demo run at 8 kHz with a 2-channel VAE (strides 2/4/8/10: 125 latent frames of 10 s),
-/// condition width 16, a one-block DiT of width 32, a one-layer T5 and CLIP, and tiny loops.
 /// Sets the text conditioner's `max_length` (tokens per caption).
 fn set_text_length(run: &mut RunConfig, max_length: usize) {
     for c in run.model["model"]["conditioning"]["configs"]
@@ -43,6 +41,9 @@ fn set_text_length(run: &mut RunConfig, max_length: usize) {
     }
 }
 
+/// The demo run at 8 kHz with a 2-channel VAE (strides 2/4/8/10: 125 latent frames of 10 s),
+/// condition width 16, a one-block DiT of width 32, a one-layer T5 and CLIP, 24 text tokens,
+/// without the demo recipe's slots, layout pretraining and prompt masking, and tiny loops.
 fn tiny_run() -> RunConfig {
     let mut run = RunConfig::demo();
     run.seed = 11;
@@ -108,6 +109,14 @@ fn tiny_run() -> RunConfig {
     t.optim.keep_checkpoints = 2;
     t.clip_pool = 3;
     t.cond_dropout = 0.5;
+    // The plain teacher: the demo recipe's slots, layout pretraining, audio-prompt masking,
+    // decay and checkpoint mean are each switched on by the tests of that feature.
+    t.text_slots = 0;
+    t.timeline = None;
+    t.audio_prompt = None;
+    t.optim.lr_decay = None;
+    t.optim.checkpoint_mean = None;
+    t.t5 = serde_json::from_str(audiox_train::tokenizer::DEMO_T5_CONFIG_JSON).unwrap();
     for (k, v) in [
         ("d_model", 16),
         ("d_kv", 8),
@@ -124,6 +133,7 @@ fn tiny_run() -> RunConfig {
     ] {
         t.clip[k] = json!(v);
     }
+    set_text_length(&mut run, 24);
     run
 }
 

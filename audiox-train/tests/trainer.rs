@@ -1222,3 +1222,163 @@ fn the_moving_average_is_checkpointed_and_resumes_bit_for_bit() {
     let err = RunDir::open(tmp.path().join("student"), student).unwrap_err();
     assert!(err.to_string().contains("student.ema_decay"), "{err}");
 }
+
+#[test]
+fn the_checkpoint_mean_averages_its_checkpoints_which_pruning_keeps() {
+    use audiox_train::train::checkpoint::Checkpoints;
+    use audiox_train::train::{CheckpointMean, Stage};
+    one_thread();
+    let mut run = tiny_run();
+    let o = &mut run.vae.optim;
+    (o.steps, o.checkpoint_every, o.keep_checkpoints) = (6, 2, 1);
+    o.checkpoint_mean = Some(CheckpointMean { from_step: 2 });
+    assert_eq!(o.mean_steps(), vec![2, 4, 6]);
+    let tmp = tempfile::tempdir().unwrap();
+    let outcome = |dir: &Path, run: &RunConfig, stop_after: Option<u64>| {
+        let device = device();
+        let run_dir = RunDir::open(dir, run.clone())?;
+        let stage = VaeStage::new(run_dir.config(), &device)?;
+        let stop = Stop {
+            after_steps: stop_after,
+            deadline: None,
+        };
+        train_stage(&stage, &run_dir, &device, stop, &mut |_| {})
+    };
+    let values = |m: &Vae| -> Vec<Vec<f32>> { parameters(m).into_iter().map(|p| p.2).collect() };
+
+    // Interrupted at step 3 (an extra checkpoint) and resumed: keep 1 deletes the extra one
+    // but none of the mean's.
+    let a_dir = tmp.path().join("a");
+    let part = outcome(&a_dir, &run, Some(3)).unwrap();
+    assert!(part.average.is_none(), "no mean before the last step");
+    let a = outcome(&a_dir, &run, None).unwrap();
+    assert!(a.finished && a.resumed_from == 3);
+    for step in [2, 4, 6] {
+        assert!(checkpoint_dir(&a_dir, step).exists(), "step {step} kept");
+    }
+    assert!(
+        !checkpoint_dir(&a_dir, 3).exists(),
+        "the extra checkpoint pruned"
+    );
+    assert!(checkpoint_dir(&a_dir, 6).join("average.bpk").exists());
+
+    // The mean is that of the three checkpoints' trained weights, value by value.
+    let device = device();
+    let stage = VaeStage::new(&run, &device).unwrap();
+    let checkpoints = Checkpoints::new(&a_dir.join("vae"));
+    let members: Vec<Vec<Vec<f32>>> = [2, 4, 6]
+        .iter()
+        .map(|&s| {
+            let optim = burn::optim::AdamConfig::new().init();
+            values(
+                &checkpoints
+                    .load(s, stage.init_model(&device).unwrap(), optim)
+                    .unwrap()
+                    .model,
+            )
+        })
+        .collect();
+    let mean = values(a.average.as_ref().expect("the mean"));
+    let mut differs = false;
+    for (i, tensor) in mean.iter().enumerate() {
+        for (j, &v) in tensor.iter().enumerate() {
+            let expected = members.iter().map(|m| m[i][j]).sum::<f32>() / 3.0;
+            assert!(
+                (v - expected).abs() <= 1e-6 * expected.abs().max(1.0),
+                "{v} vs {expected}"
+            );
+            differs |= members[0][i][j] != members[2][i][j];
+        }
+    }
+    assert!(
+        differs,
+        "the checkpoints differ, so the mean is a real mean"
+    );
+    assert_ne!(mean, values(&a.model), "the mean is not the last weights");
+    assert_eq!(values(&a.into_weights()), mean, "the weights handed on");
+
+    // An uninterrupted run makes the same mean; a finished run reads it back from its last
+    // checkpoint.
+    let b_dir = tmp.path().join("b");
+    let b = outcome(&b_dir, &run, None).unwrap();
+    assert_eq!(values(b.average.as_ref().unwrap()), mean);
+    let again = outcome(&b_dir, &run, None).unwrap();
+    assert_eq!(again.resumed_from, 6);
+    assert_eq!(values(again.average.as_ref().unwrap()), mean);
+
+    // A checkpoint of the mean missing when the stage ends: an error naming its step.
+    let c_dir = tmp.path().join("c");
+    outcome(&c_dir, &run, Some(5)).unwrap();
+    std::fs::remove_dir_all(checkpoint_dir(&c_dir, 4)).unwrap();
+    let err = outcome(&c_dir, &run, None).err().unwrap().to_string();
+    assert!(
+        err.contains("vae.checkpoint_mean") && err.contains("step 4"),
+        "{err}"
+    );
+
+    // Refused before any step: with a moving average, from a step that is no checkpoint, from
+    // the last step, and on the DMD stage.
+    let refused = |edit: &dyn Fn(&mut RunConfig), field: &str| {
+        let mut bad = run.clone();
+        edit(&mut bad);
+        let err = RunDir::open(tmp.path().join("bad"), bad).unwrap_err();
+        assert!(err.to_string().contains(field), "{err}");
+    };
+    refused(
+        &|r| r.vae.optim.ema_decay = Some(0.9),
+        "vae.checkpoint_mean",
+    );
+    refused(
+        &|r| r.vae.optim.checkpoint_mean = Some(CheckpointMean { from_step: 3 }),
+        "vae.checkpoint_mean",
+    );
+    refused(
+        &|r| r.vae.optim.checkpoint_mean = Some(CheckpointMean { from_step: 6 }),
+        "vae.checkpoint_mean",
+    );
+    refused(
+        &|r| r.student.optim.checkpoint_mean = Some(CheckpointMean { from_step: 2 }),
+        "student.checkpoint_mean",
+    );
+}
+
+/// The built-in run (`audiox-train` without `--config`) is the recipe of the shipped demo
+/// model: its model config and T5 / CLIP configs are the shipped files', and its stage settings
+/// are those of the committed run folder the shipped teacher and student came from
+/// (`training-checkpoints/TPA/run.json`), but for two fields: TPA's teacher is a mean of
+/// checkpoints made by hand (`average_checkpoints`), which the built-in run makes itself
+/// (`teacher.checkpoint_mean`, its checkpoints protected from pruning, so it keeps fewer).
+#[test]
+fn the_built_in_run_is_the_shipped_models_recipe() {
+    let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let json = |p: &str| -> Value {
+        serde_json::from_str(&std::fs::read_to_string(workspace.join(p)).unwrap()).unwrap()
+    };
+    let demo = RunConfig::demo();
+    demo.validate().unwrap();
+    assert_eq!(demo.model, json("audiox-demo/assets/config.json"));
+    assert_eq!(
+        demo.teacher.t5,
+        json("audiox-demo/assets/t5-base/config.json")
+    );
+    assert_eq!(
+        demo.teacher.clip,
+        json("audiox-demo/assets/clip-vit-base-patch32/config.json")
+    );
+
+    let shipped =
+        RunConfig::from_file(workspace.join("training-checkpoints/TPA/run.json")).unwrap();
+    assert_eq!(demo.seed, shipped.seed);
+    assert_eq!(demo.corpus, shipped.corpus);
+    assert_eq!(demo.vae, shipped.vae);
+    assert_eq!(demo.student, shipped.student);
+    let mut teacher = shipped.teacher.clone();
+    assert!(teacher.optim.checkpoint_mean.is_none());
+    teacher.optim.checkpoint_mean = demo.teacher.optim.checkpoint_mean;
+    teacher.optim.keep_checkpoints = demo.teacher.optim.keep_checkpoints;
+    assert_eq!(demo.teacher, teacher);
+    // The mean is TPA's: fifteen checkpoints, 41,600 to 43,000 every 100.
+    let steps = demo.teacher.optim.mean_steps();
+    assert_eq!(steps.len(), 15);
+    assert_eq!((steps[0], steps[14]), (41_600, 43_000));
+}

@@ -259,7 +259,7 @@ fn run(args: Args) -> Result<(), TrainError> {
                 let export = run.root().join("export");
                 let (step, resumed_from, finished) =
                     (outcome.step, outcome.resumed_from, outcome.finished);
-                // The moving average where the stage keeps one.
+                // The moving average or checkpoint mean where the stage keeps one.
                 let file = export_vae(&outcome.into_weights(), run.config(), &export)?;
                 println!(
                     "vae: step {step}/{total} (resumed from {resumed_from}); weights written to {}",
@@ -277,10 +277,14 @@ fn run(args: Args) -> Result<(), TrainError> {
                 let outcome = train_stage(&teacher, &run, &device, stop, &mut progress)?;
                 let (step, resumed_from, finished) =
                     (outcome.step, outcome.resumed_from, outcome.finished);
-                let averaged = if outcome.average.is_some() {
-                    " (the moving average of its weights)"
-                } else {
-                    ""
+                let averaged = match (&outcome.average, run.config().teacher.optim.checkpoint_mean)
+                {
+                    (None, _) => String::new(),
+                    (Some(_), Some(mean)) => format!(
+                        " (the mean of its checkpoints from step {} to {total})",
+                        mean.from_step
+                    ),
+                    (Some(_), None) => " (the moving average of its weights)".to_string(),
                 };
                 let export = export_teacher(
                     &outcome.into_weights(),
@@ -317,7 +321,7 @@ fn run(args: Args) -> Result<(), TrainError> {
                         ),
                     ));
                 }
-                // The moving average of its weights where the teacher stage keeps one.
+                // The moving average or checkpoint mean where the teacher stage keeps one.
                 let teacher = loaded.into_weights();
                 let mut prompts = TeacherPrompts::new(
                     teacher.clone(),

@@ -6,7 +6,10 @@
 //!   optimiser state is keyed by);
 //! * `optim.bpk`: the Adam state (moments and step counts) in burnpack;
 //! * `average.bpk` (only where the stage keeps a moving average of its weights,
-//!   [`LoopSettings::ema_decay`](super::LoopSettings::ema_decay)): that average, in burnpack;
+//!   [`LoopSettings::ema_decay`](super::LoopSettings::ema_decay), and in the last checkpoint
+//!   of a finished stage with
+//!   [`LoopSettings::checkpoint_mean`](super::LoopSettings::checkpoint_mean)): that average or
+//!   mean, in burnpack;
 //! * `state.json`: the step reached, and the byte length and SHA-256 of every file.
 //!
 //! The files are written into `.partial-step-NNNNNNNN/`, synced, and the folder is then renamed
@@ -74,7 +77,7 @@ struct State {
     step: u64,
     model: FileEntry,
     optim: FileEntry,
-    /// The moving average of the weights, where the stage keeps one.
+    /// The moving average of the weights (or the checkpoint mean), where the stage keeps one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     average: Option<FileEntry>,
 }
@@ -114,6 +117,8 @@ pub struct Loaded<M> {
 #[derive(Clone, Debug)]
 pub struct Checkpoints {
     dir: PathBuf,
+    /// Steps whose checkpoints are never deleted to keep the newest `keep`.
+    protected: Vec<u64>,
 }
 
 impl Checkpoints {
@@ -121,7 +126,16 @@ impl Checkpoints {
     pub fn new(stage_dir: &Path) -> Self {
         Checkpoints {
             dir: stage_dir.join("checkpoints"),
+            protected: Vec::new(),
         }
+    }
+
+    /// The same checkpoints, where saving never deletes those of `steps` (the checkpoints a
+    /// [`LoopSettings::checkpoint_mean`](super::LoopSettings::checkpoint_mean) averages):
+    /// they are kept beside the newest `keep`.
+    pub fn protecting(mut self, steps: Vec<u64>) -> Self {
+        self.protected = steps;
+        self
     }
 
     /// The folder of the checkpoint at `step`.
@@ -178,7 +192,8 @@ impl Checkpoints {
         Ok(())
     }
 
-    /// Writes the checkpoint at `step` atomically, then keeps only the newest `keep`.
+    /// Writes the checkpoint at `step` atomically, then keeps only the newest `keep` (and the
+    /// protected ones, [`Checkpoints::protecting`]).
     pub fn save<M: Module>(
         &self,
         model: &M,
@@ -189,8 +204,8 @@ impl Checkpoints {
         self.save_with_average(model, None, optim, step, keep)
     }
 
-    /// [`Checkpoints::save`] with a moving average of the weights (`average.bpk`) where
-    /// `average` is given.
+    /// [`Checkpoints::save`] with a moving average or mean of the weights (`average.bpk`)
+    /// where `average` is given.
     pub fn save_with_average<M: Module>(
         &self,
         model: &M,
@@ -241,7 +256,8 @@ impl Checkpoints {
     }
 
     /// Renames the complete checkpoint folder `partial` to `final_dir` (replacing an older one
-    /// of that step), syncs the folder, and deletes all but the newest `keep` checkpoints.
+    /// of that step), syncs the folder, and deletes all but the newest `keep` checkpoints (and
+    /// the protected ones, [`Checkpoints::protecting`]).
     fn publish(&self, partial: &Path, final_dir: PathBuf, keep: usize) -> TrainResult<PathBuf> {
         if final_dir.exists() {
             fs::remove_dir_all(&final_dir).map_err(|e| TrainError::io(&final_dir, e))?;
@@ -253,6 +269,9 @@ impl Checkpoints {
         }
         let steps = self.steps()?;
         for old in steps.iter().rev().skip(keep.max(1)) {
+            if self.protected.contains(old) {
+                continue;
+            }
             let p = self.path(*old);
             fs::remove_dir_all(&p).map_err(|e| TrainError::io(&p, e))?;
         }
@@ -285,7 +304,7 @@ impl Checkpoints {
         })
     }
 
-    /// The moving average of the weights saved with the checkpoint at `step`, loaded into
+    /// The moving average (or checkpoint mean) saved with the checkpoint at `step`, loaded into
     /// `model` (a freshly built module of the same architecture); `None` where the checkpoint
     /// holds none (its stage kept no average then).
     pub fn load_average<M: Module>(&self, step: u64, model: M) -> TrainResult<Option<M>> {

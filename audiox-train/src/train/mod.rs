@@ -60,7 +60,9 @@ pub mod vae;
 pub use dmd::StudentStage;
 pub use error::{TrainError, TrainResult};
 pub use log::{LogRecord, LossLog};
-pub use run::{LoopSettings, LrDecay, RunConfig, RunDir, StageName, StudentStageConfig};
+pub use run::{
+    CheckpointMean, LoopSettings, LrDecay, RunConfig, RunDir, StageName, StudentStageConfig,
+};
 pub use stage::{MultiStage, Stage, StageOutcome, Stop, train_multi_stage, train_stage};
 pub use teacher::{PromptMasking, TeacherModel, TeacherStage, export_teacher, masked_prompt};
 pub use vae::{VaeStage, export_vae};

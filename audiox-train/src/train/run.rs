@@ -20,6 +20,22 @@ use crate::corpus::CorpusConfig;
 /// width 96, depth 4, 4 heads of 24); sizes per component in `docs/training.md`.
 pub const DEMO_MODEL_CONFIG: &str = include_str!("../../assets/demo_config.json");
 
+/// Slot tokens before the caption in the demo run ([`TeacherStageConfig::text_slots`]): with
+/// the longest caption's 11 pieces and `</s>` they fit the demo config's 96 text tokens.
+pub const DEMO_TEXT_SLOTS: usize = 80;
+
+/// The demo T5's Hugging Face config (`assets/demo_t5/config.json`) with room in its token
+/// table for `slots` slot tokens after the tokenizer's pieces.
+fn demo_t5_config(slots: usize) -> serde_json::Value {
+    let mut t5: serde_json::Value = serde_json::from_str(crate::tokenizer::DEMO_T5_CONFIG_JSON)
+        .expect("the built-in T5 config is JSON");
+    let pieces = t5["vocab_size"]
+        .as_u64()
+        .expect("the built-in T5 config has a vocab_size");
+    t5["vocab_size"] = serde_json::json!(pieces + slots as u64);
+    t5
+}
+
 /// The corpus part of a [`RunConfig`] (see [`CorpusConfig`]).
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -95,6 +111,27 @@ pub struct LoopSettings {
     /// weights are exported. Stages with their own loop (the DMD student stage) refuse it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ema_decay: Option<f64>,
+    /// Export the parameter-by-parameter mean of the stage's checkpoints from a step on
+    /// (stochastic weight averaging over the stage's last stretch; see [`CheckpointMean`])
+    /// instead of the last trained weights. `None`: no mean. Not with `ema_decay`; stages with
+    /// their own loop (the DMD student stage) refuse it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint_mean: Option<CheckpointMean>,
+}
+
+/// The mean of a stage's checkpoints ([`LoopSettings::checkpoint_mean`]): the checkpoints of
+/// steps `from_step`, `from_step + checkpoint_every`, ... and the stage's last step. Those
+/// checkpoints are never deleted by `keep_checkpoints` (an interrupted run's extra checkpoints
+/// do not push them out). When the stage's last step is done, their trained weights are
+/// averaged and saved with the last checkpoint as its `average.bpk`, which the stage's export
+/// and the stages after it use (as for a moving average). The demo teacher's mean of fifteen
+/// checkpoints counts about ten points more of the held-out captions than its last checkpoint
+/// (`docs/training.md`, session of 2026-12-04 morning).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointMean {
+    /// The first checkpoint in the mean: a multiple of `checkpoint_every`, below `steps`.
+    pub from_step: u64,
 }
 
 /// A linear decay of the learning rate at the end of a stage ([`LoopSettings::lr_decay`]):
@@ -112,6 +149,21 @@ pub struct LrDecay {
 }
 
 impl LoopSettings {
+    /// The steps whose checkpoints [`LoopSettings::checkpoint_mean`] averages, in order (empty
+    /// without one): `from_step`, every `checkpoint_every` after it below `steps`, and
+    /// `steps`.
+    pub fn mean_steps(&self) -> Vec<u64> {
+        let Some(mean) = self.checkpoint_mean else {
+            return Vec::new();
+        };
+        let every = self.checkpoint_every.max(1);
+        let mut steps: Vec<u64> = (mean.from_step..self.steps)
+            .step_by(every as usize)
+            .collect();
+        steps.push(self.steps);
+        steps
+    }
+
     /// The learning rate of step `step` (0-based): linear warm-up, then constant, then the
     /// linear [`LrDecay`] if any.
     pub fn lr_at(&self, step: u64) -> f64 {
@@ -176,6 +228,26 @@ impl LoopSettings {
                 field("ema_decay"),
                 format!("{decay} is not within [0, 1)"),
             ));
+        }
+        if let Some(mean) = self.checkpoint_mean {
+            let reason = if self.ema_decay.is_some() {
+                Some("a stage keeps either a moving average (`ema_decay`) or a checkpoint mean, not both".to_string())
+            } else if mean.from_step == 0 || mean.from_step >= self.steps {
+                Some(format!(
+                    "from_step {} is not within [1, steps = {})",
+                    mean.from_step, self.steps
+                ))
+            } else if !mean.from_step.is_multiple_of(self.checkpoint_every) {
+                Some(format!(
+                    "from_step {} is not a checkpoint step (a multiple of checkpoint_every = {})",
+                    mean.from_step, self.checkpoint_every
+                ))
+            } else {
+                None
+            };
+            if let Some(reason) = reason {
+                return Err(TrainError::config(field("checkpoint_mean"), reason));
+            }
         }
         if let Some(d) = self.lr_decay {
             if !(d.final_lr.is_finite() && d.final_lr >= 0.0 && d.final_lr <= self.lr) {
@@ -307,29 +379,33 @@ pub struct StudentStageConfig {
 }
 
 impl StudentStageConfig {
-    /// The demo run's settings (sized for about half an hour of CPU at the demo DiT width; see
-    /// `docs/training.md`).
+    /// The demo run's settings: those of the shipped demo student (run S10 in
+    /// `docs/training.md`: 700 steps at lr 2e-5, guidance 2 for the teacher's score and its 64
+    /// cached trajectories, regression weight 1), about half an hour of CPU at the demo DiT
+    /// width. A checkpoint every 50 steps, the last ten kept, so that checkpoints can be
+    /// scored on held-out captions (its scores move by several points from one to the next).
     pub fn demo() -> Self {
         StudentStageConfig {
             optim: LoopSettings {
-                steps: 1_000,
+                steps: 700,
                 batch: 4,
-                lr: 5e-5,
+                lr: 2e-5,
                 warmup: 50,
-                checkpoint_every: 100,
-                keep_checkpoints: 2,
+                checkpoint_every: 50,
+                keep_checkpoints: 10,
                 grad_clip: None,
                 adam_betas: None,
                 lr_decay: None,
                 ema_decay: None,
+                checkpoint_mean: None,
             },
             student_steps: 4,
-            guidance_scale: 6.0,
+            guidance_scale: 2.0,
             fake_updates: 1,
             fake_lr_ratio: 1.0,
             t_min: 0.02,
             t_max: 0.98,
-            regression_weight: 0.25,
+            regression_weight: 1.0,
             regression_pairs: 64,
             regression_batch: 4,
             teacher_steps: 25,
@@ -345,6 +421,12 @@ impl StudentStageConfig {
             return Err(TrainError::config(
                 field("ema_decay"),
                 "the DMD stage keeps no moving average (set it on the teacher or the VAE)",
+            ));
+        }
+        if self.optim.checkpoint_mean.is_some() {
+            return Err(TrainError::config(
+                field("checkpoint_mean"),
+                "the DMD stage averages no checkpoints (set it on the teacher or the VAE)",
             ));
         }
         if let Some(masking) = &self.audio_prompt {
@@ -424,8 +506,9 @@ pub struct RunConfig {
 }
 
 impl RunConfig {
-    /// The demo run: [`DEMO_MODEL_CONFIG`] on the default 16 kHz corpus, sized for a few hours
-    /// of CPU in all (see `docs/training.md`).
+    /// The demo run: [`DEMO_MODEL_CONFIG`] on the default 16 kHz corpus with the recipe of the
+    /// shipped demo model's teacher and student (`docs/training.md`, "The built-in run"): about
+    /// four hours on two CPU cores after the VAE stage, about six and a half in all.
     pub fn demo() -> Self {
         RunConfig {
             seed: 0,
@@ -457,6 +540,7 @@ impl RunConfig {
                     adam_betas: None,
                     lr_decay: None,
                     ema_decay: None,
+                    checkpoint_mean: None,
                 },
                 crop: 7_680,
                 stft_sizes: vec![2048, 1024, 512, 256, 128],
@@ -477,9 +561,14 @@ impl RunConfig {
                     weight: 1.0,
                 }),
             },
+            // The recipe of the shipped demo teacher (run TP2 and its mean TPA in
+            // docs/training.md): 80 slot tokens before the caption, 40,000 steps of layout
+            // pretraining on freshly drawn scenes (text side and conditioning maps only), then
+            // 3,000 flow steps with masked audio prompts, the last 900 with a falling learning
+            // rate, and the mean of the checkpoints of the last 1,400 steps as the teacher.
             teacher: TeacherStageConfig {
                 optim: LoopSettings {
-                    steps: 4_000,
+                    steps: 43_000,
                     batch: 16,
                     lr: 5e-4,
                     warmup: 200,
@@ -487,20 +576,33 @@ impl RunConfig {
                     keep_checkpoints: 2,
                     grad_clip: None,
                     adam_betas: None,
-                    lr_decay: None,
+                    lr_decay: Some(LrDecay {
+                        from_step: 42_100,
+                        final_lr: 2.5e-5,
+                    }),
                     ema_decay: None,
+                    checkpoint_mean: Some(CheckpointMean { from_step: 41_600 }),
                 },
                 cond_dropout: 0.1,
                 time_sampler: TimeSampler::LogitNormal,
                 clip_pool: 4_096,
-                t5: serde_json::from_str(crate::tokenizer::DEMO_T5_CONFIG_JSON)
-                    .expect("the built-in T5 config is JSON"),
+                t5: demo_t5_config(DEMO_TEXT_SLOTS),
                 clip: serde_json::from_str(crate::tokenizer::DEMO_CLIP_CONFIG_JSON)
                     .expect("the built-in CLIP config is JSON"),
-                audio_prompt: None,
-                timeline: None,
+                audio_prompt: Some(super::teacher::PromptMasking {
+                    clip_share: 0.5,
+                    blank_ratio: [0.25, 0.9],
+                    to_end_share: 0.5,
+                }),
+                timeline: Some(super::timeline::TimelineLoss {
+                    weight: 1.0,
+                    oracle: false,
+                    basis: None,
+                    pretrain_steps: 40_000,
+                    pretrain_scenes: 1_000_000_000,
+                }),
                 text_fill: 0,
-                text_slots: 0,
+                text_slots: DEMO_TEXT_SLOTS,
             },
             student: StudentStageConfig::demo(),
         }

@@ -9,7 +9,7 @@ use burn::optim::grad_clipping::GradientClippingConfig;
 use burn::optim::{AdamConfig, GradientsParams, ModuleOptimizer};
 use burn::tensor::{Bool, Device, Int, Tensor};
 
-use super::average::{ema_start, ema_update, with_gradient_requirements_of};
+use super::average::{ema_start, ema_update, mean, with_gradient_requirements_of};
 use super::checkpoint::{Checkpoints, Part};
 use super::error::{TrainError, TrainResult};
 use super::log::{LogRecord, LossLog};
@@ -84,7 +84,8 @@ pub struct StageOutcome<M> {
     /// The model after the last step done.
     pub model: M,
     /// The moving average of its weights, where the stage keeps one
-    /// ([`LoopSettings::ema_decay`]).
+    /// ([`LoopSettings::ema_decay`]), or the mean of its checkpoints once a stage with
+    /// [`LoopSettings::checkpoint_mean`] is finished.
     pub average: Option<M>,
     /// Steps done in all (over every run of this stage).
     pub step: u64,
@@ -95,8 +96,8 @@ pub struct StageOutcome<M> {
 }
 
 impl<M: Module> StageOutcome<M> {
-    /// The weights to export and to build on: the moving average where the stage keeps one
-    /// (its parameters requiring gradients where the trained model's do, so that a later stage
+    /// The weights to export and to build on: the moving average or checkpoint mean where the
+    /// stage keeps one (its parameters requiring gradients where the trained model's do, so that a later stage
     /// can train copies of it as it would the trained model), the trained weights otherwise.
     pub fn into_weights(self) -> M {
         match self.average {
@@ -146,7 +147,9 @@ pub(crate) fn optimizer(settings: &LoopSettings) -> ModuleOptimizer {
 /// written there too), appending to the stage's `loss.jsonl` and calling
 /// `progress` after every step. Where the settings ask for a moving average of the weights
 /// ([`LoopSettings::ema_decay`]) it is updated after every step, saved in every checkpoint
-/// and resumed with it.
+/// and resumed with it; where they ask for a checkpoint mean
+/// ([`LoopSettings::checkpoint_mean`]) it is made once the last step is done and returned as
+/// the outcome's `average`.
 pub fn train_stage<S: Stage>(
     stage: &S,
     run: &RunDir,
@@ -156,7 +159,7 @@ pub fn train_stage<S: Stage>(
 ) -> TrainResult<StageOutcome<S::Model>> {
     let settings = stage.settings().clone();
     let dir = run.stage_dir(stage.name());
-    let checkpoints = Checkpoints::new(&dir);
+    let checkpoints = Checkpoints::new(&dir).protecting(settings.mean_steps());
     checkpoints.remove_partial()?;
     let (mut model, mut optim, start) = match checkpoints.steps()?.last() {
         Some(&step) => {
@@ -238,13 +241,62 @@ pub fn train_stage<S: Stage>(
             break;
         }
     }
+    let finished = step >= settings.steps;
+    if finished && settings.checkpoint_mean.is_some() {
+        average = Some(checkpoint_mean(
+            stage,
+            &checkpoints,
+            &model,
+            &optim,
+            device,
+        )?);
+    }
     Ok(StageOutcome {
         model,
         average,
         step,
         resumed_from: start,
-        finished: step >= settings.steps,
+        finished,
     })
+}
+
+/// The mean of a finished stage's checkpoints ([`LoopSettings::checkpoint_mean`]): read from
+/// its last checkpoint where an earlier call saved it there, otherwise averaged from the
+/// checkpoints of [`LoopSettings::mean_steps`] and saved with the last checkpoint (`model` and
+/// `optim`: its trained weights and optimiser state, written again unchanged). A missing
+/// checkpoint of the mean is a [`TrainError::Config`] naming its step.
+fn checkpoint_mean<S: Stage>(
+    stage: &S,
+    checkpoints: &Checkpoints,
+    model: &S::Model,
+    optim: &ModuleOptimizer,
+    device: &Device,
+) -> TrainResult<S::Model> {
+    let settings = stage.settings();
+    let last = settings.steps;
+    if let Some(mean) = checkpoints.load_average(last, stage.init_model(device)?)? {
+        return Ok(mean);
+    }
+    let held = checkpoints.steps()?;
+    let mut members = Vec::new();
+    for step in settings.mean_steps() {
+        if !held.contains(&step) {
+            return Err(TrainError::config(
+                format!("{}.checkpoint_mean", stage.name().as_str()),
+                format!(
+                    "the checkpoint of step {step} is not in {} (a run folder from before the \
+                     setting, or deleted by hand): lower from_step past it, or train the \
+                     stretch again",
+                    checkpoints.path(step).display()
+                ),
+            ));
+        }
+        let loaded = checkpoints.load(step, stage.init_model(device)?, optimizer(settings))?;
+        members.push(loaded.model);
+    }
+    let mean = mean(members)?;
+    checkpoints.save_with_average(model, Some(&mean), optim, last, settings.keep_checkpoints)?;
+    Ok(mean)
 }
 
 /// A stage that trains several parts, each a model with its own optimiser, and runs its own
@@ -304,6 +356,12 @@ pub fn train_multi_stage<S: MultiStage>(
         return Err(TrainError::config(
             format!("{}.ema_decay", stage.name().as_str()),
             "this stage keeps no moving average of its weights",
+        ));
+    }
+    if settings.checkpoint_mean.is_some() {
+        return Err(TrainError::config(
+            format!("{}.checkpoint_mean", stage.name().as_str()),
+            "this stage averages no checkpoints",
         ));
     }
     let dir = run.stage_dir(stage.name());

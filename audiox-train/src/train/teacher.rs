@@ -463,8 +463,10 @@ impl TeacherModel {
 
     /// The teacher of checkpoint `step` of a run folder, on the plain (non-autodiff) `device`,
     /// for evaluation: the moving average of its weights where the checkpoint holds one
-    /// ([`LoopSettings::ema_decay`](super::LoopSettings::ema_decay); what the stage exports),
-    /// the trained weights otherwise ([`TeacherModel::trained_from_checkpoint`]).
+    /// ([`LoopSettings::ema_decay`](super::LoopSettings::ema_decay); what the stage exports)
+    /// or the mean of the stage's checkpoints (the last checkpoint of a stage with
+    /// [`LoopSettings::checkpoint_mean`](super::LoopSettings::checkpoint_mean)), the trained
+    /// weights otherwise ([`TeacherModel::trained_from_checkpoint`]).
     pub fn from_checkpoint(run: &RunDir, step: u64, device: &Device) -> TrainResult<Self> {
         let checkpoints = Checkpoints::new(&run.stage_dir(StageName::Teacher));
         let fresh = TeacherModel::init(run.config(), &device.clone().autodiff())?;
