@@ -1,7 +1,9 @@
 //! Averages teacher (or student) checkpoints into one: the mean of every float parameter
 //! over several checkpoints of the same architecture ([`audiox_train::train::average::mean`]:
-//! stochastic weight averaging over a stretch of training; the trainer's own exponential
-//! moving average, `ema_decay`, is the other way). On the demo teacher the mean of fifteen
+//! stochastic weight averaging over a stretch of training, for checkpoints of several runs or
+//! chosen by hand; within one run the stage's own `checkpoint_mean` setting makes the same
+//! mean when it finishes, and the exponential moving average, `ema_decay`, is the other way).
+//! On the demo teacher the mean of fifteen
 //! checkpoints counts 10-12 points more of 100 held-out captions than the first and the last
 //! of them (`docs/training.md`). Each checkpoint's trained weights are averaged, never a
 //! moving average it holds (`average.bpk`).
