@@ -15,9 +15,10 @@ use super::flow::TimeSampler;
 pub use super::teacher::TeacherStageConfig;
 use crate::corpus::CorpusConfig;
 
-/// The official-schema model configuration of the embedded demo model (16 kHz stereo, Oobleck
-/// VAE with 16 base channels, strides 2/4/8/10 and 16 latent channels; condition width 64; DiT
-/// width 96, depth 4, 4 heads of 24); sizes per component in `docs/training.md`.
+/// The official-schema model configuration of the embedded demo model, the shipped one's
+/// (16 kHz stereo, Oobleck VAE with 16 base channels, strides 2/4/4/10 and 16 latent channels;
+/// condition width 64; 96 text tokens, 480 audio-prompt tokens; DiT width 96, depth 4, 4 heads
+/// of 24); sizes per component in `docs/training.md`.
 pub const DEMO_MODEL_CONFIG: &str = include_str!("../../assets/demo_config.json");
 
 /// Slot tokens before the caption in the demo run ([`TeacherStageConfig::text_slots`]): with
