@@ -97,8 +97,9 @@ pub struct StageOutcome<M> {
 
 impl<M: Module> StageOutcome<M> {
     /// The weights to export and to build on: the moving average or checkpoint mean where the
-    /// stage keeps one (its parameters requiring gradients where the trained model's do, so that a later stage
-    /// can train copies of it as it would the trained model), the trained weights otherwise.
+    /// stage keeps one (its parameters requiring gradients where the trained model's do, so
+    /// that a later stage can train copies of it as it would the trained model), the trained
+    /// weights otherwise.
     pub fn into_weights(self) -> M {
         match self.average {
             Some(average) => with_gradient_requirements_of(average, &self.model),
