@@ -10,7 +10,8 @@ use audiox_train::train::eval::{reconstruction_report, vae_reconstructor};
 use audiox_train::train::stft::{FloorMode, LogFloor, StftBasis};
 use audiox_train::train::vae::{parameters, vae_config};
 use audiox_train::train::{
-    LrDecay, RunConfig, RunDir, StageName, Stop, TrainError, VaeStage, export_vae, train_stage,
+    LrDecay, RunConfig, RunDir, StageName, StageOutcome, Stop, TrainError, VaeStage, export_vae,
+    train_stage,
 };
 use audiox_vae::Vae;
 use burn::module::Module;
@@ -78,11 +79,12 @@ fn device() -> Device {
     Device::flex().autodiff()
 }
 
-fn train(
+/// The VAE stage of `run` in `dir`, trained (or resumed) until `stop_after` steps in all.
+fn train_outcome(
     dir: &Path,
     run: &RunConfig,
     stop_after: Option<u64>,
-) -> Result<(Vae, u64, u64), TrainError> {
+) -> Result<StageOutcome<Vae>, TrainError> {
     let device = device();
     let run_dir = RunDir::open(dir, run.clone())?;
     let stage = VaeStage::new(run_dir.config(), &device)?;
@@ -90,7 +92,15 @@ fn train(
         after_steps: stop_after,
         deadline: None,
     };
-    let out = train_stage(&stage, &run_dir, &device, stop, &mut |_| {})?;
+    train_stage(&stage, &run_dir, &device, stop, &mut |_| {})
+}
+
+fn train(
+    dir: &Path,
+    run: &RunConfig,
+    stop_after: Option<u64>,
+) -> Result<(Vae, u64, u64), TrainError> {
+    let out = train_outcome(dir, run, stop_after)?;
     Ok((out.model, out.step, out.resumed_from))
 }
 
@@ -1106,14 +1116,7 @@ fn the_moving_average_is_checkpointed_and_resumes_bit_for_bit() {
     let half = steps / 2;
     let tmp = tempfile::tempdir().unwrap();
     let outcome = |dir: &Path, run: &RunConfig, stop_after: Option<u64>| {
-        let device = device();
-        let run_dir = RunDir::open(dir, run.clone()).unwrap();
-        let stage = VaeStage::new(run_dir.config(), &device).unwrap();
-        let stop = Stop {
-            after_steps: stop_after,
-            deadline: None,
-        };
-        train_stage(&stage, &run_dir, &device, stop, &mut |_| {}).unwrap()
+        train_outcome(dir, run, stop_after).unwrap()
     };
     let values = |m: &Vae| -> Vec<Vec<f32>> { parameters(m).into_iter().map(|p| p.2).collect() };
 
@@ -1234,24 +1237,14 @@ fn the_checkpoint_mean_averages_its_checkpoints_which_pruning_keeps() {
     o.checkpoint_mean = Some(CheckpointMean { from_step: 2 });
     assert_eq!(o.mean_steps(), vec![2, 4, 6]);
     let tmp = tempfile::tempdir().unwrap();
-    let outcome = |dir: &Path, run: &RunConfig, stop_after: Option<u64>| {
-        let device = device();
-        let run_dir = RunDir::open(dir, run.clone())?;
-        let stage = VaeStage::new(run_dir.config(), &device)?;
-        let stop = Stop {
-            after_steps: stop_after,
-            deadline: None,
-        };
-        train_stage(&stage, &run_dir, &device, stop, &mut |_| {})
-    };
     let values = |m: &Vae| -> Vec<Vec<f32>> { parameters(m).into_iter().map(|p| p.2).collect() };
 
     // Interrupted at step 3 (an extra checkpoint) and resumed: keep 1 deletes the extra one
     // but none of the mean's.
     let a_dir = tmp.path().join("a");
-    let part = outcome(&a_dir, &run, Some(3)).unwrap();
+    let part = train_outcome(&a_dir, &run, Some(3)).unwrap();
     assert!(part.average.is_none(), "no mean before the last step");
-    let a = outcome(&a_dir, &run, None).unwrap();
+    let a = train_outcome(&a_dir, &run, None).unwrap();
     assert!(a.finished && a.resumed_from == 3);
     for step in [2, 4, 6] {
         assert!(checkpoint_dir(&a_dir, step).exists(), "step {step} kept");
@@ -1300,17 +1293,17 @@ fn the_checkpoint_mean_averages_its_checkpoints_which_pruning_keeps() {
     // An uninterrupted run makes the same mean; a finished run reads it back from its last
     // checkpoint.
     let b_dir = tmp.path().join("b");
-    let b = outcome(&b_dir, &run, None).unwrap();
+    let b = train_outcome(&b_dir, &run, None).unwrap();
     assert_eq!(values(b.average.as_ref().unwrap()), mean);
-    let again = outcome(&b_dir, &run, None).unwrap();
+    let again = train_outcome(&b_dir, &run, None).unwrap();
     assert_eq!(again.resumed_from, 6);
     assert_eq!(values(again.average.as_ref().unwrap()), mean);
 
     // A checkpoint of the mean missing when the stage ends: an error naming its step.
     let c_dir = tmp.path().join("c");
-    outcome(&c_dir, &run, Some(5)).unwrap();
+    train_outcome(&c_dir, &run, Some(5)).unwrap();
     std::fs::remove_dir_all(checkpoint_dir(&c_dir, 4)).unwrap();
-    let err = outcome(&c_dir, &run, None).err().unwrap().to_string();
+    let err = train_outcome(&c_dir, &run, None).err().unwrap().to_string();
     assert!(
         err.contains("vae.checkpoint_mean") && err.contains("step 4"),
         "{err}"
