@@ -16,8 +16,9 @@
 //! * [`tokenizer`]: the demo model's small T5 (SentencePiece) vocabulary, one piece per
 //!   caption word.
 //!
-//! With the feature `train`, the module `train` holds the resumable trainer (the VAE and teacher stages so far)
-//! and the `audiox-train` command runs it.
+//! With the feature `train`, the module `train` holds the resumable trainer (the VAE, teacher
+//! and DMD student stages) and the `audiox-train` command runs it: `audiox-train --out DIR`
+//! trains the demo model's recipe from nothing and exports it.
 //!
 //! ```
 //! use audiox_train::corpus::{Corpus, CorpusConfig};

@@ -7,9 +7,13 @@
 //!   the exponential moving average the loop keeps with [`LoopSettings::ema_decay`];
 //! * [`checkpoint`]: atomic checkpoints (model + optimiser state + step), verified by length
 //!   and SHA-256 before they are parsed;
+//! * [`init`]: seeded random initial weights at PyTorch's default scales;
+//! * [`log`]: the stage's loss log (`loss.jsonl`, one JSON record per step);
 //! * [`stage`]: the loop every stage shares ([`train_stage`]): resume from the newest
-//!   checkpoint, step, append to `loss.jsonl`, checkpoint every N steps;
+//!   checkpoint, step, append to `loss.jsonl`, checkpoint every N steps, and when the last
+//!   step is done the mean of the checkpoints named by [`LoopSettings::checkpoint_mean`];
 //! * [`vae`]: the Oobleck VAE stage and its export to the layout the model builder loads;
+//! * [`stft`]: the VAE's multi-resolution STFT loss;
 //! * [`guide`]: the VAE stage's optional compression curriculum (the decoder first decodes
 //!   log band energies of the audio while the encoder learns to predict them);
 //! * [`eval`]: reconstruction quality of a trained VAE on held-out clips (SNR and the
