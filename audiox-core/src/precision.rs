@@ -288,8 +288,9 @@ pub fn linear<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> {
 /// `x W + b` for a matmul weight `W` of any rank read as `[rows, n]` (a `Linear` weight
 /// `[k, n]`, a `TokenConv` kernel `[taps, c_in, c_out]`), `x` `[.., rows]`, `b` `[n]`:
 ///
-/// * f32 weight: burn's `linear` on the weight as it is (exactly what the model computed
-///   before weight precisions existed);
+/// * f32 weight: `audiox_kernels::linear_f32` on the CPU backend (burn's `linear` bit for bit,
+///   with a product of few rows split over the threads by columns), else burn's `linear` on
+///   the weight as it is (exactly what the model computed before weight precisions existed);
 /// * bf16 weight: `audiox_kernels::bf16` (AMX tiles or, on AMD, AVX512-BF16 dot products where
 ///   the CPU has them: the activations are rounded to bf16 too, sums in f32; elsewhere the
 ///   weight widened to f32 and the f32 GEMM);
@@ -343,7 +344,13 @@ pub fn matmul_weight<const D: usize, const W: usize>(
             int8_product(x, q.view(), bias, bias_values.as_deref())
         }
         // f32 (weight_as is then the identity) and any other float type.
-        _ => burn::tensor::module::linear(x, weight_as(w, dtype).reshape([k, n]), bias),
+        _ => {
+            let w = weight_as(w, dtype).reshape([k, n]);
+            if let Some(out) = audiox_kernels::linear_f32(&x, &w, bias.as_ref()) {
+                return out;
+            }
+            burn::tensor::module::linear(x, w, bias)
+        }
     }
 }
 

@@ -18,6 +18,8 @@
 //!   has AVX512-VNNI, on AMX int8 tiles where it has those too.
 //! * [`attention`]: softmax attention without mask, one head per task (two GEMMs and a
 //!   vectorised softmax in cache); the DiT's 64 heads of 24 are slow in burn's generic path.
+//! * [`linear_f32`]: the f32 linear layer with burn's bits, the columns of a product of few
+//!   rows split over the threads (each reads only its share of the weight).
 //!
 //! Every kernel is deterministic: work is split over output blocks only, never over a
 //! reduction, so the result does not depend on the thread count.
@@ -33,6 +35,7 @@ mod conv;
 mod conv_bf16;
 mod gelu;
 pub mod int8;
+mod linear;
 pub mod reference;
 mod snake;
 
@@ -43,6 +46,7 @@ use burn::tensor::{DType, Tensor};
 pub use attention::attention;
 pub use conv::{conv_transpose1d, conv1d, snake_conv1d, snake_conv1d_residual};
 pub use gelu::{QUICK_GELU_SLOPE, quick_gelu, quick_gelu_slice};
+pub use linear::{SPLIT_MAX_ROWS, linear_f32};
 pub use snake::snake;
 
 /// The contiguous f32 buffer of a tensor on the flex backend, or `None` (another backend, dtype

@@ -101,3 +101,48 @@ fn a_tiny_dit_fits_a_fixed_batch_under_autodiff() {
         "flow loss {first} -> {last}: {losses:?}"
     );
 }
+
+/// The model's linear layers (`audiox_core::precision::matmul_weight`, whose f32 products on
+/// the CPU take `audiox_kernels::linear_f32`) keep burn's autodiff graph: at a shape the fast
+/// kernel would take outside autodiff (several rows, more than 128 columns), the gradients of
+/// the input, weight and bias are burn's own `linear`'s, value for value.
+#[test]
+fn the_model_linear_layers_keep_their_gradients_under_autodiff() {
+    let device = Device::flex().autodiff();
+    let (m, k, n) = (24, 40, 300);
+    let mut rng = ChaCha8Rng::seed_from_u64(5);
+    let x = Tensor::<3>::from_data(
+        TensorData::new(normals(&mut rng, m * k), [1, m, k]),
+        &device,
+    );
+    let w = Tensor::<2>::from_data(TensorData::new(normals(&mut rng, k * n), [k, n]), &device);
+    let b = Tensor::<1>::from_data(TensorData::new(normals(&mut rng, n), [n]), &device);
+    let upstream = Tensor::<3>::from_data(
+        TensorData::new(normals(&mut rng, m * n), [1, m, n]),
+        &device,
+    );
+    let gradients = |ours: bool| {
+        let (x, w, b) = (
+            x.clone().require_grad(),
+            w.clone().require_grad(),
+            b.clone().require_grad(),
+        );
+        let y = if ours {
+            audiox_core::precision::matmul_weight(x.clone(), w.clone(), Some(b.clone()))
+        } else {
+            burn::tensor::module::linear(x.clone(), w.clone(), Some(b.clone()))
+        };
+        let grads = (y * upstream.clone()).sum().backward();
+        [
+            values(x.grad(&grads).expect("x has a gradient")),
+            values(w.grad(&grads).expect("w has a gradient")),
+            values(b.grad(&grads).expect("b has a gradient")),
+        ]
+    };
+    let (ours, burns) = (gradients(true), gradients(false));
+    for (name, (a, b)) in ["x", "w", "b"].iter().zip(ours.iter().zip(&burns)) {
+        assert_eq!(a.len(), b.len(), "{name}");
+        assert!(a.iter().any(|v| *v != 0.0), "{name}: no gradient flowed");
+        assert!(a == b, "{name}: the gradient differs from burn's linear");
+    }
+}
