@@ -35,7 +35,7 @@ fn linear_f32_has_burns_bits_for_any_thread_count() {
         (2, 50, 130, 257, true),
         // At and past the split limit: the crate's own parallel call.
         (1, SPLIT_MAX_ROWS, 64, 320, true),
-        (1, SPLIT_MAX_ROWS + 3, 70, 200, true),
+        (1, SPLIT_MAX_ROWS + 3, 70, 400, true),
         (3, 200, 33, 130, false),
         (4, 2, 40, 129, true),
         // A long reduction (several of the crate's reduction blocks).
