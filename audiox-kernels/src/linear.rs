@@ -1,10 +1,11 @@
 //! The f32 linear layer `x W + b`, with the same bits as burn's `linear` and a better split of
 //! small products over the threads.
 //!
-//! burn's flex backend hands a product to the `gemm` crate whole, which shares the output rows'
-//! micro-panels between the threads: for a product of few rows (T5's 128 tokens, MAF's and the
-//! student step's few hundred) each thread then reads the whole weight matrix from memory, and
-//! the threads meet several times per product. Here a product of at most [`SPLIT_MAX_ROWS`]
+//! burn's flex backend hands a product to the `gemm` crate whole, which shares the output's
+//! micro-panels between the threads and meets them again for every reduction block: for a
+//! product of few rows (T5's 128 tokens, the student step's 237-frame token convolutions) the
+//! threads' micro-panels are mostly rows of one another's columns, so each of them may read
+//! most of the weight. Here a product of at most [`SPLIT_MAX_ROWS`]
 //! rows is split into contiguous column blocks, one per thread, each computed by its own
 //! single-threaded `gemm` call: every thread reads only its share of the weight, once. Larger
 //! products are the crate's own parallel call. The bias is added to each block while it is
