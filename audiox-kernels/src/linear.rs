@@ -96,25 +96,15 @@ pub fn linear_f32<const D: usize>(
             // row-major `[m, n]` output, disjoint from every other task's; the buffers outlive
             // the parallel loop.
             unsafe {
-                gemm::gemm(
+                column_product(
                     m,
-                    c1 - c0,
                     k,
-                    out_ptr.0.add(c0),
-                    1,
-                    n as isize,
-                    false,
+                    n,
+                    (c0, c1),
                     x_ptr.0,
-                    1,
-                    k as isize,
-                    w_at.0.offset(c0 as isize * w_cs),
-                    w_cs,
-                    w_rs,
-                    0.0,
-                    1.0,
-                    false,
-                    false,
-                    false,
+                    w_at.0,
+                    (w_rs, w_cs),
+                    out_ptr.0,
                     gemm::Parallelism::None,
                 );
                 if let Some(b) = bias_values {
@@ -135,25 +125,15 @@ pub fn linear_f32<const D: usize>(
             };
         // SAFETY: as above, one call over the whole `[m, n]` output.
         unsafe {
-            gemm::gemm(
+            column_product(
                 m,
-                n,
                 k,
-                out.as_mut_ptr(),
-                1,
-                n as isize,
-                false,
+                n,
+                (0, n),
                 x_values.as_ptr(),
-                1,
-                k as isize,
                 w_ptr,
-                w_cs,
-                w_rs,
-                0.0,
-                1.0,
-                false,
-                false,
-                false,
+                (w_rs, w_cs),
+                out.as_mut_ptr(),
                 parallelism,
             );
         }
@@ -169,6 +149,51 @@ pub fn linear_f32<const D: usize>(
     let mut shape = dims;
     shape[D - 1] = n;
     Some(Tensor::from_data(TensorData::new(out, shape), &x.device()))
+}
+
+/// Columns `c0..c1` of the row-major `[m, n]` product `out = x w`: `x` `[m, k]` row-major, `w`
+/// `[k, n]` addressed through its `(row, column)` strides, one `gemm` call (alpha 0: `out` is
+/// written, not read).
+///
+/// # Safety
+/// `x` must hold `m * k` values, `w` the `[k, n]` matrix its strides describe, and `out`
+/// `m * n` values, of which no other thread touches columns `c0..c1` during the call.
+#[allow(clippy::too_many_arguments)]
+unsafe fn column_product(
+    m: usize,
+    k: usize,
+    n: usize,
+    (c0, c1): (usize, usize),
+    x: *const f32,
+    w: *const f32,
+    (w_rs, w_cs): (isize, isize),
+    out: *mut f32,
+    parallelism: gemm::Parallelism,
+) {
+    // SAFETY: the caller's contract; column `c0` of `w` lies at `c0 * w_cs`, of `out` at `c0`.
+    unsafe {
+        gemm::gemm(
+            m,
+            c1 - c0,
+            k,
+            out.add(c0),
+            1,
+            n as isize,
+            false,
+            x,
+            1,
+            k as isize,
+            w.offset(c0 as isize * w_cs),
+            w_cs,
+            w_rs,
+            0.0,
+            1.0,
+            false,
+            false,
+            false,
+            parallelism,
+        );
+    }
 }
 
 /// The column blocks `[c0, c1)` of an `[m, n]` product split over `threads`: one block (no
