@@ -3,6 +3,7 @@
 use burn::tensor::{Tensor, TensorData};
 use rayon::prelude::*;
 
+use crate::send_ptr::SendPtr;
 use crate::{flex_f32_strided, reference};
 
 /// `softmax(q k^T * scale) v` for `q` `[B, H, N, d]`, `k` `[B, H, M, d]`, `v` `[B, H, M, dv]`
@@ -104,12 +105,6 @@ pub fn attention(q: Tensor<4>, k: Tensor<4>, v: Tensor<4>, scale: Option<f64>) -
     drop((qf, kf, vf));
     Tensor::<4>::from_data(TensorData::new(out, [b, n, h, dv]), &q.device()).swap_dims(1, 2)
 }
-
-/// The output buffer shared by the head tasks (each writes a disjoint set of elements).
-struct SendPtr(*mut f32);
-// SAFETY: see the use in `attention`: tasks write disjoint elements, and the buffer outlives them.
-unsafe impl Sync for SendPtr {}
-unsafe impl Send for SendPtr {}
 
 fn softmax_row(row: &mut [f32]) {
     #[cfg(target_arch = "x86_64")]

@@ -30,6 +30,8 @@ use half::bf16;
 use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
+use crate::send_ptr::SendPtr;
+
 mod transposed;
 pub use transposed::{
     TRANSPOSED_MULTIPLE, hold_transposed, hold_transposed_from_f32, is_held_transposed,
@@ -581,18 +583,6 @@ pub(crate) fn avx512_bf16() -> bool {
     #[cfg(not(target_arch = "x86_64"))]
     {
         false
-    }
-}
-
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: each task writes a disjoint set of output elements.
-unsafe impl Send for SendPtr {}
-// SAFETY: as above.
-unsafe impl Sync for SendPtr {}
-impl SendPtr {
-    fn get(self) -> *mut f32 {
-        self.0
     }
 }
 

@@ -21,6 +21,7 @@ use half::bf16;
 use half::slice::HalfFloatSliceExt;
 use rayon::prelude::*;
 
+use crate::send_ptr::SendPtr;
 use crate::{flex_f32, reference, values};
 
 /// Output columns per block: the block's output and the input it reads stay in cache.
@@ -558,11 +559,3 @@ unsafe fn init_columns(
 fn ceil_div(a: isize, b: isize) -> isize {
     a.div_euclid(b) + isize::from(a.rem_euclid(b) != 0)
 }
-
-/// A raw pointer the parallel blocks share (each writes its own columns).
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: every block writes a disjoint set of columns.
-unsafe impl Send for SendPtr {}
-// SAFETY: as above.
-unsafe impl Sync for SendPtr {}

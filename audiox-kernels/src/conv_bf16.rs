@@ -30,6 +30,7 @@ use rayon::prelude::*;
 
 use crate::amx;
 use crate::bf16::Bf16Kernel;
+use crate::send_ptr::SendPtr;
 
 /// Output channels per register tile.
 const MR: usize = 8;
@@ -426,14 +427,6 @@ pub(crate) unsafe fn conv_transpose1d(
         );
     }
 }
-
-/// A raw pointer the parallel blocks share (each writes its own columns).
-#[derive(Clone, Copy)]
-struct SendPtr(*mut f32);
-// SAFETY: every block writes a disjoint set of columns.
-unsafe impl Send for SendPtr {}
-// SAFETY: as above.
-unsafe impl Sync for SendPtr {}
 
 #[cfg(target_arch = "x86_64")]
 mod native {

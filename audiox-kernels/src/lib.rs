@@ -37,6 +37,7 @@ mod gelu;
 pub mod int8;
 mod linear;
 pub mod reference;
+mod send_ptr;
 mod snake;
 
 use burn::backend::Flex;

@@ -18,6 +18,7 @@
 use burn::tensor::{Tensor, TensorData};
 use rayon::prelude::*;
 
+use crate::send_ptr::{SendConstPtr, SendPtr};
 use crate::{flex_f32, flex_f32_strided};
 
 /// The most rows (tokens) a product may have for its columns to be split over the threads;
@@ -214,18 +215,6 @@ fn column_blocks(m: usize, n: usize, threads: usize) -> Vec<(usize, usize)> {
         .filter(|(c0, c1)| c1 > c0)
         .collect()
 }
-
-struct SendPtr(*mut f32);
-// SAFETY: tasks write disjoint column blocks of the buffer, which outlives them.
-unsafe impl Send for SendPtr {}
-// SAFETY: as above.
-unsafe impl Sync for SendPtr {}
-
-struct SendConstPtr(*const f32);
-// SAFETY: the tasks only read through it, and the buffer outlives them.
-unsafe impl Send for SendConstPtr {}
-// SAFETY: as above.
-unsafe impl Sync for SendConstPtr {}
 
 #[cfg(test)]
 mod tests {
