@@ -380,7 +380,7 @@ pub struct StudentStageConfig {
 }
 
 impl StudentStageConfig {
-    /// The demo run's settings: those of the shipped demo student (run S10 in
+    /// The demo run's settings: those of the shipped demo students (runs S10 and BI in
     /// `docs/training.md`: 700 steps at lr 2e-5, guidance 2 for the teacher's score and its 64
     /// cached trajectories, regression weight 1), about half an hour of CPU at the demo DiT
     /// width. A checkpoint every 50 steps, the last ten kept, so that checkpoints can be
