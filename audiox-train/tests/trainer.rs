@@ -1335,6 +1335,96 @@ fn the_checkpoint_mean_averages_its_checkpoints_which_pruning_keeps() {
     );
 }
 
+/// `trained_weights` (what the student stage reads of its teacher) needs no optimiser state: a
+/// finished stage's weights come back from a checkpoint copied without `optim.bpk`, as the
+/// committed `training-checkpoints/` folders keep them; they are the mean where the stage keeps
+/// one, made from the member checkpoints where the last one holds none.
+#[test]
+fn the_trained_weights_load_without_the_optimiser_state() {
+    use audiox_train::train::{CheckpointMean, trained_weights};
+    one_thread();
+    let mut run = tiny_run();
+    let o = &mut run.vae.optim;
+    (o.steps, o.checkpoint_every, o.keep_checkpoints) = (6, 2, 3);
+    let tmp = tempfile::tempdir().unwrap();
+    let values = |m: &Vae| -> Vec<Vec<f32>> { parameters(m).into_iter().map(|p| p.2).collect() };
+    let device = device();
+
+    // No checkpoint yet: an error, not fresh weights.
+    let empty = RunDir::open(tmp.path().join("empty"), run.clone()).unwrap();
+    let stage = VaeStage::new(&run, &device).unwrap();
+    let err = trained_weights(&stage, &empty, &device)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("no checkpoint"), "{err}");
+
+    // Plain weights: the last checkpoint's, with every optim.bpk deleted.
+    let dir = tmp.path().join("plain");
+    let trained = train_outcome(&dir, &run, None).unwrap();
+    for step in [2, 4, 6] {
+        std::fs::remove_file(checkpoint_dir(&dir, step).join("optim.bpk")).unwrap();
+    }
+    let run_dir = RunDir::open(&dir, run.clone()).unwrap();
+    let (step, weights) = trained_weights(&stage, &run_dir, &device).unwrap();
+    assert_eq!(step, 6);
+    assert_eq!(values(&weights), values(&trained.model));
+    // Resuming the stage itself still needs the optimiser state, and says which file.
+    let err = train_outcome(&dir, &run, None).err().unwrap().to_string();
+    assert!(err.contains("optim.bpk"), "{err}");
+
+    // The same checkpoints read by a stage that asks for the mean of steps 2, 4 and 6: none is
+    // saved, so it is made from the three checkpoints' weights.
+    let mut with_mean = run.clone();
+    with_mean.vae.optim.checkpoint_mean = Some(CheckpointMean { from_step: 2 });
+    let mean_stage = VaeStage::new(&with_mean, &device).unwrap();
+    let (_, mean) = trained_weights(&mean_stage, &run_dir, &device).unwrap();
+    let checkpoints = audiox_train::train::checkpoint::Checkpoints::new(&dir.join("vae"));
+    let members: Vec<Vec<Vec<f32>>> = [2, 4, 6]
+        .iter()
+        .map(|&s| {
+            values(
+                &checkpoints
+                    .load_model(s, {
+                        use audiox_train::train::Stage;
+                        stage.init_model(&device).unwrap()
+                    })
+                    .unwrap(),
+            )
+        })
+        .collect();
+    let mean = values(&mean);
+    assert_ne!(
+        mean,
+        values(&trained.model),
+        "the mean is not the last weights"
+    );
+    for (i, tensor) in mean.iter().enumerate() {
+        for (j, &v) in tensor.iter().enumerate() {
+            let expected = members.iter().map(|m| m[i][j]).sum::<f32>() / 3.0;
+            assert!((v - expected).abs() <= 1e-6 * expected.abs().max(1.0));
+        }
+    }
+    // A member missing: an error naming its step.
+    std::fs::remove_dir_all(checkpoint_dir(&dir, 4)).unwrap();
+    let err = trained_weights(&mean_stage, &run_dir, &device)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("step 4"), "{err}");
+
+    // A finished stage that saved its mean hands on that mean without any optim.bpk.
+    let saved = tmp.path().join("saved");
+    let outcome = train_outcome(&saved, &with_mean, None).unwrap();
+    for step in [2, 4, 6] {
+        std::fs::remove_file(checkpoint_dir(&saved, step).join("optim.bpk")).unwrap();
+    }
+    std::fs::remove_dir_all(checkpoint_dir(&saved, 2)).unwrap();
+    let saved_dir = RunDir::open(&saved, with_mean.clone()).unwrap();
+    let (_, weights) = trained_weights(&mean_stage, &saved_dir, &device).unwrap();
+    assert_eq!(values(&weights), values(&outcome.into_weights()));
+}
+
 /// The built-in run (`audiox-train` without `--config`) is the recipe of the shipped demo
 /// model: its model config and T5 / CLIP configs are the shipped files', and its stage settings
 /// are those of the committed run folder the shipped teacher and student came from

@@ -23,7 +23,7 @@ use audiox_train::train::dmd::StudentStage;
 use audiox_train::train::teacher::{TeacherPrompts, export_student};
 use audiox_train::train::{
     LogRecord, RunConfig, RunDir, Stop, TeacherStage, TrainError, VaeStage, export_teacher,
-    export_vae, train_multi_stage, train_stage,
+    export_vae, train_multi_stage, train_stage, trained_weights,
 };
 
 /// mimalloc instead of the system allocator, told never to hand freed memory back to the
@@ -302,27 +302,20 @@ fn run(args: Args) -> Result<(), TrainError> {
                 }
             }
             "student" => {
-                // The trained teacher, loaded from its newest checkpoint (no teacher step runs).
+                // The trained teacher's weights, from its newest checkpoint (no teacher step
+                // runs, and its optimiser state is not needed).
                 let teacher_stage = TeacherStage::new(&run, &device)?;
                 let teacher_total = run.config().teacher.optim.steps;
-                let loaded = train_stage(
-                    &teacher_stage,
-                    &run,
-                    &device,
-                    Stop::after_steps(0),
-                    &mut |_: &LogRecord| {},
-                )?;
-                if loaded.step < teacher_total {
+                let (teacher_step, teacher) = trained_weights(&teacher_stage, &run, &device)?;
+                if teacher_step < teacher_total {
                     return Err(TrainError::config(
                         "--stage student",
                         format!(
                             "the teacher is at step {}/{teacher_total}: finish it first (--stage teacher)",
-                            loaded.step
+                            teacher_step
                         ),
                     ));
                 }
-                // The moving average or checkpoint mean where the teacher stage keeps one.
-                let teacher = loaded.into_weights();
                 let mut prompts = TeacherPrompts::new(
                     teacher.clone(),
                     teacher_stage.tokenizer().clone(),

@@ -304,6 +304,16 @@ impl Checkpoints {
         })
     }
 
+    /// Loads only the trained weights of the checkpoint at `step` into `model` (a freshly built
+    /// module of the same architecture), without the optimiser state: for a later stage that
+    /// uses these weights and never steps them. A checkpoint copied without its `optim.bpk` (as
+    /// the committed `training-checkpoints/` folders keep them) serves here, not for resuming.
+    pub fn load_model<M: Module>(&self, step: u64, model: M) -> TrainResult<M> {
+        let state = self.state(step)?;
+        let path = self.path(step).join(MODEL_FILE);
+        load_module(model, read_checked(&path, &state.model)?, &path)
+    }
+
     /// The moving average (or checkpoint mean) saved with the checkpoint at `step`, loaded into
     /// `model` (a freshly built module of the same architecture); `None` where the checkpoint
     /// holds none (its stage kept no average then).

@@ -67,6 +67,8 @@ pub use log::{LogRecord, LossLog};
 pub use run::{
     CheckpointMean, LoopSettings, LrDecay, RunConfig, RunDir, StageName, StudentStageConfig,
 };
-pub use stage::{MultiStage, Stage, StageOutcome, Stop, train_multi_stage, train_stage};
+pub use stage::{
+    MultiStage, Stage, StageOutcome, Stop, train_multi_stage, train_stage, trained_weights,
+};
 pub use teacher::{PromptMasking, TeacherModel, TeacherStage, export_teacher, masked_prompt};
 pub use vae::{VaeStage, export_vae};

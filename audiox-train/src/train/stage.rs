@@ -266,6 +266,58 @@ pub fn train_stage<S: Stage>(
 /// checkpoints of [`LoopSettings::mean_steps`] and saved with the last checkpoint (`model` and
 /// `optim`: its trained weights and optimiser state, written again unchanged). A missing
 /// checkpoint of the mean is a [`TrainError::Config`] naming its step.
+/// The weights a trained `stage` of `run` hands on, read from its newest checkpoint without
+/// stepping and without the optimiser state, with that checkpoint's step: its moving average or
+/// checkpoint mean where the stage keeps one (as [`StageOutcome::into_weights`]), its trained
+/// weights otherwise. What a later stage needs (the student needs the teacher's weights only),
+/// so a checkpoint folder copied without its `optim.bpk` serves. Where the stage asks for a
+/// checkpoint mean and its last checkpoint holds none, the mean is made from the member
+/// checkpoints (their weights only) and not written. Errors: no checkpoint; a file missing,
+/// truncated or corrupt (named); a member of the mean missing (its step named).
+pub fn trained_weights<S: Stage>(
+    stage: &S,
+    run: &RunDir,
+    device: &Device,
+) -> TrainResult<(u64, S::Model)> {
+    let settings = stage.settings();
+    let dir = run.stage_dir(stage.name());
+    let checkpoints = Checkpoints::new(&dir);
+    let Some(&step) = checkpoints.steps()?.last() else {
+        return Err(TrainError::config(
+            format!("{}.checkpoints", stage.name().as_str()),
+            format!("{} holds no checkpoint", dir.display()),
+        ));
+    };
+    let model = checkpoints.load_model(step, stage.init_model(device)?)?;
+    let average = match checkpoints.load_average(step, stage.init_model(device)?)? {
+        Some(average) => Some(average),
+        None if settings.checkpoint_mean.is_some() && step >= settings.steps => {
+            let held = checkpoints.steps()?;
+            let mut members = Vec::new();
+            for member in settings.mean_steps() {
+                if !held.contains(&member) {
+                    return Err(TrainError::config(
+                        format!("{}.checkpoint_mean", stage.name().as_str()),
+                        format!(
+                            "the last checkpoint holds no mean and the checkpoint of step \
+                             {member} is not in {}",
+                            checkpoints.path(member).display()
+                        ),
+                    ));
+                }
+                members.push(checkpoints.load_model(member, stage.init_model(device)?)?);
+            }
+            Some(mean(members)?)
+        }
+        None => None,
+    };
+    let weights = match average {
+        Some(average) => with_gradient_requirements_of(average, &model),
+        None => model,
+    };
+    Ok((step, weights))
+}
+
 fn checkpoint_mean<S: Stage>(
     stage: &S,
     checkpoints: &Checkpoints,
