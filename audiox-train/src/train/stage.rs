@@ -261,11 +261,6 @@ pub fn train_stage<S: Stage>(
     })
 }
 
-/// The mean of a finished stage's checkpoints ([`LoopSettings::checkpoint_mean`]): read from
-/// its last checkpoint where an earlier call saved it there, otherwise averaged from the
-/// checkpoints of [`LoopSettings::mean_steps`] and saved with the last checkpoint (`model` and
-/// `optim`: its trained weights and optimiser state, written again unchanged). A missing
-/// checkpoint of the mean is a [`TrainError::Config`] naming its step.
 /// The weights a trained `stage` of `run` hands on, read from its newest checkpoint without
 /// stepping and without the optimiser state, with that checkpoint's step: its moving average or
 /// checkpoint mean where the stage keeps one (as [`StageOutcome::into_weights`]), its trained
@@ -318,6 +313,11 @@ pub fn trained_weights<S: Stage>(
     Ok((step, weights))
 }
 
+/// The mean of a finished stage's checkpoints ([`LoopSettings::checkpoint_mean`]): read from
+/// its last checkpoint where an earlier call saved it there, otherwise averaged from the
+/// checkpoints of [`LoopSettings::mean_steps`] and saved with the last checkpoint (`model` and
+/// `optim`: its trained weights and optimiser state, written again unchanged). A missing
+/// checkpoint of the mean is a [`TrainError::Config`] naming its step.
 fn checkpoint_mean<S: Stage>(
     stage: &S,
     checkpoints: &Checkpoints,
