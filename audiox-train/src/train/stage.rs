@@ -287,22 +287,7 @@ pub fn trained_weights<S: Stage>(
     let average = match checkpoints.load_average(step, stage.init_model(device)?)? {
         Some(average) => Some(average),
         None if settings.checkpoint_mean.is_some() && step >= settings.steps => {
-            let held = checkpoints.steps()?;
-            let mut members = Vec::new();
-            for member in settings.mean_steps() {
-                if !held.contains(&member) {
-                    return Err(TrainError::config(
-                        format!("{}.checkpoint_mean", stage.name().as_str()),
-                        format!(
-                            "the last checkpoint holds no mean and the checkpoint of step \
-                             {member} is not in {}",
-                            checkpoints.path(member).display()
-                        ),
-                    ));
-                }
-                members.push(checkpoints.load_model(member, stage.init_model(device)?)?);
-            }
-            Some(mean(members)?)
+            Some(mean_of_member_checkpoints(stage, &checkpoints, device)?)
         }
         None => None,
     };
@@ -330,6 +315,20 @@ fn checkpoint_mean<S: Stage>(
     if let Some(mean) = checkpoints.load_average(last, stage.init_model(device)?)? {
         return Ok(mean);
     }
+    let mean = mean_of_member_checkpoints(stage, checkpoints, device)?;
+    checkpoints.save_with_average(model, Some(&mean), optim, last, settings.keep_checkpoints)?;
+    Ok(mean)
+}
+
+/// The mean of the weights of `stage`'s checkpoints of [`LoopSettings::mean_steps`] (weights
+/// only: their optimiser state is not read). A missing member is a [`TrainError::Config`]
+/// naming its step.
+fn mean_of_member_checkpoints<S: Stage>(
+    stage: &S,
+    checkpoints: &Checkpoints,
+    device: &Device,
+) -> TrainResult<S::Model> {
+    let settings = stage.settings();
     let held = checkpoints.steps()?;
     let mut members = Vec::new();
     for step in settings.mean_steps() {
@@ -344,12 +343,9 @@ fn checkpoint_mean<S: Stage>(
                 ),
             ));
         }
-        let loaded = checkpoints.load(step, stage.init_model(device)?, optimizer(settings))?;
-        members.push(loaded.model);
+        members.push(checkpoints.load_model(step, stage.init_model(device)?)?);
     }
-    let mean = mean(members)?;
-    checkpoints.save_with_average(model, Some(&mean), optim, last, settings.keep_checkpoints)?;
-    Ok(mean)
+    mean(members)
 }
 
 /// A stage that trains several parts, each a model with its own optimiser, and runs its own
