@@ -380,15 +380,17 @@ pub struct StudentStageConfig {
 }
 
 impl StudentStageConfig {
-    /// The demo run's settings: those of the shipped demo students (runs S10 and BI in
-    /// `docs/training.md`: 700 steps at lr 2e-5, guidance 2 for the teacher's score and its 64
-    /// cached trajectories, regression weight 1), about half an hour of CPU at the demo DiT
-    /// width. A checkpoint every 50 steps, the last ten kept, so that checkpoints can be
-    /// scored on held-out captions (its scores move by several points from one to the next).
+    /// The demo run's settings: those of the shipped demo student (run BI2 in
+    /// `docs/training.md`, `training-checkpoints/BI2/run.json`: 1,400 steps at lr 2e-5,
+    /// guidance 2 for the teacher's score and its 64 cached trajectories, regression weight 1;
+    /// the students shipped before it, S10 and BI's, stopped at 700), about an hour of CPU at
+    /// the demo DiT width. A checkpoint every 50 steps, the last ten kept, so that checkpoints
+    /// can be scored on held-out captions (its scores move by several points from one to the
+    /// next).
     pub fn demo() -> Self {
         StudentStageConfig {
             optim: LoopSettings {
-                steps: 700,
+                steps: 1400,
                 batch: 4,
                 lr: 2e-5,
                 warmup: 50,
