@@ -10,7 +10,7 @@
 //! better kernel could still win. Then, for the shapes of T5 (128 tokens), CLIP (50 frames of
 //! 50 tokens) and the student's DiT step (237 tokens), the f32 linear layer as the model runs
 //! it (`audiox_kernels::linear_f32`: the `gemm` crate, columns split over the threads for at
-//! most 256 rows), best of seven after a warm-up, in GFLOP/s and as a share of the peak: once
+//! most 256 rows), best of five after a warm-up, in GFLOP/s and as a share of the peak: once
 //! with the weight in cache (the same weight every repetition) and once with it read from
 //! memory, as in a forward pass, where every weight is used once (one pass over copies of
 //! the weight that together take [`FROM_MEMORY_BYTES`], best of three passes).
@@ -23,28 +23,8 @@ use std::time::Instant;
 use audiox_kernels::linear_f32;
 use burn::tensor::{Tensor, TensorData};
 
-fn values(len: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed | 1;
-    (0..len)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
-
-fn best(mut f: impl FnMut()) -> f64 {
-    f();
-    (0..7)
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed().as_secs_f64()
-        })
-        .fold(f64::INFINITY, f64::min)
-}
+mod common;
+use common::{best, values};
 
 /// Multiply-add chains kept in registers; enough of them to cover the instruction's latency
 /// on two ports.

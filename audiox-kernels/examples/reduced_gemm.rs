@@ -17,8 +17,6 @@
 //! student's shapes with the weight read from memory (each repetition on
 //! another copy), as in a DiT step.
 
-use std::time::Instant;
-
 use audiox_kernels::bf16::{
     Bf16Kernel, matmul_transposed_with, matmul_widened, matmul_with, prefers_transposed,
 };
@@ -28,28 +26,8 @@ use audiox_kernels::int8::{
 };
 use half::bf16;
 
-fn values(len: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed | 1;
-    (0..len)
-        .map(|_| {
-            s = s
-                .wrapping_mul(6364136223846793005)
-                .wrapping_add(1442695040888963407);
-            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
-        })
-        .collect()
-}
-
-fn best(mut f: impl FnMut()) -> f64 {
-    f();
-    (0..5)
-        .map(|_| {
-            let t = Instant::now();
-            f();
-            t.elapsed().as_secs_f64()
-        })
-        .fold(f64::INFINITY, f64::min)
-}
+mod common;
+use common::{best, values};
 
 fn f32_gemm(x: &[f32], w: &[f32], m: usize, k: usize, n: usize, out: &mut [f32]) {
     let threads = rayon::current_num_threads();
