@@ -1,4 +1,4 @@
-//! One DiT step and the MAF fusion: the tiny fixture model always (criterion), and behind
+//! One DiT step and the MAF fusion: the tiny fixture model always (divan), and behind
 //! `AUDIOX_BENCH_FULL=1` the full-size network with random weights (manual timing: a step takes
 //! seconds): latent [1, 64, 236], 384 context tokens of width 768, plus a per-part breakdown of
 //! one block and the MAF block at full size. See docs/performance.md ("DiT step", "MAF").
@@ -13,9 +13,9 @@ use audiox_core::fixtures::{FixtureSet, official_config_path};
 use audiox_core::noise::{NoiseSource, SeededNoise};
 use audiox_core::tensor::from_dyn;
 use audiox_mmdit::parity::{load_fixture_dit, load_fixture_maf};
-use audiox_mmdit::{Dit, DitConfig, MafBlockConfig};
+use audiox_mmdit::{Dit, DitConfig, MafBlock, MafBlockConfig};
 use burn::tensor::{Device, Tensor};
-use criterion::{Criterion, criterion_group, criterion_main};
+use divan::Bencher;
 
 /// FLOPs (2 x MACs) of one step as executed here: the context-only work (resampling and every
 /// block's adaLN modulation) is prepared once per request, and the cross-attention is one
@@ -73,43 +73,78 @@ fn random<const D: usize>(shape: [usize; D], seed: u64, device: &Device) -> Tens
     from_dyn(values, &shape, device).unwrap()
 }
 
-fn tiny(c: &mut Criterion) {
-    let device = common::device();
-    let set = FixtureSet::open_default().expect("fixture set");
-    let fx = set.fixture("mmdit_forward").expect("mmdit_forward fixture");
-    let dit = load_fixture_dit(&fx, &device).unwrap();
-    let maf = load_fixture_maf(&fx, &device).unwrap();
-    let input = |name: &str| {
-        let t = fx.f32(name).unwrap();
-        from_dyn::<3>(t.values, &t.shape, &device).unwrap()
-    };
-    let (text, video, audio) = (
-        input("in.text_tokens"),
-        input("in.video_tokens"),
-        input("in.audio_tokens"),
-    );
-    let ctx = maf
-        .forward(text.clone(), video.clone(), audio.clone())
-        .unwrap();
-    let prepared = dit.prepare(ctx.clone()).unwrap();
-    let x = input("in.x");
-    let t = Tensor::<1>::from_floats([0.5], &device);
-    c.bench_function("dit_step_tiny", |b| {
-        b.iter(|| {
-            let v = dit.forward(x.clone(), t.clone(), &prepared).unwrap();
-            common::sync(&device);
-            v
-        })
+fn main() {
+    divan::main();
+    full_size();
+}
+
+/// The tiny fixture's DiT and MAF block with their inputs (`mmdit_forward`).
+struct TinyDit {
+    device: Device,
+    dit: Dit,
+    maf: MafBlock,
+    text: Tensor<3>,
+    video: Tensor<3>,
+    audio: Tensor<3>,
+    x: Tensor<3>,
+}
+
+impl TinyDit {
+    fn load() -> Self {
+        let device = common::device();
+        let set = FixtureSet::open_default().expect("fixture set");
+        let fx = set.fixture("mmdit_forward").expect("mmdit_forward fixture");
+        let dit = load_fixture_dit(&fx, &device).unwrap();
+        let maf = load_fixture_maf(&fx, &device).unwrap();
+        let input = |name: &str| {
+            let t = fx.f32(name).unwrap();
+            from_dyn::<3>(t.values, &t.shape, &device).unwrap()
+        };
+        Self {
+            text: input("in.text_tokens"),
+            video: input("in.video_tokens"),
+            audio: input("in.audio_tokens"),
+            x: input("in.x"),
+            device,
+            dit,
+            maf,
+        }
+    }
+
+    /// The fused context of the fixture's inputs.
+    fn context(&self) -> Tensor<3> {
+        self.maf
+            .forward(self.text.clone(), self.video.clone(), self.audio.clone())
+            .unwrap()
+    }
+}
+
+#[divan::bench(sample_count = 20)]
+fn dit_step_tiny(bencher: Bencher) {
+    let tiny = TinyDit::load();
+    let prepared = tiny.dit.prepare(tiny.context()).unwrap();
+    let t = Tensor::<1>::from_floats([0.5], &tiny.device);
+    bencher.bench_local(|| {
+        let v = tiny
+            .dit
+            .forward(tiny.x.clone(), t.clone(), &prepared)
+            .unwrap();
+        common::sync(&tiny.device);
+        v
     });
-    c.bench_function("dit_prepare_tiny", |b| {
-        b.iter(|| dit.prepare(ctx.clone()).unwrap())
-    });
-    c.bench_function("maf_tiny", |b| {
-        b.iter(|| {
-            maf.forward(text.clone(), video.clone(), audio.clone())
-                .unwrap()
-        })
-    });
+}
+
+#[divan::bench(sample_count = 20)]
+fn dit_prepare_tiny(bencher: Bencher) {
+    let tiny = TinyDit::load();
+    let ctx = tiny.context();
+    bencher.bench_local(|| tiny.dit.prepare(ctx.clone()).unwrap());
+}
+
+#[divan::bench(sample_count = 20)]
+fn maf_tiny(bencher: Bencher) {
+    let tiny = TinyDit::load();
+    bencher.bench_local(|| tiny.context());
 }
 
 /// Seconds of the best of `reps` runs of `f` (each run read back).
@@ -316,11 +351,3 @@ fn full_size() {
         println!("peak RSS: {:.2} GB", rss as f64 / 1e9);
     }
 }
-
-fn benches(c: &mut Criterion) {
-    tiny(c);
-    full_size();
-}
-
-criterion_group!(name = dit; config = Criterion::default().sample_size(20); targets = benches);
-criterion_main!(dit);

@@ -1,5 +1,5 @@
 //! T5, CLIP and the video conditioner's temporal transformer: the tiny fixture models always
-//! (criterion), and the full-size models with random weights behind `AUDIOX_BENCH_FULL=1`
+//! (divan), and the full-size models with random weights behind `AUDIOX_BENCH_FULL=1`
 //! (manual timing): T5-base on 128 tokens, CLIP ViT-B/32 on 50 frames, the temporal
 //! transformer on 50 tokens x 50 frames, and the whole video conditioner. See
 //! docs/performance.md.
@@ -18,7 +18,7 @@ use audiox_encoders::parity::conditioner::video_conditioner;
 use audiox_encoders::t5::{T5Config, T5Encoder};
 use audiox_encoders::tokenizer::T5Tokenizer;
 use burn::tensor::{Int, Tensor, TensorData};
-use criterion::{Criterion, criterion_group, criterion_main};
+use divan::Bencher;
 
 /// FLOPs of one T5 encoder pass over `n` tokens (projections, feed-forward, attention
 /// products).
@@ -47,12 +47,23 @@ fn normal(seed: u64, shape: &[usize]) -> Vec<f32> {
         .expect("seeded noise cannot fail")
 }
 
-fn tiny(c: &mut Criterion) {
-    let device = common::device();
-    let set = FixtureSet::open_default().expect("fixture set");
+fn main() {
+    divan::main();
+    full_size();
+}
 
-    // T5 (t5_encoder fixture: 2 x 130 tokens).
-    let fx = set.fixture("t5_encoder").expect("t5_encoder fixture");
+/// The vendored fixture set.
+fn fixtures() -> FixtureSet {
+    FixtureSet::open_default().expect("fixture set")
+}
+
+/// T5 (t5_encoder fixture: 2 x 130 tokens).
+#[divan::bench(sample_count = 20)]
+fn t5_tiny(bencher: Bencher) {
+    let device = common::device();
+    let fx = fixtures()
+        .fixture("t5_encoder")
+        .expect("t5_encoder fixture");
     let config = T5Config::from_hf_json(fx.field("t5_config").unwrap()).unwrap();
     let (t5, _) = T5Encoder::load(&config, &[WeightSource::new(fx.weights())], &device).unwrap();
     let ids = fx.i64("in.input_ids").unwrap();
@@ -60,63 +71,82 @@ fn tiny(c: &mut Criterion) {
     let dims = [ids.shape[0], ids.shape[1]];
     let ids = Tensor::<2, Int>::from_data(TensorData::new(ids.values, dims), &device);
     let mask = Tensor::<2, Int>::from_data(TensorData::new(mask.values, dims), &device).float();
-    c.bench_function("t5_tiny", |b| {
-        b.iter(|| {
-            let out = t5.forward(ids.clone(), mask.clone()).unwrap();
-            common::sync(&device);
-            out
-        })
+    bencher.bench_local(|| {
+        let out = t5.forward(ids.clone(), mask.clone()).unwrap();
+        common::sync(&device);
+        out
     });
+}
 
-    // CLIP (clip_vision fixture).
-    let fx = set.fixture("clip_vision").expect("clip_vision fixture");
+/// CLIP (clip_vision fixture).
+#[divan::bench(sample_count = 20)]
+fn clip_tiny(bencher: Bencher) {
+    let device = common::device();
+    let fx = fixtures()
+        .fixture("clip_vision")
+        .expect("clip_vision fixture");
     let config = ClipVisionConfig::from_hf_json(fx.field("clip_config").unwrap()).unwrap();
     let (clip, _) = ClipVision::load(&config, &[WeightSource::new(fx.weights())], &device).unwrap();
     let frames = fx.f32("in.frames").unwrap();
     let frames = from_dyn::<4>(frames.values, &frames.shape, &device).unwrap();
-    c.bench_function("clip_tiny", |b| {
-        b.iter(|| {
-            let out = clip.forward(normalize_pixels(frames.clone())).unwrap();
-            common::sync(&device);
-            out
-        })
+    bencher.bench_local(|| {
+        let out = clip.forward(normalize_pixels(frames.clone())).unwrap();
+        common::sync(&device);
+        out
     });
+}
 
-    // The video conditioner and its temporal transformer (conditioner fixture; item 1 has
-    // no video and is skipped).
-    let fx = set.fixture("conditioner").expect("conditioner fixture");
+/// The video conditioner's temporal transformer on the CLIP features of the conditioner
+/// fixture's video (item 1 has no video and is skipped).
+#[divan::bench(sample_count = 20)]
+fn temporal_transformer_tiny(bencher: Bencher) {
+    let device = common::device();
+    let fx = fixtures()
+        .fixture("conditioner")
+        .expect("conditioner fixture");
+    let video = video_conditioner(&fx, &device).unwrap();
+    let frames = fx.f32("in.video").unwrap();
+    let frames = from_dyn::<5>(frames.values, &frames.shape, &device).unwrap();
+    let clip_out = video.clip_features(frames).unwrap();
+    bencher.bench_local(|| {
+        let out = video.temporal(clip_out.clone());
+        common::sync(&device);
+        out
+    });
+}
+
+/// The whole video conditioner (conditioner fixture).
+#[divan::bench(sample_count = 20)]
+fn video_conditioner_tiny(bencher: Bencher) {
+    let device = common::device();
+    let fx = fixtures()
+        .fixture("conditioner")
+        .expect("conditioner fixture");
     let video = video_conditioner(&fx, &device).unwrap();
     let frames = fx.f32("in.video").unwrap();
     let frames = from_dyn::<5>(frames.values, &frames.shape, &device).unwrap();
     let sync = fx.f32("in.sync").unwrap();
     let sync = from_dyn::<3>(sync.values, &sync.shape, &device).unwrap();
-    let clip_out = video.clip_features(frames.clone()).unwrap();
-    c.bench_function("temporal_transformer_tiny", |b| {
-        b.iter(|| {
-            let out = video.temporal(clip_out.clone());
-            common::sync(&device);
-            out
-        })
+    bencher.bench_local(|| {
+        let out = video.forward(frames.clone(), sync.clone()).unwrap();
+        common::sync(&device);
+        out
     });
-    c.bench_function("video_conditioner_tiny", |b| {
-        b.iter(|| {
-            let out = video.forward(frames.clone(), sync.clone()).unwrap();
-            common::sync(&device);
-            out
-        })
-    });
+}
 
-    // Tokenizer (bundle tokenizer.json, its max_length).
-    let path = set.bundle_dir().join("t5-base").join("tokenizer.json");
-    if let Ok(tokenizer) = T5Tokenizer::from_file(&path, 24) {
-        c.bench_function("tokenizer_tiny", |b| {
-            b.iter(|| {
-                tokenizer
-                    .encode("a dog barks twice, then a car passes by on a wet road")
-                    .unwrap()
-            })
-        });
-    }
+/// The tokenizer (the bundle's tokenizer.json, 24 tokens).
+#[divan::bench(sample_count = 20)]
+fn tokenizer_tiny(bencher: Bencher) {
+    let path = fixtures()
+        .bundle_dir()
+        .join("t5-base")
+        .join("tokenizer.json");
+    let tokenizer = T5Tokenizer::from_file(&path, 24).expect("the bundle's tokenizer.json");
+    bencher.bench_local(|| {
+        tokenizer
+            .encode("a dog barks twice, then a car passes by on a wet road")
+            .unwrap()
+    });
 }
 
 fn full_t5() {
@@ -245,11 +275,3 @@ fn full_size() {
         println!("peak RSS: {:.2} GB", rss as f64 / 1e9);
     }
 }
-
-fn benches(c: &mut Criterion) {
-    tiny(c);
-    full_size();
-}
-
-criterion_group!(name = encoders; config = Criterion::default().sample_size(20); targets = benches);
-criterion_main!(encoders);

@@ -1,7 +1,7 @@
 //! End-to-end generation: a text-only request through the public API.
 //!
 //! * Always: the tiny fixture bundle (`fixtures/tiny/bundle`) through `AudioX::builder()`,
-//!   timed by criterion (the pipeline's fixed costs: tokenizer, caches, sampler, decode).
+//!   timed by divan (the pipeline's fixed costs: tokenizer, caches, sampler, decode).
 //! * With `AUDIOX_BENCH_FULL=1`: a **full-size** random-weight checkpoint in the official
 //!   key space (every name and shape of `fixtures/manifest/*.json`, f32 safetensors) is written
 //!   once to `AUDIOX_BENCH_CHECKPOINT` (default `target/audiox-random-checkpoint`, about
@@ -10,7 +10,7 @@
 //!   memory after loading and at peak, and the matmul roofline of the same run.
 //!
 //! ```text
-//! cargo bench -p audiox --bench end_to_end                       # tiny, criterion
+//! cargo bench -p audiox --bench end_to_end                       # tiny, divan
 //! AUDIOX_BENCH_FULL=1 cargo bench -p audiox --bench end_to_end   # + full size (minutes)
 //! ```
 
@@ -22,14 +22,12 @@ use std::time::Instant;
 use audiox::{AudioX, Request};
 use audiox_core::fixtures::fixtures_dir;
 use common::checkpoint::{self, BenchError};
-use criterion::Criterion;
+use divan::Bencher;
 
 const PROMPT: &str = "a wooden door creaks open, then slams shut";
 
 fn main() {
-    let mut criterion = Criterion::default().configure_from_args().sample_size(10);
-    tiny(&mut criterion);
-    criterion.final_summary();
+    divan::main();
     if common::full_size() {
         if let Err(e) = full_size() {
             eprintln!("full-size end-to-end bench failed: {e}");
@@ -43,19 +41,18 @@ fn main() {
     }
 }
 
-fn tiny(c: &mut Criterion) {
+#[divan::bench(sample_count = 10)]
+fn tiny_bundle_text_only(bencher: Bencher) {
     let bundle = fixtures_dir().join("bundle");
     let model = AudioX::builder()
         .checkpoint_dir(&bundle)
         .build()
         .expect("the vendored tiny bundle loads");
     let seconds = model.max_duration();
-    c.bench_function("end_to_end/tiny_bundle/text_only", |b| {
-        b.iter(|| {
-            model
-                .generate(Request::text(PROMPT).seed(1).duration(seconds))
-                .expect("tiny generation")
-        })
+    bencher.bench_local(|| {
+        model
+            .generate(Request::text(PROMPT).seed(1).duration(seconds))
+            .expect("tiny generation")
     });
 }
 

@@ -1,4 +1,4 @@
-//! Synchformer visual extractor: the tiny fixture model always (criterion), and the full-size
+//! Synchformer visual extractor: the tiny fixture model always (divan), and the full-size
 //! extractor with random weights behind `AUDIOX_BENCH_FULL=1` (manual timing).
 //!
 //! A 10 s request runs 30 segments (250 frames at 25 fps), about 11.8 TFLOP: many minutes on a
@@ -16,7 +16,7 @@ use audiox_core::tensor::from_dyn;
 use audiox_core::weights::{Component, WeightSource};
 use audiox_encoders::parity::synchformer::synchformer_config;
 use audiox_encoders::synchformer::{Synchformer, SynchformerConfig, WEIGHT_PREFIX};
-use criterion::{Criterion, criterion_group, criterion_main};
+use divan::Bencher;
 
 /// Segments of a 10 s request.
 const REQUEST_SEGMENTS: usize = 30;
@@ -49,7 +49,13 @@ fn segment_macs(c: &SynchformerConfig, executed: bool) -> f64 {
     embed + blocks + aggregation
 }
 
-fn tiny(c: &mut Criterion) {
+fn main() {
+    divan::main();
+    full_size();
+}
+
+#[divan::bench(sample_count = 20)]
+fn synchformer_tiny(bencher: Bencher) {
     let device = common::device();
     let set = FixtureSet::open_default().expect("fixture set");
     let fx = set.fixture("synchformer").expect("synchformer fixture");
@@ -62,12 +68,10 @@ fn tiny(c: &mut Criterion) {
     .unwrap();
     let frames = fx.f32("in.frames").unwrap();
     let frames = from_dyn::<5>(frames.values, &frames.shape, &device).unwrap();
-    c.bench_function("synchformer_tiny", |b| {
-        b.iter(|| {
-            let out = model.forward(frames.clone()).unwrap();
-            common::sync(&device);
-            out
-        })
+    bencher.bench_local(|| {
+        let out = model.forward(frames.clone()).unwrap();
+        common::sync(&device);
+        out
     });
 }
 
@@ -124,11 +128,3 @@ fn full_size() {
         println!("peak RSS: {:.2} GB", rss as f64 / 1e9);
     }
 }
-
-fn benches(c: &mut Criterion) {
-    tiny(c);
-    full_size();
-}
-
-criterion_group!(synchformer, benches);
-criterion_main!(synchformer);

@@ -1,4 +1,4 @@
-//! VAE decode: the tiny fixture decoder always (criterion), and the full-size decode of 236
+//! VAE decode: the tiny fixture decoder always (divan), and the full-size decode of 236
 //! latent frames -> 483,328 samples with random weights behind `AUDIOX_BENCH_FULL=1`
 //! (manual timing: one decode takes seconds). See docs/performance.md.
 
@@ -12,7 +12,7 @@ use audiox_core::tensor::from_dyn;
 use audiox_core::weights::{Component, WeightSource};
 use audiox_vae::{ChunkedDecode, OobleckDecoder, OobleckDecoderConfig};
 use burn::tensor::Tensor;
-use criterion::{Criterion, criterion_group, criterion_main};
+use divan::Bencher;
 
 /// FLOPs of one decode of `frames` latent frames: 2 x MACs of every convolution.
 fn decode_flops(config: &OobleckDecoderConfig, frames: usize) -> f64 {
@@ -34,7 +34,13 @@ fn decode_flops(config: &OobleckDecoderConfig, frames: usize) -> f64 {
     2.0 * macs
 }
 
-fn tiny(c: &mut Criterion) {
+fn main() {
+    divan::main();
+    full_size();
+}
+
+#[divan::bench(sample_count = 20)]
+fn vae_decode_tiny(bencher: Bencher) {
     let device = common::device();
     let set = FixtureSet::open_default().expect("fixture set");
     let fx = set.fixture("vae_decoder").expect("vae_decoder fixture");
@@ -47,12 +53,10 @@ fn tiny(c: &mut Criterion) {
     .unwrap();
     let latent = fx.f32("in.latent").unwrap();
     let latent = from_dyn::<3>(latent.values, &latent.shape, &device).unwrap();
-    c.bench_function("vae_decode_tiny", |b| {
-        b.iter(|| {
-            let out = decoder.forward(latent.clone());
-            common::sync(&device);
-            out
-        })
+    bencher.bench_local(|| {
+        let out = decoder.forward(latent.clone());
+        common::sync(&device);
+        out
     });
 }
 
@@ -107,11 +111,3 @@ fn full_size() {
         println!("peak RSS: {:.2} GB", rss as f64 / 1e9);
     }
 }
-
-fn benches(c: &mut Criterion) {
-    tiny(c);
-    full_size();
-}
-
-criterion_group!(name = vae; config = Criterion::default().sample_size(20); targets = benches);
-criterion_main!(vae);
