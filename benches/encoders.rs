@@ -13,11 +13,11 @@ use audiox_core::noise::{NoiseSource, SeededNoise};
 use audiox_core::tensor::from_dyn;
 use audiox_core::weights::{Component, WeightSource};
 use audiox_encoders::clip::{ClipVision, ClipVisionConfig, normalize_pixels};
-use audiox_encoders::conditioners::TemporalTransformerConfig;
+use audiox_encoders::conditioners::{TemporalTransformerConfig, VideoConditioner};
 use audiox_encoders::parity::conditioner::video_conditioner;
 use audiox_encoders::t5::{T5Config, T5Encoder};
 use audiox_encoders::tokenizer::T5Tokenizer;
-use burn::tensor::{Int, Tensor, TensorData};
+use burn::tensor::{Device, Int, Tensor, TensorData};
 use divan::Bencher;
 
 /// FLOPs of one T5 encoder pass over `n` tokens (projections, feed-forward, attention
@@ -96,40 +96,55 @@ fn clip_tiny(bencher: Bencher) {
     });
 }
 
-/// The video conditioner's temporal transformer on the CLIP features of the conditioner
-/// fixture's video (item 1 has no video and is skipped).
+/// The conditioner fixture's video conditioner with its video and Synchformer inputs (item 1
+/// has no video and is skipped).
+struct TinyVideo {
+    device: Device,
+    video: VideoConditioner,
+    frames: Tensor<5>,
+    sync: Tensor<3>,
+}
+
+impl TinyVideo {
+    fn load() -> Self {
+        let device = common::device();
+        let fx = fixtures()
+            .fixture("conditioner")
+            .expect("conditioner fixture");
+        let video = video_conditioner(&fx, &device).unwrap();
+        let frames = fx.f32("in.video").unwrap();
+        let sync = fx.f32("in.sync").unwrap();
+        Self {
+            frames: from_dyn::<5>(frames.values, &frames.shape, &device).unwrap(),
+            sync: from_dyn::<3>(sync.values, &sync.shape, &device).unwrap(),
+            video,
+            device,
+        }
+    }
+}
+
+/// The video conditioner's temporal transformer on the CLIP features of the fixture's video.
 #[divan::bench(sample_count = 20)]
 fn temporal_transformer_tiny(bencher: Bencher) {
-    let device = common::device();
-    let fx = fixtures()
-        .fixture("conditioner")
-        .expect("conditioner fixture");
-    let video = video_conditioner(&fx, &device).unwrap();
-    let frames = fx.f32("in.video").unwrap();
-    let frames = from_dyn::<5>(frames.values, &frames.shape, &device).unwrap();
-    let clip_out = video.clip_features(frames).unwrap();
+    let tiny = TinyVideo::load();
+    let clip_out = tiny.video.clip_features(tiny.frames.clone()).unwrap();
     bencher.bench_local(|| {
-        let out = video.temporal(clip_out.clone());
-        common::sync(&device);
+        let out = tiny.video.temporal(clip_out.clone());
+        common::sync(&tiny.device);
         out
     });
 }
 
-/// The whole video conditioner (conditioner fixture).
+/// The whole video conditioner.
 #[divan::bench(sample_count = 20)]
 fn video_conditioner_tiny(bencher: Bencher) {
-    let device = common::device();
-    let fx = fixtures()
-        .fixture("conditioner")
-        .expect("conditioner fixture");
-    let video = video_conditioner(&fx, &device).unwrap();
-    let frames = fx.f32("in.video").unwrap();
-    let frames = from_dyn::<5>(frames.values, &frames.shape, &device).unwrap();
-    let sync = fx.f32("in.sync").unwrap();
-    let sync = from_dyn::<3>(sync.values, &sync.shape, &device).unwrap();
+    let tiny = TinyVideo::load();
     bencher.bench_local(|| {
-        let out = video.forward(frames.clone(), sync.clone()).unwrap();
-        common::sync(&device);
+        let out = tiny
+            .video
+            .forward(tiny.frames.clone(), tiny.sync.clone())
+            .unwrap();
+        common::sync(&tiny.device);
         out
     });
 }
