@@ -44,6 +44,13 @@ pub fn quick_gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     audiox_kernels::quick_gelu(x)
 }
 
+/// The SwiGLU gate `silu(gate) * up`. On the CPU backend this is `audiox_kernels::silu_mul`
+/// (one vectorised pass, in the gate's buffer when it is not shared), burn's composed ops
+/// elsewhere.
+pub fn silu_mul<const D: usize>(gate: Tensor<D>, up: Tensor<D>) -> Tensor<D> {
+    audiox_kernels::silu_mul(gate, up)
+}
+
 /// Softmax attention `softmax(q k^T * scale) v` on `[B, H, N, d]` tensors; `scale` defaults to
 /// `1 / sqrt(d)`. On the CPU backend this is `audiox_kernels::attention` (one head per task),
 /// elsewhere burn's `attention`.

@@ -18,6 +18,8 @@
 //!   has AVX512-VNNI, on AMX int8 tiles where it has those too.
 //! * [`attention`]: softmax attention without mask, one head per task (two GEMMs and a
 //!   vectorised softmax in cache); the DiT's 64 heads of 24 are slow in burn's generic path.
+//! * [`quick_gelu`] and [`silu_mul`] (the SwiGLU gate): activations in one vectorised pass
+//!   with a branch-free `exp` (burn's go through the C library's scalar `expf`).
 //! * [`linear_f32`]: the f32 linear layer with burn's bits, the columns of a product of few
 //!   rows split over the threads (each reads only its share of the weight).
 //!
@@ -38,6 +40,7 @@ pub mod int8;
 mod linear;
 pub mod reference;
 mod send_ptr;
+mod silu;
 mod snake;
 
 use burn::backend::Flex;
@@ -48,6 +51,7 @@ pub use attention::attention;
 pub use conv::{conv_transpose1d, conv1d, snake_conv1d, snake_conv1d_residual};
 pub use gelu::{QUICK_GELU_SLOPE, quick_gelu, quick_gelu_slice};
 pub use linear::{SPLIT_MAX_ROWS, linear_f32};
+pub use silu::{silu_mul, silu_mul_slice};
 pub use snake::snake;
 
 /// The contiguous f32 buffer of a tensor on the flex backend, or `None` (another backend, dtype

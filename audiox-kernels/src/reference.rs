@@ -20,6 +20,11 @@ pub fn quick_gelu<const D: usize>(x: Tensor<D>) -> Tensor<D> {
     x.clone() * burn::tensor::activation::sigmoid(x.mul_scalar(crate::gelu::QUICK_GELU_SLOPE))
 }
 
+/// `silu(gate) * up` with burn's ops (the SwiGLU gate).
+pub fn silu_mul<const D: usize>(gate: Tensor<D>, up: Tensor<D>) -> Tensor<D> {
+    burn::tensor::activation::silu(gate) * up
+}
+
 /// `conv1d` with burn's convolution.
 pub fn conv1d(
     x: Tensor<3>,

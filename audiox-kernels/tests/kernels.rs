@@ -92,6 +92,60 @@ fn quick_gelu_matches_the_composed_ops() {
 }
 
 #[test]
+fn silu_mul_matches_the_composed_ops() {
+    // Every value to within a few f32 ulp of burn's `silu(gate) * up` (elementwise, relative
+    // to the value's own size, with an absolute floor for results near 0).
+    for (shape, seed, scale) in [
+        ([1, 3, 5], 1, 3.0),
+        ([1, 237, 4096], 2, 6.0),
+        ([1, 1, 1], 3, 1.0),
+    ] {
+        let gate = seeded(seed, shape, scale);
+        let up = seeded(seed + 50, shape, 2.0);
+        let fast = to_vec(audiox_kernels::silu_mul(gate.clone(), up.clone()));
+        let slow = to_vec(reference::silu_mul(gate.clone(), up.clone()));
+        for (i, (f, s)) in fast.iter().zip(&slow).enumerate() {
+            assert!(
+                (f - s).abs() <= 6e-7 * s.abs() + 1e-30,
+                "{shape:?} value {i}: {f} vs {s}"
+            );
+        }
+    }
+    // Far tails, zero, infinities and NaN, each times 2.
+    let edges = vec![
+        -200.0,
+        -90.0,
+        -1e-30,
+        0.0,
+        1e-30,
+        60.0,
+        200.0,
+        f32::INFINITY,
+        f32::NEG_INFINITY,
+        f32::NAN,
+    ];
+    let n = edges.len();
+    let gate = from_vec(edges, [1, 1, n], &Device::flex()).unwrap();
+    let up = from_vec(vec![2.0; n], [1, 1, n], &Device::flex()).unwrap();
+    let got = to_vec(audiox_kernels::silu_mul(gate, up));
+    // Far negative (and -inf): the limit 0.
+    assert_eq!(&got[..2], &[-0.0, -0.0]);
+    assert_eq!(got[2], -1e-30);
+    assert_eq!(&got[3..8], &[0.0, 1e-30, 120.0, 400.0, f32::INFINITY]);
+    assert_eq!(got[8], 0.0);
+    assert!(got[9].is_nan());
+    // In the gate's buffer when it is not shared: shared inputs are left untouched, and gates
+    // and ups of different shapes take the composed ops.
+    let (gate, up) = (seeded(4, [1, 2, 64], 1.0), seeded(5, [1, 2, 64], 1.0));
+    let before = to_vec(gate.clone());
+    let _ = audiox_kernels::silu_mul(gate.clone(), up.clone());
+    assert_eq!(to_vec(gate), before);
+    let (gate, up) = (seeded(6, [1, 2, 64], 1.0), seeded(7, [1, 1, 64], 1.0));
+    let fast = to_vec(audiox_kernels::silu_mul(gate.clone(), up.clone()));
+    assert_eq!(fast, to_vec(reference::silu_mul(gate, up)));
+}
+
+#[test]
 fn conv1d_matches_burn_for_strides_dilations_and_paddings() {
     let cases = [
         // (b, cin, cout, t, k, stride, padding, dilation)
@@ -121,15 +175,19 @@ fn conv1d_matches_burn_for_strides_dilations_and_paddings() {
 #[test]
 fn conv_transpose1d_matches_burn() {
     let cases = [
-        // (b, cin, cout, t, stride) with kernel 2 * stride and padding ceil(stride / 2), as the VAE
-        (1usize, 4usize, 3usize, 11usize, 2usize),
-        (2, 8, 4, 300, 4),
-        (1, 6, 5, 1500, 8),
-        (1, 3, 2, 1, 8),
-        (1, 4, 4, 7, 3),
+        // (b, cin, cout, t, stride, k, padding): first kernel 2 * stride and padding
+        // ceil(stride / 2), as the VAE, then other kernels and paddings (a padding above the
+        // stride, a kernel shorter than the stride: phases with no tap)
+        (1usize, 4usize, 3usize, 11usize, 2usize, 4usize, 1usize),
+        (2, 8, 4, 300, 4, 8, 2),
+        (1, 6, 5, 1500, 8, 16, 4),
+        (1, 3, 2, 1, 8, 16, 4),
+        (1, 4, 4, 7, 3, 6, 2),
+        (1, 3, 4, 50, 2, 7, 3),
+        (1, 2, 3, 40, 4, 3, 0),
+        (1, 4, 600, 2100, 2, 4, 1),
     ];
-    for (i, &(b, cin, cout, t, s)) in cases.iter().enumerate() {
-        let (k, p) = (2 * s, s.div_ceil(2));
+    for (i, &(b, cin, cout, t, s, k, p)) in cases.iter().enumerate() {
         let x = seeded(400 + i as u64, [b, cin, t], 1.0);
         let w = seeded(500 + i as u64, [cin, cout, k], 0.3);
         let bias = seeded(600 + i as u64, [cout], 0.1);
@@ -144,6 +202,7 @@ fn conv_transpose1d_matches_burn() {
 fn results_do_not_depend_on_the_thread_count() {
     let x = seeded(7, [1, 16, 5000], 1.0);
     let w = seeded(8, [16, 16, 7], 0.2);
+    let (wt, bias) = (seeded(11, [16, 8, 8], 0.2), seeded(12, [8], 0.1));
     let run = |threads: usize| {
         let pool = rayon::ThreadPoolBuilder::new()
             .num_threads(threads)
@@ -151,7 +210,8 @@ fn results_do_not_depend_on_the_thread_count() {
             .unwrap();
         pool.install(|| {
             let y = conv1d(x.clone(), &w, None, 1, 9, 3);
-            to_vec(snake(y, &seeded(9, [16], 0.3), &seeded(10, [16], 0.3)))
+            let y = snake(y, &seeded(9, [16], 0.3), &seeded(10, [16], 0.3));
+            to_vec(conv_transpose1d(y, &wt, Some(&bias), 4, 2))
         })
     };
     assert_eq!(run(1), run(2));

@@ -3,8 +3,9 @@
 
 use burn::config::Config;
 use burn::module::Module;
-use burn::tensor::activation::silu;
 use burn::tensor::{Device, Tensor};
+
+use audiox_core::nn::silu_mul;
 
 use crate::token_conv::{TokenConv, TokenConvConfig, unfold_tokens};
 
@@ -52,8 +53,8 @@ impl ConvSwiGlu {
     pub fn forward(&self, x: Tensor<3>) -> Tensor<3> {
         // w1 and w3 read the same unfolded input.
         let unfolded = unfold_tokens(x, self.w1.kernel_size());
-        let gate = silu(self.w1.forward_unfolded(unfolded.clone()));
+        let gate = self.w1.forward_unfolded(unfolded.clone());
         let up = self.w3.forward_unfolded(unfolded);
-        self.w2.forward(gate * up)
+        self.w2.forward(silu_mul(gate, up))
     }
 }

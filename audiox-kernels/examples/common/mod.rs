@@ -1,4 +1,4 @@
-//! Helpers shared by the kernel examples (`reduced_gemm`, `f32_peak`).
+//! Helpers shared by the kernel examples (`reduced_gemm`, `f32_peak`, `swiglu_gate`).
 
 use std::time::Instant;
 
