@@ -44,40 +44,50 @@ fn snake_matches_the_composed_ops() {
     assert_eq!(to_vec(x), before);
 }
 
+/// Every value of `fast` within `rel` of `slow`'s, relative to the value's own size (with an
+/// absolute floor for results near 0).
+fn assert_each_close(fast: Tensor<3>, slow: Tensor<3>, rel: f32, what: &str) {
+    assert_eq!(fast.dims(), slow.dims(), "{what}");
+    for (i, (f, s)) in to_vec(fast).iter().zip(&to_vec(slow)).enumerate() {
+        assert!(
+            (f - s).abs() <= rel * s.abs() + 1e-30,
+            "{what} value {i}: {f} vs {s}"
+        );
+    }
+}
+
+/// Far tails, tiny values, zero, infinities and NaN, for the activations' edge cases.
+const EDGES: [f32; 10] = [
+    -200.0,
+    -90.0,
+    -1e-30,
+    0.0,
+    1e-30,
+    60.0,
+    200.0,
+    f32::INFINITY,
+    f32::NEG_INFINITY,
+    f32::NAN,
+];
+
+fn edges() -> Tensor<3> {
+    from_vec(EDGES.to_vec(), [1, 1, EDGES.len()], &Device::flex()).unwrap()
+}
+
 #[test]
 fn quick_gelu_matches_the_composed_ops() {
-    // Every value to within a few f32 ulp of burn's `x * sigmoid(1.702 x)` (elementwise,
-    // relative to the value's own size, with an absolute floor for results near 0).
+    // Every value to within a few f32 ulp of burn's `x * sigmoid(1.702 x)`.
     for (shape, seed, scale) in [
         ([1, 3, 5], 1, 3.0),
         ([2, 50, 3072], 2, 4.0),
         ([1, 1, 1], 3, 1.0),
     ] {
         let x = seeded(seed, shape, scale);
-        let fast = to_vec(audiox_kernels::quick_gelu(x.clone()));
-        let slow = to_vec(reference::quick_gelu(x.clone()));
-        for (i, (f, s)) in fast.iter().zip(&slow).enumerate() {
-            assert!(
-                (f - s).abs() <= 4e-7 * s.abs() + 1e-30,
-                "{shape:?} value {i}: {f} vs {s}"
-            );
-        }
+        let fast = audiox_kernels::quick_gelu(x.clone());
+        let slow = reference::quick_gelu(x);
+        assert_each_close(fast, slow, 4e-7, &format!("{shape:?}"));
     }
-    // Far tails, zero, infinities and NaN.
-    let edges = vec![
-        -200.0,
-        -60.0,
-        -1e-30,
-        0.0,
-        1e-30,
-        60.0,
-        200.0,
-        f32::INFINITY,
-        f32::NEG_INFINITY,
-        f32::NAN,
-    ];
-    let x = from_vec(edges.clone(), [1, 1, edges.len()], &Device::flex()).unwrap();
-    let got = to_vec(audiox_kernels::quick_gelu(x));
+    let got = to_vec(audiox_kernels::quick_gelu(edges()));
     // Far negative (and -inf): the limit 0.
     assert_eq!(&got[..2], &[-0.0, -0.0]);
     assert_eq!(got[2], -5e-31);
@@ -93,8 +103,7 @@ fn quick_gelu_matches_the_composed_ops() {
 
 #[test]
 fn silu_mul_matches_the_composed_ops() {
-    // Every value to within a few f32 ulp of burn's `silu(gate) * up` (elementwise, relative
-    // to the value's own size, with an absolute floor for results near 0).
+    // Every value to within a few f32 ulp of burn's `silu(gate) * up`.
     for (shape, seed, scale) in [
         ([1, 3, 5], 1, 3.0),
         ([1, 237, 4096], 2, 6.0),
@@ -102,32 +111,12 @@ fn silu_mul_matches_the_composed_ops() {
     ] {
         let gate = seeded(seed, shape, scale);
         let up = seeded(seed + 50, shape, 2.0);
-        let fast = to_vec(audiox_kernels::silu_mul(gate.clone(), up.clone()));
-        let slow = to_vec(reference::silu_mul(gate.clone(), up.clone()));
-        for (i, (f, s)) in fast.iter().zip(&slow).enumerate() {
-            assert!(
-                (f - s).abs() <= 6e-7 * s.abs() + 1e-30,
-                "{shape:?} value {i}: {f} vs {s}"
-            );
-        }
+        let fast = audiox_kernels::silu_mul(gate.clone(), up.clone());
+        let slow = reference::silu_mul(gate, up);
+        assert_each_close(fast, slow, 6e-7, &format!("{shape:?}"));
     }
-    // Far tails, zero, infinities and NaN, each times 2.
-    let edges = vec![
-        -200.0,
-        -90.0,
-        -1e-30,
-        0.0,
-        1e-30,
-        60.0,
-        200.0,
-        f32::INFINITY,
-        f32::NEG_INFINITY,
-        f32::NAN,
-    ];
-    let n = edges.len();
-    let gate = from_vec(edges, [1, 1, n], &Device::flex()).unwrap();
-    let up = from_vec(vec![2.0; n], [1, 1, n], &Device::flex()).unwrap();
-    let got = to_vec(audiox_kernels::silu_mul(gate, up));
+    let twos = from_vec(vec![2.0; EDGES.len()], [1, 1, EDGES.len()], &Device::flex()).unwrap();
+    let got = to_vec(audiox_kernels::silu_mul(edges(), twos));
     // Far negative (and -inf): the limit 0.
     assert_eq!(&got[..2], &[-0.0, -0.0]);
     assert_eq!(got[2], -1e-30);
