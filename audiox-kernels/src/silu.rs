@@ -3,7 +3,7 @@
 //! burn composes it from `silu` (a `sigmoid` through the C library's scalar `expf`, then a
 //! product) and a second product: three passes over the hidden activations. At the full-size
 //! DiT's shape (`[1, 237, 4096]` per block, 24 blocks) they took 0.2-0.3 s per step, the fused
-//! pass 12-18 ms (`examples/swiglu_gate.rs`, 2026-12-05, Intel Xeon with AMX, 2 threads). Here
+//! pass 11-18 ms (`examples/swiglu_gate.rs`, 2026-12-05, Intel Xeon with AMX, 2 threads). Here
 //! each value is computed once, in the gate's buffer, with the branch-free `exp` of the
 //! attention softmax (within 2 ulp), on the widest vectors the CPU has.
 
