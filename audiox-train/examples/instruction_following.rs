@@ -6,7 +6,12 @@
 //! ```text
 //! cargo run --release -p audiox-train --features train --example instruction_following -- \
 //!     runs/demo/export [--count 40] [--skip 0] [--guidance 6] [--teacher FILE] [--rows TEXT]
+//!     [--energy-window S]
 //! ```
+//!
+//! `--energy-window S` sets the detector's energy window (`DetectorConfig::window_s`, default
+//! 0.03 s); `--energy-window 0.01` is the detector of the tables measured before 2026-12-05
+//! evening.
 //!
 //! `--skip N` scores the held-out captions `N..N+count` (clip `i` with seed `i` as always): a
 //! second set of captions for a model chosen by its score on the first, whose score on that
@@ -29,7 +34,7 @@ use std::time::Instant;
 use audiox::sampler::SamplerKind;
 use audiox::{AudioX, DenoiserKind, Request};
 use audiox_train::corpus::{Corpus, CorpusConfig, Scene};
-use audiox_train::metric::{DetectorConfig, Report, detect_events, evaluate_scenes};
+use audiox_train::metric::{DetectorConfig, Report, detect_events, evaluate_scenes_with};
 
 struct Args {
     dir: PathBuf,
@@ -40,6 +45,7 @@ struct Args {
     verbose: bool,
     training: bool,
     skip: usize,
+    detector: DetectorConfig,
 }
 
 fn parse() -> Result<Args, String> {
@@ -49,6 +55,7 @@ fn parse() -> Result<Args, String> {
     let mut verbose = false;
     let mut training = false;
     let mut skip = 0;
+    let mut detector = DetectorConfig::default();
     while let Some(a) = it.next() {
         let mut value = |name: &str| it.next().ok_or(format!("{name} needs a value"));
         match a.as_str() {
@@ -64,6 +71,12 @@ fn parse() -> Result<Args, String> {
                 let v = value("--guidance")?;
                 guidance = v.parse().map_err(|e| format!("--guidance {v:?}: {e}"))?;
             }
+            "--energy-window" => {
+                let v = value("--energy-window")?;
+                detector.window_s = v
+                    .parse()
+                    .map_err(|e| format!("--energy-window {v:?}: {e}"))?;
+            }
             "--teacher" => teacher = Some(PathBuf::from(value("--teacher")?)),
             "--rows" => rows = Some(value("--rows")?),
             "--verbose" => verbose = true,
@@ -75,7 +88,7 @@ fn parse() -> Result<Args, String> {
     }
     let dir = dir.ok_or(
         "usage: instruction_following EXPORT_DIR [--count N] [--skip N] [--guidance G] [--teacher FILE] \
-         [--rows TEXT] [--verbose] [--training]",
+         [--rows TEXT] [--verbose] [--training] [--energy-window S]",
     )?;
     if count == 0 {
         return Err("--count must be at least 1".into());
@@ -89,6 +102,7 @@ fn parse() -> Result<Args, String> {
         verbose,
         training,
         skip,
+        detector,
     })
 }
 
@@ -98,6 +112,7 @@ fn score(
     scenes: &[Scene],
     first_seed: u64,
     verbose: bool,
+    detector: &DetectorConfig,
     shape: &dyn Fn(Request) -> Request,
 ) -> Result<(Report, f64), Box<dyn std::error::Error>> {
     let rate = model.config().sample_rate;
@@ -112,7 +127,7 @@ fn score(
             .collect();
         if verbose {
             let expected = scenes[i as usize].expected_events().len();
-            let found = detect_events(&mono, rate, &DetectorConfig::default());
+            let found = detect_events(&mono, rate, detector);
             let events: Vec<String> = found
                 .iter()
                 .map(|e| format!("{:.2}s {:?} {:.0}Hz", e.onset_s, e.class, e.pitch_hz))
@@ -126,7 +141,7 @@ fn score(
         }
         Ok(mono)
     };
-    let report = evaluate_scenes(scenes, rate, &mut generate)?;
+    let report = evaluate_scenes_with(scenes, rate, detector, &mut generate)?;
     Ok((report, start.elapsed().as_secs_f64() / scenes.len() as f64))
 }
 
@@ -176,7 +191,14 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
                shape: &dyn Fn(Request) -> Request|
      -> Result<(), Box<dyn std::error::Error>> {
         if wanted(label) {
-            let (report, secs) = score(model, &scenes, args.skip as u64, args.verbose, shape)?;
+            let (report, secs) = score(
+                model,
+                &scenes,
+                args.skip as u64,
+                args.verbose,
+                &args.detector,
+                shape,
+            )?;
             println!("{} {secs:.2} |", report.markdown_row(label));
         }
         Ok(())

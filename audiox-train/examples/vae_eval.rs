@@ -3,8 +3,11 @@
 //! reconstructions.
 //!
 //! ```text
-//! cargo run --release -p audiox-train --features train --example vae_eval -- runs/demo/export [COUNT] [WAV_DIR]
+//! cargo run --release -p audiox-train --features train --example vae_eval -- runs/demo/export [COUNT] [WAV_DIR] [--energy-window S]
 //! ```
+//!
+//! `--energy-window S` sets the detector's energy window ([`DetectorConfig::window_s`]; 0.01
+//! is the detector before 2026-12-05, for comparing with ceilings measured then).
 //!
 //! With `WAV_DIR`, each held-out clip and its reconstruction are also written there
 //! (`NN-original.wav`, `NN-reconstruction.wav`, mono 32-bit float) for listening, and
@@ -15,15 +18,26 @@ use std::path::PathBuf;
 
 use audiox_core::weights::{Component, StateDict, WeightSource};
 use audiox_train::corpus::{Corpus, CorpusConfig};
-use audiox_train::train::eval::{reconstruction_report, vae_reconstructor};
+use audiox_train::metric::DetectorConfig;
+use audiox_train::train::eval::{reconstruction_report_with, vae_reconstructor};
 use audiox_train::train::vae::vae_config;
 use audiox_vae::Vae;
 use burn::tensor::Device;
 
 fn main() -> Result<(), Box<dyn std::error::Error>> {
-    let args: Vec<String> = std::env::args().skip(1).collect();
+    let mut args: Vec<String> = std::env::args().skip(1).collect();
+    let mut detector = DetectorConfig::default();
+    if let Some(at) = args.iter().position(|a| a == "--energy-window") {
+        let value = args
+            .get(at + 1)
+            .ok_or("--energy-window needs a value in seconds")?;
+        detector.window_s = value
+            .parse()
+            .map_err(|e| format!("--energy-window {value:?}: {e}"))?;
+        args.drain(at..at + 2);
+    }
     let Some(dir) = args.first().map(PathBuf::from) else {
-        return Err("usage: vae_eval EXPORT_DIR [COUNT] [WAV_DIR]".into());
+        return Err("usage: vae_eval EXPORT_DIR [COUNT] [WAV_DIR] [--energy-window S]".into());
     };
     let count: usize = match args.get(1) {
         Some(n) => n.parse().map_err(|e| format!("COUNT {n:?}: {e}"))?,
@@ -59,7 +73,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         index += 1;
         Ok(out)
     };
-    let report = reconstruction_report(&corpus, count, &mut reconstruct_and_write)?;
+    let report = reconstruction_report_with(&corpus, count, &detector, &mut reconstruct_and_write)?;
     if let Some(d) = &wav_dir {
         let path = d.join("clips.md");
         std::fs::write(&path, per_clip_markdown(&report))

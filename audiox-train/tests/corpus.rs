@@ -439,3 +439,67 @@ fn whooshes_are_finite_and_spread_over_their_sweep_at_every_rate() {
         }
     }
 }
+
+/// A decaying low tone like the corpus's thuds (40 Hz, 0.35 s) at `onset_s` in `samples`,
+/// with half-cycle number `dip` (from 0) scaled by 0.1: the uneven lobe a generated thud can
+/// have.
+fn add_thud(samples: &mut [f32], rate: u32, onset_s: f32, dip: Option<usize>) {
+    let (f, start) = (40.0f32, (onset_s * rate as f32) as usize);
+    let half = rate as f32 / (2.0 * f);
+    for i in 0..(0.35 * rate as f32) as usize {
+        let t = i as f32 / rate as f32;
+        let lobe = (i as f32 / half) as usize;
+        let gain = if Some(lobe) == dip { 0.1 } else { 1.0 };
+        samples[start + i] += gain * 0.5 * (-t / 0.1).exp() * (std::f32::consts::TAU * f * t).sin();
+    }
+}
+
+#[test]
+fn metric_counts_a_low_tone_with_an_uneven_lobe_once() {
+    // Over 10 ms frames (the detector's baseline until 2026-12-05) the weak half-cycle of a
+    // 40 Hz tone (12.5 ms; here the one 200 ms in, past the 150 ms minimum gap) is a frame
+    // 20 dB down, and the next lobe "rises" into a second onset; measured over 30 ms, the
+    // baseline holds a whole period and the tone is one event.
+    let rate = 16_000;
+    let cfg = DetectorConfig::default();
+    let earlier = DetectorConfig {
+        window_s: 0.01,
+        ..DetectorConfig::default()
+    };
+    let mut x = vec![0.0f32; 3 * rate as usize];
+    add_thud(&mut x, rate, 1.0, Some(16));
+    assert_eq!(
+        detect_events(&x, rate, &cfg).len(),
+        1,
+        "{:?}",
+        detect_events(&x, rate, &cfg)
+    );
+    assert!(
+        detect_events(&x, rate, &earlier).len() > 1,
+        "the case no longer tests the change"
+    );
+    // Two such thuds at the corpus's spacing are still two events, at their onsets.
+    add_thud(&mut x, rate, 1.5, Some(16));
+    let found = detect_events(&x, rate, &cfg);
+    assert_eq!(found.len(), 2, "{found:?}");
+    assert!((found[0].onset_s - 1.0).abs() <= 0.01 && (found[1].onset_s - 1.5).abs() <= 0.01);
+}
+
+#[test]
+fn metric_finds_a_quiet_click_after_a_loud_tone() {
+    // The rising frame is measured alone: a 10 ms click 28 dB under a sustained tone is within
+    // the 32 dB floor (over 30 ms it would be 33 dB under and lost).
+    let rate = 16_000usize;
+    let mut x = vec![0.0f32; 3 * rate];
+    for (i, s) in x[rate..rate + rate / 2].iter_mut().enumerate() {
+        *s = 0.5 * (std::f32::consts::TAU * 300.0 * i as f32 / rate as f32).sin();
+    }
+    // The tone's mean square is 0.125; the click's 28 dB less, as alternating samples.
+    let amp = (0.125f32 * 10f32.powf(-2.8)).sqrt();
+    for (i, s) in x[2 * rate..2 * rate + rate / 100].iter_mut().enumerate() {
+        *s = if i % 2 == 0 { amp } else { -amp };
+    }
+    let found = detect_events(&x, rate as u32, &DetectorConfig::default());
+    assert_eq!(found.len(), 2, "{found:?}");
+    assert!((found[1].onset_s - 2.0).abs() <= 0.01, "{found:?}");
+}

@@ -61,7 +61,18 @@ pub fn reconstruction_report(
     n: usize,
     reconstruct: &mut dyn FnMut(&[f32]) -> TrainResult<Vec<f32>>,
 ) -> TrainResult<ReconstructionReport> {
-    let cfg = DetectorConfig::default();
+    reconstruction_report_with(corpus, n, &DetectorConfig::default(), reconstruct)
+}
+
+/// [`reconstruction_report`] with the detector's settings given (e.g. an earlier detector, to
+/// compare with a ceiling measured before a change of the defaults).
+pub fn reconstruction_report_with(
+    corpus: &Corpus,
+    n: usize,
+    cfg: &DetectorConfig,
+    reconstruct: &mut dyn FnMut(&[f32]) -> TrainResult<Vec<f32>>,
+) -> TrainResult<ReconstructionReport> {
+    let cfg = cfg.clone();
     let mut snrs = Vec::with_capacity(n);
     let (mut levels, mut correlations) = (Vec::with_capacity(n), Vec::with_capacity(n));
     let (mut rec_scores, mut ref_scores) = (Vec::new(), Vec::new());
