@@ -8,7 +8,13 @@
 //! AUDIOX_VS_TORCH_STAGES=request ...               # the whole text-only 10 s request only
 //! AUDIOX_PRECISION=f32 ...                         # our side's precision (f32, bf16, int8)
 //! AUDIOX_VS_TORCH_TINY=1 AUDIOX_VS_TORCH_STAGES=request ...   # plumbing check, tiny sizes
+//! AUDIOX_VS_TORCH_ROUNDS=3 ...                     # each stage 3 times, the sides alternating
 //! ```
+//!
+//! `AUDIOX_VS_TORCH_ROUNDS=N` (default 1) runs each stage N times, ours then PyTorch's in every
+//! round, prints a row per round and then the medians: our time, PyTorch's, and the median of
+//! the rounds' ratios (each round's two sides minutes apart, so a VM whose speed drifts within
+//! the hour moves both sides of a ratio alike).
 //!
 //! Both sides use the same thread count (`RAYON_NUM_THREADS`, default: all cores). Without
 //! `AUDIOX_TORCH_PYTHON` only our side runs. Each side reports the best of two runs after a
@@ -51,6 +57,8 @@ const PRECISION_ENV: &str = "AUDIOX_PRECISION";
 /// Environment variable: the `request` stage at the tiny fixture bundle's sizes on our side and
 /// `--tiny` on PyTorch's (a check of the plumbing; its times mean nothing).
 const TINY_ENV: &str = "AUDIOX_VS_TORCH_TINY";
+/// Environment variable: how many times each stage runs, the sides alternating (default 1).
+const ROUNDS_ENV: &str = "AUDIOX_VS_TORCH_ROUNDS";
 /// The prompt of the `request` stage.
 const PROMPT: &str = "a wooden door creaks open, then slams shut";
 /// Memory PyTorch's full-size `request` needs (its weights are 10.6 GB in f32, plus the
@@ -300,6 +308,49 @@ fn torch_request_fits() -> bool {
     }
 }
 
+/// A peak resident size in GB, or `-` where not measured.
+fn gb(bytes_in_gb: Option<f64>) -> String {
+    bytes_in_gb.map_or("-".to_string(), |b| format!("{b:.2} GB"))
+}
+
+/// The larger of two optional measurements (either where the other is missing).
+fn larger(a: Option<f64>, b: Option<f64>) -> Option<f64> {
+    match (a, b) {
+        (Some(a), Some(b)) => Some(a.max(b)),
+        (a, b) => a.or(b),
+    }
+}
+
+/// One table row: our time, PyTorch's (`None`: not run) and their ratio, the peaks.
+fn row(
+    label: &str,
+    ours: f64,
+    theirs: Option<f64>,
+    our_peak: Option<f64>,
+    their_peak: Option<f64>,
+) -> String {
+    match theirs {
+        Some(t) => format!(
+            "| {label} | {ours:.3} s | {t:.3} s | {:.2} | {} | {} |",
+            ours / t,
+            gb(our_peak),
+            gb(their_peak)
+        ),
+        None => format!("| {label} | {ours:.3} s | - | - | {} | - |", gb(our_peak)),
+    }
+}
+
+/// The median of `values` (the mean of the middle two for an even count; not empty).
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(f64::total_cmp);
+    let n = values.len();
+    if n % 2 == 1 {
+        values[n / 2]
+    } else {
+        0.5 * (values[n / 2 - 1] + values[n / 2])
+    }
+}
+
 /// Resets this process's peak resident size (Linux `clear_refs` 5), so the next
 /// [`common::peak_rss_bytes`] covers one stage.
 fn reset_peak_rss() {
@@ -341,6 +392,16 @@ fn main() {
         );
         std::process::exit(2);
     }
+    let rounds = match std::env::var(ROUNDS_ENV) {
+        Err(_) => 1,
+        Ok(v) => match v.parse::<usize>() {
+            Ok(n) if n >= 1 => n,
+            _ => {
+                eprintln!("error: {ROUNDS_ENV}={v:?}: expected a whole number of at least 1");
+                std::process::exit(2);
+            }
+        },
+    };
     let threads = common::threads();
     println!(
         "{} threads; audiox precision {}{}; torch: {}",
@@ -357,23 +418,54 @@ fn main() {
     );
     println!("| stage | audiox | torch | audiox / torch | peak RSS audiox | peak RSS torch |");
     println!("|---|---|---|---|---|---|");
-    let gb = |b: Option<f64>| b.map_or("-".to_string(), |b| format!("{b:.2} GB"));
     for stage in &wanted {
-        reset_peak_rss();
-        let ours = ours(stage, precision.weights());
-        let our_peak = common::peak_rss_bytes().map(|b| b as f64 / 1e9);
-        let theirs = python
-            .as_deref()
-            .filter(|_| stage != "request" || tiny() || torch_request_fits())
-            .and_then(|p| torch(p, torch_stage(stage), threads));
-        match theirs {
-            Some((t, peak)) => println!(
-                "| {stage} | {ours:.3} s | {t:.3} s | {:.2} | {} | {} |",
-                ours / t,
-                gb(our_peak),
-                gb(peak)
-            ),
-            None => println!("| {stage} | {ours:.3} s | - | - | {} | - |", gb(our_peak)),
+        let mut measured: Vec<(f64, Option<f64>)> = Vec::with_capacity(rounds);
+        let (mut our_peak, mut their_peak) = (None::<f64>, None::<f64>);
+        for round in 1..=rounds {
+            reset_peak_rss();
+            let ours = ours(stage, precision.weights());
+            let peak = common::peak_rss_bytes().map(|b| b as f64 / 1e9);
+            our_peak = larger(our_peak, peak);
+            let theirs = python
+                .as_deref()
+                .filter(|_| stage != "request" || tiny() || torch_request_fits())
+                .and_then(|p| torch(p, torch_stage(stage), threads));
+            their_peak = larger(their_peak, theirs.and_then(|(_, peak)| peak));
+            let label = if rounds > 1 {
+                format!("{stage} (round {round})")
+            } else {
+                stage.clone()
+            };
+            println!(
+                "{}",
+                row(
+                    &label,
+                    ours,
+                    theirs.map(|(t, _)| t),
+                    peak,
+                    theirs.and_then(|(_, p)| p)
+                )
+            );
+            measured.push((ours, theirs.map(|(t, _)| t)));
+        }
+        if rounds > 1 {
+            let ours = median(measured.iter().map(|m| m.0).collect());
+            let pairs: Vec<(f64, f64)> = measured
+                .iter()
+                .filter_map(|&(o, t)| t.map(|t| (o, t)))
+                .collect();
+            let label = format!("{stage} (median of {rounds})");
+            if pairs.len() == measured.len() {
+                let theirs = median(pairs.iter().map(|p| p.1).collect());
+                let ratio = median(pairs.iter().map(|p| p.0 / p.1).collect());
+                println!(
+                    "| {label} | {ours:.3} s | {theirs:.3} s | {ratio:.2} (median of the rounds' ratios) | {} | {} |",
+                    gb(our_peak),
+                    gb(their_peak)
+                );
+            } else {
+                println!("{}", row(&label, ours, None, our_peak, None));
+            }
         }
     }
     if let Some(rss) = common::peak_rss_bytes() {
