@@ -9,9 +9,9 @@
 //!     [--energy-window S]
 //! ```
 //!
-//! `--energy-window S` sets the detector's energy window (`DetectorConfig::window_s`, default
-//! 0.03 s); `--energy-window 0.01` is the detector of the tables measured before 2026-12-05
-//! evening.
+//! `--energy-window S` sets the window the detector's onset baseline is measured over
+//! (`DetectorConfig::window_s`, default 0.03 s); `--energy-window 0.01` is the detector of the
+//! tables measured before 2026-12-05 evening.
 //!
 //! `--skip N` scores the held-out captions `N..N+count` (clip `i` with seed `i` as always): a
 //! second set of captions for a model chosen by its score on the first, whose score on that

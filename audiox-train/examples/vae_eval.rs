@@ -6,8 +6,9 @@
 //! cargo run --release -p audiox-train --features train --example vae_eval -- runs/demo/export [COUNT] [WAV_DIR] [--energy-window S]
 //! ```
 //!
-//! `--energy-window S` sets the detector's energy window ([`DetectorConfig::window_s`]; 0.01
-//! is the detector before 2026-12-05, for comparing with ceilings measured then).
+//! `--energy-window S` sets the window the detector's onset baseline is measured over
+//! (`DetectorConfig::window_s`, default 0.03 s; 0.01 is the detector before 2026-12-05
+//! evening, for comparing with ceilings measured then).
 //!
 //! With `WAV_DIR`, each held-out clip and its reconstruction are also written there
 //! (`NN-original.wav`, `NN-reconstruction.wav`, mono 32-bit float) for listening, and
