@@ -309,8 +309,8 @@ fn torch_request_fits() -> bool {
 }
 
 /// A peak resident size in GB, or `-` where not measured.
-fn gb(bytes_in_gb: Option<f64>) -> String {
-    bytes_in_gb.map_or("-".to_string(), |b| format!("{b:.2} GB"))
+fn gb(gigabytes: Option<f64>) -> String {
+    gigabytes.map_or("-".to_string(), |b| format!("{b:.2} GB"))
 }
 
 /// The larger of two optional measurements (either where the other is missing).
