@@ -72,7 +72,6 @@ pub fn reconstruction_report_with(
     cfg: &DetectorConfig,
     reconstruct: &mut dyn FnMut(&[f32]) -> TrainResult<Vec<f32>>,
 ) -> TrainResult<ReconstructionReport> {
-    let cfg = cfg.clone();
     let mut snrs = Vec::with_capacity(n);
     let (mut levels, mut correlations) = (Vec::with_capacity(n), Vec::with_capacity(n));
     let (mut rec_scores, mut ref_scores) = (Vec::new(), Vec::new());
@@ -99,10 +98,10 @@ pub fn reconstruction_report_with(
         correlations.push(correlation(&clip.samples[..len], &out[..len]));
         let offset = out[..len].iter().map(|&y| y as f64).sum::<f64>() / len.max(1) as f64;
         offsets.push(offset.abs());
-        let reconstructed = detect_events(&out, clip.sample_rate, &cfg);
-        let original = detect_events(&clip.samples, clip.sample_rate, &cfg);
-        rec_scores.push(score_clip(scene, &reconstructed, &cfg));
-        ref_scores.push(score_clip(scene, &original, &cfg));
+        let reconstructed = detect_events(&out, clip.sample_rate, cfg);
+        let original = detect_events(&clip.samples, clip.sample_rate, cfg);
+        rec_scores.push(score_clip(scene, &reconstructed, cfg));
+        ref_scores.push(score_clip(scene, &original, cfg));
         per_clip.push(ClipDetections {
             caption: clip.caption.clone(),
             expected_events: scene.expected_events().len(),
