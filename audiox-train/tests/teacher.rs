@@ -11,6 +11,7 @@ use audiox::{
 };
 use audiox_core::noise::labels;
 use audiox_train::corpus::Corpus;
+use audiox_train::train::grow::TeacherInit;
 use audiox_train::train::teacher::{TeacherModel, noise, tokenizer};
 use audiox_train::train::timeline::TimelineLoss;
 use audiox_train::train::vae::parameters;
@@ -1555,4 +1556,119 @@ fn trainable_floats<M: burn::module::Module>(module: &M) -> usize {
     let mut count = Count(0);
     module.visit(&mut count);
     count.0
+}
+
+/// `run` with the DiT `depth` and its teacher started from the run folder `source`.
+fn grown(run: &RunConfig, depth: usize, source: &str) -> RunConfig {
+    let mut grown = run.clone();
+    grown.model["model"]["diffusion"]["config"]["depth"] = json!(depth);
+    grown.teacher.init_from = Some(TeacherInit { run: source.into() });
+    grown
+}
+
+#[test]
+fn a_teacher_grown_from_another_run_starts_where_that_run_ended() {
+    use audiox_train::train::Stage;
+    one_thread();
+    let run = tiny_run();
+    let tmp = tempfile::tempdir().unwrap();
+    let (source, _, _) = train(&tmp.path().join("source"), &run, None);
+    let depth = run.model_config().unwrap().dit().depth;
+
+    // Two blocks more, the source named relative to the new run's folder.
+    let mut deeper = grown(&run, depth + 2, "../source");
+    deeper.teacher.optim.steps = 2;
+    let device = device();
+    let dir = tmp.path().join("grown");
+    let (run_dir, ..) = vae_trained_in(&dir, &deeper, &device);
+    let stage = TeacherStage::new(&run_dir, &device).unwrap();
+    let start = stage.initial_model(&device).unwrap();
+    assert_eq!(start.dit.blocks.len(), depth + 2);
+
+    // Every parameter of the source is there with its trained value.
+    let theirs = parameters(&source);
+    let ours = parameters(&start);
+    for (name, shape, value) in &theirs {
+        let (_, s, v) = ours
+            .iter()
+            .find(|(n, ..)| n == name)
+            .unwrap_or_else(|| panic!("`{name}` is missing from the grown teacher"));
+        assert_eq!((s, v), (shape, value), "`{name}` differs from the source's");
+    }
+    // The added blocks: gates closed, time key projections opposite and not zero.
+    let (a, b) = (&start.dit.blocks[depth], &start.dit.blocks[depth + 1]);
+    for block in [a, b] {
+        let m = values(block.ada_ln_modulation.weight.val());
+        assert!(m.iter().all(|&x| x == 0.0));
+    }
+    let (ka, kb) = (
+        values(a.cross_attn.to_kv.weight.val()),
+        values(b.cross_attn.to_kv.weight.val()),
+    );
+    assert!(ka.iter().any(|&x| x != 0.0));
+    assert!(ka.iter().zip(&kb).all(|(x, y)| *x == -*y));
+
+    // So the grown teacher predicts what the source predicted.
+    let plain = Device::flex();
+    let (source, start_plain) = (source.valid(), start.clone().valid());
+    let config = deeper.model_config().unwrap();
+    let (c, l) = (config.model.io_channels, config.latent_length());
+    let la = config.audio_conditioner().unwrap().latent_frames;
+    let eps = noise(5, c * la);
+    let context = source
+        .context_from_captions(
+            &tokenizer(&run).unwrap(),
+            &["three high beeps"],
+            stage.silent_prompt(),
+            &eps,
+            &plain,
+        )
+        .unwrap();
+    let z = Tensor::<3>::from_data(TensorData::new(noise(6, c * l), [1, c, l]), &plain);
+    let t = Tensor::<1>::from_data(TensorData::new(vec![0.7f32], [1]), &plain);
+    let want = values(
+        source
+            .velocity(z.clone(), t.clone(), context.clone())
+            .unwrap(),
+    );
+    let got = values(start_plain.velocity(z, t, context).unwrap());
+    let (err, scale) = max_error(&got, &want);
+    assert!(
+        scale > 0.0 && err <= 1e-5 * scale,
+        "velocity: {err} of {scale}"
+    );
+
+    // It trains from there, and resumes into the deeper architecture.
+    let out = train_stage(&stage, &run_dir, &device, Stop::after_steps(1), &mut |_| {}).unwrap();
+    assert_eq!((out.step, out.resumed_from), (1, 0));
+    let out = train_stage(&stage, &run_dir, &device, Stop::never(), &mut |r| {
+        assert!(r.loss.is_finite())
+    })
+    .unwrap();
+    assert_eq!((out.step, out.resumed_from), (2, 1));
+    let opened = values(out.model.dit.blocks[depth].ada_ln_modulation.weight.val());
+    assert!(opened.iter().any(|&x| x != 0.0), "the added gates train");
+
+    // Refused before any weight is read: an odd number of blocks, another T5, a missing source.
+    for (name, bad, needle) in [
+        ("odd", grown(&run, depth + 1, "../source"), "even number"),
+        (
+            "t5",
+            {
+                let mut r = grown(&run, depth + 2, "../source");
+                r.teacher.t5["d_ff"] = json!(48);
+                r
+            },
+            "teacher.t5",
+        ),
+        ("missing", grown(&run, depth + 2, "../nowhere"), "run.json"),
+    ] {
+        let dir = tmp.path().join(name);
+        let (run_dir, ..) = vae_trained_in(&dir, &bad, &device);
+        let err = TeacherStage::new(&run_dir, &device)
+            .err()
+            .unwrap()
+            .to_string();
+        assert!(err.contains(needle), "{name}: {err}");
+    }
 }

@@ -23,6 +23,8 @@
 //! * [`teacher`]: the DiT + MAF teacher stage (with the small T5 and the conditioners'
 //!   trainable parts) and its export to the layout the model builder loads;
 //! * [`timeline`]: the teacher's optional timeline supervision of its conditioning;
+//! * [`grow`]: a teacher started from another run's trained teacher, optionally with a deeper
+//!   DiT whose added blocks start as the identity (`teacher.init_from`);
 //! * [`export`]: trained modules written under their official tensor names;
 //! * [`dmd`]: the DMD student stage (distribution matching with a fake-score model trained
 //!   online, a regression term on cached teacher trajectories), run by
@@ -50,6 +52,7 @@ pub mod error;
 pub mod eval;
 pub mod export;
 pub mod flow;
+pub mod grow;
 pub mod guide;
 pub mod init;
 pub mod latent_store;

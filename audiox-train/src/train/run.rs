@@ -606,6 +606,7 @@ impl RunConfig {
                 }),
                 text_fill: 0,
                 text_slots: DEMO_TEXT_SLOTS,
+                init_from: None,
             },
             student: StudentStageConfig::demo(),
         }

@@ -45,6 +45,14 @@ pub trait Stage {
     /// gradients.
     fn init_model(&self, device: &Device) -> TrainResult<Self::Model>;
 
+    /// The weights a new run of the stage starts from ([`train_stage`] calls it only when the
+    /// stage has no checkpoint): [`Stage::init_model`]'s unless the stage starts from trained
+    /// weights (the teacher's `init_from`). [`Stage::init_model`] stays the template that
+    /// checkpoints are loaded into.
+    fn initial_model(&self, device: &Device) -> TrainResult<Self::Model> {
+        self.init_model(device)
+    }
+
     /// The loss of optimiser step `step` (0-based). Its batch and noise must be a pure function
     /// of the run seed and `step`, which is what makes a resumed run identical to an
     /// uninterrupted one.
@@ -167,7 +175,7 @@ pub fn train_stage<S: Stage>(
             let loaded = checkpoints.load(step, stage.init_model(device)?, optimizer(&settings))?;
             (loaded.model, loaded.optim, loaded.step)
         }
-        None => (stage.init_model(device)?, optimizer(&settings), 0),
+        None => (stage.initial_model(device)?, optimizer(&settings), 0),
     };
     // The moving average: the checkpoint's where it holds one, else the weights this call
     // starts from.

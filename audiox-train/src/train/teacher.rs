@@ -49,6 +49,8 @@ use audiox_encoders::conditioners::{VideoConditioner, VideoConditionerConfig};
 use audiox_encoders::t5::{T5Config, T5Encoder};
 use audiox_encoders::tokenizer::T5Tokenizer;
 use audiox_mmdit::{Dit, MafBlock};
+
+use super::grow::{TeacherInit, blocks_to_add, grown_teacher, source_root};
 use audiox_vae::{OobleckEncoder, Posterior, Vae};
 
 use super::checkpoint::{Checkpoints, write_atomic};
@@ -119,6 +121,11 @@ pub struct TeacherStageConfig {
     /// slots, fill and the longest caption must fit the text conditioner's `max_length`.
     #[serde(default, skip_serializing_if = "is_zero")]
     pub text_slots: usize,
+    /// Start from another run's trained teacher instead of random weights, with the DiT
+    /// optionally deeper (`None`, the default: a seeded random start). Read only when the stage
+    /// has no checkpoint yet. See [`super::grow`].
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<TeacherInit>,
 }
 
 fn is_zero(n: &usize) -> bool {
@@ -602,6 +609,8 @@ pub fn inner_device(device: &Device) -> Device {
 pub struct TeacherStage {
     seed: u64,
     run: RunConfig,
+    /// The run's folder (where a relative `teacher.init_from` is resolved).
+    root: PathBuf,
     corpus: Corpus,
     tokenizer: T5Tokenizer,
     encoder: OobleckEncoder,
@@ -684,8 +693,13 @@ impl TeacherStage {
                 latent: latent_dims,
             },
         )?;
+        if let Some(init) = &config.teacher.init_from {
+            let source = source_root(init, run.root());
+            blocks_to_add(&RunConfig::from_file(source.join("run.json"))?, &config)?;
+        }
         Ok(TeacherStage {
             seed: config.seed,
+            root: run.root().to_path_buf(),
             corpus: Corpus::new((&config.corpus).into())?,
             tokenizer: tokenizer(&config)?,
             encoder: vae.encoder,
@@ -966,6 +980,16 @@ impl Stage for TeacherStage {
     fn init_model(&self, device: &Device) -> TrainResult<TeacherModel> {
         let seed = self.seed ^ (StageName::Teacher.stream() << 56);
         Ok(random_init(TeacherModel::init(&self.run, device)?, seed))
+    }
+
+    /// The source run's teacher, grown to this run's depth, where `teacher.init_from` is set
+    /// ([`super::grow`]); the seeded random teacher otherwise.
+    fn initial_model(&self, device: &Device) -> TrainResult<TeacherModel> {
+        let fresh = self.init_model(device)?;
+        match &self.run.teacher.init_from {
+            Some(init) => grown_teacher(init, &self.root, &self.run, fresh, device),
+            None => Ok(fresh),
+        }
     }
 
     /// Draws, in order from the step's stream: the clip of each row, the prompt noise, the
