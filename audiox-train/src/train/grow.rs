@@ -19,9 +19,10 @@
 //! key projection is a zero term, but RMS normalisation divides by its tiny norm, so its first
 //! update would jump to unit scale). So the blocks are added in **pairs whose key projections
 //! are opposite** (`W` and `-W`, `W` seeded as any new weight): the normalisation is odd, so
-//! their terms cancel exactly, and since the two weights receive the same gradient the pair
-//! drifts apart smoothly from there. The self-attention and feed-forward weights of the new
-//! blocks are drawn as in a fresh teacher; they receive gradients once the gates open.
+//! their terms cancel exactly; while the gates are closed the two weights receive the same
+//! gradient (the normalisation's Jacobian is even), so the pair parts smoothly from there.
+//! The self-attention and feed-forward weights of the new blocks are drawn as in a fresh
+//! teacher; they receive gradients once the gates open.
 //!
 //! The new blocks are appended after the source's. What may differ between the two runs: the
 //! DiT's `depth` (deeper by an even number of blocks), the corpus, the stage settings (steps,
