@@ -1648,6 +1648,10 @@ fn a_teacher_grown_from_another_run_starts_where_that_run_ended() {
     assert_eq!((out.step, out.resumed_from), (2, 1));
     let opened = values(out.model.dit.blocks[depth].ada_ln_modulation.weight.val());
     assert!(opened.iter().any(|&x| x != 0.0), "the added gates train");
+    // Once started, the run no longer reads its source (which may move).
+    std::fs::rename(tmp.path().join("source"), tmp.path().join("moved")).unwrap();
+    TeacherStage::new(&run_dir, &device).unwrap();
+    std::fs::rename(tmp.path().join("moved"), tmp.path().join("source")).unwrap();
 
     // Refused before any weight is read: an odd number of blocks, another T5, a missing source.
     for (name, bad, needle) in [

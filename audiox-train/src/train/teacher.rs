@@ -49,14 +49,13 @@ use audiox_encoders::conditioners::{VideoConditioner, VideoConditionerConfig};
 use audiox_encoders::t5::{T5Config, T5Encoder};
 use audiox_encoders::tokenizer::T5Tokenizer;
 use audiox_mmdit::{Dit, MafBlock};
-
-use super::grow::{TeacherInit, blocks_to_add, grown_teacher, source_root};
 use audiox_vae::{OobleckEncoder, Posterior, Vae};
 
 use super::checkpoint::{Checkpoints, write_atomic};
 use super::error::{TrainError, TrainResult};
 use super::export::{official_tensors_of, write_safetensors};
 use super::flow::{TimeSampler, drop_condition, flow_loss, flow_loss_conditioned, normals};
+use super::grow::{TeacherInit, blocks_to_add, grown_teacher, source_root};
 use super::init::random_init;
 use super::latent_store::{LatentKey, LatentStore};
 use super::run::{LoopSettings, RunConfig, RunDir, StageName};
@@ -693,7 +692,12 @@ impl TeacherStage {
                 latent: latent_dims,
             },
         )?;
-        if let Some(init) = &config.teacher.init_from {
+        // The source is read only by a teacher that has not started: a trained run (its
+        // student, its export) needs no source, which may have moved since.
+        let started = !Checkpoints::new(&run.stage_dir(StageName::Teacher))
+            .steps()?
+            .is_empty();
+        if let Some(init) = config.teacher.init_from.as_ref().filter(|_| !started) {
             let source = source_root(init, run.root());
             blocks_to_add(&RunConfig::from_file(source.join("run.json"))?, &config)?;
         }
