@@ -1562,7 +1562,10 @@ fn trainable_floats<M: burn::module::Module>(module: &M) -> usize {
 fn grown(run: &RunConfig, depth: usize, source: &str) -> RunConfig {
     let mut grown = run.clone();
     grown.model["model"]["diffusion"]["config"]["depth"] = json!(depth);
-    grown.teacher.init_from = Some(TeacherInit { run: source.into() });
+    grown.teacher.init_from = Some(TeacherInit {
+        run: source.into(),
+        base: None,
+    });
     grown
 }
 
@@ -1673,6 +1676,135 @@ fn a_teacher_grown_from_another_run_starts_where_that_run_ended() {
             .err()
             .unwrap()
             .to_string();
+        assert!(err.contains(needle), "{name}: {err}");
+    }
+}
+
+/// A run whose teacher starts from a base run it trains itself (`teacher.init_from.base`):
+/// `train_base` trains the base run's VAE and teacher in the base run's folder, resumably, and
+/// imports its VAE; the run's teacher starts from the base's finished teacher, grown; the run's
+/// own VAE and teacher stages refuse to run before the base is trained; a base that differs
+/// from the run in more than depth, teacher and student is refused.
+#[test]
+fn a_run_trains_its_base_run_first_and_grows_the_base_teacher() {
+    use audiox_train::train::pipeline::{train_base, train_teacher, train_vae};
+    one_thread();
+    let base = tiny_run();
+    let depth = base.model_config().unwrap().dit().depth;
+    let mut run = grown(&base, depth + 2, "base");
+    run.teacher.init_from.as_mut().unwrap().base = Some(Box::new(base.clone()));
+    run.teacher.optim.steps = 2;
+    run.validate().unwrap();
+    let text = serde_json::to_string(&run).unwrap();
+    assert_eq!(serde_json::from_str::<RunConfig>(&text).unwrap(), run);
+
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    let run_dir = RunDir::open(&dir, run.clone()).unwrap();
+    let device = device();
+    let mut quiet = |_: &RunDir, _: audiox_train::train::StageName, _: &_| {};
+    let err = train_vae(&run_dir, &device, Stop::never(), &mut quiet)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("--stage base"), "{err}");
+    let err = TeacherStage::new(&run_dir, &device)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(err.contains("--stage base"), "{err}");
+
+    // Stopped after a step: the base VAE (one step) is done, its teacher is not; nothing is
+    // imported yet, and the run cannot start its teacher.
+    let mut reports = Vec::new();
+    let done = train_base(
+        &run_dir,
+        &device,
+        Stop::after_steps(1),
+        &mut quiet,
+        &mut |d, r| reports.push((d.root().to_path_buf(), r.stage.as_str(), r.step, r.finished)),
+    )
+    .unwrap();
+    assert!(!done);
+    let base_dir = dir.join("base");
+    assert_eq!(
+        reports,
+        [
+            (base_dir.clone(), "vae", 1, true),
+            (base_dir.clone(), "teacher", 1, false)
+        ]
+    );
+    assert!(TeacherStage::new(&run_dir, &device).is_err());
+
+    // Resumed to the end (the finished VAE stage reports again, with nothing to do): the base
+    // teacher equals one trained in a run folder of its own,
+    // and the run's VAE is the base's.
+    reports.clear();
+    let done = train_base(&run_dir, &device, Stop::never(), &mut quiet, &mut |d, r| {
+        reports.push((d.root().to_path_buf(), r.stage.as_str(), r.step, r.finished))
+    })
+    .unwrap();
+    assert!(done);
+    assert_eq!(
+        reports,
+        [
+            (base_dir.clone(), "vae", 1, true),
+            (base_dir.clone(), "teacher", 4, true)
+        ]
+    );
+    let (alone, ..) = train(&tmp.path().join("alone"), &base, None);
+    let base_run = RunDir::resume(&base_dir).unwrap();
+    let base_teacher = TeacherModel::from_checkpoint(&base_run, 4, &Device::flex()).unwrap();
+    assert_eq!(parameters(&base_teacher), parameters(&alone.valid()));
+    assert_eq!(
+        std::fs::read(dir.join("export/pretransform/vae.safetensors")).unwrap(),
+        std::fs::read(base_dir.join("export/pretransform/vae.safetensors")).unwrap()
+    );
+    assert!(
+        train_vae(&run_dir, &device, Stop::never(), &mut quiet)
+            .unwrap()
+            .is_none()
+    );
+
+    // The run's teacher starts from the base's, two blocks deeper, and trains.
+    let stage = TeacherStage::new(&run_dir, &device).unwrap();
+    let start = stage.initial_model(&device).unwrap();
+    assert_eq!(start.dit.blocks.len(), depth + 2);
+    let ours = parameters(&start);
+    for (name, shape, value) in parameters(&base_teacher) {
+        assert!(
+            ours.iter()
+                .any(|(n, s, v)| *n == name && *s == shape && *v == value),
+            "`{name}` is not the base teacher's"
+        );
+    }
+    let report = train_teacher(&run_dir, &device, Stop::never(), &mut quiet).unwrap();
+    assert_eq!((report.step, report.finished), (2, true));
+    // Once the run's teacher has started, the base is not trained or read again.
+    std::fs::rename(&base_dir, tmp.path().join("moved")).unwrap();
+    assert!(train_base(&run_dir, &device, Stop::never(), &mut quiet, &mut |_, _| {}).unwrap());
+
+    // Refused: a base with another VAE section, one with a base of its own, one not
+    // compatible with the run's model.
+    let mut other_vae = run.clone();
+    if let Some(b) = other_vae.teacher.init_from.as_mut().unwrap().base.as_mut() {
+        b.vae.kl_weight = 0.5;
+    }
+    let mut nested = run.clone();
+    if let Some(b) = nested.teacher.init_from.as_mut().unwrap().base.as_mut() {
+        b.teacher.init_from = Some(TeacherInit {
+            run: "elsewhere".into(),
+            base: None,
+        });
+    }
+    let mut odd = run.clone();
+    odd.model["model"]["diffusion"]["config"]["depth"] = json!(depth + 1);
+    for (name, bad, needle) in [
+        ("vae", other_vae, "base.vae"),
+        ("nested", nested, "base.teacher.init_from"),
+        ("odd", odd, "even number"),
+    ] {
+        let err = bad.validate().err().unwrap().to_string();
         assert!(err.contains(needle), "{name}: {err}");
     }
 }

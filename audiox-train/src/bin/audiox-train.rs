@@ -19,11 +19,11 @@ use std::process::ExitCode;
 
 use clap::Parser;
 
-use audiox_train::train::dmd::StudentStage;
-use audiox_train::train::teacher::{TeacherPrompts, export_student};
+use audiox_train::train::pipeline::{
+    self, StageReport, train_base, train_student, train_teacher, train_vae,
+};
 use audiox_train::train::{
-    LogRecord, RunConfig, RunDir, Stop, TeacherStage, TrainError, VaeStage, export_teacher,
-    export_vae, train_multi_stage, train_stage, trained_weights,
+    LogRecord, RunConfig, RunDir, StageName, Stop, TeacherStage, TrainError,
 };
 
 /// mimalloc instead of the system allocator, told never to hand freed memory back to the
@@ -71,8 +71,10 @@ struct Args {
     /// The run configuration (JSON); default: the one stored in --out, else the demo run.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Which stage to run: vae, teacher, student, or all (vae, then teacher, then student). The
-    /// T5 encoder is trained with the teacher; the student is distilled from the trained teacher.
+    /// Which stage to run: base, vae, teacher, student, or all (base, vae, teacher, student).
+    /// The T5 encoder is trained with the teacher; the student is distilled from the trained
+    /// teacher. `base` trains the base run a run's teacher starts from, where its
+    /// `teacher.init_from` has one (the built-in run does), and imports that run's VAE.
     #[arg(long, default_value = "all")]
     stage: String,
     /// Stop each stage after this many steps in all (a checkpoint is written there).
@@ -199,15 +201,16 @@ fn run(args: Args) -> Result<(), TrainError> {
         );
         return Ok(());
     }
-    let stages: &[&str] = match args.stage.as_str() {
-        "all" => &["vae", "teacher", "student"],
-        "vae" => &["vae"],
-        "teacher" => &["teacher"],
-        "student" => &["student"],
+    let stages: &[StageName] = match args.stage.as_str() {
+        "all" => &[StageName::Vae, StageName::Teacher, StageName::Student],
+        "base" => &[],
+        "vae" => &[StageName::Vae],
+        "teacher" => &[StageName::Teacher],
+        "student" => &[StageName::Student],
         other => {
             return Err(TrainError::config(
                 "--stage",
-                format!("`{other}`: expected vae, teacher, student or all"),
+                format!("`{other}`: expected base, vae, teacher, student or all"),
             ));
         }
     };
@@ -228,136 +231,84 @@ fn run(args: Args) -> Result<(), TrainError> {
         deadline,
     };
     let every = args.log_every.max(1);
-    let progress_line = |stage: &'static str, total: u64| {
-        move |r: &LogRecord| {
-            if r.step.is_multiple_of(every) || r.step == total {
-                let terms: Vec<String> =
-                    r.terms.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
-                println!(
-                    "{stage} step {}/{total}: loss {:.4} ({}), lr {:.2e}, {:.2} s/step",
-                    r.step,
-                    r.loss,
-                    terms.join(", "),
-                    r.lr,
-                    r.seconds
-                );
-            }
+    // "base vae", "base teacher" for the base run's stages.
+    let label = |dir: &RunDir, stage: StageName| {
+        if dir.root() == run.root() {
+            stage.as_str().to_string()
+        } else {
+            format!("base {}", stage.as_str())
         }
     };
+    let mut progress = |dir: &RunDir, stage: StageName, r: &LogRecord| {
+        let total = match stage {
+            StageName::Vae => dir.config().vae.optim.steps,
+            StageName::Teacher => dir.config().teacher.optim.steps,
+            StageName::Student => dir.config().student.optim.steps,
+        };
+        if r.step.is_multiple_of(every) || r.step == total {
+            let terms: Vec<String> = r.terms.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
+            println!(
+                "{} step {}/{total}: loss {:.4} ({}), lr {:.2e}, {:.2} s/step",
+                label(dir, stage),
+                r.step,
+                r.loss,
+                terms.join(", "),
+                r.lr,
+                r.seconds
+            );
+        }
+    };
+    // Prints what a stage did; `false` when it stopped before its last step.
+    let report = |dir: &RunDir, r: &StageReport| {
+        let weights = if r.weights.is_empty() {
+            String::new()
+        } else {
+            format!(" ({})", r.weights)
+        };
+        let name = label(dir, r.stage);
+        println!(
+            "{name}: step {}/{} (resumed from {}); weights written to {}{weights}",
+            r.step,
+            r.total,
+            r.resumed_from,
+            r.written.display()
+        );
+        if !r.finished {
+            println!("{name}: not finished; run the same command again to continue");
+        }
+        r.finished
+    };
+    if matches!(args.stage.as_str(), "all" | "base") {
+        let finished = train_base(&run, &device, stop, &mut progress, &mut |dir, r| {
+            report(dir, r);
+        })?;
+        if !finished {
+            return Ok(());
+        }
+        if let Some(base) = pipeline::base_run(&run)? {
+            println!(
+                "base: finished in {}; this run's teacher starts from its teacher",
+                base.root().display()
+            );
+        } else if args.stage == "base" {
+            println!("base: this run has no base run to train");
+        }
+    }
     for &stage in stages {
-        match stage {
-            "vae" => {
-                if audiox_train::train::vae::imported_marker(&run).exists() {
+        let done = match stage {
+            StageName::Vae => match train_vae(&run, &device, stop, &mut progress)? {
+                Some(r) => report(&run, &r),
+                None => {
                     let how = audiox_train::train::vae::vae_ready(&run)?.unwrap_or_default();
                     println!("vae: {how}; not trained in this run");
-                    continue;
+                    true
                 }
-                let vae = VaeStage::new(run.config(), &device)?;
-                let total = run.config().vae.optim.steps;
-                let mut progress = progress_line("vae", total);
-                let outcome = train_stage(&vae, &run, &device, stop, &mut progress)?;
-                let export = run.root().join("export");
-                let (step, resumed_from, finished) =
-                    (outcome.step, outcome.resumed_from, outcome.finished);
-                // The moving average or checkpoint mean where the stage keeps one.
-                let file = export_vae(&outcome.into_weights(), run.config(), &export)?;
-                println!(
-                    "vae: step {step}/{total} (resumed from {resumed_from}); weights written to {}",
-                    file.display()
-                );
-                if !finished {
-                    println!("vae: not finished; run the same command again to continue");
-                    return Ok(());
-                }
-            }
-            "teacher" => {
-                let teacher = TeacherStage::new(&run, &device)?;
-                let total = run.config().teacher.optim.steps;
-                let mut progress = progress_line("teacher", total);
-                let outcome = train_stage(&teacher, &run, &device, stop, &mut progress)?;
-                let (step, resumed_from, finished) =
-                    (outcome.step, outcome.resumed_from, outcome.finished);
-                let averaged = match (&outcome.average, run.config().teacher.optim.checkpoint_mean)
-                {
-                    (None, _) => String::new(),
-                    (Some(_), Some(mean)) => format!(
-                        " (the mean of its checkpoints from step {} to {total})",
-                        mean.from_step
-                    ),
-                    (Some(_), None) => " (the moving average of its weights)".to_string(),
-                };
-                let export = export_teacher(
-                    &outcome.into_weights(),
-                    run.config(),
-                    &run.root().join("export"),
-                )?;
-                println!(
-                    "teacher: step {step}/{total} (resumed from {resumed_from}); model folder written to {} (teacher in {}{averaged})",
-                    export.dir.display(),
-                    export.teacher.display()
-                );
-                if !finished {
-                    println!("teacher: not finished; run the same command again to continue");
-                    return Ok(());
-                }
-            }
-            "student" => {
-                // The trained teacher's weights, from its newest checkpoint (no teacher step
-                // runs, and its optimiser state is not needed).
-                let teacher_stage = TeacherStage::new(&run, &device)?;
-                let teacher_total = run.config().teacher.optim.steps;
-                let (teacher_step, teacher) = trained_weights(&teacher_stage, &run, &device)?;
-                if teacher_step < teacher_total {
-                    return Err(TrainError::config(
-                        "--stage student",
-                        format!(
-                            "the teacher is at step {}/{teacher_total}: finish it first (--stage teacher)",
-                            teacher_step
-                        ),
-                    ));
-                }
-                let mut prompts = TeacherPrompts::new(
-                    teacher.clone(),
-                    teacher_stage.tokenizer().clone(),
-                    teacher_stage.silent_prompt().clone(),
-                );
-                if let Some(masking) = &run.config().student.audio_prompt {
-                    prompts = prompts.with_clip_prompts(
-                        masking.clone(),
-                        std::sync::Arc::new(teacher_stage),
-                        run.config().seed,
-                    )?;
-                }
-                let student = StudentStage::new(
-                    &run,
-                    run.config().student.clone(),
-                    teacher.dit.clone(),
-                    prompts,
-                    &device,
-                )?;
-                let total = run.config().student.optim.steps;
-                let mut progress = progress_line("student", total);
-                let outcome = train_multi_stage(&student, &run, &device, stop, &mut progress)?;
-                let export = run.root().join("export");
-                export_teacher(&teacher, run.config(), &export)?;
-                let file = export_student(&teacher, &outcome.model[0].model, &export)?;
-                println!(
-                    "student: step {}/{total} (resumed from {}); student written to {}",
-                    outcome.step,
-                    outcome.resumed_from,
-                    file.display()
-                );
-                if !outcome.finished {
-                    println!("student: not finished; run the same command again to continue");
-                    return Ok(());
-                }
-            }
-            other => {
-                return Err(TrainError::config(
-                    "--stage",
-                    format!("unknown stage `{other}`"),
-                ));
-            }
+            },
+            StageName::Teacher => report(&run, &train_teacher(&run, &device, stop, &mut progress)?),
+            StageName::Student => report(&run, &train_student(&run, &device, stop, &mut progress)?),
+        };
+        if !done {
+            return Ok(());
         }
     }
     Ok(())

@@ -47,12 +47,56 @@ const DEPTH: &str = "/model/diffusion/config/depth";
 
 /// Where a teacher's initial weights come from (`teacher.init_from`; absent, the default: a
 /// seeded random initialisation). See the module docs.
-#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct TeacherInit {
     /// A run folder (absolute, or relative to this run's folder) whose `run.json` and teacher
-    /// checkpoints are read, never written: e.g. a committed `training-checkpoints/<run>/`.
+    /// checkpoints are read: e.g. a committed `training-checkpoints/<run>/`, or the folder
+    /// where this run trains its [`base`](Self::base) run.
     pub run: PathBuf,
+    /// The configuration of a **base run** this run trains itself, in the folder `run`, before
+    /// its own stages (`None`, the default: `run` holds a trained teacher already). The base
+    /// run's VAE and teacher stages are trained there (its student stage never is), its VAE is
+    /// imported into this run, and this run's teacher starts from the base's finished teacher
+    /// ([`train_base`](super::pipeline::train_base)). So one run configuration describes a
+    /// teacher trained in two phases, the second deeper than the first. A base run differs
+    /// from this run only in the DiT's depth and its teacher and student sections (its corpus
+    /// and VAE section are this run's), and starts its own teacher from random weights.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub base: Option<Box<RunConfig>>,
+}
+
+impl TeacherInit {
+    /// Checks a base run against this run's configuration `run` (see [`TeacherInit::base`]);
+    /// nothing to check without one.
+    pub fn check(&self, run: &RunConfig) -> TrainResult<()> {
+        let Some(base) = &self.base else {
+            return Ok(());
+        };
+        let field = |name: &str| format!("teacher.init_from.base.{name}");
+        base.validate()
+            .map_err(|e| TrainError::config(field("*"), e.to_string()))?;
+        if base.teacher.init_from.is_some() {
+            return Err(TrainError::config(
+                field("teacher.init_from"),
+                "a base run starts its teacher from random weights",
+            ));
+        }
+        if base.corpus != run.corpus {
+            return Err(TrainError::config(
+                field("corpus"),
+                "differs from this run's corpus (the base run's VAE is this run's)",
+            ));
+        }
+        if base.vae != run.vae {
+            return Err(TrainError::config(
+                field("vae"),
+                "differs from this run's vae section (the base run's VAE is this run's)",
+            ));
+        }
+        blocks_to_add(base, run)?;
+        Ok(())
+    }
 }
 
 /// The DiT depth of a run's model configuration.
@@ -142,6 +186,19 @@ pub fn grown_teacher(
             format!("{} holds no teacher checkpoint", dir.display()),
         ));
     };
+    if let Some(base) = &init.base
+        && step < base.teacher.optim.steps
+    {
+        return Err(TrainError::config(
+            "teacher.init_from",
+            format!(
+                "the base run's teacher ({}) is at step {step} of {}: finish the base run first \
+                 (--stage base)",
+                dir.display(),
+                base.teacher.optim.steps
+            ),
+        ));
+    }
     let trained = checkpoints.load_model(step, TeacherModel::init(&source, device)?)?;
     let weights = match checkpoints.load_average(step, TeacherModel::init(&source, device)?)? {
         Some(average) => with_gradient_requirements_of(average, &trained),

@@ -25,6 +25,8 @@
 //! * [`timeline`]: the teacher's optional timeline supervision of its conditioning;
 //! * [`grow`]: a teacher started from another run's trained teacher, optionally with a deeper
 //!   DiT whose added blocks start as the identity (`teacher.init_from`);
+//! * [`pipeline`]: a run's stages in order, each exported when it stops, after the base run a
+//!   run's teacher may start from (`teacher.init_from.base`);
 //! * [`export`]: trained modules written under their official tensor names;
 //! * [`dmd`]: the DMD student stage (distribution matching with a fake-score model trained
 //!   online, a regression term on cached teacher trajectories), run by
@@ -57,6 +59,7 @@ pub mod guide;
 pub mod init;
 pub mod latent_store;
 pub mod log;
+pub mod pipeline;
 pub mod run;
 pub mod stage;
 pub mod stft;

@@ -688,6 +688,9 @@ impl RunConfig {
             ));
         }
         self.teacher.check(&model, clip)?;
+        if let Some(init) = &self.teacher.init_from {
+            init.check(self)?;
+        }
         self.student.check(StageName::Student.as_str())?;
         Ok(())
     }

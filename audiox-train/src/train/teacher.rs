@@ -641,11 +641,19 @@ impl TeacherStage {
                 .last()
                 .copied()
                 .unwrap_or(0);
+            let how = match config
+                .teacher
+                .init_from
+                .as_ref()
+                .and_then(|i| i.base.as_ref())
+            {
+                Some(_) => "train the base run first, whose VAE this run imports (--stage base)",
+                None => "finish it first (--stage vae) or import a trained VAE (--import-vae)",
+            };
             return Err(TrainError::config(
                 "teacher",
                 format!(
-                    "the vae stage is at step {vae_steps} of {}: finish it first (--stage vae) \
-                     or import a trained VAE (--import-vae)",
+                    "the vae stage is at step {vae_steps} of {}: {how}",
                     config.vae.optim.steps
                 ),
             ));
