@@ -32,8 +32,8 @@ use super::dmd::StudentStage;
 use super::error::{TrainError, TrainResult};
 use super::grow::source_root;
 use super::log::LogRecord;
-use super::run::{RunDir, StageName};
-use super::stage::{Stop, train_multi_stage, train_stage, trained_weights};
+use super::run::{LoopSettings, RunDir, StageName};
+use super::stage::{StageOutcome, Stop, train_multi_stage, train_stage, trained_weights};
 use super::teacher::{TeacherPrompts, TeacherStage, export_student, export_teacher, inner_device};
 use super::vae::{VaeStage, export_vae, import_vae, imported_marker, vae_export_path, vae_ready};
 
@@ -62,15 +62,27 @@ pub struct StageReport {
     pub weights: String,
 }
 
-/// Which weights a stage with `settings` exports, in words (see [`StageReport::weights`]).
-fn exported_weights(settings: &super::LoopSettings, averaged: bool) -> String {
-    match (averaged, settings.checkpoint_mean) {
-        (false, _) => String::new(),
-        (true, Some(mean)) => format!(
-            "the mean of its checkpoints from step {} to {}",
-            mean.from_step, settings.steps
-        ),
-        (true, None) => "the moving average of its weights".to_string(),
+impl StageReport {
+    /// The report of `stage` (run with `settings`) after `outcome`, before its export is
+    /// written ([`StageReport::written`] empty).
+    fn of<M>(stage: StageName, settings: &LoopSettings, outcome: &StageOutcome<M>) -> Self {
+        let weights = match (outcome.average.is_some(), settings.checkpoint_mean) {
+            (false, _) => String::new(),
+            (true, Some(mean)) => format!(
+                "the mean of its checkpoints from step {} to {}",
+                mean.from_step, settings.steps
+            ),
+            (true, None) => "the moving average of its weights".to_string(),
+        };
+        StageReport {
+            stage,
+            step: outcome.step,
+            total: settings.steps,
+            resumed_from: outcome.resumed_from,
+            finished: outcome.finished,
+            written: PathBuf::new(),
+            weights,
+        }
     }
 }
 
@@ -106,22 +118,13 @@ pub fn train_vae(
     let outcome = train_stage(&stage, run, device, stop, &mut |r| {
         progress(run, StageName::Vae, r)
     })?;
-    let (step, resumed_from, finished) = (outcome.step, outcome.resumed_from, outcome.finished);
-    let weights = exported_weights(&settings, outcome.average.is_some());
-    let written = export_vae(
+    let mut report = StageReport::of(StageName::Vae, &settings, &outcome);
+    report.written = export_vae(
         &outcome.into_weights(),
         run.config(),
         &run.root().join("export"),
     )?;
-    Ok(Some(StageReport {
-        stage: StageName::Vae,
-        step,
-        total: settings.steps,
-        resumed_from,
-        finished,
-        written,
-        weights,
-    }))
+    Ok(Some(report))
 }
 
 /// Trains the teacher stage of `run` (its VAE ready) and exports the model folder with the
@@ -137,22 +140,14 @@ pub fn train_teacher(
     let outcome = train_stage(&stage, run, device, stop, &mut |r| {
         progress(run, StageName::Teacher, r)
     })?;
-    let (step, resumed_from, finished) = (outcome.step, outcome.resumed_from, outcome.finished);
-    let weights = exported_weights(&settings, outcome.average.is_some());
-    let export = export_teacher(
+    let mut report = StageReport::of(StageName::Teacher, &settings, &outcome);
+    report.written = export_teacher(
         &outcome.into_weights(),
         run.config(),
         &run.root().join("export"),
-    )?;
-    Ok(StageReport {
-        stage: StageName::Teacher,
-        step,
-        total: settings.steps,
-        resumed_from,
-        finished,
-        written: export.teacher,
-        weights,
-    })
+    )?
+    .teacher;
+    Ok(report)
 }
 
 /// Distils the student of `run` from its finished teacher (the teacher's exported weights,
@@ -198,16 +193,9 @@ pub fn train_student(
     })?;
     let export = run.root().join("export");
     export_teacher(&teacher, config, &export)?;
-    let written = export_student(&teacher, &outcome.model[0].model, &export)?;
-    Ok(StageReport {
-        stage: StageName::Student,
-        step: outcome.step,
-        total: config.student.optim.steps,
-        resumed_from: outcome.resumed_from,
-        finished: outcome.finished,
-        written,
-        weights: String::new(),
-    })
+    let mut report = StageReport::of(StageName::Student, &config.student.optim, &outcome);
+    report.written = export_student(&teacher, &outcome.model[0].model, &export)?;
+    Ok(report)
 }
 
 /// The base run of `run` ([`TeacherInit::base`](super::grow::TeacherInit::base)), opened
