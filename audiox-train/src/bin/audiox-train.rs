@@ -20,7 +20,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use audiox_train::train::pipeline::{
-    self, StageReport, train_base, train_student, train_teacher, train_vae,
+    StageReport, train_base, train_student, train_teacher, train_vae,
 };
 use audiox_train::train::{
     LogRecord, RunConfig, RunDir, StageName, Stop, TeacherStage, TrainError,
@@ -74,7 +74,7 @@ struct Args {
     /// Which stage to run: base, vae, teacher, student, or all (base, vae, teacher, student).
     /// The T5 encoder is trained with the teacher; the student is distilled from the trained
     /// teacher. `base` trains the base run a run's teacher starts from, where its
-    /// `teacher.init_from` has one (the built-in run does), and imports that run's VAE.
+    /// `teacher.init_from` has one, and imports that run's VAE.
     #[arg(long, default_value = "all")]
     stage: String,
     /// Stop each stage after this many steps in all (a checkpoint is written there).
@@ -285,12 +285,7 @@ fn run(args: Args) -> Result<(), TrainError> {
         if !finished {
             return Ok(());
         }
-        if let Some(base) = pipeline::base_run(&run)? {
-            println!(
-                "base: finished in {}; this run's teacher starts from its teacher",
-                base.root().display()
-            );
-        } else if args.stage == "base" {
+        if args.stage == "base" && run.config().base().is_none() {
             println!("base: this run has no base run to train");
         }
     }

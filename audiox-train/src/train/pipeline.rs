@@ -100,13 +100,7 @@ pub fn train_vae(
         vae_ready(run)?;
         return Ok(None);
     }
-    let has_base = run
-        .config()
-        .teacher
-        .init_from
-        .as_ref()
-        .is_some_and(|init| init.base.is_some());
-    if has_base {
+    if run.config().base().is_some() {
         return Err(TrainError::config(
             "--stage vae",
             "this run's VAE is its base run's, imported once the base run is trained \

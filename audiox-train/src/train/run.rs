@@ -612,6 +612,14 @@ impl RunConfig {
         }
     }
 
+    /// The base run this run trains before its own stages (`teacher.init_from.base`), if any.
+    pub fn base(&self) -> Option<&RunConfig> {
+        self.teacher
+            .init_from
+            .as_ref()
+            .and_then(|init| init.base.as_deref())
+    }
+
     /// The model configuration, parsed and validated.
     pub fn model_config(&self) -> TrainResult<audiox::ModelConfig> {
         Ok(audiox::ModelConfig::from_json_value(&self.model)?)

@@ -641,12 +641,7 @@ impl TeacherStage {
                 .last()
                 .copied()
                 .unwrap_or(0);
-            let how = match config
-                .teacher
-                .init_from
-                .as_ref()
-                .and_then(|i| i.base.as_ref())
-            {
+            let how = match config.base() {
                 Some(_) => "train the base run first, whose VAE this run imports (--stage base)",
                 None => "finish it first (--stage vae) or import a trained VAE (--import-vae)",
             };
