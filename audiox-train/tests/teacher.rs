@@ -1784,7 +1784,7 @@ fn a_run_trains_its_base_run_first_and_grows_the_base_teacher() {
     std::fs::rename(&base_dir, tmp.path().join("moved")).unwrap();
     assert!(train_base(&run_dir, &device, Stop::never(), &mut quiet, &mut |_, _| {}).unwrap());
 
-    // Refused: a base with another VAE section, one with a base of its own, one not
+    // Refused: a base with another seed or VAE section, one with a base of its own, one not
     // compatible with the run's model.
     let mut other_vae = run.clone();
     if let Some(b) = other_vae.teacher.init_from.as_mut().unwrap().base.as_mut() {
@@ -1799,7 +1799,10 @@ fn a_run_trains_its_base_run_first_and_grows_the_base_teacher() {
     }
     let mut odd = run.clone();
     odd.model["model"]["diffusion"]["config"]["depth"] = json!(depth + 1);
+    let mut seed = run.clone();
+    seed.seed += 1;
     for (name, bad, needle) in [
+        ("seed", seed, "base.seed"),
         ("vae", other_vae, "base.vae"),
         ("nested", nested, "base.teacher.init_from"),
         ("odd", odd, "even number"),

@@ -60,8 +60,9 @@ pub struct TeacherInit {
     /// imported into this run, and this run's teacher starts from the base's finished teacher
     /// ([`train_base`](super::pipeline::train_base)). So one run configuration describes a
     /// teacher trained in two phases, the second deeper than the first. A base run differs
-    /// from this run only in the DiT's depth and its teacher and student sections (its corpus
-    /// and VAE section are this run's), and starts its own teacher from random weights.
+    /// from this run only in the DiT's depth and its teacher and student sections (its seed,
+    /// corpus and VAE section are this run's, its T5 and CLIP configurations and text slots
+    /// and fill too), and starts its own teacher from random weights.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub base: Option<Box<RunConfig>>,
 }
@@ -80,6 +81,12 @@ impl TeacherInit {
             return Err(TrainError::config(
                 field("teacher.init_from"),
                 "a base run starts its teacher from random weights",
+            ));
+        }
+        if base.seed != run.seed {
+            return Err(TrainError::config(
+                field("seed"),
+                format!("{} differs from this run's seed {}", base.seed, run.seed),
             ));
         }
         if base.corpus != run.corpus {
