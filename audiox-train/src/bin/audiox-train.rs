@@ -162,6 +162,12 @@ fn run(args: Args) -> Result<(), TrainError> {
         (None, false) => RunDir::open(&out, RunConfig::demo())?,
     };
     if let Some(source) = &args.import_vae {
+        if run.config().base().is_some() {
+            return Err(TrainError::config(
+                "--import-vae",
+                "this run's VAE is its base run's (teacher.init_from.base), imported by --stage base",
+            ));
+        }
         let file = audiox_train::train::vae::import_vae(
             &run,
             source,
