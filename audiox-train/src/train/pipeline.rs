@@ -195,10 +195,7 @@ pub fn train_student(
 /// The base run of `run` ([`TeacherInit::base`](super::grow::TeacherInit::base)), opened
 /// (created on first use) in its folder; `None` when the run has none.
 pub fn base_run(run: &RunDir) -> TrainResult<Option<RunDir>> {
-    let Some(init) = &run.config().teacher.init_from else {
-        return Ok(None);
-    };
-    let Some(base) = &init.base else {
+    let (Some(init), Some(base)) = (&run.config().teacher.init_from, run.config().base()) else {
         return Ok(None);
     };
     let root = source_root(init, run.root());
@@ -208,7 +205,7 @@ pub fn base_run(run: &RunDir) -> TrainResult<Option<RunDir>> {
             "the base run needs a folder of its own, not the run's folder",
         ));
     }
-    Ok(Some(RunDir::open(root, (**base).clone())?))
+    Ok(Some(RunDir::open(root, base.clone())?))
 }
 
 /// Trains the base run of `run`, if it has one and its own teacher has not started: the base
