@@ -1035,6 +1035,90 @@ fn a_frozen_encoder_stays_bit_identical_while_the_decoder_trains() {
     assert!(decoder_moved > 0);
 }
 
+/// `vae.init_from`: the stage starts from a VAE file's weights (read at step 0 only); with a
+/// frozen encoder its export's encoder is the file's, so `--update-decoder` takes the new
+/// decoder into a run that imported the file. Bad files and settings are typed errors.
+#[test]
+fn a_vae_stage_started_from_a_file_fine_tunes_its_decoder_for_update_decoder() {
+    use audiox_train::train::vae::{import_vae, update_decoder};
+    one_thread();
+    let device = device();
+    let tmp = tempfile::tempdir().unwrap();
+    let first = tiny_run();
+    let (trained, _, _) = train(&tmp.path().join("first"), &first, Some(2)).unwrap();
+    let file = export_vae(&trained, &first, &tmp.path().join("first_export")).unwrap();
+    fn values<M: Module>(m: &M) -> Vec<Vec<f32>> {
+        parameters(m).into_iter().map(|p| p.2).collect()
+    }
+
+    let mut tune = tiny_run();
+    tune.seed = 8;
+    tune.vae.latent_guide = None;
+    tune.vae.freeze_encoder = true;
+    tune.vae.init_from = Some(file.clone());
+    // Step 0 is the file's VAE as the loader reads it, not the seed's random one.
+    let (start, step, _) = train(&tmp.path().join("tune"), &tune, Some(0)).unwrap();
+    assert_eq!(step, 0);
+    let dict = StateDict::open(&file).unwrap();
+    let config = vae_config(&first.model_config().unwrap());
+    let (loaded, _) = Vae::load(&config, &[WeightSource::new(&dict)], &device).unwrap();
+    assert_eq!(values(&start), values(&loaded));
+    let mut random = tune.clone();
+    random.vae.init_from = None;
+    let (fresh, _, _) = train(&tmp.path().join("random"), &random, Some(0)).unwrap();
+    assert_ne!(values(&start), values(&fresh));
+
+    // Two steps, interrupted after the first; the file is not read again on resuming.
+    let moved = tmp.path().join("moved.safetensors");
+    std::fs::copy(&file, &moved).unwrap();
+    tune.vae.init_from = Some(moved.clone());
+    let dir = tmp.path().join("tune2");
+    train(&dir, &tune, Some(1)).unwrap();
+    std::fs::remove_file(&moved).unwrap();
+    let (tuned, step, resumed) = train(&dir, &tune, Some(2)).unwrap();
+    assert_eq!((step, resumed), (2, 1));
+    assert_eq!(values(&tuned.encoder), values(&loaded.encoder));
+    assert_ne!(values(&tuned.decoder), values(&loaded.decoder));
+
+    // A run that imported the first file takes the fine-tuned decoder.
+    let tuned_file = export_vae(&tuned, &tune, &tmp.path().join("tuned_export")).unwrap();
+    let importer = RunDir::open(tmp.path().join("importer"), first.clone()).unwrap();
+    import_vae(&importer, &file, &device).unwrap();
+    update_decoder(&importer, &tuned_file, &device).unwrap();
+
+    // A missing file, and one of other sizes, are errors naming the file.
+    let mut missing = tune.clone();
+    missing.vae.init_from = Some(tmp.path().join("absent.safetensors"));
+    let err = train(&tmp.path().join("missing"), &missing, Some(1))
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("absent.safetensors"), "{err}");
+    let mut other = RunConfig::demo();
+    shrink_vae(&mut other.model, 4, &[2, 4], 4);
+    let (wide, _, _) = {
+        let mut o = other.clone();
+        o.vae = first.vae.clone();
+        train(&tmp.path().join("wide"), &o, Some(0)).unwrap()
+    };
+    let wide_file = export_vae(&wide, &other, &tmp.path().join("wide_export")).unwrap();
+    let mut mismatched = tune.clone();
+    mismatched.vae.init_from = Some(wide_file);
+    let err = train(&tmp.path().join("mismatched"), &mismatched, Some(1))
+        .err()
+        .unwrap();
+    assert!(err.to_string().contains("wide_export"), "{err}");
+
+    // A curriculum for a VAE trained from its initialisation is refused with a file.
+    let mut guided = tune.clone();
+    guided.vae.latent_guide = first.vae.latent_guide.clone();
+    assert!(
+        guided.vae.latent_guide.is_some(),
+        "the demo VAE has a guide"
+    );
+    let err = RunDir::open(tmp.path().join("guided"), guided).unwrap_err();
+    assert!(err.to_string().contains("vae.latent_guide"), "{err}");
+}
+
 /// The learning-rate decay: `lr` up to `from_step`, a straight line to `final_lr` at the last
 /// step; bad settings are refused; and a run with a decay is not "continued exactly" by a
 /// config that only raises its steps (the slope would change under the steps already taken).

@@ -331,6 +331,15 @@ pub struct VaeStageConfig {
     /// the new export are then bit-identical to the imported ones).
     #[serde(default, skip_serializing_if = "is_default")]
     pub freeze_encoder: bool,
+    /// Start the stage from the weights of this VAE file instead of a random initialisation
+    /// (`None`, the default): an earlier run's `export/pretransform/vae.safetensors`, or any
+    /// file in the layout `audiox convert` writes, at the run's VAE sizes and holding nothing
+    /// else. The optimiser starts afresh; the file is read only at step 0 (a resumed stage
+    /// reads its checkpoint). With `freeze_encoder` this fine-tunes the decoder of a finished
+    /// VAE whose run folder is gone: the export's encoder is the file's, bit for bit, so
+    /// `--update-decoder` takes it into a run that imported that file.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub init_from: Option<std::path::PathBuf>,
     /// A compression curriculum (`None`: none): the decoder first decodes log band energies of
     /// the audio instead of the encoder's latent, while the encoder learns to predict them
     /// (see `guide::LatentGuide`).
@@ -558,6 +567,7 @@ impl RunConfig {
                 init: super::init::InitScheme::PytorchDefault,
                 zero_decoder_biases: false,
                 freeze_encoder: false,
+                init_from: None,
                 latent_guide: Some(super::guide::LatentGuideConfig {
                     steps: 1_500,
                     blend: 1_000,
@@ -694,6 +704,21 @@ impl RunConfig {
                 "vae.log_floor_db",
                 format!("{db} is not a level below 0 dB"),
             ));
+        }
+        if self.vae.init_from.is_some() {
+            // Both start the decoder in a state a trained file's weights contradict.
+            for (field, set) in [
+                ("vae.latent_guide", self.vae.latent_guide.is_some()),
+                ("vae.zero_decoder_biases", self.vae.zero_decoder_biases),
+            ] {
+                if set {
+                    return Err(TrainError::config(
+                        field,
+                        "a curriculum for a VAE trained from its initialisation: remove it \
+                         with vae.init_from",
+                    ));
+                }
+            }
         }
         self.teacher.check(&model, clip)?;
         if let Some(init) = &self.teacher.init_from {

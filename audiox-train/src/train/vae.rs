@@ -166,6 +166,13 @@ impl Stage for VaeStage {
         ))
     }
 
+    fn initial_model(&self, device: &Device) -> TrainResult<Vae> {
+        match &self.settings.init_from {
+            Some(source) => load_vae_weights(&self.vae, source, device),
+            None => self.init_model(device),
+        }
+    }
+
     fn loss(&self, model: &Vae, step: u64, device: &Device) -> TrainResult<StepLoss> {
         let mut rng = self.rng(step);
         let (audio, dims) = self.batch(step, &mut rng);
@@ -366,9 +373,16 @@ struct ImportRecord {
 /// Loads a VAE file at `run`'s VAE sizes, refusing a file that holds tensors the VAE does not
 /// have (another model's file).
 fn load_vae_file(run: &RunDir, source: &Path, device: &Device) -> TrainResult<Vae> {
+    load_vae_weights(&vae_config(&run.config().model_config()?), source, device)
+}
+
+/// Loads a VAE file at the sizes `config`, refusing a file that holds tensors the VAE does not
+/// have (another model's file).
+fn load_vae_weights(config: &VaeConfig, source: &Path, device: &Device) -> TrainResult<Vae> {
     let dict = StateDict::open(source)?;
-    let config = vae_config(&run.config().model_config()?);
-    let (vae, report) = Vae::load(&config, &[WeightSource::new(&dict)], device)?;
+    let (vae, report) = Vae::load(config, &[WeightSource::new(&dict)], device).map_err(|e| {
+        TrainError::checkpoint(source, format!("not a VAE of the run's sizes: {e}"))
+    })?;
     if let Some((_, key)) = report.unused.first() {
         return Err(TrainError::checkpoint(
             source,
