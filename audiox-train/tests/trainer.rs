@@ -1562,4 +1562,37 @@ fn the_built_in_run_is_the_shipped_models_recipe() {
     let steps = demo.teacher.optim.mean_steps();
     assert_eq!(steps.len(), 15);
     assert_eq!((steps[0], steps[14]), (41_600, 43_000));
+
+    // The shipped VAE is the recipe's with its decoder fine-tuned (run VD2, started from run
+    // BI's VAE export): the recipe's VAE section but for what a decoder-only continuation
+    // changes. Everything else is the recipe's.
+    let decoder_run =
+        RunConfig::from_file(workspace.join("training-checkpoints/VD2/run.json")).unwrap();
+    let tuned = &decoder_run.vae;
+    assert_eq!(
+        tuned.init_from.as_deref(),
+        Some(Path::new(
+            "training-checkpoints/BI/export/pretransform/vae.safetensors"
+        ))
+    );
+    assert!(tuned.freeze_encoder);
+    let mut recipe = demo.vae.clone();
+    (recipe.latent_guide, recipe.posterior_noise_warmup) = (None, None);
+    recipe.stft_mel_bands = None;
+    recipe.freeze_encoder = true;
+    recipe.init_from = tuned.init_from.clone();
+    recipe.optim = tuned.optim.clone();
+    assert_eq!(*tuned, recipe);
+    assert_eq!(
+        (tuned.optim.lr, tuned.optim.batch),
+        (demo.vae.optim.lr, demo.vae.optim.batch)
+    );
+    let mut rest = decoder_run.clone();
+    rest.vae = demo.vae.clone();
+    let mut bi = RunConfig::from_file(workspace.join("training-checkpoints/BI/run.json")).unwrap();
+    bi.vae = demo.vae.clone();
+    assert_eq!(
+        rest, bi,
+        "the decoder run is run BI's configuration but for its VAE section"
+    );
 }
