@@ -714,7 +714,7 @@ impl RunConfig {
                 if set {
                     return Err(TrainError::config(
                         field,
-                        "a curriculum for a VAE trained from its initialisation: remove it \
+                        "a setting for a VAE trained from its initialisation: remove it \
                          with vae.init_from",
                     ));
                 }
