@@ -1093,13 +1093,9 @@ fn a_vae_stage_started_from_a_file_fine_tunes_its_decoder_for_update_decoder() {
         .err()
         .unwrap();
     assert!(err.to_string().contains("absent.safetensors"), "{err}");
-    let mut other = RunConfig::demo();
+    let mut other = first.clone();
     shrink_vae(&mut other.model, 4, &[2, 4], 4);
-    let (wide, _, _) = {
-        let mut o = other.clone();
-        o.vae = first.vae.clone();
-        train(&tmp.path().join("wide"), &o, Some(0)).unwrap()
-    };
+    let (wide, _, _) = train(&tmp.path().join("wide"), &other, Some(0)).unwrap();
     let wide_file = export_vae(&wide, &other, &tmp.path().join("wide_export")).unwrap();
     let mut mismatched = tune.clone();
     mismatched.vae.init_from = Some(wide_file);
@@ -1108,7 +1104,7 @@ fn a_vae_stage_started_from_a_file_fine_tunes_its_decoder_for_update_decoder() {
         .unwrap();
     assert!(err.to_string().contains("wide_export"), "{err}");
 
-    // A curriculum for a VAE trained from its initialisation is refused with a file.
+    // A setting for a VAE trained from its initialisation is refused with `init_from`.
     let mut guided = tune.clone();
     guided.vae.latent_guide = first.vae.latent_guide.clone();
     assert!(
