@@ -44,7 +44,8 @@ fn set_text_length(run: &mut RunConfig, max_length: usize) {
 
 /// The demo run at 8 kHz with a 2-channel VAE (strides 2/4/8/10: 125 latent frames of 10 s),
 /// condition width 16, a one-block DiT of width 32, a one-layer T5 and CLIP, 24 text tokens,
-/// without the demo recipe's slots, layout pretraining and prompt masking, and tiny loops.
+/// without the demo recipe's slots, layout pretraining, prompt masking and decoder stage, and
+/// tiny loops.
 fn tiny_run() -> RunConfig {
     let mut run = RunConfig::demo();
     run.seed = 11;
@@ -117,6 +118,7 @@ fn tiny_run() -> RunConfig {
     t.audio_prompt = None;
     t.optim.lr_decay = None;
     t.optim.checkpoint_mean = None;
+    run.decoder = None;
     t.t5 = serde_json::from_str(audiox_train::tokenizer::DEMO_T5_CONFIG_JSON).unwrap();
     for (k, v) in [
         ("d_model", 16),
@@ -849,6 +851,242 @@ fn a_decoder_fine_tuned_on_the_imported_encoder_replaces_the_exported_one() {
     let stage = TeacherStage::new(&run_b, &device).unwrap();
     let out = train_stage(&stage, &run_b, &device, Stop::after_steps(1), &mut |_| {}).unwrap();
     assert_eq!(out.step, 1);
+}
+
+/// `run` with a decoder stage of `steps` steps: the built-in recipe's section at the tiny
+/// run's crop and STFT sizes, a checkpoint every step.
+fn with_decoder(run: &RunConfig, steps: u64) -> RunConfig {
+    let mut run = run.clone();
+    let mut decoder = RunConfig::demo().decoder.unwrap();
+    decoder.optim.steps = steps;
+    decoder.optim.batch = 1;
+    decoder.optim.warmup = 0;
+    decoder.optim.checkpoint_every = 1;
+    decoder.crop = run.vae.crop;
+    decoder.stft_sizes = run.vae.stft_sizes.clone();
+    run.decoder = Some(decoder);
+    run.validate().unwrap();
+    run
+}
+
+/// Every tensor of two VAE files, paired by name: `(name, a's values, b's values)`.
+fn paired_tensors(a: &Path, b: &Path) -> Vec<(String, Vec<f32>, Vec<f32>)> {
+    let floats = |bytes: &[u8]| -> Vec<f32> {
+        bytes
+            .chunks_exact(4)
+            .map(|c| f32::from_le_bytes(c.try_into().unwrap()))
+            .collect()
+    };
+    let (a, b) = (safetensors_contents(a), safetensors_contents(b));
+    assert_eq!(a.len(), b.len());
+    a.into_iter()
+        .zip(b)
+        .map(|((name, shape, x), (other, other_shape, y))| {
+            assert_eq!((&name, &shape), (&other, &other_shape));
+            (name, floats(&x), floats(&y))
+        })
+        .collect()
+}
+
+/// The decoder stage continues the VAE the teacher was trained on with its encoder frozen:
+/// the export it writes keeps that encoder bit for bit and a decoder a few optimiser steps
+/// from that VAE's (not a fresh one), and re-running the earlier stages leaves it in place.
+#[test]
+fn the_decoder_stage_fine_tunes_the_teachers_vae_and_its_export_stays() {
+    use audiox_train::train::pipeline::{train_decoder, train_teacher, train_vae};
+    use audiox_train::train::vae::{vae_export_path, vae_ready};
+    one_thread();
+    let steps = 2;
+    let run = with_decoder(&tiny_run(), steps);
+    let tmp = tempfile::tempdir().unwrap();
+    let run_dir = RunDir::open(tmp.path(), run.clone()).unwrap();
+    let device = device();
+    let mut quiet = |_: &RunDir, _: audiox_train::train::StageName, _: &_| {};
+    train_vae(&run_dir, &device, Stop::never(), &mut quiet).unwrap();
+    let export = vae_export_path(&run_dir);
+    let plain = tmp.path().join("plain.safetensors");
+    std::fs::copy(&export, &plain).unwrap();
+
+    // Not before the teacher is finished (its latents are keyed on the exported file).
+    let err = train_decoder(&run_dir, &device, Stop::never(), &mut quiet)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("teacher is at step 0"), "{err}");
+    train_teacher(&run_dir, &device, Stop::never(), &mut quiet).unwrap();
+
+    let mut seen = Vec::new();
+    let mut record =
+        |_: &RunDir, stage: audiox_train::train::StageName, r: &audiox_train::train::LogRecord| {
+            seen.push((stage, r.step))
+        };
+    let report = train_decoder(&run_dir, &device, Stop::never(), &mut record)
+        .unwrap()
+        .unwrap();
+    assert!(report.finished);
+    assert_eq!(
+        (report.step, report.written.clone()),
+        (steps, export.clone())
+    );
+    assert!(
+        report.weights.contains("moving average"),
+        "{}",
+        report.weights
+    );
+    assert_eq!(
+        seen,
+        (1..=steps)
+            .map(|s| (audiox_train::train::StageName::Decoder, s))
+            .collect::<Vec<_>>()
+    );
+    // Adam moves a weight by about the learning rate per step: a decoder started from random
+    // weights would be off by far more.
+    let lr = run.decoder.as_ref().unwrap().optim.lr as f32;
+    let mut moved = 0;
+    for (name, tuned, before) in paired_tensors(&export, &plain) {
+        let (err, _) = max_error(&tuned, &before);
+        if name.starts_with("encoder.") {
+            assert_eq!(tuned, before, "{name}: the encoder is frozen");
+        } else {
+            assert!(err <= 4.0 * steps as f32 * lr, "{name}: moved {err}");
+            moved += usize::from(err > 0.0);
+        }
+    }
+    assert!(moved > 0, "the decoder did not train");
+
+    // Running the VAE and teacher stages again (as `--stage all` does) keeps the decoder
+    // stage's export; so does the finished decoder stage itself.
+    let tuned_bytes = std::fs::read(&export).unwrap();
+    let again = train_vae(&run_dir, &device, Stop::never(), &mut quiet)
+        .unwrap()
+        .unwrap();
+    assert!(again.written.as_os_str().is_empty());
+    assert!(again.weights.contains("decoder stage"), "{}", again.weights);
+    train_teacher(&run_dir, &device, Stop::never(), &mut quiet).unwrap();
+    let last = train_decoder(&run_dir, &device, Stop::never(), &mut quiet)
+        .unwrap()
+        .unwrap();
+    assert_eq!((last.resumed_from, last.step), (steps, steps));
+    assert_eq!(std::fs::read(&export).unwrap(), tuned_bytes);
+    assert!(vae_ready(&run_dir).unwrap().is_some());
+
+    // A run without a decoder section has no decoder stage.
+    let other = tempfile::tempdir().unwrap();
+    let plain_run = RunDir::open(other.path(), tiny_run()).unwrap();
+    assert!(
+        train_decoder(&plain_run, &device, Stop::never(), &mut quiet)
+            .unwrap()
+            .is_none()
+    );
+}
+
+/// A run that imported its VAE (as the committed runs do) takes a decoder section once its
+/// teacher is trained: the decoder stage starts from the imported file, and the import record
+/// follows the new export, so the later stages still accept it. A decoder stage that lost its
+/// checkpoints cannot start again from an export it already replaced, and `--update-decoder`
+/// is refused on a run that fine-tunes its decoder itself.
+#[test]
+fn an_imported_vae_gets_the_decoder_stage_after_its_teacher() {
+    use audiox_train::train::pipeline::{train_decoder, train_teacher, train_vae};
+    use audiox_train::train::vae::{import_vae, update_decoder, vae_export_path, vae_ready};
+    one_thread();
+    let run = tiny_run();
+    let device = device();
+    let frozen = Device::flex();
+    let (_a, _, _, source) = vae_trained_in_a_run(&run, &device);
+    let b = tempfile::tempdir().unwrap();
+    let run_b = RunDir::open(b.path(), run.clone()).unwrap();
+    import_vae(&run_b, &source, &frozen).unwrap();
+    let mut quiet = |_: &RunDir, _: audiox_train::train::StageName, _: &_| {};
+    train_teacher(&run_b, &device, Stop::never(), &mut quiet).unwrap();
+
+    // The decoder section is added to the finished run (no stage reads it), and trained.
+    let tuned_run = with_decoder(&run, 1);
+    let run_b = RunDir::open(b.path(), tuned_run.clone()).unwrap();
+    let report = train_decoder(&run_b, &device, Stop::never(), &mut quiet)
+        .unwrap()
+        .unwrap();
+    let export = vae_export_path(&run_b);
+    assert_eq!(report.written, export);
+    let mut decoder_moved = false;
+    for (name, tuned, imported) in paired_tensors(&export, &source) {
+        if name.starts_with("encoder.") {
+            assert_eq!(tuned, imported, "{name}: the encoder is frozen");
+        } else {
+            decoder_moved |= tuned != imported;
+        }
+    }
+    assert!(decoder_moved);
+    let how = vae_ready(&run_b).unwrap().unwrap();
+    assert!(how.contains("imported"), "{how}");
+    let marker = std::fs::read_to_string(b.path().join("vae").join("imported.json")).unwrap();
+    assert!(marker.contains("the decoder stage"), "{marker}");
+    assert!(
+        train_vae(&run_b, &device, Stop::never(), &mut quiet)
+            .unwrap()
+            .is_none()
+    );
+    train_teacher(&run_b, &device, Stop::never(), &mut quiet).unwrap();
+
+    // Its settings are fixed once it has started.
+    let mut changed = tuned_run.clone();
+    changed.decoder.as_mut().unwrap().optim.lr *= 2.0;
+    let err = RunDir::open(b.path(), changed).unwrap_err().to_string();
+    assert!(err.contains("decoder.lr"), "{err}");
+
+    let err = update_decoder(&run_b, &source, &frozen)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("decoder stage"), "{err}");
+    std::fs::remove_dir_all(b.path().join("decoder")).unwrap();
+    let err = train_decoder(&run_b, &device, Stop::never(), &mut quiet)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("no longer the imported one"), "{err}");
+}
+
+/// The decoder section must keep the encoder and start from the run's VAE; a base run has none.
+#[test]
+fn decoder_settings_that_would_change_the_latents_are_refused() {
+    let run = with_decoder(&tiny_run(), 1);
+    let refused = |edit: &dyn Fn(&mut RunConfig), field: &str| {
+        let mut bad = run.clone();
+        edit(&mut bad);
+        let err = bad.validate().unwrap_err().to_string();
+        assert!(err.contains(field), "{field}: {err}");
+    };
+    refused(
+        &|r| r.decoder.as_mut().unwrap().freeze_encoder = false,
+        "decoder.freeze_encoder",
+    );
+    refused(
+        &|r| r.decoder.as_mut().unwrap().init_from = Some("vae.safetensors".into()),
+        "decoder.init_from",
+    );
+    refused(
+        &|r| r.decoder.as_mut().unwrap().zero_decoder_biases = true,
+        "decoder.zero_decoder_biases",
+    );
+    refused(&|r| r.decoder.as_mut().unwrap().crop += 1, "decoder.crop");
+    refused(
+        &|r| r.decoder.as_mut().unwrap().stft_sizes = vec![2],
+        "decoder.stft_sizes",
+    );
+    refused(
+        &|r| {
+            let base = r.clone();
+            r.teacher.init_from = Some(TeacherInit {
+                run: "base".into(),
+                base: Some(Box::new(base)),
+            });
+            r.decoder = None;
+        },
+        "teacher.init_from.base.decoder",
+    );
+    // Runs without the section read and write as before.
+    let value = serde_json::to_value(tiny_run()).unwrap();
+    assert!(value.get("decoder").is_none());
+    let text = serde_json::to_string(&run).unwrap();
+    assert_eq!(serde_json::from_str::<RunConfig>(&text).unwrap(), run);
 }
 
 /// The masked prompts the teacher trains with are those a request with an audio prompt gives

@@ -11,7 +11,8 @@
 //! and `--max-minutes` stop early, with a checkpoint, for runs split over several sessions.
 //! `--print-config` prints the demo configuration to start from. `--import-vae FILE` gives a
 //! new run a VAE trained elsewhere (an earlier run's export) in place of its vae stage, and
-//! `--update-decoder FILE` later swaps in a decoder fine-tuned on that VAE's frozen encoder.
+//! `--update-decoder FILE` later swaps in a decoder fine-tuned on that VAE's frozen encoder
+//! (a run with a `decoder` section fine-tunes its decoder itself, in its last stage).
 //! `--encode-latents` encodes the teacher's clip pool into the run folder ahead of the teacher.
 
 use std::path::PathBuf;
@@ -20,7 +21,7 @@ use std::process::ExitCode;
 use clap::Parser;
 
 use audiox_train::train::pipeline::{
-    StageReport, train_base, train_student, train_teacher, train_vae,
+    StageReport, train_base, train_decoder, train_student, train_teacher, train_vae,
 };
 use audiox_train::train::{
     LogRecord, RunConfig, RunDir, StageName, Stop, TeacherStage, TrainError,
@@ -71,9 +72,11 @@ struct Args {
     /// The run configuration (JSON); default: the one stored in --out, else the demo run.
     #[arg(long)]
     config: Option<PathBuf>,
-    /// Which stage to run: base, vae, teacher, student, or all (base, vae, teacher, student).
-    /// The T5 encoder is trained with the teacher; the student is distilled from the trained
-    /// teacher. `base` trains the base run a run's teacher starts from, where its
+    /// Which stage to run: base, vae, teacher, student, decoder, or all (base, vae, teacher,
+    /// student, decoder). The T5 encoder is trained with the teacher; the student is distilled
+    /// from the trained teacher; the decoder stage (where the run has a `decoder` section)
+    /// fine-tunes the VAE's decoder on its frozen encoder once the teacher is finished and
+    /// exports that VAE. `base` trains the base run a run's teacher starts from, where its
     /// `teacher.init_from` has one, and imports that run's VAE.
     #[arg(long, default_value = "all")]
     stage: String,
@@ -208,15 +211,21 @@ fn run(args: Args) -> Result<(), TrainError> {
         return Ok(());
     }
     let stages: &[StageName] = match args.stage.as_str() {
-        "all" => &[StageName::Vae, StageName::Teacher, StageName::Student],
+        "all" => &[
+            StageName::Vae,
+            StageName::Teacher,
+            StageName::Student,
+            StageName::Decoder,
+        ],
         "base" => &[],
         "vae" => &[StageName::Vae],
         "teacher" => &[StageName::Teacher],
         "student" => &[StageName::Student],
+        "decoder" => &[StageName::Decoder],
         other => {
             return Err(TrainError::config(
                 "--stage",
-                format!("`{other}`: expected base, vae, teacher, student or all"),
+                format!("`{other}`: expected base, vae, teacher, student, decoder or all"),
             ));
         }
     };
@@ -250,6 +259,7 @@ fn run(args: Args) -> Result<(), TrainError> {
             StageName::Vae => dir.config().vae.optim.steps,
             StageName::Teacher => dir.config().teacher.optim.steps,
             StageName::Student => dir.config().student.optim.steps,
+            StageName::Decoder => dir.config().decoder.as_ref().map_or(0, |d| d.optim.steps),
         };
         if r.step.is_multiple_of(every) || r.step == total {
             let terms: Vec<String> = r.terms.iter().map(|(k, v)| format!("{k} {v:.4}")).collect();
@@ -266,18 +276,15 @@ fn run(args: Args) -> Result<(), TrainError> {
     };
     // Prints what a stage did; `false` when it stopped before its last step.
     let report = |dir: &RunDir, r: &StageReport| {
-        let weights = if r.weights.is_empty() {
-            String::new()
-        } else {
-            format!(" ({})", r.weights)
+        let outcome = match (r.written.as_os_str().is_empty(), r.weights.is_empty()) {
+            (true, _) => r.weights.clone(),
+            (false, true) => format!("weights written to {}", r.written.display()),
+            (false, false) => format!("weights written to {} ({})", r.written.display(), r.weights),
         };
         let name = label(dir, r.stage);
         println!(
-            "{name}: step {}/{} (resumed from {}); weights written to {}{weights}",
-            r.step,
-            r.total,
-            r.resumed_from,
-            r.written.display()
+            "{name}: step {}/{} (resumed from {}); {outcome}",
+            r.step, r.total, r.resumed_from
         );
         if !r.finished {
             println!("{name}: not finished; run the same command again to continue");
@@ -307,6 +314,13 @@ fn run(args: Args) -> Result<(), TrainError> {
             },
             StageName::Teacher => report(&run, &train_teacher(&run, &device, stop, &mut progress)?),
             StageName::Student => report(&run, &train_student(&run, &device, stop, &mut progress)?),
+            StageName::Decoder => match train_decoder(&run, &device, stop, &mut progress)? {
+                Some(r) => report(&run, &r),
+                None => {
+                    println!("decoder: this run has no decoder section; nothing to train");
+                    true
+                }
+            },
         };
         if !done {
             return Ok(());

@@ -101,6 +101,12 @@ impl TeacherInit {
                 "differs from this run's vae section (the base run's VAE is this run's)",
             ));
         }
+        if base.decoder.is_some() {
+            return Err(TrainError::config(
+                field("decoder"),
+                "a base run trains its VAE and teacher only: set the decoder stage on this run",
+            ));
+        }
         blocks_to_add(base, run)?;
         Ok(())
     }

@@ -1,11 +1,15 @@
 //! A run's stages in order, as `audiox-train` runs them: each resumed from its newest
 //! checkpoint, trained until it finishes or [`Stop`] says so, and exported into the run's
-//! `export/` folder (the layout `audiox` loads) whenever it stops. Before them, a run whose
+//! `export/` folder (the layout `audiox` loads) whenever it stops. The last, the decoder stage
+//! ([`train_decoder`], when the run has one), replaces the exported VAE with one whose decoder
+//! is fine-tuned. Before them, a run whose
 //! teacher starts from a **base run** it trains itself ([`TeacherInit::base`]) trains that run's
 //! VAE and teacher stages in the base run's folder and imports its VAE ([`train_base`]).
 //!
 //! ```no_run
-//! use audiox_train::train::pipeline::{train_base, train_student, train_teacher, train_vae};
+//! use audiox_train::train::pipeline::{
+//!     train_base, train_decoder, train_student, train_teacher, train_vae,
+//! };
 //! use audiox_train::train::{RunConfig, RunDir, Stop};
 //! let device = burn::tensor::Device::flex().autodiff();
 //! let run = RunDir::open("runs/demo", RunConfig::demo())?;
@@ -16,6 +20,7 @@
 //!     train_vae(&run, &device, Stop::never(), &mut progress)?;
 //!     train_teacher(&run, &device, Stop::never(), &mut progress)?;
 //!     train_student(&run, &device, Stop::never(), &mut progress)?;
+//!     train_decoder(&run, &device, Stop::never(), &mut progress)?;
 //! }
 //! # Ok::<(), audiox_train::train::TrainError>(())
 //! ```
@@ -35,7 +40,9 @@ use super::log::LogRecord;
 use super::run::{LoopSettings, RunDir, StageName};
 use super::stage::{StageOutcome, Stop, train_multi_stage, train_stage, trained_weights};
 use super::teacher::{TeacherPrompts, TeacherStage, export_student, export_teacher, inner_device};
-use super::vae::{VaeStage, export_vae, import_vae, imported_marker, vae_export_path, vae_ready};
+use super::vae::{
+    VaeStage, export_decoder, export_vae, import_vae, imported_marker, vae_export_path, vae_ready,
+};
 
 /// Called after every step: the run folder (a base run's or the run's own), the stage and the
 /// step's record.
@@ -54,7 +61,8 @@ pub struct StageReport {
     pub resumed_from: u64,
     /// Whether every configured step is done.
     pub finished: bool,
-    /// The file written last: the VAE, teacher or student weights in `export/`.
+    /// The file written last: the VAE, teacher or student weights in `export/`; empty when the
+    /// call wrote nothing ([`StageReport::weights`] says why).
     pub written: PathBuf,
     /// Which weights were written when they are not the last trained ones: "the mean of its
     /// checkpoints from step ... to ..." or "the moving average of its weights"; empty
@@ -113,12 +121,24 @@ pub fn train_vae(
         progress(run, StageName::Vae, r)
     })?;
     let mut report = StageReport::of(StageName::Vae, &settings, &outcome);
+    if started(run, StageName::Decoder)? {
+        // The export holds the decoder stage's fine-tune of this VAE (same encoder): writing
+        // the VAE stage's weights over it would undo the decoder stage.
+        report.written = PathBuf::new();
+        report.weights = "not exported: the export holds the decoder stage's VAE".to_string();
+        return Ok(Some(report));
+    }
     report.written = export_vae(
         &outcome.into_weights(),
         run.config(),
         &run.root().join("export"),
     )?;
     Ok(Some(report))
+}
+
+/// Whether `stage` of `run` has a checkpoint.
+fn started(run: &RunDir, stage: StageName) -> TrainResult<bool> {
+    Ok(!Checkpoints::new(&run.stage_dir(stage)).steps()?.is_empty())
 }
 
 /// Trains the teacher stage of `run` (its VAE ready) and exports the model folder with the
@@ -190,6 +210,44 @@ pub fn train_student(
     let mut report = StageReport::of(StageName::Student, &config.student.optim, &outcome);
     report.written = export_student(&teacher, &outcome.model[0].model, &export)?;
     Ok(report)
+}
+
+/// Trains the decoder stage of `run` ([`VaeStage::decoder`]) and exports its VAE into the
+/// run's export, in place of the VAE the teacher was trained on (the encoder is that VAE's, bit
+/// for bit: see [`export_decoder`]). `None` when the run has no decoder section. Errors while
+/// the teacher is not finished: the teacher keys its stored latents on the exported VAE file,
+/// so the file must not change under it.
+pub fn train_decoder(
+    run: &RunDir,
+    device: &Device,
+    stop: Stop,
+    progress: &mut Progress<'_>,
+) -> TrainResult<Option<StageReport>> {
+    let Some(settings) = run.config().decoder.as_ref().map(|d| d.optim.clone()) else {
+        return Ok(None);
+    };
+    let teacher_total = run.config().teacher.optim.steps;
+    let teacher_step = Checkpoints::new(&run.stage_dir(StageName::Teacher))
+        .steps()?
+        .last()
+        .copied()
+        .unwrap_or(0);
+    if teacher_step < teacher_total {
+        return Err(TrainError::config(
+            "--stage decoder",
+            format!(
+                "the teacher is at step {teacher_step}/{teacher_total}: the decoder stage comes \
+                 after it (--stage teacher)"
+            ),
+        ));
+    }
+    let stage = VaeStage::decoder(run, device)?;
+    let outcome = train_stage(&stage, run, device, stop, &mut |r| {
+        progress(run, StageName::Decoder, r)
+    })?;
+    let mut report = StageReport::of(StageName::Decoder, &settings, &outcome);
+    report.written = export_decoder(&outcome.into_weights(), run)?;
+    Ok(Some(report))
 }
 
 /// The base run of `run` ([`TeacherInit::base`](super::grow::TeacherInit::base)), opened

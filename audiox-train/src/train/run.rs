@@ -347,6 +347,78 @@ pub struct VaeStageConfig {
     pub latent_guide: Option<super::guide::LatentGuideConfig>,
 }
 
+impl VaeStageConfig {
+    /// Checks every value for a VAE of down-sampling ratio `ratio` on corpus clips of `clip`
+    /// samples; `section` (`vae`, `decoder`) prefixes the field names of errors.
+    pub fn check(&self, section: &str, ratio: usize, clip: usize) -> TrainResult<()> {
+        self.optim.check(section)?;
+        let field = |f: &str| format!("{section}.{f}");
+        if self.crop == 0 || !self.crop.is_multiple_of(ratio) {
+            return Err(TrainError::config(
+                field("crop"),
+                format!(
+                    "{} is not a positive multiple of the VAE ratio {ratio}",
+                    self.crop
+                ),
+            ));
+        }
+        if self.crop > clip {
+            return Err(TrainError::config(
+                field("crop"),
+                format!(
+                    "{} is longer than a corpus clip ({clip} samples)",
+                    self.crop
+                ),
+            ));
+        }
+        if self.stft_sizes.iter().any(|&n| n < 4 || n > self.crop) {
+            return Err(TrainError::config(
+                field("stft_sizes"),
+                format!(
+                    "{:?}: every size must be within 4..={}",
+                    self.stft_sizes, self.crop
+                ),
+            ));
+        }
+        for (name, w) in [
+            ("stft_weight", self.stft_weight),
+            ("l1_weight", self.l1_weight),
+            ("dc_weight", self.dc_weight),
+            ("kl_weight", self.kl_weight),
+        ] {
+            if !(w.is_finite() && w >= 0.0) {
+                return Err(TrainError::config(field(name), format!("{w} is not >= 0")));
+            }
+        }
+        if let Some(db) = self.log_floor_db
+            && !(db.is_finite() && db < 0.0)
+        {
+            return Err(TrainError::config(
+                field("log_floor_db"),
+                format!("{db} is not a level below 0 dB"),
+            ));
+        }
+        if self.init_from.is_some() {
+            // Both start the decoder in a state a trained file's weights contradict.
+            for (name, set) in [
+                ("latent_guide", self.latent_guide.is_some()),
+                ("zero_decoder_biases", self.zero_decoder_biases),
+            ] {
+                if set {
+                    return Err(TrainError::config(
+                        field(name),
+                        format!(
+                            "a setting for a VAE trained from its initialisation: remove it \
+                             with {section}.init_from"
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The DMD student stage (see [`super::dmd`]): the 4-step student distilled from the teacher
 /// by distribution matching, with a fake-score model trained online and a regression term on
 /// cached teacher trajectories.
@@ -515,12 +587,20 @@ pub struct RunConfig {
     pub teacher: TeacherStageConfig,
     /// The DMD student stage (distils the teacher's DiT; the text side stays the teacher's).
     pub student: StudentStageConfig,
+    /// The decoder stage, if the run has one: the run's VAE continued with its encoder frozen
+    /// (`freeze_encoder`), once the teacher is finished, so that the exported VAE decodes
+    /// better while the latents the teacher and the student learnt from stay the same (see
+    /// [`super::pipeline::train_decoder`]). Absent in runs made before the stage existed, and
+    /// then not written, so their `run.json` reads and compares unchanged.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub decoder: Option<VaeStageConfig>,
 }
 
 impl RunConfig {
     /// The demo run: [`DEMO_MODEL_CONFIG`] on the default 16 kHz corpus with the recipe of the
-    /// shipped demo model's teacher and student (`docs/training.md`, "The built-in run"): about
-    /// four hours on two CPU cores after the VAE stage, about six and a half in all.
+    /// shipped demo model's teacher, student and VAE decoder (`docs/training.md`, "The built-in
+    /// run"): about five and a half hours on two CPU cores after the VAE stage, about eight in
+    /// all.
     pub fn demo() -> Self {
         RunConfig {
             seed: 0,
@@ -619,6 +699,39 @@ impl RunConfig {
                 init_from: None,
             },
             student: StudentStageConfig::demo(),
+            // The recipe of the shipped VAE (run VD2 in docs/training.md): 4,000 steps of the
+            // VAE's own loss with its encoder frozen, linear STFT bins instead of mel bands
+            // (the highs the mel bands left out), and a moving average of the weights.
+            decoder: Some(VaeStageConfig {
+                optim: LoopSettings {
+                    steps: 4_000,
+                    batch: 8,
+                    lr: 3e-4,
+                    warmup: 100,
+                    checkpoint_every: 100,
+                    keep_checkpoints: 2,
+                    grad_clip: None,
+                    adam_betas: None,
+                    lr_decay: None,
+                    ema_decay: Some(0.998),
+                    checkpoint_mean: None,
+                },
+                crop: 7_680,
+                stft_sizes: vec![2048, 1024, 512, 256, 128],
+                stft_weight: 1.0,
+                stft_mel_bands: None,
+                l1_weight: 1.0,
+                dc_weight: 10.0,
+                kl_weight: 1e-4,
+                log_floor_db: Some(-60.0),
+                log_floor_mode: super::stft::FloorMode::Added,
+                posterior_noise_warmup: None,
+                init: super::init::InitScheme::PytorchDefault,
+                zero_decoder_biases: false,
+                freeze_encoder: true,
+                init_from: None,
+                latent_guide: None,
+            }),
         }
     }
 
@@ -648,77 +761,42 @@ impl RunConfig {
                 ),
             ));
         }
-        self.vae.optim.check("vae")?;
         let ratio: usize = super::vae::vae_config(&model)
             .encoder
             .strides
             .iter()
             .product();
-        if self.vae.crop == 0 || !self.vae.crop.is_multiple_of(ratio) {
-            return Err(TrainError::config(
-                "vae.crop",
-                format!(
-                    "{} is not a positive multiple of the VAE ratio {ratio}",
-                    self.vae.crop
-                ),
-            ));
-        }
         let clip = (self.corpus.duration_s * self.corpus.sample_rate as f32) as usize;
-        if self.vae.crop > clip {
-            return Err(TrainError::config(
-                "vae.crop",
-                format!(
-                    "{} is longer than a corpus clip ({clip} samples)",
-                    self.vae.crop
-                ),
-            ));
-        }
-        if self
-            .vae
-            .stft_sizes
-            .iter()
-            .any(|&n| n < 4 || n > self.vae.crop)
-        {
-            return Err(TrainError::config(
-                "vae.stft_sizes",
-                format!(
-                    "{:?}: every size must be within 4..={}",
-                    self.vae.stft_sizes, self.vae.crop
-                ),
-            ));
-        }
-        for (field, w) in [
-            ("vae.stft_weight", self.vae.stft_weight),
-            ("vae.l1_weight", self.vae.l1_weight),
-            ("vae.dc_weight", self.vae.dc_weight),
-            ("vae.kl_weight", self.vae.kl_weight),
-        ] {
-            if !(w.is_finite() && w >= 0.0) {
-                return Err(TrainError::config(field, format!("{w} is not >= 0")));
+        self.vae.check("vae", ratio, clip)?;
+        if let Some(decoder) = &self.decoder {
+            let field = |f: &str| format!("decoder.{f}");
+            if !decoder.freeze_encoder {
+                return Err(TrainError::config(
+                    field("freeze_encoder"),
+                    "the decoder stage must keep the encoder the teacher's latents come from: \
+                     set it to true",
+                ));
             }
-        }
-        if let Some(db) = self.vae.log_floor_db
-            && !(db.is_finite() && db < 0.0)
-        {
-            return Err(TrainError::config(
-                "vae.log_floor_db",
-                format!("{db} is not a level below 0 dB"),
-            ));
-        }
-        if self.vae.init_from.is_some() {
-            // Both start the decoder in a state a trained file's weights contradict.
-            for (field, set) in [
-                ("vae.latent_guide", self.vae.latent_guide.is_some()),
-                ("vae.zero_decoder_biases", self.vae.zero_decoder_biases),
+            if decoder.init_from.is_some() {
+                return Err(TrainError::config(
+                    field("init_from"),
+                    "the decoder stage starts from the run's own VAE: remove it (a VAE stage \
+                     with vae.init_from continues a VAE file)",
+                ));
+            }
+            for (name, set) in [
+                ("latent_guide", decoder.latent_guide.is_some()),
+                ("zero_decoder_biases", decoder.zero_decoder_biases),
             ] {
                 if set {
                     return Err(TrainError::config(
-                        field,
-                        "a setting for a VAE trained from its initialisation: remove it \
-                         with vae.init_from",
+                        field(name),
+                        "a setting for a VAE trained from its initialisation, not for the \
+                         decoder stage's continuation: remove it",
                     ));
                 }
             }
+            decoder.check("decoder", ratio, clip)?;
         }
         self.teacher.check(&model, clip)?;
         if let Some(init) = &self.teacher.init_from {
@@ -746,6 +824,8 @@ pub enum StageName {
     Teacher,
     /// The DMD student (distilled from the teacher).
     Student,
+    /// The VAE's decoder fine-tuned with its encoder frozen, after the teacher.
+    Decoder,
 }
 
 impl StageName {
@@ -755,6 +835,7 @@ impl StageName {
             StageName::Vae => "vae",
             StageName::Teacher => "teacher",
             StageName::Student => "student",
+            StageName::Decoder => "decoder",
         }
     }
 
@@ -765,6 +846,9 @@ impl StageName {
             // The teacher stage trains the text encoder too; 3 stays unused.
             StageName::Teacher => 2,
             StageName::Student => 4,
+            // Its batches are the VAE stage's (`VaeStage`): the shipped decoder was trained as
+            // a VAE stage. Kept apart for anything else drawn from it.
+            StageName::Decoder => 5,
         }
     }
 }
@@ -784,9 +868,9 @@ impl RunDir {
     /// Opens `root` for `config`: creates it and writes `run.json` on a new run; on an existing
     /// run checks that `run.json` holds the same configuration. One exception: a stored
     /// configuration that differs only in what no started stage reads is replaced by `config`:
-    /// what the VAE stage does not read (the `teacher` and `student` sections, the model's
-    /// conditioning and diffusion sections) while the teacher stage has no checkpoint, and the
-    /// `student` section while the student stage has none (a run started before a stage
+    /// what the VAE stage does not read (the `teacher`, `student` and `decoder` sections, the
+    /// model's conditioning and diffusion sections) while the teacher stage has no checkpoint,
+    /// and the `student` or `decoder` section while that stage has none (a run started before a stage
     /// existed continues with the stages it trained). Another: a configuration that only raises
     /// some stages' `steps` continues them exactly, unless a later stage has started (see
     /// `step_extension`).
@@ -804,8 +888,8 @@ impl RunDir {
                     path: path.clone(),
                     reason: format!("unreadable: {e}"),
                 })?;
-            if let Some(diff) = first_difference(&stored, &ours, String::new()) {
-                if let Some(reason) = refuses_extension(&stored, &ours, &root, diff)? {
+            if first_difference(&stored, &ours, String::new()).is_some() {
+                if let Some(reason) = refuses_extension(&stored, &ours, &root)? {
                     return Err(TrainError::ConfigMismatch { path, reason });
                 }
                 // Only what no started stage depends on changed: the stored configuration is
@@ -846,17 +930,16 @@ impl RunDir {
 }
 
 /// Why a stored run configuration may not be replaced by `ours` (`None`: it may). It may when
-/// the two differ only in what the VAE stage does not read (the teacher and student sections,
-/// and the model's conditioning, diffusion, `_tiny_hardcoded_sizes` and `training` sections)
-/// and the teacher stage has not started (no checkpoint), or only in the student section and
-/// the student stage has not started. This lets a run started before a stage existed (whose
+/// the two differ only in what the VAE stage does not read (the teacher, student and decoder
+/// sections, and the model's conditioning, diffusion, `_tiny_hardcoded_sizes` and `training`
+/// sections) and the teacher stage has not started (no checkpoint), or only in the student or
+/// decoder section and that stage has not started. This lets a run started before a stage existed (whose
 /// `run.json` lacks that stage's section) continue with it, keeping what it trained; anything
 /// a started stage depends on must still be identical.
 fn refuses_extension(
     stored: &serde_json::Value,
     ours: &serde_json::Value,
     root: &Path,
-    diff: String,
 ) -> TrainResult<Option<String>> {
     if let Some(verdict) = step_extension(stored, ours, root)? {
         return Ok(verdict);
@@ -866,6 +949,7 @@ fn refuses_extension(
         if let Some(o) = v.as_object_mut() {
             o.remove("teacher");
             o.remove("student");
+            o.remove("decoder");
         }
         if let Some(m) = v.get_mut("model").and_then(|m| m.as_object_mut()) {
             m.remove("_tiny_hardcoded_sizes");
@@ -884,29 +968,39 @@ fn refuses_extension(
         let checkpoints = super::checkpoint::Checkpoints::new(&root.join(stage.as_str()));
         Ok(!checkpoints.steps()?.is_empty())
     };
-    let without_student = |v: &serde_json::Value| {
+    let without = |v: &serde_json::Value, sections: &[&str]| {
         let mut v = v.clone();
         if let Some(o) = v.as_object_mut() {
-            o.remove("student");
+            for section in sections {
+                o.remove(*section);
+            }
         }
         v
     };
-    if let Some(teacher_diff) = first_difference(
-        &without_student(stored),
-        &without_student(ours),
-        String::new(),
-    ) && started(StageName::Teacher)?
-    {
-        return Ok(Some(teacher_diff));
+    // The student and the decoder stages read nothing of each other's sections.
+    for (stage, not_read) in [
+        (StageName::Teacher, &["student", "decoder"][..]),
+        (StageName::Student, &["decoder"][..]),
+        (StageName::Decoder, &["student"][..]),
+    ] {
+        if let Some(stage_diff) = first_difference(
+            &without(stored, not_read),
+            &without(ours, not_read),
+            String::new(),
+        ) && started(stage)?
+        {
+            return Ok(Some(stage_diff));
+        }
     }
-    Ok(started(StageName::Student)?.then_some(diff))
+    Ok(None)
 }
 
 /// The stages in training order, with the JSON section of each.
-const STAGE_SECTIONS: [(StageName, &str); 3] = [
+const STAGE_SECTIONS: [(StageName, &str); 4] = [
     (StageName::Vae, "vae"),
     (StageName::Teacher, "teacher"),
     (StageName::Student, "student"),
+    (StageName::Decoder, "decoder"),
 ];
 
 /// Whether `ours` only raises some stages' `steps` over `stored` (`None`: it changes something

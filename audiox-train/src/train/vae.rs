@@ -43,8 +43,21 @@ pub fn vae_config(model: &audiox::ModelConfig) -> VaeConfig {
     model.vae().clone()
 }
 
-/// The VAE stage of a run.
+/// Where a [`VaeStage`]'s first step starts from.
+enum Start {
+    /// Seeded random weights ([`Stage::init_model`]).
+    Init,
+    /// A VAE file (`vae.init_from`).
+    File(PathBuf),
+    /// The run's own VAE, the one its teacher was trained on (the decoder stage).
+    RunVae(Box<RunDir>),
+}
+
+/// The VAE stage of a run, or its decoder stage (the same loss on the run's VAE, its encoder
+/// frozen: [`VaeStage::decoder`]).
 pub struct VaeStage {
+    name: StageName,
+    start: Start,
     seed: u64,
     corpus: Corpus,
     vae: VaeConfig,
@@ -55,12 +68,48 @@ pub struct VaeStage {
 }
 
 impl VaeStage {
-    /// The stage for `run` (validated), with its STFT bases on `device`.
+    /// The VAE stage for `run` (validated), with its STFT bases on `device`.
     pub fn new(run: &RunConfig, device: &Device) -> TrainResult<Self> {
+        let start = match &run.vae.init_from {
+            Some(path) => Start::File(path.clone()),
+            None => Start::Init,
+        };
+        Self::with_settings(run, run.vae.clone(), StageName::Vae, start, device)
+    }
+
+    /// The decoder stage of `run` (its `decoder` section): the VAE loss of that section on the
+    /// run's VAE, its encoder frozen. Its first step starts from the VAE the teacher was
+    /// trained on: the VAE stage's trained weights, or the imported VAE (refused once the
+    /// export's decoder is no longer the imported one). Its batches are the VAE stage's, step
+    /// for step (the shipped decoder, run VD2, was trained as a VAE stage). Errors when the
+    /// run has no decoder section.
+    pub fn decoder(run: &RunDir, device: &Device) -> TrainResult<Self> {
+        let Some(settings) = run.config().decoder.clone() else {
+            return Err(TrainError::config(
+                "decoder",
+                "this run has no decoder section (no decoder stage)",
+            ));
+        };
+        Self::with_settings(
+            run.config(),
+            settings,
+            StageName::Decoder,
+            Start::RunVae(Box::new(run.clone())),
+            device,
+        )
+    }
+
+    fn with_settings(
+        run: &RunConfig,
+        settings: VaeStageConfig,
+        name: StageName,
+        start: Start,
+        device: &Device,
+    ) -> TrainResult<Self> {
         run.validate()?;
         let model = run.model_config()?;
         let vae = vae_config(&model);
-        let guide = run.vae.latent_guide.as_ref().map(|_| {
+        let guide = settings.latent_guide.as_ref().map(|_| {
             LatentGuide::new(
                 vae.encoder.strides.iter().product(),
                 vae.decoder.latent_dim,
@@ -69,19 +118,20 @@ impl VaeStage {
             )
         });
         Ok(VaeStage {
+            name,
+            start,
             seed: run.seed,
             corpus: Corpus::new((&run.corpus).into())?,
             vae,
-            settings: run.vae.clone(),
-            bases: run
-                .vae
+            bases: settings
                 .stft_sizes
                 .iter()
-                .map(|&n| match run.vae.stft_mel_bands {
+                .map(|&n| match settings.stft_mel_bands {
                     Some(bands) => StftBasis::with_mel(n, bands, model.sample_rate, device),
                     None => StftBasis::new(n, device),
                 })
                 .collect(),
+            settings,
             guide,
         })
     }
@@ -91,7 +141,8 @@ impl VaeStage {
         &self.vae
     }
 
-    /// The random stream of step `step` (independent of every other step and stage).
+    /// The random stream of step `step` (independent of every other step and of the other
+    /// stages; the decoder stage draws the VAE stage's, see [`VaeStage::decoder`]).
     fn rng(&self, step: u64) -> ChaCha8Rng {
         let mut seed = [0u8; 32];
         seed[..8].copy_from_slice(&self.seed.to_le_bytes());
@@ -150,7 +201,7 @@ impl Stage for VaeStage {
     type Model = Vae;
 
     fn name(&self) -> StageName {
-        StageName::Vae
+        self.name
     }
 
     fn settings(&self) -> &LoopSettings {
@@ -167,9 +218,10 @@ impl Stage for VaeStage {
     }
 
     fn initial_model(&self, device: &Device) -> TrainResult<Vae> {
-        match &self.settings.init_from {
-            Some(source) => load_vae_weights(&self.vae, source, device),
-            None => self.init_model(device),
+        match &self.start {
+            Start::Init => self.init_model(device),
+            Start::File(source) => load_vae_weights(&self.vae, source, device),
+            Start::RunVae(run) => teachers_vae(run, device),
         }
     }
 
@@ -461,11 +513,19 @@ pub fn update_decoder(run: &RunDir, source: &Path, device: &Device) -> TrainResu
             ),
         ));
     }
+    if run.config().decoder.is_some() {
+        return Err(TrainError::config(
+            FLAG,
+            format!(
+                "{} fine-tunes its decoder itself (its decoder stage): the stage's export \
+                 would replace this one",
+                run.root().display()
+            ),
+        ));
+    }
     // Checks that the export is still the recorded file.
     vae_ready(run)?;
-    let text = std::fs::read_to_string(&marker).map_err(|e| TrainError::io(&marker, e))?;
-    let mut record: ImportRecord = serde_json::from_str(&text)
-        .map_err(|e| TrainError::checkpoint(&marker, format!("unreadable: {e}")))?;
+    let mut record = read_import_record(&marker)?;
     let export = vae_export_path(run);
     let current = load_vae_file(run, &export, device)?;
     let update = load_vae_file(run, source, device)?;
@@ -498,9 +558,7 @@ pub fn update_decoder(run: &RunDir, source: &Path, device: &Device) -> TrainResu
 pub fn vae_ready(run: &RunDir) -> TrainResult<Option<String>> {
     let marker = imported_marker(run);
     if marker.exists() {
-        let text = std::fs::read_to_string(&marker).map_err(|e| TrainError::io(&marker, e))?;
-        let record: ImportRecord = serde_json::from_str(&text)
-            .map_err(|e| TrainError::checkpoint(&marker, format!("unreadable: {e}")))?;
+        let record = read_import_record(&marker)?;
         let export = vae_export_path(run);
         let bytes = std::fs::read(&export).map_err(|e| TrainError::io(&export, e))?;
         if super::checkpoint::sha256(&bytes) != record.export_sha256 {
@@ -522,6 +580,69 @@ pub fn vae_ready(run: &RunDir) -> TrainResult<Option<String>> {
         .copied()
         .unwrap_or(0);
     Ok((trained >= steps).then(|| format!("trained here ({trained} steps)")))
+}
+
+/// The VAE `run`'s teacher was trained on, trainable on `device`: the VAE stage's trained
+/// weights (what its export holds), or the imported file while the export is still the file
+/// imported, decoder included. The decoder stage's starting point.
+fn teachers_vae(run: &RunDir, device: &Device) -> TrainResult<Vae> {
+    let marker = imported_marker(run);
+    if marker.exists() {
+        vae_ready(run)?;
+        let record = read_import_record(&marker)?;
+        let export = vae_export_path(run);
+        if let Some(update) = record.decoder_updates.last() {
+            return Err(TrainError::checkpoint(
+                &export,
+                format!(
+                    "its decoder is no longer the imported one (replaced by {update}), and the \
+                     decoder stage has no checkpoint to continue from: import the VAE again \
+                     into a new run folder"
+                ),
+            ));
+        }
+        return load_vae_file(run, &export, device);
+    }
+    let stage = VaeStage::new(run.config(), device)?;
+    let (step, vae) = super::stage::trained_weights(&stage, run, device)?;
+    let steps = run.config().vae.optim.steps;
+    if step < steps {
+        return Err(TrainError::config(
+            "decoder",
+            format!("the vae stage is at step {step} of {steps}: finish it first (--stage vae)"),
+        ));
+    }
+    Ok(vae)
+}
+
+/// Exports the decoder stage's VAE (see [`export_vae`]) into `run`'s export, where it replaces
+/// the VAE the teacher was trained on (same encoder); a run that imported its VAE records it
+/// in `vae/imported.json` as a decoder update, so that the export still passes [`vae_ready`].
+pub fn export_decoder(vae: &Vae, run: &RunDir) -> TrainResult<PathBuf> {
+    let marker = imported_marker(run);
+    let record = match marker.exists() {
+        true => Some(read_import_record(&marker)?),
+        false => None,
+    };
+    let export = export_vae(vae, run.config(), &run.root().join("export"))?;
+    if let Some(mut record) = record {
+        let bytes = std::fs::read(&export).map_err(|e| TrainError::io(&export, e))?;
+        record.export_sha256 = super::checkpoint::sha256(&bytes);
+        if record.decoder_updates.last().map(String::as_str) != Some(DECODER_STAGE) {
+            record.decoder_updates.push(DECODER_STAGE.to_string());
+        }
+        write_import_record(run, &record, "decoder")?;
+    }
+    Ok(export)
+}
+
+/// How `vae/imported.json` names the decoder stage among its decoder updates.
+const DECODER_STAGE: &str = "the decoder stage";
+
+fn read_import_record(marker: &Path) -> TrainResult<ImportRecord> {
+    let text = std::fs::read_to_string(marker).map_err(|e| TrainError::io(marker, e))?;
+    serde_json::from_str(&text)
+        .map_err(|e| TrainError::checkpoint(marker, format!("unreadable: {e}")))
 }
 
 /// The scale of the posterior noise at (0-based) step `step` with a warm-up of `warmup` steps:
