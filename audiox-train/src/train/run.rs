@@ -602,6 +602,58 @@ impl RunConfig {
     /// run"): about five and a half hours on two CPU cores after the VAE stage, about eight in
     /// all.
     pub fn demo() -> Self {
+        // The recipe of the best VAE run so far (G3 in docs/training.md, with the mel loss
+        // from the start): the latent guide, mel-band STFT loss, PyTorch's initial scales,
+        // plain Adam. Run BI's VAE; the decoder stage below finishes its decoder.
+        let vae = VaeStageConfig {
+            optim: LoopSettings {
+                steps: 8_000,
+                batch: 8,
+                lr: 3e-4,
+                warmup: 100,
+                checkpoint_every: 100,
+                keep_checkpoints: 2,
+                grad_clip: None,
+                adam_betas: None,
+                lr_decay: None,
+                ema_decay: None,
+                checkpoint_mean: None,
+            },
+            crop: 7_680,
+            stft_sizes: vec![2048, 1024, 512, 256, 128],
+            stft_weight: 1.0,
+            stft_mel_bands: Some(64),
+            l1_weight: 1.0,
+            dc_weight: 10.0,
+            kl_weight: 1e-4,
+            log_floor_db: Some(-60.0),
+            log_floor_mode: super::stft::FloorMode::Added,
+            posterior_noise_warmup: Some(500),
+            init: super::init::InitScheme::PytorchDefault,
+            zero_decoder_biases: false,
+            freeze_encoder: false,
+            init_from: None,
+            latent_guide: Some(super::guide::LatentGuideConfig {
+                steps: 1_500,
+                blend: 1_000,
+                weight: 1.0,
+            }),
+        };
+        // The recipe of the shipped VAE (run VD2 in docs/training.md): 4,000 more steps of the
+        // VAE's loss with its encoder frozen, linear STFT bins instead of mel bands (the highs
+        // the mel bands left out), no curricula, and a moving average of the weights.
+        let decoder = VaeStageConfig {
+            optim: LoopSettings {
+                steps: 4_000,
+                ema_decay: Some(0.998),
+                ..vae.optim.clone()
+            },
+            stft_mel_bands: None,
+            posterior_noise_warmup: None,
+            freeze_encoder: true,
+            latent_guide: None,
+            ..vae.clone()
+        };
         RunConfig {
             seed: 0,
             corpus: CorpusSettings {
@@ -617,43 +669,7 @@ impl RunConfig {
             },
             model: serde_json::from_str(DEMO_MODEL_CONFIG)
                 .expect("the built-in demo config is JSON"),
-            // The recipe of the best VAE run so far (G3 in docs/training.md, with the mel loss
-            // from the start): the latent guide, mel-band STFT loss, PyTorch's initial scales,
-            // plain Adam. Not yet shown to reach the reconstruction the teacher needs.
-            vae: VaeStageConfig {
-                optim: LoopSettings {
-                    steps: 8_000,
-                    batch: 8,
-                    lr: 3e-4,
-                    warmup: 100,
-                    checkpoint_every: 100,
-                    keep_checkpoints: 2,
-                    grad_clip: None,
-                    adam_betas: None,
-                    lr_decay: None,
-                    ema_decay: None,
-                    checkpoint_mean: None,
-                },
-                crop: 7_680,
-                stft_sizes: vec![2048, 1024, 512, 256, 128],
-                stft_weight: 1.0,
-                stft_mel_bands: Some(64),
-                l1_weight: 1.0,
-                dc_weight: 10.0,
-                kl_weight: 1e-4,
-                log_floor_db: Some(-60.0),
-                log_floor_mode: super::stft::FloorMode::Added,
-                posterior_noise_warmup: Some(500),
-                init: super::init::InitScheme::PytorchDefault,
-                zero_decoder_biases: false,
-                freeze_encoder: false,
-                init_from: None,
-                latent_guide: Some(super::guide::LatentGuideConfig {
-                    steps: 1_500,
-                    blend: 1_000,
-                    weight: 1.0,
-                }),
-            },
+            vae,
             // The recipe of the shipped demo teacher (run TP2 and its mean TPA in
             // docs/training.md): 80 slot tokens before the caption, 40,000 steps of layout
             // pretraining on freshly drawn scenes (text side and conditioning maps only), then
@@ -699,39 +715,7 @@ impl RunConfig {
                 init_from: None,
             },
             student: StudentStageConfig::demo(),
-            // The recipe of the shipped VAE (run VD2 in docs/training.md): 4,000 steps of the
-            // VAE's own loss with its encoder frozen, linear STFT bins instead of mel bands
-            // (the highs the mel bands left out), and a moving average of the weights.
-            decoder: Some(VaeStageConfig {
-                optim: LoopSettings {
-                    steps: 4_000,
-                    batch: 8,
-                    lr: 3e-4,
-                    warmup: 100,
-                    checkpoint_every: 100,
-                    keep_checkpoints: 2,
-                    grad_clip: None,
-                    adam_betas: None,
-                    lr_decay: None,
-                    ema_decay: Some(0.998),
-                    checkpoint_mean: None,
-                },
-                crop: 7_680,
-                stft_sizes: vec![2048, 1024, 512, 256, 128],
-                stft_weight: 1.0,
-                stft_mel_bands: None,
-                l1_weight: 1.0,
-                dc_weight: 10.0,
-                kl_weight: 1e-4,
-                log_floor_db: Some(-60.0),
-                log_floor_mode: super::stft::FloorMode::Added,
-                posterior_noise_warmup: None,
-                init: super::init::InitScheme::PytorchDefault,
-                zero_decoder_biases: false,
-                freeze_encoder: true,
-                init_from: None,
-                latent_guide: None,
-            }),
+            decoder: Some(decoder),
         }
     }
 
