@@ -1027,11 +1027,19 @@ fn an_imported_vae_gets_the_decoder_stage_after_its_teacher() {
     );
     train_teacher(&run_b, &device, Stop::never(), &mut quiet).unwrap();
 
-    // Its settings are fixed once it has started.
+    // Its settings are fixed once it has started, and so is the teacher it waited for; the
+    // student, which it does not read, may still run longer.
     let mut changed = tuned_run.clone();
     changed.decoder.as_mut().unwrap().optim.lr *= 2.0;
     let err = RunDir::open(b.path(), changed).unwrap_err().to_string();
     assert!(err.contains("decoder.lr"), "{err}");
+    let mut longer = tuned_run.clone();
+    longer.teacher.optim.steps += 1;
+    let err = RunDir::open(b.path(), longer).unwrap_err().to_string();
+    assert!(err.contains("the decoder stage has started"), "{err}");
+    let mut longer = tuned_run.clone();
+    longer.student.optim.steps += 1;
+    RunDir::open(b.path(), longer).unwrap();
 
     let err = update_decoder(&run_b, &source, &frozen)
         .unwrap_err()

@@ -993,7 +993,8 @@ const STAGE_SECTIONS: [(StageName, &str); 4] = [
 /// ([`LoopSettings::lr_at`]) and each step's batch depends only on the step number, so a run
 /// of N steps resumed to N + M computes what a run of N + M steps would have. It is refused
 /// (`Some(Some(reason))`) when a later stage has started, since that stage learned from the
-/// shorter one, and accepted (`Some(None)`) otherwise.
+/// shorter one (the decoder stage learns from the VAE and waits for the teacher, not the
+/// student), and accepted (`Some(None)`) otherwise.
 fn step_extension(
     stored: &serde_json::Value,
     ours: &serde_json::Value,
@@ -1032,6 +1033,10 @@ fn step_extension(
     }
     for (i, section, before, after) in extended {
         for (later, later_section) in &STAGE_SECTIONS[i + 1..] {
+            if section == "student" && *later == StageName::Decoder {
+                // The decoder stage learns nothing from the student.
+                continue;
+            }
             let checkpoints = super::checkpoint::Checkpoints::new(&root.join(later.as_str()));
             if !checkpoints.steps()?.is_empty() {
                 return Ok(Some(Some(format!(
