@@ -1027,6 +1027,16 @@ fn an_imported_vae_gets_the_decoder_stage_after_its_teacher() {
     );
     train_teacher(&run_b, &device, Stop::never(), &mut quiet).unwrap();
 
+    // An export the decoder stage did not finish writing is named as such, and the stage
+    // writes it again.
+    let tuned_bytes = std::fs::read(&export).unwrap();
+    std::fs::copy(&source, &export).unwrap();
+    let err = vae_ready(&run_b).unwrap_err().to_string();
+    assert!(err.contains("--stage decoder"), "{err}");
+    train_decoder(&run_b, &device, Stop::never(), &mut quiet).unwrap();
+    assert_eq!(std::fs::read(&export).unwrap(), tuned_bytes);
+    assert!(vae_ready(&run_b).unwrap().is_some());
+
     // Its settings are fixed once it has started, and so is the teacher it waited for; the
     // student, which it does not read, may still run longer.
     let mut changed = tuned_run.clone();

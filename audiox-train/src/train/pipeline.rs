@@ -2,9 +2,9 @@
 //! checkpoint, trained until it finishes or [`Stop`] says so, and exported into the run's
 //! `export/` folder (the layout `audiox` loads) whenever it stops. The last, the decoder stage
 //! ([`train_decoder`], when the run has one), replaces the exported VAE with one whose decoder
-//! is fine-tuned. Before them, a run whose
-//! teacher starts from a **base run** it trains itself ([`TeacherInit::base`]) trains that run's
-//! VAE and teacher stages in the base run's folder and imports its VAE ([`train_base`]).
+//! is fine-tuned. Before them, a run whose teacher starts from a **base run** it trains itself
+//! ([`TeacherInit::base`]) trains that run's VAE and teacher stages in the base run's folder
+//! and imports its VAE ([`train_base`]).
 //!
 //! ```no_run
 //! use audiox_train::train::pipeline::{

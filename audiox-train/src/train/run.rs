@@ -854,8 +854,8 @@ impl RunDir {
     /// configuration that differs only in what no started stage reads is replaced by `config`:
     /// what the VAE stage does not read (the `teacher`, `student` and `decoder` sections, the
     /// model's conditioning and diffusion sections) while the teacher stage has no checkpoint,
-    /// and the `student` or `decoder` section while that stage has none (a run started before a stage
-    /// existed continues with the stages it trained). Another: a configuration that only raises
+    /// and the `student` or `decoder` section while that stage has none (a run started before
+    /// a stage existed continues with the stages it trained). Another: a configuration that only raises
     /// some stages' `steps` continues them exactly, unless a later stage has started (see
     /// `step_extension`).
     pub fn open(root: impl Into<PathBuf>, config: RunConfig) -> TrainResult<Self> {
@@ -917,9 +917,9 @@ impl RunDir {
 /// the two differ only in what the VAE stage does not read (the teacher, student and decoder
 /// sections, and the model's conditioning, diffusion, `_tiny_hardcoded_sizes` and `training`
 /// sections) and the teacher stage has not started (no checkpoint), or only in the student or
-/// decoder section and that stage has not started. This lets a run started before a stage existed (whose
-/// `run.json` lacks that stage's section) continue with it, keeping what it trained; anything
-/// a started stage depends on must still be identical.
+/// decoder section and that stage has not started. This lets a run started before a stage
+/// existed (whose `run.json` lacks that stage's section) continue with it, keeping what it
+/// trained; anything a started stage depends on must still be identical.
 fn refuses_extension(
     stored: &serde_json::Value,
     ours: &serde_json::Value,

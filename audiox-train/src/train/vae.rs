@@ -562,10 +562,17 @@ pub fn vae_ready(run: &RunDir) -> TrainResult<Option<String>> {
         let export = vae_export_path(run);
         let bytes = std::fs::read(&export).map_err(|e| TrainError::io(&export, e))?;
         if super::checkpoint::sha256(&bytes) != record.export_sha256 {
+            let hint = match record.decoder_updates.last().map(String::as_str) {
+                Some(DECODER_STAGE) => {
+                    "; the decoder stage writes it: if its export was interrupted, \
+                     `--stage decoder` writes it again"
+                }
+                _ => "",
+            };
             return Err(TrainError::checkpoint(
                 &export,
                 format!(
-                    "is not the VAE imported from {} (SHA-256 differs from {})",
+                    "is not the VAE imported from {} (SHA-256 differs from {}){hint}",
                     record.source,
                     marker.display()
                 ),
@@ -620,17 +627,22 @@ fn teachers_vae(run: &RunDir, device: &Device) -> TrainResult<Vae> {
 /// in `vae/imported.json` as a decoder update, so that the export still passes [`vae_ready`].
 pub fn export_decoder(vae: &Vae, run: &RunDir) -> TrainResult<PathBuf> {
     let marker = imported_marker(run);
-    let record = match marker.exists() {
+    let mut record = match marker.exists() {
         true => Some(read_import_record(&marker)?),
         false => None,
     };
+    // The decoder stage is recorded before the file changes, so that an export interrupted
+    // between the two writes is reported as the decoder stage's (see `vae_ready`).
+    if let Some(record) = &mut record
+        && record.decoder_updates.last().map(String::as_str) != Some(DECODER_STAGE)
+    {
+        record.decoder_updates.push(DECODER_STAGE.to_string());
+        write_import_record(run, record, "decoder")?;
+    }
     let export = export_vae(vae, run.config(), &run.root().join("export"))?;
     if let Some(mut record) = record {
         let bytes = std::fs::read(&export).map_err(|e| TrainError::io(&export, e))?;
         record.export_sha256 = super::checkpoint::sha256(&bytes);
-        if record.decoder_updates.last().map(String::as_str) != Some(DECODER_STAGE) {
-            record.decoder_updates.push(DECODER_STAGE.to_string());
-        }
         write_import_record(run, &record, "decoder")?;
     }
     Ok(export)
