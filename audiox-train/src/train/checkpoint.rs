@@ -178,6 +178,11 @@ impl Checkpoints {
         Ok(steps)
     }
 
+    /// The newest checkpoint's step, `None` when there is none (errors as [`Checkpoints::steps`]).
+    pub fn newest(&self) -> TrainResult<Option<u64>> {
+        Ok(self.steps()?.last().copied())
+    }
+
     /// Removes folders left by interrupted writes.
     pub fn remove_partial(&self) -> TrainResult<()> {
         let Ok(entries) = fs::read_dir(&self.dir) else {

@@ -138,7 +138,7 @@ pub fn train_vae(
 
 /// Whether `stage` of `run` has a checkpoint.
 fn started(run: &RunDir, stage: StageName) -> TrainResult<bool> {
-    Ok(!Checkpoints::new(&run.stage_dir(stage)).steps()?.is_empty())
+    Ok(Checkpoints::new(&run.stage_dir(stage)).newest()?.is_some())
 }
 
 /// Trains the teacher stage of `run` (its VAE ready) and exports the model folder with the
@@ -228,9 +228,7 @@ pub fn train_decoder(
     };
     let teacher_total = run.config().teacher.optim.steps;
     let teacher_step = Checkpoints::new(&run.stage_dir(StageName::Teacher))
-        .steps()?
-        .last()
-        .copied()
+        .newest()?
         .unwrap_or(0);
     if teacher_step < teacher_total {
         return Err(TrainError::config(
@@ -279,10 +277,7 @@ pub fn train_base(
     progress: &mut Progress<'_>,
     report: &mut dyn FnMut(&RunDir, &StageReport),
 ) -> TrainResult<bool> {
-    let started = !Checkpoints::new(&run.stage_dir(StageName::Teacher))
-        .steps()?
-        .is_empty();
-    if started {
+    if started(run, StageName::Teacher)? {
         // Its teacher no longer reads the base run, which may have moved.
         return Ok(true);
     }

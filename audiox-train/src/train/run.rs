@@ -349,8 +349,16 @@ pub struct VaeStageConfig {
 
 impl VaeStageConfig {
     /// Checks every value for a VAE of down-sampling ratio `ratio` on corpus clips of `clip`
-    /// samples; `section` (`vae`, `decoder`) prefixes the field names of errors.
-    pub fn check(&self, section: &str, ratio: usize, clip: usize) -> TrainResult<()> {
+    /// samples; `section` (`vae`, `decoder`) prefixes the field names of errors. `continues`
+    /// says why the stage starts from trained weights, if it does (`with vae.init_from`): the
+    /// settings for a VAE trained from its initialisation are then refused.
+    pub fn check(
+        &self,
+        section: &str,
+        ratio: usize,
+        clip: usize,
+        continues: Option<&str>,
+    ) -> TrainResult<()> {
         self.optim.check(section)?;
         let field = |f: &str| format!("{section}.{f}");
         if self.crop == 0 || !self.crop.is_multiple_of(ratio) {
@@ -398,8 +406,8 @@ impl VaeStageConfig {
                 format!("{db} is not a level below 0 dB"),
             ));
         }
-        if self.init_from.is_some() {
-            // Both start the decoder in a state a trained file's weights contradict.
+        if let Some(why) = continues {
+            // Both start the decoder in a state trained weights contradict.
             for (name, set) in [
                 ("latent_guide", self.latent_guide.is_some()),
                 ("zero_decoder_biases", self.zero_decoder_biases),
@@ -409,7 +417,7 @@ impl VaeStageConfig {
                         field(name),
                         format!(
                             "a setting for a VAE trained from its initialisation: remove it \
-                             with {section}.init_from"
+                             {why}"
                         ),
                     ));
                 }
@@ -751,7 +759,8 @@ impl RunConfig {
             .iter()
             .product();
         let clip = (self.corpus.duration_s * self.corpus.sample_rate as f32) as usize;
-        self.vae.check("vae", ratio, clip)?;
+        let continues = self.vae.init_from.is_some().then_some("with vae.init_from");
+        self.vae.check("vae", ratio, clip, continues)?;
         if let Some(decoder) = &self.decoder {
             let field = |f: &str| format!("decoder.{f}");
             if !decoder.freeze_encoder {
@@ -768,19 +777,8 @@ impl RunConfig {
                      with vae.init_from continues a VAE file)",
                 ));
             }
-            for (name, set) in [
-                ("latent_guide", decoder.latent_guide.is_some()),
-                ("zero_decoder_biases", decoder.zero_decoder_biases),
-            ] {
-                if set {
-                    return Err(TrainError::config(
-                        field(name),
-                        "a setting for a VAE trained from its initialisation, not for the \
-                         decoder stage's continuation: remove it",
-                    ));
-                }
-            }
-            decoder.check("decoder", ratio, clip)?;
+            let continues = "in the decoder stage, which continues the run's VAE";
+            decoder.check("decoder", ratio, clip, Some(continues))?;
         }
         self.teacher.check(&model, clip)?;
         if let Some(init) = &self.teacher.init_from {

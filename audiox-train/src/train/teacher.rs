@@ -637,9 +637,7 @@ impl TeacherStage {
         config.validate()?;
         if super::vae::vae_ready(run)?.is_none() {
             let vae_steps = Checkpoints::new(&run.stage_dir(StageName::Vae))
-                .steps()?
-                .last()
-                .copied()
+                .newest()?
                 .unwrap_or(0);
             let how = match config.base() {
                 Some(_) => "train the base run first, whose VAE this run imports (--stage base)",

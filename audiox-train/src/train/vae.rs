@@ -582,9 +582,7 @@ pub fn vae_ready(run: &RunDir) -> TrainResult<Option<String>> {
     }
     let steps = run.config().vae.optim.steps;
     let trained = Checkpoints::new(&run.stage_dir(StageName::Vae))
-        .steps()?
-        .last()
-        .copied()
+        .newest()?
         .unwrap_or(0);
     Ok((trained >= steps).then(|| format!("trained here ({trained} steps)")))
 }
