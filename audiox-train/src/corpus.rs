@@ -409,13 +409,31 @@ impl Corpus {
     /// unseen captions like for like. Fewer when the grammar runs out of distinct training
     /// captions (the same bounded search).
     pub fn distinct_training_scenes(&self, n: usize) -> Vec<Scene> {
+        self.distinct_training(n)
+            .into_iter()
+            .map(|(_, scene)| scene)
+            .collect()
+    }
+
+    /// The indices of [`Corpus::distinct_training_scenes`]: the first `n` training indices
+    /// whose captions no earlier index had, ascending, so that the clip of each
+    /// ([`Corpus::training_clip`]) renders its caption. A longer list starts with a shorter
+    /// one. Fewer when the grammar runs out of distinct training captions.
+    pub fn distinct_training_indices(&self, n: usize) -> Vec<u64> {
+        self.distinct_training(n)
+            .into_iter()
+            .map(|(index, _)| index)
+            .collect()
+    }
+
+    fn distinct_training(&self, n: usize) -> Vec<(u64, Scene)> {
         let mut index = 0;
         let draw = || {
             let scene = self.training_scene(index);
             index += 1;
             scene
         };
-        first_distinct(n, draw, |_| true)
+        first_distinct_draws(n, draw, |_| true)
     }
 
     /// [`Corpus::held_out_scenes`], failing when fewer than `n` distinct held-out captions
@@ -535,21 +553,37 @@ fn random_group(rng: &mut impl Rng, kind: EventKind) -> EventGroup {
 /// of the grammar needs, so it only ends a search for more captions than the grammar has.
 fn first_distinct(
     n: usize,
-    mut draw: impl FnMut() -> Scene,
+    draw: impl FnMut() -> Scene,
     keep: impl Fn(&str) -> bool,
 ) -> Vec<Scene> {
+    first_distinct_draws(n, draw, keep)
+        .into_iter()
+        .map(|(_, scene)| scene)
+        .collect()
+}
+
+/// The first `n` kept draws with distinct captions, each with its position among the draws
+/// (0 for the first draw); the search stops after a bounded run of draws that add nothing.
+fn first_distinct_draws(
+    n: usize,
+    mut draw: impl FnMut() -> Scene,
+    keep: impl Fn(&str) -> bool,
+) -> Vec<(u64, Scene)> {
     const STALE_DRAWS: u32 = 200_000;
     let mut seen = std::collections::HashSet::new();
-    let mut out = Vec::with_capacity(n);
+    // Not `n`: the grammar may hold far fewer captions than asked for.
+    let mut out = Vec::with_capacity(n.min(1 << 16));
     let mut stale = 0;
+    let mut position = 0;
     while out.len() < n && stale < STALE_DRAWS {
         stale += 1;
         let scene = draw();
         let caption = scene.caption();
         if keep(&caption) && seen.insert(caption) {
-            out.push(scene);
+            out.push((position, scene));
             stale = 0;
         }
+        position += 1;
     }
     out
 }

@@ -138,10 +138,12 @@ fn distinct_training_scenes_are_the_first_new_captions_in_index_order() {
         .collect();
     // The same list built by hand: walk the training scenes, keep each caption once.
     let (mut expected, mut seen, mut index) = (Vec::new(), std::collections::HashSet::new(), 0);
+    let mut expected_indices = Vec::new();
     while expected.len() < n {
         let caption = c.training_scene(index).caption();
         if seen.insert(caption.clone()) {
             expected.push(caption);
+            expected_indices.push(index);
         }
         index += 1;
     }
@@ -151,6 +153,11 @@ fn distinct_training_scenes_are_the_first_new_captions_in_index_order() {
     );
     assert_eq!(got, expected);
     assert!(got.iter().all(|caption| !c.is_held_out(caption)));
+    // Their indices: the clip at each renders that caption, and a shorter list is a prefix.
+    let indices = c.distinct_training_indices(n);
+    assert_eq!(indices, expected_indices);
+    assert_eq!(c.distinct_training_indices(n / 3), indices[..n / 3]);
+    assert_eq!(c.training_clip(indices[7]).caption, got[7]);
 }
 
 fn score_rendered(c: &Corpus, clips: impl Iterator<Item = audiox_train::corpus::Clip>) -> Report {

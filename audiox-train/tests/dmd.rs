@@ -586,3 +586,92 @@ fn a_cache_of_other_pairs_or_a_broken_one_is_refused_naming_it() {
         Err(TrainError::Config { .. })
     ));
 }
+
+#[test]
+fn distinct_captions_give_every_row_a_caption_no_earlier_row_had() {
+    one_thread();
+    let mut settings = tiny_settings();
+    settings.optim.steps = 60;
+    settings.regression_weight = 0.0;
+    let (steps, batch) = (settings.optim.steps, settings.optim.batch as u64);
+    let tmp = tempfile::tempdir().unwrap();
+    let device = device();
+    let run = RunDir::open(tmp.path(), tiny_run()).unwrap();
+    let corpus = audiox_train::corpus::Corpus::new((&run.config().corpus).into()).unwrap();
+    let stage = |settings: &StudentStageConfig| {
+        let teacher = teacher(8);
+        let prompts = HashedPrompts::for_dit(&teacher);
+        StudentStage::new(&run, settings.clone(), teacher, prompts, &device).unwrap()
+    };
+    let rows = |stage: &StudentStage<Dit, HashedPrompts>| -> (Vec<u64>, Vec<String>) {
+        let (mut clips, mut captions) = (Vec::new(), Vec::new());
+        for step in 0..steps {
+            clips.extend(stage.clips(step).unwrap());
+            captions.extend(stage.captions(step).unwrap());
+        }
+        (clips, captions)
+    };
+
+    // Written only when set, so the run.json of runs made before the field reads the same.
+    let json = serde_json::to_value(&settings).unwrap();
+    assert!(json.get("distinct_captions").is_none(), "{json}");
+    let mut set = settings.clone();
+    set.distinct_captions = true;
+    let json = serde_json::to_value(&set).unwrap();
+    assert_eq!(json["distinct_captions"], true);
+    assert_eq!(
+        serde_json::from_value::<StudentStageConfig>(json).unwrap(),
+        set
+    );
+
+    // Default: training clip `step x batch + j`, whose captions repeat.
+    let (clips, captions) = rows(&stage(&settings));
+    assert_eq!(clips, (0..steps * batch).collect::<Vec<_>>());
+    let unique: std::collections::HashSet<&String> = captions.iter().collect();
+    assert!(
+        unique.len() < captions.len(),
+        "no caption repeats among {} rows: the comparison below checks nothing",
+        captions.len()
+    );
+
+    // Distinct: the first new captions in index order, each row's clip rendering its caption.
+    settings.distinct_captions = true;
+    let distinct = stage(&settings);
+    let (clips, distinct_captions) = rows(&distinct);
+    assert_eq!(clips, corpus.distinct_training_indices(clips.len()));
+    let unique: std::collections::HashSet<&String> = distinct_captions.iter().collect();
+    assert_eq!(unique.len(), distinct_captions.len());
+    for (clip, caption) in clips.iter().zip(&distinct_captions).step_by(17) {
+        assert_eq!(&corpus.training_clip(*clip).caption, caption);
+    }
+    // Scenes of as many events as the metric's held-out captions (distinct too) ask for:
+    // more than the repeating stream, whose repeats are its shortest scenes.
+    let events = |captions: &[String]| -> f64 {
+        let by_caption: std::collections::HashMap<String, usize> = (0..10 * steps * batch)
+            .map(|i| corpus.training_scene(i))
+            .map(|s| (s.caption(), s.expected_events().len()))
+            .collect();
+        captions.iter().map(|c| by_caption[c] as f64).sum::<f64>() / captions.len() as f64
+    };
+    let (plain, new) = (events(&captions), events(&distinct_captions));
+    assert!(
+        new > plain,
+        "mean events asked: distinct {new}, plain {plain}"
+    );
+    // Past the stage's last step there is no row to give.
+    let err = distinct.clips(steps).unwrap_err().to_string();
+    assert!(err.contains("distinct_captions"), "{err}");
+    // A stage longer than the grammar's distinct captions is refused when it is made.
+    let have = corpus.distinct_training_indices(usize::MAX).len();
+    settings.optim.steps = (have as u64).div_ceil(batch) + 1;
+    let teacher = teacher(8);
+    let prompts = HashedPrompts::for_dit(&teacher);
+    let err = StudentStage::new(&run, settings, teacher, prompts, &device)
+        .err()
+        .expect("more rows than distinct captions")
+        .to_string();
+    assert!(
+        err.contains("distinct_captions") && err.contains(&have.to_string()),
+        "{err}"
+    );
+}

@@ -668,6 +668,8 @@ pub struct StudentStage<M: Denoiser, P> {
     prompts: P,
     times: Vec<f32>,
     pairs: Option<TeacherPairs>,
+    /// With `distinct_captions`: the training indices of the stage's rows, in order.
+    distinct: Option<Vec<u64>>,
     device: Device,
 }
 
@@ -704,9 +706,31 @@ impl<M: Denoiser, P: Prompts<M::Context>> StudentStage<M, P> {
             ));
         }
         let times = student_times(settings.student_steps)?;
+        let corpus = Corpus::new((&run.config().corpus).into())?;
+        let distinct = if settings.distinct_captions {
+            let rows = usize::try_from(settings.optim.steps)
+                .unwrap_or(usize::MAX)
+                .saturating_mul(settings.optim.batch);
+            let indices = corpus.distinct_training_indices(rows);
+            if indices.len() < rows {
+                return Err(TrainError::config(
+                    "student.distinct_captions",
+                    format!(
+                        "the grammar has {} distinct training captions; {} steps of batch {} need {rows}",
+                        indices.len(),
+                        settings.optim.steps,
+                        settings.optim.batch
+                    ),
+                ));
+            }
+            Some(indices)
+        } else {
+            None
+        };
         let mut stage = StudentStage {
             seed: run.config().seed,
-            corpus: Corpus::new((&run.config().corpus).into())?,
+            corpus,
+            distinct,
             settings,
             teacher: frozen(&teacher),
             template: teacher,
@@ -813,18 +837,40 @@ impl<M: Denoiser, P: Prompts<M::Context>> StudentStage<M, P> {
         ChaCha8Rng::from_seed(seed)
     }
 
-    /// The training clips of step `step`: `step x batch + j`.
-    pub fn clips(&self, step: u64) -> Vec<u64> {
+    /// The training clips of step `step`: `step x batch + j`, or with `distinct_captions` the
+    /// `step x batch + j`-th clip whose caption is new. An error for a step past the stage's
+    /// last with `distinct_captions` (the table holds the stage's steps).
+    pub fn clips(&self, step: u64) -> TrainResult<Vec<u64>> {
         let b = self.settings.optim.batch as u64;
-        (0..b).map(|j| step * b + j).collect()
+        let rows = (0..b).map(|j| step * b + j);
+        match &self.distinct {
+            None => Ok(rows.collect()),
+            Some(indices) => rows
+                .map(|row| {
+                    usize::try_from(row)
+                        .ok()
+                        .and_then(|row| indices.get(row).copied())
+                        .ok_or_else(|| {
+                            TrainError::config(
+                                "student.distinct_captions",
+                                format!(
+                                    "step {step} is past the stage's {} steps",
+                                    self.settings.optim.steps
+                                ),
+                            )
+                        })
+                })
+                .collect(),
+        }
     }
 
     /// The captions of step `step`: those of its training clips ([`StudentStage::clips`]).
-    pub fn captions(&self, step: u64) -> Vec<String> {
-        self.clips(step)
+    pub fn captions(&self, step: u64) -> TrainResult<Vec<String>> {
+        Ok(self
+            .clips(step)?
             .into_iter()
             .map(|i| self.corpus.training_scene(i).caption())
-            .collect()
+            .collect())
     }
 
     /// The regression term's mean squared error of `student` over every cached pair (no
@@ -923,9 +969,9 @@ impl<M: Denoiser, P: Prompts<M::Context>> MultiStage for StudentStage<M, P> {
         let s = &self.settings;
         let noise = DmdNoise::from_config(s);
         let mut rng = self.rng(step);
-        let context = self
-            .prompts
-            .clip_context(&self.clips(step), &self.captions(step), device)?;
+        let context =
+            self.prompts
+                .clip_context(&self.clips(step)?, &self.captions(step)?, device)?;
 
         // Generator update: one random step of the schedule, DMD + regression.
         let (k, z) = self.random_input(&student.model, &context, &mut rng)?;

@@ -466,6 +466,16 @@ pub struct StudentStageConfig {
     /// `teacher::TeacherPrompts::with_clip_prompts`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub audio_prompt: Option<super::teacher::PromptMasking>,
+    /// Each row of each step gets a caption no earlier row had: row `j` of step `s` takes the
+    /// `s x batch + j`-th distinct training caption ([`crate::corpus::Corpus::distinct_training_indices`])
+    /// instead of training clip `s x batch + j`, whose captions repeat the grammar's frequent
+    /// short scenes. The held-out captions of the metric are distinct captions too, so this
+    /// draws scenes of as many events as the metric asks for. The grammar has a bounded number
+    /// of distinct training captions (9,948 for the demo corpus: 2,487 steps of batch 4); a
+    /// stage of more rows is refused. `false` (the default, not written) for runs made before
+    /// the field existed.
+    #[serde(default, skip_serializing_if = "is_default")]
+    pub distinct_captions: bool,
 }
 
 impl StudentStageConfig {
@@ -502,6 +512,7 @@ impl StudentStageConfig {
             regression_batch: 4,
             teacher_steps: 25,
             audio_prompt: None,
+            distinct_captions: false,
         }
     }
 
