@@ -6,7 +6,7 @@
 //! ```text
 //! cargo run --release -p audiox-train --features train --example instruction_following -- \
 //!     runs/demo/export [--count 40] [--skip 0] [--guidance 6] [--teacher FILE] [--rows TEXT]
-//!     [--energy-window S]
+//!     [--energy-window S] [--verbose] [--training] [--wav-dir DIR]
 //! ```
 //!
 //! `--energy-window S` sets the window the detector's onset baseline is measured over
@@ -20,6 +20,9 @@
 //! `--rows TEXT` scores only the rows whose label contains `TEXT` (e.g. `student`, or
 //! `euler 25` for one teacher row), for a quick check of a training snapshot; `--verbose`
 //! prints each clip's caption, the number of events it asks for and the events detected;
+//! `--wav-dir DIR` writes every scored clip, as the metric hears it (mono, the model's rate), to
+//! `DIR/ROW/clip-NNN.wav` (`ROW` the row's label in lower case with dashes, `NNN` the caption's
+//! index), so that what a row scores can be listened to;
 //! `--training` scores the first training scenes (clip indices 0, 1, ...) instead of the
 //! held-out captions: far better scores there than on held-out captions mean a model that
 //! learnt the captions it saw rather than the grammar.
@@ -28,12 +31,12 @@
 //! (or `--teacher FILE`); rows whose model is missing are skipped with a note. Clip `i` uses seed `i`, so the
 //! table is reproducible. Prints a markdown table (the one in `docs/training.md`).
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use audiox::sampler::SamplerKind;
 use audiox::{AudioX, DenoiserKind, Request};
-use audiox_train::corpus::{Corpus, CorpusConfig, Scene};
+use audiox_train::corpus::{Corpus, CorpusConfig, Scene, write_mono_wav};
 use audiox_train::metric::{DetectorConfig, Report, detect_events, evaluate_scenes_with};
 
 struct Args {
@@ -46,6 +49,7 @@ struct Args {
     training: bool,
     skip: usize,
     detector: DetectorConfig,
+    wav_dir: Option<PathBuf>,
 }
 
 fn parse() -> Result<Args, String> {
@@ -56,6 +60,7 @@ fn parse() -> Result<Args, String> {
     let mut training = false;
     let mut skip = 0;
     let mut detector = DetectorConfig::default();
+    let mut wav_dir = None;
     while let Some(a) = it.next() {
         let mut value = |name: &str| it.next().ok_or(format!("{name} needs a value"));
         match a.as_str() {
@@ -80,6 +85,7 @@ fn parse() -> Result<Args, String> {
             "--teacher" => teacher = Some(PathBuf::from(value("--teacher")?)),
             "--rows" => rows = Some(value("--rows")?),
             "--verbose" => verbose = true,
+            "--wav-dir" => wav_dir = Some(PathBuf::from(value("--wav-dir")?)),
             "--training" => training = true,
             _ if a.starts_with("--") => return Err(format!("unknown option {a}")),
             _ if dir.is_none() => dir = Some(PathBuf::from(a)),
@@ -88,7 +94,7 @@ fn parse() -> Result<Args, String> {
     }
     let dir = dir.ok_or(
         "usage: instruction_following EXPORT_DIR [--count N] [--skip N] [--guidance G] [--teacher FILE] \
-         [--rows TEXT] [--verbose] [--training] [--energy-window S]",
+         [--rows TEXT] [--verbose] [--training] [--energy-window S] [--wav-dir DIR]",
     )?;
     if count == 0 {
         return Err("--count must be at least 1".into());
@@ -103,22 +109,30 @@ fn parse() -> Result<Args, String> {
         training,
         skip,
         detector,
+        wav_dir,
     })
 }
 
 /// Scores `model` with requests shaped by `shape`; returns the report and seconds per clip.
+/// With `wav_dir`, writes each clip there as `clip-NNN.wav`.
 fn score(
     model: &AudioX,
     scenes: &[Scene],
     first_seed: u64,
     verbose: bool,
     detector: &DetectorConfig,
+    wav_dir: Option<&Path>,
     shape: &dyn Fn(Request) -> Request,
 ) -> Result<(Report, f64), Box<dyn std::error::Error>> {
     let rate = model.config().sample_rate;
+    if let Some(dir) = wav_dir {
+        std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    }
     let start = Instant::now();
-    let mut generate = |caption: &str, i: u64| -> Result<Vec<f32>, audiox::Error> {
-        let generation = model.generate(shape(Request::text(caption).seed(first_seed + i)))?;
+    let mut generate = |caption: &str, i: u64| -> Result<Vec<f32>, ClipError> {
+        let generation = model
+            .generate(shape(Request::text(caption).seed(first_seed + i)))
+            .map_err(ClipError::Generate)?;
         let audio = &generation.audio[0];
         let channels = audio.channels();
         let n = audio.num_frames();
@@ -139,10 +153,42 @@ fn score(
                 events.join(", ")
             );
         }
+        if let Some(dir) = wav_dir {
+            let path = dir.join(format!("clip-{:03}.wav", first_seed + i));
+            write_mono_wav(path, rate, &mono).map_err(ClipError::Wav)?;
+        }
         Ok(mono)
     };
     let report = evaluate_scenes_with(scenes, rate, detector, &mut generate)?;
     Ok((report, start.elapsed().as_secs_f64() / scenes.len() as f64))
+}
+
+/// Why a clip could not be scored: the model failed, or its WAV could not be written.
+#[derive(Debug)]
+enum ClipError {
+    Generate(audiox::Error),
+    Wav(audiox_train::Error),
+}
+
+impl std::fmt::Display for ClipError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClipError::Generate(e) => write!(f, "{e}"),
+            ClipError::Wav(e) => write!(f, "{e}"),
+        }
+    }
+}
+
+impl std::error::Error for ClipError {}
+
+/// A row label as a folder name: "teacher, euler 25 steps, cfg 2" -> "teacher-euler-25-steps-cfg-2".
+fn slug(label: &str) -> String {
+    label
+        .to_lowercase()
+        .split(|c: char| !c.is_ascii_alphanumeric() && c != '.')
+        .filter(|w| !w.is_empty())
+        .collect::<Vec<_>>()
+        .join("-")
 }
 
 fn main() -> std::process::ExitCode {
@@ -197,6 +243,10 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
                 args.skip as u64,
                 args.verbose,
                 &args.detector,
+                args.wav_dir
+                    .as_ref()
+                    .map(|d| d.join(slug(label)))
+                    .as_deref(),
                 shape,
             )?;
             println!("{} {secs:.2} |", report.markdown_row(label));

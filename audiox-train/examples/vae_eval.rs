@@ -18,7 +18,7 @@
 use std::path::PathBuf;
 
 use audiox_core::weights::{Component, StateDict, WeightSource};
-use audiox_train::corpus::{Corpus, CorpusConfig};
+use audiox_train::corpus::{Corpus, CorpusConfig, write_mono_wav};
 use audiox_train::metric::DetectorConfig;
 use audiox_train::train::eval::{reconstruction_report_with, vae_reconstructor};
 use audiox_train::train::vae::vae_config;
@@ -63,7 +63,7 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
         if let Some(d) = &wav_dir {
             for (name, audio) in [("original", samples), ("reconstruction", &out[..])] {
                 let path = d.join(format!("{index:02}-{name}.wav"));
-                write_mono(&path, config.sample_rate, audio).map_err(|e| {
+                write_mono_wav(&path, config.sample_rate, audio).map_err(|e| {
                     audiox_train::train::TrainError::config(
                         "WAV_DIR",
                         format!("{}: {e}", path.display()),
@@ -130,19 +130,4 @@ fn per_clip_markdown(report: &audiox_train::train::eval::ReconstructionReport) -
         );
     }
     out
-}
-
-/// Writes mono 32-bit float WAV.
-fn write_mono(path: &std::path::Path, rate: u32, samples: &[f32]) -> Result<(), hound::Error> {
-    let spec = hound::WavSpec {
-        channels: 1,
-        sample_rate: rate,
-        bits_per_sample: 32,
-        sample_format: hound::SampleFormat::Float,
-    };
-    let mut w = hound::WavWriter::create(path, spec)?;
-    for &s in samples {
-        w.write_sample(s)?;
-    }
-    w.finalize()
 }

@@ -261,23 +261,29 @@ pub struct Clip {
 impl Clip {
     /// Writes the clip as a 32-bit float mono WAV file.
     pub fn write_wav(&self, path: impl AsRef<Path>) -> Result<()> {
-        let path = path.as_ref();
-        let spec = hound::WavSpec {
-            channels: 1,
-            sample_rate: self.sample_rate,
-            bits_per_sample: 32,
-            sample_format: hound::SampleFormat::Float,
-        };
-        let wav_err = |source| Error::Wav {
-            path: path.to_path_buf(),
-            source,
-        };
-        let mut w = hound::WavWriter::create(path, spec).map_err(wav_err)?;
-        for &s in &self.samples {
-            w.write_sample(s).map_err(wav_err)?;
-        }
-        w.finalize().map_err(wav_err)
+        write_mono_wav(path, self.sample_rate, &self.samples)
     }
+}
+
+/// Writes `samples` as a 32-bit float mono WAV file at `sample_rate` (a clip's format; also
+/// for generated audio that the metric scores).
+pub fn write_mono_wav(path: impl AsRef<Path>, sample_rate: u32, samples: &[f32]) -> Result<()> {
+    let path = path.as_ref();
+    let spec = hound::WavSpec {
+        channels: 1,
+        sample_rate,
+        bits_per_sample: 32,
+        sample_format: hound::SampleFormat::Float,
+    };
+    let wav_err = |source| Error::Wav {
+        path: path.to_path_buf(),
+        source,
+    };
+    let mut w = hound::WavWriter::create(path, spec).map_err(wav_err)?;
+    for &s in samples {
+        w.write_sample(s).map_err(wav_err)?;
+    }
+    w.finalize().map_err(wav_err)
 }
 
 /// The version of the corpus's synthesis: raised whenever the same `(configuration, index)`
