@@ -842,7 +842,7 @@ impl<M: Denoiser, P: Prompts<M::Context>> StudentStage<M, P> {
     /// last with `distinct_captions` (the table holds the stage's steps).
     pub fn clips(&self, step: u64) -> TrainResult<Vec<u64>> {
         let b = self.settings.optim.batch as u64;
-        let rows = (0..b).map(|j| step * b + j);
+        let rows = (0..b).map(|j| step.saturating_mul(b).saturating_add(j));
         match &self.distinct {
             None => Ok(rows.collect()),
             Some(indices) => rows
