@@ -959,7 +959,7 @@ fn refuses_extension(
     }
     let started = |stage: StageName| -> TrainResult<bool> {
         let checkpoints = super::checkpoint::Checkpoints::new(&root.join(stage.as_str()));
-        Ok(!checkpoints.steps()?.is_empty())
+        Ok(checkpoints.newest()?.is_some())
     };
     let without = |v: &serde_json::Value, sections: &[&str]| {
         let mut v = v.clone();
@@ -1047,7 +1047,7 @@ fn step_extension(
                 continue;
             }
             let checkpoints = super::checkpoint::Checkpoints::new(&root.join(later.as_str()));
-            if !checkpoints.steps()?.is_empty() {
+            if checkpoints.newest()?.is_some() {
                 return Ok(Some(Some(format!(
                     "{section}.steps: stored {before}, now {after}; the {later_section} stage \
                      has started from the {section} stage's {before} steps (start a new run \
