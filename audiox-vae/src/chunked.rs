@@ -63,6 +63,18 @@ impl OobleckDecoder {
         radius.ceil() as usize
     }
 
+    /// How many leading latent frames (of `frames`) the first `samples` output samples depend
+    /// on: `ceil(samples / ratio)` plus the [receptive radius](Self::receptive_radius), at most
+    /// `frames`. Decoding only those frames gives the whole decode's first `samples` samples
+    /// (the convolutions' zero padding at the cut is farther away than they can see): what a
+    /// request trimmed to a duration shorter than the model's window needs.
+    pub fn frames_for_samples(&self, samples: usize, frames: usize) -> usize {
+        samples
+            .div_ceil(self.upsampling_ratio().max(1))
+            .saturating_add(self.receptive_radius())
+            .min(frames)
+    }
+
     /// Decodes `[B, C, L]` chunk by chunk (see the docs at the top of `chunked.rs`); the output
     /// has the length of a whole decode, `L * ratio`.
     pub fn forward_chunked(&self, latent: Tensor<3>, chunking: ChunkedDecode) -> Result<Tensor<3>> {

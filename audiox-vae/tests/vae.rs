@@ -109,6 +109,56 @@ fn chunked_decode_error_against_whole_decode() {
     );
 }
 
+/// Decoding only the leading frames `frames_for_samples` names gives the whole decode's first
+/// samples up to float rounding (the products' blocking depends on the length), for cuts
+/// anywhere in the latent; a cut at the kept samples' end, without the receptive radius, is
+/// visibly wrong there.
+#[test]
+fn a_prefix_decode_equals_the_whole_decode_where_it_is_kept() {
+    let device = Device::flex();
+    let vae = tiny_vae(&device);
+    let decoder = &vae.decoder;
+    let (c, len) = (decoder.latent_dim(), 61);
+    let ratio = decoder.upsampling_ratio();
+    let radius = decoder.receptive_radius();
+    assert!(radius > 0 && len > radius + 12, "radius {radius}");
+    let values = SeededNoise::new(5).normal("latent", &[2, c, len]).unwrap();
+    let latent = from_dyn::<3>(values, &[2, c, len], &device).unwrap();
+    let whole = vae.decode(latent.clone()).unwrap();
+    let peak = to_vec(whole.clone())
+        .iter()
+        .fold(0.0f32, |m, x| m.max(x.abs()));
+    let error = |prefix: Tensor<3>, samples: usize| {
+        let a = to_vec(prefix.narrow(2, 0, samples));
+        let b = to_vec(whole.clone().narrow(2, 0, samples));
+        a.iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0.0f32, f32::max)
+            / peak
+    };
+    for samples in [1, 3 * ratio + 1, 10 * ratio, (len - radius - 1) * ratio - 1] {
+        let frames = decoder.frames_for_samples(samples, len);
+        assert!(frames < len, "{samples} samples: {frames} frames");
+        let prefix = decoder.forward(latent.clone().narrow(2, 0, frames));
+        assert_eq!(prefix.dims()[2], frames * ratio);
+        let e = error(prefix, samples);
+        assert!(
+            e <= 1e-6,
+            "{samples} samples from {frames} frames: relative error {e}"
+        );
+    }
+    // The whole latent when the samples reach its end.
+    assert_eq!(decoder.frames_for_samples(len * ratio, len), len);
+    assert_eq!(decoder.frames_for_samples(usize::MAX, len), len);
+    // The radius is needed: without it the last kept samples are wrong.
+    let e = error(decoder.forward(latent.clone().narrow(2, 0, 10)), 10 * ratio);
+    assert!(
+        e > 1e-3,
+        "a cut at the kept samples' end: relative error {e}"
+    );
+}
+
 /// The hook before each chunk sees every chunk in order, and its error stops the decode
 /// (how the pipeline honours cancellation between chunks).
 #[test]

@@ -222,16 +222,23 @@ impl AudioX {
         timings.sampling = t.elapsed();
         stop(control, steps)?;
 
-        // 5. Decoding.
+        // 5. Decoding: only the latent frames the kept samples depend on (a request shorter
+        // than the model's window, and the full model's 10 s of its 10.96 s window, trim the
+        // rest away below); the whole latent where the intermediates are kept.
         let t = Instant::now();
+        let frames = latent.dims()[2];
+        let frames = if request.keep_intermediates {
+            frames
+        } else {
+            m.decoder.frames_for_samples(plan.samples, frames)
+        };
+        let to_decode = latent.clone().narrow(2, 0, frames);
         let decoded = match m.chunked_decode {
             Some(chunking) => {
                 m.decoder
-                    .forward_chunked_with(latent.clone(), chunking, &mut |_, _| {
-                        stop(control, steps)
-                    })?
+                    .forward_chunked_with(to_decode, chunking, &mut |_, _| stop(control, steps))?
             }
-            None => m.decoder.forward(latent.clone()),
+            None => m.decoder.forward(to_decode),
         };
         timings.decode = t.elapsed();
 

@@ -136,6 +136,43 @@ fn output_is_trimmed_normalised_and_batched() {
     assert!(short.audio[0].peak() != 1.0);
 }
 
+/// A request shorter than the model's window decodes only the latent frames its samples depend
+/// on; the audio equals that of the whole decode (kept when the intermediates are) up to float
+/// rounding, and the kept intermediates hold the whole decode.
+#[test]
+fn a_short_request_decodes_only_what_it_keeps() {
+    let m = model();
+    let rate = m.sample_rate() as f64;
+    let request = Request::text("a door creaks")
+        .seed(4)
+        .duration(m.max_duration() / 4.0)
+        .normalize(false);
+    let short = m.generate(request.clone()).unwrap();
+    let whole = m.generate(request.keep_intermediates(true)).unwrap();
+    let (a, b) = (samples(&short.audio[0]), samples(&whole.audio[0]));
+    assert_eq!(a.len(), b.len());
+    assert_eq!(
+        short.audio[0].num_frames(),
+        (m.max_duration() / 4.0 * rate) as usize
+    );
+    let peak = b.iter().fold(0.0f32, |p, x| p.max(x.abs()));
+    let error = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0f32, f32::max);
+    assert!(
+        peak > 0.0 && error <= 1e-5 * peak,
+        "error {error}, peak {peak}"
+    );
+    // The kept intermediates: the decode of the whole window.
+    let decoded = whole.intermediates.unwrap().decoded.dims()[2];
+    assert!(
+        decoded >= (m.max_duration() * rate) as usize,
+        "{decoded} decoded samples"
+    );
+}
+
 #[test]
 fn requests_the_model_cannot_serve_are_refused_before_compute() {
     let m = model();
