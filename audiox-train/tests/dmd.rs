@@ -8,6 +8,7 @@ use std::path::Path;
 use audiox::sampler::{Dmd, Sampler, StepControl};
 use audiox_core::noise::{ReplayNoise, labels};
 use audiox_mmdit::Dit;
+use audiox_train::train::critic::{CriticConfig, RealLatents, critic_checkpoints};
 use audiox_train::train::dmd::{
     Denoiser, DmdNoise, PAIRS_FILE, Prompts, Scores, distribution_matching_gradient, dmd_gradient,
     dmd_surrogate, fake_score_loss, fresh_copy, generator_dmd_loss, student_input,
@@ -674,4 +675,341 @@ fn distinct_captions_give_every_row_a_caption_no_earlier_row_had() {
         err.contains("distinct_captions") && err.contains(&have.to_string()),
         "{err}"
     );
+}
+
+/// A stand-in for the encoded corpus: each clip's latent a fixed smooth function of its index
+/// (a sine per channel), unlike the student's outputs.
+struct SineLatents {
+    shape: [usize; 2],
+}
+
+impl RealLatents for SineLatents {
+    fn real_latents(&self, clips: &[u64], device: &Device) -> TrainResult<Tensor<3>> {
+        let [c, l] = self.shape;
+        let mut out = Vec::with_capacity(clips.len() * c * l);
+        for &clip in clips {
+            for ch in 0..c {
+                for i in 0..l {
+                    let phase = (clip as f32 + ch as f32) * 0.7;
+                    out.push((i as f32 * 0.3 + phase).sin());
+                }
+            }
+        }
+        Ok(tensor3(out, [clips.len(), c, l], device))
+    }
+}
+
+fn critic_settings() -> StudentStageConfig {
+    let mut settings = tiny_settings();
+    settings.critic = Some(CriticConfig {
+        weight: 0.5,
+        lr_ratio: 5.0,
+        width: 4,
+        from_step: 1,
+        conditional: true,
+    });
+    settings
+}
+
+fn train_with_critic(
+    dir: &Path,
+    settings: &StudentStageConfig,
+    stop_after: Option<u64>,
+) -> TrainResult<Trained> {
+    let device = device();
+    let run = RunDir::open(dir, tiny_run())?;
+    let teacher = teacher(8);
+    let prompts = HashedPrompts::for_dit(&teacher);
+    let real = SineLatents {
+        shape: teacher.latent_shape(),
+    };
+    let stage = StudentStage::new(&run, settings.clone(), teacher, prompts, &device)?
+        .with_real_latents(std::sync::Arc::new(real));
+    let stop = Stop {
+        after_steps: stop_after,
+        deadline: None,
+    };
+    let out = train_multi_stage(&stage, &run, &device, stop, &mut |_| {})?;
+    Ok((
+        out.model.into_iter().map(|p| p.model).collect(),
+        out.step,
+        out.resumed_from,
+    ))
+}
+
+fn critic_checkpoint(root: &Path, step: u64) -> std::path::PathBuf {
+    root.join(StageName::Student.as_str())
+        .join("critic")
+        .join("checkpoints")
+        .join(format!("step-{step:08}"))
+}
+
+#[test]
+fn a_critic_trains_beside_the_student_and_resumes_bit_for_bit() {
+    one_thread();
+    let settings = critic_settings();
+    let steps = settings.optim.steps;
+    let tmp = tempfile::tempdir().unwrap();
+    let (a, b, plain) = (
+        tmp.path().join("a"),
+        tmp.path().join("b"),
+        tmp.path().join("plain"),
+    );
+    let (whole, _, _) = train_with_critic(&a, &settings, None).unwrap();
+    train_with_critic(&b, &settings, Some(steps / 2)).unwrap();
+    let (resumed, step, from) = train_with_critic(&b, &settings, None).unwrap();
+    assert_eq!((step, from), (steps, steps / 2));
+    for (x, y) in whole.iter().zip(&resumed) {
+        assert_eq!(
+            parameters(x),
+            parameters(y),
+            "a part differs after the resume"
+        );
+    }
+    // The critic's checkpoint holds the same weights either way, moved from their start.
+    let config = settings.critic.clone().unwrap();
+    let critic_at = |d: &Path| {
+        let fresh = config.init(teacher(8).latent_shape()[0], 0, &device());
+        let optim = AdamConfig::new().init();
+        parameters(
+            &critic_checkpoints(&d.join(StageName::Student.as_str()))
+                .load(steps, fresh, optim)
+                .unwrap()
+                .model,
+        )
+    };
+    let critic = critic_at(&a);
+    assert!(
+        critic == critic_at(&b),
+        "the critic differs after the resume"
+    );
+    let half_way = {
+        let fresh = config.init(teacher(8).latent_shape()[0], 0, &device());
+        parameters(
+            &critic_checkpoints(&b.join(StageName::Student.as_str()))
+                .load(steps / 2, fresh, AdamConfig::new().init())
+                .unwrap()
+                .model,
+        )
+    };
+    assert!(critic != half_way, "the critic did not train");
+    let log =
+        |d: &Path| LossLog::read(&d.join(StageName::Student.as_str()).join("loss.jsonl")).unwrap();
+    let records = log(&a);
+    assert_eq!(
+        records
+            .iter()
+            .map(|r| (r.loss, r.terms.clone()))
+            .collect::<Vec<_>>(),
+        log(&b)
+            .iter()
+            .map(|r| (r.loss, r.terms.clone()))
+            .collect::<Vec<_>>()
+    );
+    for r in &records {
+        for term in ["critic", "critic_real_right", "critic_fake_right"] {
+            assert!(r.terms.contains_key(term), "step {}: no `{term}`", r.step);
+        }
+        // `from_step` 1: the student follows the critic from the second step on.
+        assert_eq!(
+            r.terms.contains_key("adversarial"),
+            r.step > 1,
+            "step {}",
+            r.step
+        );
+    }
+    // The term moves the student: without a critic the first step (no term yet) is the same,
+    // the student after the last one is not.
+    let mut no_critic = settings.clone();
+    no_critic.critic = None;
+    let (without, _, _) = train(&plain, &no_critic, None).unwrap();
+    assert_ne!(parameters(&whole[0]), parameters(&without[0]));
+    let first = |d: &Path| log(d)[0].terms["dmd"];
+    assert_eq!(first(&a), first(&plain));
+}
+
+#[test]
+fn a_critic_without_real_clips_or_with_a_foreign_checkpoint_is_refused() {
+    one_thread();
+    let settings = critic_settings();
+    let tmp = tempfile::tempdir().unwrap();
+    // No source of real latents: a configuration error at the first step.
+    let err = train(&tmp.path().join("none"), &settings, None)
+        .expect_err("a critic without real clips")
+        .to_string();
+    assert!(err.contains("with_real_latents"), "{err}");
+
+    // A run that had no critic gets a fresh one when it is switched on at a resume.
+    let dir = tmp.path().join("late");
+    let mut plain = settings.clone();
+    plain.critic = None;
+    train(&dir, &plain, Some(2)).unwrap();
+    let (_, step, from) = train_with_critic(&dir, &settings, None).unwrap();
+    assert_eq!((step, from), (settings.optim.steps, 2));
+    assert!(critic_checkpoint(&dir, settings.optim.steps).exists());
+
+    // A critic whose checkpoints are not those of the parts' step is refused, naming it:
+    // here the parts' last checkpoint (step 4) is gone and so is the critic's of step 2.
+    let dir = tmp.path().join("foreign");
+    let steps = settings.optim.steps;
+    train_with_critic(&dir, &settings, None).unwrap();
+    std::fs::remove_dir_all(checkpoint_dir(&dir, steps)).unwrap();
+    std::fs::remove_dir_all(critic_checkpoint(&dir, 2)).unwrap();
+    match train_with_critic(&dir, &settings, None) {
+        Err(TrainError::Checkpoint { path, reason }) => {
+            assert_eq!(path, critic_checkpoint(&dir, 2), "{reason}");
+            assert!(reason.contains("critic"), "{reason}");
+        }
+        other => panic!("expected a checkpoint error, got {:?}", other.err()),
+    }
+
+    // Settings that cannot train are refused when the stage is made.
+    for bad in [
+        CriticConfig {
+            weight: -1.0,
+            ..settings.critic.clone().unwrap()
+        },
+        CriticConfig {
+            lr_ratio: 0.0,
+            ..settings.critic.clone().unwrap()
+        },
+        CriticConfig {
+            width: 0,
+            ..settings.critic.clone().unwrap()
+        },
+    ] {
+        let mut s = settings.clone();
+        s.critic = Some(bad);
+        let err = train_with_critic(&tmp.path().join("bad"), &s, None)
+            .expect_err("bad critic settings")
+            .to_string();
+        assert!(err.contains("student.critic"), "{err}");
+    }
+    // Written only when set: the run.json of earlier runs reads the same.
+    let json = serde_json::to_value(&plain).unwrap();
+    assert!(json.get("critic").is_none(), "{json}");
+    let json = serde_json::to_value(&settings).unwrap();
+    assert_eq!(
+        serde_json::from_value::<StudentStageConfig>(json).unwrap(),
+        settings
+    );
+}
+
+#[test]
+fn the_critic_learns_to_tell_real_from_fake_and_its_term_reaches_only_the_generator() {
+    one_thread();
+    let device = device();
+    let config = CriticConfig {
+        weight: 1.0,
+        lr_ratio: 1.0,
+        width: 8,
+        from_step: 0,
+        conditional: false,
+    };
+    let (c, l) = (4, 40);
+    let mut critic = config.init(c, 3, &device);
+    let mut optim = AdamConfig::new().init();
+    let real = SineLatents { shape: [c, l] };
+    let fake = |seed: u64| latent_noise([2, c, l], seed, &device);
+    let mut last = (f64::MAX, 0.0, 0.0);
+    for step in 0..60u64 {
+        let (loss, real_right, fake_right) = critic
+            .loss(
+                real.real_latents(&[step, step + 1], &device).unwrap(),
+                fake(step),
+                &[1, 2],
+            )
+            .unwrap();
+        last = (scalar(loss.clone()), real_right, fake_right);
+        let grads = GradientsParams::from_grads(loss.backward(), &critic);
+        critic = optim.step(1e-2, critic, grads);
+    }
+    let (loss, real_right, fake_right) = last;
+    assert!(
+        loss < 0.2 && real_right == 1.0 && fake_right == 1.0,
+        "after 60 steps: loss {loss}, real right {real_right}, fake right {fake_right}"
+    );
+    // The generator's term: a gradient on its input, none on the critic's parameters.
+    let x0 = fake(99).require_grad();
+    let term = critic.generator_loss(x0.clone(), &[1, 2]).unwrap();
+    let mut grads = term.backward();
+    let g = values(x0.grad_remove(&mut grads).expect("a gradient on x0"));
+    assert!(max_abs(&g) > 0.0);
+    assert_eq!(
+        GradientsParams::from_grads(grads, &critic).len(),
+        0,
+        "the critic's parameters got gradients from the generator's term"
+    );
+}
+
+/// Rows whose pattern is that of the event count they are labelled with (real) or of the next
+/// count, cyclically (fake): the same patterns in both sets, so only a critic that reads the
+/// counts can tell them apart.
+fn counted_rows(counts: &[usize], shift: usize, seed: u64, device: &Device) -> Tensor<3> {
+    let (c, l) = (4, 40);
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    let phases = normals(&mut rng, counts.len());
+    let mut out = Vec::with_capacity(counts.len() * c * l);
+    for (&n, phase) in counts.iter().zip(phases) {
+        let pattern = (n - 1 + shift) % 5 + 1;
+        for _ in 0..c {
+            for i in 0..l {
+                out.push((i as f32 * 0.25 * pattern as f32 + phase).sin());
+            }
+        }
+    }
+    tensor3(out, [counts.len(), c, l], device)
+}
+
+#[test]
+fn only_the_conditional_critic_tells_a_wrong_event_count() {
+    one_thread();
+    let device = device();
+    let counts: Vec<usize> = (0..10).map(|i| i % 5 + 1).collect();
+    let train = |conditional: bool| {
+        let config = CriticConfig {
+            weight: 1.0,
+            lr_ratio: 1.0,
+            width: 8,
+            from_step: 0,
+            conditional,
+        };
+        let mut critic = config.init(4, 3, &device);
+        let mut optim = AdamConfig::new().init();
+        let mut losses = Vec::new();
+        for step in 0..150u64 {
+            let real = counted_rows(&counts, 0, 2 * step, &device);
+            let fake = counted_rows(&counts, 1, 2 * step + 1, &device);
+            let (loss, _, _) = critic.loss(real, fake, &counts).unwrap();
+            losses.push(scalar(loss.clone()));
+            let grads = GradientsParams::from_grads(loss.backward(), &critic);
+            critic = optim.step(1e-2, critic, grads);
+        }
+        // The mean loss of the last 20 steps.
+        let tail = &losses[losses.len() - 20..];
+        (tail.iter().sum::<f64>() / tail.len() as f64, critic)
+    };
+    let (unconditional, _) = train(false);
+    let (conditional, critic) = train(true);
+    // ln 4 = 1.386: a critic that cannot tell the two sets apart.
+    assert!(
+        unconditional > 1.2,
+        "unconditional critic's loss {unconditional}"
+    );
+    assert!(conditional < 0.3, "conditional critic's loss {conditional}");
+    // One count per row.
+    let err = critic
+        .forward(counted_rows(&counts, 0, 0, &device), &counts[..3])
+        .expect_err("too few counts")
+        .to_string();
+    assert!(err.contains("3 event counts for a batch of 10"), "{err}");
+}
+
+fn latent_noise(dims: [usize; 3], seed: u64, device: &Device) -> Tensor<3> {
+    let mut rng = ChaCha8Rng::seed_from_u64(seed);
+    tensor3(normals(&mut rng, dims.iter().product()), dims, device)
+}
+
+fn scalar(t: Tensor<1>) -> f64 {
+    t.into_scalar::<f32>() as f64
 }

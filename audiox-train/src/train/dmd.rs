@@ -34,6 +34,12 @@
 //! the pairs do not fix) must match the teacher's result: latent MSE (LPIPS is not available
 //! here), weight `regression_weight`, `regression_batch` pairs per step.
 //!
+//! **The critic (optional, `student.critic`).** A small convolutional discriminator trained
+//! online to tell the student's outputs from the clean latents of the step's training clips,
+//! whose non-saturating term the student adds to its loss (DMD2's adversarial term; see
+//! [`super::critic`]). It draws nothing from the step's random stream, so a stage without it
+//! computes exactly what it computed before the option existed.
+//!
 //! **Gradients go where they belong.** The student, the fake-score model and the frozen teacher
 //! are separate modules with separate parameter tensors. The generator loss evaluates the
 //! teacher and the fake model on copies whose parameters do not require gradients, on a
@@ -53,6 +59,7 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use burn::module::{Module, ModuleMapper, Param};
 use burn::optim::GradientsParams;
@@ -66,6 +73,7 @@ use audiox::sampler::{Dmd, Euler, Guidance, Sampler, StepControl};
 use audiox_mmdit::Dit;
 
 use super::checkpoint::{Part, write_atomic};
+use super::critic::{CriticState, RealLatents};
 use super::error::{TrainError, TrainResult};
 use super::flow::normals;
 use super::run::{LoopSettings, RunDir, StageName, StudentStageConfig};
@@ -78,6 +86,9 @@ pub const PARTS: [&str; 2] = ["student", "fake_score"];
 
 /// The file (in the stage folder) holding the cached teacher trajectories.
 pub const PAIRS_FILE: &str = "teacher_pairs.safetensors";
+
+/// Mixed into the run seed for the critic's initial weights.
+const CRITIC_STREAM: u64 = 0xC81_71C0;
 
 /// A rectified-flow velocity model as the DMD stage sees it: `v = eps - x0` at time `t`
 /// (`1` = pure noise), with a conditional and an unconditional (null-condition) branch.
@@ -374,10 +385,25 @@ pub fn generator_dmd_loss<M: Denoiser>(
     noise: &DmdNoise,
     rng: &mut ChaCha8Rng,
 ) -> TrainResult<(Tensor<1>, Tensor<3>)> {
+    let (loss, x0) = generator_dmd_terms(student, scores, z, t, context, noise, rng)?;
+    Ok((loss, x0.detach()))
+}
+
+/// [`generator_dmd_loss`] with the student's prediction `x0` still recording its gradient (for
+/// further terms on it, such as the critic's).
+fn generator_dmd_terms<M: Denoiser>(
+    student: &M,
+    scores: Scores<'_, M>,
+    z: Tensor<3>,
+    t: f32,
+    context: &M::Context,
+    noise: &DmdNoise,
+    rng: &mut ChaCha8Rng,
+) -> TrainResult<(Tensor<1>, Tensor<3>)> {
     let x0 = student_prediction(student, z, context, t)?;
     let grad = distribution_matching_gradient(x0.clone(), scores, context, noise, rng)?;
     let loss = dmd_surrogate(x0.clone(), grad);
-    Ok((loss, x0.detach()))
+    Ok((loss, x0))
 }
 
 /// The fake-score model's rectified-flow loss on the student's output `x0` (detached here):
@@ -670,6 +696,13 @@ pub struct StudentStage<M: Denoiser, P> {
     pairs: Option<TeacherPairs>,
     /// With `distinct_captions`: the training indices of the stage's rows, in order.
     distinct: Option<Vec<u64>>,
+    /// With a critic: where the real clips' latents come from.
+    real: Option<Arc<dyn RealLatents>>,
+    /// With a critic: the critic between steps (restored by [`MultiStage::resumed`], created
+    /// at the first step where it was not).
+    critic: Mutex<Option<CriticState>>,
+    /// The stage's folder (the critic's checkpoints live under it).
+    stage_dir: PathBuf,
     device: Device,
 }
 
@@ -737,6 +770,9 @@ impl<M: Denoiser, P: Prompts<M::Context>> StudentStage<M, P> {
             prompts,
             times,
             pairs: None,
+            real: None,
+            critic: Mutex::new(None),
+            stage_dir: run.stage_dir(StageName::Student),
             device: device.clone(),
         };
         if stage.settings.regression_weight > 0.0 {
@@ -744,6 +780,14 @@ impl<M: Denoiser, P: Prompts<M::Context>> StudentStage<M, P> {
             stage.pairs = Some(stage.load_or_compute_pairs(&path)?);
         }
         Ok(stage)
+    }
+
+    /// The stage with `real` as the source of the real clips' latents that the critic
+    /// (`student.critic`) compares the student's outputs with. A stage with a critic and no
+    /// such source stops at its first step with a configuration error.
+    pub fn with_real_latents(mut self, real: Arc<dyn RealLatents>) -> Self {
+        self.real = Some(real);
+        self
     }
 
     /// Where the cached teacher pairs of `run` live.
@@ -914,6 +958,116 @@ impl<M: Denoiser, P: Prompts<M::Context>> StudentStage<M, P> {
         Ok(student_prediction(&frozen(student), z, context, self.times[k])?.detach())
     }
 
+    /// A fresh critic for a stage that has none at `step` (weights from the run seed and
+    /// `step`).
+    fn fresh_critic(&self, step: u64) -> TrainResult<Option<CriticState>> {
+        let Some(config) = &self.settings.critic else {
+            return Ok(None);
+        };
+        let [channels, _] = self.teacher.latent_shape();
+        let seed = self.seed ^ CRITIC_STREAM.wrapping_mul(step.wrapping_add(1));
+        Ok(Some(CriticState::fresh(
+            config,
+            channels,
+            seed,
+            &self.settings.optim,
+            &self.device,
+        )))
+    }
+
+    /// The number of events the caption of each training clip of `clips` asks for (what the
+    /// conditional critic reads).
+    fn event_counts(&self, clips: &[u64]) -> Vec<usize> {
+        clips
+            .iter()
+            .map(|&i| self.corpus.training_scene(i).expected_events().len())
+            .collect()
+    }
+
+    fn critic_guard(&self) -> TrainResult<std::sync::MutexGuard<'_, Option<CriticState>>> {
+        self.critic
+            .lock()
+            .map_err(|_| TrainError::config("student.critic", "the critic's lock was poisoned"))
+    }
+
+    /// The student's adversarial term on `x0_grad` (its output, with gradient), weighted, when
+    /// the stage has a critic and `step` is at or past its `from_step` (logged unweighted in
+    /// `terms` as `adversarial`). No random draws.
+    fn critic_terms(
+        &self,
+        step: u64,
+        clips: &[u64],
+        x0_grad: &Tensor<3>,
+        terms: &mut BTreeMap<String, f64>,
+    ) -> TrainResult<Option<Tensor<1>>> {
+        let Some(config) = &self.settings.critic else {
+            return Ok(None);
+        };
+        if self.real.is_none() {
+            return Err(TrainError::config(
+                "student.critic",
+                "the critic needs the real clips' latents (StudentStage::with_real_latents)",
+            ));
+        }
+        let mut guard = self.critic_guard()?;
+        if guard.is_none() {
+            *guard = self.fresh_critic(step)?;
+        }
+        let Some(state) = guard.as_ref() else {
+            return Ok(None);
+        };
+        if step < config.from_step || config.weight == 0.0 {
+            return Ok(None);
+        }
+        let term = state
+            .model
+            .generator_loss(x0_grad.clone(), &self.event_counts(clips))?;
+        terms.insert("adversarial".to_string(), scalar(term.clone()));
+        Ok(Some(term.mul_scalar(config.weight)))
+    }
+
+    /// The critic's update of step `step` on the real latents of `clips` against `x0`
+    /// (detached), at `lr x lr_ratio`; logs its loss and accuracies in `terms`.
+    fn update_critic(
+        &self,
+        step: u64,
+        clips: &[u64],
+        x0: Tensor<3>,
+        lr: f64,
+        terms: &mut BTreeMap<String, f64>,
+    ) -> TrainResult<()> {
+        let (Some(config), Some(real)) = (&self.settings.critic, &self.real) else {
+            return Ok(());
+        };
+        let real = real.real_latents(clips, &self.device)?;
+        if real.dims() != x0.dims() {
+            return Err(TrainError::config(
+                "student.critic",
+                format!(
+                    "the real clips' latents are {:?}, the student's outputs {:?}",
+                    real.dims(),
+                    x0.dims()
+                ),
+            ));
+        }
+        let mut guard = self.critic_guard()?;
+        if guard.is_none() {
+            *guard = self.fresh_critic(step)?;
+        }
+        let Some(state) = guard.take() else {
+            return Ok(());
+        };
+        let CriticState { model, mut optim } = state;
+        let (loss, real_right, fake_right) = model.loss(real, x0, &self.event_counts(clips))?;
+        terms.insert("critic".to_string(), scalar(loss.clone()));
+        terms.insert("critic_real_right".to_string(), real_right);
+        terms.insert("critic_fake_right".to_string(), fake_right);
+        let grads = GradientsParams::from_grads(loss.backward(), &model);
+        let model = optim.step(lr * config.lr_ratio, model, grads);
+        *guard = Some(CriticState { model, optim });
+        Ok(())
+    }
+
     /// A random step `k` and the student's input there.
     fn random_input(
         &self,
@@ -969,13 +1123,15 @@ impl<M: Denoiser, P: Prompts<M::Context>> MultiStage for StudentStage<M, P> {
         let s = &self.settings;
         let noise = DmdNoise::from_config(s);
         let mut rng = self.rng(step);
-        let context =
-            self.prompts
-                .clip_context(&self.clips(step)?, &self.captions(step)?, device)?;
+        let clips = self.clips(step)?;
+        let context = self
+            .prompts
+            .clip_context(&clips, &self.captions(step)?, device)?;
 
-        // Generator update: one random step of the schedule, DMD + regression.
+        // Generator update: one random step of the schedule, DMD + regression (+ the
+        // critic's adversarial term).
         let (k, z) = self.random_input(&student.model, &context, &mut rng)?;
-        let (dmd, x0) = generator_dmd_loss(
+        let (dmd, x0_grad) = generator_dmd_terms(
             &student.model,
             Scores {
                 teacher: &self.teacher,
@@ -987,11 +1143,16 @@ impl<M: Denoiser, P: Prompts<M::Context>> MultiStage for StudentStage<M, P> {
             &noise,
             &mut rng,
         )?;
+        let x0 = x0_grad.clone().detach();
         let mut terms = BTreeMap::from([
             ("dmd".to_string(), scalar(dmd.clone())),
             ("student_step".to_string(), k as f64),
         ]);
         let mut loss = dmd;
+        if let Some(adversarial) = self.critic_terms(step, &clips, &x0_grad, &mut terms)? {
+            loss = loss + adversarial;
+        }
+        drop(x0_grad);
         if let Some(pairs) = &self.pairs {
             let indices: Vec<usize> = (0..s.regression_batch)
                 .map(|_| (rng.next_u32() as usize) % pairs.len())
@@ -1021,6 +1182,26 @@ impl<M: Denoiser, P: Prompts<M::Context>> MultiStage for StudentStage<M, P> {
                 .step(lr * s.fake_lr_ratio, fake.model.clone(), grads);
         }
         terms.insert("fake_flow".to_string(), fake_sum / s.fake_updates as f64);
+        self.update_critic(step, &clips, x0, lr, &mut terms)?;
         Ok(StepRecord { loss: total, terms })
+    }
+
+    fn resumed(&self, step: u64, _device: &Device) -> TrainResult<()> {
+        let Some(fresh) = self.fresh_critic(step)? else {
+            return Ok(());
+        };
+        let state = match CriticState::load(&self.stage_dir, step, fresh)? {
+            Some(loaded) => Some(loaded),
+            None => self.fresh_critic(step)?,
+        };
+        *self.critic_guard()? = state;
+        Ok(())
+    }
+
+    fn checkpointing(&self, step: u64, keep: usize) -> TrainResult<()> {
+        if let Some(state) = self.critic_guard()?.as_ref() {
+            state.save(&self.stage_dir, step, keep)?;
+        }
+        Ok(())
     }
 }

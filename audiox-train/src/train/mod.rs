@@ -30,7 +30,9 @@
 //! * [`export`]: trained modules written under their official tensor names;
 //! * [`dmd`]: the DMD student stage (distribution matching with a fake-score model trained
 //!   online, a regression term on cached teacher trajectories), run by
-//!   [`train_multi_stage`] (two models, two optimisers).
+//!   [`train_multi_stage`] (two models, two optimisers);
+//! * [`critic`]: the student stage's optional adversarial critic against encoded corpus clips
+//!   (`student.critic`).
 //!
 //! Batches and noise of step `s` are drawn from a random stream seeded by `(run seed, stage,
 //! s)`, so the step number is the whole data position: a run interrupted and resumed from a
@@ -49,6 +51,7 @@
 
 pub mod average;
 pub mod checkpoint;
+pub mod critic;
 pub mod dmd;
 pub mod error;
 pub mod eval;

@@ -191,17 +191,21 @@ pub fn train_student(
         teacher_stage.tokenizer().clone(),
         teacher_stage.silent_prompt().clone(),
     );
+    let teacher_stage = Arc::new(teacher_stage);
     if let Some(masking) = &config.student.audio_prompt {
-        prompts =
-            prompts.with_clip_prompts(masking.clone(), Arc::new(teacher_stage), config.seed)?;
+        prompts = prompts.with_clip_prompts(masking.clone(), teacher_stage.clone(), config.seed)?;
     }
-    let student = StudentStage::new(
+    let mut student = StudentStage::new(
         run,
         config.student.clone(),
         teacher.dit.clone(),
         prompts,
         device,
     )?;
+    if config.student.critic.is_some() {
+        // The critic's real clips: the training clips encoded by the teacher's VAE.
+        student = student.with_real_latents(teacher_stage);
+    }
     let outcome = train_multi_stage(&student, run, device, stop, &mut |r| {
         progress(run, StageName::Student, r)
     })?;

@@ -476,6 +476,10 @@ pub struct StudentStageConfig {
     /// the field existed.
     #[serde(default, skip_serializing_if = "is_default")]
     pub distinct_captions: bool,
+    /// An adversarial critic on the student's outputs against encoded corpus clips
+    /// ([`super::critic`]); `None` (the default, not written): no critic.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub critic: Option<super::critic::CriticConfig>,
 }
 
 impl StudentStageConfig {
@@ -513,6 +517,7 @@ impl StudentStageConfig {
             teacher_steps: 25,
             audio_prompt: None,
             distinct_captions: false,
+            critic: None,
         }
     }
 
@@ -534,6 +539,9 @@ impl StudentStageConfig {
         }
         if let Some(masking) = &self.audio_prompt {
             masking.check(&field("audio_prompt"))?;
+        }
+        if let Some(critic) = &self.critic {
+            critic.check(stage)?;
         }
         let at_least_one = [
             ("student_steps", self.student_steps),

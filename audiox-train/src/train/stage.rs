@@ -386,6 +386,20 @@ pub trait MultiStage {
         lr: f64,
         device: &Device,
     ) -> TrainResult<StepRecord>;
+
+    /// Called by [`train_multi_stage`] once the parts are ready, at `step` (the checkpoint's
+    /// step they were loaded from, or 0 for fresh parts): where a stage restores the state it
+    /// keeps beside its parts (the student's critic). Nothing by default.
+    fn resumed(&self, _step: u64, _device: &Device) -> TrainResult<()> {
+        Ok(())
+    }
+
+    /// Called by [`train_multi_stage`] just before the parts' checkpoint of `step` is written
+    /// (`keep`: the checkpoints the stage keeps): where a stage saves the state it keeps beside
+    /// its parts, so that every checkpoint of the parts has it. Nothing by default.
+    fn checkpointing(&self, _step: u64, _keep: usize) -> TrainResult<()> {
+        Ok(())
+    }
 }
 
 /// What one step of a [`MultiStage`] reports.
@@ -431,6 +445,7 @@ pub fn train_multi_stage<S: MultiStage>(
         ),
         None => (stage.init_parts(device)?, 0),
     };
+    stage.resumed(start, device)?;
     let mut log = LossLog::open(&dir.join("loss.jsonl"), start)?;
     let end = stop
         .after_steps
@@ -464,6 +479,7 @@ pub fn train_multi_stage<S: MultiStage>(
         progress(&record);
         let out_of_time = stop.deadline.is_some_and(|d| Instant::now() >= d);
         if step.is_multiple_of(settings.checkpoint_every) || step == end || out_of_time {
+            stage.checkpointing(step, settings.keep_checkpoints)?;
             checkpoints.save_parts(&parts, step, settings.keep_checkpoints)?;
         }
         if out_of_time {

@@ -1391,3 +1391,11 @@ fn write_json(path: &Path, value: &serde_json::Value) -> TrainResult<()> {
 pub fn noise(seed: u64, n: usize) -> Vec<f32> {
     normals(&mut ChaCha8Rng::seed_from_u64(seed), n)
 }
+
+/// The critic's real clips (`student.critic`): the training clips' clean latents, encoded by
+/// the run's VAE and cached as the teacher's are ([`TeacherStage::clean_latents`]).
+impl super::critic::RealLatents for TeacherStage {
+    fn real_latents(&self, clips: &[u64], device: &Device) -> TrainResult<Tensor<3>> {
+        Ok(self.clean_latents(clips, device)?.0)
+    }
+}
