@@ -367,11 +367,25 @@ fn train(
     settings: &StudentStageConfig,
     stop_after: Option<u64>,
 ) -> TrainResult<Trained> {
+    train_on(dir, settings, stop_after, false)
+}
+
+/// [`train`], with the stand-in real latents for a critic where `real` says.
+fn train_on(
+    dir: &Path,
+    settings: &StudentStageConfig,
+    stop_after: Option<u64>,
+    real: bool,
+) -> TrainResult<Trained> {
     let device = device();
     let run = RunDir::open(dir, tiny_run())?;
     let teacher = teacher(8);
     let prompts = HashedPrompts::for_dit(&teacher);
-    let stage = StudentStage::new(&run, settings.clone(), teacher, prompts, &device)?;
+    let shape = teacher.latent_shape();
+    let mut stage = StudentStage::new(&run, settings.clone(), teacher, prompts, &device)?;
+    if real {
+        stage = stage.with_real_latents(std::sync::Arc::new(SineLatents { shape }));
+    }
     let stop = Stop {
         after_steps: stop_after,
         deadline: None,
@@ -716,25 +730,7 @@ fn train_with_critic(
     settings: &StudentStageConfig,
     stop_after: Option<u64>,
 ) -> TrainResult<Trained> {
-    let device = device();
-    let run = RunDir::open(dir, tiny_run())?;
-    let teacher = teacher(8);
-    let prompts = HashedPrompts::for_dit(&teacher);
-    let real = SineLatents {
-        shape: teacher.latent_shape(),
-    };
-    let stage = StudentStage::new(&run, settings.clone(), teacher, prompts, &device)?
-        .with_real_latents(std::sync::Arc::new(real));
-    let stop = Stop {
-        after_steps: stop_after,
-        deadline: None,
-    };
-    let out = train_multi_stage(&stage, &run, &device, stop, &mut |_| {})?;
-    Ok((
-        out.model.into_iter().map(|p| p.model).collect(),
-        out.step,
-        out.resumed_from,
-    ))
+    train_on(dir, settings, stop_after, true)
 }
 
 fn critic_checkpoint(root: &Path, step: u64) -> std::path::PathBuf {
