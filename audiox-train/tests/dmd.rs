@@ -8,7 +8,9 @@ use std::path::Path;
 use audiox::sampler::{Dmd, Sampler, StepControl};
 use audiox_core::noise::{ReplayNoise, labels};
 use audiox_mmdit::Dit;
-use audiox_train::train::critic::{CriticConfig, RealLatents, critic_checkpoints};
+use audiox_train::train::critic::{
+    CriticConfig, REPLAY_FILE, RealLatents, ReplayRows, critic_checkpoints,
+};
 use audiox_train::train::dmd::{
     Denoiser, DmdNoise, PAIRS_FILE, Prompts, Scores, distribution_matching_gradient, dmd_gradient,
     dmd_surrogate, fake_score_loss, fresh_copy, generator_dmd_loss, student_input,
@@ -721,6 +723,7 @@ fn critic_settings() -> StudentStageConfig {
         width: 4,
         from_step: 1,
         conditional: true,
+        replay: 3,
     });
     settings
 }
@@ -813,6 +816,9 @@ fn a_critic_trains_beside_the_student_and_resumes_bit_for_bit() {
             "step {}",
             r.step
         );
+        // It trains on the last `replay` rows: 2 at the first step, 3 from then on.
+        let rows = (r.step as usize * settings.optim.batch).min(3);
+        assert_eq!(r.terms["critic_rows"], rows as f64, "step {}", r.step);
     }
     // The term moves the student: without a critic the first step (no term yet) is the same,
     // the student after the last one is not.
@@ -859,6 +865,20 @@ fn a_critic_without_real_clips_or_with_a_foreign_checkpoint_is_refused() {
         other => panic!("expected a checkpoint error, got {:?}", other.err()),
     }
 
+    // Damaged replay rows are refused, naming the file.
+    let dir = tmp.path().join("replay");
+    train_with_critic(&dir, &settings, Some(2)).unwrap();
+    let path = critic_checkpoint(&dir, 2).join(REPLAY_FILE);
+    let bytes = std::fs::read(&path).unwrap();
+    std::fs::write(&path, &bytes[..bytes.len() - 1]).unwrap();
+    match train_with_critic(&dir, &settings, None) {
+        Err(TrainError::Checkpoint { path: p, reason }) => {
+            assert_eq!(p, path, "{reason}");
+            assert!(reason.contains("corrupt"), "{reason}");
+        }
+        other => panic!("expected a checkpoint error, got {:?}", other.err()),
+    }
+
     // Settings that cannot train are refused when the stage is made.
     for bad in [
         CriticConfig {
@@ -871,6 +891,10 @@ fn a_critic_without_real_clips_or_with_a_foreign_checkpoint_is_refused() {
         },
         CriticConfig {
             width: 0,
+            ..settings.critic.clone().unwrap()
+        },
+        CriticConfig {
+            replay: audiox_train::train::critic::MAX_REPLAY + 1,
             ..settings.critic.clone().unwrap()
         },
     ] {
@@ -901,6 +925,7 @@ fn the_critic_learns_to_tell_real_from_fake_and_its_term_reaches_only_the_genera
         width: 8,
         from_step: 0,
         conditional: false,
+        replay: 0,
     };
     let (c, l) = (4, 40);
     let mut critic = config.init(c, 3, &device);
@@ -969,6 +994,7 @@ fn only_the_conditional_critic_tells_a_wrong_event_count() {
             width: 8,
             from_step: 0,
             conditional,
+            replay: 0,
         };
         let mut critic = config.init(4, 3, &device);
         let mut optim = AdamConfig::new().init();
@@ -1008,4 +1034,24 @@ fn latent_noise(dims: [usize; 3], seed: u64, device: &Device) -> Tensor<3> {
 
 fn scalar(t: Tensor<1>) -> f64 {
     t.into_scalar::<f32>() as f64
+}
+
+#[test]
+fn replay_rows_keep_the_newest_and_read_back_what_they_wrote() {
+    let device = device();
+    let mut replay = ReplayRows::default();
+    replay.push(&[7, 8], latent_noise([2, 3, 5], 1, &device), 3);
+    replay.push(&[9, 10], latent_noise([2, 3, 5], 2, &device), 3);
+    let (clips, batch) = replay.batch(&device);
+    assert_eq!(clips, vec![8, 9, 10]);
+    assert_eq!(batch.dims(), [3, 3, 5]);
+    let newest = values(latent_noise([2, 3, 5], 2, &device));
+    assert_eq!(values(batch.narrow(0, 1, 2)), newest);
+    let bytes = replay.to_bytes();
+    assert_eq!(ReplayRows::from_bytes(&bytes), Some(replay.clone()));
+    assert_eq!(ReplayRows::from_bytes(&bytes[..bytes.len() - 4]), None);
+    assert_eq!(ReplayRows::from_bytes(&[]), None);
+    let mut huge = bytes.clone();
+    huge[16..24].copy_from_slice(&u64::MAX.to_le_bytes());
+    assert_eq!(ReplayRows::from_bytes(&huge), None);
 }

@@ -6,7 +6,9 @@
 //! **Why here.** The student's misses on held-out captions are mostly one event too many or too
 //! few, and most over-counted clips hold two onsets 0.15-0.2 s apart, which no corpus clip has
 //! (the corpus spaces events at least 0.3 s apart; `docs/training.md`). The teacher's score
-//! does not rule such layouts out; a critic that sees real clips can.
+//! does not rule such layouts out; a critic that sees real clips might. Tried on the demo
+//! student (`docs/training.md`, session of 2026-12-06 afternoon): at this size the critic
+//! stayed at chance and the student did not change.
 //!
 //! **The critic.** Five 1-D convolutions over the latent's time axis (the latent channels in,
 //! [`CriticConfig::width`] channels, two of them of stride 2, LeakyReLU 0.2 between them), one
@@ -23,11 +25,13 @@
 //! the student adds `weight x mean softplus(-D(x0))` to its loss, through a copy of the critic
 //! whose parameters record no gradient. The critic has its own Adam optimiser at
 //! [`CriticConfig::lr_ratio`] times the loop's learning rate, and updates once per generator
-//! step after the fake-score model.
+//! step after the fake-score model: on that step's rows, or with [`CriticConfig::replay`] on
+//! the student's outputs of the last rows (this step's added) against their clips' latents.
 //!
-//! **Checkpoints.** The critic and its optimiser state are saved beside the stage's parts, in
-//! `student/critic/checkpoints/step-N/` (written before the parts' checkpoint of the same step,
-//! so that every parts checkpoint has its critic), and loaded with them on resume. A stage
+//! **Checkpoints.** The critic, its optimiser state and its replay rows ([`REPLAY_FILE`]) are
+//! saved beside the stage's parts, in `student/critic/checkpoints/step-N/` (written before
+//! the parts' checkpoint of the same step, so that every parts checkpoint has its critic),
+//! and loaded with them on resume. A stage
 //! resumed from a checkpoint without a critic (the critic switched on for a run that already
 //! has student steps) starts a fresh critic there, seeded from the run seed and the step.
 
@@ -41,7 +45,7 @@ use burn::tensor::activation::{leaky_relu, softplus};
 use burn::tensor::{Device, Int, Tensor, TensorData};
 use serde::{Deserialize, Serialize};
 
-use super::checkpoint::Checkpoints;
+use super::checkpoint::{Checkpoints, write_atomic};
 use super::error::{TrainError, TrainResult};
 use super::init::random_init;
 use super::run::LoopSettings;
@@ -74,7 +78,24 @@ pub struct CriticConfig {
     /// from one with another. `false` (the default, not written): unconditional.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub conditional: bool,
+    /// The critic trains on the student's outputs of the last `replay` rows (this step's
+    /// among them, the oldest dropped first) against the real latents of the same clips,
+    /// instead of this step's rows alone: at a batch of four a critic sees too few outputs per
+    /// update to learn what sets them apart. The rows are saved with the critic's checkpoint.
+    /// 0 (the default, not written): this step's rows only.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub replay: usize,
 }
+
+fn is_zero(n: &usize) -> bool {
+    *n == 0
+}
+
+/// The most rows [`CriticConfig::replay`] may keep.
+pub const MAX_REPLAY: usize = 4096;
+
+/// The file, in a critic checkpoint's folder, holding its replay rows.
+pub const REPLAY_FILE: &str = "replay.bin";
 
 /// Event counts the conditional critic embeds: `0 ..= MAX_COUNT` (larger counts share the
 /// last row).
@@ -105,6 +126,9 @@ impl CriticConfig {
         }
         if self.width == 0 {
             return bad("`width` must be at least 1");
+        }
+        if self.replay > MAX_REPLAY {
+            return bad("`replay` keeps at most 4096 rows (the critic trains on all of them)");
         }
         Ok(())
     }
@@ -240,6 +264,105 @@ pub struct CriticState {
     pub model: Critic,
     /// Its optimiser.
     pub optim: ModuleOptimizer,
+    /// The student's recent outputs ([`CriticConfig::replay`]), oldest first.
+    pub replay: ReplayRows,
+}
+
+/// The student's recent outputs the critic trains on: per row the training clip and the
+/// output latent `[C, L]`, oldest first.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct ReplayRows {
+    /// The latent shape `[C, L]` of a row (`[0, 0]` while empty).
+    pub shape: [usize; 2],
+    /// The rows: training clip and latent values (row-major `[C, L]`).
+    pub rows: std::collections::VecDeque<(u64, Vec<f32>)>,
+}
+
+impl ReplayRows {
+    /// Appends the rows of `latents` `[B, C, L]` (training clips `clips`), then drops the
+    /// oldest beyond `capacity`.
+    pub fn push(&mut self, clips: &[u64], latents: Tensor<3>, capacity: usize) {
+        let [b, c, l] = latents.dims();
+        let values: Vec<f32> = latents
+            .into_data()
+            .convert::<f32>()
+            .try_into_vec::<f32>()
+            .unwrap_or_default();
+        if self.shape != [c, l] {
+            self.rows.clear();
+            self.shape = [c, l];
+        }
+        for (j, &clip) in clips.iter().enumerate().take(b) {
+            let row = values.get(j * c * l..(j + 1) * c * l).unwrap_or(&[]);
+            self.rows.push_back((clip, row.to_vec()));
+        }
+        while self.rows.len() > capacity.max(1) {
+            self.rows.pop_front();
+        }
+    }
+
+    /// The rows' clips and latents `[N, C, L]` on `device`.
+    pub fn batch(&self, device: &Device) -> (Vec<u64>, Tensor<3>) {
+        let [c, l] = self.shape;
+        let clips = self.rows.iter().map(|(clip, _)| *clip).collect();
+        let values: Vec<f32> = self
+            .rows
+            .iter()
+            .flat_map(|(_, v)| v.iter().copied())
+            .collect();
+        let tensor = Tensor::from_data(TensorData::new(values, [self.rows.len(), c, l]), device);
+        (clips, tensor)
+    }
+
+    /// The rows as bytes: `C`, `L`, `N` (u64 little-endian), then per row the clip (u64) and
+    /// its `C x L` values (f32 little-endian).
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let [c, l] = self.shape;
+        let mut out = Vec::with_capacity(24 + self.rows.len() * (8 + 4 * c * l));
+        for n in [c, l, self.rows.len()] {
+            out.extend((n as u64).to_le_bytes());
+        }
+        for (clip, values) in &self.rows {
+            out.extend(clip.to_le_bytes());
+            for v in values {
+                out.extend(v.to_le_bytes());
+            }
+        }
+        out
+    }
+
+    /// Reads [`ReplayRows::to_bytes`]'s format; `None` for bytes of another length or form.
+    pub fn from_bytes(bytes: &[u8]) -> Option<Self> {
+        let word = |i: usize| -> Option<u64> {
+            Some(u64::from_le_bytes(
+                bytes.get(8 * i..8 * i + 8)?.try_into().ok()?,
+            ))
+        };
+        let (c, l, n) = (
+            usize::try_from(word(0)?).ok()?,
+            usize::try_from(word(1)?).ok()?,
+            usize::try_from(word(2)?).ok()?,
+        );
+        let row_bytes = c.checked_mul(l)?.checked_mul(4)?.checked_add(8)?;
+        if bytes.len() != 24usize.checked_add(n.checked_mul(row_bytes)?)? {
+            return None;
+        }
+        let rows = (0..n)
+            .map(|r| {
+                let at = 24 + r * row_bytes;
+                let clip = u64::from_le_bytes(bytes[at..at + 8].try_into().ok()?);
+                let values = bytes[at + 8..at + row_bytes]
+                    .chunks_exact(4)
+                    .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
+                    .collect();
+                Some((clip, values))
+            })
+            .collect::<Option<_>>()?;
+        Some(ReplayRows {
+            shape: [c, l],
+            rows,
+        })
+    }
 }
 
 /// The checkpoints of a student stage's critic (`<stage dir>/critic/checkpoints`).
@@ -264,6 +387,7 @@ impl CriticState {
         CriticState {
             model: config.init(channels, seed, device),
             optim: optimizer(settings),
+            replay: ReplayRows::default(),
         }
     }
 
@@ -293,14 +417,28 @@ impl CriticState {
             ));
         }
         let loaded = checkpoints.load(step, fresh.model, fresh.optim)?;
+        let path = loaded.dir.join(REPLAY_FILE);
+        let replay = match std::fs::read(&path) {
+            Ok(bytes) => ReplayRows::from_bytes(&bytes).ok_or_else(|| {
+                TrainError::checkpoint(&path, "corrupt: not a list of replay rows")
+            })?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => ReplayRows::default(),
+            Err(e) => return Err(TrainError::io(&path, e)),
+        };
         Ok(Some(CriticState {
             model: loaded.model,
             optim: loaded.optim,
+            replay,
         }))
     }
 
-    /// Saves the critic as the checkpoint of `step` in `stage_dir`, keeping the newest `keep`.
+    /// Saves the critic as the checkpoint of `step` in `stage_dir` (with its replay rows where
+    /// it has any), keeping the newest `keep`.
     pub fn save(&self, stage_dir: &Path, step: u64, keep: usize) -> TrainResult<PathBuf> {
-        critic_checkpoints(stage_dir).save(&self.model, &self.optim, step, keep)
+        let dir = critic_checkpoints(stage_dir).save(&self.model, &self.optim, step, keep)?;
+        if !self.replay.rows.is_empty() {
+            write_atomic(&dir.join(REPLAY_FILE), &self.replay.to_bytes())?;
+        }
+        Ok(dir)
     }
 }

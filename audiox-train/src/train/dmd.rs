@@ -1027,7 +1027,8 @@ impl<M: Denoiser, P: Prompts<M::Context>> StudentStage<M, P> {
     }
 
     /// The critic's update of step `step` on the real latents of `clips` against `x0`
-    /// (detached), at `lr x lr_ratio`; logs its loss and accuracies in `terms`.
+    /// (detached), or on its replay rows with these added ([`super::critic::CriticConfig::replay`]), at
+    /// `lr x lr_ratio`; logs its loss, accuracies and rows in `terms`.
     fn update_critic(
         &self,
         step: u64,
@@ -1036,10 +1037,24 @@ impl<M: Denoiser, P: Prompts<M::Context>> StudentStage<M, P> {
         lr: f64,
         terms: &mut BTreeMap<String, f64>,
     ) -> TrainResult<()> {
-        let (Some(config), Some(real)) = (&self.settings.critic, &self.real) else {
+        let (Some(config), Some(real_source)) = (&self.settings.critic, &self.real) else {
             return Ok(());
         };
-        let real = real.real_latents(clips, &self.device)?;
+        let mut guard = self.critic_guard()?;
+        if guard.is_none() {
+            *guard = self.fresh_critic(step)?;
+        }
+        let Some(mut state) = guard.take() else {
+            return Ok(());
+        };
+        // The rows it trains on: this step's, or the replay rows with this step's added.
+        let (clips, x0) = if config.replay > 0 {
+            state.replay.push(clips, x0, config.replay);
+            state.replay.batch(&self.device)
+        } else {
+            (clips.to_vec(), x0)
+        };
+        let real = real_source.real_latents(&clips, &self.device)?;
         if real.dims() != x0.dims() {
             return Err(TrainError::config(
                 "student.critic",
@@ -1050,21 +1065,23 @@ impl<M: Denoiser, P: Prompts<M::Context>> StudentStage<M, P> {
                 ),
             ));
         }
-        let mut guard = self.critic_guard()?;
-        if guard.is_none() {
-            *guard = self.fresh_critic(step)?;
-        }
-        let Some(state) = guard.take() else {
-            return Ok(());
-        };
-        let CriticState { model, mut optim } = state;
-        let (loss, real_right, fake_right) = model.loss(real, x0, &self.event_counts(clips))?;
+        let CriticState {
+            model,
+            mut optim,
+            replay,
+        } = state;
+        let (loss, real_right, fake_right) = model.loss(real, x0, &self.event_counts(&clips))?;
         terms.insert("critic".to_string(), scalar(loss.clone()));
         terms.insert("critic_real_right".to_string(), real_right);
         terms.insert("critic_fake_right".to_string(), fake_right);
+        terms.insert("critic_rows".to_string(), clips.len() as f64);
         let grads = GradientsParams::from_grads(loss.backward(), &model);
         let model = optim.step(lr * config.lr_ratio, model, grads);
-        *guard = Some(CriticState { model, optim });
+        *guard = Some(CriticState {
+            model,
+            optim,
+            replay,
+        });
         Ok(())
     }
 
