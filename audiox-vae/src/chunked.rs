@@ -65,9 +65,10 @@ impl OobleckDecoder {
 
     /// How many leading latent frames (of `frames`) the first `samples` output samples depend
     /// on: `ceil(samples / ratio)` plus the [receptive radius](Self::receptive_radius), at most
-    /// `frames`. Decoding only those frames gives the whole decode's first `samples` samples
-    /// (the convolutions' zero padding at the cut is farther away than they can see): what a
-    /// request trimmed to a duration shorter than the model's window needs.
+    /// `frames`. Decoding only those frames gives the whole decode's first `samples` samples up
+    /// to float rounding (the convolutions' zero padding at the cut is farther away than they
+    /// can see; the products' blocking follows the length): what a request trimmed to a
+    /// duration shorter than the model's window needs.
     pub fn frames_for_samples(&self, samples: usize, frames: usize) -> usize {
         samples
             .div_ceil(self.upsampling_ratio().max(1))
