@@ -990,6 +990,17 @@ impl<M: Denoiser, P: Prompts<M::Context>> StudentStage<M, P> {
             .map_err(|_| TrainError::config("student.critic", "the critic's lock was poisoned"))
     }
 
+    /// The critic for step `step`: the one held (restored by [`MultiStage::resumed`]), else a
+    /// fresh one (for a caller that steps the stage without `train_multi_stage`); `None`
+    /// inside when the stage has no critic.
+    fn critic_at(&self, step: u64) -> TrainResult<std::sync::MutexGuard<'_, Option<CriticState>>> {
+        let mut guard = self.critic_guard()?;
+        if guard.is_none() {
+            *guard = self.fresh_critic(step)?;
+        }
+        Ok(guard)
+    }
+
     /// The student's adversarial term on `x0_grad` (its output, with gradient), weighted, when
     /// the stage has a critic and `step` is at or past its `from_step` (logged unweighted in
     /// `terms` as `adversarial`). No random draws.
@@ -1009,10 +1020,7 @@ impl<M: Denoiser, P: Prompts<M::Context>> StudentStage<M, P> {
                 "the critic needs the real clips' latents (StudentStage::with_real_latents)",
             ));
         }
-        let mut guard = self.critic_guard()?;
-        if guard.is_none() {
-            *guard = self.fresh_critic(step)?;
-        }
+        let guard = self.critic_at(step)?;
         let Some(state) = guard.as_ref() else {
             return Ok(None);
         };
@@ -1027,8 +1035,9 @@ impl<M: Denoiser, P: Prompts<M::Context>> StudentStage<M, P> {
     }
 
     /// The critic's update of step `step` on the real latents of `clips` against `x0`
-    /// (detached), or on its replay rows with these added ([`super::critic::CriticConfig::replay`]), at
-    /// `lr x lr_ratio`; logs its loss, accuracies and rows in `terms`.
+    /// (detached), or on its replay rows with these added
+    /// ([`super::critic::CriticConfig::replay`]), at `lr x lr_ratio`; logs its loss,
+    /// accuracies and rows in `terms`.
     fn update_critic(
         &self,
         step: u64,
@@ -1040,11 +1049,8 @@ impl<M: Denoiser, P: Prompts<M::Context>> StudentStage<M, P> {
         let (Some(config), Some(real_source)) = (&self.settings.critic, &self.real) else {
             return Ok(());
         };
-        let mut guard = self.critic_guard()?;
-        if guard.is_none() {
-            *guard = self.fresh_critic(step)?;
-        }
-        let Some(mut state) = guard.take() else {
+        let mut guard = self.critic_at(step)?;
+        let Some(state) = guard.as_mut() else {
             return Ok(());
         };
         // The rows it trains on: this step's, or the replay rows with this step's added.
@@ -1065,11 +1071,15 @@ impl<M: Denoiser, P: Prompts<M::Context>> StudentStage<M, P> {
                 ),
             ));
         }
-        let CriticState {
+        // Taken only now: an error above leaves the critic as it was.
+        let Some(CriticState {
             model,
             mut optim,
             replay,
-        } = state;
+        }) = guard.take()
+        else {
+            return Ok(());
+        };
         let (loss, real_right, fake_right) = model.loss(real, x0, &self.event_counts(&clips))?;
         terms.insert("critic".to_string(), scalar(loss.clone()));
         terms.insert("critic_real_right".to_string(), real_right);
