@@ -12,12 +12,13 @@ use audiox_train::train::critic::{
     CriticConfig, REPLAY_FILE, RealLatents, ReplayRows, critic_checkpoints,
 };
 use audiox_train::train::dmd::{
-    Denoiser, DmdNoise, PAIRS_FILE, Prompts, Scores, distribution_matching_gradient, dmd_gradient,
-    dmd_surrogate, fake_score_loss, fresh_copy, generator_dmd_loss, student_input,
-    student_prediction, student_times,
+    Denoiser, DmdNoise, PAIRS_FILE, PairJudge, Prompts, Scores, distribution_matching_gradient,
+    dmd_gradient, dmd_surrogate, fake_score_loss, fresh_copy, generator_dmd_loss, student_input,
+    student_prediction, student_times, teacher_sample,
 };
 use audiox_train::train::flow::normals;
 use audiox_train::train::init::random_init;
+use audiox_train::train::run::PairFilter;
 use audiox_train::train::vae::parameters;
 use audiox_train::train::{
     LossLog, MultiStage, RunConfig, RunDir, StageName, Stop, StudentStage, StudentStageConfig,
@@ -1054,4 +1055,201 @@ fn replay_rows_keep_the_newest_and_read_back_what_they_wrote() {
     let mut huge = bytes.clone();
     huge[16..24].copy_from_slice(&u64::MAX.to_le_bytes());
     assert_eq!(ReplayRows::from_bytes(&huge), None);
+}
+
+/// A judge that accepts the scenes of an odd number of events and records every latent it
+/// was shown, by caption.
+struct OddEvents {
+    id: String,
+    seen: std::sync::Mutex<Vec<(String, Vec<f32>)>>,
+}
+
+impl OddEvents {
+    fn new(id: &str) -> Self {
+        OddEvents {
+            id: id.to_string(),
+            seen: std::sync::Mutex::new(Vec::new()),
+        }
+    }
+}
+
+impl PairJudge for OddEvents {
+    fn id(&self) -> String {
+        self.id.clone()
+    }
+
+    fn accepts(
+        &self,
+        scene: &audiox_train::corpus::Scene,
+        values: &[f32],
+        shape: [usize; 2],
+    ) -> TrainResult<bool> {
+        assert_eq!(values.len(), shape[0] * shape[1]);
+        self.seen
+            .lock()
+            .unwrap()
+            .push((scene.caption(), values.to_vec()));
+        Ok(scene.expected_events().len() % 2 == 1)
+    }
+}
+
+fn filtered_settings() -> StudentStageConfig {
+    let mut settings = tiny_settings();
+    settings.regression_pairs = 3;
+    settings.regression_filter = Some(PairFilter { candidates: 12 });
+    settings
+}
+
+#[test]
+fn filtered_pairs_are_the_teacher_results_the_judge_accepts() {
+    one_thread();
+    let settings = filtered_settings();
+    let tmp = tempfile::tempdir().unwrap();
+    let device = device();
+    let run = RunDir::open(tmp.path(), tiny_run()).unwrap();
+    let corpus = audiox_train::corpus::Corpus::new((&run.config().corpus).into()).unwrap();
+    let make = |judge: &OddEvents| {
+        let teacher = teacher(8);
+        let prompts = HashedPrompts::for_dit(&teacher);
+        StudentStage::new(&run, settings.clone(), teacher, prompts, &device)?
+            .with_pair_judge(&run, judge)
+    };
+    let judge = OddEvents::new("odd");
+    let stage = make(&judge).unwrap();
+    let pairs = stage.pairs().unwrap().clone();
+
+    // The candidates are the distinct training captions in order; the judge saw them in that
+    // order and stopped at the third accepted one.
+    let scenes: Vec<_> = corpus
+        .distinct_training_indices(12)
+        .into_iter()
+        .map(|i| corpus.training_scene(i))
+        .collect();
+    let seen = judge.seen.lock().unwrap().clone();
+    let shown: Vec<&String> = seen.iter().map(|(c, _)| c).collect();
+    let expected: Vec<String> = scenes.iter().map(|s| s.caption()).collect();
+    assert_eq!(shown, expected[..seen.len()].iter().collect::<Vec<_>>());
+    let accepted: Vec<String> = scenes[..seen.len()]
+        .iter()
+        .filter(|s| s.expected_events().len() % 2 == 1)
+        .map(|s| s.caption())
+        .collect();
+    assert_eq!(pairs.captions, accepted);
+    assert_eq!(pairs.len(), 3);
+    assert!(
+        seen.len() > 3,
+        "every candidate was accepted: the test checks no filtering"
+    );
+    assert_eq!(pairs.meta.filter.as_ref().unwrap().tried, seen.len());
+    assert_eq!(pairs.meta.filter.as_ref().unwrap().judge, "odd");
+
+    // Each pair holds the result the judge accepted, and that result is the teacher's Euler
+    // run from the pair's noise.
+    let per = pairs.shape[0] * pairs.shape[1];
+    for (i, caption) in pairs.captions.iter().enumerate() {
+        let shown = &seen.iter().find(|(c, _)| c == caption).unwrap().1;
+        assert_eq!(&pairs.teacher_x0[i * per..(i + 1) * per], &shown[..]);
+    }
+    let dit = teacher(8);
+    let prompts = HashedPrompts::for_dit(&dit);
+    let (noise, target) = pairs.batch(&[2], &device);
+    let context = prompts.context(&pairs.captions[2..3], &device).unwrap();
+    let again = teacher_sample(
+        &dit,
+        noise,
+        &context,
+        settings.teacher_steps,
+        settings.guidance_scale,
+    )
+    .unwrap();
+    let diff = values(again.sub(target).abs().max());
+    assert!(
+        diff[0] < 1e-5,
+        "the pair is not the teacher's result: {diff:?}"
+    );
+
+    // Read back with the same judge: the cache, without judging again.
+    let again = OddEvents::new("odd");
+    assert_eq!(make(&again).unwrap().pairs(), Some(&pairs));
+    assert!(again.seen.lock().unwrap().is_empty());
+    // Another judge's cache is refused, naming the file.
+    let path = stage.pairs_path(&run);
+    match make(&OddEvents::new("another")) {
+        Err(TrainError::Checkpoint { path: p, reason }) => {
+            assert_eq!(p, path);
+            assert!(reason.contains("delete it"), "{reason}");
+        }
+        r => panic!("expected a checkpoint error, got {:?}", r.err()),
+    }
+    // An unfiltered stage does not take the filtered cache for its own.
+    let mut plain = settings.clone();
+    plain.regression_filter = None;
+    let teacher = teacher(8);
+    let prompts = HashedPrompts::for_dit(&teacher);
+    assert!(matches!(
+        StudentStage::new(&run, plain, teacher, prompts, &device),
+        Err(TrainError::Checkpoint { .. })
+    ));
+}
+
+#[test]
+fn a_filter_needs_a_judge_candidates_and_a_regression_term() {
+    one_thread();
+    let tmp = tempfile::tempdir().unwrap();
+    // No judge: the first step says so, instead of training without the term.
+    let err = train(tmp.path(), &filtered_settings(), None)
+        .expect_err("a filter without a judge")
+        .to_string();
+    assert!(
+        err.contains("regression_filter") && err.contains("judge"),
+        "{err}"
+    );
+
+    let device = device();
+    let run = RunDir::open(tmp.path().join("b"), tiny_run()).unwrap();
+    let refused = |settings: StudentStageConfig, field: &str| {
+        let teacher = teacher(8);
+        let prompts = HashedPrompts::for_dit(&teacher);
+        let err = StudentStage::new(&run, settings, teacher, prompts, &device)
+            .err()
+            .expect("refused")
+            .to_string();
+        assert!(err.contains(field), "{err}");
+    };
+    let mut few = filtered_settings();
+    few.regression_filter = Some(PairFilter { candidates: 2 });
+    refused(few, "regression_filter.candidates");
+    let mut off = filtered_settings();
+    off.regression_weight = 0.0;
+    refused(off, "regression_filter");
+    // A judge that accepts nothing is an error, not an empty regression term.
+    struct Nothing;
+    impl PairJudge for Nothing {
+        fn id(&self) -> String {
+            "nothing".into()
+        }
+        fn accepts(
+            &self,
+            _: &audiox_train::corpus::Scene,
+            _: &[f32],
+            _: [usize; 2],
+        ) -> TrainResult<bool> {
+            Ok(false)
+        }
+    }
+    let teacher = teacher(8);
+    let prompts = HashedPrompts::for_dit(&teacher);
+    let err = StudentStage::new(&run, filtered_settings(), teacher, prompts, &device)
+        .unwrap()
+        .with_pair_judge(&run, &Nothing)
+        .err()
+        .expect("nothing accepted")
+        .to_string();
+    assert!(err.contains("accepted none"), "{err}");
+
+    // The field is written only when set.
+    let json = serde_json::to_value(tiny_settings()).unwrap();
+    assert!(json.get("regression_filter").is_none(), "{json}");
+    let json = serde_json::to_value(filtered_settings()).unwrap();
+    assert_eq!(json["regression_filter"]["candidates"], 12);
 }

@@ -76,10 +76,10 @@ use super::checkpoint::{Part, write_atomic};
 use super::critic::{CriticState, RealLatents};
 use super::error::{TrainError, TrainResult};
 use super::flow::normals;
-use super::run::{LoopSettings, RunDir, StageName, StudentStageConfig};
+use super::run::{LoopSettings, PairFilter, RunDir, StageName, StudentStageConfig};
 use super::stage::{MultiStage, StepRecord, optimizer};
 use super::vae::parameters;
-use crate::corpus::Corpus;
+use crate::corpus::{Corpus, Scene};
 
 /// The part names of the stage's checkpoints, in the order of [`MultiStage::init_parts`].
 pub const PARTS: [&str; 2] = ["student", "fake_score"];
@@ -452,6 +452,32 @@ pub struct PairsMeta {
     pub guidance_scale: f32,
     /// SHA-256 of the teacher's parameter values (visiting order, f32 little-endian).
     pub teacher_sha256: String,
+    /// With `student.regression_filter`: the filter and the judge that kept the pairs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<FilterMeta>,
+}
+
+/// How a cache of filtered teacher pairs was made.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FilterMeta {
+    /// The filter's settings.
+    pub settings: PairFilter,
+    /// The judge's [`PairJudge::id`].
+    pub judge: String,
+    /// Candidates the teacher ran on before the pairs were complete (or all of them).
+    pub tried: usize,
+}
+
+/// Decides whether a teacher result does what its scene asks: the judge of
+/// `student.regression_filter` (the pipeline's decodes with the run's VAE and detects events
+/// with the metric's detector: `super::judge::DetectorJudge`).
+pub trait PairJudge: Send + Sync {
+    /// What the judge is (its weights' hash and settings), recorded with the cache: a cache
+    /// kept by another judge is refused.
+    fn id(&self) -> String;
+    /// Whether the latent `[C, L]` (row-major `values`) made for `scene` passes.
+    fn accepts(&self, scene: &Scene, values: &[f32], shape: [usize; 2]) -> TrainResult<bool>;
 }
 
 /// SHA-256 of every float parameter of `module` (visiting order, f32 little-endian).
@@ -558,6 +584,73 @@ impl TeacherPairs {
             teacher_x0,
             meta,
         })
+    }
+
+    /// Pairs kept by `judge`: the teacher's Euler result for each of `scenes` in turn (noise
+    /// from `rng`, scene by scene, in chunks of up to 8), kept where the judge accepts it,
+    /// until `keep` are kept or the scenes run out. `meta.filter.tried` is set to the number
+    /// of scenes tried. An error when the judge accepts none.
+    #[allow(clippy::too_many_arguments)]
+    pub fn compute_filtered<M: Denoiser, P: Prompts<M::Context>>(
+        teacher: &M,
+        prompts: &P,
+        scenes: &[Scene],
+        keep: usize,
+        judge: &dyn PairJudge,
+        mut meta: PairsMeta,
+        rng: &mut ChaCha8Rng,
+        device: &Device,
+    ) -> TrainResult<Self> {
+        let [c, l] = teacher.latent_shape();
+        let per = c * l;
+        let mut out = TeacherPairs {
+            captions: Vec::new(),
+            shape: [c, l],
+            noise: Vec::new(),
+            teacher_x0: Vec::new(),
+            meta: meta.clone(),
+        };
+        let mut tried = 0;
+        for chunk in scenes.chunks(PAIRS_CHUNK) {
+            if out.len() >= keep {
+                break;
+            }
+            let n = chunk.len();
+            let noise = normals(rng, n * per);
+            let captions: Vec<String> = chunk.iter().map(Scene::caption).collect();
+            let z = Tensor::<3>::from_data(TensorData::new(noise.clone(), [n, c, l]), device);
+            let context = prompts.context(&captions, device)?;
+            let x0 = to_vec(teacher_sample(
+                teacher,
+                z,
+                &context,
+                meta.teacher_steps,
+                meta.guidance_scale,
+            )?);
+            for (i, scene) in chunk.iter().enumerate() {
+                if out.len() >= keep {
+                    break;
+                }
+                tried += 1;
+                let row = i * per..(i + 1) * per;
+                if judge.accepts(scene, &x0[row.clone()], [c, l])? {
+                    out.captions.push(captions[i].clone());
+                    out.noise.extend_from_slice(&noise[row.clone()]);
+                    out.teacher_x0.extend_from_slice(&x0[row]);
+                }
+            }
+        }
+        if out.is_empty() {
+            return Err(TrainError::config(
+                "student.regression_filter",
+                format!("the judge accepted none of the teacher's results for {tried} captions"),
+            ));
+        }
+        if let Some(filter) = meta.filter.as_mut() {
+            filter.tried = tried;
+        }
+        out.meta = meta;
+        Ok(out)
     }
 
     /// Number of pairs.
@@ -775,11 +868,24 @@ impl<M: Denoiser, P: Prompts<M::Context>> StudentStage<M, P> {
             stage_dir: run.stage_dir(StageName::Student),
             device: device.clone(),
         };
-        if stage.settings.regression_weight > 0.0 {
+        if stage.settings.regression_weight > 0.0 && stage.settings.regression_filter.is_none() {
             let path = stage.pairs_path(run);
-            stage.pairs = Some(stage.load_or_compute_pairs(&path)?);
+            stage.pairs = Some(stage.load_or_compute_pairs(&path, None)?);
         }
         Ok(stage)
+    }
+
+    /// The stage with `judge` deciding which teacher results become regression pairs
+    /// (`student.regression_filter`): loads the cached filtered pairs or computes and caches
+    /// them (up to `candidates` teacher runs, each judged). Without a filter the judge is not
+    /// used. A stage with a filter and no judge stops at its first step with a configuration
+    /// error; a cache kept by another judge or filter is refused, naming the file.
+    pub fn with_pair_judge(mut self, run: &RunDir, judge: &dyn PairJudge) -> TrainResult<Self> {
+        if self.settings.regression_filter.is_some() {
+            let path = self.pairs_path(run);
+            self.pairs = Some(self.load_or_compute_pairs(&path, Some(judge))?);
+        }
+        Ok(self)
     }
 
     /// The stage with `real` as the source of the real clips' latents that the critic
@@ -815,29 +921,85 @@ impl<M: Denoiser, P: Prompts<M::Context>> StudentStage<M, P> {
         &self.teacher
     }
 
-    fn pairs_meta(&self) -> PairsMeta {
+    fn pairs_meta(&self, judge: Option<&dyn PairJudge>) -> PairsMeta {
         PairsMeta {
             seed: self.seed,
             teacher_steps: self.settings.teacher_steps,
             guidance_scale: self.settings.guidance_scale,
             teacher_sha256: weights_sha256(&self.teacher),
+            filter: self
+                .settings
+                .regression_filter
+                .clone()
+                .zip(judge)
+                .map(|(settings, judge)| FilterMeta {
+                    settings,
+                    judge: judge.id(),
+                    tried: 0,
+                }),
         }
     }
 
-    fn load_or_compute_pairs(&self, path: &Path) -> TrainResult<TeacherPairs> {
-        let meta = self.pairs_meta();
+    /// The scenes the pairs are made for: the first `regression_pairs` training scenes, or
+    /// with a filter the first `candidates` distinct training captions' scenes.
+    fn pair_scenes(&self) -> TrainResult<Vec<Scene>> {
+        match &self.settings.regression_filter {
+            None => Ok((0..self.settings.regression_pairs as u64)
+                .map(|i| self.corpus.training_scene(i))
+                .collect()),
+            Some(filter) => {
+                let indices = self.corpus.distinct_training_indices(filter.candidates);
+                if indices.len() < filter.candidates {
+                    return Err(TrainError::config(
+                        "student.regression_filter.candidates",
+                        format!(
+                            "the grammar has {} distinct training captions, fewer than {}",
+                            indices.len(),
+                            filter.candidates
+                        ),
+                    ));
+                }
+                Ok(indices
+                    .into_iter()
+                    .map(|i| self.corpus.training_scene(i))
+                    .collect())
+            }
+        }
+    }
+
+    fn load_or_compute_pairs(
+        &self,
+        path: &Path,
+        judge: Option<&dyn PairJudge>,
+    ) -> TrainResult<TeacherPairs> {
+        let mut meta = self.pairs_meta(judge);
         let n = self.settings.regression_pairs;
-        let captions: Vec<String> = (0..n as u64)
-            .map(|i| self.corpus.training_scene(i).caption())
-            .collect();
+        let scenes = self.pair_scenes()?;
+        let captions: Vec<String> = scenes.iter().map(Scene::caption).collect();
         if path.exists() {
             let pairs = TeacherPairs::load(path)?;
+            // How many candidates the filter tried is what the cache says.
+            if let (Some(want), Some(have)) = (meta.filter.as_mut(), pairs.meta.filter.as_ref()) {
+                want.tried = have.tried;
+            }
+            let captions_match = match judge {
+                None => pairs.captions == captions,
+                // Filtered pairs: at most `n`, in the candidates' order.
+                Some(_) => {
+                    let mut candidates = captions.iter();
+                    pairs.len() <= n
+                        && pairs
+                            .captions
+                            .iter()
+                            .all(|c| candidates.any(|candidate| candidate == c))
+                }
+            };
             let mismatch = if pairs.meta != meta {
                 Some(format!(
                     "computed with {:?}, this run needs {:?}",
                     pairs.meta, meta
                 ))
-            } else if pairs.captions != captions {
+            } else if !captions_match {
                 Some(format!(
                     "holds {} pairs for other captions, this run needs {n}",
                     pairs.len()
@@ -860,14 +1022,26 @@ impl<M: Denoiser, P: Prompts<M::Context>> StudentStage<M, P> {
             };
         }
         let mut rng = self.rng(u64::MAX);
-        let pairs = TeacherPairs::compute(
-            &self.teacher,
-            &self.prompts,
-            captions,
-            meta,
-            &mut rng,
-            &self.device,
-        )?;
+        let pairs = match judge {
+            None => TeacherPairs::compute(
+                &self.teacher,
+                &self.prompts,
+                captions,
+                meta,
+                &mut rng,
+                &self.device,
+            )?,
+            Some(judge) => TeacherPairs::compute_filtered(
+                &self.teacher,
+                &self.prompts,
+                &scenes,
+                n,
+                judge,
+                meta,
+                &mut rng,
+                &self.device,
+            )?,
+        };
         pairs.save(path)?;
         Ok(pairs)
     }
@@ -1148,6 +1322,12 @@ impl<M: Denoiser, P: Prompts<M::Context>> MultiStage for StudentStage<M, P> {
             ));
         };
         let s = &self.settings;
+        if s.regression_weight > 0.0 && self.pairs.is_none() {
+            return Err(TrainError::config(
+                "student.regression_filter",
+                "the filtered regression pairs need a judge (`StudentStage::with_pair_judge`)",
+            ));
+        }
         let noise = DmdNoise::from_config(s);
         let mut rng = self.rng(step);
         let clips = self.clips(step)?;

@@ -60,6 +60,7 @@ pub mod flow;
 pub mod grow;
 pub mod guide;
 pub mod init;
+pub mod judge;
 pub mod latent_store;
 pub mod log;
 pub mod pipeline;

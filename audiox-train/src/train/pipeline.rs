@@ -36,6 +36,7 @@ use super::checkpoint::Checkpoints;
 use super::dmd::StudentStage;
 use super::error::{TrainError, TrainResult};
 use super::grow::source_root;
+use super::judge::DetectorJudge;
 use super::log::LogRecord;
 use super::run::{LoopSettings, RunDir, StageName};
 use super::stage::{StageOutcome, Stop, train_multi_stage, train_stage, trained_weights};
@@ -202,6 +203,11 @@ pub fn train_student(
         prompts,
         device,
     )?;
+    if config.student.regression_filter.is_some() {
+        // The filter's judge hears the teacher's results as the metric hears the model's.
+        let judge = DetectorJudge::of_run(run, &super::teacher::inner_device(device))?;
+        student = student.with_pair_judge(run, &judge)?;
+    }
     if config.student.critic.is_some() {
         // The critic's real clips: the training clips encoded by the teacher's VAE.
         student = student.with_real_latents(teacher_stage);

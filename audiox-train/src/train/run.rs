@@ -480,7 +480,30 @@ pub struct StudentStageConfig {
     /// ([`super::critic`]); `None` (the default, not written): no critic.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub critic: Option<super::critic::CriticConfig>,
+    /// Keep only teacher trajectories that do what their caption asks as regression pairs
+    /// ([`PairFilter`]); `None` (the default, not written): the first `regression_pairs`
+    /// training captions, whatever the teacher made of them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regression_filter: Option<PairFilter>,
 }
+
+/// The regression pairs filtered by the instruction-following detector: the teacher runs on
+/// the first `candidates` distinct training captions
+/// ([`crate::corpus::Corpus::distinct_training_indices`]: scenes of as many events as the
+/// metric's held-out captions), each result is decoded by the run's VAE and its events
+/// detected ([`crate::metric`]), and the first `regression_pairs` results with the count, the
+/// order and the pitches their scene asks for become the pairs. The student then regresses
+/// only onto teacher results that follow their caption (rejection sampling of the teacher).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PairFilter {
+    /// Teacher trajectories tried at most (at least `regression_pairs`; the computation stops
+    /// once `regression_pairs` are accepted).
+    pub candidates: usize,
+}
+
+/// Most candidates a [`PairFilter`] may ask for (each is a multi-step teacher run).
+pub const MAX_PAIR_CANDIDATES: usize = 65_536;
 
 impl StudentStageConfig {
     /// The demo run's settings: those of the shipped demo student (run BI2 in
@@ -518,6 +541,7 @@ impl StudentStageConfig {
             audio_prompt: None,
             distinct_captions: false,
             critic: None,
+            regression_filter: None,
         }
     }
 
@@ -592,6 +616,24 @@ impl StudentStageConfig {
                 field("regression_pairs"),
                 "a regression term needs at least one pair and a batch of at least 1",
             ));
+        }
+        if let Some(filter) = &self.regression_filter {
+            if self.regression_weight <= 0.0 {
+                return Err(TrainError::config(
+                    field("regression_filter"),
+                    "filters the regression pairs, but regression_weight is 0",
+                ));
+            }
+            if filter.candidates < self.regression_pairs || filter.candidates > MAX_PAIR_CANDIDATES
+            {
+                return Err(TrainError::config(
+                    field("regression_filter.candidates"),
+                    format!(
+                        "{} must be between regression_pairs ({}) and {MAX_PAIR_CANDIDATES}",
+                        filter.candidates, self.regression_pairs
+                    ),
+                ));
+            }
         }
         Ok(())
     }
