@@ -6,7 +6,8 @@
 //! ```text
 //! cargo run --release -p audiox-train --features train --example instruction_following -- \
 //!     runs/demo/export [--count 40] [--skip 0] [--guidance 6] [--teacher FILE] [--rows TEXT]
-//!     [--energy-window S] [--verbose] [--training] [--wav-dir DIR]
+//!     [--energy-window S] [--verbose] [--training] [--wav-dir DIR] [--student-steps N]
+//!     [--student-sampler NAME] [--student-times T0,T1,...]
 //! ```
 //!
 //! `--energy-window S` sets the window the detector's onset baseline is measured over
@@ -23,6 +24,10 @@
 //! `--wav-dir DIR` writes every scored clip, as the metric hears it (mono, the model's rate), to
 //! `DIR/ROW/clip-NNN.wav` (`ROW` the row's label in lower case with dashes, `NNN` the caption's
 //! index), so that what a row scores can be listened to;
+//! `--student-steps N` runs the student's row with `N` DMD steps instead of its 4 (a student
+//! off the schedule it was trained for: a diagnostic of where its misses are made), and
+//! `--student-sampler NAME` with another built-in sampler than `dmd` (no guidance), and
+//! `--student-times 1,0.75,0.5,0.25` with the DMD sampler on those input times (0 appended);
 //! `--training` scores the first training scenes (clip indices 0, 1, ...) instead of the
 //! held-out captions: far better scores there than on held-out captions mean a model that
 //! learnt the captions it saw rather than the grammar.
@@ -34,7 +39,9 @@
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
-use audiox::sampler::SamplerKind;
+use std::sync::Arc;
+
+use audiox::sampler::{Dmd, Sampler, SamplerKind, Schedule};
 use audiox::{AudioX, DenoiserKind, Request};
 use audiox_train::corpus::{Corpus, CorpusConfig, Scene, write_mono_wav};
 use audiox_train::metric::{DetectorConfig, Report, detect_events, evaluate_scenes_with};
@@ -50,6 +57,9 @@ struct Args {
     skip: usize,
     detector: DetectorConfig,
     wav_dir: Option<PathBuf>,
+    student_steps: usize,
+    student_sampler: SamplerKind,
+    student_times: Option<Vec<f32>>,
 }
 
 fn parse() -> Result<Args, String> {
@@ -61,6 +71,9 @@ fn parse() -> Result<Args, String> {
     let mut skip = 0;
     let mut detector = DetectorConfig::default();
     let mut wav_dir = None;
+    let mut student_steps = 4;
+    let mut student_sampler = SamplerKind::Dmd;
+    let mut student_times = None;
     while let Some(a) = it.next() {
         let mut value = |name: &str| it.next().ok_or(format!("{name} needs a value"));
         match a.as_str() {
@@ -82,6 +95,30 @@ fn parse() -> Result<Args, String> {
                     .parse()
                     .map_err(|e| format!("--energy-window {v:?}: {e}"))?;
             }
+            "--student-steps" => {
+                let v = value("--student-steps")?;
+                student_steps = v
+                    .parse()
+                    .map_err(|e| format!("--student-steps {v:?}: {e}"))?;
+                if student_steps == 0 {
+                    return Err("--student-steps must be at least 1".into());
+                }
+            }
+            "--student-sampler" => {
+                let v = value("--student-sampler")?;
+                student_sampler = v
+                    .parse()
+                    .map_err(|e| format!("--student-sampler {v:?}: {e}"))?;
+            }
+            "--student-times" => {
+                let v = value("--student-times")?;
+                let times = v
+                    .split(',')
+                    .map(|t| t.trim().parse::<f32>())
+                    .collect::<Result<Vec<f32>, _>>()
+                    .map_err(|e| format!("--student-times {v:?}: {e}"))?;
+                student_times = Some(times);
+            }
             "--teacher" => teacher = Some(PathBuf::from(value("--teacher")?)),
             "--rows" => rows = Some(value("--rows")?),
             "--verbose" => verbose = true,
@@ -94,7 +131,8 @@ fn parse() -> Result<Args, String> {
     }
     let dir = dir.ok_or(
         "usage: instruction_following EXPORT_DIR [--count N] [--skip N] [--guidance G] [--teacher FILE] \
-         [--rows TEXT] [--verbose] [--training] [--energy-window S] [--wav-dir DIR]",
+         [--rows TEXT] [--verbose] [--training] [--energy-window S] [--wav-dir DIR] \
+         [--student-steps N] [--student-sampler NAME] [--student-times T0,T1,...]",
     )?;
     if count == 0 {
         return Err("--count must be at least 1".into());
@@ -110,6 +148,9 @@ fn parse() -> Result<Args, String> {
         skip,
         detector,
         wav_dir,
+        student_steps,
+        student_sampler,
+        student_times,
     })
 }
 
@@ -254,14 +295,34 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         Ok(())
     };
 
-    let student_label = "student, dmd 4 steps";
+    let (student_steps, student_sampler) = (args.student_steps, args.student_sampler);
+    let student_label = match student_steps {
+        1 => format!("student, {} 1 step", student_sampler.name()),
+        n => format!("student, {} {n} steps", student_sampler.name()),
+    };
+    let student_label = match &args.student_times {
+        Some(times) => format!("student, dmd on times {times:?}"),
+        None => student_label,
+    };
+    let student_label = student_label.as_str();
     if wanted(student_label) {
         match AudioX::builder()
             .checkpoint_dir(&args.dir)
             .denoiser(DenoiserKind::Student)
             .build()
         {
-            Ok(student) => row(student_label, &student, &|r| r)?,
+            Ok(student) => match &args.student_times {
+                Some(times) => {
+                    let mut with_end = times.clone();
+                    with_end.push(0.0);
+                    let dmd: Arc<dyn Sampler> =
+                        Arc::new(Dmd::default().with_schedule(Schedule::custom(with_end)));
+                    row(student_label, &student, &|r| r.sampler(dmd.clone()))?
+                }
+                None => row(student_label, &student, &|r| {
+                    r.sampler(student_sampler).steps(student_steps)
+                })?,
+            },
             Err(e) => eprintln!("note: no student row ({e})"),
         }
     }

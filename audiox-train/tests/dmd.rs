@@ -1253,3 +1253,55 @@ fn a_filter_needs_a_judge_candidates_and_a_regression_term() {
     let json = serde_json::to_value(filtered_settings()).unwrap();
     assert_eq!(json["regression_filter"]["candidates"], 12);
 }
+
+#[test]
+fn the_halving_term_moves_the_student_draws_apart_and_resumes_bit_for_bit() {
+    one_thread();
+    let plain = tiny_settings();
+    let mut settings = tiny_settings();
+    settings.halving_weight = 1.0;
+    let (steps, half) = (settings.optim.steps, settings.optim.steps / 2);
+    let tmp = tempfile::tempdir().unwrap();
+    let (a_dir, b_dir, p_dir) = (
+        tmp.path().join("a"),
+        tmp.path().join("b"),
+        tmp.path().join("p"),
+    );
+    let (whole, ..) = train(&a_dir, &settings, None).unwrap();
+    train(&b_dir, &settings, Some(half)).unwrap();
+    let (resumed, step, from) = train(&b_dir, &settings, None).unwrap();
+    assert_eq!((step, from), (steps, half));
+    assert_eq!(parameters(&whole[0]), parameters(&resumed[0]));
+    assert_eq!(parameters(&whole[1]), parameters(&resumed[1]));
+    let (without, ..) = train(&p_dir, &plain, None).unwrap();
+    assert_ne!(
+        parameters(&whole[0]),
+        parameters(&without[0]),
+        "the term did not move the student"
+    );
+
+    let log =
+        |d: &Path| LossLog::read(&d.join(StageName::Student.as_str()).join("loss.jsonl")).unwrap();
+    let (with, off) = (log(&a_dir), log(&p_dir));
+    for r in &with {
+        let h = r.terms["halving"];
+        assert!(h.is_finite() && h > 0.0, "step {}: halving {h}", r.step);
+    }
+    assert!(off.iter().all(|r| !r.terms.contains_key("halving")));
+    // The term draws from a stream of its own: the first step (same student before its
+    // update) draws the same step, noise and times with and without it.
+    for term in ["dmd", "student_step", "regression"] {
+        assert_eq!(with[0].terms[term], off[0].terms[term], "{term}");
+    }
+    // Written only when set; a negative weight is refused.
+    assert!(
+        serde_json::to_value(&plain)
+            .unwrap()
+            .get("halving_weight")
+            .is_none()
+    );
+    let mut bad = plain;
+    bad.halving_weight = -1.0;
+    let err = bad.check("student").unwrap_err().to_string();
+    assert!(err.contains("halving_weight"), "{err}");
+}

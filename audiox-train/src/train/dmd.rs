@@ -87,6 +87,9 @@ pub const PARTS: [&str; 2] = ["student", "fake_score"];
 /// The file (in the stage folder) holding the cached teacher trajectories.
 pub const PAIRS_FILE: &str = "teacher_pairs.safetensors";
 
+/// The tag of the step-halving term's random stream ([`StudentStageConfig::halving_weight`]).
+const HALVING_STREAM: u64 = 1;
+
 /// Mixed into the run seed for the critic's initial weights.
 const CRITIC_STREAM: u64 = 0xC81_71C0;
 
@@ -1046,6 +1049,16 @@ impl<M: Denoiser, P: Prompts<M::Context>> StudentStage<M, P> {
         Ok(pairs)
     }
 
+    /// The random stream `tag` (not 0) of step `step`, apart from the step's own.
+    fn rng_tagged(&self, step: u64, tag: u64) -> ChaCha8Rng {
+        let mut seed = [0u8; 32];
+        seed[..8].copy_from_slice(&self.seed.to_le_bytes());
+        seed[8..16].copy_from_slice(&StageName::Student.stream().to_le_bytes());
+        seed[16..24].copy_from_slice(&step.to_le_bytes());
+        seed[24..32].copy_from_slice(&tag.to_le_bytes());
+        ChaCha8Rng::from_seed(seed)
+    }
+
     /// The random stream of step `step` (`u64::MAX`: the teacher pairs).
     fn rng(&self, step: u64) -> ChaCha8Rng {
         let mut seed = [0u8; 32];
@@ -1269,6 +1282,29 @@ impl<M: Denoiser, P: Prompts<M::Context>> StudentStage<M, P> {
         Ok(())
     }
 
+    /// The step-halving target for the student's input `z` at step `k` (no gradient): a
+    /// frozen copy's prediction at `times[k]`, re-noised to the time halfway to the next
+    /// (`times[k + 1]`, 0 after the last) and predicted there. Its noise comes from a stream
+    /// of its own for step `step`.
+    fn halved_step(
+        &self,
+        student: &M,
+        z: Tensor<3>,
+        k: usize,
+        context: &M::Context,
+        step: u64,
+    ) -> TrainResult<Tensor<3>> {
+        let copy = frozen(student);
+        let t = self.times[k];
+        let t_next = self.times.get(k + 1).copied().unwrap_or(0.0);
+        let t_half = 0.5 * (t + t_next);
+        let x0 = student_prediction(&copy, z.detach(), context, t)?.detach();
+        let mut rng = self.rng_tagged(step, HALVING_STREAM);
+        let eps = normal_tensor(&mut rng, x0.dims(), &self.device);
+        let z_half = eps.mul_scalar(t_half) + x0.mul_scalar(1.0 - t_half);
+        Ok(student_prediction(&copy, z_half, context, t_half)?.detach())
+    }
+
     /// A random step `k` and the student's input there.
     fn random_input(
         &self,
@@ -1338,6 +1374,13 @@ impl<M: Denoiser, P: Prompts<M::Context>> MultiStage for StudentStage<M, P> {
         // Generator update: one random step of the schedule, DMD + regression (+ the
         // critic's adversarial term).
         let (k, z) = self.random_input(&student.model, &context, &mut rng)?;
+        // The step-halving target (its own random stream: a stage without the term draws
+        // exactly what it drew before).
+        let halved = if s.halving_weight > 0.0 {
+            Some(self.halved_step(&student.model, z.clone(), k, &context, step)?)
+        } else {
+            None
+        };
         let (dmd, x0_grad) = generator_dmd_terms(
             &student.model,
             Scores {
@@ -1358,6 +1401,11 @@ impl<M: Denoiser, P: Prompts<M::Context>> MultiStage for StudentStage<M, P> {
         let mut loss = dmd;
         if let Some(adversarial) = self.critic_terms(step, &clips, &x0_grad, &mut terms)? {
             loss = loss + adversarial;
+        }
+        if let Some(target) = halved {
+            let halving = (x0_grad.clone() - target).powf_scalar(2.0).mean();
+            terms.insert("halving".to_string(), scalar(halving.clone()));
+            loss = loss + halving.mul_scalar(s.halving_weight);
         }
         drop(x0_grad);
         if let Some(pairs) = &self.pairs {
