@@ -8,17 +8,18 @@ use std::path::Path;
 use audiox::sampler::{Dmd, Sampler, StepControl};
 use audiox_core::noise::{ReplayNoise, labels};
 use audiox_mmdit::Dit;
+use audiox_train::train::checkpoint::{Checkpoints, Part};
 use audiox_train::train::critic::{
     CriticConfig, REPLAY_FILE, RealLatents, ReplayRows, critic_checkpoints,
 };
 use audiox_train::train::dmd::{
-    Denoiser, DmdNoise, PAIRS_FILE, PairJudge, Prompts, Scores, distribution_matching_gradient,
-    dmd_gradient, dmd_surrogate, fake_score_loss, fresh_copy, generator_dmd_loss, student_input,
-    student_prediction, student_times, teacher_sample,
+    Denoiser, DmdNoise, HALVING_DIR, PAIRS_FILE, PairJudge, Prompts, Scores,
+    distribution_matching_gradient, dmd_gradient, dmd_surrogate, fake_score_loss, fresh_copy,
+    generator_dmd_loss, student_input, student_prediction, student_times, teacher_sample,
 };
 use audiox_train::train::flow::normals;
 use audiox_train::train::init::random_init;
-use audiox_train::train::run::PairFilter;
+use audiox_train::train::run::{PairFilter, StepHalving};
 use audiox_train::train::vae::parameters;
 use audiox_train::train::{
     LossLog, MultiStage, RunConfig, RunDir, StageName, Stop, StudentStage, StudentStageConfig,
@@ -1259,7 +1260,11 @@ fn the_halving_term_moves_the_student_draws_apart_and_resumes_bit_for_bit() {
     one_thread();
     let plain = tiny_settings();
     let mut settings = tiny_settings();
-    settings.halving_weight = 1.0;
+    settings.halving = Some(StepHalving {
+        weight: 1.0,
+        from_step: 1,
+        frozen_target: false,
+    });
     let (steps, half) = (settings.optim.steps, settings.optim.steps / 2);
     let tmp = tempfile::tempdir().unwrap();
     let (a_dir, b_dir, p_dir) = (
@@ -1283,25 +1288,100 @@ fn the_halving_term_moves_the_student_draws_apart_and_resumes_bit_for_bit() {
     let log =
         |d: &Path| LossLog::read(&d.join(StageName::Student.as_str()).join("loss.jsonl")).unwrap();
     let (with, off) = (log(&a_dir), log(&p_dir));
-    for r in &with {
+    // From the second step (`from_step` 1) on.
+    assert!(!with[0].terms.contains_key("halving"));
+    for r in &with[1..] {
         let h = r.terms["halving"];
         assert!(h.is_finite() && h > 0.0, "step {}: halving {h}", r.step);
     }
     assert!(off.iter().all(|r| !r.terms.contains_key("halving")));
-    // The term draws from a stream of its own: the first step (same student before its
-    // update) draws the same step, noise and times with and without it.
+    // Before it the runs are the same; and the term draws from a stream of its own: at the
+    // second step (the same student before its update) the step, noise and times drawn are
+    // the same with and without it.
+    assert_eq!(with[0].terms, off[0].terms);
     for term in ["dmd", "student_step", "regression"] {
-        assert_eq!(with[0].terms[term], off[0].terms[term], "{term}");
+        assert_eq!(with[1].terms[term], off[1].terms[term], "{term}");
     }
     // Written only when set; a negative weight is refused.
     assert!(
         serde_json::to_value(&plain)
             .unwrap()
-            .get("halving_weight")
+            .get("halving")
             .is_none()
     );
+    let json = serde_json::to_value(&settings).unwrap();
+    assert_eq!(json["halving"]["from_step"], 1);
+    assert_eq!(
+        serde_json::from_value::<StudentStageConfig>(json).unwrap(),
+        settings
+    );
     let mut bad = plain;
-    bad.halving_weight = -1.0;
+    bad.halving = Some(StepHalving {
+        weight: -1.0,
+        from_step: 0,
+        frozen_target: false,
+    });
     let err = bad.check("student").unwrap_err().to_string();
-    assert!(err.contains("halving_weight"), "{err}");
+    assert!(err.contains("halving.weight"), "{err}");
+}
+
+#[test]
+fn a_frozen_halving_target_is_the_student_of_from_step_and_is_kept_for_resumes() {
+    one_thread();
+    let mut settings = tiny_settings();
+    settings.optim.steps = 6;
+    settings.optim.keep_checkpoints = 5;
+    settings.halving = Some(StepHalving {
+        weight: 1.0,
+        from_step: 2,
+        frozen_target: true,
+    });
+    let mut moving = settings.clone();
+    moving.halving.as_mut().unwrap().frozen_target = false;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = |n: &str| tmp.path().join(n);
+
+    let (whole, ..) = train(&dir("a"), &settings, None).unwrap();
+    // Interrupted before the term starts, and after it (the reference read back).
+    train(&dir("b"), &settings, Some(2)).unwrap();
+    train(&dir("b"), &settings, Some(4)).unwrap();
+    let (resumed, step, from) = train(&dir("b"), &settings, None).unwrap();
+    assert_eq!((step, from), (6, 4));
+    assert_eq!(parameters(&whole[0]), parameters(&resumed[0]));
+    assert_eq!(parameters(&whole[1]), parameters(&resumed[1]));
+    let (with_moving, ..) = train(&dir("m"), &moving, None).unwrap();
+    assert_ne!(
+        parameters(&whole[0]),
+        parameters(&with_moving[0]),
+        "a frozen target trains as the moving one does"
+    );
+
+    // The kept reference is the student of step 2.
+    let halving = dir("a").join(StageName::Student.as_str()).join(HALVING_DIR);
+    let read = |dir: &Path, name: &str| {
+        let part = Part {
+            name: name.to_string(),
+            model: teacher(8),
+            optim: AdamConfig::new().init(),
+        };
+        Checkpoints::new(dir)
+            .load_parts(2, vec![part])
+            .unwrap()
+            .pop()
+            .unwrap()
+            .model
+    };
+    let reference = read(&halving, "reference");
+    let student = read(&dir("a").join(StageName::Student.as_str()), "student");
+    assert_eq!(parameters(&reference), parameters(&student));
+    assert_ne!(parameters(&reference), parameters(&whole[0]));
+
+    // Lost after the term started, it is an error naming its folder, not a new reference.
+    std::fs::remove_dir_all(dir("b").join(StageName::Student.as_str()).join(HALVING_DIR)).unwrap();
+    std::fs::remove_dir_all(checkpoint_dir(&dir("b"), 6)).unwrap();
+    let err = train(&dir("b"), &settings, None).expect_err("no reference");
+    assert!(
+        err.to_string().contains(HALVING_DIR) && err.to_string().contains("from_step"),
+        "{err}"
+    );
 }

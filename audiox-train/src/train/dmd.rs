@@ -72,7 +72,7 @@ use sha2::{Digest, Sha256};
 use audiox::sampler::{Dmd, Euler, Guidance, Sampler, StepControl};
 use audiox_mmdit::Dit;
 
-use super::checkpoint::{Part, write_atomic};
+use super::checkpoint::{Checkpoints, Part, write_atomic};
 use super::critic::{CriticState, RealLatents};
 use super::error::{TrainError, TrainResult};
 use super::flow::normals;
@@ -87,8 +87,14 @@ pub const PARTS: [&str; 2] = ["student", "fake_score"];
 /// The file (in the stage folder) holding the cached teacher trajectories.
 pub const PAIRS_FILE: &str = "teacher_pairs.safetensors";
 
-/// The tag of the step-halving term's random stream ([`StudentStageConfig::halving_weight`]).
+/// The tag of the step-halving term's random stream ([`StudentStageConfig::halving`]).
 const HALVING_STREAM: u64 = 1;
+
+/// The folder (under the stage's) of the step-halving term's frozen reference.
+pub const HALVING_DIR: &str = "halving";
+
+/// The part name of the step-halving term's frozen reference.
+const HALVING_PART: &str = "reference";
 
 /// Mixed into the run seed for the critic's initial weights.
 const CRITIC_STREAM: u64 = 0xC81_71C0;
@@ -797,6 +803,8 @@ pub struct StudentStage<M: Denoiser, P> {
     /// With a critic: the critic between steps (restored by [`MultiStage::resumed`], created
     /// at the first step where it was not).
     critic: Mutex<Option<CriticState>>,
+    /// With `halving.frozen_target`: the student as it was at the term's `from_step`.
+    halving_reference: Mutex<Option<M>>,
     /// The stage's folder (the critic's checkpoints live under it).
     stage_dir: PathBuf,
     device: Device,
@@ -868,6 +876,7 @@ impl<M: Denoiser, P: Prompts<M::Context>> StudentStage<M, P> {
             pairs: None,
             real: None,
             critic: Mutex::new(None),
+            halving_reference: Mutex::new(None),
             stage_dir: run.stage_dir(StageName::Student),
             device: device.clone(),
         };
@@ -1171,6 +1180,18 @@ impl<M: Denoiser, P: Prompts<M::Context>> StudentStage<M, P> {
             .collect()
     }
 
+    fn halving_guard(&self) -> TrainResult<std::sync::MutexGuard<'_, Option<M>>> {
+        self.halving_reference
+            .lock()
+            .map_err(|_| TrainError::config("student.halving", "the reference's lock was poisoned"))
+    }
+
+    /// Where the frozen reference of `halving.frozen_target` is kept (one checkpoint, of the
+    /// term's `from_step`).
+    pub fn halving_checkpoints(&self) -> Checkpoints {
+        Checkpoints::new(&self.stage_dir.join(HALVING_DIR))
+    }
+
     fn critic_guard(&self) -> TrainResult<std::sync::MutexGuard<'_, Option<CriticState>>> {
         self.critic
             .lock()
@@ -1305,6 +1326,41 @@ impl<M: Denoiser, P: Prompts<M::Context>> StudentStage<M, P> {
         Ok(student_prediction(&copy, z_half, context, t_half)?.detach())
     }
 
+    /// Restores the frozen reference of `halving.frozen_target` for a stage resumed at `step`:
+    /// from `student/halving/` once the term has started; an error where it has started and
+    /// the reference is not there (it cannot be made again).
+    fn resume_halving_reference(&self, step: u64, device: &Device) -> TrainResult<()> {
+        let Some(h) = self.settings.halving.as_ref().filter(|h| h.frozen_target) else {
+            return Ok(());
+        };
+        let checkpoints = self.halving_checkpoints();
+        checkpoints.remove_partial()?;
+        if step <= h.from_step {
+            // Taken at `from_step` (and any older copy dropped).
+            *self.halving_guard()? = None;
+            return Ok(());
+        }
+        if !checkpoints.steps()?.contains(&h.from_step) {
+            return Err(TrainError::checkpoint(
+                checkpoints.path(h.from_step),
+                format!(
+                    "the stage is at step {step}, past the step-halving term's from_step {}, \
+                     but the student of that step (its frozen target) was not kept",
+                    h.from_step
+                ),
+            ));
+        }
+        let part = Part {
+            name: HALVING_PART.to_string(),
+            model: fresh_copy(&self.template, device),
+            optim: optimizer(&self.settings.optim),
+        };
+        let mut loaded = checkpoints.load_parts(h.from_step, vec![part])?;
+        let reference = loaded.pop().map(|p| frozen(&p.model));
+        *self.halving_guard()? = reference;
+        Ok(())
+    }
+
     /// A random step `k` and the student's input there.
     fn random_input(
         &self,
@@ -1376,10 +1432,18 @@ impl<M: Denoiser, P: Prompts<M::Context>> MultiStage for StudentStage<M, P> {
         let (k, z) = self.random_input(&student.model, &context, &mut rng)?;
         // The step-halving target (its own random stream: a stage without the term draws
         // exactly what it drew before).
-        let halved = if s.halving_weight > 0.0 {
-            Some(self.halved_step(&student.model, z.clone(), k, &context, step)?)
-        } else {
-            None
+        let halved = match &s.halving {
+            Some(h) if h.weight > 0.0 && step >= h.from_step => {
+                let target = if h.frozen_target {
+                    let mut reference = self.halving_guard()?;
+                    let reference = reference.get_or_insert_with(|| frozen(&student.model));
+                    self.halved_step(reference, z.clone(), k, &context, step)?
+                } else {
+                    self.halved_step(&student.model, z.clone(), k, &context, step)?
+                };
+                Some((h.weight, target))
+            }
+            _ => None,
         };
         let (dmd, x0_grad) = generator_dmd_terms(
             &student.model,
@@ -1402,10 +1466,10 @@ impl<M: Denoiser, P: Prompts<M::Context>> MultiStage for StudentStage<M, P> {
         if let Some(adversarial) = self.critic_terms(step, &clips, &x0_grad, &mut terms)? {
             loss = loss + adversarial;
         }
-        if let Some(target) = halved {
+        if let Some((weight, target)) = halved {
             let halving = (x0_grad.clone() - target).powf_scalar(2.0).mean();
             terms.insert("halving".to_string(), scalar(halving.clone()));
-            loss = loss + halving.mul_scalar(s.halving_weight);
+            loss = loss + halving.mul_scalar(weight);
         }
         drop(x0_grad);
         if let Some(pairs) = &self.pairs {
@@ -1441,7 +1505,8 @@ impl<M: Denoiser, P: Prompts<M::Context>> MultiStage for StudentStage<M, P> {
         Ok(StepRecord { loss: total, terms })
     }
 
-    fn resumed(&self, step: u64, _device: &Device) -> TrainResult<()> {
+    fn resumed(&self, step: u64, device: &Device) -> TrainResult<()> {
+        self.resume_halving_reference(step, device)?;
         let Some(fresh) = self.fresh_critic(step)? else {
             return Ok(());
         };
@@ -1454,6 +1519,18 @@ impl<M: Denoiser, P: Prompts<M::Context>> MultiStage for StudentStage<M, P> {
     }
 
     fn checkpointing(&self, step: u64, keep: usize) -> TrainResult<()> {
+        if let (Some(h), Some(reference)) = (&self.settings.halving, self.halving_guard()?.as_ref())
+        {
+            let checkpoints = self.halving_checkpoints();
+            if !checkpoints.steps()?.contains(&h.from_step) {
+                let part = Part {
+                    name: HALVING_PART.to_string(),
+                    model: reference.clone(),
+                    optim: optimizer(&self.settings.optim),
+                };
+                checkpoints.save_parts(&[part], h.from_step, 1)?;
+            }
+        }
         if let Some(state) = self.critic_guard()?.as_ref() {
             state.save(&self.stage_dir, step, keep)?;
         }

@@ -485,14 +485,32 @@ pub struct StudentStageConfig {
     /// training captions, whatever the teacher made of them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub regression_filter: Option<PairFilter>,
-    /// Weight of the step-halving term (0, the default, not written: none). At the
-    /// generator's step `k` the student's prediction is pulled (mean squared error) towards
-    /// what two half steps of a frozen copy of the student make from the same input: its
-    /// prediction there, re-noised with fresh noise to the time halfway to the next step,
-    /// predicted again. One step is taught what the 8-step sampler does in two, as in
-    /// progressive distillation, on the 4-step schedule the student keeps.
-    #[serde(default, skip_serializing_if = "is_default")]
-    pub halving_weight: f64,
+    /// The step-halving term ([`StepHalving`]); `None` (the default, not written): none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub halving: Option<StepHalving>,
+}
+
+/// The step-halving term of the student stage: at the generator's step `k` the student's
+/// prediction is pulled (mean squared error, weight `weight`) towards what two half steps of
+/// a frozen copy of the student make from the same input: its prediction there, re-noised
+/// with fresh noise to the time halfway to the next step, predicted again. One step of the
+/// schedule is taught what the sampler with twice the steps does in two, as in progressive
+/// distillation, on the schedule the student keeps.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StepHalving {
+    /// Weight of the term beside the DMD surrogate (weight 1).
+    pub weight: f64,
+    /// The first step (0-based, of the stage) whose student update includes the term. 0: from
+    /// the first step.
+    #[serde(default)]
+    pub from_step: u64,
+    /// Take the two half steps with the student as it was at `from_step` (a frozen copy, kept
+    /// in `student/halving/` for resumes) instead of the student of each step: the half
+    /// steps' times are not on the schedule the stage trains, so the student's own half steps
+    /// drift as it trains (run HV1). `false` (the default, not written): the current student.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub frozen_target: bool,
 }
 
 /// The regression pairs filtered by the instruction-following detector: the teacher runs on
@@ -550,7 +568,7 @@ impl StudentStageConfig {
             distinct_captions: false,
             critic: None,
             regression_filter: None,
-            halving_weight: 0.0,
+            halving: None,
         }
     }
 
@@ -626,10 +644,12 @@ impl StudentStageConfig {
                 "a regression term needs at least one pair and a batch of at least 1",
             ));
         }
-        if !(self.halving_weight.is_finite() && self.halving_weight >= 0.0) {
+        if let Some(halving) = &self.halving
+            && !(halving.weight.is_finite() && halving.weight >= 0.0)
+        {
             return Err(TrainError::config(
-                field("halving_weight"),
-                format!("{} is not >= 0", self.halving_weight),
+                field("halving.weight"),
+                format!("{} is not >= 0", halving.weight),
             ));
         }
         if let Some(filter) = &self.regression_filter {
