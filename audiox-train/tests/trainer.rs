@@ -1538,20 +1538,34 @@ fn the_built_in_run_is_the_shipped_models_recipe() {
     assert_eq!(demo.seed, shipped.seed);
     assert_eq!(demo.corpus, shipped.corpus);
     assert_eq!(demo.vae, shipped.vae);
-    // The shipped student is run BI2's (BI's student stage run on to 1,400 steps; TPA's run
-    // folder and BI's stopped at 700); how often checkpoints are written and kept does not
-    // change the steps.
+    // The shipped student is run HV2's: run BI2's student stage (BI's run on to 1,400 steps;
+    // TPA's run folder and BI's stopped at 700) with a new caption for every row, run on to
+    // 1,800 steps with the step-halving term from step 1,400; how often checkpoints are
+    // written and kept does not change the steps.
     let student_run =
-        RunConfig::from_file(workspace.join("training-checkpoints/BI2/run.json")).unwrap();
+        RunConfig::from_file(workspace.join("training-checkpoints/HV2/run.json")).unwrap();
     let mut student = student_run.student.clone();
     student.optim.checkpoint_every = demo.student.optim.checkpoint_every;
     student.optim.keep_checkpoints = demo.student.optim.keep_checkpoints;
     assert_eq!(demo.student, student);
+    let bi2 = RunConfig::from_file(workspace.join("training-checkpoints/BI2/run.json")).unwrap();
+    let mut from_bi2 = bi2.student.clone();
+    from_bi2.optim.steps = demo.student.optim.steps;
+    from_bi2.optim.checkpoint_every = student_run.student.optim.checkpoint_every;
+    from_bi2.optim.keep_checkpoints = student_run.student.optim.keep_checkpoints;
+    from_bi2.distinct_captions = true;
+    from_bi2.halving = demo.student.halving.clone();
+    assert_eq!(
+        student_run.student, from_bi2,
+        "HV2's student is BI2's with distinct captions and the step-halving term, run longer"
+    );
     let mut before = shipped.student.clone();
     before.optim.steps = demo.student.optim.steps;
+    before.distinct_captions = true;
+    before.halving = demo.student.halving.clone();
     assert_eq!(
         demo.student, before,
-        "only the student's length differs from TPA's run"
+        "the student differs from TPA's run only by its length, distinct captions and halving"
     );
     let mut teacher = shipped.teacher.clone();
     assert!(teacher.optim.checkpoint_mean.is_none());

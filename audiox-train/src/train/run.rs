@@ -532,17 +532,18 @@ pub struct PairFilter {
 pub const MAX_PAIR_CANDIDATES: usize = 65_536;
 
 impl StudentStageConfig {
-    /// The demo run's settings: those of the shipped demo student (run BI2 in
-    /// `docs/training.md`, `training-checkpoints/BI2/run.json`: 1,400 steps at lr 2e-5,
-    /// guidance 2 for the teacher's score and its 64 cached trajectories, regression weight 1;
-    /// the students shipped before it, S10 and BI's, stopped at 700), about an hour of CPU at
-    /// the demo DiT width. A checkpoint every 50 steps, the last ten kept, so that checkpoints
-    /// can be scored on held-out captions (its scores move by several points from one to the
-    /// next).
+    /// The demo run's settings: those of the shipped demo student (run HV2 in
+    /// `docs/training.md`, `training-checkpoints/HV2/run.json`): run BI2's (1,400 steps at lr
+    /// 2e-5, guidance 2 for the teacher's score and its 64 cached trajectories, regression
+    /// weight 1) with a new caption for every row (`distinct_captions`, run DC1) and 400 steps
+    /// more with the step-halving term on a frozen target from step 1,400 (run HV2), about
+    /// 1.5 hours of CPU at the demo DiT width. A checkpoint every 50 steps, the last ten kept,
+    /// so that checkpoints can be scored on held-out captions (its scores move by several
+    /// points from one to the next).
     pub fn demo() -> Self {
         StudentStageConfig {
             optim: LoopSettings {
-                steps: 1400,
+                steps: 1800,
                 batch: 4,
                 lr: 2e-5,
                 warmup: 50,
@@ -565,10 +566,14 @@ impl StudentStageConfig {
             regression_batch: 4,
             teacher_steps: 25,
             audio_prompt: None,
-            distinct_captions: false,
+            distinct_captions: true,
             critic: None,
             regression_filter: None,
-            halving: None,
+            halving: Some(StepHalving {
+                weight: 1.0,
+                from_step: 1400,
+                frozen_target: true,
+            }),
         }
     }
 
