@@ -1352,6 +1352,21 @@ fn a_frozen_halving_target_is_the_student_of_from_step_and_is_kept_for_resumes()
     assert_eq!((step, from), (6, 4));
     assert_eq!(parameters(&whole[0]), parameters(&resumed[0]));
     assert_eq!(parameters(&whole[1]), parameters(&resumed[1]));
+    // A resume from before `from_step` (the later checkpoints lost) takes the reference again
+    // and drops the one kept by the attempt that got past it.
+    train(&dir("d"), &settings, Some(4)).unwrap();
+    std::fs::remove_dir_all(checkpoint_dir(&dir("d"), 4)).unwrap();
+    let kept = dir("d").join(StageName::Student.as_str()).join(HALVING_DIR);
+    let kept_file = Checkpoints::new(&kept).path(2).join("reference.model.bpk");
+    std::fs::write(&kept_file, b"stale").unwrap();
+    let (again, step, from) = train(&dir("d"), &settings, None).unwrap();
+    assert_eq!((step, from), (6, 2));
+    assert_eq!(parameters(&whole[0]), parameters(&again[0]));
+    assert_ne!(
+        std::fs::read(&kept_file).unwrap(),
+        b"stale",
+        "the stale reference was kept"
+    );
     let (with_moving, ..) = train(&dir("m"), &moving, None).unwrap();
     assert_ne!(
         parameters(&whole[0]),

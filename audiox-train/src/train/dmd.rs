@@ -1058,7 +1058,7 @@ impl<M: Denoiser, P: Prompts<M::Context>> StudentStage<M, P> {
         Ok(pairs)
     }
 
-    /// The random stream `tag` (not 0) of step `step`, apart from the step's own.
+    /// The random stream `tag` of step `step` (tag 0: the step's own stream).
     fn rng_tagged(&self, step: u64, tag: u64) -> ChaCha8Rng {
         let mut seed = [0u8; 32];
         seed[..8].copy_from_slice(&self.seed.to_le_bytes());
@@ -1070,11 +1070,7 @@ impl<M: Denoiser, P: Prompts<M::Context>> StudentStage<M, P> {
 
     /// The random stream of step `step` (`u64::MAX`: the teacher pairs).
     fn rng(&self, step: u64) -> ChaCha8Rng {
-        let mut seed = [0u8; 32];
-        seed[..8].copy_from_slice(&self.seed.to_le_bytes());
-        seed[8..16].copy_from_slice(&StageName::Student.stream().to_le_bytes());
-        seed[16..24].copy_from_slice(&step.to_le_bytes());
-        ChaCha8Rng::from_seed(seed)
+        self.rng_tagged(step, 0)
     }
 
     /// The training clips of step `step`: `step x batch + j`, or with `distinct_captions` the
@@ -1336,7 +1332,12 @@ impl<M: Denoiser, P: Prompts<M::Context>> StudentStage<M, P> {
         let checkpoints = self.halving_checkpoints();
         checkpoints.remove_partial()?;
         if step <= h.from_step {
-            // Taken at `from_step` (and any older copy dropped).
+            // Taken again at `from_step`: a copy kept by an earlier attempt that got past it
+            // (and then lost its later checkpoints) is dropped, not mixed with this one.
+            let dir = self.stage_dir.join(HALVING_DIR);
+            if dir.exists() {
+                std::fs::remove_dir_all(&dir).map_err(|e| TrainError::io(&dir, e))?;
+            }
             *self.halving_guard()? = None;
             return Ok(());
         }
