@@ -37,9 +37,8 @@
 //! table is reproducible. Prints a markdown table (the one in `docs/training.md`).
 
 use std::path::{Path, PathBuf};
-use std::time::Instant;
-
 use std::sync::Arc;
+use std::time::Instant;
 
 use audiox::sampler::{Dmd, Sampler, SamplerKind, Schedule};
 use audiox::{AudioX, DenoiserKind, Request};

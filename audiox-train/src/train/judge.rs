@@ -69,7 +69,7 @@ impl DetectorJudge {
         shape: [usize; 2],
     ) -> TrainResult<ClipScore> {
         let [c, l] = shape;
-        if values.len() != c * l {
+        if c.checked_mul(l) != Some(values.len()) {
             return Err(TrainError::config(
                 "student.regression_filter",
                 format!("a latent of {} values is not [{c}, {l}]", values.len()),
