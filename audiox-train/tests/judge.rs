@@ -28,6 +28,7 @@ fn rendered_clips_follow_their_captions_and_not_others() {
                 clip.sample_rate,
                 &detector,
             )
+            .unwrap()
         };
         let score = at(1.0);
         // The level does not change the verdict.
@@ -46,7 +47,8 @@ fn rendered_clips_follow_their_captions_and_not_others() {
                 2,
                 clip.sample_rate,
                 &detector,
-            );
+            )
+            .unwrap();
             other_count_refused += usize::from(!follows_caption(&wrong));
         }
     }

@@ -5,8 +5,8 @@
 use std::path::Path;
 
 use burn::tensor::{Device, Tensor, TensorData};
-use sha2::{Digest, Sha256};
 
+use audiox::Audio;
 use audiox_vae::Vae;
 
 use super::dmd::PairJudge;
@@ -86,32 +86,33 @@ impl DetectorJudge {
             .convert::<f32>()
             .try_into_vec::<f32>()
             .map_err(|e| TrainError::config("student.regression_filter", format!("{e:?}")))?;
-        Ok(score_audio(
-            scene,
-            &stereo,
-            channels,
-            self.sample_rate,
-            &self.detector,
-        ))
+        score_audio(scene, &stereo, channels, self.sample_rate, &self.detector)
     }
 }
 
 /// The metric's score of decoded audio against `scene`: `channels` rows of equal length
-/// (row-major), divided by their common peak (as `generate` normalises its output) and
-/// averaged into one (as the metric hears a stereo clip).
+/// (row-major), peak-normalised as `generate` normalises its output
+/// ([`audiox::Audio::peak_normalized`]) and averaged into one (as the metric hears a
+/// stereo clip). An error for rows that are not a clip (none, or of unequal length).
 pub fn score_audio(
     scene: &Scene,
     audio: &[f32],
     channels: usize,
     sample_rate: u32,
     detector: &DetectorConfig,
-) -> ClipScore {
-    let mono = peak_normalized_mono(audio, channels.max(1));
-    score_clip(
+) -> TrainResult<ClipScore> {
+    let len = audio.len() / channels.max(1);
+    let rows = audio.chunks(len.max(1)).map(<[f32]>::to_vec).collect();
+    let clip = Audio::new(sample_rate, rows)?.peak_normalized();
+    let n = clip.channels().len() as f32;
+    let mono: Vec<f32> = (0..len)
+        .map(|i| clip.channels().iter().map(|c| c[i]).sum::<f32>() / n)
+        .collect();
+    Ok(score_clip(
         scene,
         &detect_events(&mono, sample_rate, detector),
         detector,
-    )
+    ))
 }
 
 /// Whether a clip's score has everything the scene asks for but onset times.
@@ -121,28 +122,9 @@ pub fn follows_caption(score: &ClipScore) -> bool {
         && score.pitch_correct.iter().all(|&p| p)
 }
 
-/// `channels` rows (row-major), divided by their common peak and averaged into one.
-fn peak_normalized_mono(audio: &[f32], channels: usize) -> Vec<f32> {
-    let len = audio.len() / channels;
-    let peak = audio
-        .iter()
-        .filter(|s| s.is_finite())
-        .fold(0.0f32, |m, s| m.max(s.abs()))
-        .max(1e-8);
-    (0..len)
-        .map(|i| {
-            let sum: f32 = (0..channels).map(|ch| audio[ch * len + i]).sum();
-            (sum / channels as f32 / peak).clamp(-1.0, 1.0)
-        })
-        .collect()
-}
-
 fn file_sha256(path: &Path) -> TrainResult<String> {
     let bytes = std::fs::read(path).map_err(|e| TrainError::io(path, e))?;
-    Ok(Sha256::digest(&bytes)
-        .iter()
-        .map(|b| format!("{b:02x}"))
-        .collect())
+    Ok(super::checkpoint::sha256(&bytes))
 }
 
 impl PairJudge for DetectorJudge {
