@@ -17,9 +17,11 @@ use audiox_train::train::dmd::{
     distribution_matching_gradient, dmd_gradient, dmd_surrogate, fake_score_loss, fresh_copy,
     generator_dmd_loss, student_input, student_prediction, student_times, teacher_sample,
 };
+use audiox_train::train::export::{official_tensors_of, write_safetensors};
 use audiox_train::train::flow::normals;
 use audiox_train::train::init::random_init;
 use audiox_train::train::run::{PairFilter, StepHalving};
+use audiox_train::train::teacher::load_exported_student;
 use audiox_train::train::vae::parameters;
 use audiox_train::train::{
     LossLog, MultiStage, RunConfig, RunDir, StageName, Stop, StudentStage, StudentStageConfig,
@@ -384,6 +386,17 @@ fn train_on(
     stop_after: Option<u64>,
     real: bool,
 ) -> TrainResult<Trained> {
+    train_given(dir, settings, stop_after, real, None)
+}
+
+/// [`train_on`], the stage given `reference` as its step-halving reference where there is one.
+fn train_given(
+    dir: &Path,
+    settings: &StudentStageConfig,
+    stop_after: Option<u64>,
+    real: bool,
+    reference: Option<&Dit>,
+) -> TrainResult<Trained> {
     let device = device();
     let run = RunDir::open(dir, tiny_run())?;
     let teacher = teacher(8);
@@ -392,6 +405,9 @@ fn train_on(
     let mut stage = StudentStage::new(&run, settings.clone(), teacher, prompts, &device)?;
     if real {
         stage = stage.with_real_latents(std::sync::Arc::new(SineLatents { shape }));
+    }
+    if let Some(reference) = reference {
+        stage = stage.with_halving_reference(reference);
     }
     let stop = Stop {
         after_steps: stop_after,
@@ -1267,6 +1283,7 @@ fn the_halving_term_moves_the_student_draws_apart_and_resumes_bit_for_bit() {
         weight: 1.0,
         from_step: 1,
         frozen_target: false,
+        reference: None,
     });
     let (steps, half) = (settings.optim.steps, settings.optim.steps / 2);
     let tmp = tempfile::tempdir().unwrap();
@@ -1323,6 +1340,7 @@ fn the_halving_term_moves_the_student_draws_apart_and_resumes_bit_for_bit() {
         weight: -1.0,
         from_step: 0,
         frozen_target: false,
+        reference: None,
     });
     let err = bad.check("student").unwrap_err().to_string();
     assert!(err.contains("halving.weight"), "{err}");
@@ -1338,6 +1356,7 @@ fn a_frozen_halving_target_is_the_student_of_from_step_and_is_kept_for_resumes()
         weight: 1.0,
         from_step: 2,
         frozen_target: true,
+        reference: None,
     });
     let mut moving = settings.clone();
     moving.halving.as_mut().unwrap().frozen_target = false;
@@ -1401,5 +1420,83 @@ fn a_frozen_halving_target_is_the_student_of_from_step_and_is_kept_for_resumes()
     assert!(
         err.to_string().contains(HALVING_DIR) && err.to_string().contains("from_step"),
         "{err}"
+    );
+}
+
+#[test]
+fn a_halving_reference_file_is_the_frozen_target_and_is_kept_for_resumes() {
+    one_thread();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = |n: &str| tmp.path().join(n);
+    // Another student, written as `export_student` writes one, and read back bit for bit.
+    let other = teacher(9);
+    let file = dir("other.safetensors");
+    let tensors = official_tensors_of(&other, &Dit::layout(), "model.model.").unwrap();
+    write_safetensors(&file, &tensors, &[("format", "pt")]).unwrap();
+    let loaded = load_exported_student(&teacher(8), &file).unwrap();
+    assert_eq!(parameters(&loaded), parameters(&other));
+    assert_ne!(parameters(&loaded), parameters(&teacher(8)));
+
+    let mut own = tiny_settings();
+    own.optim.steps = 6;
+    own.optim.keep_checkpoints = 5;
+    own.halving = Some(StepHalving {
+        weight: 1.0,
+        from_step: 2,
+        frozen_target: true,
+        reference: None,
+    });
+    let mut settings = own.clone();
+    settings.halving.as_mut().unwrap().reference = Some(file.clone());
+    let given = Some(&loaded);
+    let (whole, ..) = train_given(&dir("a"), &settings, None, false, given).unwrap();
+    // Interrupted after the term started: the kept copy is read back, the file not needed.
+    train_given(&dir("b"), &settings, Some(4), false, given).unwrap();
+    std::fs::remove_file(&file).unwrap();
+    let (resumed, step, from) = train_given(&dir("b"), &settings, None, false, None).unwrap();
+    assert_eq!((step, from), (6, 4));
+    assert_eq!(parameters(&whole[0]), parameters(&resumed[0]));
+    assert_eq!(parameters(&whole[1]), parameters(&resumed[1]));
+    let (with_own, ..) = train(&dir("o"), &own, None).unwrap();
+    assert_ne!(
+        parameters(&whole[0]),
+        parameters(&with_own[0]),
+        "the reference file trained as the student's own copy does"
+    );
+    // The kept reference is the file's student, not the student of step 2.
+    let kept = Checkpoints::new(&dir("a").join(StageName::Student.as_str()).join(HALVING_DIR))
+        .load_parts(
+            2,
+            vec![Part {
+                name: "reference".to_string(),
+                model: teacher(8),
+                optim: AdamConfig::new().init(),
+            }],
+        )
+        .unwrap()
+        .pop()
+        .unwrap()
+        .model;
+    assert_eq!(parameters(&kept), parameters(&other));
+
+    // A stage that names a file and was not given its weights stops at `from_step`; a
+    // reference without a frozen target is refused by the settings' check.
+    let err = train_given(&dir("c"), &settings, None, false, None).expect_err("no reference");
+    assert!(err.to_string().contains("halving.reference"), "{err}");
+    let mut moving = settings.clone();
+    moving.halving.as_mut().unwrap().frozen_target = false;
+    let err = moving.check("student").unwrap_err().to_string();
+    assert!(err.contains("halving.reference"), "{err}");
+    // Written only when set, and read back.
+    let json = serde_json::to_value(&settings).unwrap();
+    assert!(json["halving"]["reference"].is_string());
+    assert!(
+        serde_json::to_value(&own).unwrap()["halving"]
+            .get("reference")
+            .is_none()
+    );
+    assert_eq!(
+        serde_json::from_value::<StudentStageConfig>(json).unwrap(),
+        settings
     );
 }

@@ -803,8 +803,12 @@ pub struct StudentStage<M: Denoiser, P> {
     /// With a critic: the critic between steps (restored by [`MultiStage::resumed`], created
     /// at the first step where it was not).
     critic: Mutex<Option<CriticState>>,
-    /// With `halving.frozen_target`: the student as it was at the term's `from_step`.
+    /// With `halving.frozen_target`: the student as it was at the term's `from_step` (or the
+    /// weights of `halving.reference`).
     halving_reference: Mutex<Option<M>>,
+    /// With `halving.reference`: that file's weights, taken as the frozen target at
+    /// `from_step` ([`StudentStage::with_halving_reference`]).
+    halving_source: Option<M>,
     /// The stage's folder (the critic's checkpoints live under it).
     stage_dir: PathBuf,
     device: Device,
@@ -877,6 +881,7 @@ impl<M: Denoiser, P: Prompts<M::Context>> StudentStage<M, P> {
             real: None,
             critic: Mutex::new(None),
             halving_reference: Mutex::new(None),
+            halving_source: None,
             stage_dir: run.stage_dir(StageName::Student),
             device: device.clone(),
         };
@@ -905,6 +910,17 @@ impl<M: Denoiser, P: Prompts<M::Context>> StudentStage<M, P> {
     /// such source stops at its first step with a configuration error.
     pub fn with_real_latents(mut self, real: Arc<dyn RealLatents>) -> Self {
         self.real = Some(real);
+        self
+    }
+
+    /// The stage with `reference` as the step-halving term's frozen target (`halving.reference`:
+    /// the weights read from that file, e.g. by
+    /// [`load_exported_student`](super::teacher::load_exported_student)). It is taken at
+    /// `from_step` and kept in `student/halving/` like the student's own copy; a stage whose
+    /// settings name a reference and that was given none stops at `from_step` with a
+    /// configuration error.
+    pub fn with_halving_reference(mut self, reference: &M) -> Self {
+        self.halving_source = Some(frozen(reference));
         self
     }
 
@@ -1322,6 +1338,28 @@ impl<M: Denoiser, P: Prompts<M::Context>> StudentStage<M, P> {
         Ok(student_prediction(&copy, z_half, context, t_half)?.detach())
     }
 
+    /// The frozen target taken at `from_step`: the weights of `halving.reference` where the
+    /// settings name one, else a copy of the student.
+    fn halving_start(&self, student: &M) -> TrainResult<M> {
+        let named = self
+            .settings
+            .halving
+            .as_ref()
+            .and_then(|h| h.reference.as_ref());
+        match (named, &self.halving_source) {
+            (None, _) => Ok(frozen(student)),
+            (Some(_), Some(source)) => Ok(frozen(source)),
+            (Some(path), None) => Err(TrainError::config(
+                "student.halving.reference",
+                format!(
+                    "{}: the stage was not given the file's weights \
+                     (StudentStage::with_halving_reference)",
+                    path.display()
+                ),
+            )),
+        }
+    }
+
     /// Restores the frozen reference of `halving.frozen_target` for a stage resumed at `step`:
     /// from `student/halving/` once the term has started; an error where it has started and
     /// the reference is not there (it cannot be made again).
@@ -1436,9 +1474,14 @@ impl<M: Denoiser, P: Prompts<M::Context>> MultiStage for StudentStage<M, P> {
         let halved = match &s.halving {
             Some(h) if h.weight > 0.0 && step >= h.from_step => {
                 let target = if h.frozen_target {
-                    let mut reference = self.halving_guard()?;
-                    let reference = reference.get_or_insert_with(|| frozen(&student.model));
-                    self.halved_step(reference, z.clone(), k, &context, step)?
+                    let mut guard = self.halving_guard()?;
+                    let reference = match guard.take() {
+                        Some(reference) => reference,
+                        None => self.halving_start(&student.model)?,
+                    };
+                    let target = self.halved_step(&reference, z.clone(), k, &context, step);
+                    *guard = Some(reference);
+                    target?
                 } else {
                     self.halved_step(&student.model, z.clone(), k, &context, step)?
                 };

@@ -40,7 +40,10 @@ use super::judge::DetectorJudge;
 use super::log::LogRecord;
 use super::run::{LoopSettings, RunDir, StageName};
 use super::stage::{StageOutcome, Stop, train_multi_stage, train_stage, trained_weights};
-use super::teacher::{TeacherPrompts, TeacherStage, export_student, export_teacher, inner_device};
+use super::teacher::{
+    TeacherPrompts, TeacherStage, export_student, export_teacher, inner_device,
+    load_exported_student,
+};
 use super::vae::{
     VaeStage, export_decoder, export_vae, import_vae, imported_marker, vae_export_path, vae_ready,
 };
@@ -203,6 +206,16 @@ pub fn train_student(
         prompts,
         device,
     )?;
+    if let Some(file) = config
+        .student
+        .halving
+        .as_ref()
+        .and_then(|h| h.reference.as_ref())
+    {
+        // A relative path is the run folder's.
+        let file = run.root().join(file);
+        student = student.with_halving_reference(&load_exported_student(&teacher.dit, &file)?);
+    }
     if config.student.regression_filter.is_some() {
         // The filter's judge hears the teacher's results as the metric hears the model's.
         let judge = DetectorJudge::of_run(run, &super::teacher::inner_device(device))?;

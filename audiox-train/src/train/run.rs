@@ -511,6 +511,14 @@ pub struct StepHalving {
     /// drift as it trains (run HV1). `false` (the default, not written): the current student.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub frozen_target: bool,
+    /// With `frozen_target`: take the frozen copy's weights from this exported student file
+    /// (`export/audiox_turbo/audiox_turbo.safetensors` of another run, the DiT under its
+    /// official names; a relative path is relative to the run folder) instead of the student
+    /// of `from_step`, e.g. a student whose sampler with twice the steps is better than this
+    /// run's (run HB1). Read once, at `from_step`, and kept in `student/halving/` as the
+    /// student's own copy is. `None` (the default, not written): the student of `from_step`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reference: Option<PathBuf>,
 }
 
 /// The regression pairs filtered by the instruction-following detector: the teacher runs on
@@ -573,6 +581,7 @@ impl StudentStageConfig {
                 weight: 1.0,
                 from_step: 1400,
                 frozen_target: true,
+                reference: None,
             }),
         }
     }
@@ -649,13 +658,19 @@ impl StudentStageConfig {
                 "a regression term needs at least one pair and a batch of at least 1",
             ));
         }
-        if let Some(halving) = &self.halving
-            && !(halving.weight.is_finite() && halving.weight >= 0.0)
-        {
-            return Err(TrainError::config(
-                field("halving.weight"),
-                format!("{} is not >= 0", halving.weight),
-            ));
+        if let Some(halving) = &self.halving {
+            if !(halving.weight.is_finite() && halving.weight >= 0.0) {
+                return Err(TrainError::config(
+                    field("halving.weight"),
+                    format!("{} is not >= 0", halving.weight),
+                ));
+            }
+            if halving.reference.is_some() && !halving.frozen_target {
+                return Err(TrainError::config(
+                    field("halving.reference"),
+                    "a reference file is a frozen target: set frozen_target",
+                ));
+            }
         }
         if let Some(filter) = &self.regression_filter {
             if self.regression_weight <= 0.0 {

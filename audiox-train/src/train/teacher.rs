@@ -1231,6 +1231,22 @@ pub fn export_student(teacher: &TeacherModel, student: &Dit, out: &Path) -> Trai
     Ok(file)
 }
 
+/// The DiT of an exported student file (as [`export_student`] writes it, or the shipped demo
+/// model's `audiox_turbo/audiox_turbo.safetensors`, f32 or bf16) loaded into a copy of
+/// `template` (the same architecture: a tensor of another shape, or a missing one, is an error
+/// naming it). The inverse of [`export_student`] for the student: its weights come back bit for
+/// bit from an f32 file.
+pub fn load_exported_student(template: &Dit, file: &Path) -> TrainResult<Dit> {
+    let dict = StateDict::open(file)?;
+    let (dit, _) = audiox_core::weights::load_module(
+        template.clone(),
+        &Dit::layout(),
+        &[WeightSource::with_prefix(&dict, prefixes::DIT)],
+    )
+    .map_err(|e| TrainError::checkpoint(file, e.to_string()))?;
+    Ok(dit)
+}
+
 /// The denoiser checkpoint's tensors of `model` under their official names (DiT, MAF block,
 /// video conditioner without its CLIP tower, audio-prompt projections), and the CLIP tower's
 /// tensors under the Hugging Face names.
