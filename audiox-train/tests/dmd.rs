@@ -15,7 +15,8 @@ use audiox_train::train::critic::{
 use audiox_train::train::dmd::{
     Denoiser, DmdNoise, HALVING_DIR, PAIRS_FILE, PairJudge, Prompts, Scores,
     distribution_matching_gradient, dmd_gradient, dmd_surrogate, fake_score_loss, fresh_copy,
-    generator_dmd_loss, student_input, student_prediction, student_times, teacher_sample,
+    generator_dmd_loss, implied_noise, student_input, student_prediction, student_times,
+    teacher_sample,
 };
 use audiox_train::train::export::{official_tensors_of, write_safetensors};
 use audiox_train::train::flow::normals;
@@ -1284,6 +1285,7 @@ fn the_halving_term_moves_the_student_draws_apart_and_resumes_bit_for_bit() {
         from_step: 1,
         frozen_target: false,
         reference: None,
+        implied_noise: false,
     });
     let (steps, half) = (settings.optim.steps, settings.optim.steps / 2);
     let tmp = tempfile::tempdir().unwrap();
@@ -1341,6 +1343,7 @@ fn the_halving_term_moves_the_student_draws_apart_and_resumes_bit_for_bit() {
         from_step: 0,
         frozen_target: false,
         reference: None,
+        implied_noise: false,
     });
     let err = bad.check("student").unwrap_err().to_string();
     assert!(err.contains("halving.weight"), "{err}");
@@ -1357,6 +1360,7 @@ fn a_frozen_halving_target_is_the_student_of_from_step_and_is_kept_for_resumes()
         from_step: 2,
         frozen_target: true,
         reference: None,
+        implied_noise: false,
     });
     let mut moving = settings.clone();
     moving.halving.as_mut().unwrap().frozen_target = false;
@@ -1445,6 +1449,7 @@ fn a_halving_reference_file_is_the_frozen_target_and_is_kept_for_resumes() {
         from_step: 2,
         frozen_target: true,
         reference: None,
+        implied_noise: false,
     });
     let mut settings = own.clone();
     settings.halving.as_mut().unwrap().reference = Some(file.clone());
@@ -1493,6 +1498,69 @@ fn a_halving_reference_file_is_the_frozen_target_and_is_kept_for_resumes() {
     assert!(
         serde_json::to_value(&own).unwrap()["halving"]
             .get("reference")
+            .is_none()
+    );
+    assert_eq!(
+        serde_json::from_value::<StudentStageConfig>(json).unwrap(),
+        settings
+    );
+}
+
+#[test]
+fn the_implied_noise_gives_back_the_input_and_the_straight_step() {
+    let device = device();
+    let dims = [2, 3, 5];
+    let (z, x0) = (
+        latent_noise(dims, 1, &device),
+        latent_noise(dims, 2, &device),
+    );
+    let (t, s) = (0.7f32, 0.45f32);
+    let eps = implied_noise(z.clone(), x0.clone(), t);
+    let renoise = |u: f32| eps.clone().mul_scalar(u) + x0.clone().mul_scalar(1.0 - u);
+    let close = |a: Tensor<3>, b: Tensor<3>| max_abs(&values(a - b)) < 1e-5;
+    assert!(
+        close(renoise(t), z.clone()),
+        "re-noised at t it is not the input"
+    );
+    // The flow's velocity `eps - x0`, one Euler step from t to s.
+    let euler = z.clone() + (eps.clone() - x0.clone()).mul_scalar(s - t);
+    assert!(close(renoise(s), euler), "not the straight step");
+    assert!(!close(renoise(s), z), "no step taken");
+}
+
+#[test]
+fn halving_with_the_implied_noise_trains_otherwise_and_resumes_bit_for_bit() {
+    one_thread();
+    let mut fresh = tiny_settings();
+    fresh.halving = Some(StepHalving {
+        weight: 1.0,
+        from_step: 1,
+        frozen_target: true,
+        reference: None,
+        implied_noise: false,
+    });
+    let mut settings = fresh.clone();
+    settings.halving.as_mut().unwrap().implied_noise = true;
+    let (steps, half) = (settings.optim.steps, settings.optim.steps / 2);
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = |n: &str| tmp.path().join(n);
+    let (whole, ..) = train(&dir("a"), &settings, None).unwrap();
+    train(&dir("b"), &settings, Some(half)).unwrap();
+    let (resumed, step, from) = train(&dir("b"), &settings, None).unwrap();
+    assert_eq!((step, from), (steps, half));
+    assert_eq!(parameters(&whole[0]), parameters(&resumed[0]));
+    assert_eq!(parameters(&whole[1]), parameters(&resumed[1]));
+    let (with_fresh, ..) = train(&dir("f"), &fresh, None).unwrap();
+    assert_ne!(
+        parameters(&whole[0]),
+        parameters(&with_fresh[0]),
+        "the implied noise trained as fresh noise does"
+    );
+    let json = serde_json::to_value(&settings).unwrap();
+    assert_eq!(json["halving"]["implied_noise"], true);
+    assert!(
+        serde_json::to_value(&fresh).unwrap()["halving"]
+            .get("implied_noise")
             .is_none()
     );
     assert_eq!(

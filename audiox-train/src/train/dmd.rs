@@ -368,6 +368,13 @@ pub fn student_input<M: Denoiser>(
     Ok(z)
 }
 
+/// The noise that `z` holds at time `t` (`t > 0`) given the clean latent `x0`:
+/// `(z - (1 - t) x0) / t`, so that re-noising `x0` with it at `t` gives back `z`, and at another
+/// time `s` gives the rectified flow's straight (Euler) step from `z` to `s`.
+pub fn implied_noise(z: Tensor<3>, x0: Tensor<3>, t: f32) -> Tensor<3> {
+    (z - x0.mul_scalar(1.0 - t)).div_scalar(t)
+}
+
 /// The student's clean-latent prediction at step `k` from its input `z` (`x0 = z - t_k v`),
 /// recording the gradient with respect to the student's parameters.
 pub fn student_prediction<M: Denoiser>(
@@ -1318,7 +1325,8 @@ impl<M: Denoiser, P: Prompts<M::Context>> StudentStage<M, P> {
     /// The step-halving target for the student's input `z` at step `k` (no gradient): a
     /// frozen copy's prediction at `times[k]`, re-noised to the time halfway to the next
     /// (`times[k + 1]`, 0 after the last) and predicted there. Its noise comes from a stream
-    /// of its own for step `step`.
+    /// of its own for step `step`; with `halving.implied_noise` it is the noise `z` holds
+    /// ([`implied_noise`]), and no noise is drawn.
     fn halved_step(
         &self,
         student: &M,
@@ -1331,9 +1339,19 @@ impl<M: Denoiser, P: Prompts<M::Context>> StudentStage<M, P> {
         let t = self.times[k];
         let t_next = self.times.get(k + 1).copied().unwrap_or(0.0);
         let t_half = 0.5 * (t + t_next);
-        let x0 = student_prediction(&copy, z.detach(), context, t)?.detach();
-        let mut rng = self.rng_tagged(step, HALVING_STREAM);
-        let eps = normal_tensor(&mut rng, x0.dims(), &self.device);
+        let z = z.detach();
+        let x0 = student_prediction(&copy, z.clone(), context, t)?.detach();
+        let implied = self
+            .settings
+            .halving
+            .as_ref()
+            .is_some_and(|h| h.implied_noise);
+        let eps = if implied {
+            implied_noise(z, x0.clone(), t)
+        } else {
+            let mut rng = self.rng_tagged(step, HALVING_STREAM);
+            normal_tensor(&mut rng, x0.dims(), &self.device)
+        };
         let z_half = eps.mul_scalar(t_half) + x0.mul_scalar(1.0 - t_half);
         Ok(student_prediction(&copy, z_half, context, t_half)?.detach())
     }

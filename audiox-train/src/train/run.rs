@@ -519,6 +519,12 @@ pub struct StepHalving {
     /// student's own copy is. `None` (the default, not written): the student of `from_step`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reference: Option<PathBuf>,
+    /// Re-noise the first half step's prediction with the noise the input holds (`(z - (1 -
+    /// t) x0) / t`: the flow's straight step to the half time, a target that is a function of
+    /// the input) instead of fresh noise (whose mean the student otherwise learns: one source
+    /// of blur). `false` (the default, not written): fresh noise, as the sampler re-noises.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub implied_noise: bool,
 }
 
 /// The regression pairs filtered by the instruction-following detector: the teacher runs on
@@ -582,6 +588,7 @@ impl StudentStageConfig {
                 from_step: 1400,
                 frozen_target: true,
                 reference: None,
+                implied_noise: false,
             }),
         }
     }
