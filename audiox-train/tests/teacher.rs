@@ -791,6 +791,73 @@ fn the_student_distils_the_teachers_dit_and_its_export_loads_as_the_student() {
     );
 }
 
+/// `student.halving.reference` through the pipeline: the file's student is read when the stage
+/// starts before `from_step` and kept, so a resume after `from_step` needs the file no longer;
+/// a file missing at the start is an error naming it.
+#[test]
+fn the_pipeline_reads_a_halving_reference_before_from_step_and_keeps_it() {
+    use audiox_mmdit::Dit;
+    use audiox_train::train::checkpoint::{Checkpoints, Part};
+    use audiox_train::train::dmd::HALVING_DIR;
+    use audiox_train::train::export::{official_tensors_of, write_safetensors};
+    use audiox_train::train::init::random_init;
+    use audiox_train::train::pipeline::train_student;
+    use audiox_train::train::run::StepHalving;
+    one_thread();
+    let mut run = tiny_student_run();
+    run.student.optim.steps = 3;
+    run.student.optim.checkpoint_every = 1;
+    run.student.halving = Some(StepHalving {
+        weight: 1.0,
+        from_step: 1,
+        frozen_target: true,
+        reference: Some("reference.safetensors".into()),
+        implied_noise: false,
+    });
+    run.validate().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = tmp.path().join("run");
+    let (teacher, ..) = train(&dir, &run, None);
+    let device = device();
+    let run_dir = RunDir::open(&dir, run.clone()).unwrap();
+    let mut quiet = |_: &RunDir, _: audiox_train::train::StageName, _: &_| {};
+
+    // Missing at the start: an error naming the file.
+    let err = train_student(&run_dir, &device, Stop::never(), &mut quiet)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("reference.safetensors"), "{err}");
+
+    let other = random_init(teacher.dit.clone(), 99);
+    let file = dir.join("reference.safetensors");
+    let tensors = official_tensors_of(&other, &Dit::layout(), "model.model.").unwrap();
+    write_safetensors(&file, &tensors, &[("format", "pt")]).unwrap();
+    let stop = Stop {
+        after_steps: Some(2),
+        deadline: None,
+    };
+    let report = train_student(&run_dir, &device, stop, &mut quiet).unwrap();
+    assert_eq!((report.step, report.finished), (2, false));
+    std::fs::remove_file(&file).unwrap();
+    let report = train_student(&run_dir, &device, Stop::never(), &mut quiet).unwrap();
+    assert_eq!((report.step, report.finished), (3, true));
+
+    let kept = Checkpoints::new(&dir.join("student").join(HALVING_DIR))
+        .load_parts(
+            1,
+            vec![Part {
+                name: "reference".to_string(),
+                model: teacher.dit.clone(),
+                optim: burn::optim::AdamConfig::new().init(),
+            }],
+        )
+        .unwrap()
+        .pop()
+        .unwrap()
+        .model;
+    assert_eq!(parameters(&kept), parameters(&other));
+}
+
 #[test]
 fn a_decoder_fine_tuned_on_the_imported_encoder_replaces_the_exported_one() {
     use audiox_train::train::export::write_safetensors;

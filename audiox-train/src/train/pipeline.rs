@@ -206,15 +206,19 @@ pub fn train_student(
         prompts,
         device,
     )?;
-    if let Some(file) = config
+    if let Some((from_step, file)) = config
         .student
         .halving
         .as_ref()
-        .and_then(|h| h.reference.as_ref())
+        .and_then(|h| Some((h.from_step, h.reference.as_ref()?)))
     {
-        // A relative path is the run folder's.
-        let file = run.root().join(file);
-        student = student.with_halving_reference(&load_exported_student(&teacher.dit, &file)?);
+        // Read only by a stage that has not passed `from_step`: after it the stage reads the
+        // copy it kept (and refuses to go on without it). A relative path is the run folder's.
+        let newest = Checkpoints::new(&run.stage_dir(StageName::Student)).newest()?;
+        if newest.is_none_or(|step| step <= from_step) {
+            let file = run.root().join(file);
+            student = student.with_halving_reference(&load_exported_student(&teacher.dit, &file)?);
+        }
     }
     if config.student.regression_filter.is_some() {
         // The filter's judge hears the teacher's results as the metric hears the model's.

@@ -515,8 +515,10 @@ pub struct StepHalving {
     /// (`export/audiox_turbo/audiox_turbo.safetensors` of another run, the DiT under its
     /// official names; a relative path is relative to the run folder) instead of the student
     /// of `from_step`, e.g. a student whose sampler with twice the steps is better than this
-    /// run's (run HB1). Read once, at `from_step`, and kept in `student/halving/` as the
-    /// student's own copy is. `None` (the default, not written): the student of `from_step`.
+    /// run's (run HB1). Read when the stage starts at or before `from_step` and kept in
+    /// `student/halving/` as the student's own copy is, so that a resume after `from_step`
+    /// needs the file no longer. `None` (the default, not written): the student of
+    /// `from_step`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub reference: Option<PathBuf>,
     /// Re-noise the first half step's prediction with the noise the input holds (`(z - (1 -
