@@ -1275,18 +1275,24 @@ fn a_filter_needs_a_judge_candidates_and_a_regression_term() {
     assert_eq!(json["regression_filter"]["candidates"], 12);
 }
 
+/// The step-halving term with `weight` from `from_step`, on a frozen target where `frozen` says
+/// (fresh noise, no reference file).
+fn halving(weight: f64, from_step: u64, frozen: bool) -> StepHalving {
+    StepHalving {
+        weight,
+        from_step,
+        frozen_target: frozen,
+        reference: None,
+        implied_noise: false,
+    }
+}
+
 #[test]
 fn the_halving_term_moves_the_student_draws_apart_and_resumes_bit_for_bit() {
     one_thread();
     let plain = tiny_settings();
     let mut settings = tiny_settings();
-    settings.halving = Some(StepHalving {
-        weight: 1.0,
-        from_step: 1,
-        frozen_target: false,
-        reference: None,
-        implied_noise: false,
-    });
+    settings.halving = Some(halving(1.0, 1, false));
     let (steps, half) = (settings.optim.steps, settings.optim.steps / 2);
     let tmp = tempfile::tempdir().unwrap();
     let (a_dir, b_dir, p_dir) = (
@@ -1338,13 +1344,7 @@ fn the_halving_term_moves_the_student_draws_apart_and_resumes_bit_for_bit() {
         settings
     );
     let mut bad = plain;
-    bad.halving = Some(StepHalving {
-        weight: -1.0,
-        from_step: 0,
-        frozen_target: false,
-        reference: None,
-        implied_noise: false,
-    });
+    bad.halving = Some(halving(-1.0, 0, false));
     let err = bad.check("student").unwrap_err().to_string();
     assert!(err.contains("halving.weight"), "{err}");
 }
@@ -1355,13 +1355,7 @@ fn a_frozen_halving_target_is_the_student_of_from_step_and_is_kept_for_resumes()
     let mut settings = tiny_settings();
     settings.optim.steps = 6;
     settings.optim.keep_checkpoints = 5;
-    settings.halving = Some(StepHalving {
-        weight: 1.0,
-        from_step: 2,
-        frozen_target: true,
-        reference: None,
-        implied_noise: false,
-    });
+    settings.halving = Some(halving(1.0, 2, true));
     let mut moving = settings.clone();
     moving.halving.as_mut().unwrap().frozen_target = false;
     let tmp = tempfile::tempdir().unwrap();
@@ -1444,13 +1438,7 @@ fn a_halving_reference_file_is_the_frozen_target_and_is_kept_for_resumes() {
     let mut own = tiny_settings();
     own.optim.steps = 6;
     own.optim.keep_checkpoints = 5;
-    own.halving = Some(StepHalving {
-        weight: 1.0,
-        from_step: 2,
-        frozen_target: true,
-        reference: None,
-        implied_noise: false,
-    });
+    own.halving = Some(halving(1.0, 2, true));
     let mut settings = own.clone();
     settings.halving.as_mut().unwrap().reference = Some(file.clone());
     let given = Some(&loaded);
@@ -1532,13 +1520,7 @@ fn the_implied_noise_gives_back_the_input_and_the_straight_step() {
 fn halving_with_the_implied_noise_trains_otherwise_and_resumes_bit_for_bit() {
     one_thread();
     let mut fresh = tiny_settings();
-    fresh.halving = Some(StepHalving {
-        weight: 1.0,
-        from_step: 1,
-        frozen_target: true,
-        reference: None,
-        implied_noise: false,
-    });
+    fresh.halving = Some(halving(1.0, 1, true));
     let mut settings = fresh.clone();
     settings.halving.as_mut().unwrap().implied_noise = true;
     let (steps, half) = (settings.optim.steps, settings.optim.steps / 2);
