@@ -1550,3 +1550,65 @@ fn halving_with_the_implied_noise_trains_otherwise_and_resumes_bit_for_bit() {
         settings
     );
 }
+
+#[test]
+fn regression_until_is_the_term_then_none_as_two_runs_would_be() {
+    one_thread();
+    let mut settings = tiny_settings();
+    settings.regression_until = Some(2);
+    let steps = settings.optim.steps;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = |n: &str| tmp.path().join(n);
+    let (whole, ..) = train(&dir("a"), &settings, None).unwrap();
+
+    // The same as the term on up to step 2 and a run continued from there without it (how
+    // run HR0 was made from run DC1's checkpoint).
+    let mut plain = settings.clone();
+    plain.regression_until = None;
+    train(&dir("b"), &plain, Some(2)).unwrap();
+    let mut without = settings.clone();
+    without.regression_until = None;
+    without.regression_weight = 0.0;
+    let (two_runs, step, from) = train(&dir("b"), &without, None).unwrap();
+    assert_eq!((step, from), (steps, 2));
+    assert_eq!(parameters(&whole[0]), parameters(&two_runs[0]));
+    assert_eq!(parameters(&whole[1]), parameters(&two_runs[1]));
+    // ... and not the term on every step.
+    let (always, ..) = train(&dir("c"), &plain, None).unwrap();
+    assert_ne!(parameters(&whole[0]), parameters(&always[0]));
+
+    // Resumed after the term ended, bit for bit.
+    train(&dir("d"), &settings, Some(3)).unwrap();
+    let (resumed, step, from) = train(&dir("d"), &settings, None).unwrap();
+    assert_eq!((step, from), (steps, 3));
+    assert_eq!(parameters(&whole[0]), parameters(&resumed[0]));
+
+    let log = LossLog::read(
+        &dir("a")
+            .join(StageName::Student.as_str())
+            .join("loss.jsonl"),
+    )
+    .unwrap();
+    for r in &log {
+        // Records are numbered from 1: record `r.step` is step `r.step - 1`.
+        assert_eq!(
+            r.terms.contains_key("regression"),
+            r.step <= 2,
+            "step {}",
+            r.step
+        );
+    }
+    // Written only when set; refused without a term to end.
+    let json = serde_json::to_value(&settings).unwrap();
+    assert_eq!(json["regression_until"], 2);
+    assert!(
+        serde_json::to_value(&plain)
+            .unwrap()
+            .get("regression_until")
+            .is_none()
+    );
+    let mut bad = settings.clone();
+    bad.regression_weight = 0.0;
+    let err = bad.check("student").unwrap_err().to_string();
+    assert!(err.contains("regression_until"), "{err}");
+}

@@ -1534,7 +1534,8 @@ impl<M: Denoiser, P: Prompts<M::Context>> MultiStage for StudentStage<M, P> {
             loss = loss + halving.mul_scalar(weight);
         }
         drop(x0_grad);
-        if let Some(pairs) = &self.pairs {
+        let regression_on = s.regression_until.is_none_or(|until| step < until);
+        if let Some(pairs) = self.pairs.as_ref().filter(|_| regression_on) {
             let indices: Vec<usize> = (0..s.regression_batch)
                 .map(|_| (rng.next_u32() as usize) % pairs.len())
                 .collect();

@@ -459,6 +459,12 @@ pub struct StudentStageConfig {
     pub regression_pairs: usize,
     /// Pairs per step in the regression term.
     pub regression_batch: usize,
+    /// The step (0-based) from which the regression term is off (its pairs no longer drawn):
+    /// the steps before it have the term, the later ones do not, as in run HR0 (run DC1's 1,400
+    /// steps with it, then 400 without it beside the step-halving term). `None` (the default,
+    /// not written): the term on every step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub regression_until: Option<u64>,
     /// Euler steps of the teacher trajectories (with `guidance_scale`).
     pub teacher_steps: usize,
     /// Masked audio prompts made from the step's training clips, as the teacher's
@@ -578,6 +584,7 @@ impl StudentStageConfig {
             t_min: 0.02,
             t_max: 0.98,
             regression_weight: 1.0,
+            regression_until: None,
             regression_pairs: 64,
             regression_batch: 4,
             teacher_steps: 25,
@@ -680,6 +687,12 @@ impl StudentStageConfig {
                     "a reference file is a frozen target: set frozen_target",
                 ));
             }
+        }
+        if self.regression_until.is_some() && self.regression_weight <= 0.0 {
+            return Err(TrainError::config(
+                field("regression_until"),
+                "ends the regression term, but regression_weight is 0",
+            ));
         }
         if let Some(filter) = &self.regression_filter {
             if self.regression_weight <= 0.0 {
