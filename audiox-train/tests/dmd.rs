@@ -1577,11 +1577,18 @@ fn regression_until_is_the_term_then_none_as_two_runs_would_be() {
     let (always, ..) = train(&dir("c"), &plain, None).unwrap();
     assert_ne!(parameters(&whole[0]), parameters(&always[0]));
 
-    // Resumed after the term ended, bit for bit.
+    // Resumed after the term ended, bit for bit, without the pairs: they are neither read
+    // nor computed again (the cache removed here stays absent).
     train(&dir("d"), &settings, Some(3)).unwrap();
+    let pairs = dir("d").join(StageName::Student.as_str()).join(PAIRS_FILE);
+    std::fs::remove_file(&pairs).unwrap();
     let (resumed, step, from) = train(&dir("d"), &settings, None).unwrap();
     assert_eq!((step, from), (steps, 3));
     assert_eq!(parameters(&whole[0]), parameters(&resumed[0]));
+    assert!(
+        !pairs.exists(),
+        "the pairs were computed again past regression_until"
+    );
 
     let log = LossLog::read(
         &dir("a")

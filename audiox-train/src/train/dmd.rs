@@ -892,7 +892,10 @@ impl<M: Denoiser, P: Prompts<M::Context>> StudentStage<M, P> {
             stage_dir: run.stage_dir(StageName::Student),
             device: device.clone(),
         };
-        if stage.settings.regression_weight > 0.0 && stage.settings.regression_filter.is_none() {
+        if stage.settings.regression_weight > 0.0
+            && stage.settings.regression_filter.is_none()
+            && !stage.regression_over()?
+        {
             let path = stage.pairs_path(run);
             stage.pairs = Some(stage.load_or_compute_pairs(&path, None)?);
         }
@@ -905,7 +908,7 @@ impl<M: Denoiser, P: Prompts<M::Context>> StudentStage<M, P> {
     /// used. A stage with a filter and no judge stops at its first step with a configuration
     /// error; a cache kept by another judge or filter is refused, naming the file.
     pub fn with_pair_judge(mut self, run: &RunDir, judge: &dyn PairJudge) -> TrainResult<Self> {
-        if self.settings.regression_filter.is_some() {
+        if self.settings.regression_filter.is_some() && !self.regression_over()? {
             let path = self.pairs_path(run);
             self.pairs = Some(self.load_or_compute_pairs(&path, Some(judge))?);
         }
@@ -936,9 +939,21 @@ impl<M: Denoiser, P: Prompts<M::Context>> StudentStage<M, P> {
         run.stage_dir(StageName::Student).join(PAIRS_FILE)
     }
 
-    /// The cached teacher pairs (present when the regression term is on).
+    /// The cached teacher pairs (present when the regression term is on and has steps left:
+    /// a stage resumed at or past `regression_until` neither loads nor computes them).
     pub fn pairs(&self) -> Option<&TeacherPairs> {
         self.pairs.as_ref()
+    }
+
+    /// Whether the regression term has ended for good: `regression_until` is set and the
+    /// newest checkpoint, where the stage resumes, is at or past it, so no step left uses the
+    /// pairs (computing them again would cost `regression_pairs` guided teacher runs).
+    fn regression_over(&self) -> TrainResult<bool> {
+        let Some(until) = self.settings.regression_until else {
+            return Ok(false);
+        };
+        let newest = Checkpoints::new(&self.stage_dir).steps()?.last().copied();
+        Ok(newest.is_some_and(|step| step >= until))
     }
 
     /// The student's time grid (`Dmd::new(student_steps)`).
@@ -1471,7 +1486,8 @@ impl<M: Denoiser, P: Prompts<M::Context>> MultiStage for StudentStage<M, P> {
             ));
         };
         let s = &self.settings;
-        if s.regression_weight > 0.0 && self.pairs.is_none() {
+        let regression_on = s.regression_until.is_none_or(|until| step < until);
+        if s.regression_weight > 0.0 && regression_on && self.pairs.is_none() {
             return Err(TrainError::config(
                 "student.regression_filter",
                 "the filtered regression pairs need a judge (`StudentStage::with_pair_judge`)",
@@ -1534,7 +1550,6 @@ impl<M: Denoiser, P: Prompts<M::Context>> MultiStage for StudentStage<M, P> {
             loss = loss + halving.mul_scalar(weight);
         }
         drop(x0_grad);
-        let regression_on = s.regression_until.is_none_or(|until| step < until);
         if let Some(pairs) = self.pairs.as_ref().filter(|_| regression_on) {
             let indices: Vec<usize> = (0..s.regression_batch)
                 .map(|_| (rng.next_u32() as usize) % pairs.len())

@@ -462,7 +462,8 @@ pub struct StudentStageConfig {
     /// The step (0-based) from which the regression term is off (its pairs no longer drawn):
     /// the steps before it have the term, the later ones do not, as in run HR0 (run DC1's 1,400
     /// steps with it, then 400 without it beside the step-halving term). `None` (the default,
-    /// not written): the term on every step.
+    /// not written): the term on every step. A stage resumed at or past this step does not
+    /// load or compute the pairs.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub regression_until: Option<u64>,
     /// Euler steps of the teacher trajectories (with `guidance_scale`).
