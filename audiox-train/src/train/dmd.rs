@@ -1148,7 +1148,8 @@ impl<M: Denoiser, P: Prompts<M::Context>> StudentStage<M, P> {
     }
 
     /// The regression term's mean squared error of `student` over every cached pair (no
-    /// gradient), or `None` without a regression term.
+    /// gradient), or `None` without pairs (no regression term, or a stage resumed past
+    /// `regression_until`).
     pub fn regression_mse(&self, student: &M) -> TrainResult<Option<f64>> {
         let Some(pairs) = &self.pairs else {
             return Ok(None);
