@@ -3,7 +3,8 @@
 //!
 //! A reduced weight is multiplied by `audiox_kernels::bf16` / `audiox_kernels::int8`
 //! ([`linear`], [`matmul_weight`]): Intel AMX tiles, AVX512-BF16 (on AMD) or AVX512-VNNI dot
-//! products where the CPU has them (int8 also AVX-VNNI or AVX2 integer products), else the
+//! products where the CPU has them (int8 also AVX-VNNI or AVX2 integer products; bf16 on
+//! AVX2-only CPUs an f32 register tile that widens the weight block by block), else the
 //! weight widened to f32 just before its product
 //! (one transient f32 copy of one weight at a time, [`widen`]). Resident memory of a converted
 //! weight is half (bf16) or about a quarter (int8) of f32.
@@ -292,8 +293,9 @@ pub fn linear<const D: usize>(layer: &Linear, x: Tensor<D>) -> Tensor<D> {
 ///   with a product of few rows split over the threads by columns), else burn's `linear` on
 ///   the weight as it is (exactly what the model computed before weight precisions existed);
 /// * bf16 weight: `audiox_kernels::bf16` (AMX tiles or, on AMD, AVX512-BF16 dot products where
-///   the CPU has them: the activations are rounded to bf16 too, sums in f32; elsewhere the
-///   weight widened to f32 and the f32 GEMM);
+///   the CPU has them: the activations are rounded to bf16 too, sums in f32; on CPUs with
+///   AVX2 and FMA but without AVX-512 an f32 register tile that widens the weight block by
+///   block; elsewhere the weight widened to f32 and the f32 GEMM);
 /// * int8 weight: `audiox_kernels::int8` (AMX int8 tiles, AVX512-VNNI, AVX-VNNI or AVX2
 ///   integer products with the activations quantised per token where the CPU has them;
 ///   elsewhere the weight dequantised to f32 and the f32 GEMM);

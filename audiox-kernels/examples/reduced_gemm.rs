@@ -5,7 +5,8 @@
 //! ```
 //!
 //! For each shape: the f32 product (`gemm` crate, what burn's CPU backend runs), the bf16
-//! weight widened per product (the portable path), the AVX512-BF16 and AMX kernels (where the
+//! weight widened per product (the portable path), the AVX2 kernel (the weight widened block
+//! by block into an f32 register tile) and the AVX512-BF16 and AMX kernels (where the
 //! CPU has them; AMX also on the weight held transposed, as the loader holds it for AMX), the
 //! int8 weight (scale blocks of 192 or 128 rows, as the DiT's) with per-token
 //! activation quantisation on AVX512-VNNI, on AVX-VNNI and AVX2 (the kernels for CPUs without
@@ -13,8 +14,8 @@
 //! (also on the weight held transposed) and dequantised to f32 (the portable path); best
 //! of five after a warm-up, GFLOP/s (int8: multiply-adds x 2 per second, as for the floats).
 //! The first line names the kernels the library chooses on this CPU. A second table times the
-//! native bf16 and int8 kernels on both layouts (row-major and held transposed) on the
-//! student's shapes with the weight read from memory (each repetition on
+//! widened and AVX2 bf16 paths (row-major) and the native bf16 and int8 kernels on both
+//! layouts (row-major and held transposed) on the student's shapes with the weight read from memory (each repetition on
 //! another copy), as in a DiT step.
 
 use audiox_kernels::bf16::{
@@ -65,9 +66,9 @@ fn main() {
         Int8Kernel::current().name()
     );
     println!(
-        "| shape [m,k]x[k,n] | f32 GFLOP/s | bf16 widened | bf16 AVX512-BF16 | bf16 AMX | bf16 AMX, weight transposed | best bf16 / f32 | int8 VNNI | int8 AVX-VNNI | int8 AVX2 | int8 dequantized | int8 AMX | int8 AMX, weight transposed | best int8 / f32 |"
+        "| shape [m,k]x[k,n] | f32 GFLOP/s | bf16 widened | bf16 AVX2 | bf16 AVX512-BF16 | bf16 AMX | bf16 AMX, weight transposed | best bf16 / f32 | int8 VNNI | int8 AVX-VNNI | int8 AVX2 | int8 dequantized | int8 AMX | int8 AMX, weight transposed | best int8 / f32 |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     // 620 tokens (236 latent + 384 context); DiT width 1536, FFN hidden 4096, qkv 3x1536.
     for (m, k, n) in [
         (620, 1536, 4608),
@@ -94,6 +95,7 @@ fn main() {
                 .then(|| flop / best(|| matmul_with(kernel, &x, m, &wh, k, n, &mut out)))
         };
         let (avx, amx) = (rate(Bf16Kernel::Avx512Bf16), rate(Bf16Kernel::Amx));
+        let avx2_bf16 = rate(Bf16Kernel::Avx2);
         // The weight held transposed ([n, k]), as the loader holds it for AMX.
         let mut wt = vec![bf16::ZERO; k * n];
         for r in 0..k {
@@ -104,7 +106,7 @@ fn main() {
         let amx_t = (Bf16Kernel::Amx.is_supported() && prefers_transposed(k, n)).then(|| {
             flop / best(|| matmul_transposed_with(Bf16Kernel::Amx, &x, m, &wt, k, n, &mut out))
         });
-        let top = [Some(wd), avx, amx, amx_t]
+        let top = [Some(wd), avx2_bf16, avx, amx, amx_t]
             .into_iter()
             .flatten()
             .fold(0.0, f64::max);
@@ -129,7 +131,8 @@ fn main() {
             .fold(0.0, f64::max);
         let show = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.0}"));
         println!(
-            "| [{m},{k}]x[{k},{n}] | {f:.0} | {wd:.0} | {} | {} | {} | {:.2} | {} | {} | {} | {} | {} | {} | {:.2} |",
+            "| [{m},{k}]x[{k},{n}] | {f:.0} | {wd:.0} | {} | {} | {} | {} | {:.2} | {} | {} | {} | {} | {} | {} | {:.2} |",
+            show(avx2_bf16),
             show(avx),
             show(amx),
             show(amx_t),
@@ -148,9 +151,9 @@ fn main() {
     // another copy (at least 512 MiB of copies), so the weight comes from memory.
     println!();
     println!(
-        "| shape, weight from memory | bf16 AVX512-BF16 | bf16 AVX512-BF16, weight transposed | bf16 AMX | bf16 AMX, weight transposed | int8 VNNI | int8 VNNI, weight transposed | int8 AMX | int8 AMX, weight transposed |"
+        "| shape, weight from memory | bf16 widened | bf16 AVX2 | bf16 AVX512-BF16 | bf16 AVX512-BF16, weight transposed | bf16 AMX | bf16 AMX, weight transposed | int8 VNNI | int8 VNNI, weight transposed | int8 AMX | int8 AMX, weight transposed |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for (m, k, n) in [
         (237, 1536, 4608),
         (237, 4608, 1536),
@@ -172,6 +175,15 @@ fn main() {
         let mut out = vec![0f32; m * n];
         let flop = 2.0 * (m * k * n) as f64 / 1e9;
         let mut i = 0;
+        let mut row_major = |kernel: Bf16Kernel| {
+            kernel.is_supported().then(|| {
+                flop / best(|| {
+                    i += 1;
+                    matmul_with(kernel, &x, m, &rows[i % copies], k, n, &mut out)
+                })
+            })
+        };
+        let (wide, avx2_bf16) = (row_major(Bf16Kernel::Widened), row_major(Bf16Kernel::Avx2));
         let mut from_memory = |kernel: Bf16Kernel| {
             if !kernel.is_supported() {
                 return (None, None);
@@ -228,7 +240,9 @@ fn main() {
         let (a8, t8) = int8_from_memory(Int8Kernel::Amx);
         let show = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.0}"));
         println!(
-            "| [{m},{k}]x[{k},{n}] | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| [{m},{k}]x[{k},{n}] | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            show(wide),
+            show(avx2_bf16),
             show(avx),
             show(avx_t),
             show(amx),

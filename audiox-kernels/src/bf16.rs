@@ -1,7 +1,7 @@
 //! A matrix product with the weight held in bf16: `out[m, n] = x[m, k] · w[k, n]`, `x` in f32.
 //!
 //! The weight is held in bf16 (half the memory of f32), row-major as burn holds a `Linear`
-//! weight (`[d_input, d_output]`). Three kernels ([`Bf16Kernel`]), one chosen per process:
+//! weight (`[d_input, d_output]`). Four kernels ([`Bf16Kernel`]), one chosen per process:
 //!
 //! * **AMX** (Intel Xeons since Sapphire Rapids): bf16 tiles, `tdpbf16ps`, 8,192 multiply-adds
 //!   per instruction; the activations are rounded to bf16 (to nearest even), sums in f32.
@@ -10,6 +10,9 @@
 //!   on the Intel Xeon we measured it runs at half the f32 GEMM's rate (measured; the cause,
 //!   presumably a lower issue rate than FMA, was not examined), so Intel CPUs without AMX take
 //!   the widened path.
+//! * **AVX2** (CPUs with AVX2 and FMA but without AVX-512: Haswell to Alder Lake, Zen 1 to
+//!   Zen 3): the weight widened to f32 block by block while it is packed, an f32 register tile
+//!   at the full precision of the activations (`avx2`'s docs).
 //! * **Widened** (every other CPU): the weight widened back to f32 for the product and
 //!   multiplied by the `gemm` crate at the full f32 precision of the activations, so the paths
 //!   differ by the rounding of the activations only.
@@ -32,6 +35,8 @@ use rayon::prelude::*;
 
 use crate::send_ptr::SendPtr;
 
+#[cfg(target_arch = "x86_64")]
+mod avx2;
 mod transposed;
 pub use transposed::{
     TRANSPOSED_MULTIPLE, hold_transposed, hold_transposed_from_f32, is_held_transposed,
@@ -55,21 +60,30 @@ pub enum Bf16Kernel {
     Amx,
     /// AVX512-BF16 dot products (activations rounded to bf16, sums in f32).
     Avx512Bf16,
+    /// AVX2 and FMA: the weight widened block by block into an f32 register tile (activations
+    /// at full precision).
+    Avx2,
     /// The weight widened to f32, the f32 GEMM (activations at full precision).
     Widened,
 }
 
-/// Environment variable that picks the bf16 kernel for this process (`amx`, `avx512bf16` or
-/// `widened`), when the CPU has it; for measurements and tests.
+/// Environment variable that picks the bf16 kernel for this process (`amx`, `avx512bf16`,
+/// `avx2` or `widened`), when the CPU has it; for measurements and tests.
 pub const KERNEL_ENV: &str = "AUDIOX_BF16_KERNEL";
 
 impl Bf16Kernel {
     /// Every kernel, fastest first.
-    pub const ALL: [Bf16Kernel; 3] = [Bf16Kernel::Amx, Bf16Kernel::Avx512Bf16, Bf16Kernel::Widened];
+    pub const ALL: [Bf16Kernel; 4] = [
+        Bf16Kernel::Amx,
+        Bf16Kernel::Avx512Bf16,
+        Bf16Kernel::Avx2,
+        Bf16Kernel::Widened,
+    ];
 
     /// The kernel this process uses, chosen once: [`KERNEL_ENV`] when it names a kernel this CPU
     /// runs, else AMX where the CPU (and the OS) offer it, AVX512-BF16 on AMD CPUs that have it,
-    /// the widened path everywhere else.
+    /// the AVX2 kernel on CPUs without AVX-512 (where the `gemm` crate's f32 kernel is AVX2
+    /// too), the widened path everywhere else.
     pub fn current() -> Bf16Kernel {
         static CURRENT: std::sync::OnceLock<Bf16Kernel> = std::sync::OnceLock::new();
         *CURRENT.get_or_init(|| {
@@ -88,6 +102,8 @@ impl Bf16Kernel {
             Bf16Kernel::Amx
         } else if Bf16Kernel::Avx512Bf16.is_supported() && cpu_is_amd() {
             Bf16Kernel::Avx512Bf16
+        } else if Bf16Kernel::Avx2.is_supported() && !avx512f() {
+            Bf16Kernel::Avx2
         } else {
             Bf16Kernel::Widened
         }
@@ -101,6 +117,10 @@ impl Bf16Kernel {
             #[cfg(not(target_arch = "x86_64"))]
             Bf16Kernel::Amx => false,
             Bf16Kernel::Avx512Bf16 => avx512_bf16(),
+            #[cfg(target_arch = "x86_64")]
+            Bf16Kernel::Avx2 => avx2::available(),
+            #[cfg(not(target_arch = "x86_64"))]
+            Bf16Kernel::Avx2 => false,
             Bf16Kernel::Widened => true,
         }
     }
@@ -110,13 +130,14 @@ impl Bf16Kernel {
         match self {
             Bf16Kernel::Amx => "amx",
             Bf16Kernel::Avx512Bf16 => "avx512bf16",
+            Bf16Kernel::Avx2 => "avx2",
             Bf16Kernel::Widened => "widened",
         }
     }
 
     /// Whether the kernel rounds the activations to bf16 (the native ones do).
     pub fn rounds_activations(self) -> bool {
-        self != Bf16Kernel::Widened
+        matches!(self, Bf16Kernel::Amx | Bf16Kernel::Avx512Bf16)
     }
 }
 
@@ -174,6 +195,8 @@ pub fn matmul_with(
             Bf16Kernel::Amx => return unsafe { matmul_amx(x, m, w, k, n, false, out) },
             // SAFETY: the CPU has the features the kernel is compiled for (checked above).
             Bf16Kernel::Avx512Bf16 => return unsafe { matmul_native(x, m, w, k, n, false, out) },
+            // SAFETY: the CPU has AVX2 and FMA (checked above); the sizes are checked.
+            Bf16Kernel::Avx2 => return unsafe { avx2::matmul(x, m, w, k, n, out) },
             Bf16Kernel::Widened => {}
         }
     }
@@ -570,6 +593,18 @@ pub fn linear<const D: usize, const W: usize>(
 /// AVX512-BF16): the activations are then rounded to bf16.
 pub fn native_available() -> bool {
     Bf16Kernel::current().rounds_activations()
+}
+
+/// Whether the CPU has AVX512-F (the `gemm` crate's f32 kernel is then 512 bits wide).
+fn avx512f() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::arch::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }
 
 /// Whether the CPU has AVX512-BF16 (with AVX512-F/BW).

@@ -11,8 +11,9 @@
 //!   weight, the shifts and strides are pointer offsets. Used by the VAE, whose time is almost
 //!   all convolutions and Snake activations over up to 483k samples.
 //! * [`bf16`]: a matrix product with the weight held in bf16 (half the memory), on Intel AMX
-//!   tiles or AVX512-BF16 dot products where the CPU has them (see [`bf16::Bf16Kernel`]); the
-//!   convolutions take a kernel held in bf16 the same way.
+//!   tiles or AVX512-BF16 dot products where the CPU has them, an f32 register tile fed with
+//!   the weight widened block by block on AVX2-only CPUs (see [`bf16::Bf16Kernel`]); the
+//!   convolutions take a kernel held in bf16 through the native kernels or widened.
 //! * [`int8`]: a matrix product with an int8 weight (per-output-channel scales, a quarter of
 //!   the memory), on integer dot products with activations quantised per token where the CPU
 //!   has AVX512-VNNI, on AMX int8 tiles where it has those too.

@@ -102,7 +102,7 @@ fn default_path_matches_the_product_of_rounded_operands() {
     }
 }
 
-/// Every kernel this CPU runs (AMX, AVX512-BF16, widened), each against the f64 product of the
+/// Every kernel this CPU runs (AMX, AVX512-BF16, AVX2, widened), each against the f64 product of the
 /// operands it rounds.
 #[test]
 fn every_supported_kernel_matches_the_product_of_its_rounded_operands() {
@@ -148,6 +148,38 @@ fn the_result_does_not_depend_on_the_thread_count() {
         out
     };
     assert_eq!(run(1), run(3));
+}
+
+/// The AVX2 kernel computes every output as one chain of fused multiply-adds over the
+/// reduction in ascending order, from zero, with the activations unrounded: bit for bit the
+/// scalar chain, whatever the thread count (which changes how columns are grouped per task),
+/// across reduction blocks (k past 256 and 512), partial tiles (rows not a multiple of 6) and
+/// partial panels (columns not a multiple of 16).
+#[test]
+fn avx2_kernel_is_one_fused_chain_per_output_on_any_thread_count() {
+    if !Bf16Kernel::Avx2.is_supported() {
+        eprintln!("avx2: not on this CPU");
+        return;
+    }
+    for &(m, k, n) in &[(13, 600, 300), (6, 256, 16), (1, 513, 17), (40, 1030, 129)] {
+        let x = values(m * k, (m + k) as u64);
+        let w = halves(&values(k * n, (k + n) as u64));
+        let mut want = vec![0f32; m * n];
+        for i in 0..m {
+            for j in 0..n {
+                want[i * n + j] = (0..k).fold(0f32, |acc, p| {
+                    x[i * k + p].mul_add(w[p * n + j].to_f32(), acc)
+                });
+            }
+        }
+        for threads in [1, 2, 3, 8] {
+            let mut out = vec![f32::NAN; m * n];
+            on_threads(threads, || {
+                matmul_with(Bf16Kernel::Avx2, &x, m, &w, k, n, &mut out)
+            });
+            assert_eq!(out, want, "[{m},{k}]x[{k},{n}] on {threads} threads");
+        }
+    }
 }
 
 #[test]

@@ -427,7 +427,8 @@ impl AudioXBuilder {
     /// * `Bf16`: the linear and token-convolution weights of the diffusion transformer, the
     ///   MAF block, T5, CLIP and the video conditioner in bfloat16 (half their memory),
     ///   multiplied on Intel AMX tiles or (on AMD) AVX512-BF16 dot products where the CPU has
-    ///   them (activations rounded to bf16, sums in f32), else widened to f32 for each product
+    ///   them (activations rounded to bf16, sums in f32), on AVX2-only CPUs widened block by
+    ///   block inside an f32 product, else widened to f32 for each product
     ///   (`audiox_kernels::bf16::Bf16Kernel` documents the choice).
     /// * `Int8`: the diffusion transformer's linear and token-convolution weights in int8 with
     ///   one f32 scale per output channel and block of up to 255 input rows (about a quarter of

@@ -202,7 +202,8 @@ fn every_precision_decodes_whole_by_default_and_can_choose_exact_chunks() {
     assert!(seams > 1e-3, "no overlap: relative error {seams}");
     // int8 weights (bf16 decoder), the same chunks: within bf16's rounding of the whole decode
     // (measured 2.8e-3 / 3.4e-3 with the AVX512-BF16 / AMX kernels, below 1e-5 on the widened
-    // path, which does not round activations), and far closer than chunks without overlap.
+    // and AVX2 paths, which do not round activations), and far closer than chunks without
+    // overlap.
     let small = builder().exact_chunked_decode(2).build().unwrap();
     let (latent, chunked) = outputs(&small);
     let (want_latent, want) = outputs(&whole);
