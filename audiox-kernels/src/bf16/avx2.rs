@@ -7,7 +7,7 @@
 //! is about 9 GB of f32 written and read twice beside the products themselves, and the fresh
 //! allocations' pages faulted in. Here each task widens only the block it is about to use
 //! (at most [`KC`] rows of [`GROUP`] panels of [`NR`] columns, 128 KiB of f32, kept in a
-//! per-thread buffer that stays in the L2 cache) and reads the weight's bf16 bytes once.
+//! per-thread buffer sized for the L2 cache) and reads the weight's bf16 bytes once.
 //!
 //! Tiles are [`MR`] rows x [`NR`] columns: twelve 8-lane accumulators, two weight vectors and
 //! one broadcast activation, 15 of the 16 AVX2 registers. Every output is one chain of fused
