@@ -13,15 +13,15 @@ use audiox_train::train::critic::{
     CriticConfig, REPLAY_FILE, RealLatents, ReplayRows, critic_checkpoints,
 };
 use audiox_train::train::dmd::{
-    Denoiser, DmdNoise, HALVING_DIR, PAIRS_FILE, PairJudge, Prompts, Scores,
-    distribution_matching_gradient, dmd_gradient, dmd_surrogate, fake_score_loss, fresh_copy,
-    generator_dmd_loss, implied_noise, student_input, student_prediction, student_times,
-    teacher_sample,
+    Denoiser, DmdNoise, HALVING_DIR, PAIRS_FILE, PairJudge, Prompts, SWITCHED_PAIRS_FILE, Scores,
+    TeacherPairs, distribution_matching_gradient, dmd_gradient, dmd_surrogate, fake_score_loss,
+    fresh_copy, generator_dmd_loss, implied_noise, student_input, student_prediction,
+    student_times, teacher_sample,
 };
 use audiox_train::train::export::{official_tensors_of, write_safetensors};
 use audiox_train::train::flow::normals;
 use audiox_train::train::init::random_init;
-use audiox_train::train::run::{PairFilter, StepHalving};
+use audiox_train::train::run::{GuidanceSwitch, PairFilter, StepHalving};
 use audiox_train::train::teacher::load_exported_student;
 use audiox_train::train::vae::parameters;
 use audiox_train::train::{
@@ -1618,4 +1618,101 @@ fn regression_until_is_the_term_then_none_as_two_runs_would_be() {
     bad.regression_weight = 0.0;
     let err = bad.check("student").unwrap_err().to_string();
     assert!(err.contains("regression_until"), "{err}");
+}
+
+#[test]
+fn a_guidance_switch_is_one_guidance_then_the_other_as_two_runs_would_be() {
+    one_thread();
+    let mut settings = tiny_settings();
+    let (first, second) = (settings.guidance_scale, settings.guidance_scale + 3.0);
+    settings.guidance_switch = Some(GuidanceSwitch {
+        from_step: 2,
+        guidance_scale: second,
+    });
+    let steps = settings.optim.steps;
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = |n: &str| tmp.path().join(n);
+    let student_dir = |n: &str| dir(n).join(StageName::Student.as_str());
+    let (whole, ..) = train(&dir("a"), &settings, None).unwrap();
+
+    // Both sets of pairs are cached: the same captions and noise, the teacher's results at
+    // each guidance.
+    let a = TeacherPairs::load(&student_dir("a").join(PAIRS_FILE)).unwrap();
+    let b = TeacherPairs::load(&student_dir("a").join(SWITCHED_PAIRS_FILE)).unwrap();
+    assert_eq!(
+        (a.meta.guidance_scale, b.meta.guidance_scale),
+        (first, second)
+    );
+    assert_eq!(a.captions, b.captions);
+    assert_eq!(a.noise, b.noise);
+    assert_ne!(a.teacher_x0, b.teacher_x0);
+
+    // The same as two steps at the first guidance and a run continued from there at the
+    // second, its pairs computed again (how run HG4 was made from run DC1's checkpoint).
+    let mut plain = settings.clone();
+    plain.guidance_switch = None;
+    train(&dir("b"), &plain, Some(2)).unwrap();
+    std::fs::remove_file(student_dir("b").join(PAIRS_FILE)).unwrap();
+    let mut later = plain.clone();
+    later.guidance_scale = second;
+    let (two_runs, step, from) = train(&dir("b"), &later, None).unwrap();
+    assert_eq!((step, from), (steps, 2));
+    assert_eq!(parameters(&whole[0]), parameters(&two_runs[0]));
+    assert_eq!(parameters(&whole[1]), parameters(&two_runs[1]));
+    assert_eq!(
+        TeacherPairs::load(&student_dir("b").join(PAIRS_FILE)).unwrap(),
+        b
+    );
+    // ... and not the first guidance on every step.
+    let (always, ..) = train(&dir("c"), &plain, None).unwrap();
+    assert_ne!(parameters(&whole[0]), parameters(&always[0]));
+
+    // Resumed after the switch, bit for bit, without the first guidance's pairs: they are
+    // neither read nor computed again (the cache removed here stays absent).
+    train(&dir("d"), &settings, Some(3)).unwrap();
+    let first_pairs = student_dir("d").join(PAIRS_FILE);
+    std::fs::remove_file(&first_pairs).unwrap();
+    let (resumed, step, from) = train(&dir("d"), &settings, None).unwrap();
+    assert_eq!((step, from), (steps, 3));
+    assert_eq!(parameters(&whole[0]), parameters(&resumed[0]));
+    assert_eq!(parameters(&whole[1]), parameters(&resumed[1]));
+    assert!(
+        !first_pairs.exists(),
+        "the first guidance's pairs were computed again past the switch"
+    );
+
+    // A regression term that ends at the switch needs no pairs at the second guidance.
+    let mut ended = settings.clone();
+    ended.regression_until = Some(2);
+    train(&dir("e"), &ended, None).unwrap();
+    assert!(!student_dir("e").join(SWITCHED_PAIRS_FILE).exists());
+
+    // Written only when set; refused at or past the last step, with a guidance that is not a
+    // number, and with filtered pairs.
+    let json = serde_json::to_value(&settings).unwrap();
+    assert_eq!(json["guidance_switch"]["from_step"], 2);
+    assert!(
+        serde_json::to_value(&plain)
+            .unwrap()
+            .get("guidance_switch")
+            .is_none()
+    );
+    for (name, change) in [
+        (
+            "from_step",
+            &(|s: &mut GuidanceSwitch| s.from_step = 4) as &dyn Fn(&mut GuidanceSwitch),
+        ),
+        ("guidance_scale", &|s: &mut GuidanceSwitch| {
+            s.guidance_scale = f32::NAN
+        }),
+    ] {
+        let mut bad = settings.clone();
+        change(bad.guidance_switch.as_mut().unwrap());
+        let err = bad.check("student").unwrap_err().to_string();
+        assert!(err.contains(&format!("guidance_switch.{name}")), "{err}");
+    }
+    let mut bad = settings.clone();
+    bad.regression_filter = Some(PairFilter { candidates: 8 });
+    let err = bad.check("student").unwrap_err().to_string();
+    assert!(err.contains("guidance_switch"), "{err}");
 }

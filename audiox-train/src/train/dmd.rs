@@ -34,6 +34,11 @@
 //! the pairs do not fix) must match the teacher's result: latent MSE (LPIPS is not available
 //! here), weight `regression_weight`, `regression_batch` pairs per step.
 //!
+//! **A guidance switch (optional, `student.guidance_switch`).** From its `from_step` on, the
+//! teacher's score and the regression pairs use a second guidance; the pairs at that guidance
+//! come from the same noise and captions and are cached beside the first
+//! (`student/teacher_pairs_switched.safetensors`).
+//!
 //! **The critic (optional, `student.critic`).** A small convolutional discriminator trained
 //! online to tell the student's outputs from the clean latents of the step's training clips,
 //! whose non-saturating term the student adds to its loss (DMD2's adversarial term; see
@@ -86,6 +91,10 @@ pub const PARTS: [&str; 2] = ["student", "fake_score"];
 
 /// The file (in the stage folder) holding the cached teacher trajectories.
 pub const PAIRS_FILE: &str = "teacher_pairs.safetensors";
+
+/// The file name (in the stage folder) of the teacher pairs at the guidance of
+/// `student.guidance_switch` ([`super::run::GuidanceSwitch`]).
+pub const SWITCHED_PAIRS_FILE: &str = "teacher_pairs_switched.safetensors";
 
 /// The tag of the step-halving term's random stream ([`StudentStageConfig::halving`]).
 const HALVING_STREAM: u64 = 1;
@@ -272,12 +281,21 @@ pub struct DmdNoise {
 }
 
 impl DmdNoise {
-    /// The settings of a stage configuration.
+    /// The settings of a stage configuration (its first guidance, `guidance_scale`).
     pub fn from_config(c: &StudentStageConfig) -> Self {
         DmdNoise {
             t_min: c.t_min,
             t_max: c.t_max,
             guidance_scale: c.guidance_scale,
+        }
+    }
+
+    /// The settings of a stage configuration at step `step`: the guidance of
+    /// [`StudentStageConfig::guidance_at`].
+    pub fn at_step(c: &StudentStageConfig, step: u64) -> Self {
+        DmdNoise {
+            guidance_scale: c.guidance_at(step),
+            ..DmdNoise::from_config(c)
         }
     }
 
@@ -803,6 +821,8 @@ pub struct StudentStage<M: Denoiser, P> {
     prompts: P,
     times: Vec<f32>,
     pairs: Option<TeacherPairs>,
+    /// With `guidance_switch`: the pairs at its guidance (for its steps).
+    switched_pairs: Option<TeacherPairs>,
     /// With `distinct_captions`: the training indices of the stage's rows, in order.
     distinct: Option<Vec<u64>>,
     /// With a critic: where the real clips' latents come from.
@@ -885,6 +905,7 @@ impl<M: Denoiser, P: Prompts<M::Context>> StudentStage<M, P> {
             prompts,
             times,
             pairs: None,
+            switched_pairs: None,
             real: None,
             critic: Mutex::new(None),
             halving_reference: Mutex::new(None),
@@ -892,12 +913,16 @@ impl<M: Denoiser, P: Prompts<M::Context>> StudentStage<M, P> {
             stage_dir: run.stage_dir(StageName::Student),
             device: device.clone(),
         };
-        if stage.settings.regression_weight > 0.0
-            && stage.settings.regression_filter.is_none()
-            && !stage.regression_over()?
-        {
+        let (first, switched) = stage.pairs_needed()?;
+        if first && stage.settings.regression_filter.is_none() {
             let path = stage.pairs_path(run);
-            stage.pairs = Some(stage.load_or_compute_pairs(&path, None)?);
+            let guidance = stage.settings.guidance_scale;
+            stage.pairs = Some(stage.load_or_compute_pairs(&path, None, guidance)?);
+        }
+        if let (true, Some(switch)) = (switched, &stage.settings.guidance_switch) {
+            let path = run.stage_dir(StageName::Student).join(SWITCHED_PAIRS_FILE);
+            let guidance = switch.guidance_scale;
+            stage.switched_pairs = Some(stage.load_or_compute_pairs(&path, None, guidance)?);
         }
         Ok(stage)
     }
@@ -908,9 +933,10 @@ impl<M: Denoiser, P: Prompts<M::Context>> StudentStage<M, P> {
     /// used. A stage with a filter and no judge stops at its first step with a configuration
     /// error; a cache kept by another judge or filter is refused, naming the file.
     pub fn with_pair_judge(mut self, run: &RunDir, judge: &dyn PairJudge) -> TrainResult<Self> {
-        if self.settings.regression_filter.is_some() && !self.regression_over()? {
+        if self.settings.regression_filter.is_some() && self.pairs_needed()?.0 {
             let path = self.pairs_path(run);
-            self.pairs = Some(self.load_or_compute_pairs(&path, Some(judge))?);
+            let guidance = self.settings.guidance_scale;
+            self.pairs = Some(self.load_or_compute_pairs(&path, Some(judge), guidance)?);
         }
         Ok(self)
     }
@@ -939,21 +965,42 @@ impl<M: Denoiser, P: Prompts<M::Context>> StudentStage<M, P> {
         run.stage_dir(StageName::Student).join(PAIRS_FILE)
     }
 
-    /// The cached teacher pairs (present when the regression term is on and has steps left:
-    /// a stage resumed at or past `regression_until` neither loads nor computes them).
+    /// The cached teacher pairs at the stage's first guidance (present when the regression
+    /// term has steps left at that guidance: a stage resumed at or past `regression_until`, or
+    /// past `guidance_switch.from_step`, neither loads nor computes them).
     pub fn pairs(&self) -> Option<&TeacherPairs> {
         self.pairs.as_ref()
     }
 
-    /// Whether the regression term has ended for good: `regression_until` is set and the
-    /// newest checkpoint, where the stage resumes, is at or past it, so no step left uses the
-    /// pairs (computing them again would cost `regression_pairs` guided teacher runs).
-    fn regression_over(&self) -> TrainResult<bool> {
-        let Some(until) = self.settings.regression_until else {
-            return Ok(false);
-        };
-        let newest = Checkpoints::new(&self.stage_dir).steps()?.last().copied();
-        Ok(newest.is_some_and(|step| step >= until))
+    /// The cached teacher pairs at `guidance_switch`'s guidance (present when the stage has a
+    /// switch and the regression term has steps left after it).
+    pub fn switched_pairs(&self) -> Option<&TeacherPairs> {
+        self.switched_pairs.as_ref()
+    }
+
+    /// Which pairs the steps left need: `(first guidance, switched guidance)`. The steps left
+    /// start at the newest checkpoint (where the stage resumes); the regression term is on
+    /// before `regression_until`, the first guidance's steps end at `guidance_switch.from_step`.
+    /// Pairs no step left uses are neither loaded nor computed (each set costs
+    /// `regression_pairs` guided teacher runs).
+    fn pairs_needed(&self) -> TrainResult<(bool, bool)> {
+        let s = &self.settings;
+        if s.regression_weight <= 0.0 {
+            return Ok((false, false));
+        }
+        let resume = Checkpoints::new(&self.stage_dir)
+            .steps()?
+            .last()
+            .copied()
+            .unwrap_or(0);
+        let until = s.regression_until.unwrap_or(u64::MAX);
+        Ok(match &s.guidance_switch {
+            None => (resume < until, false),
+            Some(switch) => (
+                resume < until.min(switch.from_step),
+                resume.max(switch.from_step) < until,
+            ),
+        })
     }
 
     /// The student's time grid (`Dmd::new(student_steps)`).
@@ -971,11 +1018,11 @@ impl<M: Denoiser, P: Prompts<M::Context>> StudentStage<M, P> {
         &self.teacher
     }
 
-    fn pairs_meta(&self, judge: Option<&dyn PairJudge>) -> PairsMeta {
+    fn pairs_meta(&self, judge: Option<&dyn PairJudge>, guidance_scale: f32) -> PairsMeta {
         PairsMeta {
             seed: self.seed,
             teacher_steps: self.settings.teacher_steps,
-            guidance_scale: self.settings.guidance_scale,
+            guidance_scale,
             teacher_sha256: weights_sha256(&self.teacher),
             filter: self
                 .settings
@@ -1017,12 +1064,15 @@ impl<M: Denoiser, P: Prompts<M::Context>> StudentStage<M, P> {
         }
     }
 
+    /// The pairs at guidance `guidance_scale`: read from `path`, or computed (noise from the
+    /// stage's pair stream, the same for every guidance) and written there.
     fn load_or_compute_pairs(
         &self,
         path: &Path,
         judge: Option<&dyn PairJudge>,
+        guidance_scale: f32,
     ) -> TrainResult<TeacherPairs> {
-        let mut meta = self.pairs_meta(judge);
+        let mut meta = self.pairs_meta(judge, guidance_scale);
         let n = self.settings.regression_pairs;
         let scenes = self.pair_scenes()?;
         let captions: Vec<String> = scenes.iter().map(Scene::caption).collect();
@@ -1147,9 +1197,10 @@ impl<M: Denoiser, P: Prompts<M::Context>> StudentStage<M, P> {
             .collect())
     }
 
-    /// The regression term's mean squared error of `student` over every cached pair (no
-    /// gradient), or `None` without pairs (no regression term, or a stage resumed past
-    /// `regression_until`).
+    /// The regression term's mean squared error of `student` over every cached pair of the
+    /// stage's first guidance ([`StudentStage::pairs`]; no gradient), or `None` without them
+    /// (no regression term, or a stage resumed past `regression_until` or past
+    /// `guidance_switch.from_step`).
     pub fn regression_mse(&self, student: &M) -> TrainResult<Option<f64>> {
         let Some(pairs) = &self.pairs else {
             return Ok(None);
@@ -1488,13 +1539,22 @@ impl<M: Denoiser, P: Prompts<M::Context>> MultiStage for StudentStage<M, P> {
         };
         let s = &self.settings;
         let regression_on = s.regression_until.is_none_or(|until| step < until);
-        if s.regression_weight > 0.0 && regression_on && self.pairs.is_none() {
+        let switched = s
+            .guidance_switch
+            .as_ref()
+            .is_some_and(|g| step >= g.from_step);
+        let pairs = if switched {
+            self.switched_pairs.as_ref()
+        } else {
+            self.pairs.as_ref()
+        };
+        if s.regression_weight > 0.0 && regression_on && pairs.is_none() {
             return Err(TrainError::config(
                 "student.regression_filter",
                 "the filtered regression pairs need a judge (`StudentStage::with_pair_judge`)",
             ));
         }
-        let noise = DmdNoise::from_config(s);
+        let noise = DmdNoise::at_step(s, step);
         let mut rng = self.rng(step);
         let clips = self.clips(step)?;
         let context = self
@@ -1551,7 +1611,7 @@ impl<M: Denoiser, P: Prompts<M::Context>> MultiStage for StudentStage<M, P> {
             loss = loss + halving.mul_scalar(weight);
         }
         drop(x0_grad);
-        if let Some(pairs) = self.pairs.as_ref().filter(|_| regression_on) {
+        if let Some(pairs) = pairs.filter(|_| regression_on) {
             let indices: Vec<usize> = (0..s.regression_batch)
                 .map(|_| (rng.next_u32() as usize) % pairs.len())
                 .collect();

@@ -495,6 +495,26 @@ pub struct StudentStageConfig {
     /// The step-halving term ([`StepHalving`]); `None` (the default, not written): none.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub halving: Option<StepHalving>,
+    /// A second guidance for the stage's later steps ([`GuidanceSwitch`]); `None` (the
+    /// default, not written): `guidance_scale` on every step.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guidance_switch: Option<GuidanceSwitch>,
+}
+
+/// A change of the teacher's guidance at a step of the student stage: from `from_step` on, the
+/// teacher's score in the distribution-matching gradient and the regression term's cached
+/// trajectories use `guidance_scale` instead of the stage's own. The trajectories at the new
+/// guidance are computed from the same noise and captions as the first ones and cached beside
+/// them (`student/teacher_pairs_switched.safetensors`). One run with a switch at step `S`
+/// equals a run of `S` steps at the first guidance continued from its checkpoint at the second
+/// one, its pairs recomputed there (how run HG4 was made from run DC1's step 1,400).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GuidanceSwitch {
+    /// The first step (0-based, of the stage) with the new guidance; before the stage's last.
+    pub from_step: u64,
+    /// The classifier-free guidance scale from `from_step` on.
+    pub guidance_scale: f32,
 }
 
 /// The step-halving term of the student stage: at the generator's step `k` the student's
@@ -600,6 +620,16 @@ impl StudentStageConfig {
                 reference: None,
                 implied_noise: false,
             }),
+            guidance_switch: None,
+        }
+    }
+
+    /// The teacher's guidance scale at step `step` (0-based): `guidance_switch`'s from its
+    /// `from_step` on, `guidance_scale` before it and without a switch.
+    pub fn guidance_at(&self, step: u64) -> f32 {
+        match &self.guidance_switch {
+            Some(switch) if step >= switch.from_step => switch.guidance_scale,
+            _ => self.guidance_scale,
         }
     }
 
@@ -640,6 +670,29 @@ impl StudentStageConfig {
                 field("guidance_scale"),
                 format!("{} is not finite", self.guidance_scale),
             ));
+        }
+        if let Some(switch) = &self.guidance_switch {
+            if !switch.guidance_scale.is_finite() {
+                return Err(TrainError::config(
+                    field("guidance_switch.guidance_scale"),
+                    format!("{} is not finite", switch.guidance_scale),
+                ));
+            }
+            if switch.from_step >= self.optim.steps {
+                return Err(TrainError::config(
+                    field("guidance_switch.from_step"),
+                    format!(
+                        "{} is not before the stage's last step ({} steps)",
+                        switch.from_step, self.optim.steps
+                    ),
+                ));
+            }
+            if self.regression_filter.is_some() {
+                return Err(TrainError::config(
+                    field("guidance_switch"),
+                    "filtered regression pairs (regression_filter) are kept for one guidance only",
+                ));
+            }
         }
         if !(self.fake_lr_ratio.is_finite() && self.fake_lr_ratio > 0.0) {
             return Err(TrainError::config(
