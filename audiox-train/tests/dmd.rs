@@ -349,6 +349,7 @@ fn tiny_settings() -> StudentStageConfig {
     // The recipe's own rows and step-halving term are tested apart.
     s.distinct_captions = false;
     s.halving = None;
+    s.guidance_switch = None;
     s.optim.steps = 4;
     s.optim.batch = 2;
     s.optim.lr = 1e-3;

@@ -1538,12 +1538,25 @@ fn the_built_in_run_is_the_shipped_models_recipe() {
     assert_eq!(demo.seed, shipped.seed);
     assert_eq!(demo.corpus, shipped.corpus);
     assert_eq!(demo.vae, shipped.vae);
-    // The shipped student is run HV2's: run BI2's student stage (BI's run on to 1,400 steps;
+    // The shipped student is run HGS0's: run BI2's student stage (BI's run on to 1,400 steps;
     // TPA's run folder and BI's stopped at 700) with a new caption for every row, run on to
-    // 1,800 steps with the step-halving term from step 1,400; how often checkpoints are
-    // written and kept does not change the steps.
+    // 1,800 steps with the step-halving term from step 1,400 (run HV2) and the teacher's
+    // guidance switched from 2 to 4 there; how often checkpoints are written and kept does not
+    // change the steps.
+    let hgs0 = RunConfig::from_file(workspace.join("training-checkpoints/HGS0/run.json")).unwrap();
     let student_run =
         RunConfig::from_file(workspace.join("training-checkpoints/HV2/run.json")).unwrap();
+    let mut switched = student_run.student.clone();
+    switched.guidance_switch = demo.student.guidance_switch.clone();
+    assert_eq!(
+        hgs0.student, switched,
+        "HGS0's student is HV2's with the switch"
+    );
+    assert_eq!(
+        (hgs0.seed, &hgs0.corpus, &hgs0.model),
+        (student_run.seed, &student_run.corpus, &student_run.model)
+    );
+    let student_run = hgs0;
     let mut student = student_run.student.clone();
     student.optim.checkpoint_every = demo.student.optim.checkpoint_every;
     student.optim.keep_checkpoints = demo.student.optim.keep_checkpoints;
@@ -1555,17 +1568,21 @@ fn the_built_in_run_is_the_shipped_models_recipe() {
     from_bi2.optim.keep_checkpoints = student_run.student.optim.keep_checkpoints;
     from_bi2.distinct_captions = true;
     from_bi2.halving = demo.student.halving.clone();
+    from_bi2.guidance_switch = demo.student.guidance_switch.clone();
     assert_eq!(
         student_run.student, from_bi2,
-        "HV2's student is BI2's with distinct captions and the step-halving term, run longer"
+        "HGS0's student is BI2's with distinct captions, the step-halving term and the \
+         guidance switch, run longer"
     );
     let mut before = shipped.student.clone();
     before.optim.steps = demo.student.optim.steps;
     before.distinct_captions = true;
     before.halving = demo.student.halving.clone();
+    before.guidance_switch = demo.student.guidance_switch.clone();
     assert_eq!(
         demo.student, before,
-        "the student differs from TPA's run only by its length, distinct captions and halving"
+        "the student differs from TPA's run only by its length, distinct captions, halving and \
+         the guidance switch"
     );
     let mut teacher = shipped.teacher.clone();
     assert!(teacher.optim.checkpoint_mean.is_none());

@@ -575,12 +575,13 @@ pub struct PairFilter {
 pub const MAX_PAIR_CANDIDATES: usize = 65_536;
 
 impl StudentStageConfig {
-    /// The demo run's settings: those of the shipped demo student (run HV2 in
-    /// `docs/training.md`, `training-checkpoints/HV2/run.json`): run BI2's (1,400 steps at lr
+    /// The demo run's settings: those of the shipped demo student (run HGS0 in
+    /// `docs/training.md`, `training-checkpoints/HGS0/run.json`): run BI2's (1,400 steps at lr
     /// 2e-5, guidance 2 for the teacher's score and its 64 cached trajectories, regression
     /// weight 1) with a new caption for every row (`distinct_captions`, run DC1) and 400 steps
-    /// more with the step-halving term on a frozen target from step 1,400 (run HV2), about
-    /// 1.5 hours of CPU at the demo DiT width. A checkpoint every 50 steps, the last ten kept,
+    /// more with the step-halving term on a frozen target from step 1,400 (run HV2) and the
+    /// teacher's guidance switched to 4 there, its trajectories recomputed (`guidance_switch`,
+    /// runs HG4 and HGS0), about 1.5 hours of CPU at the demo DiT width. A checkpoint every 50 steps, the last ten kept,
     /// so that checkpoints can be scored on held-out captions (its scores move by several
     /// points from one to the next).
     pub fn demo() -> Self {
@@ -620,7 +621,10 @@ impl StudentStageConfig {
                 reference: None,
                 implied_noise: false,
             }),
-            guidance_switch: None,
+            guidance_switch: Some(GuidanceSwitch {
+                from_step: 1400,
+                guidance_scale: 4.0,
+            }),
         }
     }
 
