@@ -59,6 +59,8 @@ fn main() -> Result<(), Box<dyn std::error::Error>> {
     let prompts = RandomPrompts(teacher.context_shape());
     let mut settings = StudentStageConfig::demo();
     settings.optim.steps = steps;
+    // The recipe switches guidance at its step 1,400: a smoke run keeps the first guidance.
+    settings.guidance_switch = None;
     settings.optim.checkpoint_every = steps.max(1);
     settings.regression_pairs = 4;
     settings.teacher_steps = 8;
