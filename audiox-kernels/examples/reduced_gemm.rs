@@ -15,7 +15,8 @@
 //! of five after a warm-up, GFLOP/s (int8: multiply-adds x 2 per second, as for the floats).
 //! The first line names the kernels the library chooses on this CPU. A second table times the
 //! widened and AVX2 bf16 paths (row-major) and the native bf16 and int8 kernels on both
-//! layouts (row-major and held transposed) on the student's shapes with the weight read from memory (each repetition on
+//! layouts (row-major and held transposed), the AVX-VNNI and AVX2 int8 kernels (row-major) and
+//! the f32 product on the student's shapes with the weight read from memory (each repetition on
 //! another copy), as in a DiT step.
 
 use audiox_kernels::bf16::{
@@ -151,9 +152,9 @@ fn main() {
     // another copy (at least 512 MiB of copies), so the weight comes from memory.
     println!();
     println!(
-        "| shape, weight from memory | bf16 widened | bf16 AVX2 | bf16 AVX512-BF16 | bf16 AVX512-BF16, weight transposed | bf16 AMX | bf16 AMX, weight transposed | int8 VNNI | int8 VNNI, weight transposed | int8 AMX | int8 AMX, weight transposed |"
+        "| shape, weight from memory | f32 | bf16 widened | bf16 AVX2 | bf16 AVX512-BF16 | bf16 AVX512-BF16, weight transposed | bf16 AMX | bf16 AMX, weight transposed | int8 VNNI | int8 VNNI, weight transposed | int8 AVX-VNNI | int8 AVX2 | int8 AMX | int8 AMX, weight transposed |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for (m, k, n) in [
         (237, 1536, 4608),
         (237, 4608, 1536),
@@ -174,7 +175,16 @@ fn main() {
         let cols: Vec<Vec<bf16>> = (0..copies).map(|_| wt.clone()).collect();
         let mut out = vec![0f32; m * n];
         let flop = 2.0 * (m * k * n) as f64 / 1e9;
+        // The f32 product on copies of the f32 weight (the same 512 MiB at least).
+        let f32_copies = (512usize << 20).div_ceil(k * n * 4).max(2);
+        let f32_rows: Vec<Vec<f32>> = (0..f32_copies).map(|_| w.clone()).collect();
         let mut i = 0;
+        let f = flop
+            / best(|| {
+                i += 1;
+                f32_gemm(&x, &f32_rows[i % f32_copies], m, k, n, &mut out)
+            });
+        drop(f32_rows);
         let mut row_major = |kernel: Bf16Kernel| {
             kernel.is_supported().then(|| {
                 flop / best(|| {
@@ -226,21 +236,28 @@ fn main() {
                     .expect("sizes");
                     matmul_view_with(kernel, &x, m, view, &mut out)
                 });
-            let t = flop
-                / best(|| {
+            // Only AMX and AVX512-VNNI read the transposed weight in place (the others would
+            // time a copy back to row-major).
+            let in_place = matches!(kernel, Int8Kernel::Vnni | Int8Kernel::Amx);
+            let t = in_place.then(|| {
+                flop / best(|| {
                     i += 1;
                     let view =
                         TransposedView::from_parts(k, n, q.block, &cols[i % copies], &q.scale)
                             .expect("sizes");
                     int8_transposed(kernel, &x, m, view, &mut out)
-                });
-            (Some(a), Some(t))
+                })
+            });
+            (Some(a), t)
         };
         let (v8, vt8) = int8_from_memory(Int8Kernel::Vnni);
         let (a8, t8) = int8_from_memory(Int8Kernel::Amx);
+        // The kernels for CPUs without AVX512-VNNI take the row-major weight only.
+        let (avx_vnni8, _) = int8_from_memory(Int8Kernel::AvxVnni);
+        let (avx2_8, _) = int8_from_memory(Int8Kernel::Avx2);
         let show = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.0}"));
         println!(
-            "| [{m},{k}]x[{k},{n}] | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| [{m},{k}]x[{k},{n}] | {f:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             show(wide),
             show(avx2_bf16),
             show(avx),
@@ -249,6 +266,8 @@ fn main() {
             show(amx_t),
             show(v8),
             show(vt8),
+            show(avx_vnni8),
+            show(avx2_8),
             show(a8),
             show(t8)
         );
