@@ -581,9 +581,9 @@ impl StudentStageConfig {
     /// weight 1) with a new caption for every row (`distinct_captions`, run DC1) and 400 steps
     /// more with the step-halving term on a frozen target from step 1,400 (run HV2) and the
     /// teacher's guidance switched to 4 there, its trajectories recomputed (`guidance_switch`,
-    /// runs HG4 and HGS0), about 1.5 hours of CPU at the demo DiT width. A checkpoint every 50 steps, the last ten kept,
-    /// so that checkpoints can be scored on held-out captions (its scores move by several
-    /// points from one to the next).
+    /// runs HG4 and HGS0), about 1.5 hours of CPU at the demo DiT width. A checkpoint every
+    /// 50 steps, the last ten kept, so that checkpoints can be scored on held-out captions
+    /// (its scores move by several points from one to the next).
     pub fn demo() -> Self {
         StudentStageConfig {
             optim: LoopSettings {
