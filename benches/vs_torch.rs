@@ -256,6 +256,7 @@ fn request(precision: WeightPrecision) -> f64 {
             .generate(Request::text(PROMPT).seed(1).duration(seconds))
             .expect("generation");
         assert!(!out.audio.is_empty(), "no audio generated");
+        eprintln!("request stages (audiox): {}", out.timings);
     })
 }
 
