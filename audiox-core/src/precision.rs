@@ -165,8 +165,8 @@ pub fn held_as(
 /// bf16 weight is held transposed (stored `[n, k]`, a strided view of the same `[.., n]`
 /// tensor) where the process's bf16 kernel is AMX or AVX512-BF16 and the sizes are multiples
 /// of 32 (`audiox_kernels::bf16::hold_transposed`), an int8 weight likewise (its values stored
-/// `[n, k]`, scales unchanged) where the int8 kernel is AMX or AVX512-VNNI and the sizes fit
-/// its tiles (`audiox_kernels::int8::prefers_transposed`); anything else is returned as it is. The
+/// `[n, k]`, scales unchanged) where the int8 kernel is an integer one (AMX, AVX512-VNNI,
+/// AVX-VNNI or AVX2) and the sizes fit its tiles (`audiox_kernels::int8::prefers_transposed`); anything else is returned as it is. The
 /// values do not change, only where they lie: burn reads the view as any other tensor.
 pub fn for_products<const D: usize>(w: Tensor<D>) -> Tensor<D> {
     match w.dtype() {

@@ -15,8 +15,8 @@
 //! of five after a warm-up, GFLOP/s (int8: multiply-adds x 2 per second, as for the floats).
 //! The first line names the kernels the library chooses on this CPU. A second table times the
 //! widened and AVX2 bf16 paths (row-major) and the native bf16 and int8 kernels on both
-//! layouts (row-major and held transposed), the AVX-VNNI and AVX2 int8 kernels (row-major) and
-//! the f32 product on the student's shapes with the weight read from memory (each repetition on
+//! layouts (row-major and held transposed), the AVX-VNNI and AVX2 int8 kernels (both layouts)
+//! and the f32 product on the student's shapes with the weight read from memory (each repetition on
 //! another copy), as in a DiT step.
 
 use audiox_kernels::bf16::{
@@ -152,9 +152,9 @@ fn main() {
     // another copy (at least 512 MiB of copies), so the weight comes from memory.
     println!();
     println!(
-        "| shape, weight from memory | f32 | bf16 widened | bf16 AVX2 | bf16 AVX512-BF16 | bf16 AVX512-BF16, weight transposed | bf16 AMX | bf16 AMX, weight transposed | int8 VNNI | int8 VNNI, weight transposed | int8 AVX-VNNI | int8 AVX2 | int8 AMX | int8 AMX, weight transposed |"
+        "| shape, weight from memory | f32 | bf16 widened | bf16 AVX2 | bf16 AVX512-BF16 | bf16 AVX512-BF16, weight transposed | bf16 AMX | bf16 AMX, weight transposed | int8 VNNI | int8 VNNI, weight transposed | int8 AVX-VNNI | int8 AVX-VNNI, weight transposed | int8 AVX2 | int8 AVX2, weight transposed | int8 AMX | int8 AMX, weight transposed |"
     );
-    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|");
     for (m, k, n) in [
         (237, 1536, 4608),
         (237, 4608, 1536),
@@ -236,9 +236,9 @@ fn main() {
                     .expect("sizes");
                     matmul_view_with(kernel, &x, m, view, &mut out)
                 });
-            // Only AMX and AVX512-VNNI read the transposed weight in place (the others would
-            // time a copy back to row-major).
-            let in_place = matches!(kernel, Int8Kernel::Vnni | Int8Kernel::Amx);
+            // Every integer kernel reads the transposed weight in place (the dequantised path
+            // would time a copy back to row-major).
+            let in_place = kernel != Int8Kernel::Dequantized;
             let t = in_place.then(|| {
                 flop / best(|| {
                     i += 1;
@@ -252,12 +252,11 @@ fn main() {
         };
         let (v8, vt8) = int8_from_memory(Int8Kernel::Vnni);
         let (a8, t8) = int8_from_memory(Int8Kernel::Amx);
-        // The kernels for CPUs without AVX512-VNNI take the row-major weight only.
-        let (avx_vnni8, _) = int8_from_memory(Int8Kernel::AvxVnni);
-        let (avx2_8, _) = int8_from_memory(Int8Kernel::Avx2);
+        let (avx_vnni8, avx_vnni8_t) = int8_from_memory(Int8Kernel::AvxVnni);
+        let (avx2_8, avx2_8_t) = int8_from_memory(Int8Kernel::Avx2);
         let show = |v: Option<f64>| v.map_or("-".into(), |v| format!("{v:.0}"));
         println!(
-            "| [{m},{k}]x[{k},{n}] | {f:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
+            "| [{m},{k}]x[{k},{n}] | {f:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
             show(wide),
             show(avx2_bf16),
             show(avx),
@@ -267,7 +266,9 @@ fn main() {
             show(v8),
             show(vt8),
             show(avx_vnni8),
+            show(avx_vnni8_t),
             show(avx2_8),
+            show(avx2_8_t),
             show(a8),
             show(t8)
         );

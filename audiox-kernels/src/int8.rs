@@ -20,10 +20,11 @@
 //! The kernels read the weight through a borrowed [`QuantizedView`] ([`matmul_view`],
 //! [`linear_view`]), so a weight held elsewhere (burn's own quantised tensor storage) is
 //! multiplied where it lies; [`QuantizedWeight`] owns its values and lends such a view. Where
-//! the kernel is AMX or AVX512-VNNI, a weight can also be held transposed (values `[n, k]`,
+//! the kernel is an integer one, a weight can also be held transposed (values `[n, k]`,
 //! [`TransposedView`], [`matmul_transposed`]): the AMX tiles then read it in place instead of
-//! repacking it for every product, and VNNI packs each panel from 32 contiguous rows instead
-//! of 32 bytes from each of `k` rows far apart, with the same floats as a result.
+//! repacking it for every product, and VNNI (AVX2) packs each panel from 32 (16) contiguous
+//! rows instead of 32 (16) bytes from each of `k` rows far apart, with the same floats as a
+//! result.
 //!
 //! Work is split over output column panels, never over the reduction, so the result does not
 //! depend on the thread count.

@@ -206,6 +206,81 @@ unsafe fn pack_panel(w: QuantizedView<'_>, c0: usize, groups: usize, b: &mut [u3
     }
 }
 
+/// [`pack_panel`] for a weight held transposed (`qt` `[n, k]`): word `j` of row `g` is the four
+/// bytes at channels `4g..4g + 4` of row `c0 + j` of `qt`, so the panel is the `[16, k / 4]`
+/// block of `qt`'s words transposed, 8 x 8 words at a time (each of the 16 rows read front to
+/// back, 32 bytes per load) instead of 16 bytes from each of `k` rows far apart. The same
+/// panel as [`pack_panel`] builds from the row-major values (tested through the products).
+///
+/// # Safety
+/// The CPU must have AVX2; `k` a multiple of 32, `c0 + 16 <= n` with `qt` holding `n * k`
+/// values; `b` holds `k / 4 * 16` words.
+#[target_feature(enable = "avx2")]
+pub(super) unsafe fn pack_panel_transposed(qt: &[i8], k: usize, c0: usize, b: &mut [u32]) {
+    let groups = k / 4;
+    debug_assert!(k.is_multiple_of(32) && qt.len() >= (c0 + NR) * k);
+    debug_assert!(b.len() >= groups * NR);
+    for half in 0..NR / 8 {
+        let rows = qt[(c0 + 8 * half) * k..].as_ptr();
+        for g0 in (0..groups).step_by(8) {
+            // SAFETY: 32 bytes from channel 4 g0 of each of the rows c0 + 8 half + i (i < 8)
+            // lie in `qt` (4 g0 + 32 <= k, the rows < n).
+            let r: [__m256; 8] = std::array::from_fn(|i| unsafe {
+                _mm256_castsi256_ps(_mm256_loadu_si256(rows.add(i * k + 4 * g0) as *const _))
+            });
+            let words = transpose8(r);
+            for (i, word) in words.iter().enumerate() {
+                // SAFETY: row g0 + i < k / 4 of the panel, lanes 8 half .. 8 half + 8.
+                unsafe {
+                    _mm256_storeu_ps(
+                        b.as_mut_ptr().add((g0 + i) * NR + 8 * half) as *mut f32,
+                        *word,
+                    )
+                };
+            }
+        }
+    }
+}
+
+/// An 8 x 8 block of 32-bit lanes transposed: lane `j` of the result's vector `i` is lane `i`
+/// of `r[j]` (the lanes moved as bits; floats are only the registers' type here).
+#[inline]
+#[target_feature(enable = "avx2")]
+fn transpose8(r: [__m256; 8]) -> [__m256; 8] {
+    // Pairs of rows interleaved, then pairs of pairs: each 128-bit half holds 4 x 4 blocks.
+    let t: [__m256; 8] = [
+        _mm256_unpacklo_ps(r[0], r[1]),
+        _mm256_unpackhi_ps(r[0], r[1]),
+        _mm256_unpacklo_ps(r[2], r[3]),
+        _mm256_unpackhi_ps(r[2], r[3]),
+        _mm256_unpacklo_ps(r[4], r[5]),
+        _mm256_unpackhi_ps(r[4], r[5]),
+        _mm256_unpacklo_ps(r[6], r[7]),
+        _mm256_unpackhi_ps(r[6], r[7]),
+    ];
+    let u: [__m256; 8] = [
+        _mm256_shuffle_ps::<0x44>(t[0], t[2]),
+        _mm256_shuffle_ps::<0xEE>(t[0], t[2]),
+        _mm256_shuffle_ps::<0x44>(t[1], t[3]),
+        _mm256_shuffle_ps::<0xEE>(t[1], t[3]),
+        _mm256_shuffle_ps::<0x44>(t[4], t[6]),
+        _mm256_shuffle_ps::<0xEE>(t[4], t[6]),
+        _mm256_shuffle_ps::<0x44>(t[5], t[7]),
+        _mm256_shuffle_ps::<0xEE>(t[5], t[7]),
+    ];
+    // Low halves give lanes 0-3 of the columns, high halves lanes 4-7.
+    [
+        _mm256_permute2f128_ps::<0x20>(u[0], u[4]),
+        _mm256_permute2f128_ps::<0x20>(u[1], u[5]),
+        _mm256_permute2f128_ps::<0x20>(u[2], u[6]),
+        _mm256_permute2f128_ps::<0x20>(u[3], u[7]),
+        _mm256_permute2f128_ps::<0x31>(u[0], u[4]),
+        _mm256_permute2f128_ps::<0x31>(u[1], u[5]),
+        _mm256_permute2f128_ps::<0x31>(u[2], u[6]),
+        _mm256_permute2f128_ps::<0x31>(u[3], u[7]),
+    ]
+}
+
 /// `sums[i, j] = Σ_{g0<=g<g1} Σ_{t<4} xa[i, g].byte(t) · b[g, j].byte(t)` (signed bytes, exact
 /// in i32) for `rows` (<= MR) rows and one 16-column panel.
 ///

@@ -18,11 +18,15 @@
 //! either way; from the row-major values that reads 32 bytes from each of `k` rows far apart,
 //! and on an AMD Zen 4 it took 13 % of an int8 DiT step's samples (`perf`, 2026-12-04). From
 //! the transposed values a panel is 32 rows read front to back and transposed 16 x 16 words at
-//! a time in registers (the same panel and column sums, so the same floats).
+//! a time in registers (the same panel and column sums, so the same floats). The AVX2 and
+//! AVX-VNNI kernels do the same for their 16-column panels (16 rows, 8 x 8 word transposes):
+//! on an AMD Zen 3 the row-major packing took 9 % of an int8 DiT step's samples (`perf`,
+//! 2026-12-07).
 //!
-//! Chosen at load ([`prefers_transposed`]) only where the process's int8 kernel is AMX or
-//! AVX512-VNNI and the sizes fit the tiles; the other kernels read a transposed weight through
-//! a row-major copy ([`matmul_transposed_with`]): correct, not faster.
+//! Chosen at load ([`prefers_transposed`]) where the process's int8 kernel is any of these
+//! (not the dequantised path) and the sizes fit the tiles; a kernel handed a transposed weight
+//! whose sizes do not fit reads it through a row-major copy ([`matmul_transposed_with`]):
+//! correct, not faster.
 
 use burn::backend::flex::{FlexTensor, Layout};
 use burn::tensor::{DType, TensorData};
@@ -113,10 +117,11 @@ impl<'a> TransposedView<'a> {
 }
 
 /// Whether an int8 matmul weight `[k, n]` with scale blocks of `block` rows is best held
-/// transposed on this process's kernel: the kernel is AMX or AVX512-VNNI, `k` and the blocks (unless one
-/// block covers all rows) are multiples of [`TRANSPOSED_ROWS`], `n` of [`TRANSPOSED_COLUMNS`].
+/// transposed on this process's kernel: the kernel is AMX, AVX512-VNNI, AVX-VNNI or AVX2 (every
+/// kernel but the dequantised one), `k` and the blocks (unless one block covers all rows) are
+/// multiples of [`TRANSPOSED_ROWS`], `n` of [`TRANSPOSED_COLUMNS`].
 pub fn prefers_transposed(k: usize, n: usize, block: usize) -> bool {
-    matches!(Int8Kernel::current(), Int8Kernel::Amx | Int8Kernel::Vnni) && fits_tiles(k, n, block)
+    Int8Kernel::current() != Int8Kernel::Dequantized && fits_tiles(k, n, block)
 }
 
 fn fits_tiles(k: usize, n: usize, block: usize) -> bool {
@@ -216,10 +221,10 @@ pub fn matmul_transposed(x: &[f32], m: usize, w: TransposedView<'_>, out: &mut [
 }
 
 /// [`matmul_transposed`] on a given kernel. When the sizes fit the tiles (see
-/// [`prefers_transposed`]) AMX multiplies the transposed weight where it lies and AVX512-VNNI
-/// packs its panels from it; otherwise the values are copied back to row-major for
-/// [`super::matmul_view_with`]. Either way the result is exactly that kernel's on the
-/// row-major weight (for AMX and VNNI, the same floats).
+/// [`prefers_transposed`]) AMX multiplies the transposed weight where it lies and AVX512-VNNI,
+/// AVX-VNNI and AVX2 pack their panels from it; otherwise the values are copied back to
+/// row-major for [`super::matmul_view_with`]. Either way the result is exactly that kernel's
+/// on the row-major weight (for every integer kernel, the same floats).
 ///
 /// # Panics
 /// As [`matmul_transposed`].
@@ -258,6 +263,29 @@ pub fn matmul_transposed_with(
         // SAFETY: as above; the sizes and scales of `row_major` are the weight's (its values
         // are read only through `pack`), and the panel is the VNNI family's.
         return unsafe { super::run_panels(&super::Vnni, x, m, row_major, out, pack) };
+    }
+    // The AVX2 family where `matmul_view_with` would take it: its own kernels, and AMX or VNNI
+    // on a CPU without AVX512-VNNI.
+    #[cfg(target_arch = "x86_64")]
+    if match kernel {
+        Int8Kernel::Dequantized => false,
+        Int8Kernel::Amx | Int8Kernel::Vnni => !super::native_available(),
+        Int8Kernel::AvxVnni | Int8Kernel::Avx2 => true,
+    } && super::avx2::available()
+        && fits_tiles(w.k, w.n, w.block)
+    {
+        let vnni = kernel != Int8Kernel::Avx2 && super::avx2::vnni_available();
+        let family = super::avx2::Avx2 { vnni };
+        let (qt, k) = (w.qt, w.k);
+        let pack = move |c0, _groups, _block_groups, b: &mut [u32], _colsum: &mut [i32]| {
+            // SAFETY: AVX2 (checked above); `k` a multiple of 64 and `n` of 32 (`fits_tiles`),
+            // so every 16-column panel is whole; one panel's buffer (`run_panels`).
+            unsafe { super::avx2::pack_panel_transposed(qt, k, c0, b) }
+        };
+        // SAFETY: AVX2, and AVX-VNNI when `vnni` (checked above); the sizes and scales of
+        // `row_major` are the weight's (its values are read only through `pack`), and the
+        // panel is the AVX2 family's.
+        return unsafe { super::run_panels(&family, x, m, row_major, out, pack) };
     }
     let copy = w.to_row_major();
     super::matmul_view_with(kernel, x, m, copy.view(), out);
