@@ -166,8 +166,9 @@ pub fn held_as(
 /// tensor) where the process's bf16 kernel is AMX or AVX512-BF16 and the sizes are multiples
 /// of 32 (`audiox_kernels::bf16::hold_transposed`), an int8 weight likewise (its values stored
 /// `[n, k]`, scales unchanged) where the int8 kernel is an integer one (AMX, AVX512-VNNI,
-/// AVX-VNNI or AVX2) and the sizes fit its tiles (`audiox_kernels::int8::prefers_transposed`); anything else is returned as it is. The
-/// values do not change, only where they lie: burn reads the view as any other tensor.
+/// AVX-VNNI or AVX2) and the sizes fit its tiles (`audiox_kernels::int8::prefers_transposed`);
+/// anything else is returned as it is. The values do not change, only where they lie: burn
+/// reads the view as any other tensor.
 pub fn for_products<const D: usize>(w: Tensor<D>) -> Tensor<D> {
     match w.dtype() {
         DType::BF16 => audiox_kernels::bf16::hold_transposed(w),
@@ -537,7 +538,7 @@ pub fn hold_matmul_weight<const D: usize>(
 /// [`hold_matmul_weight`] for a 2-D matmul weight of our shape `[k, n]` whose f32 values are
 /// given **transposed**, `values_nk` row-major `[n, k]` (the layout of a torch `Linear`
 /// weight): where the weight would be held transposed (bf16 or int8 on the CPU backend, the
-/// AMX kernel preferring it), it is converted straight from that layout, without the two
+/// process's kernel preferring it), it is converted straight from that layout, without the two
 /// transpositions (to `[k, n]` and back) the general path makes; the held tensor is the one
 /// [`hold_matmul_weight`] would hold, value for value. Otherwise `Err(values_nk)`, untouched:
 /// the caller transposes them and calls [`hold_matmul_weight`].
