@@ -16,8 +16,8 @@
 //! The first line names the kernels the library chooses on this CPU. A second table times the
 //! widened and AVX2 bf16 paths (row-major) and the native bf16 and int8 kernels on both
 //! layouts (row-major and held transposed), the AVX-VNNI and AVX2 int8 kernels (both layouts)
-//! and the f32 product on the student's shapes with the weight read from memory (each repetition on
-//! another copy), as in a DiT step.
+//! and the f32 product on the student's shapes with the weight read from memory (each
+//! repetition on another copy), as in a DiT step.
 
 use audiox_kernels::bf16::{
     Bf16Kernel, matmul_transposed_with, matmul_widened, matmul_with, prefers_transposed,

@@ -20,8 +20,8 @@
 //! the transposed values a panel is 32 rows read front to back and transposed 16 x 16 words at
 //! a time in registers (the same panel and column sums, so the same floats). The AVX2 and
 //! AVX-VNNI kernels do the same for their 16-column panels (16 rows, 8 x 8 word transposes):
-//! on an AMD Zen 3 the row-major packing took 9 % of an int8 DiT step's samples (`perf`,
-//! 2026-12-07).
+//! on two AMD Zen 3 VMs the row-major packing took 9-12 % of an int8 DiT step's samples
+//! (`perf`, 2026-12-07; 2.4 % from the transposed values).
 //!
 //! Chosen at load ([`prefers_transposed`]) where the process's int8 kernel is any of these
 //! (not the dequantised path) and the sizes fit the tiles; a kernel handed a transposed weight
