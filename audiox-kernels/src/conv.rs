@@ -6,6 +6,10 @@
 //! is one GEMM on a block of output columns; the blocks are independent and run in parallel,
 //! small enough that the block's output and input stay in cache across the taps.
 //!
+//! Stride-1 convolutions of 3 to 7 taps between layers of at least [`WINOGRAD_MIN_CHANNELS`]
+//! channels can instead take minimal filtering (`winograd.rs`, [`ConvAlgorithm`]): on CPUs with
+//! AVX2 and no AVX-512 by default, elsewhere when asked.
+//!
 //! `conv_transpose1d` is the same with the roles swapped: input column `t` of tap `j` adds
 //! `W_j^T x[:, t]` to output column `t * stride + j - padding`, a strided destination.
 //!
@@ -37,7 +41,32 @@ pub fn conv1d(
     padding: usize,
     dilation: usize,
 ) -> Tensor<3> {
-    conv1d_with(x, weight, bias, stride, padding, dilation, None, None)
+    conv1d_with(x, weight, bias, stride, padding, dilation, None, None, None)
+}
+
+/// [`conv1d`] with the algorithm chosen by the caller instead of [`ConvAlgorithm::for_shape`]
+/// (to compare them in one process): [`ConvAlgorithm::Winograd`] runs wherever it can (stride
+/// 1, 3 to 7 taps, f32, any channel count), the shifted GEMMs elsewhere.
+pub fn conv1d_using(
+    algorithm: ConvAlgorithm,
+    x: Tensor<3>,
+    weight: &Tensor<3>,
+    bias: Option<&Tensor<1>>,
+    stride: usize,
+    padding: usize,
+    dilation: usize,
+) -> Tensor<3> {
+    conv1d_with(
+        x,
+        weight,
+        bias,
+        stride,
+        padding,
+        dilation,
+        None,
+        None,
+        Some(algorithm),
+    )
 }
 
 /// `conv1d(snake(x, alpha, beta), ...)` without materialising the activation: each block of
@@ -76,6 +105,52 @@ pub fn snake_conv1d_residual(
     padding: usize,
     dilation: usize,
 ) -> Tensor<3> {
+    snake_conv1d_residual_with(
+        residual, x, alpha, beta, weight, bias, stride, padding, dilation, None,
+    )
+}
+
+/// [`snake_conv1d_residual`] with the algorithm chosen by the caller (as [`conv1d_using`]).
+#[allow(clippy::too_many_arguments)]
+pub fn snake_conv1d_residual_using(
+    algorithm: ConvAlgorithm,
+    residual: Option<Tensor<3>>,
+    x: Tensor<3>,
+    alpha: &Tensor<1>,
+    beta: &Tensor<1>,
+    weight: &Tensor<3>,
+    bias: Option<&Tensor<1>>,
+    stride: usize,
+    padding: usize,
+    dilation: usize,
+) -> Tensor<3> {
+    snake_conv1d_residual_with(
+        residual,
+        x,
+        alpha,
+        beta,
+        weight,
+        bias,
+        stride,
+        padding,
+        dilation,
+        Some(algorithm),
+    )
+}
+
+#[allow(clippy::too_many_arguments)]
+fn snake_conv1d_residual_with(
+    residual: Option<Tensor<3>>,
+    x: Tensor<3>,
+    alpha: &Tensor<1>,
+    beta: &Tensor<1>,
+    weight: &Tensor<3>,
+    bias: Option<&Tensor<1>>,
+    stride: usize,
+    padding: usize,
+    dilation: usize,
+    algorithm: Option<ConvAlgorithm>,
+) -> Tensor<3> {
     let [_, c, _] = x.dims();
     let factors = match (flex_f32(alpha), flex_f32(beta)) {
         (Some(a), Some(b)) if values(&a).len() == c && values(&b).len() == c => {
@@ -86,7 +161,9 @@ pub fn snake_conv1d_residual(
     let Some((freq, inv_mag)) = factors else {
         // Another backend or mismatched parameters: the reference activation, then the conv.
         let x = reference::snake(x, alpha, beta);
-        return conv1d_with(x, weight, bias, stride, padding, dilation, None, residual);
+        return conv1d_with(
+            x, weight, bias, stride, padding, dilation, None, residual, algorithm,
+        );
     };
     let act = SnakeInput {
         alpha,
@@ -103,7 +180,71 @@ pub fn snake_conv1d_residual(
         dilation,
         Some(act),
         residual,
+        algorithm,
     )
+}
+
+/// How an f32 convolution is computed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConvAlgorithm {
+    /// One GEMM per tap on blocks of output columns (every shape).
+    Shifted,
+    /// Minimal filtering `F(2, k)` (`k + 1` GEMMs per two output columns instead of `2k`):
+    /// stride-1 convolutions of 3 to 7 taps with at least [`WINOGRAD_MIN_CHANNELS`] input and
+    /// output channels. Its rounding error is about five times the shifted GEMMs' (7 taps,
+    /// 256 to 1,024 channels: 1.4-2.1e-6 of the output's norm against an f64 reference, the
+    /// direct f32 convolution 3.8-4.1e-7; `docs/performance.md`).
+    Winograd,
+}
+
+/// Environment variable that picks the convolution algorithm for the process, read once:
+/// `shifted` (always the shifted GEMMs) or `winograd` (minimal filtering wherever it applies,
+/// on any CPU). Unset or another value: [`ConvAlgorithm::Winograd`] where it applies on CPUs
+/// with AVX2 and FMA but no AVX-512 (where it was measured faster), the shifted GEMMs elsewhere.
+pub const CONV_ALGORITHM_ENV: &str = "AUDIOX_CONV_ALGORITHM";
+
+/// The fewest input and output channels for which [`ConvAlgorithm::Winograd`] is taken: per
+/// output column it saves `3 C_out` multiply-adds of each input channel and adds a fixed cost
+/// (the transforms, the staging of its operands), which on an AVX2 Zen 3 broke even at 128
+/// channels and won at 256 and above (`docs/performance.md`).
+pub const WINOGRAD_MIN_CHANNELS: usize = 256;
+
+impl ConvAlgorithm {
+    /// The algorithm [`conv1d`] (and the fused variants) use for an f32 convolution of these
+    /// sizes in this process: [`ConvAlgorithm::Winograd`] for stride-1 kernels of 3 to 7 taps
+    /// with at least [`WINOGRAD_MIN_CHANNELS`] input and output channels when this process
+    /// uses it ([`CONV_ALGORITHM_ENV`]), else [`ConvAlgorithm::Shifted`].
+    pub fn for_shape(cin: usize, cout: usize, k: usize, stride: usize) -> ConvAlgorithm {
+        static WINOGRAD: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+        let enabled = *WINOGRAD.get_or_init(|| {
+            match std::env::var(CONV_ALGORITHM_ENV).as_deref().map(str::trim) {
+                Ok("shifted") => false,
+                Ok("winograd") => true,
+                _ => avx2_without_avx512(),
+            }
+        });
+        if enabled && crate::winograd::applies(k, stride) && cin.min(cout) >= WINOGRAD_MIN_CHANNELS
+        {
+            ConvAlgorithm::Winograd
+        } else {
+            ConvAlgorithm::Shifted
+        }
+    }
+}
+
+/// Whether the CPU has AVX2 and FMA but not AVX-512 (the class the minimal-filtering path was
+/// measured on; elsewhere it is taken only when asked).
+fn avx2_without_avx512() -> bool {
+    #[cfg(target_arch = "x86_64")]
+    {
+        std::is_x86_feature_detected!("avx2")
+            && std::is_x86_feature_detected!("fma")
+            && !std::is_x86_feature_detected!("avx512f")
+    }
+    #[cfg(not(target_arch = "x86_64"))]
+    {
+        false
+    }
 }
 
 /// SnakeBeta applied to a convolution's input: the parameters (for the reference path) and
@@ -127,6 +268,7 @@ fn conv1d_with(
     dilation: usize,
     snake: Option<SnakeInput<'_>>,
     mut residual: Option<Tensor<3>>,
+    algorithm: Option<ConvAlgorithm>,
 ) -> Tensor<3> {
     if weight.dtype() == DType::BF16 && x.dtype() == DType::F32 {
         #[cfg(target_arch = "x86_64")]
@@ -141,7 +283,9 @@ fn conv1d_with(
             return out;
         }
         let wide = widen(weight);
-        return conv1d_with(x, &wide, bias, stride, padding, dilation, snake, residual);
+        return conv1d_with(
+            x, &wide, bias, stride, padding, dilation, snake, residual, algorithm,
+        );
     }
     let fallback = |x: Tensor<3>, residual: Option<Tensor<3>>| {
         let x = match &snake {
@@ -190,6 +334,34 @@ fn conv1d_with(
     let accumulate = residual.is_some();
     let mut dest = Destination::new(residual, b * cout * tout);
     let out = dest.as_mut_slice();
+    let winograd = match algorithm {
+        Some(asked) => asked == ConvAlgorithm::Winograd && crate::winograd::applies(k, stride),
+        None => ConvAlgorithm::for_shape(cin, cout, k, stride) == ConvAlgorithm::Winograd,
+    };
+    if winograd {
+        let factors = snake
+            .as_ref()
+            .map(|act| (act.freq.as_slice(), act.inv_mag.as_slice()));
+        for item in 0..b {
+            // SAFETY: `out` holds `b` items of `[cout, tout]`; the sizes were checked above
+            // (`tout` is the stride-1 output length) and `applies` checked `k` and `stride`.
+            unsafe {
+                crate::winograd::conv1d_item(
+                    &xs[item * cin * t..(item + 1) * cin * t],
+                    [cin, t],
+                    ws,
+                    [cout, k],
+                    bs,
+                    (padding, dilation),
+                    factors,
+                    (out[item * cout * tout..].as_mut_ptr(), tout),
+                    accumulate,
+                );
+            }
+        }
+        drop((xf, wf, bf));
+        return dest.into_tensor([b, cout, tout], &x.device());
+    }
     for item in 0..b {
         let x_item = &xs[item * cin * t..(item + 1) * cin * t];
         let out_item = SendPtr(out[item * cout * tout..].as_mut_ptr());

@@ -9,7 +9,9 @@
 //! * [`conv1d`] / [`conv_transpose1d`]: convolutions over time as shifted GEMMs on column
 //!   blocks that stay in cache (no im2col buffer); the kernel taps are strided views of the
 //!   weight, the shifts and strides are pointer offsets. Used by the VAE, whose time is almost
-//!   all convolutions and Snake activations over up to 483k samples.
+//!   all convolutions and Snake activations over up to 483k samples. Stride-1 kernels of 3 to
+//!   7 taps between wide layers take minimal filtering (Winograd `F(2, k)`: `k + 1` GEMMs per
+//!   two output columns instead of `2k`) where [`ConvAlgorithm::for_shape`] chooses it.
 //! * [`bf16`]: a matrix product with the weight held in bf16 (half the memory), on Intel AMX
 //!   tiles or AVX512-BF16 dot products where the CPU has them, an f32 register tile fed with
 //!   the weight widened block by block on AVX2-only CPUs (see [`bf16::Bf16Kernel`]); the
@@ -43,13 +45,17 @@ pub mod reference;
 mod send_ptr;
 mod silu;
 mod snake;
+mod winograd;
 
 use burn::backend::Flex;
 use burn::backend::flex::FlexTensor;
 use burn::tensor::{DType, Tensor};
 
 pub use attention::attention;
-pub use conv::{conv_transpose1d, conv1d, snake_conv1d, snake_conv1d_residual};
+pub use conv::{
+    CONV_ALGORITHM_ENV, ConvAlgorithm, WINOGRAD_MIN_CHANNELS, conv_transpose1d, conv1d,
+    conv1d_using, snake_conv1d, snake_conv1d_residual, snake_conv1d_residual_using,
+};
 pub use gelu::{QUICK_GELU_SLOPE, quick_gelu, quick_gelu_slice};
 pub use linear::{SPLIT_MAX_ROWS, linear_f32};
 pub use silu::{silu_mul, silu_mul_slice};

@@ -360,3 +360,201 @@ fn snake_conv1d_residual_adds_into_the_residual() {
         assert_eq!(to_vec(shared), before, "case {i}: shared residual modified");
     }
 }
+
+/// `y[co, c] = bias[co] + sum_ci sum_j w[co, ci, j] x[ci, c + j d - pad]` in f64, for one item.
+fn conv1d_f64(
+    x: &[f32],
+    [cin, t]: [usize; 2],
+    w: &[f32],
+    [cout, k]: [usize; 2],
+    bias: &[f32],
+    (pad, d): (usize, usize),
+) -> Vec<f64> {
+    let tout = t + 2 * pad - (k - 1) * d;
+    let x: Vec<f64> = x.iter().map(|&v| f64::from(v)).collect();
+    let mut y = vec![0.0f64; cout * tout];
+    for (co, row) in y.chunks_exact_mut(tout).enumerate() {
+        row.fill(f64::from(bias[co]));
+        for ci in 0..cin {
+            for j in 0..k {
+                let weight = f64::from(w[(co * cin + ci) * k + j]);
+                let shift = (j * d) as isize - pad as isize;
+                // Output columns whose input column c + shift lies in [0, t).
+                let lo = (-shift).clamp(0, tout as isize) as usize;
+                let hi = (t as isize - shift).clamp(lo as isize, tout as isize) as usize;
+                let src = &x[ci * t..(ci + 1) * t];
+                for c in lo..hi {
+                    row[c] += weight * src[(c as isize + shift) as usize];
+                }
+            }
+        }
+    }
+    y
+}
+
+/// The minimal-filtering path, asked for explicitly (it runs on any CPU; the default takes it
+/// only on some), against an f64 reference: every tap count it takes, dilations, paddings
+/// below, at and above `(k - 1) d / 2`, inputs shorter than a tile, several blocks (a block
+/// holds 2^20 / ((k + 1) C) tiles of two columns), lengths that end mid-tile, batches, wide
+/// layers, with and without SnakeBeta and a residual.
+#[test]
+fn winograd_convolutions_match_an_f64_reference() {
+    use audiox_kernels::ConvAlgorithm::Winograd;
+    let cases = [
+        // (b, cin, cout, t, k, padding, dilation)
+        (1usize, 16usize, 24usize, 37usize, 7usize, 3usize, 1usize),
+        (1, 16, 16, 17001, 7, 3, 1),
+        (1, 16, 16, 17001, 7, 27, 9),
+        (2, 16, 16, 50, 7, 9, 3),
+        (1, 16, 16, 5, 7, 9, 3),
+        (1, 20, 17, 333, 3, 1, 1),
+        (1, 16, 18, 700, 5, 0, 2),
+        (1, 17, 16, 300, 7, 10, 1),
+        (1, 16, 16, 1, 7, 3, 1),
+        (1, 24, 16, 260, 4, 3, 1),
+        (1, 2, 3, 40, 7, 3, 1),
+        (1, 256, 256, 20, 7, 27, 9),
+    ];
+    for (i, &(b, cin, cout, t, k, p, d)) in cases.iter().enumerate() {
+        let seed = 1100 + 10 * i as u64;
+        let x = seeded::<3>(seed, [b, cin, t], 1.5);
+        let w = seeded::<3>(seed + 1, [cout, cin, k], 1.0 / ((cin * k) as f32).sqrt());
+        let bias = seeded::<1>(seed + 2, [cout], 0.3);
+        let alpha = seeded::<1>(seed + 3, [cin], 0.5);
+        let beta = seeded::<1>(seed + 4, [cin], 0.5);
+        let tout = t + 2 * p - (k - 1) * d;
+        let residual = seeded::<3>(seed + 5, [b, cout, tout], 1.0);
+        let (ws, bs) = (to_vec(w.clone()), to_vec(bias.clone()));
+        let reference = |input: &Tensor<3>| -> Vec<Vec<f64>> {
+            let xs = to_vec(input.clone());
+            (0..b)
+                .map(|item| {
+                    let x = &xs[item * cin * t..(item + 1) * cin * t];
+                    conv1d_f64(x, [cin, t], &ws, [cout, k], &bs, (p, d))
+                })
+                .collect()
+        };
+        let plain = reference(&x);
+        let activated = reference(&reference::snake(x.clone(), &alpha, &beta));
+        let rs = to_vec(residual.clone());
+        let with_residual: Vec<Vec<f64>> = activated
+            .iter()
+            .enumerate()
+            .map(|(item, y)| {
+                let r = &rs[item * cout * tout..(item + 1) * cout * tout];
+                y.iter().zip(r).map(|(y, &r)| y + f64::from(r)).collect()
+            })
+            .collect();
+        let snake_conv = |residual: Option<Tensor<3>>| {
+            audiox_kernels::snake_conv1d_residual_using(
+                Winograd,
+                residual,
+                x.clone(),
+                &alpha,
+                &beta,
+                &w,
+                Some(&bias),
+                1,
+                p,
+                d,
+            )
+        };
+        let runs = [
+            (
+                "plain",
+                audiox_kernels::conv1d_using(Winograd, x.clone(), &w, Some(&bias), 1, p, d),
+                &plain,
+            ),
+            ("snake", snake_conv(None), &activated),
+            (
+                "snake + residual",
+                snake_conv(Some(residual.clone())),
+                &with_residual,
+            ),
+        ];
+        for (variant, got, want) in runs {
+            assert_eq!(got.dims(), [b, cout, tout], "case {i} {variant}");
+            let got = to_vec(got);
+            for (item, want) in want.iter().enumerate() {
+                let got = &got[item * cout * tout..(item + 1) * cout * tout];
+                let peak = want.iter().fold(1e-6f64, |m, v| m.max(v.abs()));
+                let err = got
+                    .iter()
+                    .zip(want)
+                    .fold(0.0f64, |m, (&g, &w)| m.max((f64::from(g) - w).abs()))
+                    / peak;
+                assert!(err < 1e-5, "case {i} {variant} item {item}: {err}");
+            }
+        }
+    }
+}
+
+/// The minimal-filtering path splits its work by blocks of the shape only: the same bits for
+/// any thread count, across several blocks.
+#[test]
+fn winograd_results_do_not_depend_on_the_thread_count() {
+    use audiox_kernels::ConvAlgorithm::Winograd;
+    let x = seeded(1300, [1, 16, 17001], 1.0);
+    let w = seeded(1301, [16, 16, 7], 0.1);
+    let run = |threads: usize| {
+        let pool = rayon::ThreadPoolBuilder::new()
+            .num_threads(threads)
+            .build()
+            .unwrap();
+        pool.install(|| {
+            to_vec(audiox_kernels::conv1d_using(
+                Winograd,
+                x.clone(),
+                &w,
+                None,
+                1,
+                9,
+                3,
+            ))
+        })
+    };
+    assert_eq!(run(1), run(2));
+    assert_eq!(run(1), run(3));
+}
+
+/// The default choice: minimal filtering only for stride-1 kernels of 3 to 7 taps with enough
+/// channels, and only on CPUs where this process takes it; `conv1d` gives the convolution
+/// either way.
+#[test]
+fn winograd_is_taken_only_where_it_applies() {
+    use audiox_kernels::{ConvAlgorithm, WINOGRAD_MIN_CHANNELS as MIN};
+    let on = ConvAlgorithm::for_shape(MIN, MIN, 7, 1);
+    for (cin, cout, k, stride) in [(MIN - 1, MIN, 7, 1), (MIN, MIN - 1, 7, 1), (MIN, MIN, 7, 2)]
+        .into_iter()
+        .chain([(MIN, MIN, 1, 1), (MIN, MIN, 2, 1), (MIN, MIN, 8, 1)])
+    {
+        let got = ConvAlgorithm::for_shape(cin, cout, k, stride);
+        assert_eq!(got, ConvAlgorithm::Shifted, "{cin} {cout} {k} {stride}");
+    }
+    #[cfg(target_arch = "x86_64")]
+    if std::env::var(audiox_kernels::CONV_ALGORITHM_ENV).is_err() {
+        let class = std::is_x86_feature_detected!("avx2")
+            && std::is_x86_feature_detected!("fma")
+            && !std::is_x86_feature_detected!("avx512f");
+        assert_eq!(on == ConvAlgorithm::Winograd, class);
+    }
+    let (x, w) = (
+        seeded(1310, [1, MIN, 21], 1.0),
+        seeded(1311, [MIN, MIN, 7], 0.05),
+    );
+    let want = conv1d_f64(
+        &to_vec(x.clone()),
+        [MIN, 21],
+        &to_vec(w.clone()),
+        [MIN, 7],
+        &[0.0; MIN],
+        (3, 1),
+    );
+    let got = to_vec(conv1d(x, &w, None, 1, 3, 1));
+    let peak = want.iter().fold(1e-6f64, |m, v| m.max(v.abs()));
+    let err = got
+        .iter()
+        .zip(&want)
+        .fold(0.0f64, |m, (&g, &w)| m.max((f64::from(g) - w).abs()));
+    assert!(err / peak < 1e-5, "{on:?}: {err}");
+}
