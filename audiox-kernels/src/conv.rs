@@ -223,7 +223,9 @@ impl ConvAlgorithm {
                 _ => avx2_without_avx512(),
             }
         });
-        if enabled && crate::winograd::applies(k, stride) && cin.min(cout) >= WINOGRAD_MIN_CHANNELS
+        if enabled
+            && crate::winograd::applies(k, stride, 1)
+            && cin.min(cout) >= WINOGRAD_MIN_CHANNELS
         {
             ConvAlgorithm::Winograd
         } else {
@@ -335,8 +337,13 @@ fn conv1d_with(
     let mut dest = Destination::new(residual, b * cout * tout);
     let out = dest.as_mut_slice();
     let winograd = match algorithm {
-        Some(asked) => asked == ConvAlgorithm::Winograd && crate::winograd::applies(k, stride),
-        None => ConvAlgorithm::for_shape(cin, cout, k, stride) == ConvAlgorithm::Winograd,
+        Some(asked) => {
+            asked == ConvAlgorithm::Winograd && crate::winograd::applies(k, stride, dilation)
+        }
+        None => {
+            ConvAlgorithm::for_shape(cin, cout, k, stride) == ConvAlgorithm::Winograd
+                && crate::winograd::applies(k, stride, dilation)
+        }
     };
     if winograd {
         let factors = snake
@@ -344,7 +351,7 @@ fn conv1d_with(
             .map(|act| (act.freq.as_slice(), act.inv_mag.as_slice()));
         for item in 0..b {
             // SAFETY: `out` holds `b` items of `[cout, tout]`; the sizes were checked above
-            // (`tout` is the stride-1 output length) and `applies` checked `k` and `stride`.
+            // (`tout` is the stride-1 output length) and `applies` checked `k`, `stride` and `dilation`.
             unsafe {
                 crate::winograd::conv1d_item(
                     &xs[item * cin * t..(item + 1) * cin * t],

@@ -156,9 +156,10 @@ fn transform_kernel(tf: &Transform, w: &[f32], cout: usize, cin: usize) -> Vec<f
     out
 }
 
-/// Whether [`conv1d_item`] takes a convolution with `k` taps at stride `stride`.
-pub(crate) fn applies(k: usize, stride: usize) -> bool {
-    stride == 1 && TAPS.contains(&k)
+/// Whether [`conv1d_item`] takes a convolution with `k` taps at stride `stride` and dilation
+/// `dilation` (0, where every tap reads the same column, stays with the shifted GEMMs).
+pub(crate) fn applies(k: usize, stride: usize, dilation: usize) -> bool {
+    stride == 1 && dilation > 0 && TAPS.contains(&k)
 }
 
 /// One batch item's stride-1 convolution, by blocks of tiles in parallel: output column `c` of
@@ -168,7 +169,8 @@ pub(crate) fn applies(k: usize, stride: usize) -> bool {
 ///
 /// # Safety
 /// `out` must point to `cout * tout` writable f32 that no other thread touches during the call;
-/// `x` holds `[cin, t]` and `w` `[cout, cin, k]` row-major with `k` in [`TAPS`], and `tout`
+/// `x` holds `[cin, t]` and `w` `[cout, cin, k]` row-major with `k` in [`TAPS`] and a
+/// dilation of at least 1 ([`applies`]), and `tout`
 /// is at most `t + 2 pad - (k - 1) d` (each output reads at least one column of the padded
 /// input).
 #[allow(clippy::too_many_arguments)]
@@ -185,7 +187,7 @@ pub(crate) unsafe fn conv1d_item(
 ) {
     let tf = Transform::get(k);
     let n = tf.n;
-    let d = dilation.max(1);
+    let d = dilation;
     // About BLOCK_VALUES transformed inputs per block, a multiple of 8 rounds (whole AVX2
     // vectors in the transforms).
     let block_tiles = BLOCK_VALUES / (n * cin.max(cout)).max(1);

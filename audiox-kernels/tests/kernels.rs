@@ -489,6 +489,29 @@ fn winograd_convolutions_match_an_f64_reference() {
     }
 }
 
+/// Dilation 0 (every tap reads the same column) is not minimal filtering's case: asked for, the
+/// convolution still equals the shifted GEMMs' (a sum over the taps of that column).
+#[test]
+fn winograd_leaves_dilation_zero_to_the_shifted_gemms() {
+    use audiox_kernels::ConvAlgorithm::{Shifted, Winograd};
+    let (x, w) = (
+        seeded(1320, [1, 16, 30], 1.0),
+        seeded(1321, [16, 16, 7], 0.1),
+    );
+    let run = |algorithm| {
+        to_vec(audiox_kernels::conv1d_using(
+            algorithm,
+            x.clone(),
+            &w,
+            None,
+            1,
+            2,
+            0,
+        ))
+    };
+    assert_eq!(run(Winograd), run(Shifted));
+}
+
 /// The minimal-filtering path splits its work by blocks of the shape only: the same bits for
 /// any thread count, across several blocks.
 #[test]
