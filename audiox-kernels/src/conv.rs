@@ -46,7 +46,7 @@ pub fn conv1d(
 
 /// [`conv1d`] with the algorithm chosen by the caller instead of [`ConvAlgorithm::for_shape`]
 /// (to compare them in one process): [`ConvAlgorithm::Winograd`] runs wherever it can (stride
-/// 1, 3 to 7 taps, f32, any channel count), the shifted GEMMs elsewhere.
+/// 1, dilation at least 1, 3 to 7 taps, f32, any channel count), the shifted GEMMs elsewhere.
 pub fn conv1d_using(
     algorithm: ConvAlgorithm,
     x: Tensor<3>,
